@@ -1,0 +1,41 @@
+# Lanterne: the two commands are `make test` and `make demo`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DEPS   := build/mpylib/.fetched-stamp
+
+.PHONY: test demo venv deps mosquitto lint bench clean
+
+test: venv deps mosquitto
+	$(PY) -m pytest -q
+
+demo: venv deps
+	$(VENV)/bin/lanterne demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Pinned MicroPython-only modules (umqtt.simple), fetched through pip's configured index.
+deps: $(DEPS)
+
+$(DEPS): host_tools/deps.py $(STAMP)
+	$(PY) -m host_tools.deps fetch
+
+# Debian's mosquitto for the integration tests (CI runs as root on a fresh Debian).
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+lint: venv
+	$(VENV)/bin/ruff check host_tools tests
+
+bench: venv deps
+	$(VENV)/bin/lanterne bench
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,49 @@
+"""Benchmark registry behind `lanterne bench`.
+
+Each capability adds a module `host_tools/bench/<name>.py` that defines
+`run(quick: bool) -> BenchResult` and lists itself in `BENCHMARKS`. A benchmark
+measures side by side, in the same run, whatever it compares against (ratios
+printed next to each other), and runs firmware code on the unix port at the
+board's heap size. Metric names are the ones the issues ask for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+# name -> (module, one-line description); modules are imported only when run.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "boot": ("host_tools.bench.boot", "virtual-board boot time to first status message, heap free after boot"),
+    "codec": ("host_tools.bench.codec", "payload size vs Cayenne LPP and JSON, airtime budget, encode cost"),
+    "store": ("host_tools.bench.store", "store-and-forward appends/s, write amplification, recovery time"),
+    "sensors": ("host_tools.bench.sensors", "time and allocation per sample cycle of each driver"),
+}
+
+
+@dataclass
+class BenchResult:
+    """Metrics for `--json` plus the human tables printed by `lanterne bench`."""
+
+    metrics: dict[str, float | int | str]
+    # Each table: (title, column names, rows).
+    tables: list[tuple[str, list[str], list[list]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (module, desc) in BENCHMARKS.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue
+            raise
+        out[name] = (module, desc)
+    return out
+
+
+def run(name: str, quick: bool = False) -> BenchResult:
+    module, _ = BENCHMARKS[name]
+    return importlib.import_module(module).run(quick=quick)

@@ -1,0 +1,1 @@
+"""The virtual board: the MicroPython unix port on a pty, HAL shims, a simulated world, fault injection."""

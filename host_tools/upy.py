@@ -38,19 +38,20 @@ def run(
     stdin: bytes | None = None,
     timeout: float = 60.0,
     cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> str:
     """Run `code` as a script on the unix port and return what it printed."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(code)
         script = f.name
     try:
-        env = dict(os.environ, MICROPYPATH=micropython_path(path))
+        run_env = dict(os.environ, **(env or {}), MICROPYPATH=micropython_path(path))
         proc = subprocess.run(
             [micropython_binary(), "-X", f"heapsize={heapsize}", script],
             input=stdin,
             capture_output=True,
             timeout=timeout,
-            env=env,
+            env=run_env,
             cwd=cwd,
         )
     finally:

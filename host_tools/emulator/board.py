@@ -1,0 +1,533 @@
+"""A virtual ESP32 board: the MicroPython unix port behind a pty, rebooted like the real thing.
+
+`VirtualBoard` owns one pty (its serial port, optionally symlinked at a path
+such as /tmp/ttyLANTERNE0), one flash folder, one simulated world, and at any
+time at most one interpreter process: `micropython -X heapsize=N rom/_board.py`.
+It copies bytes between the pty and the interpreter, turning a Ctrl-C byte into
+SIGINT while user code runs (the ESP32 raises KeyboardInterrupt from its UART
+interrupt the same way) and `\\n` into `\\r\\n` as the ESP32's cooked stdout does.
+
+Reboots: the interpreter exits with EXIT_SOFT_* after printing `MPY: soft
+reboot` and is started again with the REPL mode it was in; `machine.reset()`,
+the watchdog, a crash and `hard_reset()` start a fresh interpreter with the
+matching `machine.reset_cause()`; `power_cut()` SIGKILLs it at once and leaves
+the flash folder exactly as it was, until `power_on()`.
+
+`Emulator` runs any number of boards on one asyncio loop (one process for a
+fleet) and offers a thread-safe, synchronous facade for tests and tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+
+from host_tools import boards as boards_mod
+from host_tools.emulator.devices.parts import Parts
+from host_tools.emulator.hal import HalServer
+from host_tools.emulator.world import World
+from host_tools.paths import BUILD, ROM, micropython_binary
+
+EXIT_SOFT_FRIENDLY = 80
+EXIT_SOFT_RAW = 81
+
+# Boot kind -> machine.reset_cause(), as the ESP32 port maps ESP-IDF's reset reasons:
+# power-on/brown-out -> PWRON_RESET, EN pin -> HARD_RESET, machine.reset()/panic -> SOFT_RESET.
+RESET_CAUSE = {"power": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "software": 5, "panic": 5}
+ROM_BOOT_LINES = {
+    "power": "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "hard": "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "software": "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "wdt": "rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "deepsleep": "rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+    "panic": "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
+}
+
+# Heap the ROM itself (shims + REPL) takes beyond a bare interpreter; added to the board's
+# heap size so the firmware sees what it would see on the board. Measured once per process.
+_BARE_ALLOC = 2464
+_overhead_cache: dict[str, int] = {}
+
+
+def rom_heap_overhead() -> int:
+    digest = hashlib.sha256()
+    for p in sorted(ROM.glob("*.py")):
+        digest.update(p.read_bytes())
+    key = digest.hexdigest()[:16]
+    if key in _overhead_cache:
+        return _overhead_cache[key]
+    cache = BUILD / f"rom-overhead-{key}"
+    if cache.exists():
+        _overhead_cache[key] = int(cache.read_text())
+        return _overhead_cache[key]
+    # Boot the ROM once on an empty flash with a big heap and read what it allocated.
+    with tempfile.TemporaryDirectory() as flash:
+        emu = Emulator()
+        try:
+            b = emu.add_board("esp32-devkitc", flash, heap_override=512 * 1024)
+            b.wait_booted(timeout=30)
+            alloc = b.board.booted_alloc
+        finally:
+            emu.close()
+    overhead = max(0, alloc - _BARE_ALLOC) + 1024  # + slack for fragmentation of the ROM's blocks
+    _overhead_cache[key] = overhead
+    with contextlib.suppress(OSError):
+        BUILD.mkdir(parents=True, exist_ok=True)
+        cache.write_text(str(overhead))
+    return overhead
+
+
+class VirtualBoard:
+    def __init__(
+        self,
+        board: boards_mod.Board,
+        flash_dir: str | Path,
+        hal: HalServer,
+        *,
+        port_path: str | Path | None = None,
+        world: World | None = None,
+        serial: str | None = None,
+        heap_override: int | None = None,
+        console_limit: int = 1 << 20,
+        log_path: str | Path | None = None,
+    ):
+        self.board = board
+        self.flash = Path(flash_dir).resolve()
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.hal = hal
+        self.port_path = Path(port_path) if port_path else None
+        self.world = world or World()
+        self.parts = Parts(board.data, self.world)
+        self.token = hashlib.sha256(os.urandom(16)).hexdigest()[:16]
+        self.serial = serial or hashlib.sha256(str(self.flash).encode()).hexdigest()[:12]
+        self.heap_override = heap_override
+        self.run_dir = Path(tempfile.mkdtemp(prefix="lanterne-board-"))
+        self.nvs_dir = self.flash.parent / (self.flash.name + ".nvs")
+        self.nvs_dir.mkdir(exist_ok=True)
+        self.console = collections.deque()
+        self._console_len = 0
+        self._console_limit = console_limit
+        self._console_total = 0
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.powered = False
+        self.executing = False
+        self.boots = 0
+        self.boot_kind = "power"
+        self.booted_alloc: int | None = None
+        self.booted_free: int | None = None
+        self.booted_event = asyncio.Event()
+        self.reset_log: list[str] = []
+        self._pending_input = bytearray()
+        self._pending_reset: tuple[str, int] | None = None
+        self._wdt_timeout: float | None = None
+        self._wdt_deadline: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._master = self._slave = None
+        self._closing = False
+        self._changed = asyncio.Condition()
+        self.world.subscribe(self._on_world)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self, power_on: bool = True) -> None:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        attrs = termios.tcgetattr(self._slave)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
+        fl = fcntl.fcntl(self._master, fcntl.F_GETFL)
+        fcntl.fcntl(self._master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        self.pty_name = os.ttyname(self._slave)
+        if self.port_path:
+            with contextlib.suppress(FileNotFoundError):
+                self.port_path.unlink()
+            self.port_path.symlink_to(self.pty_name)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._master, self._on_serial_input)
+        self.hal.register(self.token, self)
+        self._update_link_flag()
+        self._tasks.append(asyncio.create_task(self._watchdog_task()))
+        if power_on:
+            await self.power_on()
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        await self._kill()
+        self.hal.unregister(self.token)
+        if self._master is not None:
+            asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+            os.close(self._slave)
+            self._master = None
+        if self.port_path and self.port_path.is_symlink():
+            self.port_path.unlink()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    async def power_on(self) -> None:
+        if self.powered:
+            return
+        self.powered = True
+        self._start_interpreter("power")
+
+    async def power_cut(self) -> None:
+        """The supply drops now: the interpreter dies mid-instruction; the flash stays as it is."""
+        self.powered = False
+        self._wdt_timeout = self._wdt_deadline = None
+        await self._kill()
+
+    async def hard_reset(self, kind: str = "hard") -> None:
+        """The EN (reset) line: a fresh interpreter, machine.reset_cause() per `kind`."""
+        self.powered = True
+        await self._kill()
+        self._wdt_timeout = self._wdt_deadline = None
+        self._start_interpreter(kind)
+
+    async def _kill(self) -> None:
+        proc = self.proc
+        self.proc = None
+        self.executing = False
+        if proc and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    def heap_bytes(self) -> int:
+        if self.heap_override:
+            return self.heap_override
+        return self.board.heap_bytes + rom_heap_overhead()
+
+    def _start_interpreter(self, kind: str) -> None:
+        self.boot_kind = kind
+        self.boots += 1
+        self.booted_event.clear()
+        self.reset_log.append(kind)
+        if kind in ROM_BOOT_LINES:
+            self._emit(("\r\n" + ROM_BOOT_LINES[kind] + "\r\n").encode())
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "MICROPYPATH": str(ROM),
+            "LANTERNE_HAL_PORT": str(self.hal.port),
+            "LANTERNE_BOARD_TOKEN": self.token,
+            "LANTERNE_FLASH": str(self.flash),
+            "LANTERNE_FS_BYTES": str(self.board.data.get("flash", {}).get("fs_bytes", 2 * 1024 * 1024)),
+            "LANTERNE_RUN_DIR": str(self.run_dir),
+            "LANTERNE_NVS": str(self.nvs_dir),
+            "LANTERNE_BOOT": kind,
+            "LANTERNE_RESET_CAUSE": str(RESET_CAUSE.get(kind, self._last_cause())),
+            "LANTERNE_SERIAL": self.serial,
+        }
+        self._tasks.append(asyncio.create_task(self._run_interpreter(env)))
+
+    def _last_cause(self) -> int:
+        for kind in reversed(self.reset_log):
+            if kind in RESET_CAUSE:
+                return RESET_CAUSE[kind]
+        return 1
+
+    async def _run_interpreter(self, env: dict[str, str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            micropython_binary(),
+            "-X",
+            f"heapsize={self.heap_bytes()}",
+            str(ROM / "_board.py"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.proc = proc
+        if self._pending_input:
+            data, self._pending_input = bytes(self._pending_input), bytearray()
+            self._to_interpreter(data)
+        while True:
+            chunk = await proc.stdout.read(4096)
+            if not chunk:
+                break
+            self._emit(chunk.replace(b"\n", b"\r\n"))
+        code = await proc.wait()
+        if self.proc is not proc or self._closing:
+            return  # killed on purpose (power cut, hard reset, close)
+        self.proc = None
+        self.executing = False
+        if self._pending_reset:
+            kind, _arg = self._pending_reset
+            self._pending_reset = None
+            self._start_interpreter(kind)
+        elif code == EXIT_SOFT_FRIENDLY:
+            self._start_interpreter("soft-friendly")
+        elif code == EXIT_SOFT_RAW:
+            self._start_interpreter("soft-raw")
+        elif code == 0:
+            return
+        else:
+            # The interpreter died (abort, fatal error): the ESP32 panics and reboots.
+            self._emit(b"\r\nGuru Meditation Error: interpreter exited with status %d. Rebooting...\r\n" % code)
+            self._start_interpreter("panic")
+
+    # -- serial port ------------------------------------------------------------
+    def _emit(self, data: bytes) -> None:
+        self.console.append(data)
+        self._console_len += len(data)
+        self._console_total += len(data)
+        while self._console_len > self._console_limit and len(self.console) > 1:
+            self._console_len -= len(self.console.popleft())
+        if self.log_path:
+            with open(self.log_path, "ab") as f:
+                f.write(data)
+        if self._master is not None:
+            try:
+                os.write(self._master, data)
+            except (BlockingIOError, OSError):
+                pass  # nobody reading the port: bytes are lost, as on a UART with no listener
+        self._notify()
+
+    def _notify(self):
+        async def bump():
+            async with self._changed:
+                self._changed.notify_all()
+
+        asyncio.get_running_loop().create_task(bump())
+
+    def _on_serial_input(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except (BlockingIOError, OSError):
+            return
+        if data:
+            self._inject(data)
+
+    def _inject(self, data: bytes) -> None:
+        # Ctrl-C while user code runs: KeyboardInterrupt (SIGINT), the byte itself is consumed.
+        # Otherwise it is an ordinary byte for the REPL, as on the ESP32.
+        if b"\x03" in data and self.executing and self.proc is not None:
+            before, _, after = data.partition(b"\x03")
+            self._to_interpreter(before)
+            self.executing = False
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGINT)
+            self._to_interpreter(after)
+        else:
+            self._to_interpreter(data)
+
+    def _to_interpreter(self, data: bytes) -> None:
+        if not data:
+            return
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            if self.powered:
+                self._pending_input += data  # received while rebooting: the next REPL reads it
+            return
+        proc.stdin.write(data)
+
+    def console_bytes(self) -> bytes:
+        return b"".join(self.console)
+
+    # -- HAL hooks ----------------------------------------------------------------
+    def on_hal_connected(self) -> None:
+        pass
+
+    def on_booted(self, alloc: int, free: int) -> None:
+        self.booted_alloc, self.booted_free = alloc, free
+        self.booted_event.set()
+
+    def on_reset_request(self, kind: str, arg: int) -> None:
+        self._pending_reset = ("deepsleep" if kind == "deepsleep" else "software", arg)
+        proc = self.proc
+        if proc and proc.returncode is None:
+            if kind == "deepsleep" and arg > 0:
+                asyncio.get_running_loop().call_later(arg / 1000.0, self._end_for_reset, proc)
+                self._emit(b"")
+            else:
+                self._end_for_reset(proc)
+
+    def _end_for_reset(self, proc) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+    def on_watchdog(self, timeout_ms: int | None) -> None:
+        if timeout_ms is not None:
+            self._wdt_timeout = timeout_ms / 1000.0
+        if self._wdt_timeout is not None:
+            self._wdt_deadline = time.monotonic() + self._wdt_timeout
+
+    async def _watchdog_task(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            if self._wdt_deadline is not None and time.monotonic() > self._wdt_deadline and self.powered:
+                self._wdt_deadline = None
+                self._wdt_timeout = None
+                await self.hard_reset("wdt")
+
+    # -- world -----------------------------------------------------------------
+    def _on_world(self, what, values) -> None:
+        if "link_up" in values:
+            self._update_link_flag()
+
+    def _update_link_flag(self) -> None:
+        flag = self.run_dir / "link_down"
+        if self.world.get("link_up"):
+            with contextlib.suppress(FileNotFoundError):
+                flag.unlink()
+        else:
+            flag.touch()
+
+
+class BoardHandle:
+    """Synchronous, thread-safe handle on a `VirtualBoard` running in an `Emulator`."""
+
+    def __init__(self, emulator: Emulator, board: VirtualBoard):
+        self.emulator = emulator
+        self.board = board
+
+    def _call(self, coro, timeout=30):
+        return self.emulator._submit(coro, timeout)
+
+    @property
+    def world(self) -> World:
+        return self.board.world
+
+    @property
+    def port(self) -> str:
+        return str(self.board.port_path or self.board.pty_name)
+
+    @property
+    def flash(self) -> Path:
+        return self.board.flash
+
+    def power_cut(self) -> None:
+        self._call(self.board.power_cut())
+
+    def power_on(self) -> None:
+        self._call(self.board.power_on())
+
+    def hard_reset(self) -> None:
+        self._call(self.board.hard_reset())
+
+    def write_serial(self, data: bytes) -> None:
+        async def go():
+            self.board._inject(data)
+
+        self._call(go())
+
+    def console(self) -> str:
+        async def get():
+            return self.board.console_bytes()
+
+        return self._call(get()).decode("utf-8", "replace")
+
+    def console_offset(self) -> int:
+        async def get():
+            return self.board._console_total
+
+        return self._call(get())
+
+    def wait_for(self, pattern: str | bytes, timeout: float = 20.0, since: int = 0) -> re.Match:
+        """Wait until the serial output (from byte offset `since`) matches `pattern` (regex)."""
+        pat = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
+
+        async def wait():
+            deadline = time.monotonic() + timeout
+            async with self.board._changed:
+                while True:
+                    data = self.board.console_bytes()
+                    start = max(0, len(data) - (self.board._console_total - since))
+                    m = pat.search(data, start)
+                    if m:
+                        return m
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"serial output never matched {pattern!r}; last output:\n{data[-2000:].decode('utf-8', 'replace')}"
+                        )
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.board._changed.wait(), min(left, 0.5))
+
+        return self._call(wait(), timeout + 5)
+
+    def wait_booted(self, timeout: float = 20.0) -> None:
+        async def wait():
+            await asyncio.wait_for(self.board.booted_event.wait(), timeout)
+
+        self._call(wait(), timeout + 5)
+
+    @property
+    def boots(self) -> int:
+        return self.board.boots
+
+    def close(self) -> None:
+        self.emulator.remove(self)
+
+
+class Emulator:
+    """Runs virtual boards on one asyncio loop in a background thread; a synchronous facade."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="lanterne-emulator", daemon=True)
+        self._thread.start()
+        self.hal = HalServer()
+        self._submit(self.hal.start())
+        self.handles: list[BoardHandle] = []
+
+    def _submit(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def add_board(
+        self,
+        board: str | boards_mod.Board,
+        flash_dir: str | Path,
+        *,
+        port_path: str | Path | None = None,
+        world: World | None = None,
+        power_on: bool = True,
+        **kw,
+    ) -> BoardHandle:
+        b = board if isinstance(board, boards_mod.Board) else boards_mod.load(board)
+
+        async def make():
+            vb = VirtualBoard(b, flash_dir, self.hal, port_path=port_path, world=world, **kw)
+            await vb.start(power_on=power_on)
+            return vb
+
+        if kw.get("heap_override") is None:
+            rom_heap_overhead()  # calibrate outside the loop thread
+        handle = BoardHandle(self, self._submit(make()))
+        self.handles.append(handle)
+        return handle
+
+    def remove(self, handle: BoardHandle) -> None:
+        if handle in self.handles:
+            self.handles.remove(handle)
+            self._submit(handle.board.close())
+
+    def close(self) -> None:
+        for h in list(self.handles):
+            self.remove(h)
+        with contextlib.suppress(Exception):
+            self._submit(self.hal.stop(), 5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,115 @@
+"""Control socket of a running virtual board (`PATH.ctl`): JSON lines in, JSON lines out.
+
+Requests: {"op": "get"} -> world snapshot; {"op": "set", "values": {...}};
+{"op": "inject", "part": "bme280", "fault": "nack"}; {"op": "clear", "part": ...};
+{"op": "power_cut"}; {"op": "power_on"}; {"op": "reset"}.
+Used by `lanterne world` and by tests that run `lanterne emulate` as a separate process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+
+
+def parse_assignments(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        low = value.strip().lower()
+        out[key.strip()] = {"true": True, "on": True, "up": True, "false": False, "off": False, "down": False}.get(
+            low, value
+        )
+        if not isinstance(out[key.strip()], bool):
+            try:
+                out[key.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"{key}: not a number: {value!r}") from None
+    return out
+
+
+class ControlServer:
+    def __init__(self, handle, path: str):
+        self.handle = handle
+        self.path = path
+        self._sock = None
+        self._thread = None
+
+    def start(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(8)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        if self._sock:
+            self._sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn):
+        with conn, conn.makefile("rwb") as f:
+            for line in f:
+                try:
+                    reply = self.dispatch(json.loads(line))
+                except Exception as exc:  # report any bad request to the caller
+                    reply = {"ok": False, "error": str(exc)}
+                f.write((json.dumps(reply) + "\n").encode())
+                f.flush()
+
+    def dispatch(self, req: dict) -> dict:
+        h = self.handle
+        op = req.get("op")
+        if op == "get":
+            return {"ok": True, **h.world.snapshot(), "boots": h.boots}
+        if op == "set":
+            h.world.set(**req["values"])
+            return {"ok": True}
+        if op == "inject":
+            h.world.inject(req["part"], req["fault"])
+            return {"ok": True}
+        if op == "clear":
+            h.world.clear(req.get("part"))
+            return {"ok": True}
+        if op == "power_cut":
+            h.power_cut()
+            return {"ok": True}
+        if op == "power_on":
+            h.power_on()
+            return {"ok": True}
+        if op == "reset":
+            h.hard_reset()
+            return {"ok": True}
+        raise ValueError(f"unknown op {op!r}")
+
+
+def request(path: str, req: dict, timeout: float = 10.0) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except OSError as exc:
+        raise ConnectionError(f"no virtual board control socket at {path} ({exc.strerror})") from None
+    with s, s.makefile("rwb") as f:
+        f.write((json.dumps(req) + "\n").encode())
+        f.flush()
+        reply = json.loads(f.readline())
+    if not reply.get("ok"):
+        raise ValueError(reply.get("error", "request failed"))
+    return reply

@@ -1,0 +1,476 @@
+# Virtual ESP32: the `machine` module. Every hardware access goes to the emulator's HAL
+# server, which routes it to the simulated parts wired on this board (see the board file).
+import os
+import sys
+import time
+import _hal
+from micropython import const
+
+PWRON_RESET = const(1)
+HARD_RESET = const(2)
+WDT_RESET = const(3)
+DEEPSLEEP_RESET = const(4)
+SOFT_RESET = const(5)
+
+_RESET_CAUSE = int(os.getenv("LANTERNE_RESET_CAUSE") or "1")
+_FREQ = [160000000]
+_ENODEV = const(19)
+_ETIMEDOUT = const(110)
+
+
+def reset_cause():
+    return _RESET_CAUSE
+
+
+def reset():
+    # Hard reset: the emulator ends this interpreter and boots a new one. Never returns.
+    _hal.call("RESET hard")
+    while True:
+        time.sleep(1)
+
+
+def soft_reset():
+    # As on the ESP32 port: a SystemExit that the REPL turns into a soft reboot.
+    raise SystemExit
+
+
+def deepsleep(ms=0):
+    _hal.call("RESET deepsleep %d" % ms)
+    while True:
+        time.sleep(1)
+
+
+def lightsleep(ms=0):
+    time.sleep_ms(ms)
+
+
+def idle():
+    time.sleep_ms(1)
+
+
+def freq(hz=None):
+    if hz is None:
+        return _FREQ[0]
+    if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+    _FREQ[0] = hz
+
+
+def unique_id():
+    serial = os.getenv("LANTERNE_SERIAL") or "000000000000"
+    return bytes(int(serial[i : i + 2], 16) for i in range(0, 12, 2))
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state=0):
+    pass
+
+
+def time_pulse_us(pin, pulse_level, timeout_us=1000000):
+    us = int(_hal.call("PULSE %d %d %d" % (pin._id, pulse_level, timeout_us)))
+    if us > 0:
+        time.sleep_us(us)
+    return us
+
+
+def _pin_id(pin):
+    if isinstance(pin, Pin):
+        return pin._id
+    return int(pin)
+
+
+class Pin:
+    IN = const(1)
+    OUT = const(3)
+    OPEN_DRAIN = const(7)
+    PULL_UP = const(2)
+    PULL_DOWN = const(1)
+    PULL_HOLD = const(4)
+    IRQ_RISING = const(1)
+    IRQ_FALLING = const(2)
+    WAKE_LOW = const(4)
+    WAKE_HIGH = const(5)
+    DRIVE_0 = const(0)
+    DRIVE_1 = const(1)
+    DRIVE_2 = const(2)
+    DRIVE_3 = const(3)
+
+    def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        if not isinstance(id, int) or not (0 <= id <= 39) or id in (20, 24, 28, 29, 30, 31):
+            raise ValueError("invalid pin")
+        self._id = id
+        self._mode = self.IN
+        self._irq = None
+        self.init(mode, pull, value=value)
+
+    def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        if mode != -1 and mode is not None:
+            if mode in (self.OUT, self.OPEN_DRAIN) and self._id >= 34:
+                raise ValueError("pin can only be input")
+            self._mode = mode
+        if value is not None:
+            self.value(value)
+
+    def value(self, v=None):
+        if v is None:
+            return int(_hal.call("PINR %d" % self._id))
+        _hal.call("PINW %d %d" % (self._id, 1 if v else 0))
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, *, wake=None, hard=False):
+        self._irq = handler
+        return None
+
+    def __repr__(self):
+        return "Pin(%d)" % self._id
+
+
+class Signal:
+    def __init__(self, pin, *args, invert=False, **kw):
+        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kw)
+        self._invert = invert
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value() ^ self._invert
+        self._pin.value((1 if v else 0) ^ self._invert)
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+class I2C:
+    def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self._id = id
+        self._freq = freq
+
+    def init(self, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self._freq = freq
+
+    def deinit(self):
+        pass
+
+    def scan(self):
+        r = _hal.call("SCAN %d" % self._id)
+        return [int(a) for a in r.split(",")] if r else []
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def writeto(self, addr, buf, stop=True):
+        _hal.call("I2CW %d %d %s" % (self._id, addr, bytes(buf).hex() or "-"))
+        return len(buf)
+
+    def writevto(self, addr, vector, stop=True):
+        data = b"".join(bytes(b) for b in vector)
+        return self.writeto(addr, data, stop)
+
+    def readfrom(self, addr, nbytes, stop=True):
+        return bytes.fromhex(_hal.call("I2CR %d %d %d" % (self._id, addr, nbytes)))
+
+    def readfrom_into(self, addr, buf, stop=True):
+        data = self.readfrom(addr, len(buf))
+        buf[:] = data
+
+    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
+        mem = memaddr.to_bytes(addrsize // 8, "big")
+        return bytes.fromhex(_hal.call("I2CWR %d %d %s %d" % (self._id, addr, mem.hex(), nbytes)))
+
+    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
+        data = self.readfrom_mem(addr, memaddr, len(buf), addrsize=addrsize)
+        for i in range(len(buf)):
+            buf[i] = data[i]
+
+    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
+        mem = memaddr.to_bytes(addrsize // 8, "big")
+        _hal.call("I2CW %d %d %s" % (self._id, addr, (mem + bytes(buf)).hex()))
+
+
+class SoftI2C(I2C):
+    def __init__(self, scl, sda, *, freq=400000, timeout=50000):
+        # Bit-banged I2C reaches the same parts as hardware bus 0 on the same pins.
+        I2C.__init__(self, 0, scl=scl, sda=sda, freq=freq)
+
+
+class PWM:
+    def __init__(self, dest, *, freq=5000, duty=None, duty_u16=None, duty_ns=None, invert=False):
+        self._pin = _pin_id(dest)
+        self._freq = freq
+        self._duty = 0
+        self._active = True
+        self.init(freq=freq, duty=duty, duty_u16=duty_u16, duty_ns=duty_ns)
+
+    def init(self, *, freq=None, duty=None, duty_u16=None, duty_ns=None, invert=False):
+        if freq is not None:
+            if not 1 <= freq <= 40000000:
+                raise ValueError("frequency must be from 1Hz to 40MHz")
+            self._freq = freq
+        if duty is not None:
+            self._duty = duty * 65535 // 1023
+        elif duty_u16 is not None:
+            self._duty = duty_u16
+        elif duty_ns is not None:
+            self._duty = min(65535, duty_ns * self._freq * 65535 // 1000000000)
+        self._active = True
+        self._send()
+
+    def _send(self):
+        _hal.call("PWM %d %d %d" % (self._pin, self._freq, self._duty if self._active else -1))
+
+    def deinit(self):
+        self._active = False
+        self._send()
+
+    def freq(self, f=None):
+        if f is None:
+            return self._freq
+        self.init(freq=f)
+
+    def duty(self, d=None):
+        if d is None:
+            return self._duty * 1023 // 65535
+        self.init(duty=d)
+
+    def duty_u16(self, d=None):
+        if d is None:
+            return self._duty
+        if not 0 <= d <= 65535:
+            raise ValueError("duty_u16 must be from 0 to 65535")
+        self.init(duty_u16=d)
+
+    def duty_ns(self, ns=None):
+        if ns is None:
+            return self._duty * 1000000000 // (65535 * self._freq)
+        self.init(duty_ns=ns)
+
+
+class ADC:
+    ATTN_0DB = const(0)
+    ATTN_2_5DB = const(1)
+    ATTN_6DB = const(2)
+    ATTN_11DB = const(3)
+    WIDTH_9BIT = const(9)
+    WIDTH_10BIT = const(10)
+    WIDTH_11BIT = const(11)
+    WIDTH_12BIT = const(12)
+
+    # Full-scale input per attenuation on the ESP32 (Espressif ADC calibration, typical).
+    _FULL_UV = (950000, 1250000, 1750000, 3100000)
+
+    def __init__(self, pin, *, atten=None):
+        self._pin = _pin_id(pin)
+        if not 32 <= self._pin <= 39:
+            raise ValueError("invalid pin for ADC")
+        self._atten = self.ATTN_0DB if atten is None else atten
+        self._width = 12
+
+    def init(self, *, atten=None):
+        if atten is not None:
+            self._atten = atten
+
+    def atten(self, a):
+        self._atten = a
+
+    def width(self, w):
+        self._width = w
+
+    def read_uv(self):
+        uv = int(_hal.call("ADC %d" % self._pin))
+        full = self._FULL_UV[self._atten]
+        return uv if uv < full else full
+
+    def read_u16(self):
+        return self.read_uv() * 65535 // self._FULL_UV[self._atten]
+
+    def read(self):
+        return self.read_uv() * ((1 << self._width) - 1) // self._FULL_UV[self._atten]
+
+
+class ADCBlock:
+    def __init__(self, id, *, bits=12):
+        self._id = id
+
+    def connect(self, pin, *args, **kw):
+        return ADC(pin)
+
+
+class UART:
+    INV_TX = const(1)
+    INV_RX = const(2)
+    RTS = const(1)
+    CTS = const(2)
+
+    def __init__(self, id, baudrate=115200, **kw):
+        self._id = id
+        self._baud = baudrate
+        self._timeout = kw.get("timeout", 0)
+        self._rx = b""
+
+    def init(self, baudrate=115200, **kw):
+        self._baud = baudrate
+        self._timeout = kw.get("timeout", self._timeout)
+
+    def deinit(self):
+        pass
+
+    def write(self, buf):
+        _hal.call("UARTW %d %s" % (self._id, bytes(buf).hex() or "-"))
+        return len(buf)
+
+    def _fill(self, n):
+        if len(self._rx) < n:
+            got = _hal.call("UARTR %d %d" % (self._id, max(n - len(self._rx), 64)))
+            if got:
+                self._rx += bytes.fromhex(got)
+
+    def any(self):
+        self._fill(1)
+        return len(self._rx)
+
+    def read(self, n=-1):
+        deadline = time.ticks_add(time.ticks_ms(), self._timeout)
+        want = n if n >= 0 else 4096
+        while True:
+            self._fill(want)
+            if len(self._rx) >= want or n < 0 or time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+                break
+            time.sleep_ms(2)
+        if not self._rx:
+            return None
+        out, self._rx = self._rx[:want], self._rx[want:]
+        return out
+
+    def readinto(self, buf, nbytes=-1):
+        n = len(buf) if nbytes < 0 else nbytes
+        data = self.read(n)
+        if not data:
+            return None
+        buf[: len(data)] = data
+        return len(data)
+
+    def readline(self):
+        deadline = time.ticks_add(time.ticks_ms(), self._timeout)
+        while True:
+            self._fill(64)
+            i = self._rx.find(b"\n")
+            if i >= 0:
+                out, self._rx = self._rx[: i + 1], self._rx[i + 1 :]
+                return out
+            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+                out, self._rx = self._rx, b""
+                return out or None
+            time.sleep_ms(2)
+
+    def flush(self):
+        pass
+
+    def txdone(self):
+        return True
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        if timeout < 1:
+            raise ValueError("WDT timeout too short")
+        self._timeout = timeout
+        _hal.call("WDT %d" % timeout)
+
+    def feed(self):
+        _hal.call("FEED")
+
+
+_rtc_base = [None]  # (epoch seconds at set, ticks_ms at set) once the clock was set
+
+
+class RTC:
+    def __init__(self, id=0):
+        pass
+
+    def init(self, datetime=None):
+        if datetime is not None:
+            self.datetime(datetime)
+
+    def datetime(self, dt=None):
+        if dt is None:
+            if _rtc_base[0] is None:
+                # Never set since power-on: the ESP32 RTC counts from 2000-01-01.
+                secs = time.ticks_ms() // 1000 - _BOOT_S
+                return _to_dt(secs)
+            epoch, ticks = _rtc_base[0]
+            return _to_dt(epoch + time.ticks_diff(time.ticks_ms(), ticks) // 1000)
+        y, mo, d, wd, h, mi, s = dt[0], dt[1], dt[2], dt[3], dt[4], dt[5], dt[6]
+        secs = time.mktime((y, mo, d, h, mi, s, 0, 0))
+        _rtc_base[0] = (secs, time.ticks_ms())
+
+    def memory(self, data=None):
+        return b"" if data is None else None
+
+    def synced(self):
+        return _rtc_base[0] is not None
+
+
+_BOOT_S = time.ticks_ms() // 1000
+
+
+def _to_dt(secs):
+    t = time.gmtime(secs)
+    return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+
+
+class Timer:
+    ONE_SHOT = const(0)
+    PERIODIC = const(1)
+
+    def __init__(self, id=-1, **kw):
+        self._id = id
+        self._thread = None
+        if kw:
+            self.init(**kw)
+
+    def init(self, *, mode=1, period=-1, freq=-1, callback=None):
+        import _thread
+        import micropython
+
+        if freq > 0:
+            period = 1000 // freq
+        self._period = max(1, period)
+        self._mode = mode
+        self._cb = callback
+        self._gen = getattr(self, "_gen", 0) + 1
+        gen = self._gen
+
+        def run():
+            while self._gen == gen:
+                time.sleep_ms(self._period)
+                if self._gen != gen:
+                    break
+                if self._cb:
+                    try:
+                        micropython.schedule(self._cb, self)
+                    except RuntimeError:
+                        pass
+                if self._mode == self.ONE_SHOT:
+                    break
+
+        _thread.start_new_thread(run, ())
+
+    def deinit(self):
+        self._gen = getattr(self, "_gen", 0) + 1

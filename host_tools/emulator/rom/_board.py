@@ -61,10 +61,23 @@ def _mount():
     os.chdir("/")
     sys.path.clear()
     sys.path.append("")
+    sys.path.append(".frozen")
     sys.path.append("/lib")
 
 
 _globals = {"__name__": "__main__"}
+_ROM_DIR = __file__.rsplit("/", 1)[0]
+
+
+def _print_exception(e):
+    # As the board prints it: the ROM's own frames (this file, the shims) are not shown.
+    import io
+
+    buf = io.StringIO()
+    sys.print_exception(e, buf)
+    for line in buf.getvalue().split("\n"):
+        if line and _ROM_DIR not in line:
+            _w(line + "\n")
 
 
 def _exec_file(name):
@@ -82,7 +95,7 @@ def _exec_file(name):
     except SystemExit:
         return 1
     except BaseException as e:  # noqa: also KeyboardInterrupt, as on the board
-        sys.print_exception(e)
+        _print_exception(e)
     finally:
         _idle()
     return 0
@@ -117,7 +130,7 @@ def _execute(src, mode, raw):
         _idle()
         if raw:
             _w("\x04")
-        sys.print_exception(e)
+        _print_exception(e)
     if raw:
         _w("\x04")
     return False

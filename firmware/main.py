@@ -1,0 +1,4 @@
+# Lanterne main.py: start the application (lib/lanterne). Ctrl-C drops to the REPL.
+import lanterne.app
+
+lanterne.app.main()

@@ -1,0 +1,83 @@
+"""What goes on a board's flash, and two ways to put it there.
+
+`image_files(board, config)` maps every path on the board's filesystem to its
+bytes: boot.py, main.py, the application package under /lib/lanterne, the
+pinned MicroPython libraries (umqtt.simple) under /lib, board.json and
+config.json. `stage()` writes that tree into a folder; `copy_to_flash()` drops
+it straight into a virtual board's flash folder (fleets, benchmarks), and
+`mpremote_copy()` sends it with unmodified mpremote over the serial port, the
+way a technician does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from host_tools import boards
+from host_tools.paths import FIRMWARE, MPYLIB
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def firmware_files() -> dict[str, bytes]:
+    files = {
+        "boot.py": (FIRMWARE / "boot.py").read_bytes(),
+        "main.py": (FIRMWARE / "main.py").read_bytes(),
+    }
+    for p in sorted((FIRMWARE / "lanterne").rglob("*.py")):
+        files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
+    if not MPYLIB.exists():
+        raise DeployError(f"{MPYLIB} is missing: run `make deps` (python -m host_tools.deps fetch)")
+    for p in sorted(MPYLIB.rglob("*.py")):
+        files["lib/" + p.relative_to(MPYLIB).as_posix()] = p.read_bytes()
+    return files
+
+
+def image_files(board: boards.Board, config: dict | None) -> dict[str, bytes]:
+    files = firmware_files()
+    files["board.json"] = json.dumps(board.data, indent=1).encode()
+    if config is not None:
+        files["config.json"] = json.dumps(config, indent=1).encode()
+    return files
+
+
+def stage(board: boards.Board, config: dict | None, dest: str | Path) -> Path:
+    dest = Path(dest)
+    for rel, data in image_files(board, config).items():
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    return dest
+
+
+def copy_to_flash(board: boards.Board, config: dict | None, flash_dir: str | Path) -> None:
+    stage(board, config, flash_dir)
+
+
+def mpremote_copy(port: str, stage_dir: str | Path, *, reset: bool = True, timeout: float = 120) -> str:
+    """Copy a staged tree to the board with the mpremote CLI, in one chained invocation."""
+    stage_dir = Path(stage_dir)
+    args = [sys.executable, "-m", "mpremote", "connect", port]
+    for p in sorted(stage_dir.iterdir()):
+        if p.is_dir():
+            args += ["fs", "cp", "-r", str(p), ":", "+"]
+        else:
+            args += ["fs", "cp", str(p), ":" + p.name, "+"]
+    args += ["reset"] if reset else ["soft-reset"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise DeployError(f"mpremote failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def clean_flash(flash_dir: str | Path) -> None:
+    flash = Path(flash_dir)
+    if flash.exists():
+        shutil.rmtree(flash)
+    flash.mkdir(parents=True)

@@ -1,13 +1,74 @@
-"""Shared fixtures: the unix-port runner, virtual boards, brokers."""
+"""Shared fixtures: the unix-port runner, virtual boards, a real Mosquitto broker.
+
+- `micropython(code, heapsize=...)` runs a script on the MicroPython unix port.
+- `emulator` is one `Emulator` (asyncio supervisor) for the whole session.
+- `virtual_boards(n, board=..., config=..., firmware=True)` starts N virtual boards, each
+  with its own flash folder and pty, optionally with the firmware deployed, and returns
+  their `BoardHandle`s (world set/get, power_cut/power_on, console, wait_for).
+- `mosquitto` is a real Mosquitto on a free loopback port (one per session).
+"""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from host_tools import upy
+from host_tools import boards, deploy, upy
+from host_tools.broker import Mosquitto
+from host_tools.emulator.board import Emulator
 
 
 @pytest.fixture(scope="session")
 def micropython():
     """Run a script on the MicroPython unix port: `micropython(code, heapsize=...) -> stdout`."""
     return upy.run
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    emu = Emulator()
+    yield emu
+    emu.close()
+
+
+@pytest.fixture(scope="session")
+def mosquitto():
+    with Mosquitto() as broker:
+        yield broker
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def virtual_boards(emulator, tmp_path):
+    """Factory: `virtual_boards(n, board="esp32-devkitc", config=None, firmware=True, files=None)`."""
+    made = []
+
+    def start(n=1, board="esp32-devkitc", config=None, firmware=True, files=None, world_values=None, **kw):
+        from host_tools.emulator.world import World
+
+        b = boards.load(board)
+        handles = []
+        for _ in range(n):
+            i = next(_counter)
+            flash = tmp_path / f"board{i}" / "flash"
+            flash.mkdir(parents=True)
+            if firmware:
+                cfg = dict(config or {})
+                cfg.setdefault("device", f"dev-{i}")
+                deploy.copy_to_flash(b, cfg, flash)
+            for name, data in (files or {}).items():
+                p = flash / name
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data.encode() if isinstance(data, str) else data)
+            world = World(seed=i, **(world_values or {}))
+            h = emulator.add_board(b, flash, port_path=tmp_path / f"board{i}" / "tty", world=world, **kw)
+            handles.append(h)
+            made.append(h)
+        return handles
+
+    yield start
+    for h in made:
+        h.close()

@@ -67,10 +67,12 @@ def validate(data, source=CONFIG_FILE):
     errors = []
     if not isinstance(data, dict):
         return cfg, ["%s: must be a JSON object" % source]
-    for key in data:
+    # Sorted: dict order differs between MicroPython and CPython, the error list must not.
+    for key in sorted(data):
         if key not in SCHEMA:
             errors.append("%s: field '%s': unknown field" % (source, key))
-    for key, (kind, default, check) in SCHEMA.items():
+    for key in sorted(SCHEMA):
+        kind, default, check = SCHEMA[key]
         if key not in data:
             continue
         value = data[key]

@@ -198,7 +198,17 @@ class StandaloneHal:
         self._server.register(self.token, self)
         self.run_dir = os.path.join("/tmp", f"lanterne-hal-{os.getpid()}-{id(self)}")
         os.makedirs(self.run_dir, exist_ok=True)
+        self._link_flag()
+        self.world.subscribe(lambda what, values: self._link_flag() if "link_up" in values else None)
         return self
+
+    def _link_flag(self):
+        flag = os.path.join(self.run_dir, "link_down")
+        if self.world.get("link_up"):
+            if os.path.exists(flag):
+                os.unlink(flag)
+        else:
+            open(flag, "w").close()
 
     def env(self) -> dict[str, str]:
         """Environment for a unix-port script that imports the shims and `_hal.connect()`s."""

@@ -1,0 +1,234 @@
+"""The virtual board speaks what an ESP32 running MicroPython speaks on its serial port."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+import pytest
+
+from host_tools.emulator.board import rom_heap_overhead
+
+
+class Serial:
+    """A raw client of the board's pty, as a terminal or a host tool opens it."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        self.buf = b""
+
+    def write(self, data: bytes):
+        os.write(self.fd, data)
+
+    def read_until(self, marker: bytes, timeout=15.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"never saw {marker!r}; got {self.buf[-800:]!r}")
+            r, _, _ = select.select([self.fd], [], [], min(left, 0.2))
+            if r:
+                self.buf += os.read(self.fd, 4096)
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def drain(self, quiet=0.2):
+        while True:
+            r, _, _ = select.select([self.fd], [], [], quiet)
+            if not r:
+                return
+            os.read(self.fd, 4096)
+
+    def close(self):
+        os.close(self.fd)
+
+
+@pytest.fixture
+def bare_board(virtual_boards):
+    def make(files=None, wait=">>> ", **kw):
+        (h,) = virtual_boards(1, firmware=False, files=files or {}, **kw)
+        h.wait_for(wait)
+        s = Serial(h.port)
+        s.drain()  # what the board printed before we opened the port
+        return h, s
+
+    return make
+
+
+def test_power_on_runs_boot_then_main_then_friendly_repl(bare_board):
+    h, s = bare_board(files={"boot.py": "print('in boot')\n", "main.py": "print('in main')\n"})
+    out = h.console()
+    assert out.index("in boot") < out.index("in main") < out.index(">>> ")
+    assert "POWERON_RESET" in out
+    assert "MicroPython v1.29" in out and 'Type "help()" for more information.' in out
+
+
+def test_friendly_repl_evaluates_and_echoes(bare_board):
+    h, s = bare_board()
+    s.write(b"1 + 2\r")
+    out = s.read_until(b">>> ")
+    assert out == b"1 + 2\r\n3\r\n>>> "
+    s.write(b"for i in range(2):\r")
+    s.read_until(b"... ")
+    s.write(b"    print('i', i)\r")
+    s.read_until(b"... ")
+    s.write(b"\r")
+    out = s.read_until(b">>> ")
+    assert b"i 0\r\ni 1\r\n" in out
+    s.write(b"1/0\r")
+    out = s.read_until(b">>> ")
+    assert b"ZeroDivisionError" in out and b"Traceback" in out
+
+
+def test_paste_mode(bare_board):
+    h, s = bare_board()
+    s.write(b"\x05")
+    s.read_until(b"paste mode; Ctrl-C to cancel, Ctrl-D to finish\r\n=== ")
+    s.write(b"x = 6\rprint(x * 7)\r\x04")
+    out = s.read_until(b">>> ")
+    assert b"42\r\n" in out
+
+
+def test_raw_repl_and_raw_paste(bare_board):
+    h, s = bare_board()
+    s.write(b"\r\x01")
+    s.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+    s.write(b"print('hi'); print(1/0)\x04")
+    out = s.read_until(b"\x04>")
+    # OK, normal output, EOF, exception output, EOF, prompt
+    assert out.startswith(b"OKhi\r\n\x04Traceback")
+    assert out.endswith(b"\x04>") and b"ZeroDivisionError" in out
+    # raw-paste: the board answers R\x01, the window size and a first window credit
+    s.write(b"\x05A\x01")
+    header = s.read_until(b"\x01", timeout=5)
+    header += s.read_until(b"\x01", timeout=5)
+    assert header[:2] == b"R\x01"
+    window = header[2] | header[3] << 8
+    assert window == 128
+    code = b"total = sum(range(100))\nprint('total', total)\n" + b"# pad\n" * 40
+    sent = 0
+    credit = 2 * window
+    while sent < len(code):
+        n = min(credit, len(code) - sent)
+        s.write(code[sent : sent + n])
+        sent += n
+        credit -= n
+        if credit == 0:
+            s.read_until(b"\x01", timeout=5)
+            credit += window
+    s.write(b"\x04")
+    out = s.read_until(b"\x04>", timeout=10)
+    assert b"total 4950" in out
+    s.write(b"\x02")
+    s.read_until(b">>> ")
+
+
+def test_ctrl_c_interrupts_main_and_ctrl_d_soft_reboots(bare_board):
+    h, s = bare_board(
+        files={
+            "boot.py": "print('boot ran')\n",
+            "main.py": "import time\nprint('main start')\nwhile True:\n    time.sleep_ms(10)\n",
+        },
+        wait="main start",
+    )
+    s.write(b"\x03")
+    out = s.read_until(b">>> ")
+    assert b"KeyboardInterrupt" in out
+    boots = h.boots
+    # Ctrl-D at the friendly REPL: soft reboot, boot.py and main.py run again
+    s.write(b"\x04")
+    out = s.read_until(b"main start")
+    assert b"MPY: soft reboot\r\n" in out and b"boot ran" in out
+    assert h.boots == boots + 1
+    s.write(b"\x03")
+    s.read_until(b">>> ")
+    # From the raw REPL, a soft reboot runs boot.py but not main.py and stays in raw REPL
+    s.write(b"\r\x01")
+    s.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+    s.write(b"\x04")
+    out = s.read_until(b"raw REPL; CTRL-B to exit\r\n", timeout=15)
+    assert b"OK\r\nMPY: soft reboot\r\n" in out and b"boot ran" in out and b"main start" not in out
+    # machine.soft_reset() from raw REPL code behaves the same
+    s.write(b"import machine; machine.soft_reset()\x04")
+    out = s.read_until(b"raw REPL; CTRL-B to exit\r\n", timeout=15)
+    assert b"MPY: soft reboot" in out and b"main start" not in out
+
+
+def test_machine_reset_is_a_hard_reboot(bare_board):
+    h, s = bare_board(files={"main.py": "import machine\nprint('cause', machine.reset_cause())\n"})
+    assert "cause 1" in h.console()
+    s.write(b"import machine; machine.reset()\r")
+    out = s.read_until(b">>> ", timeout=20)
+    assert b"SW_CPU_RESET" in out and b"cause 5" in out  # SOFT_RESET, as the ESP32 port reports it
+
+
+def test_power_cut_keeps_flash_and_boots_again(bare_board):
+    h, s = bare_board(
+        files={
+            "main.py": (
+                "n = 0\n"
+                "try:\n    n = int(open('count').read())\nexcept OSError:\n    pass\n"
+                "open('count', 'w').write(str(n + 1))\nprint('boot number', n + 1)\n"
+            )
+        },
+        wait="boot number 1",
+    )
+    h.power_cut()
+    assert (h.flash / "count").read_text() == "1"
+    h.power_on()
+    h.wait_for("boot number 2")
+
+
+def test_filesystem_is_the_flash_folder_and_jailed(bare_board):
+    h, s = bare_board()
+    s.write(b"import os; open('/hello.txt','w').write('x'); print(sorted(os.listdir('/')))\r")
+    out = s.read_until(b">>> ")
+    assert b"hello.txt" in out
+    assert (h.flash / "hello.txt").read_text() == "x"
+    s.write(b"open('/../../../../etc/hostname').read()\r")
+    out = s.read_until(b">>> ")
+    assert b"OSError" in out
+    s.write(b"print(os.statvfs('/')[0] * os.statvfs('/')[2])\r")
+    out = s.read_until(b">>> ")
+    assert b"2097152" in out  # the board file's filesystem size, not the host disk
+
+
+def test_heap_is_the_board_heap(bare_board):
+    h, s = bare_board()
+    s.write(b"import gc; gc.collect(); print('free', gc.mem_free())\r")
+    out = s.read_until(b">>> ")
+    free = int(out.split(b"free ")[1].split(b"\r")[0])
+    heap = 102400  # esp32-devkitc heap_bytes
+    assert heap * 0.85 < free <= heap
+    # A firmware that needs more than the board has fails here as it would on the board.
+    s.write(b"x = bytearray(%d)\r" % (heap + 4096))
+    out = s.read_until(b">>> ")
+    assert b"MemoryError" in out
+    assert rom_heap_overhead() > 0
+
+
+def test_crash_of_the_interpreter_reboots_the_board(bare_board):
+    h, s = bare_board(files={"main.py": "print('up')\n"})
+    boots = h.boots
+    os.kill(h.board.proc.pid, 9)  # the interpreter dies without the emulator asking for it
+    h.wait_for("Guru Meditation", timeout=10)
+    since = h.console_offset()
+    h.wait_for(">>> ", since=since - 200)
+    assert h.boots == boots + 1
+
+
+def test_watchdog_resets_a_stuck_board(bare_board):
+    h, s = bare_board(
+        files={
+            "main.py": (
+                "import machine, time\nprint('cause', machine.reset_cause())\n"
+                "if machine.reset_cause() != machine.WDT_RESET:\n"
+                "    w = machine.WDT(timeout=300)\n    w.feed()\n    while True:\n        time.sleep_ms(50)\n"
+            )
+        },
+        wait="cause 1",
+    )
+    h.wait_for("cause 3", timeout=15)
+    assert "TG0WDT_SYS_RESET" in h.console()

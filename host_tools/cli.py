@@ -73,4 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so commands and this entry share one CommandError class.
+    from host_tools.cli import main as package_main
+
+    sys.exit(package_main())

@@ -58,6 +58,8 @@ class App:
         from lanterne.transport.mqtt import MqttLink
 
         if self.cfg["transport"] != "mqtt":
+            self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
+            self.log(self.faults["transport"])
             return
         if not self.net.start():
             self.faults["network"] = self.net.error

@@ -1,0 +1,90 @@
+"""The `lanterne` command as a person uses it: emulate + world + mpremote, demo, bench registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LANTERNE = [sys.executable, "-m", "host_tools.cli"]
+
+
+def lanterne(*args, timeout=60, **kw):
+    return subprocess.run([*LANTERNE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def test_help_lists_commands():
+    r = lanterne("--help")
+    assert r.returncode == 0
+    for name in ("emulate", "world", "broker", "demo", "bench", "boards"):
+        assert name in r.stdout
+
+
+@pytest.mark.integration
+def test_emulate_world_and_mpremote_from_a_shell(tmp_path):
+    port = tmp_path / "ttyV"
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text("print('hello from the virtual board')\n")
+    proc = subprocess.Popen(
+        [*LANTERNE, "emulate", "--board", "esp32-devkitc", "--fs", str(flash), "--port", str(port), "--set", "temperature_c=30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "virtual esp32-devkitc on" in line, line
+        r = subprocess.run(
+            [sys.executable, "-m", "mpremote", "connect", str(port), "exec", "print(6 * 7)"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 0 and "42" in r.stdout, r.stderr
+        r = lanterne("world", "--port", str(port), "get")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["values"]["temperature_c"] == 30.0
+        assert lanterne("world", "--port", str(port), "set", "illuminance_lx=5", "link_up=off").returncode == 0
+        values = json.loads(lanterne("world", "--port", str(port), "get").stdout)["values"]
+        assert values["illuminance_lx"] == 5.0 and values["link_up"] is False
+        r = lanterne("world", "--port", str(port), "set", "colour=3")
+        assert r.returncode == 1 and "unknown world quantity 'colour'" in r.stderr
+        r = lanterne("world", "--port", str(port), "fault", "bme280", "melted")
+        assert r.returncode == 1 and "unknown fault 'melted'" in r.stderr
+        assert lanterne("world", "--port", str(port), "power-cut").returncode == 0
+        assert lanterne("world", "--port", str(port), "power-on").returncode == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not Path(str(port) + ".ctl").exists()
+    r = lanterne("world", "--port", str(port), "get")
+    assert r.returncode == 1 and "is `lanterne emulate --port PATH` running?" in r.stderr
+
+
+def test_emulate_rejects_unknown_board(tmp_path):
+    r = lanterne("emulate", "--board", "esp8266-nodemcu", "--fs", str(tmp_path), "--port", str(tmp_path / "t"))
+    assert r.returncode == 1
+    assert "unknown board 'esp8266-nodemcu'" in r.stderr and "hint:" in r.stderr
+
+
+@pytest.mark.integration
+def test_demo_shows_live_messages_from_the_boards():
+    t = time.monotonic()
+    r = lanterne("demo", "--duration", "6", "--status-period", "5", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "embedded broker on mqtt://127.0.0.1:" in out
+    assert "lanterne/v1/demo/demo-01/status  state=online" in out
+    assert "lanterne/v1/demo/demo-03/status  state=online" in out
+    assert "transport lorawan: not available" in out  # the LoRaWAN board says so, honestly
+    assert time.monotonic() - t < 100
+
+
+def test_bench_list_and_unknown():
+    r = lanterne("bench", "--list")
+    assert r.returncode == 0 and "boot" in r.stdout
+    r = lanterne("bench", "nosuch")
+    assert r.returncode == 1 and "unknown benchmark nosuch" in r.stderr

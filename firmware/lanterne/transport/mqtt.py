@@ -1,5 +1,6 @@
 # Lanterne MQTT link over umqtt.simple: per-device credentials, last will, retained status,
 # QoS 1 publishes, socket timeouts on every call, reconnect with exponential backoff + jitter.
+import io
 import random
 import socket as _socket
 import time
@@ -9,7 +10,13 @@ import umqtt.simple as _umqtt
 TOPIC_ROOT = "lanterne/v1"
 
 
-class _TimedSocket:
+def _mem_alloc():
+    import gc
+
+    return gc.mem_alloc()
+
+
+class _TimedSocket(io.IOBase):
     # umqtt.simple opens its socket itself, never sets a timeout, and its check_msg() ends
     # with setblocking(True), which would drop any timeout: keep one on every blocking call.
     def __init__(self, *args):
@@ -34,8 +41,12 @@ class _TimedSocket:
     def read(self, n):
         return self.s.read(n)
 
-    def readinto(self, buf):
-        return self.s.readinto(buf)
+    def readinto(self, buf, n=None):
+        return self.s.readinto(buf) if n is None else self.s.readinto(buf, n)
+
+    def ioctl(self, req, arg):
+        # Stream ioctls (poll, close) for the TLS layer and select.poll.
+        return self.s.ioctl(req, arg)
 
     def setsockopt(self, *args):
         self.s.setsockopt(*args)
@@ -81,6 +92,18 @@ class MqttLink:
         self.connects = 0
         _Sockets.timeout = timeout_s
 
+    def tls_params(self):
+        # Server verification on, hostname checked, against the CA provisioned in config.json.
+        import binascii
+        import ssl
+
+        pem = self.cfg["ca_cert"]
+        if not pem:
+            raise ValueError("mqtts:// needs ca_cert in config.json")
+        body = pem.split("-----BEGIN CERTIFICATE-----")[1].split("-----END CERTIFICATE-----")[0]
+        der = binascii.a2b_base64(body.replace("\n", "").replace("\r", ""))
+        return {"cadata": der, "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": self.host}
+
     def backoff_ms(self):
         # Exponential backoff with full jitter: 1 s, 2 s, 4 s ... capped at 5 min, so a
         # city's lamps do not all reconnect in the same second after a broker restart.
@@ -100,12 +123,18 @@ class MqttLink:
             user=self.cfg["mqtt_user"] or None,
             password=self.cfg["mqtt_password"] or None,
             keepalive=self.cfg["keepalive_s"],
+            ssl=self.tls,
+            ssl_params=self.tls_params() if self.tls else {},
         )
         c.set_last_will(self.topics["status"], b'{"state":"offline"}', retain=True, qos=1)
         if self.on_message:
             c.set_callback(self.on_message)
         try:
+            if self.tls:
+                gc_before = _mem_alloc()
             c.connect()
+            if self.tls:
+                self.tls_heap = _mem_alloc() - gc_before
             self.client = c
             c.publish(self.topics["status"], online_payload, retain=True, qos=1)
             c.subscribe(self.topics["cmd"], qos=1)

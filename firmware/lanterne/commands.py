@@ -82,7 +82,7 @@ CONFIG_ALLOW = ("sample_period_s", "status_period_s", "keepalive_s", "bin_empty_
 
 class CommandError(Exception):
     def __init__(self, reason, detail=""):
-        Exception.__init__(self, detail or REASONS.get(reason, "error"))
+        super().__init__(detail or REASONS.get(reason, "error"))
         self.reason = reason
         self.detail = detail
 

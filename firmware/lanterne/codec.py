@@ -1,0 +1,470 @@
+"""Compact payload codec, format v1 (docs/payload.md): readings bit-packed into a preallocated frame.
+
+One module for the board, the unix port and CPython. A reading is a list of
+N_FIELDS integers in resolution units (None = absent), indexed by the field
+constants below. `Encoder.encode()` packs a run of readings into one frame: the
+first reading absolute, later ones as deltas against it, as many whole readings
+as the byte budget allows. After the first call it allocates nothing: integers
+only (no floats), `const()` constants, one bytearray reused for every frame.
+`from_values()` converts JSON-style values (floats, flag names) into a reading;
+it allocates and is meant for the host, tests and the CLI, not the sample loop.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython: same source, constants are plain ints
+
+    def const(value):
+        return value
+
+
+FORMAT_VERSION = const(1)
+# Largest frame any decoder accepts; EU868 LoRaWAN tops out at 242, MQTT may use more.
+MAX_FRAME = const(1024)
+
+# Index of each field in an integer reading, and its unit (see docs/payload.md, "Readings").
+TEMPERATURE = const(0)  # 0.1 degC, -400..850
+HUMIDITY = const(1)  # 0.5 %RH, 0..200
+PRESSURE = const(2)  # 0.1 hPa, 3000..11000
+ILLUMINANCE = const(3)  # millilux, 0..120_000_000
+FILL = const(4)  # %, 0..100
+DISTANCE = const(5)  # mm, 0..16383 (raw fill-sensor distance)
+LAMP = const(6)  # %, 0..100
+LAMP_FAULT = const(7)  # 0 or 1, sent together with LAMP
+VOLTAGE = const(8)  # mV, 0..60000
+STATUS = const(9)  # flag bits, STATUS_NAMES[i] is bit i
+SEQ = const(10)  # reading counter; its low 16 bits are sent (keep it < 2**30 on 32-bit ports: small int)
+AGE = const(11)  # s between sampling and sending, 0..AGE_MAX
+N_FIELDS = const(12)
+
+# Status flag bits: one fault bit per sensor, then device conditions.
+STATUS_NAMES = (
+    "temperature_fault",
+    "humidity_fault",
+    "pressure_fault",
+    "illuminance_fault",
+    "fill_fault",
+    "voltage_fault",
+    "tamper",
+    "buffer_overflow",
+    "config_error",
+    "clock_unsynced",
+)
+AGE_MAX = const(16777216)  # 2**24 s, about 194 days; older readings are sent as this age
+
+# Presence bitmap (11 bits, temperature first on the wire).
+_P_TEMPERATURE = const(0x400)
+_P_HUMIDITY = const(0x200)
+_P_PRESSURE = const(0x100)
+_P_ILLUMINANCE = const(0x80)
+_P_FILL = const(0x40)
+_P_DISTANCE = const(0x20)
+_P_LAMP = const(0x10)
+_P_VOLTAGE = const(0x08)
+_P_STATUS = const(0x04)
+_P_SEQ = const(0x02)
+_P_AGE = const(0x01)
+
+# Exp-Golomb order of each delta (chosen for slowly varying assets, see docs/payload.md).
+_K_TEMPERATURE = const(2)
+_K_HUMIDITY = const(1)
+_K_PRESSURE = const(2)
+_K_ILLUMINANCE = const(2)
+_K_FILL = const(0)
+_K_DISTANCE = const(3)
+_K_LAMP = const(0)
+_K_VOLTAGE = const(1)
+_K_SEQ = const(0)
+_K_AGE_FIRST = const(3)
+_K_AGE = const(2)
+
+_MIN_CHECK_BITS = const(4)
+# A reading never takes more than ~34 bytes, so writing one past the budget stays
+# inside the buffer; it is then rolled back.
+_SLACK = const(48)
+
+# Illuminance: code 0 is 0 lx, code c >= 1 stands for 2**((c - 1) / 19) mlx (19 steps per
+# octave: at most 1.84 % away from the true value, 1 mlx .. 120 315 lx in 9 bits).
+# _LUX_SPLIT[j] = round(2**((j + 0.5) / 19) * 65536): the boundaries between steps of one
+# octave, in 16-bit fixed point; integers, so every port rounds the same way.
+_LUX_SPLIT = (
+    66742, 69222, 71794, 74462, 77228, 80098, 83074, 86160, 89362, 92682,
+    96126, 99697, 103401, 107243, 111228, 115360, 119647, 124092, 128703,
+)
+# CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), one nibble at a time: a 16-entry table
+# instead of 256 keeps RAM low.
+_CRC_NIBBLE = (
+    0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50A5, 0x60C6, 0x70E7,
+    0x8108, 0x9129, 0xA14A, 0xB16B, 0xC18C, 0xD1AD, 0xE1CE, 0xF1EF,
+)
+
+
+def _clamp(v, low, high):
+    return low if v < low else (high if v > high else v)
+
+
+def _bitlen(v):
+    n = 0
+    while v >= 256:
+        v >>= 8
+        n += 8
+    while v:
+        v >>= 1
+        n += 1
+    return n
+
+
+def _zigzag(d):
+    return d << 1 if d >= 0 else ((-d) << 1) - 1
+
+
+def lux_code(mlx):
+    """9-bit illuminance code for `mlx` millilux (0 stays exactly 0; saturates at 120 315 lx)."""
+    if mlx <= 0:
+        return 0
+    e = _bitlen(mlx) - 1
+    m = mlx << (16 - e) if e <= 16 else mlx >> (e - 16)  # mantissa in [2**16, 2**17)
+    j = 0
+    while j < 19 and _LUX_SPLIT[j] <= m:
+        j += 1
+    c = e * 19 + j + 1
+    return 511 if c > 511 else c
+
+
+def voltage_code(mv):
+    """11-bit supply-voltage code: 10 mV steps below 5 V (codes 0..499), 100 mV steps up to 60 V."""
+    mv = _clamp(mv, 0, 60000)
+    if mv < 4995:
+        return (mv + 5) // 10
+    return 500 + (mv - 4950) // 100
+
+
+def age_code(s):
+    """Age code: exact below 128 s, then 64 steps per octave (within 0.8 %), up to AGE_MAX."""
+    s = _clamp(s, 0, AGE_MAX)
+    if s < 128:
+        return s
+    e = _bitlen(s) - 7
+    m = (s + (1 << (e - 1))) >> e  # rounded to 7 significant bits
+    if m == 128:
+        m = 64
+        e += 1
+    return (e << 6) + m
+
+
+def age_value(code):
+    """Seconds that an age code stands for (inverse of `age_code`)."""
+    if code < 128:
+        return code
+    return (64 + (code & 63)) << ((code >> 6) - 1)
+
+
+def crc16(buf, length):
+    """CRC-16/CCITT-FALSE of buf[0:length]."""
+    crc = 0xFFFF
+    for i in range(length):
+        b = buf[i]
+        crc = ((crc << 4) & 0xFFFF) ^ _CRC_NIBBLE[((crc >> 12) ^ (b >> 4)) & 15]
+        crc = ((crc << 4) & 0xFFFF) ^ _CRC_NIBBLE[((crc >> 12) ^ b) & 15]
+    return crc
+
+
+def new_reading():
+    """An empty reading: every field absent. Reuse it; set fields to ints in resolution units."""
+    return [None] * N_FIELDS
+
+
+class Encoder:
+    """Packs readings into frames in one preallocated buffer.
+
+    After `n = encoder.encode(readings, start, count, budget)`, the frame is
+    `encoder.buf[:encoder.length]` and holds readings[start:start + n]; n == 0
+    means the first reading alone does not fit in `budget` bytes.
+    """
+
+    def __init__(self, capacity=242):
+        if capacity < 4 or capacity > MAX_FRAME:
+            raise ValueError("frame capacity must be 4..%d bytes" % MAX_FRAME)
+        self.capacity = capacity
+        self.buf = bytearray(capacity + _SLACK)
+        self.length = 0
+        self.count = 0
+        self._pos = 0
+        self._acc = 0
+        self._nacc = 0
+        self._base = [0] * N_FIELDS  # wire codes of the frame's first reading
+        self._mask = 0  # presence bitmap of the first reading
+        self._seq = 0
+        self._seq_at = -1
+        self._age1 = 0
+        self._age2 = 0
+        self._ages = 0
+
+    def frame(self):
+        """The last frame as bytes (allocates; for the host and tests)."""
+        return bytes(self.buf[: self.length])
+
+    # -- bit writer: MSB first, whole bytes go straight into the buffer --------------
+
+    def _put(self, value, n):  # n <= 16 keeps the accumulator a small int on 32-bit ports
+        acc = (self._acc << n) | value
+        nacc = self._nacc + n
+        while nacc >= 8:
+            nacc -= 8
+            self.buf[self._pos] = (acc >> nacc) & 0xFF
+            self._pos += 1
+        self._acc = acc & ((1 << nacc) - 1)
+        self._nacc = nacc
+
+    def _bits(self, value, n):
+        while n > 16:
+            n -= 16
+            self._put((value >> n) & 0xFFFF, 16)
+        self._put(value & ((1 << n) - 1), n)
+
+    def _eg(self, v, k):
+        # Exp-Golomb of order k: (bitlen(w) - k - 1) zeros, then w = v + 2**k in binary.
+        w = v + (1 << k)
+        n = _bitlen(w)
+        self._bits(w, n + n - k - 1)
+
+    def _field(self, slot, code, width, k, index, flag):
+        if index and self._mask & flag:
+            self._eg(_zigzag(code - self._base[slot]), k)
+        else:
+            self._bits(code, width)
+            if not index:
+                self._base[slot] = code
+
+    # -- frames ----------------------------------------------------------------------
+
+    def encode(self, readings, start=0, count=-1, budget=0):
+        """Encode readings[start:start + count] (count -1: to the end) into at most
+        `budget` bytes (0: the capacity); return how many whole readings were packed."""
+        if budget <= 0 or budget > self.capacity:
+            budget = self.capacity
+        end = len(readings) if count < 0 else start + count
+        if end > len(readings):
+            end = len(readings)
+        limit = budget * 8 - 1 - _MIN_CHECK_BITS  # room left for the end bit and the check
+        self._pos = 0
+        self._acc = 0
+        self._nacc = 0
+        self._seq_at = -1
+        self._ages = 0
+        self.length = 0
+        self.count = 0
+        self._put(FORMAT_VERSION, 8)
+        n = 0
+        i = start
+        while i < end:
+            pos = self._pos
+            acc = self._acc
+            nacc = self._nacc
+            if n:
+                self._put(1, 1)  # another reading follows
+            self._reading(readings[i], n)
+            if self._pos * 8 + self._nacc > limit:
+                self._pos = pos
+                self._acc = acc
+                self._nacc = nacc
+                break
+            n += 1
+            i += 1
+        if n == 0:
+            return 0
+        self._put(0, 1)  # end of readings
+        k = (8 - self._nacc) & 7
+        if k < _MIN_CHECK_BITS:
+            k += 8
+        self._bits(0, k)
+        length = self._pos
+        check = crc16(self.buf, length) >> (16 - k)
+        self.buf[length - 1] |= check & 0xFF
+        if k > 8:
+            self.buf[length - 2] |= check >> 8
+        self.length = length
+        self.count = n
+        return n
+
+    def _reading(self, r, index):
+        mask = 0
+        if r[TEMPERATURE] is not None:
+            mask |= _P_TEMPERATURE
+        if r[HUMIDITY] is not None:
+            mask |= _P_HUMIDITY
+        if r[PRESSURE] is not None:
+            mask |= _P_PRESSURE
+        if r[ILLUMINANCE] is not None:
+            mask |= _P_ILLUMINANCE
+        if r[FILL] is not None:
+            mask |= _P_FILL
+        if r[DISTANCE] is not None:
+            mask |= _P_DISTANCE
+        if r[LAMP] is not None:
+            mask |= _P_LAMP
+        if r[VOLTAGE] is not None:
+            mask |= _P_VOLTAGE
+        if r[STATUS] is not None:
+            mask |= _P_STATUS
+        if r[SEQ] is not None:
+            mask |= _P_SEQ
+        if r[AGE] is not None:
+            mask |= _P_AGE
+        if not mask:
+            raise ValueError("reading has no fields")
+        if not index:
+            self._mask = mask
+            self._put(mask, 11)
+        elif mask == self._mask:
+            self._put(0, 1)  # same fields as the first reading
+        else:
+            self._put(1, 1)
+            self._put(mask, 11)
+        if mask & _P_TEMPERATURE:
+            self._field(TEMPERATURE, _clamp(r[TEMPERATURE], -400, 850) + 400, 11, _K_TEMPERATURE, index, _P_TEMPERATURE)
+        if mask & _P_HUMIDITY:
+            self._field(HUMIDITY, _clamp(r[HUMIDITY], 0, 200), 8, _K_HUMIDITY, index, _P_HUMIDITY)
+        if mask & _P_PRESSURE:
+            self._field(PRESSURE, _clamp(r[PRESSURE], 3000, 11000) - 3000, 13, _K_PRESSURE, index, _P_PRESSURE)
+        if mask & _P_ILLUMINANCE:
+            self._field(ILLUMINANCE, lux_code(r[ILLUMINANCE]), 9, _K_ILLUMINANCE, index, _P_ILLUMINANCE)
+        if mask & _P_FILL:
+            self._field(FILL, _clamp(r[FILL], 0, 100), 7, _K_FILL, index, _P_FILL)
+        if mask & _P_DISTANCE:
+            self._field(DISTANCE, _clamp(r[DISTANCE], 0, 16383), 14, _K_DISTANCE, index, _P_DISTANCE)
+        if mask & _P_LAMP:
+            code = _clamp(r[LAMP], 0, 100) << 1
+            if r[LAMP_FAULT]:
+                code |= 1
+            self._field(LAMP, code, 8, _K_LAMP, index, _P_LAMP)
+        if mask & _P_VOLTAGE:
+            self._field(VOLTAGE, voltage_code(r[VOLTAGE]), 11, _K_VOLTAGE, index, _P_VOLTAGE)
+        if mask & _P_STATUS:
+            flags = r[STATUS] & 0x3FF
+            ref = self._base[STATUS] if index and self._mask & _P_STATUS else 0
+            if flags == ref:
+                self._put(0, 1)
+            else:
+                self._put(1, 1)
+                self._put(flags, 10)
+            if not index:
+                self._base[STATUS] = flags
+        if mask & _P_SEQ:
+            s = r[SEQ] & 0xFFFF
+            if self._seq_at < 0:
+                self._put(s, 16)
+            else:
+                d = (s - self._seq - index + self._seq_at) & 0xFFFF
+                if d >= 32768:
+                    d -= 65536
+                self._eg(_zigzag(d), _K_SEQ)
+            self._seq = s
+            self._seq_at = index
+        if mask & _P_AGE:
+            a = _clamp(r[AGE], 0, AGE_MAX)
+            if not self._ages:
+                code = age_code(a)
+                self._eg(code, _K_AGE_FIRST)
+                a = age_value(code)  # later readings are coded against what the host will see
+            else:
+                pred = self._age1
+                if self._ages > 1:
+                    pred = _clamp(pred + pred - self._age2, 0, AGE_MAX)
+                self._eg(_zigzag(a - pred), _K_AGE)
+            self._age2 = self._age1
+            self._age1 = a
+            self._ages += 1
+
+
+# -- convenience: JSON-style values -> integer reading (allocates; not for the hot path) --
+
+# name -> (slot, scale to resolution units, low, high, unit) for plain numeric fields.
+_NUMERIC = {
+    "temperature": (TEMPERATURE, 10, -40, 85, "degC"),
+    "humidity": (HUMIDITY, 2, 0, 100, "%"),
+    "pressure": (PRESSURE, 10, 300, 1100, "hPa"),
+    "illuminance": (ILLUMINANCE, 1000, 0, 120000, "lx"),
+    "fill": (FILL, 1, 0, 100, "%"),
+    "distance": (DISTANCE, 1, 0, 16383, "mm"),
+    "lamp": (LAMP, 1, 0, 100, "%"),
+    "voltage": (VOLTAGE, 1000, 0, 60, "V"),
+    "age": (AGE, 1, 0, AGE_MAX, "s"),
+}
+FIELD_NAMES = (
+    "temperature",
+    "humidity",
+    "pressure",
+    "illuminance",
+    "fill",
+    "distance",
+    "lamp",
+    "lamp_fault",
+    "voltage",
+    "status",
+    "seq",
+    "age",
+)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _round(x):
+    return int(x + 0.5) if x >= 0 else -int(-x + 0.5)
+
+
+def from_values(values, out=None):
+    """Integer reading from a dict of JSON values (field names and units of docs/payload.md).
+
+    Raises ValueError naming the field for an unknown name, a wrong type or a value
+    out of range. Absent keys (or null) are absent fields.
+    """
+    if not isinstance(values, dict):
+        raise ValueError("a reading is a JSON object, got %s" % type(values).__name__)
+    r = out if out is not None else new_reading()
+    for i in range(N_FIELDS):
+        r[i] = None
+    for name in values:
+        if name not in FIELD_NAMES:
+            raise ValueError("unknown field %r (known: %s)" % (name, ", ".join(FIELD_NAMES)))
+    for name in FIELD_NAMES:  # a fixed order, so every port reports the same first error
+        spec = _NUMERIC.get(name)
+        v = values.get(name)
+        if spec is None or v is None:
+            continue
+        slot, scale, low, high, unit = spec
+        if not _is_number(v):
+            raise ValueError("%s: expected a number in %s, got %r" % (name, unit, v))
+        if not low <= v <= high:
+            raise ValueError("%s: %r %s is out of range %s..%s" % (name, v, unit, low, high))
+        r[slot] = v if scale == 1 and isinstance(v, int) else _round(v * scale)
+    fault = values.get("lamp_fault")
+    if fault is not None:
+        if not isinstance(fault, bool):
+            raise ValueError("lamp_fault: expected true or false, got %r" % (fault,))
+        if r[LAMP] is None:
+            raise ValueError("lamp_fault is sent with the lamp level: add \"lamp\"")
+        r[LAMP_FAULT] = 1 if fault else 0
+    elif r[LAMP] is not None:
+        r[LAMP_FAULT] = 0
+    status = values.get("status")
+    if status is not None:
+        if not isinstance(status, (list, tuple)):
+            raise ValueError("status: expected a list of flag names, got %r" % (status,))
+        flags = 0
+        for flag in status:
+            if flag not in STATUS_NAMES:
+                raise ValueError("status: unknown flag %r (known: %s)" % (flag, ", ".join(STATUS_NAMES)))
+            flags |= 1 << STATUS_NAMES.index(flag)
+        r[STATUS] = flags
+    seq = values.get("seq")
+    if seq is not None:
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 0xFFFFFFFF:
+            raise ValueError("seq: expected an integer 0..4294967295, got %r" % (seq,))
+        r[SEQ] = seq
+    for i in range(N_FIELDS):
+        if r[i] is not None:
+            return r
+    raise ValueError("a reading needs at least one field (known: %s)" % ", ".join(FIELD_NAMES))

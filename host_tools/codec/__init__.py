@@ -1,0 +1,126 @@
+"""Payload codec on the host: decode frames, and encode JSON readings with the firmware's own encoder.
+
+`decode(frame) -> dict` is the library call behind `lanterne decode`;
+`encode_values(readings, budget, runtime)` runs firmware/lanterne/codec.py either
+on the MicroPython unix port (what a board sends) or in this CPython process,
+and returns the frames. The wire format is docs/payload.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from host_tools.codec.decoder import FORMAT_VERSION, MAX_FRAME, PayloadError, decode
+from host_tools.paths import FIRMWARE
+
+__all__ = [
+    "EU868_BUDGETS",
+    "FORMAT_VERSION",
+    "MAX_FRAME",
+    "EncodeError",
+    "PayloadError",
+    "decode",
+    "encode_values",
+    "firmware_codec",
+]
+
+# LoRaWAN application-payload limits: 11 (US915 DR0, AS923 with dwell time), 51 (EU868 DR0-2, SF12-SF10),
+# 115 (DR3, SF9), 222 (DR4-5 through a repeater, SF8-SF7), 242 (DR4-7 direct).
+EU868_BUDGETS = (11, 51, 115, 222, 242)
+RUNTIMES = ("micropython", "cpython")
+
+FIRMWARE_CODEC = FIRMWARE / "lanterne" / "codec.py"
+
+
+class EncodeError(ValueError):
+    """A reading that cannot be encoded: a bad value, or too large for the budget. `index` names it."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+def firmware_codec():
+    """firmware/lanterne/codec.py loaded into CPython (the very file the board runs)."""
+    name = "_lanterne_firmware_codec"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, FIRMWARE_CODEC)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return module
+
+
+# Runs unchanged on CPython and MicroPython: JSON values -> frames (hex), or the first error.
+_PACK_SOURCE = '''
+def pack(codec, items, budget):
+    import binascii
+    readings = []
+    for i in range(len(items)):
+        try:
+            readings.append(codec.from_values(items[i]))
+        except ValueError as exc:
+            return {"error": str(exc), "index": i}
+    enc = codec.Encoder(budget)
+    frames = []
+    start = 0
+    while start < len(readings):
+        n = enc.encode(readings, start, -1, budget)
+        if n == 0:
+            alone = codec.Encoder(codec.MAX_FRAME)
+            alone.encode(readings, start, 1)
+            return {"error": "needs %d bytes on its own, more than the %d-byte budget" % (alone.length, budget),
+                    "index": start, "needs": alone.length}
+        frames.append({"hex": binascii.hexlify(enc.frame()).decode(), "first": start, "count": n})
+        start += n
+    return {"frames": frames}
+'''
+
+
+def _pack_cpython(items: list, budget: int) -> dict:
+    namespace: dict = {}
+    exec(_PACK_SOURCE, namespace)
+    return namespace["pack"](firmware_codec(), items, budget)
+
+
+def _pack_micropython(items: list, budget: int, heapsize: int) -> dict:
+    from host_tools import upy
+
+    script = _PACK_SOURCE + (
+        "\nimport sys, json\nfrom lanterne import codec\n"
+        f"print(json.dumps(pack(codec, json.loads(sys.stdin.read()), {budget})))\n"
+    )
+    return upy.run_json(script, heapsize=heapsize, stdin=json.dumps(items).encode())
+
+
+def encode_values(
+    readings: dict | list[dict],
+    budget: int = 51,
+    runtime: str = "micropython",
+    heapsize: int | None = None,
+) -> list[dict]:
+    """Encode JSON readings into frames of at most `budget` bytes.
+
+    Returns one dict per frame: {"frame": bytes, "first": index of its first
+    reading, "count": readings packed}. Raises EncodeError naming the reading for
+    a bad value or a reading larger than the budget.
+    """
+    items = [readings] if isinstance(readings, dict) else list(readings)
+    if not items:
+        raise EncodeError("no readings to encode")
+    if not 4 <= budget <= MAX_FRAME:
+        raise EncodeError(f"budget must be 4..{MAX_FRAME} bytes, got {budget}")
+    if runtime == "cpython":
+        result = _pack_cpython(items, budget)
+    elif runtime == "micropython":
+        from host_tools.upy import DEFAULT_HEAP
+
+        result = _pack_micropython(items, budget, heapsize or DEFAULT_HEAP)
+    else:
+        raise EncodeError(f"unknown runtime {runtime!r} (choose {' or '.join(RUNTIMES)})")
+    if "error" in result:
+        raise EncodeError(f"reading {result['index']}: {result['error']}", index=result["index"])
+    return [{"frame": bytes.fromhex(f["hex"]), "first": f["first"], "count": f["count"]} for f in result["frames"]]

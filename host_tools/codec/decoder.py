@@ -1,0 +1,279 @@
+"""Decode Lanterne payload frames (format v1, docs/payload.md) into JSON-ready dicts.
+
+An independent implementation of the wire format (the encoder is
+firmware/lanterne/codec.py, the network-server formatter is formatter.js): any
+input either decodes to readings whose every value is within the documented
+ranges, or raises `PayloadError` saying what is wrong and at which byte.
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+MAX_FRAME = 1024
+MIN_FRAME = 4  # version byte + 11-bit bitmap + 1-bit field + end bit + 11 check bits
+AGE_MAX = 1 << 24
+AGE_CODE_MAX = 1216  # the age code of AGE_MAX
+MAX_EG_ZEROS = 26  # no valid delta needs more; bounds the work on hostile input
+
+STATUS_NAMES = (
+    "temperature_fault",
+    "humidity_fault",
+    "pressure_fault",
+    "illuminance_fault",
+    "fill_fault",
+    "voltage_fault",
+    "tamper",
+    "buffer_overflow",
+    "config_error",
+    "clock_unsynced",
+)
+
+# round(2**(j / 19) * 65536): illuminance code c >= 1 stands for 2**((c - 1) / 19) mlx.
+LUX_STEP = (
+    65536, 67971, 70496, 73116, 75832, 78650, 81572, 84603, 87746, 91007,
+    94388, 97895, 101532, 105305, 109217, 113275, 117484, 121849, 126376,
+)
+CRC_NIBBLE = (
+    0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50A5, 0x60C6, 0x70E7,
+    0x8108, 0x9129, 0xA14A, 0xB16B, 0xC18C, 0xD1AD, 0xE1CE, 0xF1EF,
+)
+
+# Wire order of the presence bitmap: (name, bitmap flag, absolute width, largest valid code, delta order).
+FIELDS = (
+    ("temperature", 0x400, 11, 1250, 2),
+    ("humidity", 0x200, 8, 200, 1),
+    ("pressure", 0x100, 13, 8000, 2),
+    ("illuminance", 0x080, 9, 511, 2),
+    ("fill", 0x040, 7, 100, 0),
+    ("distance", 0x020, 14, 16383, 3),
+    ("lamp", 0x010, 8, 201, 0),
+    ("voltage", 0x008, 11, 1050, 1),
+)
+P_STATUS, P_SEQ, P_AGE = 0x004, 0x002, 0x001
+
+
+class PayloadError(ValueError):
+    """A frame that is not a valid v1 payload; `byte` is the 0-based offset of the problem."""
+
+    def __init__(self, message: str, byte: int | None = None):
+        self.byte = byte
+        self.reason = message
+        super().__init__(message if byte is None else f"byte {byte}: {message}")
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF)."""
+    crc = 0xFFFF
+    for b in data:
+        crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ (b >> 4)) & 15]
+        crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ b) & 15]
+    return crc
+
+
+def lux(code: int) -> float:
+    """Illuminance in lx for a 9-bit code, rounded to 1 microlux with integer arithmetic."""
+    if code == 0:
+        return 0.0
+    e, j = divmod(code - 1, 19)
+    microlux = (LUX_STEP[j] * (1 << e) * 1000 + 32768) >> 16
+    return microlux / 1e6
+
+
+def age_seconds(code: int) -> int:
+    if code < 128:
+        return code
+    return (64 + (code & 63)) << ((code >> 6) - 1)
+
+
+def _field_value(name: str, code: int):
+    if name == "temperature":
+        return (code - 400) / 10
+    if name == "humidity":
+        return code / 2
+    if name == "pressure":
+        return (code + 3000) / 10
+    if name == "illuminance":
+        return lux(code)
+    if name == "voltage":
+        mv = code * 10 if code < 500 else 5000 + (code - 500) * 100
+        return mv / 1000
+    return code  # fill %, distance mm
+
+
+class _Bits:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.total = len(data) * 8
+        self.pos = 8  # after the version byte
+
+    def where(self) -> int:
+        return self.pos // 8
+
+    def read(self, n: int, what: str) -> int:
+        if self.pos + n > self.total:
+            missing = self.pos + n - self.total
+            raise PayloadError(
+                f"truncated: the frame ends inside {what} ({len(self.data)} bytes, {what} needs "
+                f"{missing} more bit{'' if missing == 1 else 's'})",
+                byte=min(self.pos // 8, len(self.data) - 1),
+            )
+        v = 0
+        for _ in range(n):
+            v = (v << 1) | ((self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return v
+
+    def exp_golomb(self, k: int, what: str) -> int:
+        start = self.where()
+        zeros = 0
+        while self.read(1, what) == 0:
+            zeros += 1
+            if zeros > MAX_EG_ZEROS:
+                raise PayloadError(f"malformed {what}: more than {MAX_EG_ZEROS} leading zero bits", byte=start)
+        return ((1 << (zeros + k)) | self.read(zeros + k, what)) - (1 << k)
+
+    def signed(self, k: int, what: str) -> int:
+        z = self.exp_golomb(k, what)
+        return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
+
+
+def decode(data: bytes | bytearray | memoryview) -> dict:
+    """Decode one frame into {"version": 1, "readings": [{field: value, ...}, ...]}.
+
+    Values are in the units of docs/payload.md (degC, %, hPa, lx, mm, V, s);
+    absent fields are left out. Raises PayloadError for anything that is not a
+    complete, intact v1 frame.
+    """
+    data = bytes(data)
+    n = len(data)
+    if n == 0:
+        raise PayloadError("empty payload: a frame starts with the format version byte 0x01", byte=0)
+    if data[0] != FORMAT_VERSION:
+        raise PayloadError(
+            f"unsupported format version {data[0]} (0x{data[0]:02x}): this decoder reads version "
+            f"{FORMAT_VERSION} — not a Lanterne payload, or one from newer firmware",
+            byte=0,
+        )
+    if n > MAX_FRAME:
+        raise PayloadError(f"oversized: {n} bytes, a frame is at most {MAX_FRAME} bytes", byte=MAX_FRAME)
+    if n < MIN_FRAME:
+        raise PayloadError(f"truncated: {n} bytes, the shortest frame is {MIN_FRAME} bytes", byte=n - 1)
+    bits = _Bits(data)
+    readings = []
+    state = _FrameState()
+    while True:
+        readings.append(_read_reading(bits, len(readings), state))
+        if not bits.read(1, "the end-of-readings bit"):
+            break
+    check_bits = bits.total - bits.pos
+    if check_bits < 4:
+        raise PayloadError(
+            f"truncated: {check_bits} bits left for the check field after the last reading, it needs 4 to 11",
+            byte=n - 1,
+        )
+    if check_bits > 11:
+        expected = (bits.pos + 4 + 7) // 8
+        extra = n - expected
+        raise PayloadError(
+            f"oversized: {extra} unexpected byte{'' if extra == 1 else 's'} after the end of the frame "
+            f"(it ends after byte {expected - 1})",
+            byte=expected,
+        )
+    sent = int.from_bytes(data[-2:], "big") & ((1 << check_bits) - 1)
+    zeroed = bytearray(data)
+    tail = int.from_bytes(zeroed[-2:], "big") & ~((1 << check_bits) - 1)
+    zeroed[-2:] = tail.to_bytes(2, "big")
+    expected = crc16(zeroed) >> (16 - check_bits)
+    if sent != expected:
+        raise PayloadError(
+            f"check field mismatch (got 0x{sent:x}, computed 0x{expected:x} over {check_bits} bits): "
+            "the frame is corrupted or not a Lanterne payload",
+            byte=n - 1 - (check_bits > 8),
+        )
+    return {"version": FORMAT_VERSION, "readings": readings}
+
+
+class _FrameState:
+    def __init__(self):
+        self.mask = 0
+        self.base: dict[str, int] = {}
+        self.seq = None
+        self.seq_at = 0
+        self.ages: list[int] = []
+
+
+def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
+    label = f"reading {index}"
+    start = bits.where()
+    if index == 0:
+        mask = bits.read(11, f"{label} presence bitmap")
+        if mask == 0:
+            raise PayloadError(f"{label} has an empty presence bitmap", byte=start)
+        st.mask = mask
+    elif bits.read(1, f"{label} presence flag"):
+        mask = bits.read(11, f"{label} presence bitmap")
+        if mask == 0 or mask == st.mask:
+            raise PayloadError(f"{label} presence bitmap is {'empty' if mask == 0 else 'not canonical'}", byte=start)
+    else:
+        mask = st.mask
+    out: dict = {}
+    for name, flag, width, top, k in FIELDS:
+        if not mask & flag:
+            continue
+        at = bits.where()
+        what = f"{label} {name}"
+        if index and st.mask & flag:
+            delta = bits.signed(k, f"{what} delta")
+            code = st.base[name] + delta
+            if not 0 <= code <= top:
+                raise PayloadError(f"{what}: delta {delta:+d} leads to code {code}, outside 0..{top}", byte=at)
+        else:
+            code = bits.read(width, what)
+            if code > top:
+                raise PayloadError(f"{what}: code {code} is outside 0..{top}", byte=at)
+            if index == 0:
+                st.base[name] = code
+        if name == "lamp":
+            out["lamp"] = code >> 1
+            out["lamp_fault"] = bool(code & 1)
+        else:
+            out[name] = _field_value(name, code)
+    if mask & P_STATUS:
+        at = bits.where()
+        ref = st.base["status"] if index and st.mask & P_STATUS else 0
+        flags = ref
+        if bits.read(1, f"{label} status"):
+            flags = bits.read(10, f"{label} status flags")
+            if flags == ref:
+                raise PayloadError(f"{label} status flags are not canonical (long form repeats the reference)", byte=at)
+        if index == 0:
+            st.base["status"] = flags
+        out["status"] = [STATUS_NAMES[i] for i in range(10) if flags >> i & 1]
+    if mask & P_SEQ:
+        if st.seq is None:
+            seq = bits.read(16, f"{label} seq")
+        else:
+            delta = bits.signed(0, f"{label} seq delta")
+            if not -32768 <= delta <= 32767:
+                raise PayloadError(f"{label} seq: delta {delta:+d} is outside -32768..32767", byte=bits.where())
+            seq = (st.seq + index - st.seq_at + delta) & 0xFFFF
+        st.seq, st.seq_at = seq, index
+        out["seq"] = seq
+    if mask & P_AGE:
+        at = bits.where()
+        if not st.ages:
+            code = bits.exp_golomb(3, f"{label} age")
+            if code > AGE_CODE_MAX:
+                raise PayloadError(f"{label} age: code {code} is beyond the largest age (code {AGE_CODE_MAX})", byte=at)
+            age = age_seconds(code)
+        else:
+            pred = st.ages[-1]
+            if len(st.ages) > 1:
+                pred = min(max(2 * pred - st.ages[-2], 0), AGE_MAX)
+            delta = bits.signed(2, f"{label} age delta")
+            age = pred + delta
+            if not 0 <= age <= AGE_MAX:
+                raise PayloadError(f"{label} age: delta {delta:+d} leads to {age} s, outside 0..{AGE_MAX}", byte=at)
+        st.ages.append(age)
+        out["age"] = age
+    return out

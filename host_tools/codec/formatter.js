@@ -1,0 +1,266 @@
+// Lanterne payload formatter, format v1 (docs/payload.md), for LoRaWAN network servers.
+//
+// Paste into The Things Stack v3 (uplink payload formatter, "Custom Javascript") or a
+// ChirpStack v4 device profile codec. decodeUplink(input) takes {bytes, fPort} and returns
+// {data, warnings, errors}; a frame that is not a complete, intact v1 payload gives one
+// error naming what is wrong and at which byte, and no data.
+// Plain ES5, no dependencies: integers stay below 2^53 and bit operations below 2^31.
+
+var FORMAT_VERSION = 1;
+var MAX_FRAME = 1024;
+var MIN_FRAME = 4;
+var AGE_MAX = 16777216;
+var AGE_CODE_MAX = 1216;
+var MAX_EG_ZEROS = 26;
+
+var STATUS_NAMES = [
+  "temperature_fault", "humidity_fault", "pressure_fault", "illuminance_fault", "fill_fault",
+  "voltage_fault", "tamper", "buffer_overflow", "config_error", "clock_unsynced"
+];
+
+// round(2^(j/19) * 65536): illuminance code c >= 1 stands for 2^((c-1)/19) mlx.
+var LUX_STEP = [
+  65536, 67971, 70496, 73116, 75832, 78650, 81572, 84603, 87746, 91007,
+  94388, 97895, 101532, 105305, 109217, 113275, 117484, 121849, 126376
+];
+var CRC_NIBBLE = [
+  0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50A5, 0x60C6, 0x70E7,
+  0x8108, 0x9129, 0xA14A, 0xB16B, 0xC18C, 0xD1AD, 0xE1CE, 0xF1EF
+];
+
+// Wire order of the presence bitmap: name, flag, absolute width, largest valid code, delta order.
+var FIELDS = [
+  ["temperature", 0x400, 11, 1250, 2],
+  ["humidity", 0x200, 8, 200, 1],
+  ["pressure", 0x100, 13, 8000, 2],
+  ["illuminance", 0x080, 9, 511, 2],
+  ["fill", 0x040, 7, 100, 0],
+  ["distance", 0x020, 14, 16383, 3],
+  ["lamp", 0x010, 8, 201, 0],
+  ["voltage", 0x008, 11, 1050, 1]
+];
+var P_STATUS = 0x004, P_SEQ = 0x002, P_AGE = 0x001;
+
+function PayloadError(message, byteIndex) {
+  this.message = "byte " + byteIndex + ": " + message;
+  this.byteIndex = byteIndex;
+}
+
+function crc16(bytes) {
+  var crc = 0xFFFF;
+  for (var i = 0; i < bytes.length; i++) {
+    var b = bytes[i];
+    crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ (b >> 4)) & 15];
+    crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ b) & 15];
+  }
+  return crc;
+}
+
+function lux(code) {
+  if (code === 0) return 0;
+  var e = Math.floor((code - 1) / 19), j = (code - 1) % 19;
+  // Integer arithmetic in doubles (< 2^53), rounded to 1 microlux as the Python decoder does.
+  var microlux = Math.floor((LUX_STEP[j] * Math.pow(2, e) * 1000 + 32768) / 65536);
+  return microlux / 1e6;
+}
+
+function ageSeconds(code) {
+  if (code < 128) return code;
+  return (64 + (code & 63)) * Math.pow(2, (code >> 6) - 1);
+}
+
+function fieldValue(name, code) {
+  switch (name) {
+    case "temperature": return (code - 400) / 10;
+    case "humidity": return code / 2;
+    case "pressure": return (code + 3000) / 10;
+    case "illuminance": return lux(code);
+    case "voltage": return (code < 500 ? code * 10 : 5000 + (code - 500) * 100) / 1000;
+    default: return code;
+  }
+}
+
+function Bits(bytes) {
+  this.bytes = bytes;
+  this.total = bytes.length * 8;
+  this.pos = 8;
+}
+Bits.prototype.where = function () { return this.pos >> 3; };
+Bits.prototype.read = function (n, what) {
+  if (this.pos + n > this.total) {
+    var missing = this.pos + n - this.total;
+    throw new PayloadError("truncated: the frame ends inside " + what + " (" + this.bytes.length + " bytes, " +
+      what + " needs " + missing + " more bit" + (missing === 1 ? "" : "s") + ")",
+      Math.min(this.pos >> 3, this.bytes.length - 1));
+  }
+  var v = 0;
+  for (var i = 0; i < n; i++) {
+    v = v * 2 + ((this.bytes[this.pos >> 3] >> (7 - (this.pos & 7))) & 1);
+    this.pos++;
+  }
+  return v;
+};
+Bits.prototype.expGolomb = function (k, what) {
+  var start = this.where(), zeros = 0;
+  while (this.read(1, what) === 0) {
+    zeros++;
+    if (zeros > MAX_EG_ZEROS) {
+      throw new PayloadError("malformed " + what + ": more than " + MAX_EG_ZEROS + " leading zero bits", start);
+    }
+  }
+  return Math.pow(2, zeros + k) + this.read(zeros + k, what) - Math.pow(2, k);
+};
+Bits.prototype.signed = function (k, what) {
+  var z = this.expGolomb(k, what);
+  return z % 2 === 0 ? z / 2 : -(z + 1) / 2;
+};
+
+function signedText(d) { return (d >= 0 ? "+" : "") + d; }
+
+function readReading(bits, index, st) {
+  var label = "reading " + index, start = bits.where(), mask;
+  if (index === 0) {
+    mask = bits.read(11, label + " presence bitmap");
+    if (mask === 0) throw new PayloadError(label + " has an empty presence bitmap", start);
+    st.mask = mask;
+  } else if (bits.read(1, label + " presence flag")) {
+    mask = bits.read(11, label + " presence bitmap");
+    if (mask === 0 || mask === st.mask) {
+      throw new PayloadError(label + " presence bitmap is " + (mask === 0 ? "empty" : "not canonical"), start);
+    }
+  } else {
+    mask = st.mask;
+  }
+  var out = {}, at, code, delta;
+  for (var f = 0; f < FIELDS.length; f++) {
+    var name = FIELDS[f][0], flag = FIELDS[f][1], width = FIELDS[f][2], top = FIELDS[f][3], k = FIELDS[f][4];
+    if (!(mask & flag)) continue;
+    at = bits.where();
+    var what = label + " " + name;
+    if (index && (st.mask & flag)) {
+      delta = bits.signed(k, what + " delta");
+      code = st.base[name] + delta;
+      if (code < 0 || code > top) {
+        throw new PayloadError(what + ": delta " + signedText(delta) + " leads to code " + code + ", outside 0.." + top, at);
+      }
+    } else {
+      code = bits.read(width, what);
+      if (code > top) throw new PayloadError(what + ": code " + code + " is outside 0.." + top, at);
+      if (index === 0) st.base[name] = code;
+    }
+    if (name === "lamp") {
+      out.lamp = code >> 1;
+      out.lamp_fault = (code & 1) === 1;
+    } else {
+      out[name] = fieldValue(name, code);
+    }
+  }
+  if (mask & P_STATUS) {
+    at = bits.where();
+    var ref = (index && (st.mask & P_STATUS)) ? st.base.status : 0, flags = ref;
+    if (bits.read(1, label + " status")) {
+      flags = bits.read(10, label + " status flags");
+      if (flags === ref) {
+        throw new PayloadError(label + " status flags are not canonical (long form repeats the reference)", at);
+      }
+    }
+    if (index === 0) st.base.status = flags;
+    out.status = [];
+    for (var i = 0; i < 10; i++) if ((flags >> i) & 1) out.status.push(STATUS_NAMES[i]);
+  }
+  if (mask & P_SEQ) {
+    var seq;
+    if (st.seq === null) {
+      seq = bits.read(16, label + " seq");
+    } else {
+      delta = bits.signed(0, label + " seq delta");
+      if (delta < -32768 || delta > 32767) {
+        throw new PayloadError(label + " seq: delta " + signedText(delta) + " is outside -32768..32767", bits.where());
+      }
+      seq = (st.seq + index - st.seqAt + delta + 65536 * 2) % 65536;
+    }
+    st.seq = seq;
+    st.seqAt = index;
+    out.seq = seq;
+  }
+  if (mask & P_AGE) {
+    at = bits.where();
+    var age;
+    if (st.ages.length === 0) {
+      code = bits.expGolomb(3, label + " age");
+      if (code > AGE_CODE_MAX) {
+        throw new PayloadError(label + " age: code " + code + " is beyond the largest age (code " + AGE_CODE_MAX + ")", at);
+      }
+      age = ageSeconds(code);
+    } else {
+      var pred = st.ages[st.ages.length - 1];
+      if (st.ages.length > 1) pred = Math.min(Math.max(2 * pred - st.ages[st.ages.length - 2], 0), AGE_MAX);
+      delta = bits.signed(2, label + " age delta");
+      age = pred + delta;
+      if (age < 0 || age > AGE_MAX) {
+        throw new PayloadError(label + " age: delta " + signedText(delta) + " leads to " + age + " s, outside 0.." + AGE_MAX, at);
+      }
+    }
+    st.ages.push(age);
+    out.age = age;
+  }
+  return out;
+}
+
+function decodeFrame(bytes) {
+  var n = bytes.length;
+  if (n === 0) throw new PayloadError("empty payload: a frame starts with the format version byte 0x01", 0);
+  for (var i = 0; i < n; i++) {
+    if (typeof bytes[i] !== "number" || bytes[i] < 0 || bytes[i] > 255 || bytes[i] % 1 !== 0) {
+      throw new PayloadError("not a byte: " + bytes[i], i);
+    }
+  }
+  if (bytes[0] !== FORMAT_VERSION) {
+    var hex = ("0" + bytes[0].toString(16)).slice(-2);
+    throw new PayloadError("unsupported format version " + bytes[0] + " (0x" + hex + "): this decoder reads version " +
+      FORMAT_VERSION + " \u2014 not a Lanterne payload, or one from newer firmware", 0);
+  }
+  if (n > MAX_FRAME) throw new PayloadError("oversized: " + n + " bytes, a frame is at most " + MAX_FRAME + " bytes", MAX_FRAME);
+  if (n < MIN_FRAME) throw new PayloadError("truncated: " + n + " bytes, the shortest frame is " + MIN_FRAME + " bytes", n - 1);
+  var bits = new Bits(bytes), readings = [], st = {mask: 0, base: {}, seq: null, seqAt: 0, ages: []};
+  do {
+    readings.push(readReading(bits, readings.length, st));
+  } while (bits.read(1, "the end-of-readings bit"));
+  var checkBits = bits.total - bits.pos;
+  if (checkBits < 4) {
+    throw new PayloadError("truncated: " + checkBits + " bits left for the check field after the last reading, it needs 4 to 11", n - 1);
+  }
+  if (checkBits > 11) {
+    var expected = Math.floor((bits.pos + 4 + 7) / 8);
+    var extra = n - expected;
+    throw new PayloadError("oversized: " + extra + " unexpected byte" + (extra === 1 ? "" : "s") +
+      " after the end of the frame (it ends after byte " + (expected - 1) + ")", expected);
+  }
+  var mask = (1 << checkBits) - 1;
+  var sent = ((bytes[n - 2] << 8) | bytes[n - 1]) & mask;
+  var zeroed = bytes.slice(0, n);
+  var tail = ((bytes[n - 2] << 8) | bytes[n - 1]) & ~mask & 0xFFFF;
+  zeroed[n - 2] = tail >> 8;
+  zeroed[n - 1] = tail & 0xFF;
+  var computed = crc16(zeroed) >> (16 - checkBits);
+  if (sent !== computed) {
+    throw new PayloadError("check field mismatch (got 0x" + sent.toString(16) + ", computed 0x" + computed.toString(16) +
+      " over " + checkBits + " bits): the frame is corrupted or not a Lanterne payload", n - 1 - (checkBits > 8 ? 1 : 0));
+  }
+  return {version: FORMAT_VERSION, readings: readings};
+}
+
+function decodeUplink(input) {
+  var bytes = input && input.bytes;
+  if (!bytes || typeof bytes.length !== "number") {
+    return {warnings: [], errors: ["input.bytes is missing: expected the frame as an array of bytes"]};
+  }
+  try {
+    return {data: decodeFrame(Array.prototype.slice.call(bytes)), warnings: [], errors: []};
+  } catch (e) {
+    if (e instanceof PayloadError) return {warnings: [], errors: [e.message]};
+    return {warnings: [], errors: ["internal decoder error: " + e]};
+  }
+}
+
+if (typeof module !== "undefined") module.exports = {decodeUplink: decodeUplink};

@@ -26,7 +26,8 @@ class MicroPythonError(RuntimeError):
 
 
 def micropython_path(extra: list[str | Path] | None = None) -> str:
-    parts = [str(p) for p in (extra or [])] + [str(FIRMWARE), str(MPYLIB)]
+    # ".frozen" as on the board: asyncio and friends are frozen into the unix port too
+    parts = [str(p) for p in (extra or [])] + [".frozen", str(FIRMWARE), str(MPYLIB)]
     return ":".join(parts)
 
 

@@ -17,6 +17,8 @@ Real converters always move their least significant bits, so identical raw words
 mean a frozen part (a latched-up chip, a dead multiplexer), not a calm world.
 """
 
+import time
+
 from micropython import const
 
 FAULT_MISSING = const(0x01)  # never answered since start-up, or a different chip answers
@@ -49,19 +51,29 @@ class Sensor:
         self.errors = 0  # failed sample cycles since start-up
         self.stuck_cycles = stuck_cycles  # 0 disables stuck detection
         self._same = 0
+        self._stuck_at = time.ticks_ms()
 
     @property
     def ok(self):
         return self.fault == 0
 
-    def _stuck(self, unchanged):
+    def _stuck(self, unchanged, min_interval_ms=0):
         """Feed one cycle: `unchanged` when the raw values equal the previous cycle's.
 
         Returns True once `stuck_cycles` consecutive cycles carried identical raw values.
+        With `min_interval_ms` (a part that converts on its own schedule), an unchanged
+        reading taken sooner than that after the last counted one is a re-read of the
+        same conversion and does not count.
         """
         if not unchanged:
             self._same = 1
+            self._stuck_at = time.ticks_ms()
             return False
+        if min_interval_ms:
+            now = time.ticks_ms()
+            if time.ticks_diff(now, self._stuck_at) < min_interval_ms:
+                return 0 < self.stuck_cycles <= self._same
+            self._stuck_at = now
         self._same += 1
         return 0 < self.stuck_cycles <= self._same
 

@@ -12,8 +12,8 @@ Datasheet references are to BST-BME280-DS002 (rev 1.6+):
 - 4.2.3: the compensation, integer versions: 32-bit for temperature and humidity,
   64-bit for pressure.  Here the two 64-bit products that would pass 2**62 (the
   MicroPython small-int limit on 64-bit hosts) are split exactly, so a sample
-  cycle allocates nothing after warm-up.  On the ESP32 (31-bit small ints) some
-  intermediate values still become long ints; see docs/sensors.md.
+  cycle allocates nothing after warm-up on the unix port.  On the ESP32 (31-bit
+  small ints) the pressure formula still makes long ints; see docs/sensors.md.
 - 9.1: measurement time, t_max = 1.25 + 2.3*osrs_t + (2.3*osrs_p + 0.575) + (2.3*osrs_h + 0.575) ms.
 - 3.5.1: weather monitoring = forced mode, x1 oversampling, filter off: the default.
 
@@ -112,10 +112,13 @@ class BME280(Sensor):
         if oversampling_h:
             us += 2300 * oversampling_h + 575
         self.measure_us = us
+        # normal mode converts every t_measure + t_standby: reading faster re-reads the same conversion
+        self._period_ms = (us // 1000 + 1 + (standby_ms or 1)) if mode == MODE_NORMAL else 0
         self.chip_id = 0
         self.has_humidity = False
         self.present = False  # initialised: chip id checked, reset done, calibration read
         self._seen = False  # answered at least once since start-up
+        self._good_at = 0
         # results (datasheet fixed point) and their raw words
         self.t_fine = 0
         self.temperature = 0  # 0.01 degC
@@ -178,6 +181,7 @@ class BME280(Sensor):
             return self._failed(FAULT_MISSING)  # blank calibration: not a working chip
         self.present = True
         self.adc_t = -1
+        self._good_at = time.ticks_ms()
         return True
 
     def _unpack_calibration(self):
@@ -223,7 +227,11 @@ class BME280(Sensor):
         return self.measure_us
 
     def read(self):
-        """Read and compensate the latest conversion; True when fresh values are in the attributes."""
+        """Read and compensate the latest conversion; True when fresh values are in the attributes.
+
+        Fresh values outside the operating range (-40..85 degC, 300..1100 hPa) are
+        kept and flagged FAULT_RANGE.
+        """
         if not self.present:
             return False
         buf = self._buf
@@ -237,13 +245,19 @@ class BME280(Sensor):
         adc_p = (buf[0] << 12) | (buf[1] << 4) | (buf[2] >> 4)
         adc_t = (buf[3] << 12) | (buf[4] << 4) | (buf[5] >> 4)
         adc_h = (buf[6] << 8) | buf[7]
-        if adc_t == _SKIPPED_20:
-            return self._failed(FAULT_TIMEOUT)  # no temperature conversion yet: nothing can be compensated
+        if adc_t == _SKIPPED_20 or (self._ctrl_hum and self.has_humidity and adc_h == _SKIPPED_16):
+            # No conversion in the data registers. In forced mode the chip has lost its settings
+            # (a brown-out resets it): set it up again next cycle. In normal mode the first
+            # conversion may still be running; only after two periods without one is it lost.
+            if self.mode == MODE_FORCED or time.ticks_diff(time.ticks_ms(), self._good_at) > 2 * self._period_ms + 100:
+                self.present = False
+            return self._failed(FAULT_TIMEOUT)
+        self._good_at = time.ticks_ms()
         unchanged = adc_t == self.adc_t and adc_p == self.adc_p and adc_h == self.adc_h
         self.adc_t = adc_t
         self.adc_p = adc_p
         self.adc_h = adc_h
-        if self._stuck(unchanged):
+        if self._stuck(unchanged, self._period_ms):
             return self._failed(FAULT_STUCK)
         self._compensate_t(adc_t)
         fault = 0
@@ -259,9 +273,8 @@ class BME280(Sensor):
             self.humidity_centi = (h * 100 + 512) >> 10
         if not _T_MIN <= self.temperature <= _T_MAX:
             fault = FAULT_RANGE
-        if fault:
-            return self._failed(fault)
-        self.fault = 0
+        # out of the datasheet's operating range: values kept, flagged, never clamped silently
+        self.fault = fault
         return True
 
     def sample(self):

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker", "start an embedded MQTT broker (amqtt) on loopback"),
     "boards": ("boards", "list and validate the board files"),
     "bench": ("bench", "run benchmarks and print a table per benchmark (or JSON)"),
+    "flash": ("flash", "flash MicroPython onto a board with esptool: detect, erase, write, verify"),
     "encode": ("encode", "encode JSON readings into payload frames (hex)"),
     "decode": ("decode", "decode a payload frame (hex) into JSON"),
     "sun": ("sun", "sunrise, sunset and civil twilight for a site, computed by the firmware module"),

@@ -1,5 +1,8 @@
-# Lanterne application: one asyncio loop. Network and MQTT link, retained status, commands,
-# watchdog fed only while the loop is healthy. Faults are reported in the status, never raised.
+# Lanterne application: one asyncio loop on the board.
+#   sample (per period) -> reading -> record -> store (durable) -> uplink (codec batch,
+#   MQTT QoS 1) -> store.ack only after the PUBACK; commands authenticated and acked;
+#   lamp profile and bollard run locally whatever the link does; retained status; the
+#   watchdog is fed only while the loop is healthy. Faults go to the status, never up.
 import asyncio
 import gc
 import json
@@ -7,10 +10,30 @@ import time
 
 import machine
 
-from lanterne import __version__, boardinfo, config
+from lanterne import __version__, boardinfo, codec, config
+from lanterne import commands as cmd
 from lanterne.net import Network
 
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
+FRAME_BUDGET = 242  # bytes per uplink frame: the largest EU868 LoRaWAN payload, fine for MQTT
+BATCH_MAX = 24  # readings per uplink frame at most
+CMD_QUEUE = 8
+
+
+def _bump_boot_count(path="boot.count"):
+    n = 0
+    try:
+        with open(path) as f:
+            n = int(f.read())
+    except (OSError, ValueError):
+        pass
+    n += 1
+    try:
+        with open(path, "w") as f:
+            f.write(str(n))
+    except OSError:
+        pass
+    return n
 
 
 class App:
@@ -23,17 +46,52 @@ class App:
         if board_error:
             self.faults["board"] = board_error
         self.started = time.ticks_ms()
+        self.boot = _bump_boot_count()
         self.reset_cause = RESET_CAUSES.get(machine.reset_cause(), "unknown")
         self.net = Network(self.board, self.cfg)
         self.link = None
         self.wdt = None
-        self.loop_beat = time.ticks_ms()
         self.status_due = True
-        self.backlog = 0
+        self.clock_synced = False
+        self.sample_period = self.cfg["sample_period_s"]
+        self.status_period = self.cfg["status_period_s"]
+        self.cmd_queue = []
+        self.acks = []
+        self.reboot_at = None
+        self.sent = 0
+        self.frames = 0
+        self.samples = 0
+        self.loop_ok = time.ticks_ms()
+        self._build()
 
-    # -- status ---------------------------------------------------------------
+    def _build(self):
+        from lanterne.assets import Assets
+        from lanterne.control import CommandHandler
+        from lanterne.reading import RecordPacker
+        from lanterne.store import Store
+
+        self.assets = Assets(self.board, self.cfg)
+        self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
+        self.packer = RecordPacker()
+        self.reading = codec.new_reading()
+        self.encoder = codec.Encoder(FRAME_BUDGET)
+        self.batch = [codec.new_reading() for _ in range(BATCH_MAX)]
+        self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
+
+    # -- time ---------------------------------------------------------------------
+    def now(self):
+        return int(time.time())  # float on the unix port, int on the ESP32
+
+    def now_utc(self):
+        # Wall-clock time (Unix epoch) only once NTP set the clock; the ESP32 counts from 2000.
+        return self.now() + 946684800 * (time.gmtime(0)[0] == 2000) if self.clock_synced else None
+
+    # -- status ---------------------------------------------------------------------
     def status(self, state="online"):
         gc.collect()
+        faults = dict(self.faults)
+        faults.update(self.assets.faults())
+        st = self.store
         return json.dumps(
             {
                 "state": state,
@@ -42,18 +100,190 @@ class App:
                 "fw": __version__,
                 "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
                 "reset_cause": self.reset_cause,
+                "boot": self.boot,
                 "heap_free": gc.mem_free(),
                 "heap_alloc": gc.mem_alloc(),
-                "backlog": self.backlog,
-                "faults": sorted(self.faults.values()),
+                "backlog": st.pending,
+                "dropped": st.dropped,
+                "sent": self.sent,
+                "faults": sorted(faults.values()),
                 "rssi": self.net.rssi(),
+                "clock": self.clock_synced,
+                "lamp": self.assets.lamp.level if self.assets.lamp else None,
+                "lamp_reason": self.assets.profile.reason if self.assets.profile else None,
+                "bollard": self.assets.bollard.state if self.assets.bollard else None,
+                "cmd_counter": self.commands.verifier.last_counter,
+                "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
             }
         )
 
     def log(self, msg):
         print("[lanterne] " + msg)
 
-    # -- tasks ----------------------------------------------------------------
+    # -- sampling ---------------------------------------------------------------------
+    async def sample_task(self):
+        from lanterne.assets import F_CONFIG, F_OVERFLOW, F_UNSYNCED
+
+        r = self.reading
+        while True:
+            t0 = time.ticks_ms()
+            flags = await self.assets.sample(r)
+            if self.store.overflow:
+                flags |= F_OVERFLOW
+            if self.config_errors:
+                flags |= F_CONFIG
+            if not self.clock_synced:
+                flags |= F_UNSYNCED
+            r[codec.STATUS] = flags
+            seq = self.store.append(self.packer.pack(r, self.now(), self.boot, self.clock_synced))
+            if seq < 0:
+                self.faults["store"] = "store: append failed: %s" % self.store.last_error
+            else:
+                self.faults.pop("store", None)
+            self.samples += 1
+            spent = time.ticks_diff(time.ticks_ms(), t0)
+            await asyncio.sleep_ms(max(10, self.sample_period * 1000 - spent))
+
+    # -- uplink ----------------------------------------------------------------------
+    def _next_frame(self):
+        """Peek the store, build one codec frame. Returns (frame view, records packed) or None."""
+        from lanterne.reading import RECORD_LEN, unpack
+
+        batch = self.store.peek(budget=BATCH_MAX * RECORD_LEN, max_records=BATCH_MAX)
+        if not batch:
+            return None
+        n = 0
+        now = self.now()
+        for seq, rec in batch:
+            try:
+                unpack(rec, self.batch[n], seq, now, self.boot, self.clock_synced)
+                n += 1
+            except ValueError:
+                self.faults["record"] = "store: record %d unreadable, skipped" % seq
+                break
+        if n == 0:
+            self.store.ack(batch[:1])  # an unreadable record is skipped, never retried forever
+            return None
+        k = self.encoder.encode(self.batch, 0, n, FRAME_BUDGET)
+        if k == 0:
+            self.store.ack(batch[:1])
+            return None
+        return memoryview(self.encoder.buf)[: self.encoder.length], batch[:k]
+
+    async def drain(self):
+        """Send what the store holds, frame by frame, committing each after its PUBACK."""
+        while self.link.connected and self.store.pending:
+            nxt = self._next_frame()
+            if nxt is None:
+                continue
+            frame, acked = nxt
+            try:
+                self.link.publish(self.link.topics["up"], frame, qos=1)
+            except OSError as e:
+                self.log(str(e))
+                return
+            self.store.ack(acked)
+            self.sent += len(acked)
+            self.frames += 1
+            await asyncio.sleep_ms(0)  # let the lamp, commands and sampling run between frames
+            if self.cmd_queue:
+                return
+
+    # -- commands ---------------------------------------------------------------------
+    def on_message(self, topic, msg):
+        if len(self.cmd_queue) < CMD_QUEUE:
+            self.cmd_queue.append(bytes(msg))
+        else:
+            self.log("command queue full: command dropped (the back office will retry)")
+
+    def handle_commands(self):
+        while self.cmd_queue:
+            frame = self.cmd_queue.pop(0)
+            ack, line = self.commands.handle(frame)
+            self.log(line)
+            if ack is not None:
+                self.acks.append(ack)
+        while self.acks and self.link and self.link.connected:
+            try:
+                self.link.publish(self.link.topics["ack"], self.acks[0], qos=1)
+                self.acks.pop(0)
+            except OSError as e:
+                self.log(str(e))
+                return
+
+    def execute(self, opcode, args):
+        a = self.assets
+        if opcode == cmd.SET_LAMP:
+            if a.lamp is None:
+                return cmd.REFUSED, b""
+            until = None
+            if args["duration_min"] and self.clock_synced:
+                until = self.now_utc() + args["duration_min"] * 60
+            a.profile.override(args["level"], until)
+            a.lamp.set(args["level"], ramp_ms=args["ramp_s"] * 1000)
+            a.lamp.update()
+            return cmd.OK, bytes((a.lamp.level,))
+        if opcode == cmd.RESUME_PROFILE:
+            if a.profile is None:
+                return cmd.REFUSED, b""
+            a.profile.override(None)
+            return cmd.OK, b""
+        if opcode == cmd.SET_PROFILE:
+            if a.profile is None:
+                return cmd.REFUSED, b""
+            p = a.profile
+            p.steps = tuple(args["steps"])
+            p.dusk_offset_min = args["dusk_offset_min"]
+            p.dawn_offset_min = args["dawn_offset_min"]
+            p._day = None  # recompute tonight's events with the new offsets
+            return cmd.OK, b""
+        if opcode == cmd.BOLLARD:
+            if a.bollard is None:
+                return cmd.REFUSED, b""
+            from lanterne.actuators import relay
+
+            r = a.bollard.command(relay.UP if args["action"] == "raise" else relay.DOWN)
+            return (cmd.OK if r == relay.OK else cmd.REFUSED), bytes((a.bollard.state,))
+        if opcode == cmd.SET_PERIOD:
+            if args["what"] == "sample":
+                return self.set_config("sample_period_s", args["seconds"])
+            return self.set_config("status_period_s", args["seconds"])
+        if opcode == cmd.SET_CONFIG:
+            return self.set_config(args["key"], args["value"])
+        if opcode == cmd.REQUEST_STATUS:
+            self.status_due = True
+            return cmd.OK, b""
+        if opcode == cmd.REBOOT:
+            self.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
+            return cmd.OK, b""
+        return cmd.UNKNOWN_COMMAND, b""
+
+    def set_config(self, key, value):
+        """Validate with the config schema, then write config.json atomically; refuse otherwise."""
+        try:
+            with open(config.CONFIG_FILE) as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            data = {}
+        data[key] = value
+        cfg, errors = config.validate(data)
+        if any("'%s'" % key in e for e in errors):
+            self.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
+            return cmd.BAD_ARGUMENT, b""
+        try:
+            from lanterne.control import _write_atomic
+
+            _write_atomic(config.CONFIG_FILE, json.dumps(data))
+        except OSError as e:
+            return cmd.FAILED, b""
+        self.cfg[key] = cfg[key]
+        self.sample_period = self.cfg["sample_period_s"]
+        self.status_period = self.cfg["status_period_s"]
+        if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
+            self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
+        return cmd.OK, b""
+
+    # -- link ------------------------------------------------------------------------
     async def link_task(self):
         from lanterne.transport.mqtt import MqttLink
 
@@ -66,6 +296,7 @@ class App:
             self.log(self.net.error)
             return
         self.link = MqttLink(self.cfg, self.on_message)
+        last_sync = None
         while True:
             if not self.net.up():
                 if self.link.connected:
@@ -73,6 +304,9 @@ class App:
                     self.log("link down")
                 await asyncio.sleep_ms(200)
                 continue
+            if not self.clock_synced or time.ticks_diff(time.ticks_ms(), last_sync) > 3600000:
+                last_sync = time.ticks_ms()
+                self.sync_clock()
             if not self.link.connected:
                 if not self.link.due():
                     await asyncio.sleep_ms(100)
@@ -81,7 +315,6 @@ class App:
                     self.faults.pop("mqtt", None)
                     self.log("connected to %s:%d as %s" % (self.link.host, self.link.port, self.cfg["device"]))
                     self.status_due = False
-                    self.last_status = time.ticks_ms()
                 else:
                     self.faults["mqtt"] = self.link.last_error
                     self.log(self.link.last_error)
@@ -93,34 +326,85 @@ class App:
                 except OSError as e:
                     self.log(str(e))
                     continue
-            self.link.poll()
-            await asyncio.sleep_ms(50)
+            self.handle_commands()
+            await self.drain()
+            if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
+                self.log("rebooting on command")
+                self.link.close()
+                machine.reset()
+            if not self.link.poll():
+                continue
+            if not self.cmd_queue and not self.store.pending:
+                await self.link.wait_readable(100)
+
+    def sync_clock(self):
+        try:
+            import ntptime
+
+            ntptime.settime()
+            self.clock_synced = True
+            self.faults.pop("clock", None)
+        except Exception as e:  # no NTP: the lamp profile falls back to its photocell
+            self.faults["clock"] = "clock: not synced (%r)" % (e,)
 
     async def status_task(self):
-        period = self.cfg["status_period_s"] * 1000
         while True:
-            await asyncio.sleep_ms(period)
+            await asyncio.sleep(self.status_period)
             self.status_due = True
 
-    async def heartbeat_task(self):
-        # The loop is healthy while this task runs on time; only then is the watchdog fed.
+    async def actuator_task(self):
+        a = self.assets
         while True:
-            self.loop_beat = time.ticks_ms()
+            contact = bool(self.link and self.link.connected)
+            try:
+                a.lamp_tick(self.now_utc(), contact)
+                if a.bollard is not None:
+                    a.bollard.update()
+            except Exception as e:  # never let an actuator stop the loop
+                self.faults["actuator"] = "actuator: %r" % (e,)
+            await asyncio.sleep_ms(100)
+
+    async def heartbeat_task(self):
+        # The watchdog is fed only from here: if the loop stalls, the board resets.
+        while True:
+            self.loop_ok = time.ticks_ms()
             if self.wdt:
                 self.wdt.feed()
             await asyncio.sleep_ms(1000)
 
-    def on_message(self, topic, msg):
-        self.log("message on %s (%d bytes)" % (topic, len(msg)))
-
     async def run(self):
-        if self.config_errors:
-            for err in self.config_errors:
-                self.log(err)
+        for err in self.config_errors:
+            self.log(err)
+        for err in self.assets.errors.values():
+            self.log(err)
         if self.cfg["watchdog_ms"]:
             self.wdt = machine.WDT(timeout=self.cfg["watchdog_ms"])
-        self.log("lanterne %s on %s, device %s, reset cause %s" % (__version__, self.board.get("name"), self.cfg["device"], self.reset_cause))
-        await asyncio.gather(self.link_task(), self.status_task(), self.heartbeat_task())
+        self.log(
+            "lanterne %s on %s, device %s, reset cause %s, boot %d, backlog %d"
+            % (__version__, self.board.get("name"), self.cfg["device"], self.reset_cause, self.boot, self.store.pending)
+        )
+        await asyncio.gather(
+            self.guard("link", self.link_task),
+            self.guard("sampling", self.sample_task),
+            self.guard("status", self.status_task),
+            self.guard("actuators", self.actuator_task),
+            self.heartbeat_task(),
+        )
+
+    async def guard(self, name, task):
+        # A bug or an unexpected error in one task is reported and the task restarted; the
+        # rest of the board keeps going (the watchdog still resets a wedged loop).
+        while True:
+            try:
+                await task()
+                return
+            except Exception as e:
+                self.faults["task_" + name] = "%s task failed: %r (restarted)" % (name, e)
+                self.log(self.faults["task_" + name])
+                import sys
+
+                sys.print_exception(e)
+                await asyncio.sleep_ms(1000)
 
 
 def main():

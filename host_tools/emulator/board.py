@@ -57,6 +57,12 @@ ROM_BOOT_LINES = {
     "panic": "rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)",
 }
 
+# The unix port here is a 64-bit build: every heap object is bigger than on the ESP32 (GC
+# blocks of 32 bytes instead of 16, 8-byte pointers). HEAP_SCALE is the measured ratio of
+# heap the same firmware takes on this port to what it takes on a 32-bit build (see
+# docs/emulator.md, "Heap"); the board's heap is multiplied by it.
+HEAP_SCALE = float(os.environ.get("LANTERNE_HEAP_SCALE", "2.0"))
+
 # Heap the ROM itself (shims + REPL) takes beyond a bare interpreter; added to the board's
 # heap size so the firmware sees what it would see on the board. Measured once per process.
 _BARE_ALLOC = 2464
@@ -210,7 +216,7 @@ class VirtualBoard:
     def heap_bytes(self) -> int:
         if self.heap_override:
             return self.heap_override
-        return self.board.heap_bytes + rom_heap_overhead()
+        return int(self.board.heap_bytes * HEAP_SCALE) + rom_heap_overhead()
 
     def _start_interpreter(self, kind: str) -> None:
         self.boot_kind = kind

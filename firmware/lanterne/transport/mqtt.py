@@ -16,12 +16,34 @@ def _mem_alloc():
     return gc.mem_alloc()
 
 
+def _ioctl(sock, req, arg):
+    if req == 3:
+        import select
+
+        p = select.poll()
+        p.register(sock, arg)
+        r = p.poll(0)
+        return (r[0][1] & arg) if r else 0
+    if req == 4:
+        sock.close()
+        return 0
+    return 0
+
+
+def raw_socket(sock):
+    # The operating-system socket under our wrappers (the virtual board's socket shim keeps
+    # it in `_s`), which asyncio's poller can wait on directly.
+    sock = getattr(sock, "s", sock)
+    return getattr(sock, "_s", sock)
+
+
 class _TimedSocket(io.IOBase):
     # umqtt.simple opens its socket itself, never sets a timeout, and its check_msg() ends
     # with setblocking(True), which would drop any timeout: keep one on every blocking call.
     def __init__(self, *args):
         self.s = _socket.socket(*args)
         self.s.settimeout(_Sockets.timeout)
+        _Sockets.last = self
 
     def connect(self, addr):
         self.s.connect(addr)
@@ -45,8 +67,8 @@ class _TimedSocket(io.IOBase):
         return self.s.readinto(buf) if n is None else self.s.readinto(buf, n)
 
     def ioctl(self, req, arg):
-        # Stream ioctls (poll, close) for the TLS layer and select.poll.
-        return self.s.ioctl(req, arg)
+        # Stream ioctls the TLS layer and select.poll use: 3 = poll, 4 = close.
+        return _ioctl(self.s, req, arg)
 
     def setsockopt(self, *args):
         self.s.setsockopt(*args)
@@ -59,11 +81,20 @@ class _Sockets:
     # Stands in for the socket module inside umqtt.simple (on the virtual board, the
     # socket module follows the simulated link).
     timeout = 5
+    last = None
     getaddrinfo = staticmethod(_socket.getaddrinfo)
     socket = _TimedSocket
 
 
 _umqtt.socket = _Sockets
+
+
+def _readable(sock):
+    # Park this task in asyncio's poller until `sock` is readable (the scheduler's own
+    # mechanism that asyncio streams use).
+    from asyncio import core
+
+    yield core._io_queue.queue_read(sock)
 
 
 def topics(site, device):
@@ -133,11 +164,13 @@ class MqttLink:
             if self.tls:
                 gc_before = _mem_alloc()
             c.connect()
+            self.sock_plain = _Sockets.last
             if self.tls:
                 self.tls_heap = _mem_alloc() - gc_before
             self.client = c
-            c.publish(self.topics["status"], online_payload, retain=True, qos=1)
+            # Subscribe first: once "online" is out, commands sent to the board reach it.
             c.subscribe(self.topics["cmd"], qos=1)
+            c.publish(self.topics["status"], online_payload, retain=True, qos=1)
         except Exception as e:  # OSError, MQTTException, assertion on a bad CONNACK
             self.last_error = "mqtt connect to %s:%d: %r" % (self.host, self.port, e)
             self.failures += 1
@@ -174,6 +207,22 @@ class MqttLink:
             self._lost(e)
             return False
         return True
+
+    async def wait_readable(self, ms):
+        """Sleep until the broker sends something or `ms` pass, without polling in a loop."""
+        import asyncio
+
+        if not self.connected:
+            await asyncio.sleep_ms(ms)
+            return
+        try:
+            # With TLS, decrypted bytes may already wait in the TLS layer: poll() catches
+            # those on the next round; the wait is bounded by `ms` anyway.
+            await asyncio.wait_for_ms(_readable(raw_socket(self.sock_plain)), ms)
+        except asyncio.TimeoutError:
+            pass
+        except Exception as e:  # a socket the poller refuses: fall back to a short sleep
+            await asyncio.sleep_ms(min(ms, 50))
 
     def _lost(self, e):
         self.last_error = "mqtt link lost: %r" % (e,)

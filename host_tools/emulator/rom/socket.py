@@ -112,8 +112,17 @@ class socket(io.IOBase):
         self._s.close()
 
     def ioctl(self, req, arg):
-        # Lets select.poll / asyncio streams see through this wrapper.
-        return self._s.ioctl(req, arg)
+        # Stream ioctls for the TLS layer and select.poll: 3 = poll, 4 = close.
+        if req == 3:
+            import select
+
+            p = select.poll()
+            p.register(self._s, arg)
+            r = p.poll(0)
+            return (r[0][1] & arg) if r else 0
+        if req == 4:
+            self._s.close()
+        return 0
 
     def __enter__(self):
         return self

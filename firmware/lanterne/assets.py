@@ -1,0 +1,180 @@
+# Lanterne assets: the sensors and actuators this board carries, built from board.json.
+# Drivers are imported only for the parts fitted (RAM). One sample cycle fills a codec
+# reading; a part that fails is flagged in the reading's status and in `faults()`, and the
+# others keep reporting. Every hardware object is built here, from board facts.
+import time
+
+from lanterne import codec
+
+# codec status bits (codec.STATUS_NAMES)
+_F_TEMPERATURE = 1 << 0
+_F_HUMIDITY = 1 << 1
+_F_PRESSURE = 1 << 2
+_F_LIGHT = 1 << 3
+_F_FILL = 1 << 4
+_F_VOLTAGE = 1 << 5
+F_OVERFLOW = 1 << 7
+F_CONFIG = 1 << 8
+F_UNSYNCED = 1 << 9
+
+
+class Assets:
+    def __init__(self, board, cfg):
+        import machine
+
+        self.errors = {}  # part -> why it could not be built
+        self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
+        self.profile = None
+        self.lamp_level_override = None
+        self._i2c = {}
+        buses = board.get("buses", {})
+        for spec in board.get("sensors", []) + board.get("actuators", []):
+            kind = spec.get("type")
+            try:
+                self._build(machine, kind, spec, buses, cfg)
+            except Exception as e:  # a wrong board file or a driver error: report, keep going
+                self.errors[kind] = "%s: %r" % (kind, e)
+
+    def _bus(self, machine, name, buses):
+        if name in self._i2c:
+            return self._i2c[name]
+        b = buses[name]
+        if b["kind"] == "i2c":
+            bus = machine.I2C(b.get("id", 0), scl=machine.Pin(b["scl"]), sda=machine.Pin(b["sda"]), freq=b.get("freq", 400000))
+        else:
+            bus = machine.UART(b.get("id", 1), b.get("baudrate", 9600), tx=b.get("tx"), rx=b.get("rx"), timeout=0)
+        self._i2c[name] = bus
+        return bus
+
+    def _build(self, machine, kind, spec, buses, cfg):
+        Pin = machine.Pin
+        if kind == "bme280":
+            from lanterne.sensors.bme280 import BME280
+
+            self.env = BME280(self._bus(machine, spec["bus"], buses), spec.get("address", 0x76))
+        elif kind in ("bh1750", "veml7700"):
+            from lanterne.sensors import light
+
+            cls = light.BH1750 if kind == "bh1750" else light.VEML7700
+            self.light = cls(self._bus(machine, spec["bus"], buses), spec.get("address", 0x23 if kind == "bh1750" else 0x10))
+        elif kind == "ultrasonic":
+            from lanterne.sensors.fill_level import UltrasonicFillLevel
+
+            self.fill = UltrasonicFillLevel(
+                Pin(spec["trigger"], Pin.OUT), Pin(spec["echo"], Pin.IN), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"]
+            )
+        elif kind == "ultrasonic_uart":
+            if self.fill is None:  # one fill-level source: trigger/echo preferred when both are fitted
+                from lanterne.sensors.fill_level import UartFillLevel
+
+                self.fill = UartFillLevel(self._bus(machine, spec["bus"], buses), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"])
+        elif kind == "supply":
+            from lanterne.sensors.supply import SupplyVoltage
+
+            self.supply = SupplyVoltage(machine.ADC(Pin(spec["adc"])), spec.get("divider", 11.0))
+        elif kind == "lamp":
+            from lanterne.actuators.lamp import Lamp
+            from lanterne.lamp_profile import LampProfile
+
+            adc = machine.ADC(Pin(spec["current_adc"])) if spec.get("current_adc") is not None else None
+            self.lamp = Lamp(
+                machine.PWM(Pin(spec["pwm"]), freq=spec.get("freq", 1000), duty_u16=0),
+                freq=spec.get("freq", 1000),
+                current_adc=adc,
+                current_ohms=spec.get("current_ohms", 0.1),
+                current_gain=spec.get("current_gain", 20.0),
+            )
+            has_site = cfg["lat"] != 0.0 or cfg["lon"] != 0.0
+            self.profile = LampProfile(
+                cfg["lat"] if has_site else None,
+                cfg["lon"] if has_site else None,
+                utc_offset_min=cfg["timezone_min"],
+                dst="eu",
+            )
+        elif kind == "relay":
+            from lanterne.actuators import relay
+
+            self.bollard = relay.Bollard(
+                Pin(spec["pin"], Pin.OUT),
+                position=Pin(spec["position_pin"], Pin.IN) if spec.get("position_pin") is not None else None,
+                presence=Pin(spec["presence_pin"], Pin.IN) if spec.get("presence_pin") is not None else None,
+                travel_ms=spec.get("travel_ms", 3000),
+                guard=relay.UP if spec.get("guard") == "up" else relay.DOWN,
+            )
+
+    # -- sampling -------------------------------------------------------------------
+    async def sample(self, r):
+        """One sample cycle of every sensor into codec reading `r`; returns the status flags."""
+        import asyncio
+
+        for i in range(codec.N_FIELDS):
+            r[i] = None
+        flags = 0
+        env = self.env
+        if env is not None:
+            wait = env.trigger()
+            if wait:
+                await asyncio.sleep_ms(wait // 1000 + 1)
+            if env.read():  # fresh values (a RANGE fault keeps them, flagged)
+                r[codec.TEMPERATURE] = env.temperature // 10
+                if env.has_humidity:
+                    r[codec.HUMIDITY] = env.humidity_centi // 50
+                r[codec.PRESSURE] = env.pressure_pa // 10
+            if env.fault:
+                flags |= _F_TEMPERATURE | _F_PRESSURE | (_F_HUMIDITY if env.has_humidity or not env.present else 0)
+        light = self.light
+        if light is not None:
+            ok = light.sample()
+            if not ok and not light.fault:
+                await asyncio.sleep_ms(light.settle_ms)  # changing range: one more try
+                ok = light.sample()
+            if ok:
+                r[codec.ILLUMINANCE] = light.millilux
+            if light.fault:
+                flags |= _F_LIGHT
+        fill = self.fill
+        if fill is not None:
+            if env is not None and env.present and not env.fault:
+                fill.set_temperature(env.temperature)
+            if await fill.sample_async():
+                lvl = fill.level_permille // 10
+                r[codec.FILL] = 0 if lvl < 0 else (100 if lvl > 100 else lvl)
+                r[codec.DISTANCE] = fill.distance_mm
+            if fill.fault:
+                flags |= _F_FILL
+        sup = self.supply
+        if sup is not None:
+            if sup.sample():
+                r[codec.VOLTAGE] = sup.millivolts
+            if sup.fault:
+                flags |= _F_VOLTAGE
+        lamp = self.lamp
+        if lamp is not None:
+            r[codec.LAMP] = lamp.level
+            r[codec.LAMP_FAULT] = 1 if lamp.fault else 0
+        return flags
+
+    # -- actuators --------------------------------------------------------------------
+    def lamp_tick(self, now_utc, contact):
+        """Follow the lamp profile (or the back office's override); call every ~100 ms."""
+        lamp = self.lamp
+        if lamp is None:
+            return
+        lux = None
+        light = self.light
+        if light is not None and not light.fault and light.errors >= 0:
+            lux = light.lux
+        want = self.profile.level(now_utc, lux, contact)
+        if want != lamp.level:
+            lamp.set(want)
+        lamp.update()
+
+    def faults(self):
+        from lanterne.sensors import fault_names
+
+        out = dict(self.errors)
+        for name in ("env", "light", "fill", "supply", "lamp", "bollard"):
+            part = getattr(self, name)
+            if part is not None and part.fault:
+                out[name] = "%s: %s" % (name, ",".join(fault_names(part.fault)))
+        return out

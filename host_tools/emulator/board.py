@@ -110,6 +110,8 @@ class VirtualBoard:
         heap_override: int | None = None,
         console_limit: int = 1 << 20,
         log_path: str | Path | None = None,
+        flash_image: str | Path | None = None,
+        blank: bool = False,
     ):
         self.board = board
         self.flash = Path(flash_dir).resolve()
@@ -147,6 +149,23 @@ class VirtualBoard:
         self._closing = False
         self._changed = asyncio.Condition()
         self.world.subscribe(self._on_world)
+        # The raw SPI flash (bootloader, partition table, MicroPython) beside the folder, when
+        # the board is emulated from the ROM up: `blank` makes a factory-fresh, erased chip that
+        # needs `lanterne flash` before MicroPython runs. Without it the board comes with
+        # MicroPython already flashed (the usual case for firmware tests).
+        self.rom = None
+        self.download_mode = False
+        image = Path(flash_image) if flash_image else self.flash.parent / (self.flash.name + ".flash.bin")
+        if blank or flash_image or image.exists():
+            from host_tools.emulator.rombootloader import RomBootloader, SimulatedFlash
+
+            size = int(board.data.get("flash", {}).get("size_mb", 4)) * 1024 * 1024
+            if blank and image.exists():
+                image.unlink()
+            self.spi_flash = SimulatedFlash(image, size)
+            mac = "24:0a:c4:" + ":".join(self.serial[i : i + 2] for i in range(6, 12, 2))
+            self.rom = RomBootloader(self.spi_flash, mac=mac, download=False, on_exit=self._rom_exit)
+            self.rom.pending_output()
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self, power_on: bool = True) -> None:
@@ -189,7 +208,48 @@ class VirtualBoard:
         if self.powered:
             return
         self.powered = True
-        self._start_interpreter("power")
+        self._boot("power")
+
+    def _boot(self, kind: str) -> None:
+        """What the ESP32 does after a reset: its ROM checks the flash, then MicroPython runs."""
+        if self.rom is not None:
+            check = self.spi_flash.boot_check()
+            if not check.ok:
+                line = ROM_BOOT_LINES.get(kind, ROM_BOOT_LINES["power"])
+                log = "\r\n".join(check.log) + "\r\n" if check.log else ""
+                self._emit(f"\r\n{line}\r\n{log}{check.message}\r\n".encode())
+                self.boot_kind = "no-firmware"
+                self.reset_log.append("no-firmware")
+                return
+            self._wipe_erased_filesystem(check)
+        self._start_interpreter(kind)
+
+    def _wipe_erased_filesystem(self, check) -> None:
+        # The files live in the flash's "vfs" partition: an erased partition (erase-flash) means
+        # MicroPython formats an empty filesystem at its next boot.
+        for p in getattr(check, "partitions", ()):
+            if getattr(p, "label", "") == "vfs" and self.spi_flash.is_erased(p.offset, min(p.size, 65536)):
+                if any(self.flash.iterdir()):
+                    shutil.rmtree(self.flash)
+                    self.flash.mkdir()
+                    self._emit(b"Filesystem erased: formatting littlefs\r\n")
+                # mark the partition used so the next boots keep the files
+                self.spi_flash.write(p.offset, b"littlefs")
+
+    async def enter_download(self) -> None:
+        """Hold BOOT and press EN: the ROM serial bootloader waits for esptool."""
+        if self.rom is None:
+            raise RuntimeError("this virtual board was started without a flash image (use --blank or --image)")
+        await self._kill()
+        self._wdt_timeout = self._wdt_deadline = None
+        self.powered = True
+        self.download_mode = True
+        self.rom.reset(download=True)
+        self._emit(self.rom.pending_output())
+
+    def _rom_exit(self, why: str) -> None:
+        # esptool asked the ROM to leave the loader (FLASH_END with reboot/run).
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.hard_reset("power")))
 
     async def power_cut(self) -> None:
         """The supply drops now: the interpreter dies mid-instruction; the flash stays as it is."""
@@ -202,7 +262,11 @@ class VirtualBoard:
         self.powered = True
         await self._kill()
         self._wdt_timeout = self._wdt_deadline = None
-        self._start_interpreter(kind)
+        if self.download_mode:
+            self.download_mode = False
+            self.rom.reset(download=False)
+            self.rom.pending_output()
+        self._boot(kind)
 
     async def _kill(self) -> None:
         proc = self.proc
@@ -276,7 +340,7 @@ class VirtualBoard:
         if self._pending_reset:
             kind, _arg = self._pending_reset
             self._pending_reset = None
-            self._start_interpreter(kind)
+            self._boot(kind)
         elif code == EXIT_SOFT_FRIENDLY:
             self._start_interpreter("soft-friendly")
         elif code == EXIT_SOFT_RAW:
@@ -286,7 +350,7 @@ class VirtualBoard:
         else:
             # The interpreter died (abort, fatal error): the ESP32 panics and reboots.
             self._emit(b"\r\nGuru Meditation Error: interpreter exited with status %d. Rebooting...\r\n" % code)
-            self._start_interpreter("panic")
+            self._boot("panic")
 
     # -- serial port ------------------------------------------------------------
     def _emit(self, data: bytes) -> None:
@@ -321,6 +385,11 @@ class VirtualBoard:
             self._inject(data)
 
     def _inject(self, data: bytes) -> None:
+        if self.download_mode:
+            out = self.rom.feed(data)
+            if out:
+                self._emit(out)
+            return
         # Ctrl-C while user code runs: KeyboardInterrupt (SIGINT), the byte itself is consumed.
         # Otherwise it is an ordinary byte for the REPL, as on the ESP32.
         if b"\x03" in data and self.executing and self.proc is not None:
@@ -426,6 +495,9 @@ class BoardHandle:
 
     def hard_reset(self) -> None:
         self._call(self.board.hard_reset())
+
+    def enter_download(self) -> None:
+        self._call(self.board.enter_download())
 
     def write_serial(self, data: bytes) -> None:
         async def go():

@@ -2,7 +2,8 @@
 
 Requests: {"op": "get"} -> world snapshot; {"op": "set", "values": {...}};
 {"op": "inject", "part": "bme280", "fault": "nack"}; {"op": "clear", "part": ...};
-{"op": "power_cut"}; {"op": "power_on"}; {"op": "reset"}.
+{"op": "power_cut"}; {"op": "power_on"}; {"op": "reset"} (EN pressed);
+{"op": "download"} (BOOT held, EN pressed: the ROM serial bootloader waits for esptool).
 Used by `lanterne world` and by tests that run `lanterne emulate` as a separate process.
 """
 
@@ -95,6 +96,9 @@ class ControlServer:
             return {"ok": True}
         if op == "reset":
             h.hard_reset()
+            return {"ok": True}
+        if op == "download":
+            h.enter_download()
             return {"ok": True}
         raise ValueError(f"unknown op {op!r}")
 

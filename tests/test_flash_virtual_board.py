@@ -1,0 +1,52 @@
+"""A factory-fresh virtual board: nothing boots until `lanterne flash` writes MicroPython with esptool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_blank_board_flash_then_mpremote(tmp_path):
+    port = tmp_path / "ttyBLANK"
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "old.txt").write_text("left from a previous life")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "host_tools.cli", "emulate", "--board", "esp32-devkitc", "--fs", str(flash),
+         "--port", str(port), "--blank", "--log", str(tmp_path / "console.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert "virtual esp32-devkitc" in proc.stdout.readline()
+        time.sleep(0.5)
+        log = (tmp_path / "console.log").read_bytes().decode("latin-1")
+        assert "invalid header: 0xffffffff" in log  # the ROM finds nothing to boot
+        r = subprocess.run(
+            [sys.executable, "-m", "mpremote", "connect", str(port), "exec", "print(1)"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode != 0  # no MicroPython to talk to
+        r = subprocess.run(
+            [sys.executable, "-m", "host_tools.cli", "flash", "--port", str(port), "--board", "esp32-devkitc"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ESP32" in r.stdout + r.stderr
+        deadline = time.monotonic() + 20
+        while "MicroPython v1.29" not in (tmp_path / "console.log").read_bytes().decode("latin-1"):
+            assert time.monotonic() < deadline, (tmp_path / "console.log").read_bytes().decode("latin-1")[-2000:]
+            time.sleep(0.2)
+        r = subprocess.run(
+            [sys.executable, "-m", "mpremote", "connect", str(port), "exec", "import os; print(os.listdir('/'))"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "old.txt" not in r.stdout  # the erase wiped the filesystem, as on the board
+    finally:
+        proc.terminate()
+        proc.wait(10)

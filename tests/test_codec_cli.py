@@ -30,11 +30,27 @@ def test_encode_one_reading_then_decode_it(monkeypatch, capsys, runtime):
     code, out, err = lanterne(monkeypatch, capsys, "encode", "--runtime", runtime, stdin=json.dumps(READING))
     assert code == 0, err
     lines = out.split()
-    assert len(lines) == 1 and len(bytes.fromhex(lines[0])) <= 14
+    assert len(lines) == 1 and len(bytes.fromhex(lines[0])) == 13 and lines[0].startswith("02")
     code, out, err = lanterne(monkeypatch, capsys, "decode", lines[0])
     assert code == 0, err
     got = json.loads(out)["readings"][0]
     assert got["temperature"] == 21.5 and got["seq"] == 12345 and got["voltage"] == 12.3
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_lorawan_framing_leaves_the_version_to_the_fport(monkeypatch, capsys, runtime):
+    code, mqtt, err = lanterne(monkeypatch, capsys, "encode", "--runtime", runtime, stdin=json.dumps(READING))
+    code, out, err = lanterne(monkeypatch, capsys, "encode", "--lorawan", "-v", "--runtime", runtime,
+                              stdin=json.dumps(READING))
+    assert code == 0, err
+    assert "12 bytes, FPort 102, readings 0..0" in err
+    payload = out.strip()
+    assert len(bytes.fromhex(payload)) == 12 and mqtt.strip() == "02" + payload
+    code, out, err = lanterne(monkeypatch, capsys, "decode", "--fport", "102", payload)
+    assert code == 0, err
+    assert json.loads(out) == json.loads(lanterne(monkeypatch, capsys, "decode", mqtt.strip())[1])
+    code, out, err = lanterne(monkeypatch, capsys, "decode", payload)  # without --fport: read as MQTT
+    assert code == 1 and "unsupported format version 166 (0xa6)" in err
 
 
 def test_runtimes_print_the_same_frames(monkeypatch, capsys):
@@ -44,20 +60,24 @@ def test_runtimes_print_the_same_frames(monkeypatch, capsys):
     assert on_board == on_host and len(on_board.split()) >= 2
 
 
+@pytest.mark.parametrize("lorawan", [False, True])
 @pytest.mark.parametrize("budget", [11, 51, 115, 222, 242, 1024])
-def test_a_list_is_split_into_frames_within_the_budget(monkeypatch, capsys, budget):
+def test_a_list_is_split_into_frames_within_the_budget(monkeypatch, capsys, budget, lorawan):
     readings = [dict(r, status=[]) for r in series(60)]
     for r in readings:
         del r["fill"], r["lamp"], r["lamp_fault"]  # small enough for an 11-byte frame
         if budget == 11:
             del r["temperature"], r["humidity"], r["pressure"], r["seq"]
+    framing = ["--lorawan"] if lorawan else []
     code, out, err = lanterne(
-        monkeypatch, capsys, "encode", "--runtime", "cpython", "--budget", str(budget), stdin=json.dumps(readings)
+        monkeypatch, capsys, "encode", "--runtime", "cpython", "--budget", str(budget), *framing,
+        stdin=json.dumps(readings),
     )
     assert code == 0, err
     frames = out.split()
     assert all(len(bytes.fromhex(f)) <= budget for f in frames)
-    code, out, err = lanterne(monkeypatch, capsys, "decode", "-", stdin="\n".join(frames) + "\n")
+    fport = ["--fport", "102"] if lorawan else []
+    code, out, err = lanterne(monkeypatch, capsys, "decode", *fport, "-", stdin="\n".join(frames) + "\n")
     assert code == 0, err
     decoded = [r for line in out.splitlines() for r in json.loads(line)["readings"]]
     assert len(decoded) == len(readings)
@@ -93,7 +113,8 @@ def test_decode_accepts_spaced_hex_and_base64(monkeypatch, capsys):
         ('{"humidity": "wet"}', [], "humidity: expected a number"),
         ('{"status": ["on_fire"]}', [], "status: unknown flag 'on_fire'"),
         ('{"lamp_fault": true}', [], "lamp_fault is sent with the lamp level"),
-        (json.dumps(READING), ["--budget", "11"], "reading 0: needs 14 bytes on its own, more than the 11-byte budget"),
+        (json.dumps(READING), ["--budget", "11"], "reading 0: needs 13 bytes on its own, more than the 11-byte budget"),
+        (json.dumps(READING), ["--budget", "11", "--lorawan"], "reading 0: needs 12 bytes on its own, more than the 11-byte budget"),
         (json.dumps(READING), ["--budget", "2"], "--budget 2 is out of range"),
     ],
 )
@@ -107,8 +128,10 @@ def test_encode_errors_name_the_reading_and_field(monkeypatch, capsys, stdin, ar
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["decode", "02ff00"], "byte 0: unsupported format version 2"),
-        (["decode", "01fbe99d"], "truncated"),
+        (["decode", "01ff00ff"], "byte 0: unsupported format version 1 (0x01): this decoder reads version 2"),
+        (["decode", "02a675bd"], "truncated"),
+        (["decode", "--fport", "1", "a675bd"], "FPort 1 is not a Lanterne payload port"),
+        (["decode", "--fport", "101", "a675bd"], "FPort 101: unsupported format version 1"),
         (["decode", "01zz"], "is not hex"),
         (["decode", "--base64", "***"], "is not base64"),
     ],
@@ -121,7 +144,7 @@ def test_decode_errors_say_what_and_where(monkeypatch, capsys, argv, message):
 
 def test_decode_stdin_reports_each_bad_frame_and_keeps_going(monkeypatch, capsys):
     _, frame, _ = lanterne(monkeypatch, capsys, "encode", "--runtime", "cpython", stdin=json.dumps(READING))
-    code, out, err = lanterne(monkeypatch, capsys, "decode", "-", stdin=f"{frame.strip()}\n0100\n{frame.strip()}\n")
+    code, out, err = lanterne(monkeypatch, capsys, "decode", "-", stdin=f"{frame.strip()}\n0200\n{frame.strip()}\n")
     assert code == 1
     assert len(out.splitlines()) == 2
     assert "frame 2: invalid payload: byte 1: truncated: 2 bytes" in err

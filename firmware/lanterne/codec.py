@@ -1,4 +1,4 @@
-"""Compact payload codec, format v1 (docs/payload.md): readings bit-packed into a preallocated frame.
+"""Compact payload codec, format v2 (docs/payload.md): readings bit-packed into a preallocated frame.
 
 One module for the board, the unix port and CPython. A reading is a list of
 N_FIELDS integers in resolution units (None = absent), indexed by the field
@@ -6,8 +6,12 @@ constants below. `Encoder.encode()` packs a run of readings into one frame: the
 first reading absolute, later ones as deltas against it, as many whole readings
 as the byte budget allows. After the first call it allocates nothing: integers
 only (no floats), `const()` constants, one bytearray reused for every frame.
-`from_values()` converts JSON-style values (floats, flag names) into a reading;
-it allocates and is meant for the host, tests and the CLI, not the sample loop.
+
+Two framings of the same bit stream: over MQTT (and any byte transport) byte 0 is
+the format version; over LoRaWAN the version travels in the FPort (FPORT) and the
+payload is the bit stream alone (`Encoder(lorawan=True)`), one byte shorter.
+The JSON/float converter lives apart, in `lanterne.codec_values`, so a board that
+only encodes integers does not load it.
 """
 
 try:
@@ -18,7 +22,10 @@ except ImportError:  # CPython: same source, constants are plain ints
         return value
 
 
-FORMAT_VERSION = const(1)
+FORMAT_VERSION = const(2)
+# LoRaWAN: format version v travels on FPort FPORT_BASE + v (the payload has no version byte).
+FPORT_BASE = const(100)
+FPORT = const(102)  # FPORT_BASE + FORMAT_VERSION
 # Largest frame any decoder accepts; EU868 LoRaWAN tops out at 242, MQTT may use more.
 MAX_FRAME = const(1024)
 
@@ -64,6 +71,9 @@ _P_VOLTAGE = const(0x08)
 _P_STATUS = const(0x04)
 _P_SEQ = const(0x02)
 _P_AGE = const(0x01)
+# The standard full set, every field but the raw distance: reading 0 says it with one bit.
+_STANDARD = const(0x7DF)
+_CLOCK_UNSYNCED = const(0x200)  # status bit 9: the one flag with a 2-bit code in reading 0
 
 # Exp-Golomb order of each delta (chosen for slowly varying assets, see docs/payload.md).
 _K_TEMPERATURE = const(2)
@@ -75,8 +85,9 @@ _K_DISTANCE = const(3)
 _K_LAMP = const(0)
 _K_VOLTAGE = const(1)
 _K_SEQ = const(0)
-_K_AGE_FIRST = const(3)
-_K_AGE = const(2)
+_K_AGE_FIRST = const(2)  # the frame's first age (a code, see age_code)
+_K_AGE_STEP = const(7)  # its second age, against the first: about one sampling period
+_K_AGE = const(2)  # later ages, against the trend of the previous two
 
 _MIN_CHECK_BITS = const(4)
 # A reading never takes more than ~34 bytes, so writing one past the budget stays
@@ -159,14 +170,17 @@ def age_value(code):
     return (64 + (code & 63)) << ((code >> 6) - 1)
 
 
-def crc16(buf, length):
-    """CRC-16/CCITT-FALSE of buf[0:length]."""
-    crc = 0xFFFF
+def crc16(buf, length, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE of buf[0:length], continuing from `crc` (0xFFFF: from the start)."""
     for i in range(length):
         b = buf[i]
         crc = ((crc << 4) & 0xFFFF) ^ _CRC_NIBBLE[((crc >> 12) ^ (b >> 4)) & 15]
         crc = ((crc << 4) & 0xFFFF) ^ _CRC_NIBBLE[((crc >> 12) ^ b) & 15]
     return crc
+
+
+# The CRC after the version byte alone: where a LoRaWAN frame's check starts.
+_CRC_VERSION = crc16(bytes((FORMAT_VERSION,)), 1)
 
 
 def new_reading():
@@ -179,13 +193,18 @@ class Encoder:
 
     After `n = encoder.encode(readings, start, count, budget)`, the frame is
     `encoder.buf[:encoder.length]` and holds readings[start:start + n]; n == 0
-    means the first reading alone does not fit in `budget` bytes.
+    means the first reading alone does not fit in `budget` bytes. With
+    `lorawan=True` the frame has no version byte and goes out on FPort FPORT;
+    otherwise byte 0 is FORMAT_VERSION. `budget` counts the bytes sent either way.
     """
 
-    def __init__(self, capacity=242):
-        if capacity < 4 or capacity > MAX_FRAME:
-            raise ValueError("frame capacity must be 4..%d bytes" % MAX_FRAME)
+    def __init__(self, capacity=242, lorawan=False):
+        if capacity < 3 or capacity > MAX_FRAME:
+            raise ValueError("frame capacity must be 3..%d bytes" % MAX_FRAME)
         self.capacity = capacity
+        # False: byte 0 is the format version (MQTT). True: no version byte, the frame goes
+        # out on LoRaWAN FPort FPORT. A plain attribute: flip it between calls if needed.
+        self.lorawan = lorawan
         self.buf = bytearray(capacity + _SLACK)
         self.length = 0
         self.count = 0
@@ -254,7 +273,8 @@ class Encoder:
         self._ages = 0
         self.length = 0
         self.count = 0
-        self._put(FORMAT_VERSION, 8)
+        if not self.lorawan:
+            self._put(FORMAT_VERSION, 8)
         n = 0
         i = start
         while i < end:
@@ -279,7 +299,8 @@ class Encoder:
             k += 8
         self._bits(0, k)
         length = self._pos
-        check = crc16(self.buf, length) >> (16 - k)
+        # The check covers the version in both framings: over LoRaWAN, the FPort's.
+        check = crc16(self.buf, length, _CRC_VERSION if self.lorawan else 0xFFFF) >> (16 - k)
         self.buf[length - 1] |= check & 0xFF
         if k > 8:
             self.buf[length - 2] |= check >> 8
@@ -315,7 +336,10 @@ class Encoder:
             raise ValueError("reading has no fields")
         if not index:
             self._mask = mask
-            self._put(mask, 11)
+            if mask == _STANDARD:
+                self._put(1, 1)
+            else:
+                self._put(mask, 12)  # 0, then the 11-bit bitmap
         elif mask == self._mask:
             self._put(0, 1)  # same fields as the first reading
         else:
@@ -342,14 +366,20 @@ class Encoder:
             self._field(VOLTAGE, voltage_code(r[VOLTAGE]), 11, _K_VOLTAGE, index, _P_VOLTAGE)
         if mask & _P_STATUS:
             flags = r[STATUS] & 0x3FF
-            ref = self._base[STATUS] if index and self._mask & _P_STATUS else 0
-            if flags == ref:
-                self._put(0, 1)
-            else:
-                self._put(1, 1)
-                self._put(flags, 10)
             if not index:
                 self._base[STATUS] = flags
+                if not flags:
+                    self._put(0, 1)
+                elif flags == _CLOCK_UNSYNCED:
+                    self._put(2, 2)
+                else:
+                    self._put(0xC00 | flags, 12)  # 11, then the 10-bit mask
+            else:
+                ref = self._base[STATUS] if self._mask & _P_STATUS else 0
+                if flags == ref:
+                    self._put(0, 1)
+                else:
+                    self._put(0x400 | flags, 11)  # 1, then the 10-bit mask
         if mask & _P_SEQ:
             s = r[SEQ] & 0xFFFF
             if self._seq_at < 0:
@@ -367,104 +397,11 @@ class Encoder:
                 code = age_code(a)
                 self._eg(code, _K_AGE_FIRST)
                 a = age_value(code)  # later readings are coded against what the host will see
+            elif self._ages == 1:
+                self._eg(_zigzag(a - self._age1), _K_AGE_STEP)
             else:
-                pred = self._age1
-                if self._ages > 1:
-                    pred = _clamp(pred + pred - self._age2, 0, AGE_MAX)
+                pred = _clamp(self._age1 + self._age1 - self._age2, 0, AGE_MAX)
                 self._eg(_zigzag(a - pred), _K_AGE)
             self._age2 = self._age1
             self._age1 = a
             self._ages += 1
-
-
-# -- convenience: JSON-style values -> integer reading (allocates; not for the hot path) --
-
-# name -> (slot, scale to resolution units, low, high, unit) for plain numeric fields.
-_NUMERIC = {
-    "temperature": (TEMPERATURE, 10, -40, 85, "degC"),
-    "humidity": (HUMIDITY, 2, 0, 100, "%"),
-    "pressure": (PRESSURE, 10, 300, 1100, "hPa"),
-    "illuminance": (ILLUMINANCE, 1000, 0, 120000, "lx"),
-    "fill": (FILL, 1, 0, 100, "%"),
-    "distance": (DISTANCE, 1, 0, 16383, "mm"),
-    "lamp": (LAMP, 1, 0, 100, "%"),
-    "voltage": (VOLTAGE, 1000, 0, 60, "V"),
-    "age": (AGE, 1, 0, AGE_MAX, "s"),
-}
-FIELD_NAMES = (
-    "temperature",
-    "humidity",
-    "pressure",
-    "illuminance",
-    "fill",
-    "distance",
-    "lamp",
-    "lamp_fault",
-    "voltage",
-    "status",
-    "seq",
-    "age",
-)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _round(x):
-    return int(x + 0.5) if x >= 0 else -int(-x + 0.5)
-
-
-def from_values(values, out=None):
-    """Integer reading from a dict of JSON values (field names and units of docs/payload.md).
-
-    Raises ValueError naming the field for an unknown name, a wrong type or a value
-    out of range. Absent keys (or null) are absent fields.
-    """
-    if not isinstance(values, dict):
-        raise ValueError("a reading is a JSON object, got %s" % type(values).__name__)
-    r = out if out is not None else new_reading()
-    for i in range(N_FIELDS):
-        r[i] = None
-    for name in values:
-        if name not in FIELD_NAMES:
-            raise ValueError("unknown field %r (known: %s)" % (name, ", ".join(FIELD_NAMES)))
-    for name in FIELD_NAMES:  # a fixed order, so every port reports the same first error
-        spec = _NUMERIC.get(name)
-        v = values.get(name)
-        if spec is None or v is None:
-            continue
-        slot, scale, low, high, unit = spec
-        if not _is_number(v):
-            raise ValueError("%s: expected a number in %s, got %r" % (name, unit, v))
-        if not low <= v <= high:
-            raise ValueError("%s: %r %s is out of range %s..%s" % (name, v, unit, low, high))
-        r[slot] = v if scale == 1 and isinstance(v, int) else _round(v * scale)
-    fault = values.get("lamp_fault")
-    if fault is not None:
-        if not isinstance(fault, bool):
-            raise ValueError("lamp_fault: expected true or false, got %r" % (fault,))
-        if r[LAMP] is None:
-            raise ValueError("lamp_fault is sent with the lamp level: add \"lamp\"")
-        r[LAMP_FAULT] = 1 if fault else 0
-    elif r[LAMP] is not None:
-        r[LAMP_FAULT] = 0
-    status = values.get("status")
-    if status is not None:
-        if not isinstance(status, (list, tuple)):
-            raise ValueError("status: expected a list of flag names, got %r" % (status,))
-        flags = 0
-        for flag in status:
-            if flag not in STATUS_NAMES:
-                raise ValueError("status: unknown flag %r (known: %s)" % (flag, ", ".join(STATUS_NAMES)))
-            flags |= 1 << STATUS_NAMES.index(flag)
-        r[STATUS] = flags
-    seq = values.get("seq")
-    if seq is not None:
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 0xFFFFFFFF:
-            raise ValueError("seq: expected an integer 0..4294967295, got %r" % (seq,))
-        r[SEQ] = seq
-    for i in range(N_FIELDS):
-        if r[i] is not None:
-            return r
-    raise ValueError("a reading needs at least one field (known: %s)" % ", ".join(FIELD_NAMES))

@@ -1,8 +1,10 @@
 """Codec benchmark: payload size against Cayenne LPP and JSON, LoRaWAN airtime budget, encode cost.
 
 Sizes come from the firmware encoder (firmware/lanterne/codec.py, run in CPython:
-the tests check it gives the same bytes as on the unix port); encode time and
-allocation are measured on the MicroPython unix port at the board's 100 KB heap.
+the tests check it gives the same bytes as on the unix port), in the LoRaWAN
+framing (format version in the FPort) unless a row says MQTT (one version byte
+more); encode time and allocation are measured on the MicroPython unix port at
+the board's 100 KB heap. Also: how often random payloads pass the decoder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import random
 
 from host_tools.bench import BenchResult
-from host_tools.codec import decode, firmware_codec, lpp
+from host_tools.codec import FPORT, acceptance, decode, firmware_codec, firmware_codec_values, lpp
 
 # The reading of the issue, every field present (the optional raw fill distance aside).
 FULL_READING = {
@@ -89,16 +91,17 @@ def _with_ages(series: list[dict], start: int, last: int) -> list[dict]:
     ]
 
 
-def pack_series(codec, series: list[dict], budget: int) -> list[int]:
+def pack_series(codec, series: list[dict], budget: int, lorawan: bool = True) -> list[int]:
     """Readings per frame when a device sends each frame as soon as the next reading would not fit.
 
     Ages depend on when the frame leaves, so the count is the largest k for which
     readings start..start+k-1, aged as of the k-th, all fit in `budget` bytes.
     """
-    enc = codec.Encoder(budget)
+    enc = codec.Encoder(budget, lorawan)
+    from_values = firmware_codec_values().from_values
 
     def fits(start: int, k: int) -> bool:
-        batch = [codec.from_values(r) for r in _with_ages(series, start, start + k - 1)]
+        batch = [from_values(r) for r in _with_ages(series, start, start + k - 1)]
         return enc.encode(batch, 0, -1, budget) == k
 
     counts = []
@@ -157,7 +160,7 @@ def series(n):
         out.append(r)
     return out
 
-def measure(enc, readings, budget, rounds):
+def measure(enc, readings, budget, rounds):  # LoRaWAN framing: what counts against the airtime
     enc.encode(readings, 0, -1, budget)
     enc.encode(readings, 0, -1, budget)  # warm-up: attribute slots, first-call paths
     gc.collect()
@@ -174,7 +177,7 @@ def measure(enc, readings, budget, rounds):
 
 def main():
     readings = series(64)
-    enc = codec.Encoder(242)
+    enc = codec.Encoder(242, True)
     out = {}
     for name, count, budget in (("single", 1, 242), ("batch51", 64, 51), ("batch222", 64, 222)):
         out[name] = measure(enc, readings[:count], budget, ROUNDS)
@@ -194,13 +197,14 @@ def _encode_cost(quick: bool) -> dict:
 
 def run(quick: bool = False) -> BenchResult:
     codec = firmware_codec()
+    from_values = firmware_codec_values().from_values
     full = FULL_READING
     sensors = {k: full[k] for k in SENSOR_FIELDS}
 
-    def ours(reading: dict) -> int:
-        enc = codec.Encoder(codec.MAX_FRAME)
-        enc.encode([codec.from_values(reading)])
-        decode(enc.frame())  # a frame the host cannot read does not count
+    def ours(reading: dict, lorawan: bool = True) -> int:
+        enc = codec.Encoder(codec.MAX_FRAME, lorawan)
+        enc.encode([from_values(reading)])
+        decode(enc.frame(), FPORT if lorawan else None)  # a frame the host cannot read does not count
         return enc.length
 
     size = {
@@ -214,11 +218,19 @@ def run(quick: bool = False) -> BenchResult:
         "bytes_sensor_reading": size["sensors"][0],
         "bytes_sensor_reading_lpp": size["sensors"][1],
         "bytes_sensor_reading_json": size["sensors"][2],
+        "bytes_full_reading_mqtt": ours(full, lorawan=False),
     }
     size_rows = [
         ["full reading (all 10 fields, seq + age)", *size["full"], f"{size['full'][1] / size['full'][0]:.1f}x"],
         ["sensor fields only (LPP's usual set)", *size["sensors"], f"{size['sensors'][1] / size['sensors'][0]:.1f}x"],
+        ["full reading over MQTT (+ version byte)", metrics["bytes_full_reading_mqtt"], "", "", ""],
     ]
+    # The largest age that keeps a full reading in bytes_full_reading (status: none, or clock unsynced).
+    for label, status in (("none", []), ("clock", ["clock_unsynced"])):
+        age = 0
+        while ours(dict(full, status=status, age=age + 1)) <= size["full"][0]:
+            age += 1
+        metrics[f"full_reading_max_age_s_status_{label}"] = age
 
     # Batches of a slowly varying asset.
     series = slowly_varying(300 if quick else 1500)
@@ -269,6 +281,14 @@ def run(quick: bool = False) -> BenchResult:
             ("batch, 222-byte frame", "batch222"),
         )
     ]
+
+    # Random payloads that pass the decoder, at the lengths where they pass most often.
+    trials = 20_000 if quick else 100_000
+    accept_rows = []
+    for n in (3, 8, 12, 20, 51):
+        e = acceptance.false_acceptance(n, trials, seed=n)
+        metrics[f"false_accept_{n}B"] = float(f"{e.rate:.3g}")
+        accept_rows.append([n, f"{e.rate:.2e}", f"{e.stderr:.1e}", f"{e.structure:.2%}", f"{e.rate / 256:.1e}"])
     return BenchResult(
         metrics=metrics,
         tables=[
@@ -289,8 +309,16 @@ def run(quick: bool = False) -> BenchResult:
                 ["case", "readings/frame", "us per frame", "us per reading", "bytes allocated per reading"],
                 cost_rows,
             ),
+            (
+                f"random payloads that decode ({trials} per length; docs/payload.md has the full table)",
+                ["LoRaWAN payload (B)", "pass rate, FPort 102", "std. error", "structure valid",
+                 "MQTT frame of 1 B more, random first byte"],
+                accept_rows,
+            ),
         ],
         notes=[
+            "sizes and frames are LoRaWAN payloads: the format version travels in the FPort (102); an MQTT "
+            "frame carries it in one more byte.",
             "full reading = temperature, humidity, pressure, illuminance, fill, lamp + fault, voltage, status, "
             "seq, age; LPP carries status/seq/age as 4-byte generic sensors, JSON is compact (no spaces).",
             "LPP and JSON batches are concatenated readings with no time information; lanterne batches carry "
@@ -303,8 +331,9 @@ def run(quick: bool = False) -> BenchResult:
 
 def _batch_bytes(codec, series: list[dict], budget: int) -> int:
     """Bytes of a typical full frame at `budget` (the frame the airtime figure is computed for)."""
-    enc = codec.Encoder(budget)
+    enc = codec.Encoder(budget, True)
     n = pack_series(codec, series[:200], budget)[0]
-    batch = [codec.from_values(r) for r in _with_ages(series, 0, n - 1)]
+    from_values = firmware_codec_values().from_values
+    batch = [from_values(r) for r in _with_ages(series, 0, n - 1)]
     enc.encode(batch, 0, -1, budget)
     return enc.length

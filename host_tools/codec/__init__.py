@@ -1,29 +1,32 @@
 """Payload codec on the host: decode frames, and encode JSON readings with the firmware's own encoder.
 
-`decode(frame) -> dict` is the library call behind `lanterne decode`;
-`encode_values(readings, budget, runtime)` runs firmware/lanterne/codec.py either
-on the MicroPython unix port (what a board sends) or in this CPython process,
-and returns the frames. The wire format is docs/payload.md.
+`decode(frame, fport=None) -> dict` is the library call behind `lanterne decode`;
+`encode_values(readings, budget, runtime, lorawan)` runs firmware/lanterne/codec.py
+(and codec_values.py) either on the MicroPython unix port (what a board sends) or
+in this CPython process, and returns the frames. `seq.SeqTracker` gives readings
+their full sequence number back. The wire format is docs/payload.md.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 
-from host_tools.codec.decoder import FORMAT_VERSION, MAX_FRAME, PayloadError, decode
+from host_tools.codec.decoder import FORMAT_VERSION, FPORT, MAX_FRAME, PayloadError, decode
 from host_tools.paths import FIRMWARE
 
 __all__ = [
     "EU868_BUDGETS",
     "FORMAT_VERSION",
+    "FPORT",
     "MAX_FRAME",
     "EncodeError",
     "PayloadError",
     "decode",
     "encode_values",
     "firmware_codec",
+    "firmware_codec_values",
 ]
 
 # LoRaWAN application-payload limits: 11 (US915 DR0, AS923 with dwell time), 51 (EU868 DR0-2, SF12-SF10),
@@ -31,7 +34,6 @@ __all__ = [
 EU868_BUDGETS = (11, 51, 115, 222, 242)
 RUNTIMES = ("micropython", "cpython")
 
-FIRMWARE_CODEC = FIRMWARE / "lanterne" / "codec.py"
 
 
 class EncodeError(ValueError):
@@ -42,35 +44,39 @@ class EncodeError(ValueError):
         self.index = index
 
 
+def _firmware_module(name: str):
+    if str(FIRMWARE) not in sys.path:
+        sys.path.insert(0, str(FIRMWARE))
+    return importlib.import_module(f"lanterne.{name}")
+
+
 def firmware_codec():
-    """firmware/lanterne/codec.py loaded into CPython (the very file the board runs)."""
-    name = "_lanterne_firmware_codec"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, FIRMWARE_CODEC)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return module
+    """firmware/lanterne/codec.py imported into CPython (the very file the board runs)."""
+    return _firmware_module("codec")
+
+
+def firmware_codec_values():
+    """firmware/lanterne/codec_values.py (`from_values`: JSON values -> integer reading) in CPython."""
+    return _firmware_module("codec_values")
 
 
 # Runs unchanged on CPython and MicroPython: JSON values -> frames (hex), or the first error.
 _PACK_SOURCE = '''
-def pack(codec, items, budget):
+def pack(codec, codec_values, items, budget, lorawan):
     import binascii
     readings = []
     for i in range(len(items)):
         try:
-            readings.append(codec.from_values(items[i]))
+            readings.append(codec_values.from_values(items[i]))
         except ValueError as exc:
             return {"error": str(exc), "index": i}
-    enc = codec.Encoder(budget)
+    enc = codec.Encoder(budget, lorawan)
     frames = []
     start = 0
     while start < len(readings):
         n = enc.encode(readings, start, -1, budget)
         if n == 0:
-            alone = codec.Encoder(codec.MAX_FRAME)
+            alone = codec.Encoder(codec.MAX_FRAME, lorawan)
             alone.encode(readings, start, 1)
             return {"error": "needs %d bytes on its own, more than the %d-byte budget" % (alone.length, budget),
                     "index": start, "needs": alone.length}
@@ -80,18 +86,18 @@ def pack(codec, items, budget):
 '''
 
 
-def _pack_cpython(items: list, budget: int) -> dict:
+def _pack_cpython(items: list, budget: int, lorawan: bool) -> dict:
     namespace: dict = {}
     exec(_PACK_SOURCE, namespace)
-    return namespace["pack"](firmware_codec(), items, budget)
+    return namespace["pack"](firmware_codec(), firmware_codec_values(), items, budget, lorawan)
 
 
-def _pack_micropython(items: list, budget: int, heapsize: int) -> dict:
+def _pack_micropython(items: list, budget: int, lorawan: bool, heapsize: int) -> dict:
     from host_tools import upy
 
     script = _PACK_SOURCE + (
-        "\nimport sys, json\nfrom lanterne import codec\n"
-        f"print(json.dumps(pack(codec, json.loads(sys.stdin.read()), {budget})))\n"
+        "\nimport sys, json\nfrom lanterne import codec, codec_values\n"
+        f"print(json.dumps(pack(codec, codec_values, json.loads(sys.stdin.read()), {budget}, {lorawan})))\n"
     )
     return upy.run_json(script, heapsize=heapsize, stdin=json.dumps(items).encode())
 
@@ -101,24 +107,26 @@ def encode_values(
     budget: int = 51,
     runtime: str = "micropython",
     heapsize: int | None = None,
+    lorawan: bool = False,
 ) -> list[dict]:
     """Encode JSON readings into frames of at most `budget` bytes.
 
-    Returns one dict per frame: {"frame": bytes, "first": index of its first
-    reading, "count": readings packed}. Raises EncodeError naming the reading for
-    a bad value or a reading larger than the budget.
+    `lorawan`: frames without the version byte, to be sent on FPort FPORT (else
+    MQTT frames, byte 0 the version). Returns one dict per frame: {"frame": bytes,
+    "first": index of its first reading, "count": readings packed}. Raises
+    EncodeError naming the reading for a bad value or a reading larger than the budget.
     """
     items = [readings] if isinstance(readings, dict) else list(readings)
     if not items:
         raise EncodeError("no readings to encode")
-    if not 4 <= budget <= MAX_FRAME:
-        raise EncodeError(f"budget must be 4..{MAX_FRAME} bytes, got {budget}")
+    if not 3 <= budget <= MAX_FRAME:
+        raise EncodeError(f"budget must be 3..{MAX_FRAME} bytes, got {budget}")
     if runtime == "cpython":
-        result = _pack_cpython(items, budget)
+        result = _pack_cpython(items, budget, lorawan)
     elif runtime == "micropython":
         from host_tools.upy import DEFAULT_HEAP
 
-        result = _pack_micropython(items, budget, heapsize or DEFAULT_HEAP)
+        result = _pack_micropython(items, budget, lorawan, heapsize or DEFAULT_HEAP)
     else:
         raise EncodeError(f"unknown runtime {runtime!r} (choose {' or '.join(RUNTIMES)})")
     if "error" in result:

@@ -1,19 +1,31 @@
-"""Decode Lanterne payload frames (format v1, docs/payload.md) into JSON-ready dicts.
+"""Decode Lanterne payload frames (format v2, docs/payload.md) into JSON-ready dicts.
 
 An independent implementation of the wire format (the encoder is
 firmware/lanterne/codec.py, the network-server formatter is formatter.js): any
 input either decodes to readings whose every value is within the documented
 ranges, or raises `PayloadError` saying what is wrong and at which byte.
+
+Two framings: `decode(frame)` reads an MQTT frame, whose byte 0 is the format
+version; `decode(payload, fport=102)` reads a LoRaWAN payload, whose version is
+its FPort minus FPORT_BASE.
 """
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FPORT_BASE = 100  # LoRaWAN: format version v travels on FPort FPORT_BASE + v
+FPORT = FPORT_BASE + FORMAT_VERSION
 MAX_FRAME = 1024
-MIN_FRAME = 4  # version byte + 11-bit bitmap + 1-bit field + end bit + 11 check bits
+# 12-bit presence + a 1-bit field + end bit = 14 bits, then at least 4 check bits: 3 bytes,
+# and the version byte over MQTT.
+MIN_PAYLOAD = 3
+MIN_CHECK_BITS, MAX_CHECK_BITS = 4, 11
 AGE_MAX = 1 << 24
 AGE_CODE_MAX = 1216  # the age code of AGE_MAX
 MAX_EG_ZEROS = 26  # no valid delta needs more; bounds the work on hostile input
+STANDARD_SET = 0x7DF  # every field but distance: reading 0's one-bit presence code
+CLOCK_UNSYNCED = 0x200  # status bit 9: reading 0's two-bit status code
+K_AGE_FIRST, K_AGE_STEP, K_AGE = 2, 7, 2
 
 STATUS_NAMES = (
     "temperature_fault",
@@ -53,7 +65,8 @@ P_STATUS, P_SEQ, P_AGE = 0x004, 0x002, 0x001
 
 
 class PayloadError(ValueError):
-    """A frame that is not a valid v1 payload; `byte` is the 0-based offset of the problem."""
+    """A frame that is not a valid v2 payload; `byte` is the 0-based offset of the problem
+    in the bytes given (None when the FPort is at fault)."""
 
     def __init__(self, message: str, byte: int | None = None):
         self.byte = byte
@@ -61,9 +74,8 @@ class PayloadError(ValueError):
         super().__init__(message if byte is None else f"byte {byte}: {message}")
 
 
-def crc16(data: bytes | bytearray) -> int:
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF)."""
-    crc = 0xFFFF
+def crc16(data: bytes | bytearray, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), continuing from `crc`."""
     for b in data:
         crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ (b >> 4)) & 15]
         crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ b) & 15]
@@ -101,10 +113,10 @@ def _field_value(name: str, code: int):
 
 
 class _Bits:
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, start: int):
         self.data = data
         self.total = len(data) * 8
-        self.pos = 8  # after the version byte
+        self.pos = start  # after the version byte, if the frame has one
 
     def where(self) -> int:
         return self.pos // 8
@@ -137,28 +149,55 @@ class _Bits:
         return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
 
 
-def decode(data: bytes | bytearray | memoryview) -> dict:
-    """Decode one frame into {"version": 1, "readings": [{field: value, ...}, ...]}.
+def decode(data: bytes | bytearray | memoryview, fport: int | None = None) -> dict:
+    """Decode one frame into {"version": 2, "readings": [{field: value, ...}, ...]}.
 
-    Values are in the units of docs/payload.md (degC, %, hPa, lx, mm, V, s);
-    absent fields are left out. Raises PayloadError for anything that is not a
-    complete, intact v1 frame.
+    `fport` None: an MQTT frame, byte 0 the format version. An int: a LoRaWAN
+    payload received on that FPort, which carries the version. Values are in
+    the units of docs/payload.md (degC, %, hPa, lx, mm, V, s); absent fields are
+    left out. Raises PayloadError for anything that is not a complete, intact v2
+    frame.
     """
+    return _decode(data, fport, True)[0]
+
+
+def _unsupported(version: int) -> str:
+    why = (
+        "version 1 was a pre-release format that no board sends"
+        if version == 1
+        else "not a Lanterne payload, or one from newer firmware"
+    )
+    return f"this decoder reads version {FORMAT_VERSION} — {why}"
+
+
+def _decode(data, fport: int | None, verify: bool) -> tuple[dict, int]:
+    """decode(), also returning the number of check bits; verify=False skips comparing them
+    (for measuring how often random input passes everything but the check)."""
     data = bytes(data)
     n = len(data)
-    if n == 0:
-        raise PayloadError("empty payload: a frame starts with the format version byte 0x01", byte=0)
-    if data[0] != FORMAT_VERSION:
-        raise PayloadError(
-            f"unsupported format version {data[0]} (0x{data[0]:02x}): this decoder reads version "
-            f"{FORMAT_VERSION} — not a Lanterne payload, or one from newer firmware",
-            byte=0,
-        )
+    if fport is None:
+        if n == 0:
+            raise PayloadError(f"empty payload: a frame starts with the format version byte 0x{FORMAT_VERSION:02x}", byte=0)
+        if data[0] != FORMAT_VERSION:
+            raise PayloadError(f"unsupported format version {data[0]} (0x{data[0]:02x}): {_unsupported(data[0])}", byte=0)
+        start, prefix, shortest = 8, b"", MIN_PAYLOAD + 1
+    else:
+        if isinstance(fport, bool) or not isinstance(fport, int) or not FPORT_BASE < fport < FPORT_BASE + 100:
+            raise PayloadError(
+                f"FPort {fport} is not a Lanterne payload port: format version v travels on FPort "
+                f"{FPORT_BASE} + v (this decoder reads version {FORMAT_VERSION}, FPort {FPORT})"
+            )
+        version = fport - FPORT_BASE
+        if version != FORMAT_VERSION:
+            raise PayloadError(f"FPort {fport}: unsupported format version {version}: {_unsupported(version)}")
+        if n == 0:
+            raise PayloadError(f"empty payload on FPort {fport}", byte=0)
+        start, prefix, shortest = 0, bytes((FORMAT_VERSION,)), MIN_PAYLOAD
     if n > MAX_FRAME:
         raise PayloadError(f"oversized: {n} bytes, a frame is at most {MAX_FRAME} bytes", byte=MAX_FRAME)
-    if n < MIN_FRAME:
-        raise PayloadError(f"truncated: {n} bytes, the shortest frame is {MIN_FRAME} bytes", byte=n - 1)
-    bits = _Bits(data)
+    if n < shortest:
+        raise PayloadError(f"truncated: {n} bytes, the shortest frame is {shortest} bytes", byte=n - 1)
+    bits = _Bits(data, start)
     readings = []
     state = _FrameState()
     while True:
@@ -166,31 +205,33 @@ def decode(data: bytes | bytearray | memoryview) -> dict:
         if not bits.read(1, "the end-of-readings bit"):
             break
     check_bits = bits.total - bits.pos
-    if check_bits < 4:
+    if check_bits < MIN_CHECK_BITS:
         raise PayloadError(
-            f"truncated: {check_bits} bits left for the check field after the last reading, it needs 4 to 11",
+            f"truncated: {check_bits} bits left for the check field after the last reading, "
+            f"it needs {MIN_CHECK_BITS} to {MAX_CHECK_BITS}",
             byte=n - 1,
         )
-    if check_bits > 11:
-        expected = (bits.pos + 4 + 7) // 8
+    if check_bits > MAX_CHECK_BITS:
+        expected = (bits.pos + MIN_CHECK_BITS + 7) // 8
         extra = n - expected
         raise PayloadError(
             f"oversized: {extra} unexpected byte{'' if extra == 1 else 's'} after the end of the frame "
             f"(it ends after byte {expected - 1})",
             byte=expected,
         )
-    sent = int.from_bytes(data[-2:], "big") & ((1 << check_bits) - 1)
-    zeroed = bytearray(data)
-    tail = int.from_bytes(zeroed[-2:], "big") & ~((1 << check_bits) - 1)
-    zeroed[-2:] = tail.to_bytes(2, "big")
-    expected = crc16(zeroed) >> (16 - check_bits)
-    if sent != expected:
-        raise PayloadError(
-            f"check field mismatch (got 0x{sent:x}, computed 0x{expected:x} over {check_bits} bits): "
-            "the frame is corrupted or not a Lanterne payload",
-            byte=n - 1 - (check_bits > 8),
-        )
-    return {"version": FORMAT_VERSION, "readings": readings}
+    if verify:
+        sent = int.from_bytes(data[-2:], "big") & ((1 << check_bits) - 1)
+        zeroed = bytearray(data)
+        tail = int.from_bytes(zeroed[-2:], "big") & ~((1 << check_bits) - 1)
+        zeroed[-2:] = tail.to_bytes(2, "big")
+        computed = crc16(zeroed, crc16(prefix)) >> (16 - check_bits)
+        if sent != computed:
+            raise PayloadError(
+                f"check field mismatch (got 0x{sent:x}, computed 0x{computed:x} over {check_bits} bits): "
+                "the frame is corrupted or not a Lanterne payload",
+                byte=n - 1 - (check_bits > 8),
+            )
+    return {"version": FORMAT_VERSION, "readings": readings}, check_bits
 
 
 class _FrameState:
@@ -206,9 +247,13 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
     label = f"reading {index}"
     start = bits.where()
     if index == 0:
-        mask = bits.read(11, f"{label} presence bitmap")
-        if mask == 0:
-            raise PayloadError(f"{label} has an empty presence bitmap", byte=start)
+        if bits.read(1, f"{label} presence"):
+            mask = STANDARD_SET
+        else:
+            mask = bits.read(11, f"{label} presence bitmap")
+            if mask == 0 or mask == STANDARD_SET:
+                what = "empty" if mask == 0 else "not canonical (the standard set has a 1-bit code)"
+                raise PayloadError(f"{label} presence bitmap is {what}", byte=start)
         st.mask = mask
     elif bits.read(1, f"{label} presence flag"):
         mask = bits.read(11, f"{label} presence bitmap")
@@ -240,14 +285,24 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
             out[name] = _field_value(name, code)
     if mask & P_STATUS:
         at = bits.where()
-        ref = st.base["status"] if index and st.mask & P_STATUS else 0
-        flags = ref
-        if bits.read(1, f"{label} status"):
-            flags = bits.read(10, f"{label} status flags")
-            if flags == ref:
-                raise PayloadError(f"{label} status flags are not canonical (long form repeats the reference)", byte=at)
         if index == 0:
+            flags = 0
+            if bits.read(1, f"{label} status"):
+                flags = CLOCK_UNSYNCED
+                if bits.read(1, f"{label} status"):
+                    flags = bits.read(10, f"{label} status flags")
+                    if flags == 0 or flags == CLOCK_UNSYNCED:
+                        raise PayloadError(f"{label} status flags are not canonical (they have a shorter code)", byte=at)
             st.base["status"] = flags
+        else:
+            ref = st.base["status"] if st.mask & P_STATUS else 0
+            flags = ref
+            if bits.read(1, f"{label} status"):
+                flags = bits.read(10, f"{label} status flags")
+                if flags == ref:
+                    raise PayloadError(
+                        f"{label} status flags are not canonical (long form repeats the reference)", byte=at
+                    )
         out["status"] = [STATUS_NAMES[i] for i in range(10) if flags >> i & 1]
     if mask & P_SEQ:
         if st.seq is None:
@@ -262,7 +317,7 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
     if mask & P_AGE:
         at = bits.where()
         if not st.ages:
-            code = bits.exp_golomb(3, f"{label} age")
+            code = bits.exp_golomb(K_AGE_FIRST, f"{label} age")
             if code > AGE_CODE_MAX:
                 raise PayloadError(f"{label} age: code {code} is beyond the largest age (code {AGE_CODE_MAX})", byte=at)
             age = age_seconds(code)
@@ -270,7 +325,7 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
             pred = st.ages[-1]
             if len(st.ages) > 1:
                 pred = min(max(2 * pred - st.ages[-2], 0), AGE_MAX)
-            delta = bits.signed(2, f"{label} age delta")
+            delta = bits.signed(K_AGE_STEP if len(st.ages) == 1 else K_AGE, f"{label} age delta")
             age = pred + delta
             if not 0 <= age <= AGE_MAX:
                 raise PayloadError(f"{label} age: delta {delta:+d} leads to {age} s, outside 0..{AGE_MAX}", byte=at)

@@ -1,17 +1,26 @@
-// Lanterne payload formatter, format v1 (docs/payload.md), for LoRaWAN network servers.
+// Lanterne payload formatter, format v2 (docs/payload.md), for LoRaWAN network servers.
 //
 // Paste into The Things Stack v3 (uplink payload formatter, "Custom Javascript") or a
 // ChirpStack v4 device profile codec. decodeUplink(input) takes {bytes, fPort} and returns
-// {data, warnings, errors}; a frame that is not a complete, intact v1 payload gives one
+// {data, warnings, errors}; a frame that is not a complete, intact v2 payload gives one
 // error naming what is wrong and at which byte, and no data.
+// Framing: over LoRaWAN the format version is the FPort minus 100 (v2: FPort 102) and the
+// payload has no version byte; without an fPort (null or absent) the bytes are an MQTT
+// frame whose byte 0 is the version.
 // Plain ES5, no dependencies: integers stay below 2^53 and bit operations below 2^31.
 
-var FORMAT_VERSION = 1;
+var FORMAT_VERSION = 2;
+var FPORT_BASE = 100;
+var FPORT = FPORT_BASE + FORMAT_VERSION;
 var MAX_FRAME = 1024;
-var MIN_FRAME = 4;
+var MIN_PAYLOAD = 3;
+var MIN_CHECK_BITS = 4, MAX_CHECK_BITS = 11;
 var AGE_MAX = 16777216;
 var AGE_CODE_MAX = 1216;
 var MAX_EG_ZEROS = 26;
+var STANDARD_SET = 0x7DF;
+var CLOCK_UNSYNCED = 0x200;
+var K_AGE_FIRST = 2, K_AGE_STEP = 7, K_AGE = 2;
 
 var STATUS_NAMES = [
   "temperature_fault", "humidity_fault", "pressure_fault", "illuminance_fault", "fill_fault",
@@ -42,12 +51,11 @@ var FIELDS = [
 var P_STATUS = 0x004, P_SEQ = 0x002, P_AGE = 0x001;
 
 function PayloadError(message, byteIndex) {
-  this.message = "byte " + byteIndex + ": " + message;
+  this.message = byteIndex === null ? message : "byte " + byteIndex + ": " + message;
   this.byteIndex = byteIndex;
 }
 
-function crc16(bytes) {
-  var crc = 0xFFFF;
+function crc16(bytes, crc) {
   for (var i = 0; i < bytes.length; i++) {
     var b = bytes[i];
     crc = ((crc << 4) & 0xFFFF) ^ CRC_NIBBLE[((crc >> 12) ^ (b >> 4)) & 15];
@@ -80,10 +88,10 @@ function fieldValue(name, code) {
   }
 }
 
-function Bits(bytes) {
+function Bits(bytes, start) {
   this.bytes = bytes;
   this.total = bytes.length * 8;
-  this.pos = 8;
+  this.pos = start;
 }
 Bits.prototype.where = function () { return this.pos >> 3; };
 Bits.prototype.read = function (n, what) {
@@ -120,8 +128,15 @@ function signedText(d) { return (d >= 0 ? "+" : "") + d; }
 function readReading(bits, index, st) {
   var label = "reading " + index, start = bits.where(), mask;
   if (index === 0) {
-    mask = bits.read(11, label + " presence bitmap");
-    if (mask === 0) throw new PayloadError(label + " has an empty presence bitmap", start);
+    if (bits.read(1, label + " presence")) {
+      mask = STANDARD_SET;
+    } else {
+      mask = bits.read(11, label + " presence bitmap");
+      if (mask === 0 || mask === STANDARD_SET) {
+        throw new PayloadError(label + " presence bitmap is " +
+          (mask === 0 ? "empty" : "not canonical (the standard set has a 1-bit code)"), start);
+      }
+    }
     st.mask = mask;
   } else if (bits.read(1, label + " presence flag")) {
     mask = bits.read(11, label + " presence bitmap");
@@ -157,14 +172,29 @@ function readReading(bits, index, st) {
   }
   if (mask & P_STATUS) {
     at = bits.where();
-    var ref = (index && (st.mask & P_STATUS)) ? st.base.status : 0, flags = ref;
-    if (bits.read(1, label + " status")) {
-      flags = bits.read(10, label + " status flags");
-      if (flags === ref) {
-        throw new PayloadError(label + " status flags are not canonical (long form repeats the reference)", at);
+    var flags;
+    if (index === 0) {
+      flags = 0;
+      if (bits.read(1, label + " status")) {
+        flags = CLOCK_UNSYNCED;
+        if (bits.read(1, label + " status")) {
+          flags = bits.read(10, label + " status flags");
+          if (flags === 0 || flags === CLOCK_UNSYNCED) {
+            throw new PayloadError(label + " status flags are not canonical (they have a shorter code)", at);
+          }
+        }
+      }
+      st.base.status = flags;
+    } else {
+      var ref = (st.mask & P_STATUS) ? st.base.status : 0;
+      flags = ref;
+      if (bits.read(1, label + " status")) {
+        flags = bits.read(10, label + " status flags");
+        if (flags === ref) {
+          throw new PayloadError(label + " status flags are not canonical (long form repeats the reference)", at);
+        }
       }
     }
-    if (index === 0) st.base.status = flags;
     out.status = [];
     for (var i = 0; i < 10; i++) if ((flags >> i) & 1) out.status.push(STATUS_NAMES[i]);
   }
@@ -187,7 +217,7 @@ function readReading(bits, index, st) {
     at = bits.where();
     var age;
     if (st.ages.length === 0) {
-      code = bits.expGolomb(3, label + " age");
+      code = bits.expGolomb(K_AGE_FIRST, label + " age");
       if (code > AGE_CODE_MAX) {
         throw new PayloadError(label + " age: code " + code + " is beyond the largest age (code " + AGE_CODE_MAX + ")", at);
       }
@@ -195,7 +225,7 @@ function readReading(bits, index, st) {
     } else {
       var pred = st.ages[st.ages.length - 1];
       if (st.ages.length > 1) pred = Math.min(Math.max(2 * pred - st.ages[st.ages.length - 2], 0), AGE_MAX);
-      delta = bits.signed(2, label + " age delta");
+      delta = bits.signed(st.ages.length === 1 ? K_AGE_STEP : K_AGE, label + " age delta");
       age = pred + delta;
       if (age < 0 || age > AGE_MAX) {
         throw new PayloadError(label + " age: delta " + signedText(delta) + " leads to " + age + " s, outside 0.." + AGE_MAX, at);
@@ -207,42 +237,64 @@ function readReading(bits, index, st) {
   return out;
 }
 
-function decodeFrame(bytes) {
-  var n = bytes.length;
-  if (n === 0) throw new PayloadError("empty payload: a frame starts with the format version byte 0x01", 0);
+function unsupported(version) {
+  return "this decoder reads version " + FORMAT_VERSION + " \u2014 " + (version === 1 ?
+    "version 1 was a pre-release format that no board sends" :
+    "not a Lanterne payload, or one from newer firmware");
+}
+
+// fPort null: an MQTT frame (byte 0 the version); a number: a LoRaWAN payload on that FPort.
+function decodeFrame(bytes, fPort) {
+  var n = bytes.length, start, prefix, shortest;
   for (var i = 0; i < n; i++) {
     if (typeof bytes[i] !== "number" || bytes[i] < 0 || bytes[i] > 255 || bytes[i] % 1 !== 0) {
       throw new PayloadError("not a byte: " + bytes[i], i);
     }
   }
-  if (bytes[0] !== FORMAT_VERSION) {
-    var hex = ("0" + bytes[0].toString(16)).slice(-2);
-    throw new PayloadError("unsupported format version " + bytes[0] + " (0x" + hex + "): this decoder reads version " +
-      FORMAT_VERSION + " \u2014 not a Lanterne payload, or one from newer firmware", 0);
+  if (fPort === null) {
+    if (n === 0) throw new PayloadError("empty payload: a frame starts with the format version byte 0x02", 0);
+    if (bytes[0] !== FORMAT_VERSION) {
+      var hex = ("0" + bytes[0].toString(16)).slice(-2);
+      throw new PayloadError("unsupported format version " + bytes[0] + " (0x" + hex + "): " + unsupported(bytes[0]), 0);
+    }
+    start = 8; prefix = 0xFFFF; shortest = MIN_PAYLOAD + 1;
+  } else {
+    if (typeof fPort !== "number" || fPort % 1 !== 0 || fPort <= FPORT_BASE || fPort >= FPORT_BASE + 100) {
+      throw new PayloadError("FPort " + fPort + " is not a Lanterne payload port: format version v travels on FPort " +
+        FPORT_BASE + " + v (this decoder reads version " + FORMAT_VERSION + ", FPort " + FPORT + ")", null);
+    }
+    if (fPort - FPORT_BASE !== FORMAT_VERSION) {
+      throw new PayloadError("FPort " + fPort + ": unsupported format version " + (fPort - FPORT_BASE) + ": " +
+        unsupported(fPort - FPORT_BASE), null);
+    }
+    if (n === 0) throw new PayloadError("empty payload on FPort " + fPort, 0);
+    start = 0; prefix = crc16([FORMAT_VERSION], 0xFFFF); shortest = MIN_PAYLOAD;
   }
   if (n > MAX_FRAME) throw new PayloadError("oversized: " + n + " bytes, a frame is at most " + MAX_FRAME + " bytes", MAX_FRAME);
-  if (n < MIN_FRAME) throw new PayloadError("truncated: " + n + " bytes, the shortest frame is " + MIN_FRAME + " bytes", n - 1);
-  var bits = new Bits(bytes), readings = [], st = {mask: 0, base: {}, seq: null, seqAt: 0, ages: []};
+  if (n < shortest) throw new PayloadError("truncated: " + n + " bytes, the shortest frame is " + shortest + " bytes", n - 1);
+  var bits = new Bits(bytes, start), readings = [], st = {mask: 0, base: {}, seq: null, seqAt: 0, ages: []};
   do {
     readings.push(readReading(bits, readings.length, st));
   } while (bits.read(1, "the end-of-readings bit"));
   var checkBits = bits.total - bits.pos;
-  if (checkBits < 4) {
-    throw new PayloadError("truncated: " + checkBits + " bits left for the check field after the last reading, it needs 4 to 11", n - 1);
+  if (checkBits < MIN_CHECK_BITS) {
+    throw new PayloadError("truncated: " + checkBits + " bits left for the check field after the last reading, it needs " +
+      MIN_CHECK_BITS + " to " + MAX_CHECK_BITS, n - 1);
   }
-  if (checkBits > 11) {
-    var expected = Math.floor((bits.pos + 4 + 7) / 8);
+  if (checkBits > MAX_CHECK_BITS) {
+    var expected = Math.floor((bits.pos + MIN_CHECK_BITS + 7) / 8);
     var extra = n - expected;
     throw new PayloadError("oversized: " + extra + " unexpected byte" + (extra === 1 ? "" : "s") +
       " after the end of the frame (it ends after byte " + (expected - 1) + ")", expected);
   }
   var mask = (1 << checkBits) - 1;
-  var sent = ((bytes[n - 2] << 8) | bytes[n - 1]) & mask;
+  var last2 = (bytes[n - 2] << 8) | bytes[n - 1];  // n >= 3 here
+  var sent = last2 & mask;
   var zeroed = bytes.slice(0, n);
-  var tail = ((bytes[n - 2] << 8) | bytes[n - 1]) & ~mask & 0xFFFF;
+  var tail = last2 & ~mask & 0xFFFF;
   zeroed[n - 2] = tail >> 8;
   zeroed[n - 1] = tail & 0xFF;
-  var computed = crc16(zeroed) >> (16 - checkBits);
+  var computed = crc16(zeroed, prefix) >> (16 - checkBits);
   if (sent !== computed) {
     throw new PayloadError("check field mismatch (got 0x" + sent.toString(16) + ", computed 0x" + computed.toString(16) +
       " over " + checkBits + " bits): the frame is corrupted or not a Lanterne payload", n - 1 - (checkBits > 8 ? 1 : 0));
@@ -255,8 +307,9 @@ function decodeUplink(input) {
   if (!bytes || typeof bytes.length !== "number") {
     return {warnings: [], errors: ["input.bytes is missing: expected the frame as an array of bytes"]};
   }
+  var fPort = input.fPort === undefined ? null : input.fPort;
   try {
-    return {data: decodeFrame(Array.prototype.slice.call(bytes)), warnings: [], errors: []};
+    return {data: decodeFrame(Array.prototype.slice.call(bytes), fPort), warnings: [], errors: []};
   } catch (e) {
     if (e instanceof PayloadError) return {warnings: [], errors: [e.message]};
     return {warnings: [], errors: ["internal decoder error: " + e]};

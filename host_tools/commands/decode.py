@@ -1,4 +1,4 @@
-"""`lanterne decode HEX|-`: payload frames (hex or base64) -> JSON, one line per frame."""
+"""`lanterne decode HEX|-`: payload frames (hex or base64) -> JSON, one line per frame; `--fport` for LoRaWAN payloads."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from host_tools.cli import CommandError
 def configure(p):
     p.add_argument("frame", metavar="HEX|-", help="a frame in hex (spaces allowed), or - to read frames from stdin, one per line")
     p.add_argument("--base64", action="store_true", help="frames are base64, as network servers show them (frm_payload)")
+    p.add_argument(
+        "--fport",
+        type=int,
+        default=None,
+        metavar="N",
+        help="LoRaWAN payloads received on FPort N, which carries the format version (102 for v2); "
+        "default: MQTT frames, whose byte 0 is the version",
+    )
     p.add_argument("--indent", type=int, default=None, metavar="N", help="pretty-print the JSON with N spaces")
 
 
@@ -36,12 +44,12 @@ def run(args) -> int:
     lines = sys.stdin.read().splitlines() if args.frame == "-" else [args.frame]
     frames = [line for line in lines if line.strip()]
     if not frames:
-        raise CommandError("no frame given", hint="lanterne decode 01fb... or: lanterne encode < r.json | lanterne decode -")
+        raise CommandError("no frame given", hint="lanterne decode 02a6... or: lanterne encode < r.json | lanterne decode -")
     failed = 0
     for number, text in enumerate(frames, 1):
         data = _parse(text, args.base64)
         try:
-            result = decode(data)
+            result = decode(data, args.fport)
         except PayloadError as exc:
             if len(frames) == 1:
                 raise CommandError(f"invalid payload: {exc}") from None

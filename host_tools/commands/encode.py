@@ -1,4 +1,4 @@
-"""`lanterne encode`: JSON readings on stdin -> payload frames as hex, one per line."""
+"""`lanterne encode`: JSON readings on stdin -> payload frames as hex, one per line (MQTT or LoRaWAN framing)."""
 
 from __future__ import annotations
 
@@ -22,15 +22,20 @@ def configure(p):
         metavar="BYTES",
         help="largest frame in bytes (default 51, EU868 SF10-12; 11, 115, 222, 242 for other data rates, up to 1024 for MQTT)",
     )
+    p.add_argument(
+        "--lorawan",
+        action="store_true",
+        help="LoRaWAN framing: no version byte, the frame goes out on FPort 102 (default: MQTT framing, byte 0 = version)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="also say on stderr which readings each frame holds")
 
 
 def run(args) -> int:
-    from host_tools.codec import MAX_FRAME, EncodeError, encode_values
+    from host_tools.codec import FPORT, MAX_FRAME, EncodeError, encode_values
     from host_tools.upy import MicroPythonError
 
-    if not 4 <= args.budget <= MAX_FRAME:
-        raise CommandError(f"--budget {args.budget} is out of range", hint=f"use 4..{MAX_FRAME} bytes, e.g. 51 for LoRaWAN SF12")
+    if not 3 <= args.budget <= MAX_FRAME:
+        raise CommandError(f"--budget {args.budget} is out of range", hint=f"use 3..{MAX_FRAME} bytes, e.g. 51 for LoRaWAN SF12")
     text = sys.stdin.read()
     if not text.strip():
         raise CommandError("no input: expected one JSON reading or a JSON list of readings on stdin",
@@ -44,7 +49,7 @@ def run(args) -> int:
     if not isinstance(value, (dict, list)):
         raise CommandError("expected a JSON object (one reading) or a list of objects")
     try:
-        frames = encode_values(value, budget=args.budget, runtime=args.runtime)
+        frames = encode_values(value, budget=args.budget, runtime=args.runtime, lorawan=args.lorawan)
     except EncodeError as exc:
         raise CommandError(str(exc), hint="field names, units and ranges: docs/payload.md") from None
     except FileNotFoundError as exc:
@@ -55,5 +60,6 @@ def run(args) -> int:
         print(f["frame"].hex())
         if args.verbose:
             last = f["first"] + f["count"] - 1
-            print(f"  {len(f['frame'])} bytes, readings {f['first']}..{last}", file=sys.stderr)
+            port = f", FPort {FPORT}" if args.lorawan else ""
+            print(f"  {len(f['frame'])} bytes{port}, readings {f['first']}..{last}", file=sys.stderr)
     return 0

@@ -32,6 +32,7 @@ TOP_FIELDS = {
     "chip": str,
     "flash": dict,
     "heap_bytes": int,
+    "idf_heap_bytes": int,
     "micropython": str,
     "network": dict,
     "buses": dict,

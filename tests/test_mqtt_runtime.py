@@ -141,7 +141,10 @@ def test_tls_round_trip(virtual_boards, tmp_path):
         url = f"mqtts://localhost:{mq.tls_port}"
         (h,) = virtual_boards(1, config=config(url, "tls-1", ca_cert=pki["ca_pem"]))
         with Watcher(url, ["lanterne/v1/rt/#"], tls_ca=pki["cafile"]) as w:
-            w.wait_for("lanterne/v1/rt/tls-1/up", timeout=30)
+            try:
+                w.wait_for("lanterne/v1/rt/tls-1/up", timeout=30)
+            except TimeoutError:
+                pytest.fail(f"no reading over TLS (heap {h.board.heap_bytes()}); board said:\n" + h.console()[-3000:])
         client = CommandClient(url, tls_ca=pki["cafile"])
         try:
             res = client.send("rt", "tls-1", KEY, 1, "dim", {"level": 25})

@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("host_tools.bench.codec", "payload size vs Cayenne LPP and JSON, airtime budget, encode cost"),
     "store": ("host_tools.bench.store", "store-and-forward appends/s, write amplification, recovery time"),
     "sensors": ("host_tools.bench.sensors", "time and allocation per sample cycle of each driver"),
+    "provision": ("host_tools.bench.provision", "provisioning 20 virtual boards; bytes per re-provision vs a full mpremote copy"),
+    "mqtt": ("host_tools.bench.mqtt", "command round trip with 1/50/200 boards, fleet soak without loss, heap TLS off/on"),
 }
 
 

@@ -1,0 +1,287 @@
+"""A raw-REPL session with one board over mpremote (`SerialTransport`): probe, write, commit, reset.
+
+`BoardLink(port)` interrupts the application (Ctrl-C), enters the raw REPL and soft-resets
+(a fresh interpreter, main.py not run), with errors a person can act on instead of
+mpremote's prints. `probe()` runs one script on the board that reports its MicroPython
+version, `.mpy` format (`sys.implementation._mpy`), hardware id, free flash and the sha256
+of every file in / and /lib, hashed on the board so that only hashes travel. Files are
+written base64 in chunks to temp names, checked by hash on the board, then renamed into
+place in one command. Every byte written to the port is counted (`link.serial.sent`).
+Closing the link puts a board still in the raw REPL back to its REPL and soft-reboots it,
+so its application runs again.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TMP_SUFFIX = ".lnt-new"  # files being written; renamed into place only once checked
+CHUNK = 3072  # raw bytes per write command (4 KiB of base64): small next to the board's heap
+
+
+class ProvisionError(RuntimeError):
+    """An error a person can act on: `str()` is one line, `hint` says what to do."""
+
+    def __init__(self, message: str, hint: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+        self.field = field
+
+
+
+_PROBE = r"""
+import os, sys, binascii, hashlib
+_b = bytearray(1024)
+def _h(p):
+    h = hashlib.sha256()
+    m = memoryview(_b)
+    with open(p, 'rb') as f:
+        while True:
+            n = f.readinto(_b)
+            if not n:
+                break
+            h.update(m[:n])
+    return binascii.hexlify(h.digest()).decode()
+def _walk(d):
+    for e in os.ilistdir(d):
+        p = (d if d != '/' else '') + '/' + e[0]
+        if e[1] & 0x4000:
+            print(repr(('D', p, 0, '')))
+            _walk(p)
+        else:
+            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') else '')))
+def _mv(a, b):
+    try:
+        os.rename(a, b)
+    except OSError:
+        os.remove(b)
+        os.rename(a, b)
+def _rm(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+try:
+    import machine
+    _uid = binascii.hexlify(machine.unique_id()).decode()
+except Exception:
+    _uid = ''
+_s = os.statvfs('/')
+print(repr(('I', getattr(sys.implementation, '_mpy', 0), '.'.join(str(v) for v in sys.implementation.version[:3]), sys.platform, _uid, _s[0] * _s[4])))
+_walk('/')
+"""
+
+
+@dataclass
+class BoardFile:
+    path: str
+    size: int
+    sha256: str  # '' when not hashed (data outside / and /lib)
+
+
+@dataclass
+class BoardInfo:
+    mpy: int
+    micropython: str
+    platform: str
+    hw_id: str
+    free_bytes: int
+    files: dict[str, BoardFile]
+    dirs: set[str]
+
+
+class CountingSerial:
+    """Wraps mpremote's serial object: counts the bytes each way."""
+
+    def __init__(self, serial):
+        self._serial = serial
+        self.sent = 0
+        self.received = 0
+
+    def write(self, data):
+        self.sent += len(data)
+        return self._serial.write(data)
+
+    def read(self, n=1):
+        data = self._serial.read(n)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._serial, name)
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+class BoardLink:
+    """A raw-REPL session with one board over mpremote's `SerialTransport`."""
+
+    def __init__(self, port: str, timeout: float = 5.0):
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        self.port = port
+        self.console = bytearray()
+        if not Path(port).exists() and "://" not in port:
+            raise ProvisionError(
+                f"no serial port {port}",
+                hint="check the cable and the path (ls /dev/ttyUSB* /dev/ttyACM*; a virtual board: lanterne emulate --port PATH)",
+            )
+        try:
+            self.transport = SerialTransport(port, baudrate=115200)
+        except TransportError:
+            raise ProvisionError(
+                f"cannot open {port}: busy or not permitted",
+                hint="close any serial monitor (screen, mpremote repl) using it; on Linux join the dialout group",
+            ) from None
+        self.serial = CountingSerial(self.transport.serial)
+        self.transport.serial = self.serial
+        try:
+            self._enter_raw_repl(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _enter_raw_repl(self, timeout: float) -> None:
+        # mpremote's enter_raw_repl(soft_reset=True), with errors a person can act on instead of a print.
+        t, s = self.transport, self.serial
+        banner = b"raw REPL; CTRL-B to exit\r\n"
+        s.write(b"\r\x03")  # Ctrl-C: interrupt the running application
+        time.sleep(0.05)
+        s.write(b"\x03")  # ... and cancel whatever it left on the REPL line
+        time.sleep(0.05)
+        while s.in_waiting:  # drop what it printed until now (as mpremote does)
+            s.read(s.in_waiting)
+        s.write(b"\r\x01")  # Ctrl-A: raw REPL
+        data = t.read_until(1, banner + b">", timeout=timeout, timeout_overall=timeout)
+        if not data.endswith(banner + b">"):
+            heard = data.decode("utf-8", "replace").strip()
+            raise ProvisionError(
+                f"the board on {self.port} is not answering"
+                + (f" (it said {heard[-60:]!r})" if heard else f" (silent for {timeout:g} s)"),
+                hint="is MicroPython flashed (lanterne flash)? press the board's reset (EN) button and try again",
+            )
+        s.write(b"\x04")  # Ctrl-D: soft reset, a fresh interpreter without main.py
+        data = t.read_until(1, b"soft reboot\r\n", timeout=timeout, timeout_overall=timeout)
+        data += t.read_until(1, banner, timeout=timeout, timeout_overall=timeout)
+        if not data.endswith(banner):
+            heard = data.decode("utf-8", "replace").strip()
+            raise ProvisionError(
+                f"the board on {self.port} did not come back from a soft reset"
+                + (f" (it said {heard[-80:]!r})" if heard else " (silent)"),
+                hint="press its reset button and try again",
+            )
+        t.in_raw_repl = True
+
+    def exec(self, code: str, what: str = "") -> bytes:
+        from mpremote.transport import TransportError, TransportExecError
+
+        try:
+            return self.transport.exec(code)
+        except TransportExecError as exc:
+            raise ProvisionError(
+                f"board error{' ' + what if what else ''}: {_one_line(exc.error_output)}",
+                hint="run again; if it persists, check the board's filesystem (mpremote df)",
+            ) from None
+        except TransportError as exc:
+            raise ProvisionError(f"lost the board on {self.port}{' ' + what if what else ''}: {exc}", hint="check the cable and run again") from None
+
+    def probe(self) -> BoardInfo:
+        out = self.exec(_PROBE, "reading its files").decode("utf-8", "replace")
+        info = None
+        files: dict[str, BoardFile] = {}
+        dirs: set[str] = set()
+        for line in out.splitlines():
+            line = line.strip()
+            if not line.startswith("("):
+                continue
+            rec = ast.literal_eval(line)
+            if rec[0] == "I":
+                info = rec
+            elif rec[0] == "D":
+                dirs.add(rec[1])
+            else:
+                files[rec[1]] = BoardFile(rec[1], int(rec[2]), rec[3])
+        if info is None:
+            raise ProvisionError(f"the board on {self.port} did not answer the probe", hint="press its reset button and try again")
+        return BoardInfo(int(info[1]), info[2], info[3], info[4], int(info[5]), files, dirs)
+
+    def read_file(self, path: str) -> bytes:
+        out = self.exec(
+            f"with open({path!r}, 'rb') as _f:\n print(binascii.b2a_base64(_f.read()).decode().strip())", f"reading {path}"
+        )
+        return base64.b64decode(out.strip() or b"")
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Write `data` to `path` (the caller uses a temp name) in base64 chunks."""
+        self.exec(f"_f = open({path!r}, 'wb')", f"creating {path}")
+        for i in range(0, len(data), CHUNK):
+            b64 = base64.b64encode(data[i : i + CHUNK]).decode()
+            self.exec(f"_f.write(binascii.a2b_base64({b64!r}))", f"writing {path}")
+        self.exec("_f.close()", f"closing {path}")
+
+    def hashes(self, paths: list[str]) -> dict[str, str]:
+        out = self.exec(f"for _p in {paths!r}:\n print(repr((_p, _h(_p))))", "checking what it received").decode()
+        return dict(ast.literal_eval(ln.strip()) for ln in out.splitlines() if ln.strip().startswith("("))
+
+    def mkdirs(self, dirs: list[str]) -> None:
+        if dirs:
+            self.exec(f"for _d in {dirs!r}:\n os.mkdir(_d)", "creating folders")
+
+    def commit(self, renames: list[tuple[str, str]], removals: list[str]) -> None:
+        self.exec(f"for _a, _b2 in {renames!r}:\n _mv(_a, _b2)\nfor _p in {removals!r}:\n _rm(_p)", "renaming files into place")
+
+    def remove(self, paths: list[str]) -> None:
+        if paths:
+            self.exec(f"for _p in {paths!r}:\n _rm(_p)", "removing files")
+
+    def hard_reset(self) -> None:
+        """machine.reset(): boot.py, then main.py, as after power-on."""
+        from mpremote.transport import TransportError
+
+        try:
+            self.transport.exec_raw_no_follow("import machine\nmachine.reset()")
+        except TransportError as exc:
+            raise ProvisionError(f"could not reset the board on {self.port}: {exc}", hint="press its reset button") from None
+        self.transport.in_raw_repl = False
+
+    def read_console(self) -> str:
+        """Whatever the board printed since the last call (non-blocking), kept for diagnostics."""
+        try:
+            n = self.serial.in_waiting
+            if n:
+                self.console += self.serial.read(n)
+        except OSError:
+            pass
+        del self.console[:-8192]
+        return self.console.decode("utf-8", "replace")
+
+    def close(self, restart: bool = True) -> None:
+        """Release the port. A board still in the raw REPL goes back to the friendly REPL and, with
+        `restart`, soft-reboots there (Ctrl-D), which runs main.py: it never stays stopped."""
+        try:
+            if self.transport.in_raw_repl:
+                self.serial.write(b"\r\x02" + (b"\x04" if restart else b""))
+                self.transport.in_raw_repl = False
+                time.sleep(0.05)
+        except Exception:
+            pass
+        try:
+            self.transport.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+

@@ -191,6 +191,11 @@ class App:
 
     # -- commands ---------------------------------------------------------------------
     def on_message(self, topic, msg):
+        # Only our own command topic is ever a command (some brokers have delivered other
+        # topics to a subscriber: never treat those as commands).
+        if self.link is None or topic != self.link.topics["cmd"].encode():
+            self.log("ignored a message on %s: not our command topic" % (topic,))
+            return
         if len(self.cmd_queue) < CMD_QUEUE:
             self.cmd_queue.append(bytes(msg))
         else:

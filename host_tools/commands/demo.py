@@ -1,44 +1,74 @@
-"""`lanterne demo`: the whole system on embedded defaults, on this machine.
+"""`lanterne demo`: the whole story on this machine, on embedded defaults.
 
-Starts an embedded MQTT broker (or uses `--broker`), one virtual board per board
-file running the real firmware (deployed into fresh flash folders), and prints
-what they say: every MQTT message under lanterne/ and each board's log lines.
+1. an embedded MQTT broker (or `--broker`);
+2. one factory-fresh virtual board per board file: MicroPython flashed with esptool
+   through the virtual ROM bootloader;
+3. each board provisioned with mpremote (compiled .mpy, per-device secrets in a fleet
+   registry, config.json), then waiting for its first status;
+4. readings flowing, decoded as they arrive;
+5. a signed dim command to the street light, its signed ack and the lamp's PWM duty;
+6. the monitor table of the fleet.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from host_tools import boards, deploy
+from host_tools import boards
 from host_tools.cli import CommandError
+
+SITES = {"esp32-devkitc": (45.764, 4.836)}  # the street light sits in Lyon: its profile needs a site
 
 
 def configure(p):
     p.add_argument("--broker", help="use this broker (mqtt://host:port) instead of the embedded one")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds to run, 0 = until Ctrl-C (default 60)")
-    p.add_argument("--dir", help="folder for the boards' flash (default: a temporary folder)")
-    p.add_argument("--status-period", type=int, default=10, help="status period of the boards, seconds")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds to watch after setup, 0 = until Ctrl-C (default 30)")
+    p.add_argument("--dir", help="working folder: flash folders, fleet registry (default: a temporary folder)")
+    p.add_argument("--sample-period", type=int, default=5, help="sampling period of the boards, seconds")
 
 
 def _short(payload: bytes) -> str:
+    import json
+
+    from host_tools.codec.decoder import PayloadError, decode
+
     try:
         doc = json.loads(payload)
         if isinstance(doc, dict):
-            keys = ("state", "reset_cause", "uptime_s", "heap_free", "backlog", "faults")
+            keys = ("state", "reset_cause", "uptime_s", "backlog", "faults", "lamp", "lamp_reason")
             return " ".join(f"{k}={doc[k]}" for k in keys if k in doc)
     except ValueError:
         pass
-    return payload.hex() if any(b < 32 for b in payload) else payload.decode("utf-8", "replace")
+    try:
+        readings = decode(payload)["readings"]
+        r = readings[-1]
+        fields = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("status",))
+        return f"{len(readings)} reading(s), last: {fields}"
+    except PayloadError:
+        return payload.hex()
 
 
 def run(args):
+    from host_tools.backoffice import CommandClient, next_counter
     from host_tools.broker import BrokerError, EmbeddedBroker
     from host_tools.emulator.board import Emulator
+    from host_tools.flash import FlashError, VirtualControl, flash
+    from host_tools.monitor import COLUMNS, FleetView
     from host_tools.mqttwatch import Watcher
+    from host_tools.provision import ProvisionError, provision
+    from host_tools.registry import Registry
+
+    base = Path(args.dir or tempfile.mkdtemp(prefix="lanterne-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def say(who, text):
+        with lock:
+            print(f"{time.monotonic() - t0:7.1f}s {who:18s} {text}", flush=True)
 
     broker = None
     url = args.broker
@@ -48,53 +78,71 @@ def run(args):
         except BrokerError as exc:
             raise CommandError(str(exc)) from None
         url = broker.url
-        print(f"embedded broker on {url}")
-    base = Path(args.dir or tempfile.mkdtemp(prefix="lanterne-demo-"))
-    lock = threading.Lock()
-    t0 = time.monotonic()
+        say("broker", f"embedded MQTT broker on {url}")
+    registry = Registry(base / "fleet.sqlite")
+    view = FleetView()
 
-    def say(who, text):
-        with lock:
-            print(f"{time.monotonic() - t0:7.1f}s {who:18s} {text}", flush=True)
+    def on_message(m):
+        view.feed(m.topic, m.payload, m.t)
+        say("mqtt", f"{m.topic}  {_short(m.payload)}")
 
-    watcher = Watcher(url, ["lanterne/#"], on_message=lambda m: say("mqtt", f"{m.topic}  {_short(m.payload)}"))
+    watcher = Watcher(url, ["lanterne/#"], on_message=on_message)
     emu = Emulator()
-    handles = []
+    handles = {}
     try:
         for i, name in enumerate(boards.names()):
             board = boards.load(name)
-            flash = base / name / "flash"
-            deploy.clean_flash(flash)
-            transport = "lorawan" if board.data["network"]["kind"] == "lorawan" else "mqtt"
-            cfg = {
-                "device": f"demo-{i + 1:02d}",
-                "site": "demo",
-                "broker": url,
-                "transport": transport,
-                "status_period_s": args.status_period,
-            }
-            deploy.copy_to_flash(board, cfg, flash)
-            h = emu.add_board(board, flash, port_path=base / name / "tty")
-            handles.append((name, h))
-            say(name, f"virtual board on {h.port} (flash {flash})")
-        offsets = {name: 0 for name, _ in handles}
-        deadline = t0 + args.duration if args.duration > 0 else None
+            device = f"demo-{i + 1:02d}"
+            h = emu.add_board(board, base / name / "flash", port_path=base / name / "tty", blank=True)
+            handles[name] = (device, h)
+            say(name, f"factory-fresh virtual board on {h.port}")
+            try:
+                rep = flash(h.port, board=board, virtual_control=VirtualControl(h.enter_download, h.hard_reset))
+                say(name, f"flashed: {getattr(rep, 'summary', lambda: 'MicroPython written and verified')()}")
+                lat, lon = SITES.get(name, (None, None))
+                prov = provision(
+                    h.port, board, device, site="demo", broker=url, registry=registry, lat=lat, lon=lon,
+                    extra={"sample_period_s": args.sample_period, "status_period_s": 30},
+                )
+                say(name, f"provisioned: {prov.summary()}")
+            except (FlashError, ProvisionError) as exc:
+                say(name, f"setup failed: {exc}")
+        # a signed command to the street light, and its ack
+        lamp = handles.get("esp32-devkitc")
+        if lamp:
+            device, h = lamp
+            time.sleep(2)
+            client = CommandClient(url)
+            try:
+                counter = next_counter(registry.command_counter(device))
+                registry.set_command_counter(device, counter)
+                res = client.send("demo", device, registry.command_key(device), counter, "dim", {"level": 40})
+                duty = h.world.pwm(25)
+                say("back office", f"dim {device} to 40 %: ack {res.reason} in {res.rtt_ms:.0f} ms; lamp PWM duty now {duty['duty_u16'] if duty else '?'} / 65535")
+            except TimeoutError as exc:
+                say("back office", f"command failed: {exc}")
+            finally:
+                client.close()
+        time.sleep(3)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="lanterne monitor (fleet table)")
+        for c in COLUMNS:
+            table.add_column(c)
+        for row in view.rows():
+            table.add_row(*row)
+        Console(width=160).print(table)
+        deadline = time.monotonic() + args.duration if args.duration > 0 else None
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
-            for name, h in handles:
-                text = h.console()
-                lines = text[offsets[name]:].split("\n")
-                if len(lines) > 1:
-                    offsets[name] += len("\n".join(lines[:-1])) + 1
-                    for line in lines[:-1]:
-                        if line.strip().startswith("[lanterne]") or "Error" in line:
-                            say(name, line.strip())
     except KeyboardInterrupt:
         pass
     finally:
         emu.close()
         watcher.close()
+        registry.close()
         if broker:
             broker.stop()
-    print(f"demo over; flash folders kept in {base}")
+    print(f"demo over; flash folders and fleet registry kept in {base}")
     return 0

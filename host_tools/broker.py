@@ -74,6 +74,7 @@ class Mosquitto:
             f"allow_anonymous {'false' if self.password_file else 'true'}",
             f"max_queued_messages {self.max_queued}",
             "persistence true",
+            "set_tcp_nodelay true",  # small MQTT packets (commands, acks) leave at once
             f"persistence_location {self.dir}/",
             "log_dest stderr",
             "log_type error",

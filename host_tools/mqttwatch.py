@@ -63,6 +63,14 @@ class Watcher:
             raise TimeoutError(f"could not subscribe on {url}")
 
     def _connected(self, client, userdata, flags, reason_code, properties):
+        import socket as _socket
+
+        sock = client.socket()
+        if sock is not None:
+            try:  # commands and acks are small packets: do not let Nagle hold them back
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
         for t in self.topics:
             client.subscribe(t, qos=1)
 

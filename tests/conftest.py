@@ -46,7 +46,7 @@ def virtual_boards(emulator, tmp_path):
     """Factory: `virtual_boards(n, board="esp32-devkitc", config=None, firmware=True, files=None)`."""
     made = []
 
-    def start(n=1, board="esp32-devkitc", config=None, firmware=True, files=None, world_values=None, **kw):
+    def start(n=1, board="esp32-devkitc", config=None, firmware=True, files=None, world_values=None, power_on=True, **kw):
         from host_tools.emulator.world import World
 
         b = boards.load(board)
@@ -64,7 +64,7 @@ def virtual_boards(emulator, tmp_path):
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(data.encode() if isinstance(data, str) else data)
             world = World(seed=i, **(world_values or {}))
-            h = emulator.add_board(b, flash, port_path=tmp_path / f"board{i}" / "tty", world=world, **kw)
+            h = emulator.add_board(b, flash, port_path=tmp_path / f"board{i}" / "tty", world=world, power_on=power_on, **kw)
             handles.append(h)
             made.append(h)
         return handles

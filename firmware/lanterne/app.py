@@ -83,8 +83,13 @@ class App:
         return int(time.time())  # float on the unix port, int on the ESP32
 
     def now_utc(self):
-        # Wall-clock time (Unix epoch) only once NTP set the clock; the ESP32 counts from 2000.
-        return self.now() + 946684800 * (time.gmtime(0)[0] == 2000) if self.clock_synced else None
+        # Wall-clock time (Unix seconds, UTC) from the RTC, only once NTP set it.
+        if not self.clock_synced:
+            return None
+        from lanterne.sun import days_from_civil
+
+        d = machine.RTC().datetime()
+        return days_from_civil(d[0], d[1], d[2]) * 86400 + d[4] * 3600 + d[5] * 60 + d[6]
 
     # -- status ---------------------------------------------------------------------
     def status(self, state="online"):
@@ -359,9 +364,13 @@ class App:
 
     async def actuator_task(self):
         a = self.assets
+        tick = 0
         while True:
             contact = bool(self.link and self.link.connected)
             try:
+                if a.lamp is not None and a.light is not None and tick % 20 == 0:
+                    a.light.sample()  # the photocell every 2 s, not only at the sampling period
+                tick += 1
                 a.lamp_tick(self.now_utc(), contact)
                 if a.bollard is not None:
                     a.bollard.update()

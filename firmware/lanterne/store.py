@@ -272,24 +272,47 @@ class Store:
         # Commit a batch from peek() as delivered; return how many records that committed.
         # One ack-log entry is synced before it returns; segments wholly acknowledged are then
         # deleted. Records already committed are ignored: a repeated ack is harmless.
+        #
+        # Only the seqs named in the batch are committed, one by one: a cursor moves past a seq
+        # only when that very seq is in the batch, never over a gap. The acknowledged set is
+        # [0, head) + [split, fresh), so a seq is committed when it extends head, extends
+        # fresh, or (while [split, fresh) is empty) opens that range. This holds whatever state
+        # the batch was peeked in: the split of an interleaved drain lives in RAM until a fresh
+        # record is acknowledged, so after a restart a batch peeked before it (backlog run and
+        # fresh run with a gap between) meets a single cursor; its fresh run then opens the
+        # range again. A seq that fits none of these (a stale batch peeked before other acks
+        # changed the ranges) stays pending and is sent again: never a loss, at worst a
+        # duplicate the host drops by seq.
+        nxt = self._next
+        for item in batch:
+            if item[0] >= nxt:
+                raise ValueError("ack of a seq never appended")
         head = self._head
-        fresh = self._fresh
         split = self._split
-        new_head = head
-        new_fresh = fresh
+        fresh = self._fresh
+        n = 0
         for item in batch:
             s = item[0]
-            if s >= self._next:
-                raise ValueError("ack of a seq never appended")
-            if split > head and s >= split:
-                if s >= new_fresh:
-                    new_fresh = s + 1
-            elif s >= new_head:
-                new_head = s + 1
-        n = (new_head - head) + (new_fresh - fresh)
+            if s < head or split <= s < fresh:
+                continue  # already committed
+            if s == head:
+                head += 1
+                if head >= split:  # backlog through: the fresh range joins it
+                    if fresh > head:
+                        head = fresh
+                    split = fresh = head
+            elif s == fresh:
+                fresh += 1
+            elif split == fresh:
+                split = s  # nothing acknowledged past head: s starts the fresh range
+                fresh = s + 1
+            else:
+                continue  # not representable: left pending, sent again
+            n += 1
         if n:
-            self._head = new_head
-            self._fresh = new_fresh
+            self._head = head
+            self._split = split
+            self._fresh = fresh
             self._normalize()
             try:
                 self._log_state(False)
@@ -663,13 +686,17 @@ class Store:
             self._appendable = valid == size
             break
         self._next = nxt
-        # Clamp the cursors to what is on flash, then finish what a cut interrupted.
+        # Clamp the cursors to what is on flash, then finish what a cut interrupted. An entry
+        # with head <= split <= fresh broken (never written so) keeps only its head: that
+        # sends records again rather than taking [split, fresh) for acknowledged.
+        if not (self._head <= self._split <= self._fresh <= nxt):
+            self._split = self._fresh = self._head
         low = self._base(0) if self._count else nxt
         if self._head < low:
             self._head = low
         if self._fresh < self._head:
             self._fresh = self._head
-        if self._split < self._head or self._split > self._fresh:
+        if self._split < self._head:
             self._split = self._head
         self._normalize()
         try:

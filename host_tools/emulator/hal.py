@@ -14,6 +14,7 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     UARTW id hex / UARTR id n
     WDT timeout_ms / FEED    watchdog armed / fed
     RSSI / MCUTEMP           radio and chip facts
+    CLOCK                    the world's wall clock, Unix seconds (what NTP serves)
     EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset
@@ -94,6 +95,8 @@ def handle(board: HalClient, line: str) -> str:
         if op == "FEED":
             board.on_watchdog(None)
             return "OK"
+        if op == "CLOCK":
+            return f"OK {int(board.world.now())}"
         if op == "RSSI":
             return f"OK {int(board.world.get('rssi_dbm', -67))}"
         if op == "MCUTEMP":

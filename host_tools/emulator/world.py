@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "lamp_failed": False,  # lamp broken: no current drawn whatever the duty
     "noise": 0.0,  # relative sensor noise (0.01 = 1 %)
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
+    "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
+    "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
 }
 
 #: Fault kinds a part can be given.
@@ -64,6 +66,14 @@ class World:
             listeners = list(self._listeners)
         for fn in listeners:
             fn("set", values)
+
+    def now(self) -> float:
+        """The world's wall clock, Unix seconds (what an NTP server tells the board)."""
+        return time.time() + self._values["clock_offset_s"]
+
+    def set_clock(self, unix_seconds: float) -> None:
+        """Make the world's wall clock read `unix_seconds` now (boards see it at their next NTP sync)."""
+        self.set(clock_offset_s=unix_seconds - time.time())
 
     def values(self) -> dict[str, Any]:
         with self._lock:

@@ -43,6 +43,12 @@ class _TimedSocket(io.IOBase):
     def __init__(self, *args):
         self.s = _socket.socket(*args)
         self.s.settimeout(_Sockets.timeout)
+        try:
+            # umqtt writes a packet in 3-5 small writes: without TCP_NODELAY, Nagle's
+            # algorithm and the peer's delayed ACK add ~40 ms to every command and ack.
+            self.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+        except Exception:
+            pass
         _Sockets.last = self
 
     def connect(self, addr):

@@ -397,10 +397,36 @@ class WDT:
         _hal.call("FEED")
 
 
-_rtc_base = [None]  # (epoch seconds at set, ticks_ms at set) once the clock was set
+_rtc_base = [None]  # (Unix seconds at set, ticks_ms at set) once the clock was set
+
+
+def _days_from_civil(y, m, d):
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def _civil(secs):
+    days, rem = divmod(secs, 86400)
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (m <= 2)
+    wd = (days + 3) % 7  # Monday = 0
+    return (y, m, d, wd, rem // 3600, rem // 60 % 60, rem % 60, 0)
 
 
 class RTC:
+    # Counts from 2000-01-01 after power-on until set (ntptime.settime(), datetime()).
+    _BOOT = 946684800
+
     def __init__(self, id=0):
         pass
 
@@ -408,17 +434,19 @@ class RTC:
         if datetime is not None:
             self.datetime(datetime)
 
+    def _now(self):
+        if _rtc_base[0] is None:
+            return self._BOOT + time.ticks_ms() // 1000 - _BOOT_S
+        epoch, ticks = _rtc_base[0]
+        return epoch + time.ticks_diff(time.ticks_ms(), ticks) // 1000
+
     def datetime(self, dt=None):
         if dt is None:
-            if _rtc_base[0] is None:
-                # Never set since power-on: the ESP32 RTC counts from 2000-01-01.
-                secs = time.ticks_ms() // 1000 - _BOOT_S
-                return _to_dt(secs)
-            epoch, ticks = _rtc_base[0]
-            return _to_dt(epoch + time.ticks_diff(time.ticks_ms(), ticks) // 1000)
-        y, mo, d, wd, h, mi, s = dt[0], dt[1], dt[2], dt[3], dt[4], dt[5], dt[6]
-        secs = time.mktime((y, mo, d, h, mi, s, 0, 0))
-        _rtc_base[0] = (secs, time.ticks_ms())
+            return _civil(self._now())
+        self.set_epoch(_days_from_civil(dt[0], dt[1], dt[2]) * 86400 + dt[4] * 3600 + dt[5] * 60 + dt[6])
+
+    def set_epoch(self, secs):
+        _rtc_base[0] = (int(secs), time.ticks_ms())
 
     def memory(self, data=None):
         return b"" if data is None else None
@@ -428,11 +456,6 @@ class RTC:
 
 
 _BOOT_S = time.ticks_ms() // 1000
-
-
-def _to_dt(secs):
-    t = time.gmtime(secs)
-    return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
 
 
 class Timer:

@@ -1,6 +1,6 @@
-# Virtual ESP32: `ntptime`. Sets the RTC from the host clock when the link is up, as an NTP
-# server on the network would; fails like the real module (OSError) when it is down.
-import time
+# Virtual ESP32: `ntptime`. Sets the RTC from the simulated world's wall clock when the link
+# is up, as an NTP server on the network would; fails like the real module (OSError) when
+# it is down. time() returns seconds since the Unix epoch, like MicroPython >= 1.22 ports.
 import _hal
 
 host = "pool.ntp.org"
@@ -13,12 +13,10 @@ def time():
     if not _hal.link_up():
         utime.sleep(timeout)
         raise OSError(110)  # ETIMEDOUT
-    return utime.time()
+    return int(_hal.call("CLOCK"))
 
 
 def settime():
     import machine
-    import utime
 
-    t = utime.gmtime(time())
-    machine.RTC().datetime((t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0))
+    machine.RTC().set_epoch(time())

@@ -53,6 +53,8 @@ SCHEMA = {
     "store_bytes": (int, 262144, _range(8192, 1572864)),
     "watchdog_ms": (int, 30000, _range(0, 600000)),
     "command_key": (str, "", None),
+    "lorawan_deveui": (str, "", None),
+    "lorawan_appkey": (str, "", None),
     "timezone_min": (int, 60, _range(-720, 840)),
 }
 

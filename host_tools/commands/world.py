@@ -1,4 +1,4 @@
-"""`lanterne world --port PATH [get | set K=V ... | fault PART KIND | clear [PART] | power-cut | power-on | reset]`.
+"""`lanterne world --port PATH [get | set K=V ... | fault PART KIND | clear [PART] | power-cut | power-on | reset | download]`.
 
 Reads or changes the simulated world of a board served by `lanterne emulate --port PATH`.
 """
@@ -12,7 +12,7 @@ from host_tools.cli import CommandError
 
 def configure(p):
     p.add_argument("--port", required=True, metavar="PATH", help="the board's serial port path given to `lanterne emulate`")
-    p.add_argument("action", choices=["get", "set", "fault", "clear", "power-cut", "power-on", "reset"])
+    p.add_argument("action", choices=["get", "set", "fault", "clear", "power-cut", "power-on", "reset", "download"])
     p.add_argument("args", nargs="*", help="KEY=VALUE for set; PART KIND for fault; PART for clear")
 
 

@@ -46,7 +46,7 @@ def test_random_power_cuts_lose_nothing(virtual_boards, mosquitto):
     cfg = {"device": "cut-1", "site": "pc", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 3600}
     with Watcher(mosquitto.url, ["lanterne/v1/pc/cut-1/up"]) as w:
         (h,) = virtual_boards(1, config=cfg)
-        for i in range(CUTS):
+        for _ in range(CUTS):
             # the link flaps too: half the cuts happen while the board cannot reach the broker
             h.world.set(link_up=rng.random() < 0.5)
             time.sleep(rng.uniform(0.2, 1.6))

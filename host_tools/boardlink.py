@@ -149,7 +149,19 @@ class BoardLink:
             self.close()
             raise
 
-    def _enter_raw_repl(self, timeout: float) -> None:
+    def _enter_raw_repl(self, timeout: float, attempts: int = 3) -> None:
+        # A Ctrl-C that lands while the board is between boot.py and main.py (just reset) is
+        # only a byte in its input buffer, not an interrupt, on the ESP32 as here: main.py then
+        # starts and keeps the REPL away. Try again rather than give up on the first race.
+        for attempt in range(attempts):
+            try:
+                return self._enter_raw_repl_once(timeout if attempt == attempts - 1 else min(timeout, 3.0))
+            except ProvisionError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.3)
+
+    def _enter_raw_repl_once(self, timeout: float) -> None:
         # mpremote's enter_raw_repl(soft_reset=True), with errors a person can act on instead of a print.
         t, s = self.transport, self.serial
         banner = b"raw REPL; CTRL-B to exit\r\n"

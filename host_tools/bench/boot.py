@@ -90,7 +90,8 @@ def run(quick: bool = False) -> BenchResult:
             )
         ],
         notes=[
-            "heap free is what the firmware reports in its status (gc.mem_free) at the board file's heap size;"
-            " the emulator adds the ROM's own measured heap use so the firmware sees the board's heap"
+            "heap free is what the firmware reports in its status (gc.mem_free), in this 64-bit port's bytes:"
+            " the virtual board's heap is the board file's heap x HEAP_SCALE (1.45, measured 64/32-bit ratio)"
+            " plus the ROM's own measured use; divide by HEAP_SCALE for ESP32-equivalent bytes"
         ],
     )

@@ -142,6 +142,7 @@ class VirtualBoard:
         self.booted_event = asyncio.Event()
         self.reset_log: list[str] = []
         self._pending_input = bytearray()
+        self.dropped_input = 0
         self._pending_reset: tuple[str, int] | None = None
         self._wdt_timeout: float | None = None
         self._wdt_deadline: float | None = None
@@ -421,8 +422,11 @@ class VirtualBoard:
             return
         proc = self.proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
-            if self.powered:
-                self._pending_input += data  # received while rebooting: the next REPL reads it
+            # Between two interpreters (a reset, a reboot) nothing reads the UART: like the
+            # ESP32, whose UART is not set up yet while the ROM and bootloader run, the bytes
+            # are lost. (Buffering them would hand a tool's Ctrl-C to the next boot as a
+            # plain byte that main.py never reads.)
+            self.dropped_input += len(data)
             return
         proc.stdin.write(data)
 

@@ -443,6 +443,7 @@ class VirtualBoard:
 
     def on_reset_request(self, kind: str, arg: int) -> None:
         self._pending_reset = ("deepsleep" if kind == "deepsleep" else "software", arg)
+        self._wdt_timeout = self._wdt_deadline = None  # a chip reset stops the watchdog
         proc = self.proc
         if proc and proc.returncode is None:
             if kind == "deepsleep" and arg > 0:

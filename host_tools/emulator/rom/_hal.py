@@ -23,8 +23,22 @@ def call(line):
     if _sock is None:
         connect()
     s = _sock
-    s.write(line.encode() + b"\n")
-    reply = s.readline()
+    # A Ctrl-C (SIGINT) may land in the middle of a request: finish the exchange first so
+    # the next request does not read this one's reply, then let the interrupt through.
+    interrupted = False
+    data = line.encode() + b"\n"
+    try:
+        s.write(data)  # one short write on a local socket: done when the interrupt shows up
+    except KeyboardInterrupt:
+        interrupted = True
+    while True:
+        try:
+            reply = s.readline()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
     if not reply:
         raise OSError(5)  # EIO: the emulator went away
     if reply[:2] == b"OK":

@@ -29,7 +29,7 @@ CLI = [sys.executable, "-c", "import sys; from host_tools import cli; "
 def mpremote(port, *args):
     """Unmodified mpremote, as a technician runs it."""
     r = subprocess.run([sys.executable, "-m", "mpremote", "connect", str(port), *args], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr
     return r.stdout
 
 

@@ -24,6 +24,8 @@ try:
 except ImportError:
     pass
 
+_ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
+
 EXIT_SOFT_FRIENDLY = 80
 EXIT_SOFT_RAW = 81
 
@@ -366,19 +368,31 @@ def main():
     if mode == "friendly" and _exec_file("main.py"):
         return EXIT_SOFT_FRIENDLY
     while True:
-        if mode == "raw":
-            r = raw_repl()
-            if r == 2:
-                mode = "friendly"
-                continue
-        else:
-            r = friendly_repl()
-            if r == 1:
-                mode = "raw"
-                continue
-        return r
+        try:
+            if mode == "raw":
+                r = raw_repl()
+                if r == 2:
+                    mode = "friendly"
+                    continue
+            else:
+                r = friendly_repl()
+                if r == 1:
+                    mode = "raw"
+                    continue
+            return r
+        except MemoryError:
+            # The firmware left the heap full (its modules stay loaded after Ctrl-C): the
+            # REPL itself must survive that, as the ESP32's C REPL does.
+            gc.collect()
 
 
 _code = main()
-_w("MPY: soft reboot\n")
+# The interpreter ends here: drop what the user's code left on the heap first, so saying
+# goodbye cannot fail on a heap the firmware filled (the ESP32 prints this from C).
+_globals.clear()
+for _name in list(sys.modules):
+    if _name not in _ROM_MODULES:
+        del sys.modules[_name]
+gc.collect()
+_out.buffer.write(b"MPY: soft reboot\n")
 sys.exit(_code)

@@ -156,3 +156,25 @@ def test_tls_round_trip(virtual_boards, tmp_path):
         other = tlsutil.write_test_pki(tmp_path / "other")
         (bad,) = virtual_boards(1, config=config(url, "tls-2", ca_cert=other["ca_pem"]))
         bad.wait_for(r"mqtt connect to localhost:\d+: .*(MBEDTLS|cert|verif|OSError)", timeout=30)
+
+
+def test_last_will_marks_a_board_offline_within_its_keepalive(virtual_boards, broker):
+    import time
+
+    (h,) = virtual_boards(1, config=config(broker.url, "will-1", keepalive_s=10))
+    with Watcher(broker.url, ["lanterne/v1/rt/will-1/status"]) as w:
+        w.wait_for("lanterne/v1/rt/will-1/status", lambda m: b'"online"' in m.payload, timeout=30)
+        t0 = time.monotonic()
+        # The board's link drops: no DISCONNECT, no FIN reaches the broker, which notices
+        # only through the keepalive (MQTT: 1.5 x keepalive) and publishes the last will.
+        h.world.set(link_up=False)
+        w.wait_for("lanterne/v1/rt/will-1/status", lambda m: m.payload == b'{"state":"offline"}', timeout=40)
+        waited = time.monotonic() - t0
+    assert 5 < waited <= 10 * 1.5 + 3, waited
+    with Watcher(broker.url, ["lanterne/v1/rt/will-1/status"]) as late:
+        retained = late.wait_for("lanterne/v1/rt/will-1/status", timeout=10)[0]
+        assert retained.retain and retained.payload == b'{"state":"offline"}'  # a late back office sees it too
+    # the link returns: the board reconnects and says it is online again
+    h.world.set(link_up=True)
+    with Watcher(broker.url, ["lanterne/v1/rt/will-1/status"]) as w:
+        w.wait_for("lanterne/v1/rt/will-1/status", lambda m: b'"online"' in m.payload, timeout=40)

@@ -24,6 +24,18 @@ _ECONNRESET = 104
 _ETIMEDOUT = 110
 
 
+_zombies = []
+
+
+def _bury():
+    # The link is back: what the board closed during the outage can really close now.
+    while _zombies:
+        try:
+            _zombies.pop().close()
+        except OSError:
+            pass
+
+
 class socket(io.IOBase):
     def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0):
         self._s = _s.socket(af, type, proto)
@@ -45,6 +57,7 @@ class socket(io.IOBase):
             time.sleep_ms(100)
             raise OSError(_EHOSTUNREACH)
         self._s.connect(addr)
+        _bury()
 
     def settimeout(self, t):
         self._timeout = t
@@ -109,6 +122,12 @@ class socket(io.IOBase):
         return self
 
     def close(self):
+        if self._dead or not _hal.link_up():
+            # Through a dropped link the peer never hears of the close: keep the host socket
+            # open (no FIN) until the link is back, so the broker finds out only through its
+            # keepalive, as it would for a board whose Wi-Fi went away.
+            _zombies.append(self._s)
+            return
         self._s.close()
 
     def ioctl(self, req, arg):

@@ -59,9 +59,6 @@ class App:
         self.acks = []
         self.reboot_at = None
         self.sent = 0
-        self.frames = 0
-        self.samples = 0
-        self.loop_ok = time.ticks_ms()
         self._build()
 
     def _build(self):
@@ -145,7 +142,6 @@ class App:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
-            self.samples += 1
             spent = time.ticks_diff(time.ticks_ms(), t0)
             await asyncio.sleep_ms(max(10, self.sample_period * 1000 - spent))
 
@@ -189,7 +185,6 @@ class App:
                 return
             self.store.ack(acked)
             self.sent += len(acked)
-            self.frames += 1
             await asyncio.sleep_ms(0)  # let the lamp, commands and sampling run between frames
             if self.cmd_queue:
                 return
@@ -381,7 +376,6 @@ class App:
     async def heartbeat_task(self):
         # The watchdog is fed only from here: if the loop stalls, the board resets.
         while True:
-            self.loop_ok = time.ticks_ms()
             if self.wdt:
                 self.wdt.feed()
             await asyncio.sleep_ms(1000)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from host_tools import boards as boards_mod
 from host_tools.emulator.devices.parts import Parts
-from host_tools.emulator.hal import HalServer
+from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.world import World
 from host_tools.paths import BUILD, ROM, micropython_binary
 
@@ -141,7 +141,6 @@ class VirtualBoard:
         self.booted_free: int | None = None
         self.booted_event = asyncio.Event()
         self.reset_log: list[str] = []
-        self._pending_input = bytearray()
         self.dropped_input = 0
         self._pending_reset: tuple[str, int] | None = None
         self._wdt_timeout: float | None = None
@@ -150,7 +149,6 @@ class VirtualBoard:
         self._master = self._slave = None
         self._closing = False
         self._changed = asyncio.Condition()
-        self.world.subscribe(self._on_world)
         # The raw SPI flash (bootloader, partition table, MicroPython) beside the folder, when
         # the board is emulated from the ROM up: `blank` makes a factory-fresh, erased chip that
         # needs `lanterne flash` before MicroPython runs. Without it the board comes with
@@ -186,7 +184,7 @@ class VirtualBoard:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._master, self._on_serial_input)
         self.hal.register(self.token, self)
-        self._update_link_flag()
+        follow_link(self.world, self.run_dir)
         self._tasks.append(asyncio.create_task(self._watchdog_task()))
         if power_on:
             await self.power_on()
@@ -339,9 +337,6 @@ class VirtualBoard:
             start_new_session=True,
         )
         self.proc = proc
-        if self._pending_input:
-            data, self._pending_input = bytes(self._pending_input), bytearray()
-            self._to_interpreter(data)
         while True:
             chunk = await proc.stdout.read(4096)
             if not chunk:
@@ -469,19 +464,6 @@ class VirtualBoard:
                 self._wdt_deadline = None
                 self._wdt_timeout = None
                 await self.hard_reset("wdt")
-
-    # -- world -----------------------------------------------------------------
-    def _on_world(self, what, values) -> None:
-        if "link_up" in values:
-            self._update_link_flag()
-
-    def _update_link_flag(self) -> None:
-        flag = self.run_dir / "link_down"
-        if self.world.get("link_up"):
-            with contextlib.suppress(FileNotFoundError):
-                flag.unlink()
-        else:
-            flag.touch()
 
 
 class BoardHandle:

@@ -44,6 +44,24 @@ class HalClient(Protocol):
     def on_watchdog(self, timeout_ms: int | None) -> None: ...
 
 
+def mirror_link_flag(world, run_dir) -> None:
+    """Keep `run_dir/link_down` in step with the world's link: the shims' `_hal.link_up()`
+    checks that file on every socket operation instead of asking the server."""
+    from pathlib import Path
+
+    flag = Path(run_dir) / "link_down"
+    if world.get("link_up"):
+        flag.unlink(missing_ok=True)
+    else:
+        flag.touch()
+
+
+def follow_link(world, run_dir) -> None:
+    """Mirror the link now and whenever the world's `link_up` changes."""
+    mirror_link_flag(world, run_dir)
+    world.subscribe(lambda what, values: mirror_link_flag(world, run_dir) if "link_up" in values else None)
+
+
 def _hex(data: bytes) -> str:
     return data.hex()
 
@@ -201,17 +219,8 @@ class StandaloneHal:
         self._server.register(self.token, self)
         self.run_dir = os.path.join("/tmp", f"lanterne-hal-{os.getpid()}-{id(self)}")
         os.makedirs(self.run_dir, exist_ok=True)
-        self._link_flag()
-        self.world.subscribe(lambda what, values: self._link_flag() if "link_up" in values else None)
+        follow_link(self.world, self.run_dir)
         return self
-
-    def _link_flag(self):
-        flag = os.path.join(self.run_dir, "link_down")
-        if self.world.get("link_up"):
-            if os.path.exists(flag):
-                os.unlink(flag)
-        else:
-            open(flag, "w").close()
 
     def env(self) -> dict[str, str]:
         """Environment for a unix-port script that imports the shims and `_hal.connect()`s."""

@@ -3,8 +3,9 @@
 `BoardLink(port)` interrupts the application (Ctrl-C), enters the raw REPL and soft-resets
 (a fresh interpreter, main.py not run), with errors a person can act on instead of
 mpremote's prints. `probe()` runs one script on the board that reports its MicroPython
-version, `.mpy` format (`sys.implementation._mpy`), hardware id, free flash and the sha256
-of every file in / and /lib, hashed on the board so that only hashes travel. Files are
+version, `.mpy` format (`sys.implementation._mpy`), hardware id, free flash, its ROMFS
+partition and the sha256 of every file in /, /lib and /rom, hashed on the board so that only
+hashes travel. `write_romfs()` programs the ROMFS partition block by block. Files are
 written base64 in chunks to temp names, checked by hash on the board, then renamed into
 place in one command. Every byte written to the port is counted (`link.serial.sent`).
 Closing the link puts a board still in the raw REPL back to its REPL and soft-reboots it,
@@ -53,7 +54,7 @@ def _walk(d):
             print(repr(('D', p, 0, '')))
             _walk(p)
         else:
-            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') else '')))
+            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') or p.startswith('/rom/') else '')))
 def _mv(a, b):
     try:
         os.rename(a, b)
@@ -70,9 +71,25 @@ try:
     _uid = binascii.hexlify(machine.unique_id()).decode()
 except Exception:
     _uid = ''
+def _rom():
+    # The ROMFS partition (esp32.Partition on a ROMFS build), or None when the firmware has none.
+    try:
+        import vfs
+        if vfs.rom_ioctl(1) < 1:
+            return None
+        _d = vfs.rom_ioctl(2, 0)
+        return None if isinstance(_d, int) or not hasattr(_d, 'ioctl') else _d
+    except Exception:
+        return None
+_rd = _rom()
 _s = os.statvfs('/')
-print(repr(('I', getattr(sys.implementation, '_mpy', 0), '.'.join(str(v) for v in sys.implementation.version[:3]), sys.platform, _uid, _s[0] * _s[4])))
+print(repr(('I', getattr(sys.implementation, '_mpy', 0), '.'.join(str(v) for v in sys.implementation.version[:3]), sys.platform, _uid, _s[0] * _s[4], _rd.ioctl(4, 0) * _rd.ioctl(5, 0) if _rd else 0)))
 _walk('/')
+try:
+    os.stat('/rom')
+    _walk('/rom')
+except OSError:
+    pass
 """
 
 
@@ -92,6 +109,7 @@ class BoardInfo:
     free_bytes: int
     files: dict[str, BoardFile]
     dirs: set[str]
+    romfs_bytes: int = 0  # size of the ROMFS partition (0: the firmware has none)
 
 
 class CountingSerial:
@@ -223,7 +241,8 @@ class BoardLink:
                 files[rec[1]] = BoardFile(rec[1], int(rec[2]), rec[3])
         if info is None:
             raise ProvisionError(f"the board on {self.port} did not answer the probe", hint="press its reset button and try again")
-        return BoardInfo(int(info[1]), info[2], info[3], info[4], int(info[5]), files, dirs)
+        romfs = int(info[6]) if len(info) > 6 else 0
+        return BoardInfo(int(info[1]), info[2], info[3], info[4], int(info[5]), files, dirs, romfs)
 
     def read_file(self, path: str) -> bytes:
         out = self.exec(
@@ -239,6 +258,30 @@ class BoardLink:
             self.exec(f"_f.write(binascii.a2b_base64({b64!r}))", f"writing {path}")
         self.exec("_f.close()", f"closing {path}")
 
+    def write_romfs(self, image: bytes) -> str:
+        """Write a ROMFS image into the board's ROMFS partition (after probe()); return its sha256
+        as read back from the flash. /rom is unmounted first (as mpremote romfs deploy does). Block 0,
+        which holds the image's header, is erased first and written last: a write cut short leaves
+        no valid image (the board says so at boot) rather than a mix of two."""
+        self.exec("import vfs\ntry:\n vfs.umount('/rom')\nexcept OSError:\n pass", "unmounting /rom")
+        block = int(self.exec("print(_rd.ioctl(5, 0))", "reading the ROMFS block size").strip())
+        blocks = (len(image) + block - 1) // block
+        self.exec("_rd.ioctl(6, 0)", "erasing the ROMFS header")
+        for b in list(range(1, blocks)) + [0]:
+            if b:
+                self.exec(f"_rd.ioctl(6, {b})", "erasing the ROMFS partition")
+            data = image[b * block : (b + 1) * block]
+            for off in range(0, len(data), CHUNK):
+                b64 = base64.b64encode(data[off : off + CHUNK]).decode()
+                self.exec(f"_rd.writeblocks({b}, binascii.a2b_base64({b64!r}), {off})", "writing the ROMFS partition")
+        out = self.exec(
+            f"_n = {len(image)}\n_hh = hashlib.sha256()\n_bb = bytearray({block})\n"
+            f"for _i in range(0, _n, {block}):\n _rd.readblocks(_i // {block}, _bb)\n _hh.update(memoryview(_bb)[:min({block}, _n - _i)])\n"
+            "print(binascii.hexlify(_hh.digest()).decode())",
+            "checking the ROMFS partition",
+        )
+        return out.decode().strip()
+
     def hashes(self, paths: list[str]) -> dict[str, str]:
         out = self.exec(f"for _p in {paths!r}:\n print(repr((_p, _h(_p))))", "checking what it received").decode()
         return dict(ast.literal_eval(ln.strip()) for ln in out.splitlines() if ln.strip().startswith("("))
@@ -247,8 +290,12 @@ class BoardLink:
         if dirs:
             self.exec(f"for _d in {dirs!r}:\n os.mkdir(_d)", "creating folders")
 
-    def commit(self, renames: list[tuple[str, str]], removals: list[str]) -> None:
-        self.exec(f"for _a, _b2 in {renames!r}:\n _mv(_a, _b2)\nfor _p in {removals!r}:\n _rm(_p)", "renaming files into place")
+    def commit(self, renames: list[tuple[str, str]], removals: list[str], rmdirs: list[str] = ()) -> None:
+        """Rename the checked temp files into place, remove `removals`, then the (emptied) folders `rmdirs`."""
+        self.exec(
+            f"for _a, _b2 in {renames!r}:\n _mv(_a, _b2)\nfor _p in {removals!r}:\n _rm(_p)\nfor _d in {list(rmdirs)!r}:\n os.rmdir(_d)",
+            "renaming files into place",
+        )
 
     def remove(self, paths: list[str]) -> None:
         if paths:

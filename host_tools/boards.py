@@ -119,6 +119,12 @@ def validate(data: Any, path: Path) -> dict:
         raise _err(path, "chip", f"unsupported chip {data['chip']!r} (supported: esp32)")
     if not 32 * 1024 <= data["heap_bytes"] <= 8 * 1024 * 1024:
         raise _err(path, "heap_bytes", "must be between 32 KiB and 8 MiB")
+    flash = data.get("flash", {})
+    for key in ("size_mb", "app_offset", "fs_bytes", "romfs_bytes"):
+        if key in flash and (not isinstance(flash[key], int) or isinstance(flash[key], bool) or flash[key] < 0):
+            raise _err(path, f"flash.{key}", "must be a non-negative integer")
+    if flash.get("romfs_bytes", 0) % 4096:
+        raise _err(path, "flash.romfs_bytes", "must be a whole number of 4 KiB flash sectors")
     used: dict[int, str] = {}
     net = data["network"]
     if net.get("kind") not in NETWORK_KINDS:

@@ -90,23 +90,97 @@ def image_files(board: boards.Board, config: dict | None, *, mpy: bool = True) -
     return files
 
 
-def stage(board: boards.Board, config: dict | None, dest: str | Path, *, mpy: bool = True) -> Path:
+def stage(board: boards.Board, config: dict | None, dest: str | Path, *, mpy: bool = True, romfs: bool = False) -> Path:
+    """Write the board's files under `dest`, as they go on its filesystem. With `romfs`, the
+    compiled library goes instead into a ROMFS image beside it, `romfs_path(dest)`, for
+    `mpremote romfs deploy`."""
     dest = Path(dest)
-    for rel, data in image_files(board, config, mpy=mpy).items():
+    files = image_files(board, config, mpy=mpy)
+    if romfs:
+        rom, files = split_romfs(files)
+        romfs_path(dest).parent.mkdir(parents=True, exist_ok=True)
+        romfs_path(dest).write_bytes(romfs_image(rom))
+    for rel, data in files.items():
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
     return dest
 
 
-def copy_to_flash(board: boards.Board, config: dict | None, flash_dir: str | Path, *, mpy: bool = True) -> None:
-    stage(board, config, flash_dir, mpy=mpy)
+def romfs_path(stage_dir: str | Path) -> Path:
+    return Path(str(stage_dir) + ".romfs")
+
+
+ROMFS_DIR = "lib/"  # what goes into the ROMFS partition (as /rom/lib/...): the compiled library
+
+
+def romfs_image(files: dict[str, bytes]) -> bytes:
+    """A VfsRom image (MicroPython's ROMFS format, written with mpremote's writer) of `files`.
+
+    Keys are paths inside the image ("lib/lanterne/app.mpy"); the result is what
+    `mpremote romfs build` makes of the same tree, byte for byte deterministic (sorted).
+    """
+    from mpremote.romfs import VfsRomWriter
+
+    tree: dict = {}
+    for rel, data in files.items():
+        node = tree
+        *dirs, name = rel.split("/")
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = data
+    writer = VfsRomWriter()
+
+    def add(node: dict) -> None:
+        for name in sorted(node):
+            if isinstance(node[name], dict):
+                writer.opendir(name)
+                add(node[name])
+                writer.closedir()
+            else:
+                writer.mkfile(name, node[name])
+
+    add(tree)
+    return writer.finalise()
+
+
+def split_romfs(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(what goes into the ROMFS image, what goes onto the filesystem): .mpy modules in ROM
+    run in place; boot.py, main.py and the data files stay on the read-write filesystem."""
+    rom = {rel: data for rel, data in files.items() if rel.startswith(ROMFS_DIR) and rel.endswith(".mpy")}
+    return rom, {rel: data for rel, data in files.items() if rel not in rom}
+
+
+def romfs_bytes(board: boards.Board) -> int:
+    """Size of the board's ROMFS partition (0: the board's firmware has none)."""
+    return int(board.data.get("flash", {}).get("romfs_bytes", 0))
+
+
+def copy_to_flash(
+    board: boards.Board, config: dict | None, flash_dir: str | Path, *, mpy: bool = True, romfs: bool = True
+) -> None:
+    """Put the firmware on a virtual board's flash as the factory would program it: with a ROMFS
+    partition the compiled library goes into it (in place, no heap), the rest onto the filesystem;
+    without one (or romfs=False), everything onto the filesystem under /lib."""
+    flash_dir = Path(flash_dir)
+    size = romfs_bytes(board) if (romfs and mpy) else 0
+    if not size:
+        stage(board, config, flash_dir, mpy=mpy)
+        return
+    stage(board, config, flash_dir, romfs=True)
+    image = romfs_path(flash_dir).read_bytes()  # beside the folder: where the virtual board keeps the partition
+    if len(image) > size:
+        raise DeployError(f"the ROMFS image is {len(image)} bytes: more than the board's {size}-byte partition")
+    romfs_path(flash_dir).write_bytes(image + b"\xff" * (size - len(image)))
 
 
 def mpremote_copy(port: str, stage_dir: str | Path, *, reset: bool = True, timeout: float = 120) -> str:
-    """Copy a staged tree to the board with the mpremote CLI, in one chained invocation."""
+    """Copy a staged tree to the board with the mpremote CLI, in one chained invocation; its
+    ROMFS image first (`mpremote romfs deploy`) when the stage has one."""
     stage_dir = Path(stage_dir)
     args = [sys.executable, "-m", "mpremote", "connect", port]
+    if romfs_path(stage_dir).exists():
+        args += ["romfs", "deploy", str(romfs_path(stage_dir)), "+"]
     for p in sorted(stage_dir.iterdir()):
         if p.is_dir():
             args += ["fs", "cp", "-r", str(p), ":", "+"]

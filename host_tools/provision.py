@@ -45,6 +45,7 @@ from host_tools.paths import FIRMWARE
 from host_tools.registry import DEFAULT_PATH, RESERVED_IDS, SECRET_FIELDS, Registry, RegistryError
 
 APP_DIR = "/lib/lanterne"  # owned by the firmware: files here that the image lacks are removed
+ROM_DIR = "/rom"  # the ROMFS partition's mount point: written whole, as one image
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 # sys.implementation._mpy >> 10 -> mpy-cross -march (py/persistentcode.h, MP_NATIVE_ARCH_*).
 MPY_ARCHS = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
@@ -188,10 +189,12 @@ class MpyCross:
         return data
 
 
-def build_image(board: boards.Board, cross: MpyCross, march: str = "") -> dict[str, bytes]:
+def build_image(board: boards.Board, cross: MpyCross, march: str = "", romfs: bool = False) -> dict[str, bytes]:
     """Board path (absolute) -> bytes for everything but config.json; lib/**.py compiled to .mpy.
 
-    boot.py and main.py stay source: MicroPython runs only those names at boot.
+    boot.py and main.py stay source: MicroPython runs only those names at boot. With `romfs`
+    (the board's firmware has a ROMFS partition) the compiled library is placed under /rom/lib:
+    it goes to the board as one ROMFS image and runs in place from flash, taking no heap.
     """
     try:
         files = deploy.image_files(board, None, mpy=False)  # sources: compiled here, for this board's format
@@ -200,22 +203,27 @@ def build_image(board: boards.Board, cross: MpyCross, march: str = "") -> dict[s
     image = {}
     for rel, data in files.items():
         if rel.startswith("lib/") and rel.endswith(".py"):
-            image["/" + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
+            image[("/rom/" if romfs else "/") + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
         else:
             image["/" + rel] = data
     return image
 
 
+def rom_part(image: dict[str, bytes]) -> dict[str, bytes]:
+    """The files of `image` that live in the ROMFS partition, keyed by their path inside it."""
+    return {p[len(ROM_DIR) + 1 :]: data for p, data in image.items() if p.startswith(ROM_DIR + "/")}
+
+
 _images_lock = threading.Lock()
 
 
-def _image(images: dict | None, board: boards.Board, cross: MpyCross, march: str) -> dict[str, bytes]:
+def _image(images: dict | None, board: boards.Board, cross: MpyCross, march: str, romfs: bool) -> dict[str, bytes]:
     if images is None:
-        return build_image(board, cross, march)
-    key = (board.name, cross.binary, march)
+        return build_image(board, cross, march, romfs)
+    key = (board.name, cross.binary, march, romfs)
     with _images_lock:
         if key not in images:
-            images[key] = build_image(board, cross, march)
+            images[key] = build_image(board, cross, march, romfs)
         return images[key]
 
 
@@ -248,7 +256,17 @@ def managed_extra(path: str, image: dict[str, bytes] | dict[str, str]) -> bool:
         return True
     if path.endswith(".py") and path[:-3] + ".mpy" in image:
         return True  # MicroPython imports x.py before x.mpy: an old source would shadow the new build
+    if path.startswith("/lib/") and ROM_DIR + (path[:-3] + ".mpy" if path.endswith(".py") else path) in image:
+        return True  # /lib comes before /rom/lib in sys.path: an old copy would shadow the ROM's
     return path.startswith(APP_DIR + "/")
+
+
+def shadowing_dirs(dirs: set[str], image: dict[str, bytes] | dict[str, str]) -> list[str]:
+    """Folders under /lib named like a package of the ROM's /rom/lib, deepest first. MicroPython
+    imports a folder as a package even when it is empty, and /lib comes before /rom/lib in
+    sys.path: such a folder hides the ROM's package (`import lanterne.app` fails)."""
+    return sorted((d for d in dirs if d.startswith("/lib/") and any(p.startswith(ROM_DIR + d + "/") for p in image)),
+                  key=lambda d: -d.count("/"))
 
 
 # -- waiting for the board's status on the broker ------------------------------------------------
@@ -612,7 +630,8 @@ def run_request(
             say(f"MicroPython {info.micropython} (.mpy v{rep.mpy}), hardware id {info.hw_id or '?'}")
             _check_hardware(reg, req, info.hw_id, replace)
 
-            image = dict(_image(images, req.board, cross, march))
+            romfs = info.romfs_bytes > 0
+            image = dict(_image(images, req.board, cross, march, romfs))
             # Register (secrets generated once, reused on every later provisioning), then build the config.
             if replace and info.hw_id:
                 reg.move_hardware(info.hw_id, req.device)
@@ -627,19 +646,47 @@ def run_request(
             files = manifest(image)
             rep.firmware_hash = firmware_hash(files)
 
-            changed = [p for p, digest in files.items() if info.files.get(p, BoardFile(p, -1, "")).sha256 != digest]
+            differs = [p for p, digest in files.items() if info.files.get(p, BoardFile(p, -1, "")).sha256 != digest]
+            rom_changed = any(p.startswith(ROM_DIR + "/") for p in differs) or any(
+                p.startswith(ROM_DIR + "/") and p not in files for p in info.files
+            )
+            changed = [p for p in differs if not p.startswith(ROM_DIR + "/")]
             changed.sort(key=lambda p: p == "/config.json")  # config last
-            stale = sorted(p for p in info.files if managed_extra(p, image))
-            rep.files_unchanged = len(files) - len(changed)
-            rep.payload_bytes = sum(len(image[p]) for p in changed)
-            need = rep.payload_bytes + 4096 * len(changed)
+            stale = sorted(p for p in info.files if managed_extra(p, image) and not p.startswith(ROM_DIR + "/"))
+            shadows = shadowing_dirs(info.dirs, image)
+            for d in shadows:
+                kept = sorted(p for p in info.files if p.startswith(d + "/") and p not in stale)
+                if kept:
+                    raise ProvisionError(
+                        f"{d} on the board holds {', '.join(kept[:3])}: that folder would hide the firmware's"
+                        f" {d[len('/lib/'):]} package in ROM",
+                        hint=f"move those files out of {d} (mpremote fs mv), then provision again",
+                    )
+            rom_image = deploy.romfs_image(rom_part(image)) if romfs else b""
+            if len(rom_image) > info.romfs_bytes > 0:
+                raise ProvisionError(
+                    f"the firmware's ROMFS image is {len(rom_image)} bytes, the board's ROMFS partition {info.romfs_bytes}",
+                    hint="flash a MicroPython build with a larger romfs partition",
+                )
+            rep.files_unchanged = len(files) - len(differs)
+            rep.payload_bytes = sum(len(image[p]) for p in changed) + (len(rom_image) if rom_changed else 0)
+            need = sum(len(image[p]) for p in changed) + 4096 * len(changed)
             if need > info.free_bytes:
                 raise ProvisionError(
                     f"not enough flash on the board: {need // 1024} KiB needed, {info.free_bytes // 1024} KiB free",
                     hint="remove data files from the board (mpremote fs rm) or use a board with a larger filesystem",
                 )
-            say(f"{len(changed)} of {len(files)} files to send ({rep.payload_bytes / 1024:.1f} KiB), {len(stale)} stale")
+            rom_note = f", ROMFS image {len(rom_image) / 1024:.1f} KiB" + ("" if rom_changed else " unchanged") if romfs else ""
+            say(f"{len(changed)} of {len(files) - len(rom_part(image))} files to send ({rep.payload_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
             t1 = time.monotonic()
+            if rom_changed:
+                got_rom = link.write_romfs(rom_image)
+                if got_rom != sha256_hex(rom_image):
+                    raise ProvisionError(
+                        "transfer corrupted: the ROMFS partition does not hold the image that was sent",
+                        hint="check the cable (or lower the port's noise) and run again",
+                    )
+                rep.files_sent = sorted(p for p in files if p.startswith(ROM_DIR + "/"))
             if changed:
                 dirs = sorted({str(Path(p).parent) for p in changed} - info.dirs - {"/"}, key=lambda d: d.count("/"))
                 missing_dirs = []
@@ -660,8 +707,8 @@ def run_request(
                         f"transfer corrupted: {', '.join(bad[:3])} arrived with another hash; nothing was changed",
                         hint="check the cable (or lower the port's noise) and run again",
                     )
-            link.commit([(p + TMP_SUFFIX, p) for p in changed], stale)
-            rep.files_sent, rep.files_removed = changed, stale
+            link.commit([(p + TMP_SUFFIX, p) for p in changed], stale, shadows)
+            rep.files_sent, rep.files_removed = rep.files_sent + changed, stale
             rep.phases["transfer"] = time.monotonic() - t1
             reg.add_or_update(
                 req.device, port=req.port, hw_id=info.hw_id or None, firmware_hash=rep.firmware_hash, files=files, state="provisioned"

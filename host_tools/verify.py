@@ -28,6 +28,7 @@ from host_tools.provision import (
     firmware_hash,
     managed_extra,
     manifest,
+    shadowing_dirs,
 )
 from host_tools.registry import SECRET_FIELDS, Registry
 
@@ -169,7 +170,7 @@ def verify(
         elif on_board[path].sha256 != digest and path != "/config.json":
             rep.changed.append(path)
     if expected_files:
-        rep.extra = sorted(p for p in info.files if managed_extra(p, expected_files))
+        rep.extra = sorted([p for p in info.files if managed_extra(p, expected_files)] + shadowing_dirs(info.dirs, expected_files))
     if cfg_problem:
         rep.problems.append(cfg_problem)
     else:

@@ -52,9 +52,13 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
     # The board came up configured: its first live status names it.
     assert rep.status["device"] == "lamp-0042" and rep.status["board"] == "esp32-devkitc" and rep.status["faults"] == []
     assert rep.mpy == "6.3" and rep.micropython.startswith("1.29")
-    # What a technician sees with mpremote: compiled firmware, the config with its secrets.
-    listing = mpremote(board.port, "fs", "ls", ":lib/lanterne")
+    # What a technician sees with mpremote: the compiled library in the ROMFS partition (it runs in
+    # place from flash), the config with its secrets on the filesystem.
+    listing = mpremote(board.port, "fs", "ls", ":/rom/lib/lanterne")
     assert "app.mpy" in listing and "app.py" not in listing
+    query = mpremote(board.port, "romfs", "query")
+    assert "ROMFS0 partition has size 131072 bytes" in query and "ROMFS image size" in query and "Not a valid" not in query
+    assert not (board.flash / "lib").exists()  # nothing of the library on the filesystem
     cfg = json.loads(mpremote(board.port, "fs", "cat", ":config.json"))
     assert cfg["device"] == "lamp-0042" and cfg["site"] == "centre" and cfg["lat"] == 48.8566
     assert cfg["mqtt_user"] == "lamp-0042" and cfg["mqtt_password"] == reg.secret("lamp-0042", "mqtt_password")
@@ -64,36 +68,50 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
     rec = reg.get("lamp-0042")
     assert rec.state == "online" and rec.port == board.port and rec.hw_id == rep.hw_id
     assert "mqtt_password" not in rec.config and rec.config["lat"] == 48.8566
+    on_fs = {k: v for k, v in rec.files.items() if not k.startswith("/rom/")}
+    in_rom = sorted(k for k in rec.files if k.startswith("/rom/"))
+    assert "/rom/lib/lanterne/app.mpy" in in_rom and "/rom/lib/umqtt/simple.mpy" in in_rom
     on_flash = {"/" + k: v for k, v in snapshot(board.flash).items()}
-    assert {k: on_flash.get(k) for k in rec.files} == rec.files
+    assert {k: on_flash.get(k) for k in on_fs} == on_fs
     firmware_dirs = ("/lib/", "/boot.py", "/main.py", "/board.json", "/config.json")
-    assert sorted(k for k in on_flash if k.startswith(firmware_dirs)) == sorted(rec.files)  # the rest is the app's data
+    assert sorted(k for k in on_flash if k.startswith(firmware_dirs)) == sorted(on_fs)  # the rest is the app's data
     assert stat.S_IMODE((tmp_path / "fleet.sqlite").stat().st_mode) == 0o600
 
     v = verify(board.port, reg)
     assert v.ok, v.lines()
 
-    # Drift, made with unmodified mpremote: a changed module, a deleted one, a stale source, a config edit.
-    junk, stale = tmp_path / "junk.mpy", tmp_path / "old.py"
-    junk.write_bytes(b"M\x06not really")
+    # Drift, made with unmodified mpremote: another ROMFS image deployed (a changed module, a deleted
+    # one), a stale source and an old copy of a library module on the filesystem that would shadow
+    # the ROM's (/lib comes first in sys.path), a config edit.
+    (image,) = images.values()
+    tree = tmp_path / "romtree"
+    for path, data in image.items():
+        if path.startswith("/rom/") and path != "/rom/lib/lanterne/sun.mpy":
+            out = tree / path[len("/rom/"):]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(b"M\x06not really" if path == "/rom/lib/lanterne/app.mpy" else data)
+    stale = tmp_path / "old.py"
     stale.write_text("X = 1\n")
     cfg["lat"], cfg["mqtt_password"] = 1.5, "guessed"
     edited = tmp_path / "config.json"
     edited.write_text(json.dumps(cfg))
-    mpremote(board.port, "fs", "cp", str(junk), ":lib/lanterne/app.mpy", "+", "fs", "rm", ":lib/lanterne/sun.mpy", "+",
-             "fs", "cp", str(stale), ":lib/lanterne/old.py", "+", "fs", "cp", str(edited), ":config.json")
+    mpremote(board.port, "romfs", "--no-mpy", "deploy", str(tree))
+    mpremote(board.port, "fs", "mkdir", ":lib", "+", "fs", "mkdir", ":lib/lanterne", "+", "fs", "mkdir", ":lib/umqtt", "+",
+             "fs", "cp", str(stale), ":lib/lanterne/old.py", "+", "fs", "cp", str(stale), ":lib/umqtt/simple.py", "+",
+             "fs", "cp", str(edited), ":config.json")
     v = verify(board.port, reg)
     assert not v.ok
-    assert v.changed == ["/lib/lanterne/app.mpy"] and v.missing == ["/lib/lanterne/sun.mpy"]
-    assert v.extra == ["/lib/lanterne/old.py"]
+    assert v.changed == ["/rom/lib/lanterne/app.mpy"] and v.missing == ["/rom/lib/lanterne/sun.mpy"]
+    assert v.extra == ["/lib/lanterne", "/lib/lanterne/old.py", "/lib/umqtt", "/lib/umqtt/simple.py"]  # the folders too
     assert {(d.field, d.secret) for d in v.config} == {("lat", False), ("mqtt_password", True)}
     assert "guessed" not in "\n".join(v.lines()) and "guessed" not in json.dumps(v.to_json())
 
-    # Re-provision: only the drifted files travel, measured on the wire.
+    # Re-provision: the ROMFS image (written whole) and the config travel; the filesystem's other
+    # firmware files do not; the shadowing copies go.
     again = provision(board.port, None, "lamp-0042", registry=reg, images=images)
-    assert again.files_sent == ["/lib/lanterne/app.mpy", "/lib/lanterne/sun.mpy", "/config.json"]
-    assert again.files_removed == ["/lib/lanterne/old.py"]
-    assert again.bytes_sent < rep.bytes_sent / 4
+    assert again.files_sent == in_rom + ["/config.json"]
+    assert again.files_removed == ["/lib/lanterne/old.py", "/lib/umqtt/simple.py"]
+    assert again.bytes_sent < rep.bytes_sent
     assert again.status["device"] == "lamp-0042"
     assert verify(board.port, reg).ok
 

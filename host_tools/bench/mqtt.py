@@ -83,7 +83,7 @@ def _loss(messages, prefix, n):
 def run(quick: bool = False) -> BenchResult:
     from host_tools.backoffice import CommandClient
     from host_tools.broker import Mosquitto
-    from host_tools.emulator.board import HEAP_SCALE, Emulator, rom_heap_overhead
+    from host_tools.emulator.board import HEAP_SCALE, Emulator
     from host_tools.mqttwatch import Watcher
 
     board = boards.load("esp32-devkitc")
@@ -147,17 +147,17 @@ def run(quick: bool = False) -> BenchResult:
                     dev = "heap-tls" if extra else "heap-plain"
                     flash = Path(tmp) / dev
                     deploy.copy_to_flash(board, _cfg(u, dev, sample_period_s=2, status_period_s=5, **extra), flash)
-                    emu.add_board(board, flash)
+                    hb = emu.add_board(board, flash)
                     msgs = w.wait_for(f"lanterne/v1/bench/{dev}/status", lambda m: b'"online"' in m.payload, count=3, timeout=60)
                     allocs = [json.loads(m.payload)["heap_alloc"] for m in msgs]
-                    peak = (max(allocs) - rom_heap_overhead()) / HEAP_SCALE
+                    peak = hb.board.esp32_heap(max(allocs))
                     heap_rows.append([label, int(max(allocs)), int(peak)])
                     metrics["heap_peak_bytes_tls" if extra else "heap_peak_bytes"] = int(peak)
         # -- does it run at 64 KB (ESP32-equivalent)? -----------------------------------------
         with Emulator() as emu, Watcher(mq.url, ["lanterne/v1/bench/+/up"]) as w:
             flash = Path(tmp) / "h64"
             deploy.copy_to_flash(board, _cfg(mq.url, "h64", sample_period_s=1), flash)
-            h = emu.add_board(board, flash, heap_override=int(64 * 1024 * HEAP_SCALE) + rom_heap_overhead())
+            h = emu.add_board(board, flash, board_heap=64 * 1024)
             try:
                 w.wait_for("lanterne/v1/bench/h64/up", count=5, timeout=40)
                 ok = "MemoryError" not in h.console()

@@ -59,10 +59,16 @@ ROM_BOOT_LINES = {
 }
 
 # The unix port here is a 64-bit build: every heap object is bigger than on the ESP32 (GC
-# blocks of 32 bytes instead of 16, 8-byte pointers). HEAP_SCALE is the measured ratio of
-# heap the same firmware takes on this port to what it takes on a 32-bit build (see
-# docs/emulator.md, "Heap"); the board's heap is multiplied by it.
+# blocks of 32 bytes instead of 16, 8-byte pointers); bytecode and strings are not. The board's
+# heap is multiplied by the measured ratio of the smallest heap the same firmware runs in on this
+# port to the smallest it runs in on a 32-bit build (docs/emulator.md, "Heap"). The ratio depends
+# on what the heap holds: with the firmware's bytecode in the heap (modules imported from the
+# filesystem) it is HEAP_SCALE; with the bytecode in the ROMFS partition the heap holds objects
+# only and the ratio is HEAP_SCALE_ROMFS. LANTERNE_HEAP_SCALE overrides both (1.0 for a 32-bit
+# micropython given in LANTERNE_MICROPYTHON).
 HEAP_SCALE = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.45"))
+HEAP_SCALE_ROMFS = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.70"))
+ROMFS_MAGIC = b"\xd2\xcd\x31"
 
 # Heap the ROM itself (shims + REPL) takes beyond a bare interpreter; added to the board's
 # heap size so the firmware sees what it would see on the board. Measured once per process.
@@ -74,6 +80,8 @@ def rom_heap_overhead() -> int:
     digest = hashlib.sha256()
     for p in sorted(ROM.glob("*.py")):
         digest.update(p.read_bytes())
+    binary = Path(micropython_binary())
+    digest.update(f"{binary.resolve()}:{binary.stat().st_size}".encode())
     key = digest.hexdigest()[:16]
     if key in _overhead_cache:
         return _overhead_cache[key]
@@ -98,6 +106,13 @@ def rom_heap_overhead() -> int:
     return overhead
 
 
+def romfs_heap(size: int) -> int:
+    """Heap rom/_romfs.py's partition buffer of `size` bytes takes on this port (measured: the
+    instance and its bytearray take 4 GC blocks beside the data)."""
+    block = 32  # 64-bit GC block; on a 32-bit port (16) this overstates by a few bytes
+    return 4 * block + (size + block - 1) // block * block
+
+
 class VirtualBoard:
     def __init__(
         self,
@@ -109,6 +124,7 @@ class VirtualBoard:
         world: World | None = None,
         serial: str | None = None,
         heap_override: int | None = None,
+        board_heap: int | None = None,
         console_limit: int = 1 << 20,
         log_path: str | Path | None = None,
         flash_image: str | Path | None = None,
@@ -124,6 +140,8 @@ class VirtualBoard:
         self.token = hashlib.sha256(os.urandom(16)).hexdigest()[:16]
         self.serial = serial or hashlib.sha256(str(self.flash).encode()).hexdigest()[:12]
         self.heap_override = heap_override
+        self.board_heap = board_heap  # ESP32 heap bytes instead of the board file's heap_bytes
+        self.romfs: tuple[Path, int, int] | None = None  # (file, offset, size) of the ROMFS partition
         self.run_dir = Path(tempfile.mkdtemp(prefix="lanterne-board-"))
         self.nvs_dir = self.flash.parent / (self.flash.name + ".nvs")
         self.nvs_dir.mkdir(exist_ok=True)
@@ -222,7 +240,23 @@ class VirtualBoard:
                 self.reset_log.append("no-firmware")
                 return
             self._wipe_erased_filesystem(check)
+            parts = [p for p in getattr(check, "partitions", ()) if getattr(p, "label", "") == "romfs"]
+            self.romfs = (self.spi_flash.path, parts[0].offset, parts[0].size) if parts else None
+        else:
+            self.romfs = self._romfs_file()
         self._start_interpreter(kind)
+
+    def _romfs_file(self) -> tuple[Path, int, int] | None:
+        # A board emulated without its raw SPI flash keeps the ROMFS partition (board file:
+        # flash.romfs_bytes) in a file beside the folder; a new one is erased flash.
+        size = int(self.board.data.get("flash", {}).get("romfs_bytes", 0))
+        if not size:
+            return None
+        path = self.flash.parent / (self.flash.name + ".romfs")
+        if not path.exists() or path.stat().st_size != size:
+            old = path.read_bytes()[:size] if path.exists() else b""
+            path.write_bytes(old + b"\xff" * (size - len(old)))
+        return path, 0, size
 
     def _wipe_erased_filesystem(self, check) -> None:
         # The files live in the flash's "vfs" partition: an erased partition (erase-flash) means
@@ -280,7 +314,30 @@ class VirtualBoard:
     def heap_bytes(self) -> int:
         if self.heap_override:
             return self.heap_override
-        return int(self.board.heap_bytes * HEAP_SCALE) + rom_heap_overhead() + self._tls_allowance()
+        heap = self.board.heap_bytes if self.board_heap is None else self.board_heap
+        return int(heap * self.heap_scale()) + rom_heap_overhead() + self._tls_allowance() + self._romfs_pinned()
+
+    def heap_scale(self) -> float:
+        """HEAP_SCALE_ROMFS when this boot's firmware runs from a valid ROMFS image, else HEAP_SCALE."""
+        if self.romfs:
+            path, offset, _size = self.romfs
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    if f.read(3) == ROMFS_MAGIC:
+                        return HEAP_SCALE_ROMFS
+            except OSError:
+                pass
+        return HEAP_SCALE
+
+    def esp32_heap(self, alloc: int) -> int:
+        """A `gc.mem_alloc()` the firmware reported on this board, in ESP32-equivalent bytes."""
+        return int((alloc - self._romfs_pinned() - rom_heap_overhead()) / self.heap_scale())
+
+    def _romfs_pinned(self) -> int:
+        # The ROMFS partition is mapped flash on the chip, a buffer at the start of the heap here
+        # (rom/_romfs.py): the heap grows by exactly what that buffer takes.
+        return romfs_heap(self.romfs[2]) if self.romfs else 0
 
     def _tls_allowance(self) -> int:
         # On the ESP32, mbedtls allocates its TLS session from the IDF heap, beside the
@@ -316,6 +373,10 @@ class VirtualBoard:
             "LANTERNE_RESET_CAUSE": str(RESET_CAUSE.get(kind, self._last_cause())),
             "LANTERNE_SERIAL": self.serial,
         }
+        if self.romfs:
+            env["LANTERNE_ROMFS"] = str(self.romfs[0])
+            env["LANTERNE_ROMFS_OFFSET"] = str(self.romfs[1])
+            env["LANTERNE_ROMFS_BYTES"] = str(self.romfs[2])
         self._tasks.append(asyncio.create_task(self._run_interpreter(env)))
 
     def _last_cause(self) -> int:

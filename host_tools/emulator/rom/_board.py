@@ -8,11 +8,14 @@ import gc
 import os
 import sys
 
+import _romfs  # first: its partition buffer goes at the start of the heap
+
 import _hal
 
 _hal.connect()
 
 import _flashfs
+import _vfs
 import machine
 import network
 import esp32
@@ -24,6 +27,7 @@ try:
 except ImportError:
     pass
 
+sys.modules["vfs"] = _vfs
 _ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
 
 EXIT_SOFT_FRIENDLY = 80
@@ -65,6 +69,7 @@ def _mount():
     sys.path.append("")
     sys.path.append(".frozen")
     sys.path.append("/lib")
+    _romfs.mount(sys.path)
 
 
 _globals = {"__name__": "__main__"}
@@ -361,7 +366,7 @@ def main():
     _mount()
     del sys.modules["_flashfs"]
     gc.collect()
-    _hal.call("BOOTED %d %d" % (gc.mem_alloc(), gc.mem_free()))
+    _hal.call("BOOTED %d %d" % (gc.mem_alloc() - _romfs.pinned, gc.mem_free()))
     if _exec_file("boot.py"):
         return EXIT_SOFT_FRIENDLY if boot != "soft-raw" else EXIT_SOFT_RAW
     mode = "raw" if boot == "soft-raw" else "friendly"

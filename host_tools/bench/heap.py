@@ -1,0 +1,117 @@
+"""`lanterne bench heap`: the running firmware's heap, per firmware layout, side by side.
+
+For each board file that talks MQTT, and each layout of the firmware on the board:
+- "romfs": the compiled library in the board's ROMFS partition (imported in place from
+  flash: bytecode and constants take no heap), boot.py/main.py/config on the filesystem;
+- "filesystem": everything on the filesystem under /lib (the .mpy files are loaded into
+  the heap);
+it measures, with TLS off, on one real Mosquitto:
+- the heap in use at steady state (the largest `gc.mem_alloc()` in the board's status messages);
+- the smallest heap the firmware runs in: bisected over the board's heap in 4 KB steps; a heap
+  passes when, for the whole window, the board sends its status and a reading every second
+  with no MemoryError and no task restarted;
+- whether it runs at 64 KB.
+Heaps are ESP32-equivalent bytes: this 64-bit port's bytes, less the ROM's own share, divided
+by the layout's measured scale (docs/emulator.md, "Heap"). Run with LANTERNE_MICROPYTHON set to
+a 32-bit unix port and LANTERNE_HEAP_SCALE=1.0 to measure 32-bit bytes directly.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from host_tools import boards, deploy
+from host_tools.bench import BenchResult
+
+LAYOUTS = ("romfs", "filesystem")
+TARGET = 64 * 1024
+
+
+def _cfg(url: str, device: str) -> dict:
+    return {"device": device, "site": "heap", "broker": url, "sample_period_s": 1, "status_period_s": 5,
+            "keepalive_s": 60, "watchdog_ms": 0, "command_key": bytes(range(7, 39)).hex()}
+
+
+class _Trial:
+    def __init__(self, emu, watcher, url: str, tmp: Path):
+        self.emu, self.w, self.url, self.tmp = emu, watcher, url, tmp
+        self.n = 0
+
+    def run(self, board: boards.Board, layout: str, heap: int | None, window_s: float) -> tuple[bool, int | None, str]:
+        """Boot the firmware at `heap` (None: the board file's); (passed, steady alloc, why not)."""
+        self.n += 1
+        dev = f"{board.name[:12]}-{layout[:3]}-{self.n}"
+        flash = self.tmp / dev
+        deploy.copy_to_flash(board, _cfg(self.url, dev), flash, romfs=layout == "romfs")
+        h = self.emu.add_board(board, flash, board_heap=heap)
+        try:
+            statuses = self.w.wait_for(f"lanterne/v1/heap/{dev}/status", lambda m: b'"online"' in m.payload,
+                                       count=max(2, int(window_s // 5)), timeout=window_s + 20)
+            ups = self.w.matching(f"lanterne/v1/heap/{dev}/up")
+            console = h.console()
+            allocs = [json.loads(m.payload)["heap_alloc"] for m in statuses]
+            steady = h.board.esp32_heap(max(allocs))
+            if "MemoryError" in console or "(restarted)" in console:
+                return False, steady, "MemoryError" if "MemoryError" in console else "a task failed"
+            if len(ups) < window_s * 0.5:
+                return False, steady, f"{len(ups)} readings in {window_s:g} s"
+            return True, steady, ""
+        except TimeoutError:
+            return False, None, "no status"
+        finally:
+            self.emu.remove(h)
+
+    def smallest(self, board: boards.Board, layout: str, lo: int, hi: int, window_s: float) -> int | None:
+        """Smallest heap (4 KB steps) in [lo, hi] the firmware passes at, or None."""
+        step = 4096
+        lo, hi = lo // step, hi // step
+        if not self.run(board, layout, hi * step, window_s)[0]:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.run(board, layout, mid * step, window_s)[0]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi * step
+
+
+def run(quick: bool = False) -> BenchResult:
+    from host_tools.broker import Mosquitto
+    from host_tools.emulator.board import HEAP_SCALE, HEAP_SCALE_ROMFS, Emulator
+    from host_tools.mqttwatch import Watcher
+
+    names = ["esp32-devkitc"] if quick else [b for b in boards.names() if boards.load(b).data["network"]["kind"] != "lorawan"]
+    window = 15.0 if quick else 30.0
+    metrics: dict = {}
+    rows = []
+    with Mosquitto() as mq, tempfile.TemporaryDirectory() as tmp, Emulator() as emu, \
+            Watcher(mq.url, ["lanterne/v1/heap/+/status", "lanterne/v1/heap/+/up"]) as w:
+        trial = _Trial(emu, w, mq.url, Path(tmp))
+        for name in names:
+            board = boards.load(name)
+            for layout in LAYOUTS:
+                ok_board, steady, why = trial.run(board, layout, None, window)
+                at_64k, _, why_64k = trial.run(board, layout, TARGET, window)
+                smallest = trial.smallest(board, layout, 32 * 1024, 160 * 1024, window)
+                key = f"{name}_{layout}"
+                metrics[f"heap_steady_bytes_{key}"] = steady
+                metrics[f"heap_min_bytes_{key}"] = smallest
+                metrics[f"runs_at_64k_heap_{key}"] = at_64k
+                rows.append([name, layout, board.heap_bytes // 1024, "yes" if ok_board else f"NO ({why})",
+                             steady, smallest if smallest is not None else "> 160 KB",
+                             "yes" if at_64k else f"NO ({why_64k})"])
+        first = names[0]
+        metrics["heap_min_bytes"] = metrics[f"heap_min_bytes_{first}_romfs"]
+        metrics["runs_at_64k_heap"] = all(v for k, v in metrics.items() if k.startswith("runs_at_64k_heap_") and k.endswith("_romfs"))
+    return BenchResult(
+        metrics,
+        tables=[("firmware heap, TLS off (ESP32-equivalent bytes)",
+                 ["board", "layout", "board heap KB", "runs at board heap", "steady-state heap", "smallest heap it runs in",
+                  "runs at 64 KB"], rows)],
+        notes=[f"scale 64-bit -> ESP32: {HEAP_SCALE_ROMFS} with the library in ROMFS, {HEAP_SCALE} on the filesystem"
+               " (measured minimum-heap ratios, docs/emulator.md); a heap passes when the board sends its status and a"
+               f" reading a second for {window:g} s with no MemoryError and no task restarted"],
+    )

@@ -133,6 +133,14 @@ class CountingSerial:
         return getattr(self._serial, name)
 
 
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate with a 512-byte window (wbits 9: what a board's DeflateIO(..., RAW, 9) reads)."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -9)
+    return c.compress(data) + c.flush()
+
+
 def _one_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -265,12 +273,25 @@ class BoardLink:
         no valid image (the board says so at boot) rather than a mix of two."""
         self.exec("import vfs\ntry:\n vfs.umount('/rom')\nexcept OSError:\n pass", "unmounting /rom")
         block = int(self.exec("print(_rd.ioctl(5, 0))", "reading the ROMFS block size").strip())
+        # Blocks go deflate-compressed when the board has the deflate module (as the ESP32
+        # build does): .mpy files shrink by about half, and so does the time on a UART.
+        try:
+            self.transport.exec("from io import BytesIO\nfrom deflate import DeflateIO, RAW")
+            deflate = True
+        except Exception:
+            deflate = False
         blocks = (len(image) + block - 1) // block
         self.exec("_rd.ioctl(6, 0)", "erasing the ROMFS header")
         for b in list(range(1, blocks)) + [0]:
             if b:
                 self.exec(f"_rd.ioctl(6, {b})", "erasing the ROMFS partition")
             data = image[b * block : (b + 1) * block]
+            packed = _deflate(data) if deflate else b""
+            if deflate and len(packed) < len(data):  # one command per block: <= 5.5 KB of base64
+                b64 = base64.b64encode(packed).decode()
+                self.exec(f"_rd.writeblocks({b}, DeflateIO(BytesIO(binascii.a2b_base64({b64!r})), RAW, 9).read(), 0)",
+                          "writing the ROMFS partition")
+                continue
             for off in range(0, len(data), CHUNK):
                 b64 = base64.b64encode(data[off : off + CHUNK]).decode()
                 self.exec(f"_rd.writeblocks({b}, binascii.a2b_base64({b64!r}), {off})", "writing the ROMFS partition")

@@ -4,7 +4,7 @@
 provisioning: every firmware file's sha256, its hardware id), reads its config.json,
 finds the device in the registry (by the config's device id, else by hardware id) and
 compares:
-- files: changed (hash differs), missing, extra (in the firmware's folder /lib/lanterne,
+- files: changed (hash differs), missing, extra (in the firmware's folder /lib/lanterne, a /lib copy or folder that would shadow the ROM's,
   a stale .py that would shadow a .mpy, a temp file left by an interrupted provisioning);
 - config: every field against the registry's config plus the device's secrets (a secret
   that differs is named, its values never shown);

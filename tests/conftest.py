@@ -43,10 +43,14 @@ _counter = itertools.count()
 
 @pytest.fixture
 def virtual_boards(emulator, tmp_path):
-    """Factory: `virtual_boards(n, board="esp32-devkitc", config=None, firmware=True, files=None)`."""
+    """Factory: `virtual_boards(n, board="esp32-devkitc", config=None, firmware=True, files=None)`.
+
+    The firmware goes on as the factory programs it: the compiled library in the board's ROMFS
+    partition (romfs=False: on the filesystem under /lib)."""
     made = []
 
-    def start(n=1, board="esp32-devkitc", config=None, firmware=True, files=None, world_values=None, power_on=True, **kw):
+    def start(n=1, board="esp32-devkitc", config=None, firmware=True, files=None, world_values=None, power_on=True,
+              romfs=True, **kw):
         from host_tools.emulator.world import World
 
         b = boards.load(board)
@@ -58,7 +62,7 @@ def virtual_boards(emulator, tmp_path):
             if firmware:
                 cfg = dict(config or {})
                 cfg.setdefault("device", f"dev-{i}")
-                deploy.copy_to_flash(b, cfg, flash)
+                deploy.copy_to_flash(b, cfg, flash, romfs=romfs)
             for name, data in (files or {}).items():
                 p = flash / name
                 p.parent.mkdir(parents=True, exist_ok=True)

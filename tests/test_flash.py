@@ -384,3 +384,19 @@ def test_lanterne_flash_command_on_a_virtual_board(tmp_path, capsys):
         assert control.ops == ["download", "reset", "download", "reset"]
         assert str(err.value) == "transfer corrupted: block 3 arrived with a bad checksum on every retry"
         assert not f.boot_check().ok  # the second, failed flash left a board that does not boot
+
+
+def test_romfs_image_has_the_documented_partition_table():
+    # boards/partitions-romfs.csv (what a real Lanterne build uses) and the generated image agree.
+    from host_tools.paths import REPO
+
+    rows = []
+    for line in (REPO / "boards" / "partitions-romfs.csv").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, kind, sub, offset, size = (f.strip() for f in line.split(",")[:5])
+            rows.append((name, {"app": 0, "data": 1}[kind], int(offset, 16), int(size, 16)))
+    check = rb.check_flash_image(rb.build_micropython_image("v1.29.0", romfs_bytes=131072), 0x1000)
+    assert check.ok
+    assert [(p.label, p.type, p.offset, p.size) for p in check.partitions] == rows
+    romfs = [p for p in check.partitions if p.label == "romfs"][0]
+    assert romfs.subtype == 0x8F and romfs.offset + romfs.size == 0x200000

@@ -91,7 +91,8 @@ def run(quick: bool = False) -> BenchResult:
         ],
         notes=[
             "heap free is what the firmware reports in its status (gc.mem_free), in this 64-bit port's bytes:"
-            " the virtual board's heap is the board file's heap x HEAP_SCALE (1.45, measured 64/32-bit ratio)"
-            " plus the ROM's own measured use; divide by HEAP_SCALE for ESP32-equivalent bytes"
+            " the virtual board's heap is the board file's heap x the layout's scale (HEAP_SCALE_ROMFS with the library"
+            " in ROMFS, measured 64/32-bit ratio) plus the ROM's own measured use; divide by that scale for"
+            " ESP32-equivalent bytes"
         ],
     )

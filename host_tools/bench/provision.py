@@ -8,8 +8,9 @@ bytes, not baud, are what transfers cost here; on a 115200-baud UART divide byte
   next to the naive way: `mpremote connect PORT fs cp -r ... + reset` per board (what
   deploy.mpremote_copy does), 20 processes at once;
 - `reprovision_bytes`: bytes written to the serial port to re-provision one board when one
-  firmware file differs, next to mpremote's own copy of the same tree (`fs cp -r`, with
-  `--force` and with its per-file hash check), every byte counted on the same wrapper;
+  firmware module differs (the library is one ROMFS image: it is rewritten whole, deflated),
+  next to mpremote's own `romfs deploy` of the same image plus `fs cp -r` of the other files
+  (with `--force` and with its per-file hash check), every byte counted on the same wrapper;
 - the same for a config-only change (`reprovision_config_bytes`) and the first provisioning.
 """
 
@@ -42,9 +43,12 @@ def _broker(tmp: Path, reg):
         return EmbeddedBroker().start(), "amqtt (no ACL)"
 
 
-def _mpremote_copy_bytes(port: str, tree: Path, check_hash: bool) -> tuple[int, float]:
-    """Bytes mpremote's own `fs cp -r TREE/* :` writes to the port (its code, our byte counter)."""
-    from mpremote.commands import do_filesystem_cp, do_filesystem_recursive_cp
+def _mpremote_copy_bytes(port: str, tree: Path, check_hash: bool, romfs_image: Path | None = None) -> tuple[int, float]:
+    """Bytes mpremote's own `romfs deploy IMAGE` then `fs cp -r TREE/* :` write to the port
+    (its code, our byte counter)."""
+    import argparse
+
+    from mpremote.commands import do_filesystem_cp, do_filesystem_recursive_cp, do_romfs
     from mpremote.main import State
     from mpremote.transport_serial import SerialTransport
 
@@ -58,6 +62,8 @@ def _mpremote_copy_bytes(port: str, tree: Path, check_hash: bool) -> tuple[int, 
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # its progress bars and "Up to date" lines
             state.ensure_raw_repl()
+            if romfs_image is not None:
+                do_romfs(state, argparse.Namespace(command=["deploy"], path=str(romfs_image), partition=0, mpy=False, output=None))
             for p in sorted(tree.iterdir()):
                 if p.is_dir():
                     do_filesystem_recursive_cp(state, str(p), ":", True, check_hash)
@@ -120,8 +126,8 @@ def run(quick: bool = False) -> BenchResult:
             naive_handles = [emu.add_board(board, tmp / f"n{i}" / "flash", port_path=tmp / f"n{i}" / "tty") for i in range(naive_boards)]
             for h in naive_handles:
                 h.wait_for(">>> ", timeout=30)
-            stages = [deploy.stage(board, {"device": f"naive-{i}", "site": "bench", "broker": broker.url}, tmp / f"n{i}" / "stage")
-                      for i in range(naive_boards)]
+            stages = [deploy.stage(board, {"device": f"naive-{i}", "site": "bench", "broker": broker.url}, tmp / f"n{i}" / "stage",
+                                   romfs=True) for i in range(naive_boards)]
 
             def naive(i):
                 t0 = time.perf_counter()
@@ -132,21 +138,26 @@ def run(quick: bool = False) -> BenchResult:
             with ThreadPoolExecutor(max_workers=naive_boards) as pool:
                 naive_each = sorted(pool.map(naive, range(naive_boards)))
             naive_s = time.perf_counter() - t
-            label = f"mpremote fs cp -r + reset ({naive_boards} boards, parallel, same .mpy tree)"
+            label = f"mpremote romfs deploy + fs cp -r + reset ({naive_boards} boards, parallel, same .mpy files)"
             rows_fleet.append([label, f"{naive_s:.1f}", f"{naive_each[len(naive_each) // 2]:.1f}", "no"])
             metrics["naive_provision_s"] = round(naive_s, 2)
             metrics["naive_boards"] = naive_boards
 
-            # Re-provision with one firmware file changed: board 0's app.mpy differs.
+            # Re-provision with one firmware module changed: one byte of app.mpy in board 0's ROMFS partition.
             h0 = handles[0]
             port0 = h0.port
-            app = h0.flash / "lib" / "lanterne" / "app.mpy"
+            rom = deploy.romfs_path(h0.flash)
             images: dict = {}  # one build for the whole measurement, whatever the checkout does meanwhile
             provision(port0, None, "bench-00", registry=reg, images=images)
-            original = app.read_bytes()
-            app.write_bytes(original[:-16] + bytes(16))
+            original = rom.read_bytes()
+
+            def damage_app():
+                at = original.index(b"app.mpy") + len(b"app.mpy") + 64  # inside the module's data
+                rom.write_bytes(original[:at] + bytes([original[at] ^ 0xFF]) + original[at + 1 :])
+
+            damage_app()
             rep = provision(port0, None, "bench-00", registry=reg, images=images)
-            assert rep.files_sent == ["/lib/lanterne/app.mpy"], rep.files_sent
+            assert "/rom/lib/lanterne/app.mpy" in rep.files_sent, rep.files_sent
             metrics["reprovision_bytes"] = rep.bytes_sent
             metrics["reprovision_file_bytes"] = rep.payload_bytes
             rep_cfg = provision(port0, None, "bench-00", registry=reg, bin_empty_mm=1300, images=images)
@@ -154,24 +165,28 @@ def run(quick: bool = False) -> BenchResult:
             rep_none = provision(port0, None, "bench-00", registry=reg, images=images)
             metrics["reprovision_nochange_bytes"] = rep_none.bytes_sent
 
-            # mpremote's own copy of the same image (compiled tree + config), one file changed on the board.
-            from host_tools.provision import config_bytes
+            # mpremote's own deploy of the same image (ROMFS image + the filesystem's files), one module changed.
+            from host_tools.provision import config_bytes, rom_part
 
             image = dict(next(iter(images.values())))
             image["/config.json"] = config_bytes({"device": "bench-00"})
-            tree = _stage_image(image, tmp / "image")
-            force_bytes, force_s = _mpremote_copy_bytes(port0, tree, check_hash=False)
-            app.write_bytes(original[:-16] + bytes(16))
+            rom_image = tmp / "image.romfs"
+            rom_image.write_bytes(deploy.romfs_image(rom_part(image)))
+            metrics["romfs_image_bytes"] = rom_image.stat().st_size
+            tree = _stage_image({p: d for p, d in image.items() if not p.startswith("/rom/")}, tmp / "image")
+            damage_app()
+            force_bytes, force_s = _mpremote_copy_bytes(port0, tree, check_hash=False, romfs_image=rom_image)
+            damage_app()
             (h0.flash / "config.json").write_bytes(image["/config.json"])
-            hash_bytes, hash_s = _mpremote_copy_bytes(port0, tree, check_hash=True)
+            hash_bytes, hash_s = _mpremote_copy_bytes(port0, tree, check_hash=True, romfs_image=rom_image)
             metrics["naive_reprovision_bytes"] = force_bytes
             metrics["mpremote_hashcheck_reprovision_bytes"] = hash_bytes
             metrics["reprovision_vs_naive"] = round(force_bytes / rep.bytes_sent, 1)
             rows_bytes += [
-                ["lanterne provision (tree hash, base64, temp+rename)", first[0].bytes_sent, rep.bytes_sent,
+                ["lanterne provision (tree hash, ROMFS image deflated, temp+rename)", first[0].bytes_sent, rep.bytes_sent,
                  rep_cfg.bytes_sent, rep_none.bytes_sent],
-                ["mpremote fs cp -r --force (full copy)", force_bytes, force_bytes, force_bytes, force_bytes],
-                ["mpremote fs cp -r (its per-file hash check)", "-", hash_bytes, "-", "-"],
+                ["mpremote romfs deploy + fs cp -r --force (full copy)", force_bytes, force_bytes, force_bytes, force_bytes],
+                ["mpremote romfs deploy + fs cp -r (its per-file hash check)", "-", hash_bytes, "-", "-"],
             ]
             metrics["reprovision_s"] = round(rep.seconds, 2)
             metrics["naive_reprovision_s"] = round(force_s, 2)
@@ -185,10 +200,11 @@ def run(quick: bool = False) -> BenchResult:
         metrics,
         tables=[
             (f"provisioning a fleet of virtual {BOARD} boards ({broker_name})", ["how", "wall s", "median per board s", "confirmed online"], rows_fleet),
-            ("bytes written to the serial port", ["how", "first provisioning", "one firmware file changed", "config changed", "nothing changed"], rows_bytes),
+            ("bytes written to the serial port", ["how", "first provisioning", "one firmware module changed", "config changed", "nothing changed"], rows_bytes),
         ],
         notes=[
-            f"one firmware file changed: /lib/lanterne/app.mpy ({metrics['reprovision_file_bytes']} bytes), the largest module",
+            "one firmware module changed: a byte of /rom/lib/lanterne/app.mpy in the ROMFS partition: the library is one"
+            f" ROMFS image, written whole ({metrics['romfs_image_bytes']} bytes; payload {metrics['reprovision_file_bytes']} bytes)",
             f"image: {len(image)} files, {sum(len(v) for v in image.values())} bytes as .mpy (sources: {src_bytes} bytes as .py)",
             "bytes include every command and probe sent; pty links, so seconds are host-bound: on a real UART at 115200 baud"
             " one byte costs ~87 us",

@@ -66,8 +66,8 @@ ROM_BOOT_LINES = {
 # filesystem) it is HEAP_SCALE; with the bytecode in the ROMFS partition the heap holds objects
 # only and the ratio is HEAP_SCALE_ROMFS. LANTERNE_HEAP_SCALE overrides both (1.0 for a 32-bit
 # micropython given in LANTERNE_MICROPYTHON).
-HEAP_SCALE = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.45"))
-HEAP_SCALE_ROMFS = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.70"))
+HEAP_SCALE = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.40"))
+HEAP_SCALE_ROMFS = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.65"))
 ROMFS_MAGIC = b"\xd2\xcd\x31"
 
 # Heap the ROM itself (shims + REPL) takes beyond a bare interpreter; added to the board's

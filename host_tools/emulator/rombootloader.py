@@ -1064,6 +1064,21 @@ MICROPYTHON_PARTITIONS = (
     ("factory", 0, 0x00, 0x10000, 0x1F0000),
     ("vfs", 1, 0x81, 0x200000, 0x200000),
 )
+# The Lanterne build (ESP32_GENERIC with MICROPY_VFS_ROM and boards/partitions-romfs.csv): the
+# app partition gives the ROMFS partition its room, just below the filesystem.
+ROMFS_BOARD = "ESP32_GENERIC_ROMFS"
+
+
+def romfs_partitions(romfs_bytes: int) -> tuple:
+    vfs = MICROPYTHON_PARTITIONS[3]
+    factory = MICROPYTHON_PARTITIONS[2]
+    return MICROPYTHON_PARTITIONS[:2] + (
+        ("factory", 0, 0x00, factory[3], factory[4] - romfs_bytes),
+        ("romfs", 1, 0x8F, vfs[3] - romfs_bytes, romfs_bytes),
+        vfs,
+    )
+
+
 IDF_VERSION = "v5.4.1"
 BUILD_DATE = ("Jan 10 2026", "12:00:00")
 # In every generated image, so host tools can refuse to write it to a real ESP32
@@ -1147,22 +1162,26 @@ def _app(version: str, board: str, idf_version: str) -> bytes:
     return _esp32_image(segments, entry=0x40081F3C)
 
 
-def micropython_image_name(version: str = "v1.29.0", board: str = "ESP32_GENERIC") -> str:
+def micropython_image_name(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0) -> str:
+    if romfs_bytes:
+        board = f"{ROMFS_BOARD}{romfs_bytes // 1024}K"
     return f"{board}-20260110-{version}.bin"  # micropython.org's naming: BOARD-DATE-VERSION.bin
 
 
-def build_micropython_image(version: str = "v1.29.0", board: str = "ESP32_GENERIC") -> bytes:
+def build_micropython_image(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0) -> bytes:
     """A MicroPython ESP32 firmware .bin as micropython.org ships it (written at 0x1000).
 
     Offset 0: 2nd-stage bootloader; +0x7000: partition table (0x8000 absolute);
     +0xF000: the app (0x10000 absolute) with an esp_app_desc_t saying project
     "micropython" and `version`. Cached in build/ under micropython.org's file name.
+    With `romfs_bytes`, the Lanterne build: a "romfs" partition of that size below "vfs".
     """
     from host_tools.paths import BUILD
 
-    path = BUILD / "firmware" / micropython_image_name(version, board)
+    path = BUILD / "firmware" / micropython_image_name(version, board, romfs_bytes)
+    parts = romfs_partitions(romfs_bytes) if romfs_bytes else MICROPYTHON_PARTITIONS
     image = bytearray(_bootloader(IDF_VERSION).ljust(PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSET, b"\xff"))
-    image += _partition_table(MICROPYTHON_PARTITIONS).ljust(0x10000 - PARTITION_TABLE_OFFSET, b"\xff")
+    image += _partition_table(parts).ljust(0x10000 - PARTITION_TABLE_OFFSET, b"\xff")
     image += _app(version, board, IDF_VERSION)
     # Building takes ~20 ms: rebuild every time, rewrite the cached file only if it differs.
     if not path.exists() or path.read_bytes() != image:
@@ -1173,12 +1192,12 @@ def build_micropython_image(version: str = "v1.29.0", board: str = "ESP32_GENERI
     return bytes(image)
 
 
-def micropython_image_path(version: str = "v1.29.0", board: str = "ESP32_GENERIC") -> Path:
+def micropython_image_path(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0) -> Path:
     """The cached image file (built on first use)."""
     from host_tools.paths import BUILD
 
-    build_micropython_image(version, board)
-    return BUILD / "firmware" / micropython_image_name(version, board)
+    build_micropython_image(version, board, romfs_bytes)
+    return BUILD / "firmware" / micropython_image_name(version, board, romfs_bytes)
 
 
 __all__ = [

@@ -32,7 +32,7 @@ class Partition(bytearray):
         if op == 5:
             return BLOCK
         if op == 6:
-            self._program(arg * BLOCK, b"\xff" * BLOCK)
+            self._program(arg * BLOCK, b"\xff" * BLOCK, erase=True)
             return 0
         return None
 
@@ -43,9 +43,12 @@ class Partition(bytearray):
     def writeblocks(self, block, buf, offset=0):
         self._program(block * BLOCK + offset, bytes(buf))
 
-    def _program(self, at, data):
+    def _program(self, at, data, erase=False):
+        # NOR flash: erase sets every bit; a write can only clear bits (new = old & data).
         if at < 0 or at + len(data) > SIZE:
             raise OSError(EINVAL)
+        if not erase:
+            data = bytes(a & b for a, b in zip(memoryview(self)[at : at + len(data)], data))
         import _hal  # the flash file is on the host: after boot "/" is the board's filesystem
 
         with _hal.posix().open(_PATH, "r+b") as f:

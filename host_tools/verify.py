@@ -4,7 +4,7 @@
 provisioning: every firmware file's sha256, its hardware id), reads its config.json,
 finds the device in the registry (by the config's device id, else by hardware id) and
 compares:
-- files: changed (hash differs), missing, extra (in the firmware's folder /lib/lanterne, a /lib copy or folder that would shadow the ROM's,
+- files: changed (hash differs), missing, extra (in the firmware's folder /lib/lanterne, a /lib copy of a module the ROM has, a file in /rom the image lacks,
   a stale .py that would shadow a .mpy, a temp file left by an interrupted provisioning);
 - config: every field against the registry's config plus the device's secrets (a secret
   that differs is named, its values never shown);
@@ -28,7 +28,7 @@ from host_tools.provision import (
     firmware_hash,
     managed_extra,
     manifest,
-    shadowing_dirs,
+    parse_mpy,
 )
 from host_tools.registry import SECRET_FIELDS, Registry
 
@@ -170,7 +170,7 @@ def verify(
         elif on_board[path].sha256 != digest and path != "/config.json":
             rep.changed.append(path)
     if expected_files:
-        rep.extra = sorted([p for p in info.files if managed_extra(p, expected_files)] + shadowing_dirs(info.dirs, expected_files))
+        rep.extra = sorted(p for p in info.files if managed_extra(p, expected_files))
     if cfg_problem:
         rep.problems.append(cfg_problem)
     else:
@@ -193,7 +193,10 @@ def verify(
     if check_checkout and rec.firmware_hash:
         try:
             cross = mpy_cross if isinstance(mpy_cross, MpyCross) else MpyCross(mpy_cross)
-            current = manifest(build_image(boards.load(rec.board), cross))
+            # Built as it was provisioned: for this board's native arch, the library in ROMFS or not.
+            romfs = any(p.startswith("/rom/") for p in rec.files)
+            march = parse_mpy(info.mpy)[2] if info.mpy else ""
+            current = manifest(build_image(boards.load(rec.board), cross, march, romfs))
             if firmware_hash(current) != rec.firmware_hash:
                 rep.notes.append("this checkout's firmware differs from the one provisioned: lanterne provision updates it")
         except (ProvisionError, boards.BoardError) as exc:

@@ -79,10 +79,11 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
 
     v = verify(board.port, reg)
     assert v.ok, v.lines()
+    assert not any("differs from the one provisioned" in n for n in v.notes), v.notes
 
     # Drift, made with unmodified mpremote: another ROMFS image deployed (a changed module, a deleted
-    # one), a stale source and an old copy of a library module on the filesystem that would shadow
-    # the ROM's (/lib comes first in sys.path), a config edit.
+    # one, one the firmware does not have), what an older firmware left in /lib (a stale source, a
+    # copy of a module the ROM now has, a subpackage folder), a config edit.
     (image,) = images.values()
     tree = tmp_path / "romtree"
     for path, data in image.items():
@@ -90,6 +91,7 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
             out = tree / path[len("/rom/"):]
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(b"M\x06not really" if path == "/rom/lib/lanterne/app.mpy" else data)
+    (tree / "lib" / "lanterne" / "evil.py").write_text("print('not ours')\n")
     stale = tmp_path / "old.py"
     stale.write_text("X = 1\n")
     cfg["lat"], cfg["mqtt_password"] = 1.5, "guessed"
@@ -97,12 +99,14 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
     edited.write_text(json.dumps(cfg))
     mpremote(board.port, "romfs", "--no-mpy", "deploy", str(tree))
     mpremote(board.port, "fs", "mkdir", ":lib", "+", "fs", "mkdir", ":lib/lanterne", "+", "fs", "mkdir", ":lib/umqtt", "+",
+             "fs", "mkdir", ":lib/lanterne/sensors", "+", "fs", "cp", str(stale), ":lib/lanterne/sensors/old.py", "+",
              "fs", "cp", str(stale), ":lib/lanterne/old.py", "+", "fs", "cp", str(stale), ":lib/umqtt/simple.py", "+",
              "fs", "cp", str(edited), ":config.json")
     v = verify(board.port, reg)
     assert not v.ok
     assert v.changed == ["/rom/lib/lanterne/app.mpy"] and v.missing == ["/rom/lib/lanterne/sun.mpy"]
-    assert v.extra == ["/lib/lanterne", "/lib/lanterne/old.py", "/lib/umqtt", "/lib/umqtt/simple.py"]  # the folders too
+    assert v.extra == ["/lib/lanterne/old.py", "/lib/lanterne/sensors/old.py", "/lib/umqtt/simple.py",
+                       "/rom/lib/lanterne/evil.py"]
     assert {(d.field, d.secret) for d in v.config} == {("lat", False), ("mqtt_password", True)}
     assert "guessed" not in "\n".join(v.lines()) and "guessed" not in json.dumps(v.to_json())
 
@@ -110,7 +114,8 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
     # firmware files do not; the shadowing copies go.
     again = provision(board.port, None, "lamp-0042", registry=reg, images=images)
     assert again.files_sent == in_rom + ["/config.json"]
-    assert again.files_removed == ["/lib/lanterne/old.py", "/lib/umqtt/simple.py"]
+    assert again.files_removed == ["/lib/lanterne/old.py", "/lib/lanterne/sensors/old.py", "/lib/umqtt/simple.py"]
+    assert not any((board.flash / "lib").iterdir())  # and the folders they emptied
     assert again.bytes_sent < rep.bytes_sent
     assert again.status["device"] == "lamp-0042"
     assert verify(board.port, reg).ok

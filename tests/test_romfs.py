@@ -110,3 +110,27 @@ def test_romfs_write_cut_short_leaves_no_half_image(virtual_boards, mosquitto, t
     rep = provision(h.port, "esp32-devkitc", "cut-1", site="cut", broker=mosquitto.url, registry=reg)
     assert rep.status["device"] == "cut-1"
     assert "/rom/lib/lanterne/app.mpy" in rep.files_sent
+
+
+def test_board_without_romfs_gets_the_library_on_its_filesystem(virtual_boards, mosquitto, tmp_path):
+    # A board flashed with stock MicroPython (no ROMFS partition), with the heap the filesystem
+    # layout needs: provisioning falls back to /lib, says so, and verify agrees.
+    from host_tools.verify import verify
+
+    data = json.loads((deploy.boards.load("esp32-devkitc").path).read_text())
+    data["flash"].pop("romfs_bytes")
+    data["heap_bytes"] = 160 * 1024
+    board_file = tmp_path / "esp32-devkitc.json"
+    board_file.write_text(json.dumps(data))
+    (h,) = virtual_boards(1, board=str(board_file), firmware=False)
+    h.wait_for(">>> ")
+    assert "ROMFS is not enabled" in mpremote(h.port, "romfs", "query").stdout
+    reg = Registry(tmp_path / "fleet.sqlite")
+    said = []
+    rep = provision(h.port, str(board_file), "plain-1", site="cut", broker=mosquitto.url, registry=reg, log=said.append)
+    assert rep.status["device"] == "plain-1"
+    assert any("no ROMFS partition: the library goes to /lib" in line for line in said)
+    assert "/lib/lanterne/app.mpy" in rep.files_sent and not any(p.startswith("/rom/") for p in reg.get("plain-1").files)
+    assert (h.flash / "lib" / "lanterne" / "app.mpy").exists()
+    v = verify(h.port, reg)
+    assert v.ok, v.lines()

@@ -90,10 +90,10 @@ def rom_heap_overhead() -> int:
         _overhead_cache[key] = int(cache.read_text())
         return _overhead_cache[key]
     # Boot the ROM once on an empty flash with a big heap and read what it allocated.
-    with tempfile.TemporaryDirectory() as flash:
+    with tempfile.TemporaryDirectory() as tmp:
         emu = Emulator()
-        try:
-            b = emu.add_board("esp32-devkitc", flash, heap_override=512 * 1024)
+        try:  # the flash folder inside the temp dir, so the files kept beside it go with it
+            b = emu.add_board("esp32-devkitc", Path(tmp) / "flash", heap_override=512 * 1024)
             b.wait_booted(timeout=30)
             alloc = b.board.booted_alloc
         finally:

@@ -27,7 +27,8 @@ try:
 except ImportError:
     pass
 
-sys.modules["vfs"] = _vfs
+if _romfs.SIZE:  # the ROMFS build (its image has the romfs partition); stock MicroPython has no rom_ioctl
+    sys.modules["vfs"] = _vfs
 _ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
 
 EXIT_SOFT_FRIENDLY = 80
@@ -65,11 +66,13 @@ def _mount():
     os.umount("/")
     os.mount(_flashfs.FlashFS(root, size), "/")
     os.chdir("/")
+    # As the esp32 port: mp_init() gives ['', '.frozen'] and mounts the ROMFS (adding '/rom',
+    # '/rom/lib'), then main.c appends '/lib'. The ROM's modules come before /lib's.
     sys.path.clear()
     sys.path.append("")
     sys.path.append(".frozen")
-    sys.path.append("/lib")
     _romfs.mount(sys.path)
+    sys.path.append("/lib")
 
 
 _globals = {"__name__": "__main__"}

@@ -38,9 +38,17 @@ class Partition(bytearray):
 
     def readblocks(self, block, buf, offset=0):
         at = block * BLOCK + offset
+        if at < 0 or at + len(buf) > SIZE:
+            raise OSError(EINVAL)
         buf[:] = memoryview(self)[at : at + len(buf)]
 
-    def writeblocks(self, block, buf, offset=0):
+    def writeblocks(self, block, buf, offset=None):
+        # esp32_partition.c: without an offset the blocks written are erased first; with one
+        # (the extended block protocol) the bytes are programmed as they are.
+        if offset is None:
+            for b in range(block, block + (len(buf) + BLOCK - 1) // BLOCK):
+                self._program(b * BLOCK, b"\xff" * BLOCK, erase=True)
+            offset = 0
         self._program(block * BLOCK + offset, bytes(buf))
 
     def _program(self, at, data, erase=False):

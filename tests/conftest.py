@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +79,16 @@ def virtual_boards(emulator, tmp_path):
     yield start
     for h in made:
         h.close()
+
+
+@contextlib.contextmanager
+def lanterne_emulate(*args):
+    """`lanterne emulate ARGS` as a person runs it in a shell: yields the line it prints first
+    (the board and its port); stopped (as Ctrl-C would) on leaving."""
+    proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "emulate", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)

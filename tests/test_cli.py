@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import lanterne_emulate
 
 LANTERNE = [sys.executable, "-m", "host_tools.cli"]
 
@@ -30,14 +31,7 @@ def test_emulate_world_and_mpremote_from_a_shell(tmp_path):
     flash = tmp_path / "flash"
     flash.mkdir()
     (flash / "main.py").write_text("print('hello from the virtual board')\n")
-    proc = subprocess.Popen(
-        [*LANTERNE, "emulate", "--board", "esp32-devkitc", "--fs", str(flash), "--port", str(port), "--set", "temperature_c=30"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
+    with lanterne_emulate("--board", "esp32-devkitc", "--fs", flash, "--port", port, "--set", "temperature_c=30") as line:
         assert "virtual esp32-devkitc on" in line, line
         r = subprocess.run(
             [sys.executable, "-m", "mpremote", "connect", str(port), "exec", "print(6 * 7)"],
@@ -56,9 +50,6 @@ def test_emulate_world_and_mpremote_from_a_shell(tmp_path):
         assert r.returncode == 1 and "unknown fault 'melted'" in r.stderr
         assert lanterne("world", "--port", str(port), "power-cut").returncode == 0
         assert lanterne("world", "--port", str(port), "power-on").returncode == 0
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert not Path(str(port) + ".ctl").exists()
     r = lanterne("world", "--port", str(port), "get")
     assert r.returncode == 1 and "is `lanterne emulate --port PATH` running?" in r.stderr

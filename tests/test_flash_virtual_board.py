@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from conftest import lanterne_emulate
 
 from host_tools import boards, deploy
 
@@ -18,13 +19,9 @@ def test_blank_board_flash_then_mpremote(tmp_path):
     flash = tmp_path / "flash"
     flash.mkdir()
     (flash / "old.txt").write_text("left from a previous life")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "host_tools.cli", "emulate", "--board", "esp32-devkitc", "--fs", str(flash),
-         "--port", str(port), "--blank", "--log", str(tmp_path / "console.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        assert "virtual esp32-devkitc" in proc.stdout.readline()
+    with lanterne_emulate("--board", "esp32-devkitc", "--fs", flash, "--port", port, "--blank",
+                          "--log", tmp_path / "console.log") as line:
+        assert "virtual esp32-devkitc" in line
         time.sleep(0.5)
         log = (tmp_path / "console.log").read_bytes().decode("latin-1")
         assert "invalid header: 0xffffffff" in log  # the ROM finds nothing to boot
@@ -67,6 +64,3 @@ def test_blank_board_flash_then_mpremote(tmp_path):
         with open(tmp_path / "flash.flash.bin", "rb") as chip:  # the partition table's romfs: 0x1e0000
             chip.seek(0x1E0000)
             assert chip.read(len(image)) == image
-    finally:
-        proc.terminate()
-        proc.wait(10)

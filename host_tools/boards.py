@@ -62,6 +62,11 @@ class Board:
     def heap_bytes(self) -> int:
         return int(self.data["heap_bytes"])
 
+    @property
+    def romfs_bytes(self) -> int:
+        """Size of the ROMFS partition the board's firmware has (0: none)."""
+        return int(self.data.get("flash", {}).get("romfs_bytes", 0))
+
     def sensors(self, type_: str | None = None) -> list[dict]:
         return [s for s in self.data["sensors"] if type_ is None or s["type"] == type_]
 

@@ -92,11 +92,15 @@ def stage(board: boards.Board, config: dict | None, dest: str | Path, *, mpy: bo
         rom, files = split_romfs(files)
         romfs_path(dest).parent.mkdir(parents=True, exist_ok=True)
         romfs_path(dest).write_bytes(romfs_image(rom))
+    _write_tree(files, dest)
+    return dest
+
+
+def _write_tree(files: dict[str, bytes], dest: Path) -> None:
     for rel, data in files.items():
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
-    return dest
 
 
 def romfs_path(stage_dir: str | Path) -> Path:
@@ -143,11 +147,6 @@ def split_romfs(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, by
     return rom, {rel: data for rel, data in files.items() if rel not in rom}
 
 
-def romfs_bytes(board: boards.Board) -> int:
-    """Size of the board's ROMFS partition (0: the board's firmware has none)."""
-    return int(board.data.get("flash", {}).get("romfs_bytes", 0))
-
-
 def copy_to_flash(
     board: boards.Board, config: dict | None, flash_dir: str | Path, *, mpy: bool = True, romfs: bool = True
 ) -> None:
@@ -155,18 +154,20 @@ def copy_to_flash(
     partition the compiled library goes into it (in place, no heap), the rest onto the filesystem;
     without one (or romfs=False), everything onto the filesystem under /lib."""
     flash_dir = Path(flash_dir)
-    size = romfs_bytes(board)
+    size = board.romfs_bytes
     if not (romfs and mpy and size):
         if size and romfs_path(flash_dir).exists():  # an image left there would be mounted: erase it
             romfs_path(flash_dir).write_bytes(b"\xff" * size)
         stage(board, config, flash_dir, mpy=mpy)
         return
-    stage(board, config, flash_dir, romfs=True)
-    image = romfs_path(flash_dir).read_bytes()  # beside the folder: where the virtual board keeps the partition
+    rom, fs = split_romfs(image_files(board, config, mpy=True))
+    image = romfs_image(rom)
     if len(image) > size:
         raise DeployError(f"the ROMFS image is {len(image)} bytes: more than the board's {size}-byte partition")
+    _write_tree(fs, flash_dir)
+    # beside the folder, where the virtual board keeps the partition: the image, then erased flash
     romfs_path(flash_dir).write_bytes(image + b"\xff" * (size - len(image)))
-    for rel in split_romfs(image_files(board, None, mpy=True))[0]:  # copies an earlier /lib layout left
+    for rel in rom:  # copies an earlier /lib layout left
         for old in (flash_dir / rel, flash_dir / (rel[:-4] + ".py")):
             old.unlink(missing_ok=True)
 

@@ -217,8 +217,7 @@ def _firmware(firmware_path, board: boards.Board | None, virtual: bool) -> tuple
             )
         wanted = (board.data.get("micropython") if board else None) or "1.29"
         version = "v" + wanted + (".0" if wanted.count(".") == 1 else "")
-        romfs = int((board.data.get("flash", {}) if board else {}).get("romfs_bytes", 0))
-        path = rom.micropython_image_path(version, romfs_bytes=romfs)
+        path = rom.micropython_image_path(version, romfs_bytes=board.romfs_bytes if board else 0)
         return path, path.read_bytes()
     path = Path(firmware_path)
     try:

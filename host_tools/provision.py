@@ -659,24 +659,24 @@ def run_request(
             rep.firmware_hash = firmware_hash(files)
 
             differs = [p for p, digest in files.items() if info.files.get(p, BoardFile(p, -1, "")).sha256 != digest]
-            rom_changed = any(p.startswith(ROM_DIR + "/") for p in differs) or any(
-                p.startswith(ROM_DIR + "/") and p not in files for p in info.files
+            in_rom = [p for p in files if p.startswith(ROM_DIR + "/")]  # none unless the board has ROMFS
+            # The ROM is one image: rewritten when a file in it differs or one is there that should not be.
+            rom_changed = bool(in_rom) and (
+                any(p.startswith(ROM_DIR + "/") for p in differs)
+                or any(p.startswith(ROM_DIR + "/") and p not in files for p in info.files)
             )
             changed = [p for p in differs if not p.startswith(ROM_DIR + "/")]
             changed.sort(key=lambda p: p == "/config.json")  # config last
             stale = sorted(p for p in info.files if managed_extra(p, image) and not p.startswith(ROM_DIR + "/"))
             old_dirs = stale_dirs(info.dirs, image)
-            rom_image = deploy.romfs_image(rom_part(image)) if romfs else b""
-            rom_changed = romfs and rom_changed
+            rom_image = deploy.romfs_image(rom_part(image)) if in_rom else b""
             if len(rom_image) > info.romfs_bytes > 0:
                 raise ProvisionError(
                     f"the firmware's ROMFS image is {len(rom_image)} bytes, the board's ROMFS partition {info.romfs_bytes}",
                     hint="flash a MicroPython build with a larger romfs partition",
                 )
-            sent_rom = [p for p in files if p.startswith(ROM_DIR + "/")] if rom_changed else []
-            rep.files_unchanged = len(files) - len(changed) - len(sent_rom) - sum(
-                1 for p in differs if p.startswith(ROM_DIR + "/") and not rom_changed
-            )
+            sent_rom = in_rom if rom_changed else []
+            rep.files_unchanged = len(files) - len(changed) - len(sent_rom)
             fs_bytes = sum(len(image[p]) for p in changed)
             rep.payload_bytes = fs_bytes + (len(rom_image) if rom_changed else 0)
             need = fs_bytes + 4096 * len(changed)  # the filesystem's share
@@ -686,7 +686,7 @@ def run_request(
                     hint="remove data files from the board (mpremote fs rm) or use a board with a larger filesystem",
                 )
             rom_note = f", ROMFS image {len(rom_image) / 1024:.1f} KiB " + ("to write" if rom_changed else "unchanged") if romfs else ""
-            say(f"{len(changed)} of {len(files) - len(rom_part(image))} files to send ({fs_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
+            say(f"{len(changed)} of {len(files) - len(in_rom)} files to send ({fs_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
             t1 = time.monotonic()
             # 1. The filesystem's files, to temp names, checked by hash: nothing in place yet.
             if changed:

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from host_tools import deploy
 from host_tools.broker import Mosquitto
 from host_tools.mqttwatch import Watcher
 from host_tools.registry import Registry
@@ -75,7 +76,7 @@ def test_twenty_boards_from_one_csv_come_online_with_their_own_credentials(virtu
     r = lanterne("verify", "--port", handles[3].port, cwd=tmp_path)
     assert r.returncode == 0 and "lamp-03" in r.stdout and "matches the registry" in r.stdout, r.stderr
     # One byte of net.mpy changed in the board's ROMFS partition (flash the board reads in place).
-    rom = handles[3].flash.parent / (handles[3].flash.name + ".romfs")
+    rom = deploy.romfs_path(handles[3].flash)
     image = bytearray(rom.read_bytes())
     at = image.index(b"net.mpy") + len("net.mpy") + 16  # inside the file's data, past its record header
     image[at] ^= 0xFF

@@ -55,10 +55,10 @@ def test_too_big_an_image_is_refused_and_the_old_one_kept(virtual_boards, tmp_pa
     tree = tmp_path / "big"
     (tree / "lib").mkdir(parents=True)
     (tree / "lib" / "blob.bin").write_bytes(os.urandom(140 * 1024))
-    before = (h.flash.parent / "flash.romfs").read_bytes()
+    before = deploy.romfs_path(h.flash).read_bytes()
     r = mpremote(h.port, "romfs", "--no-mpy", "deploy", str(tree), check=False)
     assert r.returncode != 0 and "too big for the target partition" in r.stdout
-    assert (h.flash.parent / "flash.romfs").read_bytes() == before
+    assert deploy.romfs_path(h.flash).read_bytes() == before
     assert _import_cost(h.port, "lanterne.codec")[1] == "/rom/lib/lanterne/codec.mpy"
 
 

@@ -38,6 +38,7 @@ import tty
 from pathlib import Path
 
 from host_tools import boards as boards_mod
+from host_tools import deploy
 from host_tools.emulator.devices.parts import Parts
 from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.world import World
@@ -68,7 +69,6 @@ ROM_BOOT_LINES = {
 # micropython given in LANTERNE_MICROPYTHON).
 HEAP_SCALE = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.40"))
 HEAP_SCALE_ROMFS = float(os.environ.get("LANTERNE_HEAP_SCALE", "1.65"))
-ROMFS_MAGIC = b"\xd2\xcd\x31"
 
 # Heap the ROM itself (shims + REPL) takes beyond a bare interpreter; added to the board's
 # heap size so the firmware sees what it would see on the board. Measured once per process.
@@ -142,6 +142,7 @@ class VirtualBoard:
         self.heap_override = heap_override
         self.board_heap = board_heap  # ESP32 heap bytes instead of the board file's heap_bytes
         self.romfs: tuple[Path, int, int] | None = None  # (file, offset, size) of the ROMFS partition
+        self._heap_scale = HEAP_SCALE  # the running interpreter's (see heap_scale)
         self.run_dir = Path(tempfile.mkdtemp(prefix="lanterne-board-"))
         self.nvs_dir = self.flash.parent / (self.flash.name + ".nvs")
         self.nvs_dir.mkdir(exist_ok=True)
@@ -249,10 +250,10 @@ class VirtualBoard:
     def _romfs_file(self) -> tuple[Path, int, int] | None:
         # A board emulated without its raw SPI flash keeps the ROMFS partition (board file:
         # flash.romfs_bytes) in a file beside the folder; a new one is erased flash.
-        size = int(self.board.data.get("flash", {}).get("romfs_bytes", 0))
+        size = self.board.romfs_bytes
         if not size:
             return None
-        path = self.flash.parent / (self.flash.name + ".romfs")
+        path = deploy.romfs_path(self.flash)
         if not path.exists() or path.stat().st_size != size:
             old = path.read_bytes()[:size] if path.exists() else b""
             path.write_bytes(old + b"\xff" * (size - len(old)))
@@ -318,17 +319,22 @@ class VirtualBoard:
         return int(heap * self.heap_scale()) + rom_heap_overhead() + self._tls_allowance() + self._romfs_pinned()
 
     def heap_scale(self) -> float:
-        """HEAP_SCALE_ROMFS when this boot's firmware runs from a valid ROMFS image, else HEAP_SCALE."""
-        if self.romfs:
-            path, offset, _size = self.romfs
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    if f.read(3) == ROMFS_MAGIC:
-                        return HEAP_SCALE_ROMFS
-            except OSError:
-                pass
-        return HEAP_SCALE
+        """HEAP_SCALE_ROMFS when the running interpreter's firmware runs from a valid ROMFS image,
+        else HEAP_SCALE (read from the partition as each interpreter starts)."""
+        return self._heap_scale
+
+    def _romfs_valid(self) -> bool:
+        from mpremote.romfs import VfsRomWriter
+
+        if not self.romfs:
+            return False
+        path, offset, _size = self.romfs
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(3) == VfsRomWriter.ROMFS_HEADER
+        except OSError:
+            return False
 
     def esp32_heap(self, alloc: int) -> int:
         """A `gc.mem_alloc()` the firmware reported on this board, in ESP32-equivalent bytes."""
@@ -355,6 +361,7 @@ class VirtualBoard:
     def _start_interpreter(self, kind: str) -> None:
         self.boot_kind = kind
         self.boots += 1
+        self._heap_scale = HEAP_SCALE_ROMFS if self._romfs_valid() else HEAP_SCALE
         self.booted_event.clear()
         self.reset_log.append(kind)
         if kind in ROM_BOOT_LINES:

@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 # Pinned MicroPython-only modules (umqtt.simple), fetched through pip's configured index.
 deps: $(DEPS)
 
-$(DEPS): host_tools/deps.py $(STAMP)
-	$(PY) -m host_tools.deps fetch
+$(DEPS): host_tools/runtime/deps.py $(STAMP)
+	$(PY) -m host_tools.runtime.deps fetch
 
 # Debian's mosquitto for the integration tests (CI runs as root on a fresh Debian).
 mosquitto:

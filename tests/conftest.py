@@ -17,15 +17,17 @@ import sys
 
 import pytest
 
-from host_tools import boards, deploy, upy
-from host_tools.broker import Mosquitto
-from host_tools.emulator.board import Emulator
+from host_tools import boards
+from host_tools.backoffice.brokers import Mosquitto
+from host_tools.emulator.supervisor import Emulator
+from host_tools.fleet import deploy
+from host_tools.runtime import unix_port
 
 
 @pytest.fixture(scope="session")
 def micropython():
     """Run a script on the MicroPython unix port: `micropython(code, heapsize=...) -> stdout`."""
-    return upy.run
+    return unix_port.run
 
 
 @pytest.fixture(scope="session")

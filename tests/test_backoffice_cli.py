@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from host_tools import acl
-from host_tools.broker import Mosquitto
-from host_tools.provision import provision, provision_fleet
-from host_tools.registry import Registry
+from host_tools.backoffice.brokers import Mosquitto
+from host_tools.fleet import broker_files
+from host_tools.fleet.fleet_csv import provision_fleet
+from host_tools.fleet.provision import provision
+from host_tools.fleet.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def test_command_and_monitor_with_registry_keys(virtual_boards, tmp_path):
     csv = tmp_path / "fleet.csv"
     csv.write_text(f"device,port,board,site,lat,lon\nlamp-0007,{h.port},esp32-devkitc,lyon,45.76,4.84\n")
     provision_fleet(csv, registry=reg, register_only=True)  # secrets generated, nothing sent yet
-    acl.write_broker_files(reg, files)
+    broker_files.write_broker_files(reg, files)
     with Mosquitto(password_file=files / "mosquitto.passwd", acl_file=files / "mosquitto.acl") as mq:
         rep = provision(h.port, "esp32-devkitc", "lamp-0007", site="lyon", lat=45.76, lon=4.84, broker=mq.url, registry=reg)
         assert rep.status and rep.status["device"] == "lamp-0007"

@@ -31,7 +31,7 @@ from host_tools.codec import (
     firmware_codec_values,
 )
 from host_tools.codec.decoder import STATUS_NAMES, _decode
-from host_tools.paths import REPO
+from host_tools.runtime.paths import REPO
 
 FORMATTER = REPO / "host_tools" / "codec" / "formatter.js"
 SPEC = REPO / "docs" / "payload.md"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host_tools.backoffice import cmd, next_counter
-from host_tools.parity import both
+from host_tools.backoffice.command_client import cmd, next_counter
+from host_tools.runtime.parity import both
 
 KEY = bytes(range(32))
 

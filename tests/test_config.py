@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from host_tools.parity import both
+from host_tools.runtime.parity import both
 
 CASES = [
     {"device": "lamp-0001", "site": "lyon-3", "broker": "mqtt://10.1.2.3:1883", "lat": 45.75, "lon": 4.85},

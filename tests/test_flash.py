@@ -17,19 +17,21 @@ import threading
 
 import pytest
 
+from host_tools.boards import esp32_image
 from host_tools.cli import CommandError
-from host_tools.commands import flash as flash_command
+from host_tools.cli import flash as flash_command
+from host_tools.emulator import firmware_image
 from host_tools.emulator import rombootloader as rb
-from host_tools.emulator.control import ControlServer
-from host_tools.flash import FlashError, VirtualControl, flash
-from host_tools.paths import BOARDS
+from host_tools.emulator.control import ControlServer, VirtualControl
+from host_tools.fleet.flash import FlashError, flash
+from host_tools.runtime.paths import BOARDS
 
-IMAGE = rb.build_micropython_image("v1.29.0")
+IMAGE = firmware_image.build_micropython_image("v1.29.0")
 
 
 @pytest.fixture
 def firmware(tmp_path):
-    path = tmp_path / rb.micropython_image_name("v1.29.0")
+    path = tmp_path / firmware_image.micropython_image_name("v1.29.0")
     path.write_bytes(IMAGE)
     return path
 
@@ -101,14 +103,14 @@ def test_rom_protocol_bytes(tmp_path):
             (r,) = replies(rom.feed(slip(op)))
             assert r[1] == op and r[8:] == b"\x01\x05\x00\x00"
         # FLASH_DATA with a wrong checksum -> 0x07; MD5 comes back as 32 hex digits.
-        rom.feed(slip(0x0B, struct.pack("<6I", 0, 4 * rb.MiB, 0x10000, 0x1000, 0x100, 0xFFFF)))
+        rom.feed(slip(0x0B, struct.pack("<6I", 0, 4 * esp32_image.MiB, 0x10000, 0x1000, 0x100, 0xFFFF)))
         (begin,) = replies(rom.feed(slip(0x02, struct.pack("<IIII", 0x1000, 1, 0x400, 0x1000))))
         assert begin[8:] == bytes(4)
         block = b"\x5a" * 0x400
         header = struct.pack("<IIII", len(block), 0, 0, 0)
         (bad,) = replies(rom.feed(slip(0x03, header + block, checksum=0x00)))
         assert bad[8:] == b"\x01\x07\x00\x00"
-        (good,) = replies(rom.feed(slip(0x03, header + block, checksum=rb._xor_checksum(block))))
+        (good,) = replies(rom.feed(slip(0x03, header + block, checksum=esp32_image.xor_checksum(block))))
         assert good[8:] == bytes(4)
         (md5,) = replies(rom.feed(slip(0x13, struct.pack("<IIII", 0x1000, 0x400, 0, 0))))
         assert md5[8:40] == hashlib.md5(block).hexdigest().encode() and md5[40:] == bytes(4)
@@ -118,7 +120,7 @@ def test_rom_protocol_bytes(tmp_path):
 
 
 def test_simulated_flash_is_nor_flash(tmp_path):
-    with rb.SimulatedFlash(tmp_path / "f.bin", size_bytes=rb.MiB) as f:
+    with rb.SimulatedFlash(tmp_path / "f.bin", size_bytes=esp32_image.MiB) as f:
         assert f.is_erased(0, f.size)
         f.write(0x2000, b"\x0f\xf0")
         f.write(0x2000, b"\xff\x00")  # programming only clears bits
@@ -126,7 +128,7 @@ def test_simulated_flash_is_nor_flash(tmp_path):
         f.erase_sector(0x2001)
         assert f.is_erased(0x2000, 0x1000)
         with pytest.raises(rb.FlashError):
-            f.read(rb.MiB - 1, 2)
+            f.read(esp32_image.MiB - 1, 2)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +165,7 @@ def test_boot_check_says_what_an_esp32_prints(tmp_path, damage, message):
 
 
 def test_generated_image_is_a_genuine_micropython_bin(tmp_path):
-    check = rb.check_flash_image(IMAGE, 0x1000)
+    check = esp32_image.check_flash_image(IMAGE, 0x1000)
     assert (check.ok, check.project, check.version, check.app_offset) == (
         True,
         "micropython",
@@ -240,7 +242,7 @@ def test_esptool_reports_a_corrupted_transfer(board, firmware, flips, expected):
         assert check.message == "esp_image: Image hash failed - image is corrupt"
 
 
-# ---- host_tools.flash (esptool as a library) and `lanterne flash` -------------------------------
+# ---- host_tools.fleet.flash (esptool as a library) and `lanterne flash` -------------------------------
 
 
 def test_flash_library_writes_verifies_and_resets(tmp_path, firmware):
@@ -339,7 +341,7 @@ def test_errors_a_person_can_act_on(tmp_path, firmware):
     with pytest.raises(FlashError, match="not a bootable ESP32 firmware image.*no bootloader at 0x1000"):
         flash("/dev/null", junk, "esp32-devkitc")
     older = tmp_path / "old.bin"
-    older.write_bytes(rb.build_micropython_image("v1.28.0"))
+    older.write_bytes(firmware_image.build_micropython_image("v1.28.0"))
     with pytest.raises(
         FlashError, match="is MicroPython v1.28.0 but board esp32-devkitc runs MicroPython 1.29"
     ):
@@ -388,14 +390,14 @@ def test_lanterne_flash_command_on_a_virtual_board(tmp_path, capsys):
 
 def test_romfs_image_has_the_documented_partition_table():
     # boards/partitions-romfs.csv (what a real Lanterne build uses) and the generated image agree.
-    from host_tools.paths import REPO
+    from host_tools.runtime.paths import REPO
 
     rows = []
     for line in (REPO / "boards" / "partitions-romfs.csv").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, kind, sub, offset, size = (f.strip() for f in line.split(",")[:5])
             rows.append((name, {"app": 0, "data": 1}[kind], int(offset, 16), int(size, 16)))
-    check = rb.check_flash_image(rb.build_micropython_image("v1.29.0", romfs_bytes=131072), 0x1000)
+    check = esp32_image.check_flash_image(firmware_image.build_micropython_image("v1.29.0", romfs_bytes=131072), 0x1000)
     assert check.ok
     assert [(p.label, p.type, p.offset, p.size) for p in check.partitions] == rows
     romfs = [p for p in check.partitions if p.label == "romfs"][0]

@@ -9,7 +9,8 @@ import time
 import pytest
 from conftest import lanterne_emulate
 
-from host_tools import boards, deploy
+from host_tools import boards
+from host_tools.fleet import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +55,13 @@ def test_blank_board_flash_then_mpremote(tmp_path):
         # The library goes into it with unmodified mpremote, and imports from /rom after a soft reset.
         stage = deploy.stage(boards.load("esp32-devkitc"), None, tmp_path / "stage", romfs=True)
         r = subprocess.run(
-            [sys.executable, "-m", "mpremote", "connect", str(port), "romfs", "deploy", str(deploy.romfs_path(stage)),
+            [sys.executable, "-m", "mpremote", "connect", str(port), "romfs", "deploy", str(boards.romfs_path(stage)),
              "+", "soft-reset", "+", "exec", "import lanterne.codec; print(lanterne.codec.__file__)"],
             capture_output=True, text=True, timeout=60,
         )
         assert r.returncode == 0, r.stdout + r.stderr
         assert "/rom/lib/lanterne/codec.mpy" in r.stdout
-        image = deploy.romfs_path(stage).read_bytes()
+        image = boards.romfs_path(stage).read_bytes()
         with open(tmp_path / "flash.flash.bin", "rb") as chip:  # the partition table's romfs: 0x1e0000
             chip.seek(0x1E0000)
             assert chip.read(len(image)) == image

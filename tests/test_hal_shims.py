@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import socket
 
-from host_tools import boards, upy
+from host_tools import boards
+from host_tools.emulator import ROM
 from host_tools.emulator.devices import I2CDevice
 from host_tools.emulator.hal import StandaloneHal
 from host_tools.emulator.world import World
-from host_tools.paths import ROM
+from host_tools.runtime import unix_port
 
 
 class EchoRegisters(I2CDevice):
@@ -41,7 +42,7 @@ class FixedAdc:
 
 
 def run(hal, code):
-    return upy.run(code, path=[ROM], env=hal.env())
+    return unix_port.run(code, path=[ROM], env=hal.env())
 
 
 def test_pins_pwm_adc_i2c_through_the_hal():

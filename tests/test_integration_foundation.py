@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from host_tools import boards, deploy
+from host_tools import boards
+from host_tools.fleet import deploy
 
 pytestmark = pytest.mark.integration
 
 
 def test_deploy_with_mpremote_status_on_mosquitto_power_cut_and_reboot(virtual_boards, mosquitto, tmp_path):
-    from host_tools.mqttwatch import Watcher
+    from host_tools.backoffice.watcher import Watcher
 
     board = boards.load("esp32-devkitc")
     (h,) = virtual_boards(1, firmware=False)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from host_tools.backoffice import firmware_module
+from host_tools.runtime import firmware_module
 
 pytestmark = pytest.mark.integration
 

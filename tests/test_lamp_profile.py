@@ -13,7 +13,7 @@ import sys
 import pytest
 from test_sensors_support import FirmwareRepl, virtual_parts
 
-from host_tools import paths, upy
+from host_tools.runtime import paths, unix_port
 
 sys.path.insert(0, str(paths.FIRMWARE))
 from lanterne import lamp_profile, sun  # noqa: E402
@@ -149,7 +149,7 @@ def _changes_cpython(start, steps, step):
 def test_runs_for_days_without_the_back_office_on_the_unix_port():
     """Four days across the March summer-time change, a decision every 5 minutes, no contact at all."""
     start, step, steps = utc(2024, 3, 29, 12, 0), 300, 4 * 288
-    on_board = upy.run_json(DAYS_SCRIPT.format(start=start, steps=steps, step=step))
+    on_board = unix_port.run_json(DAYS_SCRIPT.format(start=start, steps=steps, step=step))
     assert on_board == _changes_cpython(start, steps, step)  # same decisions as CPython
     levels = [level for _, level in on_board]
     assert levels[0] == 0 and levels.count(50) == 4  # every night dimmed once

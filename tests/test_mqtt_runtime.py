@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from host_tools.backoffice import CommandClient, cmd
-from host_tools.broker import Mosquitto
+from host_tools.backoffice.brokers import Mosquitto
+from host_tools.backoffice.command_client import CommandClient, cmd
+from host_tools.backoffice.watcher import Watcher
 from host_tools.codec.decoder import decode
-from host_tools.mqttwatch import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -143,9 +143,9 @@ def test_bad_config_by_command_is_refused_and_board_keeps_running(virtual_boards
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/mosquitto"), reason="needs mosquitto")
 def test_tls_round_trip(virtual_boards, tmp_path):
-    from host_tools import tlsutil
+    from host_tools.backoffice import tls
 
-    pki = tlsutil.write_test_pki(tmp_path / "pki")
+    pki = tls.write_test_pki(tmp_path / "pki")
     with Mosquitto(tls={k: pki[k] for k in ("cafile", "certfile", "keyfile")}) as mq:
         url = f"mqtts://localhost:{mq.tls_port}"
         (h,) = virtual_boards(1, config=config(url, "tls-1", ca_cert=pki["ca_pem"]))
@@ -162,7 +162,7 @@ def test_tls_round_trip(virtual_boards, tmp_path):
         finally:
             client.close()
         # a board given the wrong CA refuses the server and says so
-        other = tlsutil.write_test_pki(tmp_path / "other")
+        other = tls.write_test_pki(tmp_path / "other")
         (bad,) = virtual_boards(1, config=config(url, "tls-2", ca_cert=other["ca_pem"]))
         bad.wait_for(r"mqtt connect to localhost:\d+: .*(MBEDTLS|cert|verif|OSError)", timeout=30)
 

@@ -5,7 +5,7 @@ appends, drains, acks or boots); the flash folder stays as it was. After every c
 board boots again from the same flash. At the end the link comes up and the host must
 receive every reading the store ever gave a sequence number to (an append that returned),
 none corrupted, deduplicated by sequence number, each board reading in order.
-The store-level harness (`python -m host_tools.powercut --cuts 1000`) does 1 000 cuts;
+The store-level harness (`python -m host_tools.reliability.powercut --cuts 1000`) does 1 000 cuts;
 this test does fewer, end to end through MQTT.
 """
 
@@ -17,10 +17,10 @@ import time
 
 import pytest
 
+from host_tools.backoffice.watcher import Watcher
 from host_tools.codec.decoder import decode
 from host_tools.codec.seq import SeqTracker
-from host_tools.mqttwatch import Watcher
-from host_tools.paths import FIRMWARE
+from host_tools.runtime.paths import FIRMWARE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.provision import MpyCross, ProvisionError, parse_mpy, provision
-from host_tools.registry import Registry
-from host_tools.verify import verify
+from host_tools.fleet import ProvisionError
+from host_tools.fleet.deploy import MpyCross, parse_mpy
+from host_tools.fleet.provision import provision
+from host_tools.fleet.registry import Registry
+from host_tools.fleet.verify import verify
 
 pytestmark = pytest.mark.integration
 
@@ -208,9 +210,9 @@ def test_one_device_id_one_board(virtual_boards, tmp_path, mosquitto):
 
 
 def test_broker_refusal_is_reported_in_the_boards_words(board, tmp_path):
-    from host_tools.acl import write_broker_files
-    from host_tools.broker import Mosquitto
-    from host_tools.mqttwatch import Watcher
+    from host_tools.backoffice.brokers import Mosquitto
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.fleet.broker_files import write_broker_files
 
     reg = Registry(tmp_path / "fleet.sqlite")
     files = write_broker_files(reg, tmp_path / "broker")  # written before lamp-9 existed: the broker does not know it

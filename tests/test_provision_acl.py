@@ -12,9 +12,9 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools import acl
-from host_tools.broker import Mosquitto
-from host_tools.registry import Registry, RegistryError
+from host_tools.backoffice.brokers import Mosquitto
+from host_tools.fleet import broker_files
+from host_tools.fleet.registry import Registry, RegistryError
 
 
 def test_registry_is_owner_only_and_keeps_secrets_out_of_records(tmp_path):
@@ -63,15 +63,15 @@ def test_existing_registry_readable_by_others_is_tightened(tmp_path):
 
 def test_password_hash_is_mosquittos_format(tmp_path):
     # The same $7$ line mosquitto_passwd writes, checked both ways.
-    line = acl.hash_password("s3cret", salt=b"0123456789ab")
-    assert line.startswith("$7$101$") and acl.check_password("s3cret", line) and not acl.check_password("other", line)
+    line = broker_files.hash_password("s3cret", salt=b"0123456789ab")
+    assert line.startswith("$7$101$") and broker_files.check_password("s3cret", line) and not broker_files.check_password("other", line)
     if not os.path.exists("/usr/bin/mosquitto_passwd"):
         pytest.skip("mosquitto_passwd not installed")
     pw = tmp_path / "pw"
     pw.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pw), "alice", "s3cret"], check=True, capture_output=True)
     _user, theirs = pw.read_text().strip().split(":", 1)
-    assert acl.check_password("s3cret", theirs) and not acl.check_password("s3cre", theirs)
+    assert broker_files.check_password("s3cret", theirs) and not broker_files.check_password("s3cre", theirs)
 
 
 class Client:
@@ -119,14 +119,14 @@ def test_mosquitto_with_generated_files_confines_each_device(tmp_path):
     reg = Registry(tmp_path / "fleet.sqlite")
     reg.add_or_update("lamp-a", site="centre", board="esp32-devkitc")
     reg.add_or_update("lamp-b", site="centre", board="esp32-devkitc")
-    files = acl.write_broker_files(reg, tmp_path / "broker")
+    files = broker_files.write_broker_files(reg, tmp_path / "broker")
     for p in files.values():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
     text = files["password_file"].read_text()
     assert reg.secret("lamp-a", "mqtt_password") not in text and "lamp-a:$7$" in text
     assert "{deny, all}." in files["emqx_acl_file"].read_text()
     a_pw = reg.secret("lamp-a", "mqtt_password")
-    a_topics, b_topics = acl.device_topics("centre", "lamp-a"), acl.device_topics("centre", "lamp-b")
+    a_topics, b_topics = broker_files.device_topics("centre", "lamp-a"), broker_files.device_topics("centre", "lamp-b")
     with Mosquitto(password_file=files["password_file"], acl_file=files["acl_file"]) as broker:
         office = Client(broker, *reg.backoffice_credentials(), client_id="office")
         a = Client(broker, "lamp-a", a_pw)

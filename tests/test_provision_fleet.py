@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from host_tools import deploy
-from host_tools.broker import Mosquitto
-from host_tools.mqttwatch import Watcher
-from host_tools.registry import Registry
+from host_tools import boards
+from host_tools.backoffice.brokers import Mosquitto
+from host_tools.backoffice.watcher import Watcher
+from host_tools.fleet.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def test_twenty_boards_from_one_csv_come_online_with_their_own_credentials(virtu
     r = lanterne("verify", "--port", handles[3].port, cwd=tmp_path)
     assert r.returncode == 0 and "lamp-03" in r.stdout and "matches the registry" in r.stdout, r.stderr
     # One byte of net.mpy changed in the board's ROMFS partition (flash the board reads in place).
-    rom = deploy.romfs_path(handles[3].flash)
+    rom = boards.romfs_path(handles[3].flash)
     image = bytearray(rom.read_bytes())
     at = image.index(b"net.mpy") + len("net.mpy") + 16  # inside the file's data, past its record header
     image[at] ^= 0xFF

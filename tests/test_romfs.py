@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
-from host_tools import deploy
-from host_tools.boardlink import BoardLink, ProvisionError
-from host_tools.provision import provision
-from host_tools.registry import Registry
+from host_tools import boards
+from host_tools.fleet import ProvisionError, deploy
+from host_tools.fleet.boardlink import BoardLink
+from host_tools.fleet.provision import provision
+from host_tools.fleet.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +56,15 @@ def test_too_big_an_image_is_refused_and_the_old_one_kept(virtual_boards, tmp_pa
     tree = tmp_path / "big"
     (tree / "lib").mkdir(parents=True)
     (tree / "lib" / "blob.bin").write_bytes(os.urandom(140 * 1024))
-    before = deploy.romfs_path(h.flash).read_bytes()
+    before = boards.romfs_path(h.flash).read_bytes()
     r = mpremote(h.port, "romfs", "--no-mpy", "deploy", str(tree), check=False)
     assert r.returncode != 0 and "too big for the target partition" in r.stdout
-    assert deploy.romfs_path(h.flash).read_bytes() == before
+    assert boards.romfs_path(h.flash).read_bytes() == before
     assert _import_cost(h.port, "lanterne.codec")[1] == "/rom/lib/lanterne/codec.mpy"
 
 
 def test_firmware_runs_at_a_64k_heap(virtual_boards, mosquitto):
-    from host_tools.mqttwatch import Watcher
+    from host_tools.backoffice.watcher import Watcher
 
     cfg = {"device": "small-heap", "site": "heap", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 5}
     with Watcher(mosquitto.url, ["lanterne/v1/heap/small-heap/#"]) as w:
@@ -115,7 +116,7 @@ def test_romfs_write_cut_short_leaves_no_half_image(virtual_boards, mosquitto, t
 def test_board_without_romfs_gets_the_library_on_its_filesystem(virtual_boards, mosquitto, tmp_path):
     # A board flashed with stock MicroPython (no ROMFS partition), with the heap the filesystem
     # layout needs: provisioning falls back to /lib, says so, and verify agrees.
-    from host_tools.verify import verify
+    from host_tools.fleet.verify import verify
 
     data = json.loads((deploy.boards.load("esp32-devkitc").path).read_text())
     data["flash"].pop("romfs_bytes")

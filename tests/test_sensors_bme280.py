@@ -16,10 +16,10 @@ import pytest
 from adafruit_bme280 import basic as adafruit_bme280
 from test_sensors_support import FirmwareRepl, part, virtual_parts
 
-from host_tools import upy
 from host_tools.bench.sensors import FAKES
 from host_tools.emulator.devices.bme280 import DATASHEET_CALIBRATION, BME280Chip, calibration_bytes
 from host_tools.emulator.world import World
+from host_tools.runtime import unix_port
 
 FAULT_MISSING, FAULT_BUS, FAULT_STUCK, FAULT_RANGE, FAULT_TIMEOUT = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -89,7 +89,7 @@ print(json.dumps(dict(ok=ok, fault=b.fault, t=b.temperature, h=b.humidity, p=b.p
                       pa=b.pressure_pa, present=b.present)))
 """
     )
-    return upy.run_json(code)
+    return unix_port.run_json(code)
 
 
 def adafruit_on(chip) -> tuple[float, float, float]:

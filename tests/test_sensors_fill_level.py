@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from test_sensors_support import FirmwareRepl, board_with, part, virtual_parts
 
-from host_tools import upy
+from host_tools.runtime import unix_port
 
 FAULT_MISSING, FAULT_STUCK, FAULT_RANGE, FAULT_TIMEOUT, FAULT_NOISY = 0x01, 0x04, 0x08, 0x10, 0x20
 EMPTY, FULL = 1100, 200
@@ -182,16 +182,16 @@ def run(widths):
     ],
 )
 def test_densest_cluster_wins(widths, expect):
-    ok, mm, fault, agreeing = upy.run_json(SCRIPTED + f"print(json.dumps(run({widths})))")
+    ok, mm, fault, agreeing = unix_port.run_json(SCRIPTED + f"print(json.dumps(run({widths})))")
     assert ok and fault == 0 and abs(mm - expect) <= 2
 
 
 def test_no_agreement_is_noisy_and_no_echo_is_timeout():
-    noisy = upy.run_json(
+    noisy = unix_port.run_json(
         SCRIPTED + "print(json.dumps(run([1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000])))"
     )
     assert noisy[0] is False and noisy[2] == FAULT_NOISY
-    silent = upy.run_json(SCRIPTED + "print(json.dumps(run([-2])))")
+    silent = unix_port.run_json(SCRIPTED + "print(json.dumps(run([-2])))")
     assert silent[0] is False and silent[2] == FAULT_TIMEOUT
 
 
@@ -206,7 +206,7 @@ def test_speed_of_sound_approximation_matches_physics():
         "    out.append([t, s.distance_of(10000)])\n"
         "print(json.dumps(out))"
     )
-    for t, mm in upy.run_json(code):
+    for t, mm in unix_port.run_json(code):
         exact = 10000e-6 * speed_of_sound(t) / 2 * 1000
         assert abs(mm - exact) <= 0.004 * exact, (t, mm, exact)
 
@@ -214,11 +214,11 @@ def test_speed_of_sound_approximation_matches_physics():
 def test_asyncio_cycle_gives_the_same_answer():
     code = SCRIPTED + (
         "import sys\n"
-        "sys.path.append('.frozen')  # asyncio is frozen into the unix port; upy.run's MICROPYPATH omits it\n"
+        "sys.path.append('.frozen')  # asyncio is frozen into the unix port; unix_port.run's MICROPYPATH omits it\n"
         "import asyncio\n"
         "s = UltrasonicFillLevel(Pin(), Pin(), empty_mm=1100, full_mm=200, gap_ms=1,\n"
         "                        pulse=Script([5800, 5801, 1200, 5799, 5802, 9000, 5800, 2500, 5803]).pulse)\n"
         "ok = asyncio.run(s.sample_async())\n"
         "print(json.dumps([ok, s.distance_mm, s.fault, s.valid_echoes]))"
     )
-    assert upy.run_json(code) == [True, 996, 0, 9]
+    assert unix_port.run_json(code) == [True, 996, 0, 9]

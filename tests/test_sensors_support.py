@@ -20,9 +20,11 @@ import selectors
 import subprocess
 import tempfile
 
-from host_tools import boards, paths, upy
+from host_tools import boards
+from host_tools.emulator import ROM
 from host_tools.emulator.hal import StandaloneHal
 from host_tools.emulator.world import World
+from host_tools.runtime import paths, unix_port
 
 _LOOP = r"""
 import sys, json
@@ -53,11 +55,11 @@ class FirmwareError(AssertionError):
 
 
 class FirmwareRepl:
-    def __init__(self, setup: str, *, hal: StandaloneHal | None = None, heapsize: int = upy.DEFAULT_HEAP):
+    def __init__(self, setup: str, *, hal: StandaloneHal | None = None, heapsize: int = unix_port.DEFAULT_HEAP):
         fd, self._script = tempfile.mkstemp(suffix=".py")
         with os.fdopen(fd, "w") as f:
             f.write(setup + "\n" + _LOOP)
-        env = dict(os.environ, MICROPYPATH=upy.micropython_path([paths.ROM] if hal else None))
+        env = dict(os.environ, MICROPYPATH=unix_port.micropython_path([ROM] if hal else None))
         if hal is not None:
             env.update(hal.env())
         self.proc = subprocess.Popen(

@@ -7,7 +7,7 @@ scenario; a later MQTT integration test can run the same readings through the br
 
 from __future__ import annotations
 
-from host_tools import upy
+from host_tools.runtime import unix_port
 
 BOARD_HEAP = 100 * 1024
 
@@ -62,7 +62,7 @@ def reading(i: int) -> bytes:
 def run_outage(path, n: int, budget: int, fresh_every: int = 0, fresh: int = 0) -> dict:
     """Append n readings with the link down, then drain; return what the uplink saw."""
     code = OUTAGE % {"path": str(path), "n": n, "budget": budget, "fresh_every": fresh_every, "fresh": fresh}
-    lines = upy.run(code, heapsize=BOARD_HEAP, timeout=300).splitlines()
+    lines = unix_port.run(code, heapsize=BOARD_HEAP, timeout=300).splitlines()
     out = {"batches": [], "fresh_appended": {}, "outage": None, "done": None}
     for line in lines:
         kind, _, rest = line.partition(" ")

@@ -2,7 +2,7 @@
 and never fills the filesystem: config writes still succeed, on a folder and on littlefs.
 
 The scenarios run on the MicroPython unix port (the firmware target); the littlefs ones on
-littlefs itself, over a file-backed flash device (host_tools.powercut.FLASH_DEVICE).
+littlefs itself, over a file-backed flash device (host_tools.reliability.powercut.FLASH_DEVICE).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 
 from test_store_outage import READING
 
-from host_tools import upy
-from host_tools.powercut import FLASH_DEVICE
+from host_tools.reliability.powercut import FLASH_DEVICE
+from host_tools.runtime import unix_port
 
 BOARD_HEAP = 100 * 1024
 
@@ -25,7 +25,7 @@ def seg_bytes(path):
 
 
 def run(code: str, **kw):
-    return upy.run_json(READING + SEG_BYTES + code, heapsize=kw.pop("heapsize", BOARD_HEAP), **kw)
+    return unix_port.run_json(READING + SEG_BYTES + code, heapsize=kw.pop("heapsize", BOARD_HEAP), **kw)
 
 
 def test_full_store_drops_the_oldest_counts_them_and_raises_the_flag(tmp_path):

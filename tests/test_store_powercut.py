@@ -1,15 +1,15 @@
 """Power cuts at random instants during append and drain: no appended reading is ever lost.
 
 The firmware store runs in a MicroPython unix-port process that is SIGKILLed at seeded
-random instants and restarted on the same flash (host_tools.powercut). The documented
-1 000-cut run is `python -m host_tools.powercut --cuts 1000`.
+random instants and restarted on the same flash (host_tools.reliability.powercut). The documented
+1 000-cut run is `python -m host_tools.reliability.powercut --cuts 1000`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from host_tools.powercut import run_powercuts
+from host_tools.reliability.powercut import run_powercuts
 
 
 @pytest.mark.slow

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from host_tools import upy
 from host_tools.bench.store import compile_mpy
-from host_tools.paths import FIRMWARE
+from host_tools.runtime import unix_port
+from host_tools.runtime.paths import FIRMWARE
 
 sys.path.insert(0, str(FIRMWARE))
 
@@ -126,7 +126,7 @@ def run_upy(ops: list, path: str | Path, heapsize: int = 100 * 1024, mpy_path: P
     code = DRIVER + "\nimport sys, json\nprint(json.dumps(run(json.loads(sys.stdin.read()), %r)))\n" % str(
         path
     )
-    return upy.run_json(
+    return unix_port.run_json(
         code, stdin=json.dumps(ops).encode(), heapsize=heapsize, path=[mpy_path] if mpy_path else None
     )
 
@@ -756,4 +756,4 @@ for i in range(100):
     s.append(rec)
 print(gc.mem_alloc() - before)
 """
-    assert upy.run_json(code, heapsize=64 * 1024, path=[store_mpy]) == 0
+    assert unix_port.run_json(code, heapsize=64 * 1024, path=[store_mpy]) == 0

@@ -20,7 +20,8 @@ import sys
 
 import pytest
 
-from host_tools import cli, paths, upy
+from host_tools import cli
+from host_tools.runtime import paths, unix_port
 
 sys.path.insert(0, str(paths.FIRMWARE))
 from lanterne import sun  # noqa: E402  (the firmware module, imported by CPython too)
@@ -79,7 +80,7 @@ def _firmware_batch(cases) -> list:
         f"sun.events({d[:4]}, {int(d[5:7])}, {int(d[8:10])}, {lat!r}, {lon!r}, {elev!r})"
         for lat, lon, d, elev in cases
     )
-    return upy.run_json(f"import json\nfrom lanterne import sun\nprint(json.dumps([{calls}]))")
+    return unix_port.run_json(f"import json\nfrom lanterne import sun\nprint(json.dumps([{calls}]))")
 
 
 def test_published_times_within_two_minutes_on_the_unix_port_and_cpython():
@@ -115,7 +116,7 @@ def test_every_latitude_and_day_gives_an_answer_never_an_exception():
         "            bad.append([lat, doy, r, s])\n"
         "print(json.dumps([bad, sorted(states)]))"
     )
-    bad, states = upy.run_json(code)
+    bad, states = unix_port.run_json(code)
     assert bad == []
     assert states == [-1, 0, 1]  # polar night, normal days and polar day all met
 
@@ -127,7 +128,7 @@ def test_calendar_helpers_match_the_gregorian_calendar():
         assert sun.days_from_civil(date.year, date.month, date.day) == days
     days = (dt.date(2024, 6, 21) - dt.date(1970, 1, 1)).days
     code = f"import json\nfrom lanterne import sun\nprint(json.dumps([sun.civil_from_days({days}), sun.days_from_civil(2024, 6, 21)]))"
-    assert upy.run_json(code) == [[2024, 6, 21], days]
+    assert unix_port.run_json(code) == [[2024, 6, 21], days]
 
 
 def test_solar_noon_is_halfway():

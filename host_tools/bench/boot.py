@@ -15,13 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_tools import boards, deploy
+from host_tools import boards
 from host_tools.bench import BenchResult
-from host_tools.paths import micropython_binary
+from host_tools.fleet import deploy
+from host_tools.runtime.paths import micropython_binary
 
 
 def _broker():
-    from host_tools.broker import BrokerError, EmbeddedBroker, Mosquitto
+    from host_tools.backoffice.brokers import BrokerError, EmbeddedBroker, Mosquitto
 
     try:
         return Mosquitto().start(), "mosquitto"
@@ -30,8 +31,9 @@ def _broker():
 
 
 def run(quick: bool = False) -> BenchResult:
-    from host_tools.emulator.board import Emulator, rom_heap_overhead
-    from host_tools.mqttwatch import Watcher
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.emulator.board import rom_heap_overhead
+    from host_tools.emulator.supervisor import Emulator
 
     reps = 2 if quick else 5
     bare = []

@@ -190,9 +190,9 @@ main()
 
 
 def _encode_cost(quick: bool) -> dict:
-    from host_tools import upy
+    from host_tools.runtime import unix_port
 
-    return upy.run_json(_ENCODE_COST.replace("ROUNDS", "50" if quick else "400"), heapsize=100 * 1024)
+    return unix_port.run_json(_ENCODE_COST.replace("ROUNDS", "50" if quick else "400"), heapsize=100 * 1024)
 
 
 def run(quick: bool = False) -> BenchResult:

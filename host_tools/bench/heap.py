@@ -22,8 +22,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from host_tools import boards, deploy
+from host_tools import boards
 from host_tools.bench import BenchResult
+from host_tools.fleet import deploy
 
 LAYOUTS = ("romfs", "filesystem")
 TARGET = 64 * 1024
@@ -79,9 +80,10 @@ class _Trial:
 
 
 def run(quick: bool = False) -> BenchResult:
-    from host_tools.broker import Mosquitto
-    from host_tools.emulator.board import HEAP_SCALE, HEAP_SCALE_ROMFS, Emulator
-    from host_tools.mqttwatch import Watcher
+    from host_tools.backoffice.brokers import Mosquitto
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.emulator.board import HEAP_SCALE, HEAP_SCALE_ROMFS
+    from host_tools.emulator.supervisor import Emulator
 
     names = ["esp32-devkitc"] if quick else [b for b in boards.names() if boards.load(b).data["network"]["kind"] != "lorawan"]
     window = 15.0 if quick else 30.0

@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_tools import boards, deploy
+from host_tools import boards
 from host_tools.bench import BenchResult
+from host_tools.fleet import deploy
 
 KEY = bytes(range(7, 39))
 
@@ -82,10 +83,11 @@ def _loss(messages, prefix, n):
 
 
 def run(quick: bool = False) -> BenchResult:
-    from host_tools.backoffice import CommandClient
-    from host_tools.broker import Mosquitto
-    from host_tools.emulator.board import HEAP_SCALE_ROMFS, Emulator
-    from host_tools.mqttwatch import Watcher
+    from host_tools.backoffice.brokers import Mosquitto
+    from host_tools.backoffice.command_client import CommandClient
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.emulator.board import HEAP_SCALE_ROMFS
+    from host_tools.emulator.supervisor import Emulator
 
     board = boards.load("esp32-devkitc")
     rtt_counts = [1, 20] if quick else [1, 50, 200]
@@ -136,9 +138,9 @@ def run(quick: bool = False) -> BenchResult:
         metrics["max_boards_no_loss"] = max_ok
         metrics["readings_lost"] = lost_total
         # -- heap, TLS off / on -------------------------------------------------------------
-        from host_tools import tlsutil
+        from host_tools.backoffice import tls
 
-        pki = tlsutil.write_test_pki(Path(tmp) / "pki")
+        pki = tls.write_test_pki(Path(tmp) / "pki")
         with Mosquitto(tls={k: pki[k] for k in ("cafile", "certfile", "keyfile")}) as tq:
             for label, u, extra in (
                 ("tls off", tq.url, {}),

@@ -27,16 +27,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from host_tools import boards, deploy
+from host_tools import boards
 from host_tools.bench import BenchResult
+from host_tools.fleet import deploy
 
 BOARD = "esp32-devkitc"
 FLEET = 20
 
 
 def _broker(tmp: Path, reg):
-    from host_tools.acl import write_broker_files
-    from host_tools.broker import BrokerError, EmbeddedBroker, Mosquitto
+    from host_tools.backoffice.brokers import BrokerError, EmbeddedBroker, Mosquitto
+    from host_tools.fleet.broker_files import write_broker_files
 
     files = write_broker_files(reg, tmp / "broker")
     try:
@@ -54,7 +55,7 @@ def _mpremote_copy_bytes(port: str, tree: Path, check_hash: bool, romfs_image: P
     from mpremote.main import State
     from mpremote.transport_serial import SerialTransport
 
-    from host_tools.boardlink import CountingSerial
+    from host_tools.fleet.boardlink import CountingSerial
 
     state = State()
     state.transport = SerialTransport(port, baudrate=115200)
@@ -86,9 +87,10 @@ def _stage_image(image: dict[str, bytes], dest: Path) -> Path:
 
 
 def run(quick: bool = False) -> BenchResult:
-    from host_tools.emulator.board import Emulator
-    from host_tools.provision import provision, provision_fleet
-    from host_tools.registry import Registry
+    from host_tools.emulator.supervisor import Emulator
+    from host_tools.fleet.fleet_csv import provision_fleet
+    from host_tools.fleet.provision import provision
+    from host_tools.fleet.registry import Registry
 
     metrics: dict = {}
     rows_fleet, rows_bytes = [], []
@@ -148,7 +150,7 @@ def run(quick: bool = False) -> BenchResult:
             # Re-provision with one firmware module changed: one byte of app.mpy in board 0's ROMFS partition.
             h0 = handles[0]
             port0 = h0.port
-            rom = deploy.romfs_path(h0.flash)
+            rom = boards.romfs_path(h0.flash)
             images: dict = {}  # one build for the whole measurement, whatever the checkout does meanwhile
             provision(port0, None, "bench-00", registry=reg, images=images)
             original = rom.read_bytes()
@@ -158,8 +160,8 @@ def run(quick: bool = False) -> BenchResult:
                 rom.write_bytes(original[:at] + bytes([original[at] ^ 0xFF]) + original[at + 1 :])
 
             # A release that changes one module: app.py (the largest, early in the image) with one more line.
-            from host_tools.paths import FIRMWARE
-            from host_tools.provision import MpyCross
+            from host_tools.fleet.deploy import MpyCross
+            from host_tools.runtime.paths import FIRMWARE
 
             (key,) = images
             release = dict(images[key])
@@ -181,7 +183,8 @@ def run(quick: bool = False) -> BenchResult:
             metrics["reprovision_nochange_bytes"] = rep_none.bytes_sent
 
             # mpremote's own deploy of the same image (ROMFS image + the filesystem's files), one module changed.
-            from host_tools.provision import config_bytes, rom_part
+            from host_tools.fleet.config import config_bytes
+            from host_tools.fleet.deploy import rom_part
 
             image = dict(next(iter(images.values())))
             image["/config.json"] = config_bytes({"device": "bench-00"})

@@ -25,8 +25,9 @@ Target: <= 64 bytes per BME280 cycle.
 
 from __future__ import annotations
 
-from host_tools import boards, upy
+from host_tools import boards
 from host_tools.bench import BenchResult
+from host_tools.runtime import unix_port
 
 #: MicroPython test doubles for the drivers' buses; also used by tests/test_sensors_*.py.
 FAKES = r"""
@@ -240,7 +241,7 @@ def measure(n: int = 200, heapsize: int | None = None) -> list[dict]:
     """Per driver: bytes allocated and microseconds per cycle (unix port, board heap)."""
     heap = heapsize or boards.load("esp32-devkitc").heap_bytes
     code = FAKES + _BENCH % {"n": n, "bme_image": bme280_image().hex()}
-    rows = upy.run_json(code, heapsize=heap)
+    rows = unix_port.run_json(code, heapsize=heap)
     return [
         {"driver": name, "alloc_bytes_per_cycle": alloc / count, "us_per_cycle": us / count, "fault": fault}
         for name, alloc, us, count, fault in rows

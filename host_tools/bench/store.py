@@ -4,7 +4,7 @@ Everything runs the firmware store (firmware/lanterne/store.py) on the MicroPyth
 at the board's 100 KB heap, 12-byte records (a compact encoded reading), default segments of
 4 KiB. Two filesystems side by side: the virtual board's flash folder (bytes counted at the
 filesystem API: headers, frames, ack log), and littlefs on a file-backed NOR-flash device
-(host_tools.powercut.FLASH_DEVICE), where the bytes littlefs programs and the blocks it
+(host_tools.reliability.powercut.FLASH_DEVICE), where the bytes littlefs programs and the blocks it
 erases are counted too: the wear the board's flash really sees.
 
 recovery_ms_full: a filler process keeps a store at capacity and is SIGKILLed mid-append; a
@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_tools import deploy, upy
 from host_tools.bench import BenchResult
-from host_tools.paths import FIRMWARE, micropython_binary
-from host_tools.powercut import FLASH_DEVICE
+from host_tools.fleet import deploy
+from host_tools.reliability.powercut import FLASH_DEVICE
+from host_tools.runtime import unix_port
+from host_tools.runtime.paths import FIRMWARE, micropython_binary
 
 BOARD_HEAP = 100 * 1024
 RECORD = 12
@@ -176,13 +177,13 @@ def workload(tmp: Path, *, n: int, budget: int, live: bool, fs: str, record: int
     else:
         setup = FOLDER_SETUP
         params["path"] = str(tmp / f"store-{random.getrandbits(32):08x}")
-    return upy.run_json(setup + WORKLOAD % params, heapsize=BOARD_HEAP, timeout=600)
+    return unix_port.run_json(setup + WORKLOAD % params, heapsize=BOARD_HEAP, timeout=600)
 
 
 def recovery(tmp: Path, capacity: int, cuts: int) -> list[dict]:
     """Keep a store at capacity in a filler process, SIGKILL it, time the recovery; `cuts` times."""
     path = tmp / "full"
-    env = dict(os.environ, MICROPYPATH=upy.micropython_path())
+    env = dict(os.environ, MICROPYPATH=unix_port.micropython_path())
     script = tmp / "filler.py"
     script.write_text(FILLER % {"record": RECORD})
     rng = random.Random(5)
@@ -207,7 +208,7 @@ def recovery(tmp: Path, capacity: int, cuts: int) -> list[dict]:
         proc.wait()
         proc.stdout.close()
         code = RECOVER % {"path": str(path), "capacity": capacity, "segment": SEGMENT}
-        out.append(upy.run_json(code, heapsize=BOARD_HEAP))
+        out.append(unix_port.run_json(code, heapsize=BOARD_HEAP))
     return out
 
 
@@ -217,8 +218,8 @@ def run(quick: bool = False) -> BenchResult:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         mpy = compile_mpy(tmp / "mpy")
-        mem = upy.run_json(MEMORY % {"path": str(tmp / "mem")}, heapsize=BOARD_HEAP)
-        mem_mpy = upy.run_json(MEMORY % {"path": str(tmp / "mem-mpy")}, heapsize=64 * 1024, path=[mpy])
+        mem = unix_port.run_json(MEMORY % {"path": str(tmp / "mem")}, heapsize=BOARD_HEAP)
+        mem_mpy = unix_port.run_json(MEMORY % {"path": str(tmp / "mem-mpy")}, heapsize=64 * 1024, path=[mpy])
         patterns = [
             ("fill, then drain in 240 B batches", dict(budget=240, live=False)),
             ("fill, then drain in 1 KiB batches", dict(budget=1024, live=False)),

@@ -14,7 +14,7 @@ import json
 import sys
 
 from host_tools.codec.decoder import FORMAT_VERSION, FPORT, MAX_FRAME, PayloadError, decode
-from host_tools.paths import FIRMWARE
+from host_tools.runtime.paths import FIRMWARE
 
 __all__ = [
     "EU868_BUDGETS",
@@ -93,13 +93,13 @@ def _pack_cpython(items: list, budget: int, lorawan: bool) -> dict:
 
 
 def _pack_micropython(items: list, budget: int, lorawan: bool, heapsize: int) -> dict:
-    from host_tools import upy
+    from host_tools.runtime import unix_port
 
     script = _PACK_SOURCE + (
         "\nimport sys, json\nfrom lanterne import codec, codec_values\n"
         f"print(json.dumps(pack(codec, codec_values, json.loads(sys.stdin.read()), {budget}, {lorawan})))\n"
     )
-    return upy.run_json(script, heapsize=heapsize, stdin=json.dumps(items).encode())
+    return unix_port.run_json(script, heapsize=heapsize, stdin=json.dumps(items).encode())
 
 
 def encode_values(
@@ -124,7 +124,7 @@ def encode_values(
     if runtime == "cpython":
         result = _pack_cpython(items, budget, lorawan)
     elif runtime == "micropython":
-        from host_tools.upy import DEFAULT_HEAP
+        from host_tools.runtime.unix_port import DEFAULT_HEAP
 
         result = _pack_micropython(items, budget, lorawan, heapsize or DEFAULT_HEAP)
     else:

@@ -13,8 +13,11 @@ the watchdog, a crash and `hard_reset()` start a fresh interpreter with the
 matching `machine.reset_cause()`; `power_cut()` SIGKILLs it at once and leaves
 the flash folder exactly as it was, until `power_on()`.
 
-`Emulator` runs any number of boards on one asyncio loop (one process for a
-fleet) and offers a thread-safe, synchronous facade for tests and tools.
+`host_tools.emulator.supervisor.Emulator` runs any number of them on one asyncio loop.
+
+One cohesive module over 500 lines: a board's life cycle (power, boots, REPL modes,
+watchdog, ROM download mode, console) is one state machine, and its heap budget is
+computed where the interpreter is started.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -38,11 +40,11 @@ import tty
 from pathlib import Path
 
 from host_tools import boards as boards_mod
-from host_tools import deploy
+from host_tools.emulator import ROM
 from host_tools.emulator.devices.parts import Parts
 from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.world import World
-from host_tools.paths import BUILD, ROM, micropython_binary
+from host_tools.runtime.paths import BUILD, micropython_binary
 
 EXIT_SOFT_FRIENDLY = 80
 EXIT_SOFT_RAW = 81
@@ -91,19 +93,35 @@ def rom_heap_overhead() -> int:
         return _overhead_cache[key]
     # Boot the ROM once on an empty flash with a big heap and read what it allocated.
     with tempfile.TemporaryDirectory() as tmp:
-        emu = Emulator()
-        try:  # the flash folder inside the temp dir, so the files kept beside it go with it
-            b = emu.add_board("esp32-devkitc", Path(tmp) / "flash", heap_override=512 * 1024)
-            b.wait_booted(timeout=30)
-            alloc = b.board.booted_alloc
-        finally:
-            emu.close()
+        # the flash folder inside the temp dir, so the files kept beside it go with it; on a loop
+        # of its own in a thread of its own, so a caller already inside an asyncio loop may ask
+        result: list = []
+        thread = threading.Thread(target=lambda: result.append(asyncio.run(_booted_alloc(Path(tmp) / "flash"))))
+        thread.start()
+        thread.join()
+        if not result:
+            raise RuntimeError("the virtual board's ROM did not boot to measure its heap overhead")
+        alloc = result[0]
     overhead = max(0, alloc - _BARE_ALLOC) + 1024  # + slack for fragmentation of the ROM's blocks
     _overhead_cache[key] = overhead
     with contextlib.suppress(OSError):
         BUILD.mkdir(parents=True, exist_ok=True)
         cache.write_text(str(overhead))
     return overhead
+
+
+async def _booted_alloc(flash: Path) -> int:
+    """Boot the ROM once on an empty flash with a big heap: what it allocated."""
+    hal = HalServer()
+    await hal.start()
+    board = VirtualBoard(boards_mod.load("esp32-devkitc"), flash, hal, heap_override=512 * 1024)
+    try:
+        await board.start(power_on=True)
+        await asyncio.wait_for(board.booted_event.wait(), 30)
+        return board.booted_alloc
+    finally:
+        await board.close()
+        await hal.stop()
 
 
 def romfs_heap(size: int) -> int:
@@ -253,7 +271,7 @@ class VirtualBoard:
         size = self.board.romfs_bytes
         if not size:
             return None
-        path = deploy.romfs_path(self.flash)
+        path = boards_mod.romfs_path(self.flash)
         if not path.exists() or path.stat().st_size != size:
             old = path.read_bytes()[:size] if path.exists() else b""
             path.write_bytes(old + b"\xff" * (size - len(old)))
@@ -530,149 +548,3 @@ class VirtualBoard:
                 self._wdt_deadline = None
                 self._wdt_timeout = None
                 await self.hard_reset("wdt")
-
-
-class BoardHandle:
-    """Synchronous, thread-safe handle on a `VirtualBoard` running in an `Emulator`."""
-
-    def __init__(self, emulator: Emulator, board: VirtualBoard):
-        self.emulator = emulator
-        self.board = board
-
-    def _call(self, coro, timeout=30):
-        return self.emulator._submit(coro, timeout)
-
-    @property
-    def world(self) -> World:
-        return self.board.world
-
-    @property
-    def port(self) -> str:
-        return str(self.board.port_path or self.board.pty_name)
-
-    @property
-    def flash(self) -> Path:
-        return self.board.flash
-
-    def power_cut(self) -> None:
-        self._call(self.board.power_cut())
-
-    def power_on(self) -> None:
-        self._call(self.board.power_on())
-
-    def hard_reset(self) -> None:
-        self._call(self.board.hard_reset())
-
-    def enter_download(self) -> None:
-        self._call(self.board.enter_download())
-
-    def write_serial(self, data: bytes) -> None:
-        async def go():
-            self.board._inject(data)
-
-        self._call(go())
-
-    def console(self) -> str:
-        async def get():
-            return self.board.console_bytes()
-
-        return self._call(get()).decode("utf-8", "replace")
-
-    def console_offset(self) -> int:
-        async def get():
-            return self.board._console_total
-
-        return self._call(get())
-
-    def wait_for(self, pattern: str | bytes, timeout: float = 20.0, since: int = 0) -> re.Match:
-        """Wait until the serial output (from byte offset `since`) matches `pattern` (regex)."""
-        pat = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
-
-        async def wait():
-            deadline = time.monotonic() + timeout
-            while True:
-                changed = self.board._changed  # taken before reading: output after this wakes us
-                data = self.board.console_bytes()
-                start = max(0, len(data) - (self.board._console_total - since))
-                m = pat.search(data, start)
-                if m:
-                    return m
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"serial output never matched {pattern!r}; last output:\n{data[-2000:].decode('utf-8', 'replace')}"
-                    )
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(left, 0.5))
-
-        return self._call(wait(), timeout + 5)
-
-    def wait_booted(self, timeout: float = 20.0) -> None:
-        async def wait():
-            await asyncio.wait_for(self.board.booted_event.wait(), timeout)
-
-        self._call(wait(), timeout + 5)
-
-    @property
-    def boots(self) -> int:
-        return self.board.boots
-
-    def close(self) -> None:
-        self.emulator.remove(self)
-
-
-class Emulator:
-    """Runs virtual boards on one asyncio loop in a background thread; a synchronous facade."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="lanterne-emulator", daemon=True)
-        self._thread.start()
-        self.hal = HalServer()
-        self._submit(self.hal.start())
-        self.handles: list[BoardHandle] = []
-
-    def _submit(self, coro, timeout: float = 30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def add_board(
-        self,
-        board: str | boards_mod.Board,
-        flash_dir: str | Path,
-        *,
-        port_path: str | Path | None = None,
-        world: World | None = None,
-        power_on: bool = True,
-        **kw,
-    ) -> BoardHandle:
-        b = board if isinstance(board, boards_mod.Board) else boards_mod.load(board)
-
-        async def make():
-            vb = VirtualBoard(b, flash_dir, self.hal, port_path=port_path, world=world, **kw)
-            await vb.start(power_on=power_on)
-            return vb
-
-        if kw.get("heap_override") is None:
-            rom_heap_overhead()  # calibrate outside the loop thread
-        handle = BoardHandle(self, self._submit(make()))
-        self.handles.append(handle)
-        return handle
-
-    def remove(self, handle: BoardHandle) -> None:
-        if handle in self.handles:
-            self.handles.remove(handle)
-            self._submit(handle.board.close())
-
-    def close(self) -> None:
-        for h in list(self.handles):
-            self.remove(h)
-        with contextlib.suppress(Exception):
-            self._submit(self.hal.stop(), 5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

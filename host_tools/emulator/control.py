@@ -14,6 +14,11 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from host_tools import boards
 
 
 def parse_assignments(items: list[str]) -> dict:
@@ -117,3 +122,53 @@ def request(path: str, req: dict, timeout: float = 10.0) -> dict:
     if not reply.get("ok"):
         raise ValueError(reply.get("error", "request failed"))
     return reply
+
+
+class ControlError(ConnectionError):
+    """A virtual board's control socket did not do what was asked: one line, and what to do."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def generated_firmware(board: boards.Board | None) -> Path:
+    """The MicroPython image a virtual board of `board` runs: generated, with the board's ROMFS partition."""
+    from host_tools.emulator.firmware_image import micropython_image_path
+
+    wanted = (board.data.get("micropython") if board else None) or "1.29"
+    version = "v" + wanted + (".0" if wanted.count(".") == 1 else "")
+    return micropython_image_path(version, romfs_bytes=board.romfs_bytes if board else 0)
+
+
+@dataclass
+class VirtualControl:
+    """What `lanterne flash` needs of a board without DTR/RTS lines: hold BOOT + press EN
+    (enter_download), press EN (reset), and the firmware to write when none is given."""
+
+    enter_download: Callable[[], None]
+    reset: Callable[[], None]
+    default_firmware: Callable[[boards.Board | None], Path] = generated_firmware
+
+    @classmethod
+    def for_port(cls, port: str) -> VirtualControl | None:
+        """The control socket of a board served by `lanterne emulate --port PORT`, if there is one."""
+        ctl = Path(f"{port}.ctl")
+        if not ctl.exists():
+            return None
+
+        def call(op: str) -> None:
+            try:
+                request(str(ctl), {"op": op})
+            except ConnectionError as exc:
+                raise ControlError(
+                    f"virtual board on {port} does not answer its control socket ({exc})",
+                    hint="is `lanterne emulate --port PORT` still running?",
+                ) from None
+            except ValueError as exc:
+                raise ControlError(
+                    f"virtual board on {port} refused '{op}': {exc}",
+                    hint="this emulator has no download mode; update Lanterne",
+                ) from None
+
+        return cls(enter_download=lambda: call("download"), reset=lambda: call("reset"))

@@ -188,7 +188,7 @@ class StandaloneHal:
     """A HAL server for one set of simulated parts, on its own thread: for driver tests.
 
         with StandaloneHal(board_data, world) as hal:
-            upy.run(code, path=[paths.ROM], env=hal.env())
+            unix_port.run(code, path=[ROM], env=hal.env())
     """
 
     def __init__(self, board_data: dict, world, token: str = "standalone"):

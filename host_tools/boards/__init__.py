@@ -1,0 +1,194 @@
+"""Board files: one declarative JSON file per supported board, validated with errors naming file and field.
+
+A board file says what the hardware is: chip, flash layout, heap size, network
+interface, buses and their pins, and which sensors/actuators are wired where.
+The virtual board builds its simulated parts and heap size from it; the
+firmware reads the same facts (copied to the board as `board.json`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from host_tools.runtime.paths import BOARDS
+
+# ESP32 GPIO facts (ESP32 datasheet, "Peripheral Pin Configurations"):
+ESP32_GPIOS = set(range(0, 40)) - {20, 24, 28, 29, 30, 31}
+ESP32_FLASH_PINS = {6, 7, 8, 9, 10, 11}  # wired to the SPI flash on WROOM modules
+ESP32_INPUT_ONLY = {34, 35, 36, 37, 38, 39}
+ESP32_ADC1 = {32, 33, 34, 35, 36, 37, 38, 39}  # ADC2 is unusable while Wi-Fi runs
+
+NETWORK_KINDS = ("wlan", "lan", "lorawan")
+BUS_KINDS = ("i2c", "uart", "spi")
+SENSOR_TYPES = ("bme280", "bh1750", "veml7700", "ultrasonic", "ultrasonic_uart", "vl53l1x", "supply")
+ACTUATOR_TYPES = ("lamp", "relay")
+
+TOP_FIELDS = {
+    "name": str,
+    "description": str,
+    "chip": str,
+    "flash": dict,
+    "heap_bytes": int,
+    "idf_heap_bytes": int,
+    "micropython": str,
+    "network": dict,
+    "buses": dict,
+    "sensors": list,
+    "actuators": list,
+    "status_led": (int, type(None)),
+}
+REQUIRED = ("name", "chip", "heap_bytes", "network", "buses", "sensors", "actuators")
+
+# Which keys of a part are output pins, input pins, ADC pins.
+OUTPUT_PIN_KEYS = {"pwm", "pin", "trigger", "tx", "scl", "sda", "reset", "mdc", "mdio", "power"}
+INPUT_PIN_KEYS = {"echo", "position_pin", "presence_pin", "rx"}
+ADC_PIN_KEYS = {"adc", "current_adc"}
+
+
+class BoardError(ValueError):
+    """A board file is wrong: the message names the file and the field."""
+
+
+@dataclass
+class Board:
+    name: str
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def heap_bytes(self) -> int:
+        return int(self.data["heap_bytes"])
+
+    @property
+    def romfs_bytes(self) -> int:
+        """Size of the ROMFS partition the board's firmware has (0: none)."""
+        return int(self.data.get("flash", {}).get("romfs_bytes", 0))
+
+    def sensors(self, type_: str | None = None) -> list[dict]:
+        return [s for s in self.data["sensors"] if type_ is None or s["type"] == type_]
+
+    def actuators(self, type_: str | None = None) -> list[dict]:
+        return [a for a in self.data["actuators"] if type_ is None or a["type"] == type_]
+
+    def bus(self, name: str) -> dict:
+        return self.data["buses"][name]
+
+
+def _err(path: Path, field: str, why: str) -> BoardError:
+    return BoardError(f"{path.name}: field '{field}': {why}")
+
+
+def _check_pin(path, field, value, role):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _err(path, field, f"pin must be a GPIO number, got {value!r}")
+    if value not in ESP32_GPIOS:
+        raise _err(path, field, f"GPIO{value} does not exist on the ESP32 (0..39, no 20/24/28-31)")
+    if value in ESP32_FLASH_PINS:
+        raise _err(path, field, f"GPIO{value} is wired to the SPI flash and cannot be used")
+    if role == "output" and value in ESP32_INPUT_ONLY:
+        raise _err(path, field, f"GPIO{value} is input-only and cannot drive an output")
+    if role == "adc" and value not in ESP32_ADC1:
+        raise _err(path, field, f"GPIO{value} is not an ADC1 pin (ADC1: 32..39; ADC2 stops with Wi-Fi)")
+
+
+def _check_part_pins(path, prefix, part: dict, used: dict):
+    for key, value in part.items():
+        role = (
+            "output" if key in OUTPUT_PIN_KEYS else "input" if key in INPUT_PIN_KEYS else "adc" if key in ADC_PIN_KEYS else None
+        )
+        if role is None:
+            continue
+        field = f"{prefix}.{key}"
+        _check_pin(path, field, value, role)
+        if value in used and not (key in ("scl", "sda") and used[value].endswith(key)):
+            raise _err(path, field, f"GPIO{value} is already used by '{used[value]}'")
+        used[value] = field
+
+
+def validate(data: Any, path: Path) -> dict:
+    if not isinstance(data, dict):
+        raise BoardError(f"{path.name}: a board file is a JSON object")
+    for key in data:
+        if key not in TOP_FIELDS:
+            raise _err(path, key, f"unknown field (known: {', '.join(TOP_FIELDS)})")
+    for key in REQUIRED:
+        if key not in data:
+            raise _err(path, key, "missing")
+    for key, kind in TOP_FIELDS.items():
+        if key in data and not isinstance(data[key], kind):
+            raise _err(path, key, f"wrong type {type(data[key]).__name__}")
+    if data["chip"] != "esp32":
+        raise _err(path, "chip", f"unsupported chip {data['chip']!r} (supported: esp32)")
+    if not 32 * 1024 <= data["heap_bytes"] <= 8 * 1024 * 1024:
+        raise _err(path, "heap_bytes", "must be between 32 KiB and 8 MiB")
+    flash = data.get("flash", {})
+    for key in ("size_mb", "app_offset", "fs_bytes", "romfs_bytes"):
+        if key in flash and (not isinstance(flash[key], int) or isinstance(flash[key], bool) or flash[key] < 0):
+            raise _err(path, f"flash.{key}", "must be a non-negative integer")
+    if flash.get("romfs_bytes", 0) % 4096:
+        raise _err(path, "flash.romfs_bytes", "must be a whole number of 4 KiB flash sectors")
+    used: dict[int, str] = {}
+    net = data["network"]
+    if net.get("kind") not in NETWORK_KINDS:
+        raise _err(path, "network.kind", f"must be one of {', '.join(NETWORK_KINDS)}")
+    for name, bus in data["buses"].items():
+        if not isinstance(bus, dict) or bus.get("kind") not in BUS_KINDS:
+            raise _err(path, f"buses.{name}.kind", f"must be one of {', '.join(BUS_KINDS)}")
+        _check_part_pins(path, f"buses.{name}", bus, used)
+    if net["kind"] == "lorawan" and net.get("bus") not in data["buses"]:
+        raise _err(path, "network.bus", f"names no bus of this board ({', '.join(data['buses'])})")
+    _check_part_pins(path, "network", {k: v for k, v in net.items() if k != "phy_addr"}, used)
+    for group, types in (("sensors", SENSOR_TYPES), ("actuators", ACTUATOR_TYPES)):
+        for i, part in enumerate(data[group]):
+            prefix = f"{group}[{i}]"
+            if not isinstance(part, dict) or part.get("type") not in types:
+                raise _err(path, f"{prefix}.type", f"must be one of {', '.join(types)}")
+            bus = part.get("bus")
+            if bus is not None and bus not in data["buses"]:
+                raise _err(path, f"{prefix}.bus", f"names no bus of this board ({', '.join(data['buses'])})")
+            addr = part.get("address")
+            if addr is not None and not (isinstance(addr, int) and 0x08 <= addr <= 0x77):
+                raise _err(path, f"{prefix}.address", f"I2C address must be 0x08..0x77, got {addr!r}")
+            _check_part_pins(path, prefix, part, used)
+    led = data.get("status_led")
+    if led is not None:
+        _check_pin(path, "status_led", led, "output")
+    return data
+
+
+def load_file(path: str | Path) -> Board:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BoardError(f"{path}: no such board file") from None
+    except json.JSONDecodeError as exc:
+        raise BoardError(f"{path.name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    validate(data, path)
+    return Board(data["name"], path, data)
+
+
+def load(name_or_path: str | Path) -> Board:
+    """A board by name (`esp32-devkitc`) from boards/, or by path to a JSON file."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        return load_file(p)
+    candidate = BOARDS / f"{name_or_path}.json"
+    if not candidate.exists():
+        raise BoardError(f"unknown board {name_or_path!r} (known: {', '.join(names())})")
+    return load_file(candidate)
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in BOARDS.glob("*.json"))
+
+
+def romfs_path(flash_dir: str | Path) -> Path:
+    """Where a board's ROMFS partition is kept beside a folder holding its filesystem: DIR.romfs.
+
+    One convention for a staged tree (`mpremote romfs deploy` reads the image there) and for a
+    virtual board's flash folder (its partition)."""
+    return Path(str(flash_dir) + ".romfs")

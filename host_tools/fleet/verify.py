@@ -1,0 +1,199 @@
+"""Read a board back and report its drift from the fleet registry.
+
+`verify(port, registry)` probes the board over mpremote (the same raw-REPL probe as
+provisioning: every firmware file's sha256, its hardware id), reads its config.json,
+finds the device in the registry (by the config's device id, else by hardware id) and
+compares:
+- files: changed (hash differs), missing, extra (in the firmware's folder /lib/lanterne, a /lib copy of a module the ROM has, a file in /rom the image lacks,
+  a stale .py that would shadow a .mpy, a temp file left by an interrupted provisioning);
+- config: every field against the registry's config plus the device's secrets (a secret
+  that differs is named, its values never shown);
+- hardware: the board is not the one the registry has for this device.
+Then it resets the board so its application runs again (as after provisioning).
+Files outside / and /lib (the store's data) are the board's own and are not compared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools import boards
+from host_tools.fleet import ProvisionError
+from host_tools.fleet.boardlink import BoardLink
+from host_tools.fleet.config import firmware_config
+from host_tools.fleet.deploy import MpyCross, build_image, firmware_hash, manifest, parse_mpy
+from host_tools.fleet.provision import managed_extra
+from host_tools.fleet.registry import SECRET_FIELDS, Registry
+
+VerifyError = ProvisionError
+
+
+@dataclass
+class ConfigDiff:
+    field: str
+    board: object
+    registry: object
+    secret: bool = False
+
+    def text(self) -> str:
+        if self.secret:
+            state = "missing on the board" if self.board is None else "not in the registry" if self.registry is None else "differs"
+            return f"config field '{self.field}' (secret): {state}"
+        if self.board is None:
+            return f"config field '{self.field}': missing on the board (registry: {self.registry!r})"
+        if self.registry is None:
+            return f"config field '{self.field}': on the board ({self.board!r}) but not in the registry"
+        return f"config field '{self.field}': board {self.board!r}, registry {self.registry!r}"
+
+    def to_json(self) -> dict:
+        if self.secret:
+            return {"field": self.field, "secret": True, "board_has": self.board is not None, "registry_has": self.registry is not None}
+        return {"field": self.field, "board": self.board, "registry": self.registry}
+
+
+@dataclass
+class VerifyReport:
+    port: str
+    device: str
+    board: str
+    hw_id: str
+    files_checked: int = 0
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    config: list[ConfigDiff] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # drift that is neither a file nor a config field
+    notes: list[str] = field(default_factory=list)  # worth knowing, not drift
+
+    @property
+    def ok(self) -> bool:
+        return not (self.changed or self.missing or self.extra or self.config or self.problems)
+
+    @property
+    def drift_count(self) -> int:
+        return len(self.changed) + len(self.missing) + len(self.extra) + len(self.config) + len(self.problems)
+
+    def lines(self) -> list[str]:
+        head = f"{self.device} on {self.port} ({self.board}, hardware id {self.hw_id or '?'}): "
+        out = [head + ("matches the registry" if self.ok else f"{self.drift_count} difference(s) from the registry")]
+        out += [f"  changed: {p}" for p in self.changed]
+        out += [f"  missing: {p}" for p in self.missing]
+        out += [f"  extra:   {p}" for p in self.extra]
+        out += [f"  {d.text()}" for d in self.config]
+        out += [f"  {p}" for p in self.problems]
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "port": self.port, "device": self.device, "board": self.board, "hw_id": self.hw_id, "ok": self.ok,
+            "files_checked": self.files_checked, "changed": self.changed, "missing": self.missing, "extra": self.extra,
+            "config": [d.to_json() for d in self.config], "problems": self.problems, "notes": self.notes,
+        }
+
+
+def _config_diffs(board_cfg: dict, expected: dict) -> list[ConfigDiff]:
+    """Differences in effect: a field left out counts as its default (the board runs on it)."""
+    schema = firmware_config()
+    board_eff, _ = schema.validate(board_cfg)
+    want_eff, _ = schema.validate(expected)
+    diffs = []
+    for key in sorted(set(board_cfg) | set(expected)):
+        if key not in schema.SCHEMA:
+            continue  # reported by the schema check
+        have, want = board_eff.get(key), want_eff.get(key)
+        if key in SECRET_FIELDS:
+            have, want = board_cfg.get(key), expected.get(key)
+        if isinstance(have, int | float) and isinstance(want, int | float) and not isinstance(have, bool):
+            same = float(have) == float(want)
+        else:
+            same = have == want
+        if not same:
+            diffs.append(ConfigDiff(key, have, want, secret=key in SECRET_FIELDS))
+    return diffs
+
+
+def verify(
+    port: str,
+    registry: Registry | str | Path,
+    *,
+    connect_timeout: float = 5.0,
+    restart: bool = True,
+    check_checkout: bool = True,
+    mpy_cross: str | Path | MpyCross | None = None,
+) -> VerifyReport:
+    """Compare the board on `port` with the registry; see the module docstring. Raises `ProvisionError`."""
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    link = BoardLink(port, timeout=connect_timeout)
+    try:
+        info = link.probe()
+        board_cfg, cfg_problem = None, None
+        if "/config.json" in info.files:
+            try:
+                board_cfg = json.loads(link.read_file("/config.json"))
+                if not isinstance(board_cfg, dict):
+                    board_cfg, cfg_problem = None, "config.json is not a JSON object"
+            except ValueError as exc:
+                cfg_problem = f"config.json is not valid JSON ({exc})"
+        else:
+            cfg_problem = "config.json is missing"
+        named = board_cfg.get("device") if board_cfg else None
+        rec = reg.get(named) if isinstance(named, str) else None
+        if rec is None and info.hw_id:
+            rec = reg.by_hw_id(info.hw_id)
+        if rec is None:
+            raise ProvisionError(
+                f"the board on {port} is not in the registry {reg.path}"
+                + (f" (its config.json says device {named!r}" if named else " (no device id in its config")
+                + f", hardware id {info.hw_id or '?'})",
+                hint="provision it (lanterne provision), or point --registry at the fleet's registry",
+            )
+    finally:
+        link.close(restart=restart)  # the application runs again (soft reboot from the friendly REPL)
+
+    rep = VerifyReport(port, rec.id, rec.board, info.hw_id)
+    expected_files = rec.files
+    if not expected_files:
+        rep.problems.append("the registry has no file list for this device: it was registered but never provisioned")
+    on_board = {p: f for p, f in info.files.items() if f.sha256 or p in expected_files}
+    rep.files_checked = len(expected_files)
+    for path, digest in sorted(expected_files.items()):
+        if path not in on_board:
+            rep.missing.append(path)
+        elif on_board[path].sha256 != digest and path != "/config.json":
+            rep.changed.append(path)
+    if expected_files:
+        rep.extra = sorted(p for p in info.files if managed_extra(p, expected_files))
+    if cfg_problem:
+        rep.problems.append(cfg_problem)
+    else:
+        schema = firmware_config()
+        expected = dict(rec.config)
+        for name in reg.secret_names(rec.id):
+            if name in schema.SCHEMA:
+                expected[name] = reg.secret(rec.id, name)
+        rep.config = _config_diffs(board_cfg, expected)
+        _cfg, errors = schema.validate(board_cfg, "config.json")
+        rep.problems += [f"board config rejected by the schema: {e}" for e in errors]
+        if "/config.json" in expected_files and on_board.get("/config.json") and not rep.config:
+            if on_board["/config.json"].sha256 != expected_files["/config.json"]:
+                rep.notes.append("config.json is formatted differently from what was written (same values)")
+    if rec.hw_id and info.hw_id and rec.hw_id != info.hw_id:
+        rep.problems.append(
+            f"hardware: the registry has {rec.id} on hardware id {rec.hw_id}, this board is {info.hw_id}"
+            " (board swapped? provision with --replace)"
+        )
+    if check_checkout and rec.firmware_hash:
+        try:
+            cross = mpy_cross if isinstance(mpy_cross, MpyCross) else MpyCross(mpy_cross)
+            # Built as it was provisioned: for this board's native arch, the library in ROMFS or not.
+            romfs = any(p.startswith("/rom/") for p in rec.files)
+            march = parse_mpy(info.mpy)[2] if info.mpy else ""
+            current = manifest(build_image(boards.load(rec.board), cross, march, romfs))
+            if firmware_hash(current) != rec.firmware_hash:
+                rep.notes.append("this checkout's firmware differs from the one provisioned: lanterne provision updates it")
+        except (ProvisionError, boards.BoardError) as exc:
+            rep.notes.append(f"could not build this checkout's firmware to compare: {exc}")
+    return rep

@@ -6,6 +6,9 @@
   with its own flash folder and pty, optionally with the firmware deployed, and returns
   their `BoardHandle`s (world set/get, power_cut/power_on, console, wait_for).
 - `mosquitto` is a real Mosquitto on a free loopback port (one per session).
+
+Plain helpers (`from conftest import ...`): `lanterne(*args)` runs the `lanterne` command as
+a person does, in its own process; `lanterne_emulate(*args)` serves a board with it.
 """
 
 from __future__ import annotations
@@ -83,11 +86,19 @@ def virtual_boards(emulator, tmp_path):
         h.close()
 
 
+LANTERNE = [sys.executable, "-m", "host_tools.cli"]
+
+
+def lanterne(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """`lanterne ARGS` in its own process, as typed in a shell: its exit code, stdout and stderr."""
+    return subprocess.run([*LANTERNE, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
 @contextlib.contextmanager
 def lanterne_emulate(*args):
     """`lanterne emulate ARGS` as a person runs it in a shell: yields the line it prints first
     (the board and its port); stopped (as Ctrl-C would) on leaving."""
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "emulate", *map(str, args)],
+    proc = subprocess.Popen([*LANTERNE, "emulate", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         yield proc.stdout.readline()

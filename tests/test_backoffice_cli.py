@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import lanterne
 
 from host_tools.backoffice.brokers import Mosquitto
 from host_tools.fleet import broker_files
@@ -15,10 +14,6 @@ from host_tools.fleet.provision import provision
 from host_tools.fleet.registry import Registry
 
 pytestmark = pytest.mark.integration
-
-
-def lanterne(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_command_and_monitor_with_registry_keys(virtual_boards, tmp_path):

@@ -9,13 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import lanterne_emulate
-
-LANTERNE = [sys.executable, "-m", "host_tools.cli"]
-
-
-def lanterne(*args, timeout=60, **kw):
-    return subprocess.run([*LANTERNE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+from conftest import lanterne, lanterne_emulate
 
 
 def test_help_lists_commands():

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import LANTERNE
 
 from host_tools.fleet import ProvisionError
 from host_tools.fleet.deploy import MpyCross, parse_mpy
@@ -23,9 +24,6 @@ from host_tools.fleet.verify import verify
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-c", "import sys; from host_tools import cli; "
-       "cli.COMMANDS.setdefault('provision', ('provision', 'provision')); "
-       "cli.COMMANDS.setdefault('verify', ('verify', 'verify')); sys.exit(cli.main())"]
 
 
 def mpremote(port, *args):
@@ -146,7 +144,7 @@ def test_bad_config_names_the_field_and_writes_nothing(board, mosquitto, tmp_pat
         provision(board.port, "esp99", "lamp-1", broker=mosquitto.url, registry=reg)
     assert snapshot(board.flash) == before and reg.devices() == []
     # The command: one line, a hint, exit status 1.
-    r = subprocess.run([*CLI, "provision", "--registry", str(tmp_path / "fleet.sqlite"), "--port", board.port, "--board",
+    r = subprocess.run([*LANTERNE, "provision", "--registry", str(tmp_path / "fleet.sqlite"), "--port", board.port, "--board",
                         "esp32-devkitc", "--device", "lamp-1", "--lat", "48.8", "--lon", "200"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1

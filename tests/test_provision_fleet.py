@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
-import sys
 
 import pytest
+from conftest import lanterne
 
 from host_tools import boards
 from host_tools.backoffice.brokers import Mosquitto
@@ -18,13 +17,6 @@ from host_tools.fleet.registry import Registry
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-c", "import sys; from host_tools import cli; "
-       "[cli.COMMANDS.setdefault(n, (m, n)) for n, m in (('provision', 'provision'), ('verify', 'verify'), "
-       "('broker-files', 'broker_files'))]; sys.exit(cli.main())"]
-
-
-def lanterne(*args, cwd, timeout=180):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def test_twenty_boards_from_one_csv_come_online_with_their_own_credentials(virtual_boards, tmp_path):
@@ -36,7 +28,7 @@ def test_twenty_boards_from_one_csv_come_online_with_their_own_credentials(virtu
 
     # 1. At the office: register the fleet (secrets generated here) and give the broker its files.
     csv_path.write_text("port,board,device,site,lat,lon\n" + "\n".join(rows) + "\n")
-    r = lanterne("provision", "--fleet", str(csv_path), "--register-only", cwd=tmp_path)
+    r = lanterne("provision", "--fleet", str(csv_path), "--register-only", cwd=tmp_path, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "20 of 20 rows registered" in r.stdout
     r = lanterne("broker-files", "--out", "broker", cwd=tmp_path)
@@ -47,7 +39,7 @@ def test_twenty_boards_from_one_csv_come_online_with_their_own_credentials(virtu
                     password=reg.backoffice_credentials()[1]) as office:
         # 2. On site: one command provisions all twenty.
         csv_path.write_text("port,board,device,site,lat,lon,broker\n" + "\n".join(f"{row},{broker.url}" for row in rows) + "\n")
-        r = lanterne("provision", "--fleet", str(csv_path), cwd=tmp_path)
+        r = lanterne("provision", "--fleet", str(csv_path), cwd=tmp_path, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "20 of 20 rows provisioned" in r.stdout
         online = office.wait_for("lanterne/v1/centre/*/status", lambda m: b'"online"' in m.payload, count=20, timeout=30)
@@ -109,7 +101,7 @@ def test_bad_rows_are_reported_by_line_and_the_others_provisioned(virtual_boards
         f"{p[2]},esp32-devkitc,bin-07,north,45.80,4.83,1200,150\n"  # 10: duplicate id (with 11)
         f"{p[3]},esp32-devkitc,bin-07,north,45.81,4.83,1200,150\n"  # 11
     )
-    r = lanterne("provision", "--fleet", str(csv_path), "--broker", mosquitto.url, "--registry", "reg.sqlite", cwd=tmp_path)
+    r = lanterne("provision", "--fleet", str(csv_path), "--broker", mosquitto.url, "--registry", "reg.sqlite", cwd=tmp_path, timeout=180)
     assert r.returncode == 1
     err = r.stderr
     assert "line 3: expected 8 fields (port, board, device, site, lat, lon, bin_empty_mm, bin_full_mm), got 5" in err

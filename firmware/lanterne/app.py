@@ -1,23 +1,33 @@
-# Lanterne application: one asyncio loop on the board.
-#   sample (per period) -> reading -> record -> store (durable) -> uplink (codec batch,
-#   MQTT QoS 1) -> store.ack only after the PUBACK; commands authenticated and acked;
-#   lamp profile and bollard run locally whatever the link does; retained status; the
-#   watchdog is fed only while the loop is healthy. Faults go to the status, never up.
+# Lanterne application: one asyncio loop on the board, and nothing in it ever waits on the network.
+#   sample (per period) -> reading -> record -> store (durable) -> uplink (codec batch over the
+#   link, transport/link.py) -> store.ack only after the link took the frame (MQTT: the PUBACK);
+#   commands authenticated and acked; lamp profile and bollard run locally whatever the link
+#   does (the bollard's interlock even runs from its pin interrupt); retained status; the
+#   watchdog is fed only while the loop is healthy, and the loop measures its own lateness
+#   (loop_lag_max_ms). Faults go to the status, never up.
 import asyncio
 import gc
 import json
 import time
 
+# asyncio loads these on first use: load them now, with the rest of the code, before the heap
+# fills with objects (a module's names may grow MicroPython's qstr pool, in one piece)
+from asyncio import Event, Lock, gather, wait_for_ms  # noqa: F401
+
 import machine
+
+from micropython import const
 
 from lanterne import __version__, boardinfo, codec, config
 from lanterne import commands as cmd
 from lanterne.net import Network
+from lanterne.transport.link import ACK, READINGS, STATUS
 
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
-FRAME_BUDGET = 242  # bytes per uplink frame: the largest EU868 LoRaWAN payload, fine for MQTT
+FRAME_BUDGET = 242  # bytes per uplink frame at most: the largest EU868 LoRaWAN payload
 BATCH_MAX = 24  # readings per uplink frame at most
 CMD_QUEUE = 8
+LAG_TICK_MS = const(50)  # the loop-lag task's period
 
 
 def _bump_boot_count(path="boot.count"):
@@ -51,7 +61,8 @@ class App:
         self.net = Network(self.board, self.cfg)
         self.link = None
         self.wdt = None
-        self.status_due = True
+        self.status_due = False  # a status was asked for (command): send one now
+        self.status_sent = time.ticks_ms()
         self.clock_synced = False
         self.sample_period = self.cfg["sample_period_s"]
         self.status_period = self.cfg["status_period_s"]
@@ -59,14 +70,28 @@ class App:
         self.acks = []
         self.reboot_at = None
         self.sent = 0
+        self.lag_max = 0  # the loop's worst lateness since the last status (ms)
+        self.lag_max_boot = 0  # ... since boot
+        self._lag_reported = 0
+        self.uplink_due = asyncio.Event()  # a reading was stored, or the link came up
+        self.commands_in = asyncio.Event()  # a command arrived, or acks wait for the link
         self._build()
 
     def _build(self):
-        from lanterne.assets import Assets
+        # All the code this board runs is imported first, then the objects are built: importing
+        # a module may grow MicroPython's qstr pool, each new pool twice the last and in one
+        # piece, which the heap still has before it fills with objects (assets.load_drivers).
+        from lanterne.assets import Assets, load_drivers
         from lanterne.control import CommandHandler
         from lanterne.reading import RecordPacker
         from lanterne.store import Store
 
+        MqttLink = None
+        if self.cfg["transport"] == "mqtt":
+            from lanterne import ntp  # noqa: F401  (the clock task's)
+            from lanterne.transport.mqtt import MqttLink
+        load_drivers(self.board)
+        gc.collect()
         self.assets = Assets(self.board, self.cfg)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
@@ -74,6 +99,10 @@ class App:
         self.encoder = codec.Encoder(FRAME_BUDGET)
         self.batch = [codec.new_reading() for _ in range(BATCH_MAX)]
         self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
+        if MqttLink is not None:
+            self.link = MqttLink(self.cfg, self.on_downlink)
+        else:
+            self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
 
     # -- time ---------------------------------------------------------------------
     def now(self):
@@ -114,10 +143,24 @@ class App:
                 "lamp": self.assets.lamp.level if self.assets.lamp else None,
                 "lamp_reason": self.assets.profile.reason if self.assets.profile else None,
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
+                "interlock_trips": self.assets.bollard.interlock_trips if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
+                "loop_lag_max_ms": self.lag_max,
+                "loop_lag_max_ms_boot": self.lag_max_boot,
             }
         )
+
+    def status_payload(self):
+        # The status to send now; its loop-lag window restarts (given back if the send fails).
+        s = self.status()
+        self._lag_reported = self.lag_max
+        self.lag_max = 0
+        return s
+
+    def status_not_sent(self):
+        if self._lag_reported > self.lag_max:
+            self.lag_max = self._lag_reported
 
     def log(self, msg):
         print("[lanterne] " + msg)
@@ -142,6 +185,7 @@ class App:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
+                self.uplink_due.set()
             spent = time.ticks_diff(time.ticks_ms(), t0)
             await asyncio.sleep_ms(max(10, self.sample_period * 1000 - spent))
 
@@ -172,32 +216,40 @@ class App:
         return memoryview(self.encoder.buf)[: self.encoder.length], batch[:k]
 
     async def drain(self):
-        """Send what the store holds, frame by frame, committing each after its PUBACK."""
-        while self.link.connected and self.store.pending:
+        """Send what the store holds, frame by frame, committing each only after the link took it
+        (MQTT: its PUBACK). A frame the link did not take stays in the store and goes again."""
+        link = self.link
+        while link.up and self.store.pending:
             nxt = self._next_frame()
             if nxt is None:
                 continue
             frame, acked = nxt
-            try:
-                self.link.publish(self.link.topics["up"], frame, qos=1)
-            except OSError as e:
-                self.log(str(e))
-                return
+            if not link.fits(READINGS, len(frame)):
+                return  # over the airtime budget (LoRaWAN): later
+            if not await link.send(READINGS, frame):
+                return  # the link went down on the way: nothing committed
             self.store.ack(acked)
             self.sent += len(acked)
-            await asyncio.sleep_ms(0)  # let the lamp, commands and sampling run between frames
-            if self.cmd_queue:
-                return
+
+    async def uplink_task(self):
+        link = self.link
+        while True:
+            await link.online.wait()
+            self.uplink_due.clear()
+            await self.drain()
+            if not link.up:
+                continue
+            if self.store.pending:
+                await asyncio.sleep_ms(1000)  # the link would not take more now
+            else:
+                await self.uplink_due.wait()  # a new reading, or the link came back
 
     # -- commands ---------------------------------------------------------------------
-    def on_message(self, topic, msg):
-        # Only our own command topic is ever a command (some brokers have delivered other
-        # topics to a subscriber: never treat those as commands).
-        if self.link is None or topic != self.link.topics["cmd"].encode():
-            self.log("ignored a message on %s: not our command topic" % (topic,))
-            return
+    def on_downlink(self, frame):
+        # From the link (only frames meant for this board): run it from the command task.
         if len(self.cmd_queue) < CMD_QUEUE:
-            self.cmd_queue.append(bytes(msg))
+            self.cmd_queue.append(frame)
+            self.commands_in.set()
         else:
             self.log("command queue full: command dropped (the back office will retry)")
 
@@ -208,13 +260,18 @@ class App:
             self.log(line)
             if ack is not None:
                 self.acks.append(ack)
-        while self.acks and self.link and self.link.connected:
-            try:
-                self.link.publish(self.link.topics["ack"], self.acks[0], qos=1)
+
+    async def command_task(self):
+        # Commands run as they arrive; their acks go out in order once the link takes them.
+        link = self.link
+        while True:
+            await self.commands_in.wait()
+            self.commands_in.clear()
+            self.handle_commands()
+            while self.acks and link.up:
+                if not await link.send(ACK, self.acks[0]):
+                    break  # sent again once the link is back (link_task wakes this task)
                 self.acks.pop(0)
-            except OSError as e:
-                self.log(str(e))
-                return
 
     def execute(self, opcode, args):
         a = self.assets
@@ -290,85 +347,116 @@ class App:
 
     # -- link ------------------------------------------------------------------------
     async def link_task(self):
-        from lanterne.transport.mqtt import MqttLink
-
-        if self.cfg["transport"] != "mqtt":
-            self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
-            self.log(self.faults["transport"])
-            return
+        # Brings the link up and keeps it up; the uplink, command and status tasks send over it.
+        link = self.link
         if not self.net.start():
             self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
-        self.link = MqttLink(self.cfg, self.on_message)
-        last_sync = None
+        was_up = False
         while True:
+            if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
+                self.log("rebooting on command")
+                link.close()
+                machine.reset()
+            if was_up and not link.up:
+                self.faults["mqtt"] = link.last_error
+                self.log(link.last_error)
+            was_up = link.up
             if not self.net.up():
-                if self.link.connected:
-                    self.link.close()
+                if link.up:
+                    link.close()
+                    was_up = False
                     self.log("link down")
                 await asyncio.sleep_ms(200)
                 continue
-            if not self.clock_synced or time.ticks_diff(time.ticks_ms(), last_sync) > 3600000:
-                last_sync = time.ticks_ms()
-                self.sync_clock()
-            if not self.link.connected:
-                if not self.link.due():
-                    await asyncio.sleep_ms(100)
-                    continue
-                if self.link.connect(self.status()):
-                    self.faults.pop("mqtt", None)
-                    self.log("connected to %s:%d as %s" % (self.link.host, self.link.port, self.cfg["device"]))
-                    self.status_due = False
-                else:
-                    self.faults["mqtt"] = self.link.last_error
-                    self.log(self.link.last_error)
+            if link.up:
+                await link.maintain()
                 continue
-            if self.status_due:
+            if not link.due():
+                await asyncio.sleep_ms(100)
+                continue
+            if await link.connect(self.status_payload):
+                self.faults.pop("mqtt", None)
+                self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
                 self.status_due = False
-                try:
-                    self.link.publish(self.link.topics["status"], self.status(), retain=True, qos=1)
-                except OSError as e:
-                    self.log(str(e))
-                    continue
-            self.handle_commands()
-            await self.drain()
-            if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
-                self.log("rebooting on command")
-                self.link.close()
-                machine.reset()
-            if not self.link.poll():
-                continue
-            if not self.cmd_queue and not self.store.pending:
-                await self.link.wait_readable(100)
-
-    def sync_clock(self):
-        try:
-            import ntptime
-
-            ntptime.settime()
-            self.clock_synced = True
-            self.faults.pop("clock", None)
-        except Exception as e:  # no NTP: the lamp profile falls back to its photocell
-            self.faults["clock"] = "clock: not synced (%r)" % (e,)
+                self.status_sent = time.ticks_ms()
+                self.uplink_due.set()
+                self.commands_in.set()  # acks waiting for the link
+                was_up = True
+            else:
+                self.status_not_sent()
+                self.faults["mqtt"] = link.last_error
+                self.log(link.last_error)
 
     async def status_task(self):
+        # The retained status: every status_period_s, when a command asks, and (link.connect)
+        # at each connection.
+        link = self.link
         while True:
-            await asyncio.sleep(self.status_period)
-            self.status_due = True
+            await asyncio.sleep_ms(250)
+            if not link.up:
+                continue
+            if self.status_due or time.ticks_diff(time.ticks_ms(), self.status_sent) >= self.status_period * 1000:
+                if await link.send(STATUS, self.status_payload()):
+                    self.status_due = False
+                    self.status_sent = time.ticks_ms()
+                else:
+                    self.status_not_sent()
+
+    async def clock_task(self):
+        # NTP over a non-blocking socket: at boot, then hourly; every 10 s while it fails (the
+        # lamp profile follows its photocell meanwhile).
+        from lanterne import ntp
+
+        while True:
+            if not self.net.up():
+                await asyncio.sleep_ms(500)
+                continue
+            try:
+                ntp.set_rtc(await ntp.query())
+                self.clock_synced = True
+                self.faults.pop("clock", None)
+                await asyncio.sleep(3600)
+            except Exception as e:
+                self.faults["clock"] = "clock: not synced (%s)" % (e,)
+                await asyncio.sleep_ms(10000)
+
+    async def lag_task(self):
+        # How late this task wakes up: anything that holds the loop (a blocking call, a long
+        # computation) shows here, and in the status as loop_lag_max_ms.
+        t = time.ticks_ms()
+        while True:
+            await asyncio.sleep_ms(LAG_TICK_MS)
+            now = time.ticks_ms()
+            late = time.ticks_diff(now, t) - LAG_TICK_MS
+            t = now
+            if late > self.lag_max:
+                self.lag_max = late
+                if late > self.lag_max_boot:
+                    self.lag_max_boot = late
 
     async def actuator_task(self):
         a = self.assets
         tick = 0
+        trips = irq_trips = 0
         while True:
-            contact = bool(self.link and self.link.connected)
+            contact = bool(self.link and self.link.up)
             try:
                 if a.lamp is not None and a.light is not None and tick % 20 == 0:
                     a.light.sample()  # the photocell every 2 s, not only at the sampling period
                 tick += 1
                 a.lamp_tick(self.now_utc(), contact)
-                if a.bollard is not None:
-                    a.bollard.update()
+                b = a.bollard
+                if b is not None:
+                    b.update()
+                    if b.interlock_trips != trips:
+                        trips = b.interlock_trips
+                        self.log(
+                            "bollard: presence during a move towards the guarded position: move reversed (%s)"
+                            % ("by the interrupt handler" if b.irq_trips != irq_trips else "by the loop")
+                        )
+                        irq_trips = b.irq_trips
             except Exception as e:  # never let an actuator stop the loop
                 self.faults["actuator"] = "actuator: %r" % (e,)
             await asyncio.sleep_ms(100)
@@ -391,13 +479,23 @@ class App:
             "lanterne %s on %s, device %s, reset cause %s, boot %d, backlog %d"
             % (__version__, self.board.get("name"), self.cfg["device"], self.reset_cause, self.boot, self.store.pending)
         )
-        await asyncio.gather(
-            self.guard("link", self.link_task),
+        tasks = [
             self.guard("sampling", self.sample_task),
-            self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
+            self.guard("loop lag", self.lag_task),
             self.heartbeat_task(),
-        )
+        ]
+        if self.link is not None:
+            tasks += [
+                self.guard("link", self.link_task),
+                self.guard("uplink", self.uplink_task),
+                self.guard("commands", self.command_task),
+                self.guard("status", self.status_task),
+                self.guard("clock", self.clock_task),
+            ]
+        else:
+            self.log(self.faults["transport"])
+        await asyncio.gather(*tasks)
 
     async def guard(self, name, task):
         # A bug or an unexpected error in one task is reported and the task restarted; the

@@ -32,10 +32,19 @@ DEFAULTS: dict[str, Any] = {
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
     "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
+    "net_delay_s": 2.0,  # how long a "slow" broker / "slow_tls" handshake holds each chunk
 }
 
 #: Fault kinds a part can be given.
 FAULT_KINDS = ("missing", "nack", "stuck")
+
+#: The simulated network's faults (host_tools/emulator/netsim.py): "part" -> the kinds it takes.
+#: broker (through a FaultProxy): silent = accepts and never answers (every connection, old
+#: and new, goes quiet); half_open = the connections open at that moment go quiet for good, new
+#: ones work; slow = every chunk held net_delay_s; slow_tls = TLS handshake records held
+#: net_delay_s. ntp: silent = the time server never answers. dns: hang = names never resolve
+#: (the resolver gives up after ~15 s, as lwIP's does).
+NETWORK_FAULTS = {"broker": ("silent", "half_open", "slow", "slow_tls"), "ntp": ("silent",), "dns": ("hang",)}
 
 
 class World:
@@ -86,17 +95,27 @@ class World:
 
     # -- faults ---------------------------------------------------------------
     def inject(self, part: str, kind: str) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r} for {part}; choose from {', '.join(FAULT_KINDS)}")
+        kinds = NETWORK_FAULTS.get(part, FAULT_KINDS)
+        if kind not in kinds:
+            raise ValueError(f"unknown fault {kind!r} for {part}; choose from {', '.join(kinds)}")
         with self._lock:
             self._faults.setdefault(part, set()).add(kind)
+        self._notify("fault", {part: kind})
 
     def clear(self, part: str | None = None) -> None:
         with self._lock:
+            parts = list(self._faults) if part is None else [part]
             if part is None:
                 self._faults.clear()
             else:
                 self._faults.pop(part, None)
+        self._notify("clear", {p: None for p in parts})
+
+    def _notify(self, what: str, values: dict) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            fn(what, values)
 
     def fault(self, part: str, kind: str) -> bool:
         with self._lock:
@@ -109,7 +128,10 @@ class World:
     # -- outputs driven by the firmware -------------------------------------
     def drive_pin(self, pin: int, level: int) -> None:
         with self._lock:
+            changed = self._outputs["pins"].get(int(pin)) != int(level)
             self._outputs["pins"][int(pin)] = int(level)
+        if changed:
+            self._notify("pin", {int(pin): int(level)})
 
     def drive_pwm(self, pin: int, freq: int, duty_u16: int | None) -> None:
         with self._lock:
@@ -138,5 +160,13 @@ class World:
         return {"values": self.values(), "faults": self.faults(), "outputs": self.outputs()}
 
     def subscribe(self, fn) -> None:
+        """Call `fn(what, values)` after every change: ("set", {quantity: value}), ("fault",
+        {part: kind}), ("clear", {part: None}), ("pin", {pin: level}) when an output changes.
+        Called on the thread that made the change."""
         with self._lock:
             self._listeners.append(fn)
+
+    def unsubscribe(self, fn) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)

@@ -12,7 +12,7 @@ import time
 
 # asyncio loads these on first use: load them now, with the rest of the code, before the heap
 # fills with objects (a module's names may grow MicroPython's qstr pool, in one piece)
-from asyncio import Event, Lock, gather, wait_for_ms  # noqa: F401
+from asyncio import Event, gather, wait_for_ms  # noqa: F401
 
 import machine
 
@@ -73,8 +73,7 @@ class App:
         self.lag_max = 0  # the loop's worst lateness since the last status (ms)
         self.lag_max_boot = 0  # ... since boot
         self._lag_reported = 0
-        self.uplink_due = asyncio.Event()  # a reading was stored, or the link came up
-        self.commands_in = asyncio.Event()  # a command arrived, or acks wait for the link
+        self.uplink_due = Event()  # something to send: a reading, a command's ack, a status; the link came up
         self._build()
 
     def _build(self):
@@ -88,7 +87,7 @@ class App:
 
         MqttLink = None
         if self.cfg["transport"] == "mqtt":
-            from lanterne import ntp  # noqa: F401  (the clock task's)
+            from lanterne import ntp  # noqa: F401  (the link task's clock)
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
@@ -230,26 +229,41 @@ class App:
                 return  # the link went down on the way: nothing committed
             self.store.ack(acked)
             self.sent += len(acked)
+            if self.cmd_queue or self.acks or self.status_due:
+                return  # those go first
 
     async def uplink_task(self):
+        # Everything the board sends goes through here, one frame at a time: the acks of the
+        # commands received first, then the status when due, then readings.
         link = self.link
         while True:
-            await link.online.wait()
+            self.handle_commands()  # commands run as they arrive, whatever the link does
+            if link.up:
+                if self.acks:
+                    if await link.send(ACK, self.acks[0]):
+                        self.acks.pop(0)
+                    continue
+                if self.status_due:
+                    if await link.send(STATUS, self.status_payload()):
+                        self.status_due = False
+                        self.status_sent = time.ticks_ms()
+                    else:
+                        self.status_not_sent()
+                    continue
+                if self.store.pending:
+                    await self.drain()
+                    if self.store.pending and link.up:
+                        await asyncio.sleep_ms(1000)  # the link would not take more now
+                    continue
+            await self.uplink_due.wait()
             self.uplink_due.clear()
-            await self.drain()
-            if not link.up:
-                continue
-            if self.store.pending:
-                await asyncio.sleep_ms(1000)  # the link would not take more now
-            else:
-                await self.uplink_due.wait()  # a new reading, or the link came back
 
     # -- commands ---------------------------------------------------------------------
     def on_downlink(self, frame):
-        # From the link (only frames meant for this board): run it from the command task.
+        # From the link (only frames meant for this board): run by the uplink task, which acks it.
         if len(self.cmd_queue) < CMD_QUEUE:
             self.cmd_queue.append(frame)
-            self.commands_in.set()
+            self.uplink_due.set()
         else:
             self.log("command queue full: command dropped (the back office will retry)")
 
@@ -260,18 +274,6 @@ class App:
             self.log(line)
             if ack is not None:
                 self.acks.append(ack)
-
-    async def command_task(self):
-        # Commands run as they arrive; their acks go out in order once the link takes them.
-        link = self.link
-        while True:
-            await self.commands_in.wait()
-            self.commands_in.clear()
-            self.handle_commands()
-            while self.acks and link.up:
-                if not await link.send(ACK, self.acks[0]):
-                    break  # sent again once the link is back (link_task wakes this task)
-                self.acks.pop(0)
 
     def execute(self, opcode, args):
         a = self.assets
@@ -313,7 +315,7 @@ class App:
         if opcode == cmd.SET_CONFIG:
             return self.set_config(args["key"], args["value"])
         if opcode == cmd.REQUEST_STATUS:
-            self.status_due = True
+            self.status_due = True  # the uplink task sends it after this command's ack
             return cmd.OK, b""
         if opcode == cmd.REBOOT:
             self.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
@@ -347,13 +349,16 @@ class App:
 
     # -- link ------------------------------------------------------------------------
     async def link_task(self):
-        # Brings the link up and keeps it up; the uplink, command and status tasks send over it.
+        # Brings the network link up and keeps it up (the uplink task sends over it), and keeps
+        # the clock: NTP at boot, then hourly, every 10 s while it fails (the lamp profile follows
+        # its photocell meanwhile). Every wait here is bounded and lets the loop run.
         link = self.link
         if not self.net.start():
             self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
         was_up = False
+        clock_due = time.ticks_ms()
         while True:
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
@@ -370,62 +375,43 @@ class App:
                     self.log("link down")
                 await asyncio.sleep_ms(200)
                 continue
-            if link.up:
+            if time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
+                clock_due = time.ticks_add(time.ticks_ms(), 3600000 if await self.sync_clock() else 10000)
+            elif link.up:
                 await link.maintain()
-                continue
-            if not link.due():
+            elif not link.due():
                 await asyncio.sleep_ms(100)
-                continue
-            if await link.connect(self.status_payload):
+            elif await link.connect(self.status_payload):
                 self.faults.pop("mqtt", None)
                 self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
                 self.status_due = False
                 self.status_sent = time.ticks_ms()
-                self.uplink_due.set()
-                self.commands_in.set()  # acks waiting for the link
+                self.uplink_due.set()  # what waited for the link
                 was_up = True
             else:
                 self.status_not_sent()
                 self.faults["mqtt"] = link.last_error
                 self.log(link.last_error)
 
-    async def status_task(self):
-        # The retained status: every status_period_s, when a command asks, and (link.connect)
-        # at each connection.
-        link = self.link
-        while True:
-            await asyncio.sleep_ms(250)
-            if not link.up:
-                continue
-            if self.status_due or time.ticks_diff(time.ticks_ms(), self.status_sent) >= self.status_period * 1000:
-                if await link.send(STATUS, self.status_payload()):
-                    self.status_due = False
-                    self.status_sent = time.ticks_ms()
-                else:
-                    self.status_not_sent()
-
-    async def clock_task(self):
-        # NTP over a non-blocking socket: at boot, then hourly; every 10 s while it fails (the
-        # lamp profile follows its photocell meanwhile).
+    async def sync_clock(self):
+        # One NTP query over a non-blocking socket (at most ntp.TIMEOUT_MS); True when the clock is set.
         from lanterne import ntp
 
-        while True:
-            if not self.net.up():
-                await asyncio.sleep_ms(500)
-                continue
-            try:
-                ntp.set_rtc(await ntp.query())
-                self.clock_synced = True
-                self.faults.pop("clock", None)
-                await asyncio.sleep(3600)
-            except Exception as e:
-                self.faults["clock"] = "clock: not synced (%s)" % (e,)
-                await asyncio.sleep_ms(10000)
+        try:
+            ntp.set_rtc(await ntp.query())
+        except Exception as e:  # no NTP: the lamp profile falls back to its photocell
+            self.faults["clock"] = "clock: not synced (%s)" % (e,)
+            return False
+        self.clock_synced = True
+        self.faults.pop("clock", None)
+        return True
 
-    async def lag_task(self):
-        # How late this task wakes up: anything that holds the loop (a blocking call, a long
-        # computation) shows here, and in the status as loop_lag_max_ms.
-        t = time.ticks_ms()
+    async def tick_task(self):
+        # The loop's own heartbeat, every LAG_TICK_MS. It measures how late it wakes up: anything
+        # that holds the loop (a blocking call, a long computation) shows here, and in the status
+        # as loop_lag_max_ms. It feeds the watchdog (only a healthy loop does: if the loop stalls,
+        # the board resets) and raises the periodic status.
+        t = fed = time.ticks_ms()
         while True:
             await asyncio.sleep_ms(LAG_TICK_MS)
             now = time.ticks_ms()
@@ -435,6 +421,12 @@ class App:
                 self.lag_max = late
                 if late > self.lag_max_boot:
                     self.lag_max_boot = late
+            if self.wdt and time.ticks_diff(now, fed) >= 1000:
+                self.wdt.feed()
+                fed = now
+            if not self.status_due and time.ticks_diff(now, self.status_sent) >= self.status_period * 1000:
+                self.status_due = True
+                self.uplink_due.set()
 
     async def actuator_task(self):
         a = self.assets
@@ -461,13 +453,6 @@ class App:
                 self.faults["actuator"] = "actuator: %r" % (e,)
             await asyncio.sleep_ms(100)
 
-    async def heartbeat_task(self):
-        # The watchdog is fed only from here: if the loop stalls, the board resets.
-        while True:
-            if self.wdt:
-                self.wdt.feed()
-            await asyncio.sleep_ms(1000)
-
     async def run(self):
         for err in self.config_errors:
             self.log(err)
@@ -482,16 +467,12 @@ class App:
         tasks = [
             self.guard("sampling", self.sample_task),
             self.guard("actuators", self.actuator_task),
-            self.guard("loop lag", self.lag_task),
-            self.heartbeat_task(),
+            self.tick_task(),
         ]
         if self.link is not None:
             tasks += [
                 self.guard("link", self.link_task),
                 self.guard("uplink", self.uplink_task),
-                self.guard("commands", self.command_task),
-                self.guard("status", self.status_task),
-                self.guard("clock", self.clock_task),
             ]
         else:
             self.log(self.faults["transport"])

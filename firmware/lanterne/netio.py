@@ -75,7 +75,9 @@ def distrust(host, port, kind=socket.SOCK_STREAM):
         _stale.add("%s:%d:%d" % (host, port, kind))
 
 
-def _wait_read(s):
+def wait_read(s):
+    """Park this task in the loop's poller until `s` is readable (`await netio.wait_read(s)`; no
+    timeout; at most one task may wait to read a given socket)."""
     from asyncio import core
 
     yield core._io_queue.queue_read(s)
@@ -87,16 +89,10 @@ def _wait_write(s):
     yield core._io_queue.queue_write(s)
 
 
-def wait_read(s):
-    """Awaitable: park this task in the loop's poller until `s` is readable (no timeout; at most
-    one task may wait to read a given socket)."""
-    return _wait_read(s)
-
-
 async def readable(s, timeout_ms):
     """True when `s` became readable within `timeout_ms`."""
     try:
-        await asyncio.wait_for_ms(_wait_read(s), timeout_ms)
+        await asyncio.wait_for_ms(wait_read(s), timeout_ms)
         return True
     except asyncio.TimeoutError:
         return False

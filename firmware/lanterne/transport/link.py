@@ -15,15 +15,15 @@
 #                               end has taken responsibility for it (MQTT: the PUBACK): only then
 #                               may the app commit what the frame carried. False when the link
 #                               went down on the way (nothing to commit; the app retries later).
-#                               Frames go out one at a time, in the order they were sent.
+#                               One frame at a time: the app sends from one task, in order.
 #   link.max_frame(kind)        the largest payload of that kind the link takes now (LoRaWAN:
 #                               the data rate's; MQTT: the codec frame).
 #   link.fits(kind, nbytes)     whether sending that now fits the airtime budget (MQTT: always).
 #   await link.maintain()       keep the link alive (MQTT: keepalive pings, a dead connection
 #                               found out); returns within about MAINTAIN_MS.
 #   link.close()                drop the link at once (the far end may learn it only later).
-#   link.state, link.up, link.online (an asyncio.Event set while up), link.last_error,
-#   link.connects               what the app and its status report.
+#   link.state, link.up, link.last_error, link.connects
+#                               what the app and its status report.
 #   on_downlink(frame)          given at construction, called on the loop with the bytes of
 #                               each downlink meant for this board (a command frame).
 import random
@@ -45,11 +45,8 @@ BACKOFF_CAP_MS = const(300000)
 
 class Link:
     def __init__(self, on_downlink):
-        import asyncio
-
         self.on_downlink = on_downlink
         self.state = OFFLINE
-        self.online = asyncio.Event()
         self.last_error = None
         self.failures = 0
         self.connects = 0
@@ -73,7 +70,6 @@ class Link:
         self.failures = 0
         self.connects += 1
         self.last_error = None
-        self.online.set()
 
     def _went_down(self, why):
         # Called once per failure: the next attempt waits out the backoff.
@@ -81,22 +77,6 @@ class Link:
         self.failures += 1
         self.next_try = time.ticks_add(time.ticks_ms(), self.backoff_ms())
         self.state = OFFLINE
-        self.online.clear()
-
-    def max_frame(self, kind):
-        raise NotImplementedError
 
     def fits(self, kind, nbytes):
         return True
-
-    async def connect(self, hello):
-        raise NotImplementedError
-
-    async def send(self, kind, payload):
-        raise NotImplementedError
-
-    async def maintain(self):
-        raise NotImplementedError
-
-    def close(self):
-        raise NotImplementedError

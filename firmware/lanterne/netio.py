@@ -3,10 +3,12 @@
 #
 # getaddrinfo() cannot be made non-blocking on MicroPython: on the ESP32 it waits inside lwIP
 # for the DNS server (up to ~15 s when it never answers). So a name is looked up in a thread of
-# its own (the esp32 port releases its GIL around the lookup), the loop polls for the answer and
-# gives up after `timeout_ms`; one lookup per name at a time; the last good address is kept and
-# used whenever a fresh lookup fails or is still running. Numeric addresses never need one. A
-# port without threads looks names up inline (bounded by its resolver).
+# its own (the esp32 port releases its GIL around the lookup) while the loop polls for the
+# answer, one lookup per name at a time. Cached: once a name has an address, resolve() returns
+# it at once and refreshes it in the background; only the first lookup, or one after a
+# connection to the cached address failed (distrust()), is waited for, at most `timeout_ms`,
+# after which the cached address (if any) is used. Numeric addresses need no lookup. A port
+# without threads looks names up inline (bounded only by its resolver).
 import time
 
 import asyncio
@@ -39,8 +41,6 @@ async def resolve(host, port, kind=socket.SOCK_STREAM, timeout_ms=5000):
         return socket.getaddrinfo(host, port, 0, kind)[0][-1]
     key = "%s:%d:%d" % (host, port, kind)
     cached = _cache.get(key)
-    if cached is not None and key not in _stale:
-        return cached
     slot = _pending.get(key)
     if slot is None:
         try:
@@ -48,25 +48,34 @@ async def resolve(host, port, kind=socket.SOCK_STREAM, timeout_ms=5000):
         except ImportError:
             _cache[key] = socket.getaddrinfo(host, port, 0, kind)[0][-1]
             return _cache[key]
-        slot = [None]
-        _pending[key] = slot
+        slot = _pending[key] = [None]
         _thread.start_new_thread(_lookup, (slot, host, port, kind))
+    if cached is not None and key not in _stale:
+        _collect(key, slot)
+        return cached  # the lookup refreshes it in the background
     t0 = time.ticks_ms()
     while slot[0] is None and time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
         await asyncio.sleep_ms(20)
-    answer = slot[0]
-    if answer is None:  # still looking: that thread keeps its slot, no second one is started
+    if not _collect(key, slot):
         if cached is not None:
             return cached
-        raise OSError("dns: %s: no answer within %d ms" % (host, timeout_ms))
+        if slot[0] is None:
+            raise OSError("dns: %s: no answer within %d ms" % (host, timeout_ms))
+        raise OSError("dns: %s: %r" % (host, slot[0]))
+    return _cache[key]
+
+
+def _collect(key, slot):
+    # A finished lookup's answer into the cache; True when it gave an address.
+    answer = slot[0]
+    if answer is None:
+        return False  # still looking: that thread keeps its slot, no second one is started
     del _pending[key]
     if isinstance(answer, Exception):
-        if cached is not None:
-            return cached
-        raise OSError("dns: %s: %r" % (host, answer))
+        return False
     _cache[key] = answer
     _stale.discard(key)
-    return answer
+    return True
 
 
 def distrust(host, port, kind=socket.SOCK_STREAM):

@@ -38,6 +38,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from typing import Protocol
 
 from host_tools.emulator.devices import Nack
@@ -48,6 +49,9 @@ class HalClient(Protocol):
 
     parts: object
     world: object
+    #: when set (a deque), the server appends the time of each request it answers: what the
+    #: firmware does, seen from outside (the loop benchmark measures stalls with it)
+    request_times: object
 
     def on_booted(self, alloc: int, free: int) -> None: ...
     def on_reset_request(self, kind: str, arg: int) -> None: ...
@@ -280,6 +284,8 @@ class HalServer:
                     await self._events(board, reader, writer)
                     break
                 writer.write((handle(board, line.decode()) + "\n").encode())
+                if board.request_times is not None:
+                    board.request_times.append(time.monotonic())
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -316,6 +322,7 @@ class StandaloneHal:
         self.booted = None
         self.reset_requests: list[tuple[str, int]] = []
         self.watchdog: list = []
+        self.request_times = None
         self._loop = asyncio.new_event_loop()
         self._server = HalServer()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

@@ -139,6 +139,7 @@ class World:
                 self._outputs["pwm"].pop(int(pin), None)
             else:
                 self._outputs["pwm"][int(pin)] = {"freq": int(freq), "duty_u16": int(duty_u16)}
+        self._notify("pwm", {int(pin): duty_u16})
 
     def pin_level(self, pin: int) -> int | None:
         with self._lock:
@@ -161,8 +162,8 @@ class World:
 
     def subscribe(self, fn) -> None:
         """Call `fn(what, values)` after every change: ("set", {quantity: value}), ("fault",
-        {part: kind}), ("clear", {part: None}), ("pin", {pin: level}) when an output changes.
-        Called on the thread that made the change."""
+        {part: kind}), ("clear", {part: None}), ("pin", {pin: level}) when an output changes,
+        ("pwm", {pin: duty_u16 or None}) at every PWM write. Called on the thread that made it."""
         with self._lock:
             self._listeners.append(fn)
 

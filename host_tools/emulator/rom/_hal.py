@@ -84,14 +84,22 @@ def posix():
     return _posix
 
 
+_flag_paths = {}
+
+
 def flag(name):
     # A fact about the simulated network the emulator keeps as a file in the run folder (created
     # while true): "link_down", "dns_hang". Cheap enough for every socket operation.
+    path = _flag_paths.get(name)
     try:
-        posix().stat(_run_dir + "/" + name)
+        if path is None:
+            path = _flag_paths[name] = _run_dir + "/" + name
+        posix().stat(path)
         return True
     except OSError:
         return False
+    except MemoryError:
+        return False  # from a finaliser (a socket closed by the GC: the heap is locked): say no
 
 
 def link_up():

@@ -67,8 +67,8 @@ def _put_header(buf, first, remaining):
             return i
 
 
-def connect_packet(buf, client_id, keepalive, will_topic=None, will=None, will_qos=0, will_retain=False, user=None, password=None):
-    """CONNECT (clean session) into `buf`; returns its length."""
+def connect_packet(client_id, keepalive, will_topic=None, will=None, will_qos=0, will_retain=False, user=None, password=None):
+    """CONNECT (clean session): a bytearray of its own (once per connection; credentials may be long)."""
     flags = 0x02
     n = 10 + 2 + len(client_id)
     if will_topic:
@@ -80,6 +80,7 @@ def connect_packet(buf, client_id, keepalive, will_topic=None, will=None, will_q
     if password:
         flags |= 0x40
         n += 2 + len(password)
+    buf = bytearray(n + 5)
     i = _put_str(buf, _put_header(buf, 0x10, n), b"MQTT")
     buf[i] = 4  # protocol level: 3.1.1
     buf[i + 1] = flags
@@ -92,7 +93,7 @@ def connect_packet(buf, client_id, keepalive, will_topic=None, will=None, will_q
         i = _put_str(buf, i, user)
     if password:
         i = _put_str(buf, i, password)
-    return i
+    return memoryview(buf)[:i]
 
 
 def publish_header(buf, topic, payload_len, pid, qos=1, retain=False):
@@ -157,8 +158,7 @@ class MqttLink(Link):
             before = await self._open(addr)
             step = "connect"
             c = self.cfg
-            n = connect_packet(
-                self._tx,
+            packet = connect_packet(
                 c["device"].encode(),
                 c["keepalive_s"],
                 self._topic[STATUS],
@@ -169,7 +169,8 @@ class MqttLink(Link):
                 c["mqtt_password"].encode() or None,
             )
             # with TLS this write drives the handshake, waiting on the server's flights
-            rc = await self._request(n, None, _CONNACK << 16)
+            rc = await self._request(0, packet, _CONNACK << 16)
+            packet = None
             if rc:
                 raise OSError("CONNACK refused, code %d" % rc)
             if self.tls:
@@ -431,6 +432,12 @@ class MqttLink(Link):
                         break  # the header is not all in yet
                     k = i + rem
                     if k > RX_MAX:
+                        if rx[0] & 0xF6 > _PUBLISH:  # a PUBLISH with QoS: ack it, or it comes again forever
+                            if self._have < i + 2 or self._have < i + 4 + (rx[i] << 8 | rx[i + 1]) <= RX_MAX:
+                                break  # its packet id is not in yet
+                            p = i + 2 + (rx[i] << 8 | rx[i + 1])
+                            if p + 2 <= RX_MAX:
+                                self._acks_due.append(rx[p] << 8 | rx[p + 1])
                         print("[lanterne] mqtt: dropped a %d-byte packet (type 0x%02x): too large" % (k, rx[0]))
                         self._skip = k
                         continue

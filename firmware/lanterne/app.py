@@ -208,7 +208,9 @@ class App:
         if n == 0:
             self.store.ack(batch[:1])  # an unreadable record is skipped, never retried forever
             return None
-        k = self.encoder.encode(self.batch, 0, n, FRAME_BUDGET)
+        # the largest frame the link takes now (LoRaWAN: its data rate's), within the encoder's buffer
+        budget = min(FRAME_BUDGET, self.link.max_frame(READINGS)) if self.link else FRAME_BUDGET
+        k = self.encoder.encode(self.batch, 0, n, budget)
         if k == 0:
             self.store.ack(batch[:1])
             return None

@@ -18,8 +18,8 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset
-    IRQ pin trigger          pin interrupt: 1 rising, 2 falling, 3 both, 4/5 on reaching low/high,
-                             0 off (machine.Pin.irq)
+    IRQ pin trigger          pin interrupt: 1 rising, 2 falling, 3 both, 4/5 on reaching low/high
+                             (once, not repeatedly), 0 off (machine.Pin.irq)
     EVENTS                   this connection becomes the board's interrupt channel: from now on
                              the server writes one byte, the pin number, per edge that fires
 

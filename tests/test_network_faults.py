@@ -69,8 +69,9 @@ def test_the_bollard_keeps_its_interlock(results, fault):
 @pytest.mark.parametrize("fault", FAULTS)
 def test_sampling_keeps_its_period(results, fault):
     r = results[fault]
-    assert r.readings_during_fault >= FAULT_S / netfaults.SAMPLE_PERIOD_S - 2, _show(r)
-    assert r.reading_gap_max_s is not None and r.reading_gap_max_s <= 2.5, _show(r)
+    # seen on the sensor bus: a reading started every second through the whole fault
+    assert r.samples_during_fault >= FAULT_S / netfaults.SAMPLE_PERIOD_S - 2, _show(r)
+    assert r.sample_gap_max_s is not None and r.sample_gap_max_s <= 2.0, _show(r)
 
 
 @pytest.mark.parametrize("fault", FAULTS)

@@ -359,24 +359,26 @@ class App:
             self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
-        was_up = False
+        was_up = net_was_up = False
         clock_due = time.ticks_ms()
         while True:
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
                 link.close()
                 machine.reset()
+            if not self.net.up():
+                if net_was_up:
+                    self.log("link down")
+                net_was_up = was_up = False
+                if link.up:
+                    link.close()
+                await asyncio.sleep_ms(200)
+                continue
+            net_was_up = True
             if was_up and not link.up:
                 self.faults["mqtt"] = link.last_error
                 self.log(link.last_error)
             was_up = link.up
-            if not self.net.up():
-                if link.up:
-                    link.close()
-                    was_up = False
-                    self.log("link down")
-                await asyncio.sleep_ms(200)
-                continue
             if time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
                 clock_due = time.ticks_add(time.ticks_ms(), 3600000 if await self.sync_clock() else 10000)
             elif link.up:

@@ -68,6 +68,8 @@ def run(quick: bool = False) -> BenchResult:
             metrics[f"loop_lag_max_ms_{name}"] = lag
             lags.append(lag)
         metrics[f"stall_ms_{name}"] = r.stall_ms
+        if r.sample_gap_max_s is not None:
+            metrics[f"sample_gap_max_s_{name}"] = r.sample_gap_max_s
         if reaction is not None:
             metrics[f"interlock_reaction_ms_{name}"] = reaction
             reactions.append(reaction)
@@ -77,7 +79,7 @@ def run(quick: bool = False) -> BenchResult:
             name, netfaults.SCENARIOS[name].what, "-" if lag is None else lag, r.stall_ms,
             "missed" if r.interlock_missed else ("-" if reaction is None else f"{reaction:.1f}"),
             "-" if r.lamp_ramp_max_pause_ms is None else f"{r.lamp_ramp_max_pause_ms:.0f}",
-            "-" if r.reading_gap_max_s is None else r.reading_gap_max_s,
+            "-" if r.sample_gap_max_s is None else r.sample_gap_max_s,
             "-" if r.recovered_s is None else r.recovered_s, r.readings_lost, "; ".join(r.notes) or "",
         ])
     if lags:
@@ -108,7 +110,7 @@ def run(quick: bool = False) -> BenchResult:
         tables=[(
             "the control loop under network faults",
             ["fault", "what", "loop lag ms (firmware)", "stall ms (outside)", "interlock ms", "lamp pause ms",
-             "reading gap s", "recovered s", "lost", "notes"],
+             "sampling gap s", "recovered s", "lost", "notes"],
             rows,
         )],
         notes=notes,

@@ -187,7 +187,7 @@ class VirtualBoard:
         self._master = self._slave = None
         self._closing = False
         self.ntp: NtpServer | None = None  # the board's simulated time server (netsim.py)
-        self.request_times: collections.deque | None = None  # HAL request times, when watched
+        self.requests: collections.deque | None = None  # (time, HAL request line), when watched
         self._changed = asyncio.Event()  # set (and replaced) whenever the board prints
         # The raw SPI flash (bootloader, partition table, MicroPython) beside the folder, when
         # the board is emulated from the ROM up: `blank` makes a factory-fresh, erased chip that

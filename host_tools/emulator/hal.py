@@ -49,9 +49,9 @@ class HalClient(Protocol):
 
     parts: object
     world: object
-    #: when set (a deque), the server appends the time of each request it answers: what the
-    #: firmware does, seen from outside (the loop benchmark measures stalls with it)
-    request_times: object
+    #: when set (a deque), the server appends (time, request line) for each request it
+    #: answers: what the firmware does, seen from outside (the loop benchmark measures with it)
+    requests: object
 
     def on_booted(self, alloc: int, free: int) -> None: ...
     def on_reset_request(self, kind: str, arg: int) -> None: ...
@@ -284,8 +284,9 @@ class HalServer:
                     await self._events(board, reader, writer)
                     break
                 writer.write((handle(board, line.decode()) + "\n").encode())
-                if board.request_times is not None:
-                    board.request_times.append(time.monotonic())
+                watched = getattr(board, "requests", None)
+                if watched is not None:
+                    watched.append((time.monotonic(), line))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -322,7 +323,7 @@ class StandaloneHal:
         self.booted = None
         self.reset_requests: list[tuple[str, int]] = []
         self.watchdog: list = []
-        self.request_times = None
+        self.requests = None
         self._loop = asyncio.new_event_loop()
         self._server = HalServer()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

@@ -16,7 +16,8 @@ What is measured, from outside (so an older firmware is measured the same way) a
 firmware's own status: the loop's lateness (`loop_lag_max_ms` from the status; the longest
 silence between the firmware's hardware accesses, `stall_ms`), how long the relay took to
 react to presence, the lamp's ramp (steps, longest pause between steps), the readings taken
-during the fault (count, longest gap), the time to recover, readings lost, the heap.
+during the fault (seen on the sensor bus: count, longest gap), the time to recover, readings
+lost, the heap.
 
 Used by tests/test_network_faults.py (assertions per fault) and `lanterne bench loop`.
 """
@@ -86,8 +87,8 @@ class Result:
     lamp_ramp_steps: int = 0
     lamp_ramp_max_pause_ms: float | None = None
     lamp_off_s: float | None = None  # bright -> lamp fully off
-    readings_during_fault: int = 0
-    reading_gap_max_s: float | None = None
+    samples_during_fault: int = 0  # sensor readings started during the fault (seen on the bus)
+    sample_gap_max_s: float | None = None  # the longest time without one, fault edges included
     recovered_s: float | None = None  # fault cleared -> online again with the backlog delivered
     readings_lost: int = 0
     heap_peak_bytes: int | None = None  # ESP32-equivalent
@@ -147,7 +148,7 @@ def run(scenario: Scenario, emulator, broker_url: str, *, tls: dict | None = Non
         base = f"lanterne/v1/faults/{device}/"
         watcher = Watcher(broker_url, [base + "#"])
         handle = emulator.add_board(board, flash, world=world, board_heap=board_heap)
-        handle.board.request_times = collections.deque(maxlen=100000)
+        handle.board.requests = collections.deque(maxlen=100000)
         try:
             watcher.wait_for(base + "status", lambda m: b'"online"' in m.payload, timeout=90)
             res.online = True
@@ -184,7 +185,14 @@ def run(scenario: Scenario, emulator, broker_url: str, *, tls: dict | None = Non
         # -- recovery ----------------------------------------------------------------------
         _recover(res, watcher, base, t_clear, handle)
         # -- what happened -------------------------------------------------------------------
-        times = list(handle.board.request_times)
+        requests = list(handle.board.requests)
+        times = [t for t, _line in requests]
+        # sampling, seen from outside: each reading starts with a BME280 forced conversion
+        # (a write to its ctrl_meas register, 0xF4, at 0x76 on bus 0)
+        samples = [t for t, line in requests if line.startswith(b"I2CW 0 118 f4") and t_fault <= t <= t_clear]
+        res.samples_during_fault = len(samples)
+        edges = [t_fault, *samples, t_clear]
+        res.sample_gap_max_s = round(max(b - a for a, b in zip(edges, edges[1:], strict=False)), 2)
         # the fault's window, and the silences that straddle its edges
         first = max((i for i, t in enumerate(times) if t < t_fault), default=0)
         window = [t for t in times[first:] if t <= t_clear + 1.0]
@@ -280,16 +288,11 @@ def _lamp(res: Result, pwm: list, t_bright: float) -> None:
 
 
 def _readings_and_status(res: Result, watcher, base: str, t_fault: float, t_clear: float, handle) -> None:
-    now_wall, now_mono = time.time(), time.monotonic()
-    fault_wall, clear_wall = now_wall - (now_mono - t_fault), now_wall - (now_mono - t_clear)
+    fault_wall = time.time() - (time.monotonic() - t_fault)
     seqs = _seqs(watcher, base)
     if seqs:
         lo, hi = min(seqs), max(seqs)
         res.readings_lost = sum(1 for s in range(lo, hi + 1) if s not in seqs)
-        during = sorted(t for t in seqs.values() if fault_wall <= t <= clear_wall)
-        res.readings_during_fault = len(during)
-        edges = [fault_wall, *during, clear_wall]
-        res.reading_gap_max_s = round(max(b - a for a, b in zip(edges, edges[1:], strict=False)), 1)
     lags, boot_lags, allocs = [], [], []
     for m in watcher.matching(base + "status"):
         try:

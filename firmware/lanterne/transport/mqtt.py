@@ -273,7 +273,8 @@ class MqttLink(Link):
             self._went_down("mqtt link lost: %s" % why)
 
     def _drop(self):
-        self._got = _LOST
+        if self._got == _PENDING:  # (an answer that came just before the end still counts)
+            self._got = _LOST
         self._answer.set()  # a request waiting for its answer returns at once
         r = self._reader
         self._reader = None
@@ -326,8 +327,8 @@ class MqttLink(Link):
                 left = TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), t0)
                 if left <= 0 or not await netio.readable(self._sock, left):
                     raise OSError(errno.ETIMEDOUT)
-                if not self._receive():
-                    raise OSError("closed by the broker")
+                if not self._receive() and self._got == _PENDING:
+                    raise OSError("closed by the broker")  # (a refusing CONNACK may come just before)
         elif self._got == _PENDING:
             try:
                 await asyncio.wait_for_ms(self._answer.wait(), TIMEOUT_MS)

@@ -28,6 +28,7 @@ FRAME_BUDGET = 242  # bytes per uplink frame at most: the largest EU868 LoRaWAN 
 BATCH_MAX = 24  # readings per uplink frame at most
 CMD_QUEUE = 8
 LAG_TICK_MS = const(50)  # the loop-lag task's period
+_MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
 
 
 def _bump_boot_count(path="boot.count"):
@@ -379,11 +380,15 @@ class App:
                 self.faults["mqtt"] = link.last_error
                 self.log(link.last_error)
             was_up = link.up
+            b = self.assets.bollard
             if time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
                 clock_due = time.ticks_add(time.ticks_ms(), 3600000 if await self.sync_clock() else 10000)
             elif link.up:
                 await link.maintain()
-            elif not link.due():
+            elif not link.due() or (b is not None and b.state == _MOVING and b.target == b.guard):
+                # (no connection is set up while the bollard moves towards its guarded position: a
+                # TLS handshake's key exchange runs in one long mbedtls call, which would delay the
+                # presence interrupt's handler; moves only start on a command, over an up link)
                 await asyncio.sleep_ms(100)
             elif await link.connect(self.status_payload):
                 self.faults.pop("mqtt", None)

@@ -66,11 +66,10 @@ def test_firmware_and_ntptime_read_the_worlds_clock_through_the_board_network():
     world.set_clock(1_900_000_000)
     code = (
         "import asyncio, json, ntptime, time\n"
-        "from lanterne import ntp\n"
-        "t0 = time.ticks_ms()\n"
-        "ours = asyncio.run(ntp.query())\n"
+        "from lanterne import netio\n"
+        "ours = asyncio.run(netio.ntp_query())\n"
         "theirs = ntptime.time()\n"
-        "ntp.set_rtc(ours)\n"
+        "netio.set_rtc(ours)\n"
         "import machine\n"
         "print(json.dumps([ours, theirs, list(machine.RTC().datetime())]))\n"
     )
@@ -80,8 +79,8 @@ def test_firmware_and_ntptime_read_the_worlds_clock_through_the_board_network():
         assert dt[:3] == [2030, 3, 17]  # 1 900 000 000 s: 2030-03-17
         world.inject("ntp", "silent")
         silent = (
-            "import asyncio, json\nfrom lanterne import ntp\n"
-            "try:\n    asyncio.run(ntp.query(timeout_ms=300)); r = 'answered'\n"
+            "import asyncio, json\nfrom lanterne import netio\n"
+            "try:\n    asyncio.run(netio.ntp_query(timeout_ms=300)); r = 'answered'\n"
             "except OSError as e:\n    r = str(e)\n"
             "print(json.dumps(r))\n"
         )

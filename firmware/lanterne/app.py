@@ -12,7 +12,7 @@ import time
 
 # asyncio loads these on first use: load them now, with the rest of the code, before the heap
 # fills with objects (a module's names may grow MicroPython's qstr pool, in one piece)
-from asyncio import Event, gather, wait_for_ms  # noqa: F401
+from asyncio import gather, wait_for_ms  # noqa: F401
 
 import machine
 
@@ -21,13 +21,13 @@ from micropython import const
 from lanterne import __version__, boardinfo, codec, config
 from lanterne import commands as cmd
 from lanterne.net import Network
-from lanterne.transport.link import ACK, READINGS, STATUS
+from lanterne.transport.link import ACK, READINGS, STATUS, Flag
 
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
 FRAME_BUDGET = 242  # bytes per uplink frame at most: the largest EU868 LoRaWAN payload
 BATCH_MAX = 24  # readings per uplink frame at most
 CMD_QUEUE = 8
-LAG_TICK_MS = const(50)  # the loop-lag task's period
+TICK_MS = const(100)  # the actuator task's period: the loop's heartbeat
 _MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
 
 
@@ -74,7 +74,7 @@ class App:
         self.lag_max = 0  # the loop's worst lateness since the last status (ms)
         self.lag_max_boot = 0  # ... since boot
         self._lag_reported = 0
-        self.uplink_due = Event()  # something to send: a reading, a command's ack, a status; the link came up
+        self.uplink_due = Flag()  # something to send: a reading, a command's ack, a status; the link came up
         self._build()
 
     def _build(self):
@@ -88,7 +88,6 @@ class App:
 
         MqttLink = None
         if self.cfg["transport"] == "mqtt":
-            from lanterne import ntp  # noqa: F401  (the link task's clock)
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
@@ -153,7 +152,13 @@ class App:
 
     def status_payload(self):
         # The status to send now; its loop-lag window restarts (given back if the send fails).
-        s = self.status()
+        try:
+            s = self.status()
+        except MemoryError:
+            # no room for the whole status now (a fragmented heap): say so briefly rather than
+            # not at all (a connection needs one); the full one goes at the next period
+            gc.collect()
+            s = '{"state": "online", "device": "%s", "faults": ["status: out of memory"]}' % self.cfg["device"]
         self._lag_reported = self.lag_max
         self.lag_max = 0
         return s
@@ -390,7 +395,7 @@ class App:
                 # TLS handshake's key exchange runs in one long mbedtls call, which would delay the
                 # presence interrupt's handler; moves only start on a command, over an up link)
                 await asyncio.sleep_ms(100)
-            elif await link.connect(self.status_payload):
+            elif await self._connect():
                 self.faults.pop("mqtt", None)
                 self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
                 self.status_due = False
@@ -402,12 +407,16 @@ class App:
                 self.faults["mqtt"] = link.last_error
                 self.log(link.last_error)
 
+    async def _connect(self):
+        gc.collect()  # a clean heap for the connection's buffers and its first status
+        return await self.link.connect(self.status_payload)
+
     async def sync_clock(self):
-        # One NTP query over a non-blocking socket (at most ntp.TIMEOUT_MS); True when the clock is set.
-        from lanterne import ntp
+        # One NTP query over a non-blocking socket (at most netio.NTP_TIMEOUT_MS); True when set.
+        from lanterne import netio
 
         try:
-            ntp.set_rtc(await ntp.query())
+            netio.set_rtc(await netio.ntp_query())
         except Exception as e:  # no NTP: the lamp profile falls back to its photocell
             self.faults["clock"] = "clock: not synced (%s)" % (e,)
             return False
@@ -415,32 +424,15 @@ class App:
         self.faults.pop("clock", None)
         return True
 
-    async def tick_task(self):
-        # The loop's own heartbeat, every LAG_TICK_MS. It measures how late it wakes up: anything
-        # that holds the loop (a blocking call, a long computation) shows here, and in the status
-        # as loop_lag_max_ms. It feeds the watchdog (only a healthy loop does: if the loop stalls,
-        # the board resets) and raises the periodic status.
-        t = fed = time.ticks_ms()
-        while True:
-            await asyncio.sleep_ms(LAG_TICK_MS)
-            now = time.ticks_ms()
-            late = time.ticks_diff(now, t) - LAG_TICK_MS
-            t = now
-            if late > self.lag_max:
-                self.lag_max = late
-                if late > self.lag_max_boot:
-                    self.lag_max_boot = late
-            if self.wdt and time.ticks_diff(now, fed) >= 1000:
-                self.wdt.feed()
-                fed = now
-            if not self.status_due and time.ticks_diff(now, self.status_sent) >= self.status_period * 1000:
-                self.status_due = True
-                self.uplink_due.set()
-
     async def actuator_task(self):
+        # The loop's heartbeat, every TICK_MS: the lamp and the bollard; how late it woke up
+        # (anything that holds the loop, a blocking call or a long computation, shows here and
+        # in the status as loop_lag_max_ms); the watchdog, fed only by a loop that keeps running;
+        # the periodic status.
         a = self.assets
         tick = 0
         trips = irq_trips = 0
+        t = fed = time.ticks_ms()
         while True:
             contact = bool(self.link and self.link.up)
             try:
@@ -460,7 +452,20 @@ class App:
                         irq_trips = b.irq_trips
             except Exception as e:  # never let an actuator stop the loop
                 self.faults["actuator"] = "actuator: %r" % (e,)
-            await asyncio.sleep_ms(100)
+            t = time.ticks_ms()
+            await asyncio.sleep_ms(TICK_MS)
+            now = time.ticks_ms()
+            late = time.ticks_diff(now, t) - TICK_MS
+            if late > self.lag_max:
+                self.lag_max = late
+                if late > self.lag_max_boot:
+                    self.lag_max_boot = late
+            if self.wdt and time.ticks_diff(now, fed) >= 1000:
+                self.wdt.feed()
+                fed = now
+            if not self.status_due and time.ticks_diff(now, self.status_sent) >= self.status_period * 1000:
+                self.status_due = True
+                self.uplink_due.set()
 
     async def run(self):
         for err in self.config_errors:
@@ -476,7 +481,6 @@ class App:
         tasks = [
             self.guard("sampling", self.sample_task),
             self.guard("actuators", self.actuator_task),
-            self.tick_task(),
         ]
         if self.link is not None:
             tasks += [

@@ -154,6 +154,7 @@ def run(scenario: Scenario, emulator, broker_url: str, *, tls: dict | None = Non
             res.online = True
         except TimeoutError:
             res.notes.append("never came online")
+            res.console = handle.console()[-4000:]
             return res
         client = CommandClient(broker_url)
         if board.actuators("relay"):

@@ -20,7 +20,7 @@
 #                               the data rate's; MQTT: the codec frame).
 #   link.fits(kind, nbytes)     whether sending that now fits the airtime budget (MQTT: always).
 #   await link.maintain()       keep the link alive (MQTT: keepalive pings, a dead connection
-#                               found out); returns within about MAINTAIN_MS.
+#                               found out); returns within about 200 ms.
 #   link.close()                drop the link at once (the far end may learn it only later).
 #   link.state, link.up, link.last_error, link.connects
 #                               what the app and its status report.
@@ -29,6 +29,7 @@
 import random
 import time
 
+from asyncio import core
 from micropython import const
 
 READINGS = const(0)  # a codec frame of readings (MQTT .../up; LoRaWAN FPort 102)
@@ -39,44 +40,69 @@ OFFLINE = const(0)
 CONNECTING = const(1)
 ONLINE = const(2)
 
-MAINTAIN_MS = const(200)
-BACKOFF_CAP_MS = const(300000)
+_BACKOFF_CAP_MS = const(300000)
+
+
+class Flag:
+    """asyncio.Event for one waiting task (`await flag.wait()`, `set()`, `clear()`), without
+    loading asyncio's event module: the heap is tight at 64 KB."""
+
+    def __init__(self):
+        self.state = False
+        self.waiting = None
+
+    def set(self):
+        self.state = True
+        t = self.waiting
+        if t is not None:
+            self.waiting = None
+            core._task_queue.push(t)
+
+    def clear(self):
+        self.state = False
+
+    def remove(self, task):
+        # asyncio calls this when the waiting task is cancelled (a wait_for that timed out)
+        if self.waiting is task:
+            self.waiting = None
+
+    def wait(self):
+        if not self.state:
+            self.waiting = core.cur_task
+            core.cur_task.data = self  # so that cancelling the task calls remove()
+            yield
 
 
 class Link:
     def __init__(self, on_downlink):
         self.on_downlink = on_downlink
         self.state = OFFLINE
+        self.up = False  # state == ONLINE
         self.last_error = None
         self.failures = 0
         self.connects = 0
         self.next_try = time.ticks_ms()
 
-    @property
-    def up(self):
-        return self.state == ONLINE
-
     def due(self):
         return time.ticks_diff(time.ticks_ms(), self.next_try) >= 0
 
-    def backoff_ms(self):
-        # Exponential backoff with full jitter: 1 s, 2 s, 4 s ... capped at 5 min, so a
-        # city's lamps do not all reconnect in the same second after a broker restart.
-        cap = min(BACKOFF_CAP_MS, 1000 << min(self.failures, 9))
-        return cap // 2 + random.getrandbits(20) % (cap // 2 + 1)
+    def fits(self, kind, nbytes):
+        return True
 
     def _came_up(self):
         self.state = ONLINE
+        self.up = True
         self.failures = 0
         self.connects += 1
         self.last_error = None
 
     def _went_down(self, why):
-        # Called once per failure: the next attempt waits out the backoff.
+        # Once per failure. The next attempt waits out an exponential backoff with full jitter:
+        # 1 s, 2 s, 4 s ... capped at 5 min, so a city's lamps do not all reconnect in the same
+        # second after a broker restart.
         self.last_error = why
         self.failures += 1
-        self.next_try = time.ticks_add(time.ticks_ms(), self.backoff_ms())
+        cap = min(_BACKOFF_CAP_MS, 1000 << min(self.failures, 9))
+        self.next_try = time.ticks_add(time.ticks_ms(), cap // 2 + random.getrandbits(20) % (cap // 2 + 1))
         self.state = OFFLINE
-
-    def fits(self, kind, nbytes):
-        return True
+        self.up = False

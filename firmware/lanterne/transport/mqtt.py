@@ -22,12 +22,12 @@ import socket
 from micropython import const
 
 from lanterne import netio
-from lanterne.transport.link import CONNECTING, OFFLINE, ONLINE, READINGS, STATUS, Link
+from lanterne.transport.link import CONNECTING, OFFLINE, READINGS, STATUS, Flag, Link
 
-TOPIC_ROOT = "lanterne/v1"
+_TOPIC_ROOT = "lanterne/v1"
 TIMEOUT_MS = const(5000)  # every network wait: TCP connect, each TLS round trip, each answer
 FRAME_MAX = const(242)  # the codec's frame (the largest EU868 LoRaWAN payload): fine for MQTT
-TX_MAX = const(320)  # a packet's header, and its payload too when it fits (a readings frame does)
+TX_MAX = const(192)  # a packet's header, and its payload too when it fits (a short ack does)
 RX_MAX = const(384)  # incoming packets: a command is at most 200 bytes (commands.MAX_FRAME) + topic
 
 _CONNACK = const(0x20)
@@ -38,11 +38,6 @@ _PINGRESP = const(0xD0)
 _PINGREQ = b"\xc0\x00"
 _PENDING = const(-1)  # no answer yet
 _LOST = const(-2)  # the link went down while waiting
-
-
-def topics(site, device):
-    base = "%s/%s/%s/" % (TOPIC_ROOT, site, device)
-    return {"up": base + "up", "status": base + "status", "cmd": base + "cmd", "ack": base + "ack"}
 
 
 def _put_str(buf, i, s):
@@ -123,8 +118,9 @@ class MqttLink(Link):
         Link.__init__(self, on_downlink)
         self.cfg = cfg
         self.host, self.port, self.tls = parse_broker(cfg["broker"])
-        t = topics(cfg["site"], cfg["device"])
-        self._topic = (t["up"].encode(), t["status"].encode(), t["ack"].encode(), t["cmd"].encode())  # by kind; cmd
+        base = "%s/%s/%s/" % (_TOPIC_ROOT, cfg["site"], cfg["device"])
+        # by frame kind (READINGS, STATUS, ACK), then the command topic
+        self._topic = ((base + "up").encode(), (base + "status").encode(), (base + "ack").encode(), (base + "cmd").encode())
         self.tls_heap = None  # heap the TLS session took (bytes), measured at each connect
         self._tx = bytearray(TX_MAX)
         self._rx = memoryview(bytearray(RX_MAX))
@@ -136,7 +132,7 @@ class MqttLink(Link):
         self._pid = 0
         self._want = 0  # the answer the request in flight waits for: type << 16 | packet id
         self._got = _PENDING
-        self._answer = asyncio.Event()
+        self._answer = Flag()
         self._writing = False  # a packet is being written: the reader's PUBACKs and pings wait
         self._acks_due = []  # packet ids of commands received, to PUBACK
         self._puback = bytearray(b"\x40\x02\x00\x00")  # the reader's own buffer
@@ -198,13 +194,13 @@ class MqttLink(Link):
 
     async def send(self, kind, payload):
         """Publish one frame with QoS 1; True once its PUBACK is in."""
-        if self.state != ONLINE:
+        if not self.up:
             return False
         return await self._publish(kind, payload)
 
     async def maintain(self):
         await asyncio.sleep_ms(200)
-        if self.state != ONLINE:
+        if not self.up:
             return
         now = time.ticks_ms()
         if self._ping:
@@ -220,6 +216,7 @@ class MqttLink(Link):
     def close(self):
         """Drop the connection now (no DISCONNECT: the broker publishes the last will)."""
         self.state = OFFLINE
+        self.up = False
         self._drop()
 
     # -- connection ----------------------------------------------------------------------
@@ -267,7 +264,7 @@ class MqttLink(Link):
     def _lost(self, why):
         # The connection broke: wake whoever waits on it; once it was up, that is a failure of
         # its own (while connecting, connect() reports the attempt).
-        was_up = self.state == ONLINE
+        was_up = self.up
         self._drop()
         if was_up:
             self._went_down("mqtt link lost: %s" % why)

@@ -154,11 +154,13 @@ class App:
         # The status to send now; its loop-lag window restarts (given back if the send fails).
         try:
             s = self.status()
-        except MemoryError:
+        except MemoryError as e:
             # no room for the whole status now (a fragmented heap): say so briefly rather than
             # not at all (a connection needs one); the full one goes at the next period
             gc.collect()
-            s = '{"state": "online", "device": "%s", "faults": ["status: out of memory"]}' % self.cfg["device"]
+            self.log("status: %r: sent short" % (e,))
+            s = '{"state": "online", "device": "%s", "heap_free": %d, "heap_alloc": %d, "faults": ["status: out of memory"]}' % (
+                self.cfg["device"], gc.mem_free(), gc.mem_alloc())
         self._lag_reported = self.lag_max
         self.lag_max = 0
         return s

@@ -22,6 +22,7 @@ from host_tools.fleet.provision import (
     ProvisionReport,
     Request,
     _open_registry,
+    check_port,
     make_request,
     register,
     run_request,
@@ -223,6 +224,7 @@ def provision_fleet(
 
     def one(req: Request) -> RowResult:
         try:
+            check_port(req)
             if req.mqtt and req.broker in waiter_errors:
                 raise waiter_errors[req.broker]
             rep = run_request(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools import boards
-from host_tools.fleet import ProvisionError
+from host_tools.fleet import PORT_HINT, ProvisionError, missing_port
 from host_tools.fleet.boardlink import TMP_SUFFIX, BoardFile, BoardLink
 from host_tools.fleet.config import DEFAULT_BROKER, check_config, config_bytes, firmware_config
 from host_tools.fleet.deploy import (
@@ -287,6 +287,14 @@ def _check_hardware(reg: Registry, req: Request, hw_id: str, replace: bool) -> N
         )
 
 
+def check_port(req: Request) -> None:
+    """The request's serial port exists: checked first, before the broker, as without the board nothing else matters."""
+    if not req.port:
+        raise ProvisionError(f"{req.device}: no serial port given", hint="pass --port (or fill the CSV's port column)", field="port")
+    if missing_port(req.port):
+        raise ProvisionError(f"no serial port {req.port}", hint=PORT_HINT, field="port")
+
+
 def run_request(
     req: Request,
     reg: Registry,
@@ -302,8 +310,7 @@ def run_request(
 ) -> ProvisionReport:
     say = log or (lambda msg: None)
     t0 = time.monotonic()
-    if not req.port:
-        raise ProvisionError(f"{req.device}: no serial port given", hint="pass --port (or fill the CSV's port column)", field="port")
+    check_port(req)
     rep = ProvisionReport(req.device, req.port, req.board.name, req.site)
     cross = mpy_cross if isinstance(mpy_cross, MpyCross) else MpyCross(mpy_cross)
     own_waiter = None

@@ -93,8 +93,8 @@ def test_bad_rows_are_reported_by_line_and_the_others_provisioned(virtual_boards
         "port,board,device,site,lat,lon,bin_empty_mm,bin_full_mm\n"  # line 1
         f"{p[0]},esp32-devkitc,bin-01,north,45.76,4.83,1200,150\n"  # 2: fine
         f"{p[1]},esp32-devkitc,bin-02,north,45.76\n"  # 3: malformed (too few fields)
-        f"{p[2]},esp32-devkitc,bin-03,north,145.0,4.83,1200,150\n"  # 4: latitude out of range
-        f"{p[3]},esp32-devkitc,bin-04,north,45.77,east,1200,150\n"  # 5: longitude not a number
+        f"{tmp_path}/tty4,esp32-devkitc,bin-03,north,145.0,4.83,1200,150\n"  # 4: latitude out of range
+        f"{tmp_path}/tty5,esp32-devkitc,bin-04,north,45.77,east,1200,150\n"  # 5: longitude not a number
         f"{tmp_path}/ttyGONE,esp32-devkitc,bin-05,north,45.78,4.83,1200,150\n"  # 6: unreachable port
         "# a comment and a blank line\n\n"  # 7, 8
         f"{p[1]},esp32-devkitc,bin-06,north,45.79,4.83,1200,150\n"  # 9: fine

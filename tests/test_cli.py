@@ -17,6 +17,22 @@ def test_help_lists_commands():
     assert r.returncode == 0
     for name in ("emulate", "world", "broker", "demo", "bench", "boards"):
         assert name in r.stdout
+    # It speaks to the person who typed it: what Lanterne does and where to start, not how it is built.
+    assert "library" not in r.stdout and "tests call" not in r.stdout
+    assert "street assets" in r.stdout and "lanterne demo" in r.stdout and "--version" in r.stdout
+
+
+def test_version_names_the_host_tools_and_the_firmware():
+    from importlib.metadata import version
+
+    from host_tools.runtime import firmware_module
+
+    r = lanterne("--version")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [
+        f"lanterne {version('lanterne')} (host tools)",
+        f"firmware {firmware_module('__init__').__version__} (what `lanterne provision` puts on a board)",
+    ]
 
 
 @pytest.mark.integration

@@ -80,6 +80,10 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert "embedded MQTT broker on mqtt://127.0.0.1:" in out
     assert out.count("flashed: MicroPython written and verified") == 3  # esptool through the virtual ROM
     assert out.count("provisioned: demo-") == 3
+    # The LoRaWAN board is provisioned, and the demo says it cannot deliver yet.
+    assert ("esp32-rak3172      warning: demo-02: the LoRaWAN transport is not in the firmware yet: the board samples"
+            " and stores its readings but cannot send them or receive commands") in out
+    assert "warning:" not in out.replace("warning: demo-02", "")
     assert "lanterne/v1/demo/demo-01/status  state=online" in out
     assert "lanterne/v1/demo/demo-01/up  1 reading(s)" in out
     assert "dim demo-01 to 40 %: ack ok" in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import stat
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LANTERNE
+from conftest import LANTERNE, lanterne
 
 from host_tools.fleet import ProvisionError
 from host_tools.fleet.deploy import MpyCross, parse_mpy
@@ -226,3 +227,34 @@ def test_broker_refusal_is_reported_in_the_boards_words(board, tmp_path):
         user, password = reg.backoffice_credentials()
         with Watcher(broker.url, ["lanterne/v1/default/lamp-9/status"], username=user, password=password) as office:
             office.wait_for("lanterne/v1/default/lamp-9/status", lambda m: b'"online"' in m.payload, timeout=30)
+
+
+def test_the_plan_and_the_result_count_the_same_files(board, mosquitto, tmp_path):
+    def counts(out):
+        plan = re.search(r"(\d+) of (\d+) files to send: (\d+) to the filesystem", out)
+        result = re.search(r": (\d+) files? sent \((\d+) to the filesystem(?:, (\d+) in the ROMFS image)?; .*\), (\d+) unchanged", out)
+        assert plan and result, out
+        return [int(g) for g in plan.groups()], [int(g or 0) for g in result.groups()]
+
+    args = ["provision", "--port", board.port, "--board", "esp32-devkitc", "--device", "lamp-5", "--broker", mosquitto.url]
+    r = lanterne(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (to_send, total, to_fs), (sent, sent_fs, sent_rom, unchanged) = counts(r.stdout)
+    assert to_send == sent == total and unchanged == 0 and to_fs == sent_fs and sent_rom == total - sent_fs > 20
+    assert "ROMFS image" in r.stdout and "warning" not in r.stdout
+    r = lanterne(*args, "--lat", "45.5", cwd=tmp_path)  # only config.json differs
+    assert r.returncode == 0, r.stderr
+    assert counts(r.stdout) == ([1, total, 1], [1, 1, 0, total - 1])
+    assert "the ROMFS image (" in r.stdout and "files) unchanged" in r.stdout
+
+
+def test_provisioning_a_lorawan_board_warns_it_cannot_deliver_yet(virtual_boards, tmp_path):
+    (h,) = virtual_boards(1, board="esp32-rak3172", firmware=False)
+    h.wait_for(">>> ")
+    r = lanterne("provision", "--port", h.port, "--board", "esp32-rak3172", "--device", "bin-9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ("  warning: bin-9: the LoRaWAN transport is not in the firmware yet: the board samples and stores its"
+            " readings but cannot send them or receive commands") in r.stdout.splitlines()
+    r = lanterne("provision", "--port", h.port, "--device", "bin-9", "--json", cwd=tmp_path)
+    assert json.loads(r.stdout)["warnings"] == ["bin-9: the LoRaWAN transport is not in the firmware yet: the board"
+                                                " samples and stores its readings but cannot send them or receive commands"]

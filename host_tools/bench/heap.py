@@ -27,7 +27,7 @@ from host_tools.bench import BenchResult
 from host_tools.fleet import deploy
 
 LAYOUTS = ("romfs", "filesystem")
-TARGET = 64 * 1024
+TARGET = boards.FIRMWARE_HEAP_BYTES
 
 
 def _cfg(url: str, device: str) -> dict:

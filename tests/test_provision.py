@@ -258,3 +258,41 @@ def test_provisioning_a_lorawan_board_warns_it_cannot_deliver_yet(virtual_boards
     r = lanterne("provision", "--port", h.port, "--device", "bin-9", "--json", cwd=tmp_path)
     assert json.loads(r.stdout)["warnings"] == ["bin-9: the LoRaWAN transport is not in the firmware yet: the board"
                                                 " samples and stores its readings but cannot send them or receive commands"]
+
+
+def test_verify_shows_what_config_json_holds_and_what_to_run(board, mosquitto, tmp_path):
+    reg = Registry(tmp_path / "fleet.sqlite")
+    provision(board.port, "esp32-devkitc", "lamp-0043", site="centre", lat=48.8566, lon=2.3522, broker=mosquitto.url, registry=reg)
+    cfg = json.loads(mpremote(board.port, "fs", "cat", ":config.json"))
+    cfg["lat"], cfg["lon"] = 95, 2.4  # one value the schema rejects, one that is merely different
+    edited = tmp_path / "config.json"
+    edited.write_text(json.dumps(cfg))
+    mpremote(board.port, "fs", "cp", str(edited), ":config.json")
+
+    r = lanterne("verify", "--port", board.port, cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert ("  config field 'lat': config.json holds 95, which the schema rejects (must be between -90 and 90),"
+            " so the board does not use it; registry 48.8566") in lines
+    assert "0.0" not in r.stdout  # not what the firmware falls back to
+    assert "  config field 'lon': board 2.4, registry 2.3522" in lines
+    again = f"lanterne provision --port {board.port} --device lamp-0043"
+    # Every finding is followed by what to run (findings fixed by the same command share it).
+    findings = [i for i, line in enumerate(lines[1:], 1) if line.startswith("  ") and not line.startswith(("    run:", "  note:"))]
+    runs = [i for i, line in enumerate(lines) if line.startswith("    run: ")]
+    assert findings and runs and runs[-1] > findings[-1] and all(any(r > f for r in runs) for f in findings)
+    assert f"    run: {again}" in lines
+    report = json.loads(lanterne("verify", "--port", board.port, "--json", cwd=tmp_path).stdout)
+    assert [f["run"].split(" (")[0] for f in report["findings"]] == [again, again]
+    (lat,) = [d for d in report["config"] if d["field"] == "lat"]
+    assert lat == {"field": "lat", "board": 95, "registry": 48.8566, "rejected": "must be between -90 and 90"}
+
+    # Following the advice resolves it: keep the board's longitude, the registry's latitude.
+    (lon,) = [f["run"] for f in report["findings"] if "'lon'" in f["text"]]
+    keep = re.search(r"or (lanterne provision .*) \(keep the board's\)", lon).group(1)
+    assert keep == f"{again} --set lon=2.4"
+    r = lanterne(*keep.split()[1:], cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = lanterne("verify", "--port", board.port, cwd=tmp_path)
+    assert r.returncode == 0 and "matches the registry" in r.stdout, r.stdout
+    assert (reg.get("lamp-0043").config["lat"], reg.get("lamp-0043").config["lon"]) == (48.8566, 2.4)

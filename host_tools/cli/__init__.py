@@ -89,15 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
         try:
             mod = importlib.import_module(f"host_tools.cli.{module}")
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("host_tools.cli."):
-                p.set_defaults(_missing=True)
+                sub.add_parser(name, help=help_text, description=help_text).set_defaults(_module=module, _missing=True)
                 continue
             raise
+        # A module with OWN_HELP declares its own -h/--help (`lanterne command dim --help`: that action's help).
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=not getattr(mod, "OWN_HELP", False))
+        p.set_defaults(_module=module)
         mod.configure(p)
     return parser
 

@@ -85,3 +85,16 @@ def test_command_and_monitor_with_registry_keys(virtual_boards, tmp_path):
         # Last (verify restarts the board's application): nothing the back office changed is drift.
         r = lanterne("verify", "--port", h.port, "--registry", str(reg_path))
         assert r.returncode == 0 and "matches the registry" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_command_to_a_lorawan_board_that_times_out_says_why(tmp_path, mosquitto):
+    reg_path = tmp_path / "fleet.sqlite"
+    for device, board in (("bin-1", "esp32-rak3172"), ("lamp-1", "esp32-devkitc")):
+        r = lanterne("provision", "--register-only", "--device", device, "--board", board, "--registry", reg_path)
+        assert r.returncode == 0, r.stderr
+    r = lanterne("command", "bin-1", "status", "--timeout", "1", "--broker", mosquitto.url, "--registry", reg_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[1] == ("  hint: bin-1 (esp32-rak3172): the LoRaWAN transport is not in the firmware"
+                                        " yet: the board samples and stores its readings but cannot send them or receive commands")
+    r = lanterne("command", "lamp-1", "status", "--timeout", "1", "--broker", mosquitto.url, "--registry", reg_path)
+    assert r.returncode == 1 and r.stderr.splitlines()[1] == "  hint: is the device online? `lanterne monitor` shows it"

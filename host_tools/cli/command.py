@@ -95,7 +95,7 @@ def run(args):
         res = client.send(rec.site, args.device, key, counter, action.opcode, params, timeout=args.timeout)
     except TimeoutError as exc:
         gap = transport_gap(rec.config.get("transport") or board_transport(boards.load(rec.board)))
-        hint = (f"{args.device} is a {rec.board} board: {gap}" if gap
+        hint = (f"{args.device} ({rec.board}): {gap}" if gap
                 else "is the device online? `lanterne monitor` shows it")
         raise CommandError(str(exc), hint=hint) from None
     finally:

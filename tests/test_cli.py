@@ -97,3 +97,19 @@ def test_bench_list_and_unknown():
     assert r.returncode == 0 and "boot" in r.stdout
     r = lanterne("bench", "nosuch")
     assert r.returncode == 1 and "unknown benchmark nosuch" in r.stderr
+
+
+def test_provision_help_and_readme_give_the_default_periods_and_how_to_change_them():
+    from host_tools.runtime import firmware_module
+    from host_tools.runtime.paths import REPO
+
+    schema = firmware_module("config").SCHEMA
+    sample, status = schema["sample_period_s"][1], schema["status_period_s"][1]
+    r = lanterne("provision", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert f"samples its sensors every {sample} s and sends its status every {status} s" in text
+    assert "--set sample_period_s=10" in text and "lanterne command DEVICE set-period sample 10" in text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"samples its sensors every {sample} s and sends its status every {status} s" in readme
+    assert "set-period" in readme

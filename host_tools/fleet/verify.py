@@ -109,15 +109,16 @@ class VerifyReport:
         out = [Finding(f"changed: {p}", again) for p in self.changed]
         out += [Finding(f"missing: {p}", again) for p in self.missing]
         out += [Finding(f"extra:   {p}", again) for p in self.extra]
+        out += [Finding(p, self.problem_runs.get(p, again)) for p in self.problems]
+        choices = []
         for d in self.config:
             if d.secret or d.rejected or d.board is None:
                 out.append(Finding(d.text(), again))  # the registry's (valid) value onto the board
             else:
                 keep = json.dumps(d.board) if not isinstance(d.board, str) else d.board
-                out.append(Finding(d.text(), f"{again} (the registry's value onto the board), or"
-                                             f" {self._provision(f' --set {d.field}={keep}')} (keep the board's)"))
-        out += [Finding(p, self.problem_runs.get(p, again)) for p in self.problems]
-        return out
+                choices.append(Finding(d.text(), f"{again} (the registry's value onto the board), or"
+                                                 f" {self._provision(f' --set {d.field}={keep}')} (keep the board's)"))
+        return out + choices  # those with a choice last: the others share one `run:` line
 
     def lines(self) -> list[str]:
         head = f"{self.device} on {self.port} ({self.board}, hardware id {self.hw_id or '?'}): "

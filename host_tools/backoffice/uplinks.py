@@ -154,7 +154,7 @@ class UplinkService:
         st.budget.spend(now, summary)
         st.ledgers_sent += 1
         self.emit({"event": "ledger", "device": st.info.device, "next": summary[0], "span": summary[1],
-                   "seen": summary[2], "missing": summary[3], "bytes": len(frame)})
+                   "seen": summary[2], "missing": summary[3], "bytes": len(frame), "time": now})
         return True
 
     def send_downlink(self, dev: LoraDevice, fport: int, data: bytes) -> None:

@@ -27,6 +27,7 @@ from host_tools.backoffice.delivery_ledger import DAY_S, DeliveryLedger, LedgerB
 from host_tools.codec import PayloadError, decode
 from host_tools.codec import lns_json as J
 from host_tools.codec import lorawan_radio as R
+from host_tools.codec.lns_devices import tts_id
 from host_tools.codec.seq import SeqTracker
 from host_tools.runtime import firmware_module
 
@@ -91,6 +92,7 @@ class UplinkService:
         self.devices = {d.dev_eui.lower(): DeviceState(d, ledger=DeliveryLedger(d.first_seq), budget=LedgerBudget(ledger_per_day))
                         for d in devices}
         self.by_name = {s.info.device: s for s in self.devices.values()}
+        self.by_name.update({tts_id(s.info.device): s for s in self.devices.values()})
         self.events: list[dict] = []
         self._lock = threading.RLock()
         self._client = None

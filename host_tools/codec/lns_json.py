@@ -303,12 +303,16 @@ def parse_chirpstack_down(msg: dict) -> tuple[str, int, bytes, bool]:
 # -- The Things Stack v3 integration ------------------------------------------------------------------
 def tts_topic(app: Application, device: str, suffix: str) -> str:
     """suffix: up, join, down/push, down/replace, down/queued, down/sent, down/ack, down/nack, down/failed."""
-    return f"v3/{app.tts_application}@{app.tts_tenant}/devices/{device}/{suffix}"
+    from host_tools.codec.lns_devices import tts_id
+
+    return f"v3/{app.tts_application}@{app.tts_tenant}/devices/{tts_id(device)}/{suffix}"
 
 
 def tts_ids(app: Application, device: str, dev_eui: str, join_eui: str, dev_addr: str = "") -> dict:
+    from host_tools.codec.lns_devices import tts_id
+
     return {
-        "device_id": device,
+        "device_id": tts_id(device),
         "application_ids": {"application_id": app.tts_application},
         "dev_eui": dev_eui.upper(),
         "join_eui": join_eui.upper(),

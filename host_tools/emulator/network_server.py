@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from host_tools.codec import lns_json as J
 from host_tools.codec import lorawan as L
 from host_tools.codec import lorawan_radio as R
+from host_tools.codec.lns_devices import tts_id
 from host_tools.emulator.lorawan_gateway import REGION, _broker_address
 
 INTEGRATIONS = ("chirpstack", "tts")
@@ -79,7 +80,7 @@ class NetworkServer:
             raise ValueError(f"integration must be one or both of {', '.join(INTEGRATIONS)}, not {sorted(bad) or 'none'}")
         self.broker_url = broker_url
         self.devices = {d.dev_eui: d for d in devices}
-        self.by_name = {d.name: d for d in devices}
+        self.by_name = {tts_id(d.name): d for d in devices}
         self.integrations = tuple(integrations)
         self.app = app or J.Application()
         self.dedup_window_s = dedup_window_s

@@ -255,3 +255,34 @@ def test_duty_cycle_refuses_with_the_wait(tmp_path, mosquitto):
         assert at.cmd("AT+SEND=102:00") == ["AT_BUSY_ERROR"]  # injected: refused before the duty cycle is asked
         assert world.get("lorawan_busy_refusals") == 0
         twin.detach_board()
+
+
+def test_the_firmware_reaches_the_twin_through_machine_uart(tmp_path):
+    """The esp32-rak3172 board file wires the twin on UART2: MicroPython's machine.UART talks to it."""
+    from host_tools import boards
+    from host_tools.emulator import ROM
+    from host_tools.emulator.hal import StandaloneHal
+    from host_tools.runtime import unix_port
+
+    world = World(lorawan_speedup=SPEED)
+    with StandaloneHal(boards.load("esp32-rak3172").data, world) as hal:
+        (twin,) = [p for p in hal.parts.parts if isinstance(p, ModemTwin)]
+        twin.attach_board(tmp_path / "flash", None)
+        code = (
+            "import machine, time, json\n"
+            "u = machine.UART(2, baudrate=115200, tx=17, rx=16, timeout=500)\n"
+            "out = []\n"
+            "for c in (b'AT\\r\\n', b'AT+DEVEUI=0016C001FF00ABCD\\r\\n', b'AT+DEVEUI=?\\r\\n', b'AT+SEND=102:01\\r\\n'):\n"
+            "    u.write(c)\n"
+            "    while True:\n"
+            "        line = u.readline()\n"
+            "        if not line:\n"
+            "            break\n"
+            "        out.append(line.decode())\n"
+            "        if line.startswith(b'OK') or line.startswith(b'AT_'):\n"
+            "            break\n"
+            "print(json.dumps(out))\n"
+        )
+        out = json.loads(unix_port.run(code, path=[ROM], env=hal.env()).strip().splitlines()[-1])
+    assert out == ["OK\r\n", "OK\r\n", "AT+DEVEUI=0016C001FF00ABCD\r\n", "OK\r\n", "AT_NO_NETWORK_JOINED\r\n"]
+    assert (tmp_path / "flash.rak3172.json").exists()

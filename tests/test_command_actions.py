@@ -98,3 +98,16 @@ def test_every_action_has_help_with_its_ranges():
     for word, action in ACTIONS.items():
         assert f"  {word} {action.usage}".rstrip() in table
     assert "LEVEL: 0..100 %" in table and "SECONDS for status: 5..86400 s" in table and "lat              -90..90" in table
+
+
+def test_lanterne_command_help_shows_one_action_or_all():
+    from conftest import lanterne
+
+    one = lanterne("command", "dim", "--help")
+    assert one.returncode == 0
+    assert one.stdout.splitlines()[0] == "lanterne command DEVICE dim LEVEL [--ramp S] [--duration MIN]"
+    assert "LEVEL: 0..100 %" in one.stdout and "set-period" not in one.stdout
+    assert lanterne("command", "lamp-1", "set-period", "--help").stdout.splitlines()[0] == \
+        "lanterne command DEVICE set-period sample|status SECONDS"
+    every = lanterne("command", "--help")
+    assert every.returncode == 0 and "--broker" in every.stdout and actions.actions_table() in every.stdout

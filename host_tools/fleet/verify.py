@@ -261,7 +261,7 @@ def verify(
             march = parse_mpy(info.mpy)[2] if info.mpy else ""
             current = manifest(build_image(boards.load(rec.board), cross, march, romfs))
             if firmware_hash(current) != rec.firmware_hash:
-                rep.notes.append("this checkout's firmware differs from the one provisioned: lanterne provision updates it")
+                rep.notes.append(f"this checkout's firmware differs from the one provisioned: {rep._provision()} updates it")
         except (ProvisionError, boards.BoardError) as exc:
             rep.notes.append(f"could not build this checkout's firmware to compare: {exc}")
     return rep

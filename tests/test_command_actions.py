@@ -111,3 +111,11 @@ def test_lanterne_command_help_shows_one_action_or_all():
         "lanterne command DEVICE set-period sample|status SECONDS"
     every = lanterne("command", "--help")
     assert every.returncode == 0 and "--broker" in every.stdout and actions.actions_table() in every.stdout
+
+
+def test_a_missing_device_is_named_as_such():
+    from conftest import lanterne
+
+    r = lanterne("command", "dim", "40")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == "lanterne command: error: 'dim' is an action: which device? lanterne command DEVICE dim 40"

@@ -54,11 +54,15 @@ def run(args):
     import difflib
 
     from host_tools import boards
-    from host_tools.backoffice.actions import ActionError, config_change, parse
+    from host_tools.backoffice.actions import ACTIONS, ActionError, config_change, parse
     from host_tools.backoffice.command_client import CommandClient, cmd, next_counter
     from host_tools.fleet.config import board_transport, transport_gap
     from host_tools.fleet.registry import Registry, RegistryError
 
+    if args.device in ACTIONS and args.action not in ACTIONS:  # the device was left out: `lanterne command dim 40`
+        typed = " ".join(w for w in (args.device, args.action, *args.args) if w)
+        raise CommandError(f"{args.device!r} is an action: which device? lanterne command DEVICE {typed}",
+                           hint="device ids are in the fleet registry (`lanterne monitor` shows them online)")
     if not args.device or not args.action:
         raise CommandError("which device, and what to do? lanterne command DEVICE ACTION [ARGS]",
                            hint="`lanterne command --help` lists the actions and their arguments")

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
     "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
+    "button": False,  # the board's button (board file: setup_button) held down
 }
 
 #: Fault kinds a part can be given.
@@ -43,7 +44,7 @@ class World:
         self._lock = threading.RLock()
         self._values: dict[str, Any] = dict(DEFAULTS)
         self._faults: dict[str, set[str]] = {}
-        self._outputs: dict[str, Any] = {"pins": {}, "pwm": {}, "uart_tx": {}}
+        self._outputs: dict[str, Any] = {"pins": {}, "pwm": {}, "uart_tx": {}, "ap": None}
         self._listeners: list = []
         self.rng = random.Random(seed)
         self.started = time.monotonic()
@@ -118,6 +119,16 @@ class World:
             else:
                 self._outputs["pwm"][int(pin)] = {"freq": int(freq), "duty_u16": int(duty_u16)}
 
+    def set_access_point(self, ap: dict | None) -> None:
+        """The board's Wi-Fi access point as a phone nearby would find it (None: no AP)."""
+        with self._lock:
+            self._outputs["ap"] = dict(ap) if ap else None
+
+    def access_point(self) -> dict | None:
+        with self._lock:
+            ap = self._outputs["ap"]
+            return dict(ap) if ap else None
+
     def pin_level(self, pin: int) -> int | None:
         with self._lock:
             return self._outputs["pins"].get(int(pin))
@@ -132,6 +143,7 @@ class World:
             return {
                 "pins": dict(self._outputs["pins"]),
                 "pwm": {k: dict(v) for k, v in self._outputs["pwm"].items()},
+                "ap": self.access_point(),
             }
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+# Lanterne field changes: what an installer changed on site through the setup page.
+#
+# field.json = {"n": saves so far, "hash": 16 hex digits over the changed fields and values,
+#               "fields": {field: value as saved}}: every field ever changed on site since the
+# last provisioning, with its latest value. The status carries it, so the back office and the
+# registry learn what changed (`lanterne verify` shows it, `lanterne registry accept` adopts it).
+# A fresh provisioning (a config.json the board did not write itself) clears it.
+#
+# setup.json = {"config": hash of the config.json the board last saw, "used_s": seconds of the
+# post-provisioning setup window already spent}: how the board tells a fresh provisioning from
+# a reboot, and how much of the window is left across power cycles.
+import json
+
+FIELD_FILE = "field.json"
+STATE_FILE = "setup.json"
+# The config fields the setup page may change: public values only (never a secret).
+EDITABLE = ("asset_id", "lat", "lon", "bin_empty_mm", "bin_full_mm")
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            doc = json.loads(f.read())
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path, doc):
+    from lanterne.control import _write_atomic
+
+    _write_atomic(path, json.dumps(doc))
+
+
+def _try_write(path, doc):
+    # Bookkeeping of the setup window: a full flash must not stop the board booting.
+    try:
+        _write(path, doc)
+    except OSError:
+        pass
+
+
+def load(path=FIELD_FILE):
+    """The field changes recorded on this board (None: none since the last provisioning)."""
+    return _read(path)
+
+
+def digest(fields):
+    import hashlib
+
+    text = json.dumps([[k, fields[k]] for k in sorted(fields)])
+    return hashlib.sha256(text.encode()).digest()[:8].hex()
+
+
+def record(changed, path=FIELD_FILE):
+    """Add one save's changed fields (field -> new value); returns the new record."""
+    doc = load(path) or {"n": 0, "fields": {}}
+    fields = doc.get("fields") or {}
+    for k in changed:
+        fields[k] = changed[k]
+    new = {"n": int(doc.get("n", 0)) + 1, "hash": digest(fields), "fields": fields}
+    _write(path, new)
+    return new
+
+
+def config_hash(path):
+    """Hash of a config.json as it is on the flash ("" when there is none)."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()[:8].hex()
+    except OSError:
+        return ""
+
+
+def window_state(config_path, path=STATE_FILE, field_path=FIELD_FILE):
+    """(fresh provisioning?, seconds of the setup window already used). A config.json this board
+    did not write itself is a fresh provisioning: the window starts again and field.json goes."""
+    h = config_hash(config_path)
+    st = _read(path) or {}
+    if st.get("config") == h:
+        return False, int(st.get("used_s", 0))
+    _try_write(path, {"config": h, "used_s": 0})
+    try:
+        import os
+
+        os.remove(field_path)
+    except OSError:
+        pass
+    return True, 0
+
+
+def spend_window(config_path, used_s, path=STATE_FILE):
+    _try_write(path, {"config": config_hash(config_path), "used_s": int(used_s)})

@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEPS   := build/mpylib/.fetched-stamp
 
-.PHONY: test demo venv deps mosquitto lint bench clean
+.PHONY: test demo venv deps mosquitto chromium lint bench clean
 
-test: venv deps mosquitto
+test: venv deps mosquitto chromium
 	$(PY) -m pytest -q
 
 demo: venv deps
@@ -30,6 +30,11 @@ $(DEPS): host_tools/runtime/deps.py $(STAMP)
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# Debian's chromium for the setup page's browser test (Playwright drives it: no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check host_tools tests

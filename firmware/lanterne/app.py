@@ -42,9 +42,9 @@ class App:
         self.board, board_error = boardinfo.load()
         # field setup hook: is this a setup boot (button held at the last power-up, or the
         # window after a fresh provisioning)? Decided first, while the heap is still whole.
-        from lanterne import setup_mode
+        from lanterne import field
 
-        self.setup_via, self.setup_used_s = setup_mode.entry(self.cfg, self.board)
+        self.setup_via, self.setup_used_s = field.setup_entry(self.cfg, self.board)
         self.faults = {}
         for i, err in enumerate(self.config_errors):
             self.faults["config%d" % i] = err
@@ -67,8 +67,6 @@ class App:
         # -- field setup hook (lanterne/setup_mode.py): the setup page while it is up; the
         # changes made on site with it (field.json), reported in the status; status messages
         # acked by the broker (the page's link test waits for one).
-        from lanterne import field
-
         self.setup = None
         self.field = field.load()
         self.status_sent = 0
@@ -419,18 +417,16 @@ class App:
         )
 
     async def setup_task(self):
-        # field setup hook: a setup boot serves the setup page (then restarts); a normal boot
-        # watches the button for 5 s, then drops the module (lanterne/setup_mode.py).
-        import sys
+        # field setup hook: a setup boot serves the setup page, then restarts
+        # (lanterne/setup_mode.py); a normal boot watches the button for 5 s (lanterne/field.py).
+        from lanterne import field
 
+        if self.setup_via is None:
+            await field.watch_button(self)
+            return
         from lanterne import setup_mode
 
-        try:
-            await setup_mode.task(self)
-        finally:
-            if self.setup_via is None:
-                sys.modules.pop("lanterne.setup_mode", None)
-                gc.collect()
+        await setup_mode.task(self)
 
     async def guard(self, name, task):
         # A bug or an unexpected error in one task is reported and the task restarted; the

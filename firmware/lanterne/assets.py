@@ -26,7 +26,7 @@ class Assets:
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
         self.profile = None
         self.lamp_level_override = None
-        self.fill_lock = None  # field setup hook: the setup page's calibration pings take turns with sampling
+        self.fill_busy = False  # field setup hook: the setup page's calibration pings take turns with sampling
         self._i2c = {}
         buses = board.get("buses", {})
         for spec in board.get("sensors", []) + board.get("actuators", []):
@@ -35,10 +35,6 @@ class Assets:
                 self._build(machine, kind, spec, buses, cfg)
             except Exception as e:  # a wrong board file or a driver error: report, keep going
                 self.errors[kind] = "%s: %r" % (kind, e)
-        if self.fill is not None:
-            import asyncio
-
-            self.fill_lock = asyncio.Lock()
 
     def _bus(self, machine, name, buses):
         if name in self._i2c:
@@ -141,11 +137,13 @@ class Assets:
         if fill is not None:
             if env is not None and env.present and not env.fault:
                 fill.set_temperature(env.temperature)
-            await self.fill_lock.acquire()
+            while self.fill_busy:
+                await asyncio.sleep_ms(20)
+            self.fill_busy = True
             try:
                 fresh = await fill.sample_async()
             finally:
-                self.fill_lock.release()
+                self.fill_busy = False
             if fresh:
                 lvl = fill.level_permille // 10
                 r[codec.FILL] = 0 if lvl < 0 else (100 if lvl > 100 else lvl)

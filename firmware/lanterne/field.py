@@ -6,10 +6,25 @@
 # registry learn what changed (`lanterne verify` shows it, `lanterne registry accept` adopts it).
 # A fresh provisioning (a config.json the board did not write itself) clears it.
 #
+# The setup boot decision is here too (setup_entry, watch_button), so that a normal boot
+# imports nothing of setup mode (lanterne/setup_mode.py) but this small module.
+#
 # setup.json = {"config": hash of the config.json the board last saw, "used_s": seconds of the
 # post-provisioning setup window already spent}: how the board tells a fresh provisioning from
 # a reboot, and how much of the window is left across power cycles.
 import json
+import time
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(value):
+        return value
+
+
+_WATCH_MS = const(5000)
+_HOLD_MS = const(1000)
 
 FIELD_FILE = "field.json"
 STATE_FILE = "setup.json"
@@ -93,3 +108,105 @@ def window_state(config_path, path=STATE_FILE, field_path=FIELD_FILE):
 
 def spend_window(config_path, used_s, path=STATE_FILE):
     _try_write(path, {"config": config_hash(config_path), "used_s": int(used_s)})
+
+
+REQUEST_FILE = "setup.req"  # the button was held: the next boot is a setup boot
+MODULES = ("lanterne.setup_mode", "lanterne.setup_credentials", "lanterne.http_request", "lanterne.setup_server", "lanterne.setup_api")
+# What the app imports after this, by the parts the board has: imported here too at a setup boot.
+_PARTS = {
+    "bme280": ("lanterne.sensors.bme280",),
+    "bh1750": ("lanterne.sensors.light",),
+    "veml7700": ("lanterne.sensors.light",),
+    "ultrasonic": ("lanterne.sensors.fill_level",),
+    "ultrasonic_uart": ("lanterne.sensors.fill_level",),
+    "supply": ("lanterne.sensors.supply",),
+    "lamp": ("lanterne.actuators.lamp", "lanterne.lamp_profile", "lanterne.sun"),
+    "relay": ("lanterne.actuators.relay",),
+}
+_APP = ("lanterne.assets", "lanterne.control", "lanterne.reading", "lanterne.store", "lanterne.transport.mqtt")
+
+
+
+def setup_entry(cfg, board):
+    """At boot, before the app builds anything: (how setup mode was asked for or None, seconds
+    of the post-provisioning window used).
+
+    A setup boot imports the setup modules here, first, and with them every module the app is
+    about to import: MicroPython keeps the names it interns in pools, and when the setup modules
+    push their number past the last pool (1260 names), the next pool is one contiguous block of
+    ~9 KB on the ESP32 (14 KB here). Allocated now, the heap still has such a block; later, once
+    the app has built its parts, store and link, it may not (a MemoryError in whatever imports
+    next)."""
+    import os
+
+    from lanterne import config
+
+    _fresh, used_s = window_state(config.CONFIG_FILE)
+    via = None
+    try:
+        os.remove(REQUEST_FILE)
+        via = "button"
+    except OSError:
+        kind = board.get("network", {}).get("kind", "wlan")
+        if kind != "lan" and cfg["setup_key"] and cfg["setup_window_min"] * 60 > used_s:
+            via = "provisioned"
+    if via is not None:
+        import gc
+
+        gc.collect()
+        try:
+            for name in MODULES:
+                __import__(name)
+        except Exception as e:  # a firmware image without them: normal operation, said so
+            print("[lanterne] setup mode unavailable: %r" % (e,))
+            return None, used_s
+        names = list(_APP)
+        for spec in board.get("sensors", []) + board.get("actuators", []):
+            names += _PARTS.get(spec.get("type"), ())
+        for name in names:
+            try:
+                __import__(name)
+            except ImportError:
+                pass  # the app reports a part it cannot build
+    return via, used_s
+
+
+async def _button_held(board, pin_factory=None):
+    """True when the button is held for 1 s within the first 5 s (False at once without a button)."""
+    gpio = board.get("setup_button")
+    if gpio is None:
+        return False
+    if pin_factory is None:
+        from machine import Pin
+
+        pin_factory = Pin
+    pin = pin_factory(gpio, pin_factory.IN)  # pulled up on the board: 0 while held
+    import asyncio
+
+    t0 = time.ticks_ms()
+    since = None
+    while True:
+        now = time.ticks_ms()
+        if pin.value() == 0:
+            if since is None:
+                if time.ticks_diff(now, t0) > _WATCH_MS:
+                    return False
+                since = now
+            elif time.ticks_diff(now, since) >= _HOLD_MS:
+                return True
+        else:
+            since = None
+            if time.ticks_diff(now, t0) > _WATCH_MS:
+                return False
+        await asyncio.sleep_ms(50)
+
+
+async def watch_button(app):
+    """A normal boot: the button held for 1 s within 5 s of power-up restarts the board into setup mode."""
+    if await _button_held(app.board):
+        with open(REQUEST_FILE, "w") as f:
+            f.write("button")
+        app.log("setup button held: restarting into setup mode")
+        import machine
+
+        machine.reset()

@@ -277,15 +277,17 @@ class SetupApi:
             raise HttpError(422, "capture must be 'empty' or 'full'")
         from lanterne.sensors import fault_names
 
-        lock = self.app.assets.fill_lock
+        assets = self.app.assets
         cycles = []
         good = []
         for _ in range(3):
-            await lock.acquire()
+            while assets.fill_busy:  # the sampling loop's cycle first
+                await asyncio.sleep_ms(20)
+            assets.fill_busy = True
             try:
                 ok = await fill.sample_async()
             finally:
-                lock.release()
+                assets.fill_busy = False
             cycles.append({"distance_mm": fill.distance_mm if ok else None, "echoes": fill.agreeing_echoes, "pings": fill.samples})
             if ok:
                 good.append(fill.distance_mm)

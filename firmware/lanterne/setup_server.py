@@ -139,6 +139,22 @@ class Server:
             await self._json(writer, status, doc)
         except http.HttpError as e:
             await self._json(writer, e.status, {"error": e.message})
+            await self._discard(reader, slot.body)
+
+    async def _discard(self, reader, buf):
+        # What the client still sends after a refusal is read and dropped (8 KB, 0.3 s at most)
+        # before closing: closed with unread bytes, TCP resets the connection and the client may
+        # never see the answer.
+        mv = memoryview(buf)
+        total = 0
+        try:
+            while total < 8192:
+                got = await asyncio.wait_for_ms(reader.readinto(mv), 300)
+                if not got:
+                    return
+                total += got
+        except asyncio.TimeoutError:
+            pass
 
     async def _json(self, writer, status, doc):
         if status < 400:

@@ -112,7 +112,7 @@ def spend_window(config_path, used_s, path=STATE_FILE):
 
 REQUEST_FILE = "setup.req"  # the button was held: the next boot is a setup boot
 MODULES = ("lanterne.setup_mode", "lanterne.setup_credentials", "lanterne.http_request", "lanterne.setup_server", "lanterne.setup_api")
-# What the app imports after this, by the parts the board has: imported here too at a setup boot.
+# What the app imports after this, by the parts the board has: imported here, first, at every boot.
 _PARTS = {
     "bme280": ("lanterne.sensors.bme280",),
     "bh1750": ("lanterne.sensors.light",),
@@ -123,7 +123,7 @@ _PARTS = {
     "lamp": ("lanterne.actuators.lamp", "lanterne.lamp_profile", "lanterne.sun"),
     "relay": ("lanterne.actuators.relay",),
 }
-_APP = ("lanterne.assets", "lanterne.control", "lanterne.reading", "lanterne.store", "lanterne.transport.mqtt")
+_APP = ("lanterne.assets", "lanterne.control", "lanterne.reading", "lanterne.store")
 
 
 
@@ -131,12 +131,13 @@ def setup_entry(cfg, board):
     """At boot, before the app builds anything: (how setup mode was asked for or None, seconds
     of the post-provisioning window used).
 
-    A setup boot imports the setup modules here, first, and with them every module the app is
-    about to import: MicroPython keeps the names it interns in pools, and when the setup modules
-    push their number past the last pool (1260 names), the next pool is one contiguous block of
-    ~9 KB on the ESP32 (14 KB here). Allocated now, the heap still has such a block; later, once
-    the app has built its parts, store and link, it may not (a MemoryError in whatever imports
-    next)."""
+    Every boot imports here, first, every module the app is about to import (and a setup boot
+    the setup modules): MicroPython keeps the names it interns in pools, and when the modules
+    push their number past the last pool (1260 names: the firmware with a board's full set of
+    parts is close), the next pool is one contiguous block of ~9 KB on the ESP32 (14 KB on the
+    64-bit virtual board). Allocated now, the heap still has such a block; later, once the app
+    has built its parts, store and link, it may not, and whatever imports next fails with a
+    MemoryError. Importing earlier costs nothing: the same modules, loaded anyway."""
     import os
 
     from lanterne import config
@@ -150,24 +151,26 @@ def setup_entry(cfg, board):
         kind = board.get("network", {}).get("kind", "wlan")
         if kind != "lan" and cfg["setup_key"] and cfg["setup_window_min"] * 60 > used_s:
             via = "provisioned"
-    if via is not None:
-        import gc
+    import gc
 
-        gc.collect()
+    gc.collect()
+    if via is not None:
         try:
             for name in MODULES:
                 __import__(name)
         except Exception as e:  # a firmware image without them: normal operation, said so
             print("[lanterne] setup mode unavailable: %r" % (e,))
-            return None, used_s
-        names = list(_APP)
-        for spec in board.get("sensors", []) + board.get("actuators", []):
-            names += _PARTS.get(spec.get("type"), ())
-        for name in names:
-            try:
-                __import__(name)
-            except ImportError:
-                pass  # the app reports a part it cannot build
+            via = None
+    names = list(_APP)
+    if cfg["transport"] == "mqtt":
+        names.append("lanterne.transport.mqtt")
+    for spec in board.get("sensors", []) + board.get("actuators", []):
+        names += _PARTS.get(spec.get("type"), ())
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            pass  # the app reports a part it cannot build
     return via, used_s
 
 

@@ -99,6 +99,7 @@ class Server:
                 pass
 
     async def _serve(self, slot, reader, writer):
+        complete = False  # the whole request was read
         try:
             head = slot.head
             n = 0
@@ -122,6 +123,7 @@ class Server:
                 if not got:
                     raise http.HttpError(400, "body cut short: %d of %d bytes" % (have, req.length))
                 have += got
+            complete = True
             if req.path == "/" or req.path == "/index.html":
                 if req.method != "GET":
                     raise http.HttpError(405, "the page is read with GET")
@@ -139,7 +141,8 @@ class Server:
             await self._json(writer, status, doc)
         except http.HttpError as e:
             await self._json(writer, e.status, {"error": e.message})
-            await self._discard(reader, slot.body)
+            if not complete:
+                await self._discard(reader, slot.body)
 
     async def _discard(self, reader, buf):
         # What the client still sends after a refusal is read and dropped (8 KB, 0.3 s at most)

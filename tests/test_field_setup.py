@@ -11,8 +11,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import lanterne
+
 from host_tools import boards
 from host_tools.runtime import firmware_module
 from host_tools.runtime.parity import both

@@ -40,6 +40,11 @@ class App:
     def __init__(self):
         self.cfg, self.config_errors = config.load()
         self.board, board_error = boardinfo.load()
+        # field setup hook: is this a setup boot (button held at the last power-up, or the
+        # window after a fresh provisioning)? Decided first, while the heap is still whole.
+        from lanterne import field
+
+        self.setup_via, self.setup_used_s = field.setup_entry(self.cfg, self.board)
         self.faults = {}
         for i, err in enumerate(self.config_errors):
             self.faults["config%d" % i] = err
@@ -59,6 +64,12 @@ class App:
         self.acks = []
         self.reboot_at = None
         self.sent = 0
+        # -- field setup hook (lanterne/setup_mode.py): the setup page while it is up; the
+        # changes made on site with it (field.json), reported in the status; status messages
+        # acked by the broker (the page's link test waits for one).
+        self.setup = None
+        self.field = field.load()
+        self.status_sent = 0
         self._build()
 
     def _build(self):
@@ -116,6 +127,9 @@ class App:
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
+                # field setup hook: on-site changes (field.json) and the setup page, if up
+                "field": self.field,
+                "setup": self.setup.summary() if self.setup else None,
             }
         )
 
@@ -317,6 +331,7 @@ class App:
                     await asyncio.sleep_ms(100)
                     continue
                 if self.link.connect(self.status()):
+                    self.status_sent += 1  # field setup hook: the online status was acked
                     self.faults.pop("mqtt", None)
                     self.log("connected to %s:%d as %s" % (self.link.host, self.link.port, self.cfg["device"]))
                     self.status_due = False
@@ -328,6 +343,7 @@ class App:
                 self.status_due = False
                 try:
                     self.link.publish(self.link.topics["status"], self.status(), retain=True, qos=1)
+                    self.status_sent += 1  # field setup hook: acked (QoS 1)
                 except OSError as e:
                     self.log(str(e))
                     continue
@@ -396,8 +412,21 @@ class App:
             self.guard("sampling", self.sample_task),
             self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
+            self.guard("setup", self.setup_task),  # field setup hook
             self.heartbeat_task(),
         )
+
+    async def setup_task(self):
+        # field setup hook: a setup boot serves the setup page, then restarts
+        # (lanterne/setup_mode.py); a normal boot watches the button for 5 s (lanterne/field.py).
+        from lanterne import field
+
+        if self.setup_via is None:
+            await field.watch_button(self)
+            return
+        from lanterne import setup_mode
+
+        await setup_mode.task(self)
 
     async def guard(self, name, task):
         # A bug or an unexpected error in one task is reported and the task restarted; the

@@ -26,6 +26,7 @@ class Assets:
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
         self.profile = None
         self.lamp_level_override = None
+        self.fill_busy = False  # field setup hook: the setup page's calibration pings take turns with sampling
         self._i2c = {}
         buses = board.get("buses", {})
         for spec in board.get("sensors", []) + board.get("actuators", []):
@@ -136,7 +137,14 @@ class Assets:
         if fill is not None:
             if env is not None and env.present and not env.fault:
                 fill.set_temperature(env.temperature)
-            if await fill.sample_async():
+            while self.fill_busy:
+                await asyncio.sleep_ms(20)
+            self.fill_busy = True
+            try:
+                fresh = await fill.sample_async()
+            finally:
+                self.fill_busy = False
+            if fresh:
                 lvl = fill.level_permille // 10
                 r[codec.FILL] = 0 if lvl < 0 else (100 if lvl > 100 else lvl)
                 r[codec.DISTANCE] = fill.distance_mm

@@ -27,6 +27,23 @@ def _ident(v):
     return None
 
 
+# -- field setup hook: checks of the fields the setup page and its provisioning add ---------
+def _asset(v):
+    # What is painted on the asset (lamp-post number, bin number): short, printable, no quotes.
+    if len(v) > 32:
+        return "must be at most 32 characters"
+    for c in v:
+        if not (c.isalpha() or c.isdigit() or c in " -_./#"):
+            return "may only hold letters, digits, spaces and - _ . / #"
+    return None
+
+
+def _key_hex(v):
+    if v and (len(v) != 32 or any(c not in "0123456789abcdef" for c in v)):
+        return "must be 32 lowercase hex digits"
+    return None
+
+
 def _url(v):
     if not (v.startswith("mqtt://") or v.startswith("mqtts://")):
         return "must start with mqtt:// or mqtts://"
@@ -56,6 +73,12 @@ SCHEMA = {
     "lorawan_deveui": (str, "", None),
     "lorawan_appkey": (str, "", None),
     "timezone_min": (int, 60, _range(-720, 840)),
+    # -- field setup hook (lanterne/setup_mode.py): the asset the board is mounted on, set on
+    # site; the secret the setup access point's name and passphrase derive from; how long the
+    # setup page stays up after a fresh provisioning (0: only with the button).
+    "asset_id": (str, "", _asset),
+    "setup_key": (str, "", _key_hex),
+    "setup_window_min": (int, 0, _range(0, 240)),
 }
 
 

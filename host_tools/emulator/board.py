@@ -183,6 +183,7 @@ class VirtualBoard:
         self.booted_free: int | None = None
         self.booted_event = asyncio.Event()
         self.reset_log: list[str] = []
+        self.listening: dict[tuple[str, int], int] = {}  # (board ip, port) -> loopback port on the host
         self.dropped_input = 0
         self._pending_reset: tuple[str, int] | None = None
         self._wdt_timeout: float | None = None
@@ -334,6 +335,7 @@ class VirtualBoard:
         proc = self.proc
         self.proc = None
         self.executing = False
+        self._radio_off()
         if proc and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -386,6 +388,7 @@ class VirtualBoard:
         return 0
 
     def _start_interpreter(self, kind: str) -> None:
+        self._radio_off()
         self.boot_kind = kind
         self.boots += 1
         self._heap_scale = HEAP_SCALE_ROMFS if self._romfs_valid() else HEAP_SCALE
@@ -524,6 +527,18 @@ class VirtualBoard:
     # -- HAL hooks ----------------------------------------------------------------
     def on_hal_connected(self) -> None:
         pass
+
+    def on_listen(self, ip: str | None, port: int, host_port: int) -> None:
+        # A listening socket of the firmware (its setup page): reachable from the host over loopback.
+        for key in [k for k, v in self.listening.items() if v == host_port]:
+            del self.listening[key]
+        if ip is not None:
+            self.listening[(ip, port)] = host_port
+
+    def _radio_off(self) -> None:
+        # The interpreter is gone (reset, power cut): its access point and sockets with it.
+        self.listening.clear()
+        self.world.set_access_point(None)
 
     def on_booted(self, alloc: int, free: int) -> None:
         self.booted_alloc, self.booted_free = alloc, free

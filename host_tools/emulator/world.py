@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "lorawan_downlink_loss": 0.0,  # probability the module misses a downlink
     "lorawan_dr": -1.0,  # >= 0: the network moves the module to this data rate (then back to -1)
     "lorawan_tx_done_first": False,  # TX_DONE / SEND_CONFIRMED_* before the RX event instead of after
+    "button": False,  # the board's button (board file: setup_button) held down
 }
 
 #: Fault kinds a part can be given.
@@ -56,7 +57,7 @@ class World:
         self._lock = threading.RLock()
         self._values: dict[str, Any] = dict(DEFAULTS)
         self._faults: dict[str, set[str]] = {}
-        self._outputs: dict[str, Any] = {"pins": {}, "pwm": {}, "uart_tx": {}}
+        self._outputs: dict[str, Any] = {"pins": {}, "pwm": {}, "uart_tx": {}, "ap": None}
         self._listeners: list = []
         self.rng = random.Random(seed)
         self.started = time.monotonic()
@@ -131,6 +132,16 @@ class World:
             else:
                 self._outputs["pwm"][int(pin)] = {"freq": int(freq), "duty_u16": int(duty_u16)}
 
+    def set_access_point(self, ap: dict | None) -> None:
+        """The board's Wi-Fi access point as a phone nearby would find it (None: no AP)."""
+        with self._lock:
+            self._outputs["ap"] = dict(ap) if ap else None
+
+    def access_point(self) -> dict | None:
+        with self._lock:
+            ap = self._outputs["ap"]
+            return dict(ap) if ap else None
+
     def pin_level(self, pin: int) -> int | None:
         with self._lock:
             return self._outputs["pins"].get(int(pin))
@@ -145,6 +156,7 @@ class World:
             return {
                 "pins": dict(self._outputs["pins"]),
                 "pwm": {k: dict(v) for k, v in self._outputs["pwm"].items()},
+                "ap": self.access_point(),
             }
 
     def snapshot(self) -> dict[str, Any]:

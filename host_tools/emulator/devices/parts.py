@@ -75,6 +75,10 @@ class Parts:
                 self.missing_models.append(spec["type"])
                 continue
             self.add(factory(world, spec, board_data), spec)
+        if board_data.get("setup_button") is not None:
+            from host_tools.emulator.devices.button import Button
+
+            self.add(Button(world, int(board_data["setup_button"])))
 
     def add(self, part, spec: dict | None = None) -> None:
         spec = spec or {}

@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEPS   := build/mpylib/.fetched-stamp
+NODE_DEPS := build/node/node_modules/lora-packet/package.json
+LORA_PACKET := lora-packet@0.9.3
 
 .PHONY: test demo venv deps mosquitto lint bench clean
 
@@ -21,10 +23,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Pinned MicroPython-only modules (umqtt.simple), fetched through pip's configured index.
-deps: $(DEPS)
+deps: $(DEPS) $(NODE_DEPS)
 
 $(DEPS): host_tools/runtime/deps.py $(STAMP)
 	$(PY) -m host_tools.runtime.deps fetch
+
+# lora-packet (npm), the independent LoRaWAN implementation the tests check our frames with.
+# Node and npm from Debian when missing; the package goes into build/node (never committed).
+$(NODE_DEPS):
+	@command -v npm >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	mkdir -p build/node
+	npm install --prefix build/node --no-save --no-package-lock --no-audit --no-fund $(LORA_PACKET)
 
 # Debian's mosquitto for the integration tests (CI runs as root on a fresh Debian).
 mosquitto:

@@ -147,6 +147,7 @@ class VirtualBoard:
         log_path: str | Path | None = None,
         flash_image: str | Path | None = None,
         blank: bool = False,
+        radio: str | None = None,
     ):
         self.board = board
         self.flash = Path(flash_dir).resolve()
@@ -155,6 +156,10 @@ class VirtualBoard:
         self.port_path = Path(port_path) if port_path else None
         self.world = world or World()
         self.parts = Parts(board.data, self.world)
+        for part in self.parts.parts:  # parts with state of their own (a modem's NVM) keep it beside the flash
+            attach = getattr(part, "attach_board", None)
+            if attach is not None:
+                attach(self.flash, radio)
         self.token = hashlib.sha256(os.urandom(16)).hexdigest()[:16]
         self.serial = serial or hashlib.sha256(str(self.flash).encode()).hexdigest()[:12]
         self.heap_override = heap_override
@@ -232,6 +237,10 @@ class VirtualBoard:
             t.cancel()
         await self._kill()
         self.hal.unregister(self.token)
+        for part in self.parts.parts:
+            detach = getattr(part, "detach_board", None)
+            if detach is not None:
+                detach()
         if self._master is not None:
             asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)

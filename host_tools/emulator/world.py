@@ -39,6 +39,19 @@ DEFAULTS: dict[str, Any] = {
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
     "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
+    # LoRaWAN modem twin and its radio (host_tools/emulator/devices/lorawan_modem.py): counts are used up
+    "lorawan_speedup": 1.0,  # the modem's clock runs this many times faster than the host's
+    "lorawan_gateways": 1.0,  # gateways in range (each publishes every uplink it hears)
+    "lorawan_rssi_dbm": -95.0,  # signal at the gateways and at the module
+    "lorawan_snr_db": 7.0,
+    "lorawan_join_failures": 0.0,  # the next N join requests get no answer
+    "lorawan_busy_refusals": 0.0,  # the next N sends are refused with AT_BUSY_ERROR
+    "lorawan_resets": 0.0,  # the module resets on the next N commands (banner mid-reply)
+    "lorawan_garbage": 0.0,  # probability of noise bytes before each line the module prints
+    "lorawan_uplink_loss": 0.0,  # probability an uplink reaches no gateway
+    "lorawan_downlink_loss": 0.0,  # probability the module misses a downlink
+    "lorawan_dr": -1.0,  # >= 0: the network moves the module to this data rate (then back to -1)
+    "lorawan_tx_done_first": False,  # TX_DONE / SEND_CONFIRMED_* before the RX event instead of after
 }
 
 #: What each number may be: the physically possible, wider than any part measures (so a sensor's

@@ -68,6 +68,17 @@ LIMITS: dict[str, tuple[float, float]] = {
     "echo_outlier_ratio": (0.0, 1.0),
     "clock_offset_s": (-1e10, 1e10),
     "rssi_dbm": (-130.0, 0.0),
+    "lorawan_speedup": (0.001, 1_000_000.0),
+    "lorawan_gateways": (0.0, 100.0),
+    "lorawan_rssi_dbm": (-150.0, 0.0),
+    "lorawan_snr_db": (-30.0, 30.0),
+    "lorawan_join_failures": (0.0, 1_000_000.0),
+    "lorawan_busy_refusals": (0.0, 1_000_000.0),
+    "lorawan_resets": (0.0, 1_000_000.0),
+    "lorawan_garbage": (0.0, 1.0),
+    "lorawan_uplink_loss": (0.0, 1.0),
+    "lorawan_downlink_loss": (0.0, 1.0),
+    "lorawan_dr": (-1.0, 15.0),
 }
 
 #: Fault kinds a part can be given (each part says which of them it has, `fault_kinds`).
@@ -93,7 +104,7 @@ def check_value(key: str, value: Any) -> bool | float:
         raise WorldError(f"{key} is on or off (true/false, up/down, 1/0), got {value!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WorldError(f"{key} is a number, got {value!r}")
-    lo, hi = LIMITS[key]
+    lo, hi = LIMITS.get(key, (-math.inf, math.inf))
     if not (math.isfinite(value) and lo <= value <= hi):
         raise WorldError(f"{key}={_num(value)} is out of range: {_num(lo)} .. {_num(hi)}")
     return float(value)

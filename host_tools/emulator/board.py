@@ -378,13 +378,15 @@ class VirtualBoard:
         # On the ESP32, mbedtls allocates its TLS session from the IDF heap, beside the
         # MicroPython heap; the unix port takes it from the GC heap. A board configured for
         # mqtts:// gets the board file's idf_heap_bytes on top (mbedtls buffers are bytes:
-        # no 64-bit scaling). Measured: a session peaks at ~15 KB in the GC heap here.
-        try:
-            cfg = json.loads((self.flash / "config.json").read_text())
-        except (OSError, ValueError):
-            return 0
-        if isinstance(cfg, dict) and str(cfg.get("broker", "")).startswith("mqtts://"):
-            return int(self.board.data.get("idf_heap_bytes", 65536))
+        # no 64-bit scaling). Measured: a session peaks at ~15 KB in the GC heap here. The broker
+        # is config.json's, or its last known good's when config.json has none (firmware config.py).
+        for name in ("config.json", "config.lkg.json"):
+            try:
+                cfg = json.loads((self.flash / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and str(cfg.get("broker", "")).startswith("mqtt"):
+                return int(self.board.data.get("idf_heap_bytes", 65536)) if cfg["broker"].startswith("mqtts://") else 0
         return 0
 
     def _start_interpreter(self, kind: str) -> None:

@@ -61,8 +61,8 @@ def test_world_refuses_nonsense_and_names_what_is_valid(tmp_path):
 
         refused = {
             ("fault", "bme208", "nack"): "this board has no part 'bme208' (did you mean 'bme280'?); its parts: bh1750,"
-                                         " bme280, lamp, supply",
-            ("fault", "ultrasonic", "stuck"): "this board has no part 'ultrasonic'; its parts: bh1750, bme280, lamp, supply",
+                                         " bme280, button, lamp, supply",
+            ("fault", "ultrasonic", "stuck"): "this board has no part 'ultrasonic'; its parts: bh1750, bme280, button, lamp, supply",
             ("fault", "bme280", "nak"): "unknown fault 'nak' for bme280 (did you mean 'nack'?); choose from missing, nack, stuck",
             ("fault", "lamp", "nack"): "lamp cannot be given the fault 'nack'; it can be: stuck",
             ("clear", "bme208"): "this board has no part 'bme208' (did you mean 'bme280'?)",

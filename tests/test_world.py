@@ -21,7 +21,7 @@ def test_every_number_has_its_limits_and_its_default_is_within():
 def test_refusals_name_what_is_valid_and_change_nothing():
     w = World()
     Parts(boards.load("esp32-rak3172").data, w)
-    assert set(w.parts()) == {"bme280", "bh1750", "supply", "lorawan"}
+    assert set(w.parts()) == {"bme280", "bh1750", "supply", "lorawan", "button"}
     with pytest.raises(WorldError, match=r"illuminance_lx=-50 is out of range: 0 \.\. 1000000"):
         w.set(temperature_c=30, illuminance_lx=-50)
     assert w.get("temperature_c") == 15.0  # all or nothing
@@ -29,7 +29,7 @@ def test_refusals_name_what_is_valid_and_change_nothing():
         w.set(lorawan_uplink_loss=2)
     with pytest.raises(WorldError, match=r"temperature_c=nan is out of range"):
         w.set(temperature_c=float("nan"))
-    with pytest.raises(WorldError, match=r"no part 'lamp'; its parts: bh1750, bme280, lorawan, supply"):
+    with pytest.raises(WorldError, match=r"no part 'lamp'; its parts: bh1750, bme280, button, lorawan, supply"):
         w.inject("lamp", "stuck")
     w.set(lorawan_join_failures=2)  # counts the modem twin uses up
     w.inject("lorawan", "missing")

@@ -7,9 +7,9 @@ DEPS   := build/mpylib/.fetched-stamp
 NODE_DEPS := build/node/node_modules/lora-packet/package.json
 LORA_PACKET := lora-packet@0.9.3
 
-.PHONY: test demo venv deps mosquitto lint bench clean
+.PHONY: test demo venv deps mosquitto chromium lint bench clean
 
-test: venv deps mosquitto
+test: venv deps mosquitto chromium
 	$(PY) -m pytest -q
 
 demo: venv deps
@@ -40,6 +40,11 @@ $(NODE_DEPS):
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# Debian's chromium for the setup page's browser test (Playwright drives it: no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check host_tools tests

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flash": ("flash", "flash MicroPython onto a board with esptool: detect, erase, write, verify"),
     "provision": ("provision", "provision a board or a fleet (CSV): .mpy firmware, secrets, config, first status"),
     "verify": ("verify", "read a board back and report its drift from the fleet registry"),
+    "label": ("label", "print a board's setup label: QR codes to join its setup Wi-Fi and open its page"),
+    "registry": ("registry", "adopt what an installer changed on site (setup page) into the fleet registry"),
     "broker-files": ("broker_files", "write the broker's password and ACL files and a mosquitto.conf, from the fleet registry"),
     "command": ("command", "sign and send a command to a device, wait for its signed ack"),
     "monitor": ("monitor", "live table of the fleet: last seen, last reading, next reading and status due, faults"),

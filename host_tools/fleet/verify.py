@@ -11,6 +11,9 @@ compares:
   shown as config.json holds it, with the schema's reason; a command key rotated by command
   (kept in /cmdstate.json, and in the registry) is the key in effect;
 - hardware: the board is not the one the registry has for this device.
+Config fields an installer changed on site with the setup page (the board's field.json names
+them) are reported apart, as field changes: recorded in the registry, and no longer differences
+once `lanterne registry accept DEVICE` adopted them.
 Every finding comes with the command that resolves it (`Finding.run`).
 Then it resets the board so its application runs again (as after provisioning).
 Files outside / and /lib (the store's data) are the board's own and are not compared.
@@ -30,6 +33,7 @@ from host_tools.fleet.config import firmware_config
 from host_tools.fleet.deploy import MpyCross, build_image, firmware_hash, manifest, parse_mpy
 from host_tools.fleet.provision import managed_extra
 from host_tools.fleet.registry import DEFAULT_PATH, SECRET_FIELDS, Registry
+from host_tools.runtime import firmware_module
 
 VerifyError = ProvisionError
 CMD_STATE = "/cmdstate.json"  # the board's command state (firmware/lanterne/control.py): counter, rotated key
@@ -87,6 +91,7 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     config: list[ConfigDiff] = field(default_factory=list)
+    field_changes: list[ConfigDiff] = field(default_factory=list)  # made on site, not accepted yet
     problems: list[str] = field(default_factory=list)  # drift that is neither a file nor a config field
     notes: list[str] = field(default_factory=list)  # worth knowing, not drift
     registry_flag: str = ""  # " --registry FILE" when not the default one: part of every command suggested
@@ -94,7 +99,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.extra or self.config or self.problems)
+        return not (self.changed or self.missing or self.extra or self.config or self.field_changes or self.problems)
 
     @property
     def drift_count(self) -> int:
@@ -118,11 +123,21 @@ class VerifyReport:
                 keep = json.dumps(d.board) if not isinstance(d.board, str) else d.board
                 choices.append(Finding(d.text(), f"{again} (the registry's value onto the board), or"
                                                  f" {self._provision(f' --set {d.field}={keep}')} (keep the board's)"))
+        for d in self.field_changes:  # made on site with the setup page: adopt them, or put the registry's back
+            out.append(Finding(f"field change (setup page): {d.text()[len('config field '):]}",
+                               f"lanterne registry accept {self.device}{self.registry_flag} (intended: adopt it), or {again}"
+                               " (the registry's value back onto the board)"))
         return out + choices  # those with a choice last: the others share one `run:` line
 
     def lines(self) -> list[str]:
         head = f"{self.device} on {self.port} ({self.board}, hardware id {self.hw_id or '?'}): "
-        out = [head + ("matches the registry" if self.ok else f"{self.drift_count} difference(s) from the registry")]
+        if self.ok:
+            state = "matches the registry"
+        elif not self.drift_count:
+            state = f"{len(self.field_changes)} field change(s) made on site, not accepted yet"
+        else:
+            state = f"{self.drift_count} difference(s) from the registry"
+        out = [head + state]
         found = self.findings()
         for i, f in enumerate(found):
             out.append(f"  {f.text}")
@@ -135,8 +150,8 @@ class VerifyReport:
         return {
             "port": self.port, "device": self.device, "board": self.board, "hw_id": self.hw_id, "ok": self.ok,
             "files_checked": self.files_checked, "changed": self.changed, "missing": self.missing, "extra": self.extra,
-            "config": [d.to_json() for d in self.config], "problems": self.problems, "notes": self.notes,
-            "findings": [f.to_json() for f in self.findings()],
+            "config": [d.to_json() for d in self.config], "field_changes": [d.to_json() for d in self.field_changes],
+            "problems": self.problems, "notes": self.notes, "findings": [f.to_json() for f in self.findings()],
         }
 
 
@@ -201,6 +216,12 @@ def verify(
                 rotated_key = json.loads(link.read_file(CMD_STATE)).get("key") or None
             except (ValueError, AttributeError):
                 rotated_key = None  # the board starts afresh from an unreadable state: its config's key is in effect
+        field_doc = None
+        if "/field.json" in info.files:
+            try:
+                field_doc = json.loads(link.read_file("/field.json"))
+            except ValueError:
+                field_doc = None
         named = board_cfg.get("device") if board_cfg else None
         rec = reg.get(named) if isinstance(named, str) else None
         if rec is None and info.hw_id:
@@ -241,7 +262,17 @@ def verify(
         in_effect = dict(board_cfg)
         if rotated_key and "command_key" in in_effect:
             in_effect["command_key"] = rotated_key  # `lanterne command DEVICE rotate-key`: the registry has it too
-        rep.config = _config_diffs(in_effect, expected)
+        diffs = _config_diffs(in_effect, expected)
+        editable = firmware_module("field").EDITABLE
+        on_site = set((field_doc or {}).get("fields") or {}) & set(editable)
+        rep.field_changes = [d for d in diffs if d.field in on_site and not d.rejected]
+        rep.config = [d for d in diffs if d not in rep.field_changes]
+        if isinstance(field_doc, dict) and field_doc.get("fields"):
+            reg.record_field_changes(rec.id, field_doc)
+            _seen, accepted = reg.field_changes(rec.id)
+            names = ", ".join(sorted(field_doc["fields"]))
+            if accepted == field_doc.get("hash") and not rep.field_changes:
+                rep.notes.append(f"field changes made on site ({names}; {field_doc.get('n')} save(s)) accepted into the registry")
         _cfg, errors = schema.validate(board_cfg, "config.json")
         shown = {d.field for d in rep.config if d.rejected}
         rep.problems += [f"board config rejected by the schema: {e}" for e in errors

@@ -14,8 +14,13 @@ from lanterne.codec import (
     HUMIDITY,
     ILLUMINANCE,
     LAMP,
+    LAEQ,
+    LAMAX,
     LAMP_FAULT,
     N_FIELDS,
+    PM1,
+    PM10,
+    PM25,
     PRESSURE,
     SEQ,
     STATUS,
@@ -36,6 +41,11 @@ _NUMERIC = {
     "lamp": (LAMP, 1, 0, 100, "%"),
     "voltage": (VOLTAGE, 1000, 0, 60, "V"),
     "age": (AGE, 1, 0, AGE_MAX, "s"),
+    "pm1": (PM1, 1, 0, 1000, "ug/m3"),
+    "pm2_5": (PM25, 1, 0, 1000, "ug/m3"),
+    "pm10": (PM10, 1, 0, 1000, "ug/m3"),
+    "laeq": (LAEQ, 10, 0, 140, "dB"),
+    "lamax": (LAMAX, 10, 0, 140, "dB"),
 }
 FIELD_NAMES = (
     "temperature",
@@ -50,6 +60,11 @@ FIELD_NAMES = (
     "status",
     "seq",
     "age",
+    "pm1",
+    "pm2_5",
+    "pm10",
+    "laeq",
+    "lamax",
 )
 
 

@@ -116,6 +116,8 @@ class App:
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
+                "pm": self.assets.environment().get("pm"),
+                "noise": self.assets.environment().get("noise"),
             }
         )
 
@@ -286,6 +288,7 @@ class App:
         self.status_period = self.cfg["status_period_s"]
         if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
             self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
+        self.assets.reconfigure(key, self.cfg)
         return cmd.OK, b""
 
     # -- link ------------------------------------------------------------------------
@@ -366,7 +369,8 @@ class App:
                 if a.lamp is not None and a.light is not None and tick % 20 == 0:
                     a.light.sample()  # the photocell every 2 s, not only at the sampling period
                 tick += 1
-                a.lamp_tick(self.now_utc(), contact)
+                if a.lamp is not None:  # no lamp, no clock maths: the sun module is never loaded (RAM)
+                    a.lamp_tick(self.now_utc(), contact)
                 if a.bollard is not None:
                     a.bollard.update()
             except Exception as e:  # never let an actuator stop the loop
@@ -397,6 +401,7 @@ class App:
             self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
             self.heartbeat_task(),
+            *self.assets.tasks(),
         )
 
     async def guard(self, name, task):

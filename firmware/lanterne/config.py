@@ -27,6 +27,12 @@ def _ident(v):
     return None
 
 
+def _pm_period(v):
+    if v != 0 and not 40 <= v <= 86400:
+        return "must be 0 (fan always on) or 40..86400 s (30 s warm-up + 10 s measurement)"
+    return None
+
+
 def _url(v):
     if not (v.startswith("mqtt://") or v.startswith("mqtts://")):
         return "must start with mqtt:// or mqtts://"
@@ -56,6 +62,11 @@ SCHEMA = {
     "lorawan_deveui": (str, "", None),
     "lorawan_appkey": (str, "", None),
     "timezone_min": (int, 60, _range(-720, 840)),
+    # environmental stations: PM duty cycle, hygroscopic correction (kappa x 1000, 0 = off),
+    # the microphone's field-calibration offset (dB, from a reference calibrator)
+    "pm_period_s": (int, 300, _pm_period),
+    "pm_kappa_milli": (int, 0, _range(0, 2000)),
+    "sound_offset_db": (float, 0.0, _range(-20, 20)),
 }
 
 

@@ -32,10 +32,17 @@ DEFAULTS: dict[str, Any] = {
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
     "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
+    "pm1_ugm3": 6.0,  # particulate matter a reference instrument would measure
+    "pm25_ugm3": 11.0,
+    "pm10_ugm3": 18.0,
+    "pm_kappa": 0.0,  # > 0: optical PM sensors over-read in humid air by the kappa-Koehler growth
+    "sound_scene": "pink db=55",  # what the microphone hears (host_tools/emulator/audio.py: tones, pink, bursts)
+    "sound_wav": "",  # a WAV file to play to the microphone instead (looped)
+    "mic_noise_db": 33.0,  # the microphone's self-noise, dB SPL
 }
 
-#: Fault kinds a part can be given.
-FAULT_KINDS = ("missing", "nack", "stuck")
+#: Fault kinds a part can be given (PM sensors: checksum, frame, fan; the microphone: silence, clipping).
+FAULT_KINDS = ("missing", "nack", "stuck", "checksum", "frame", "fan", "silence", "clipping")
 
 
 class World:
@@ -62,7 +69,14 @@ class World:
                 if key not in DEFAULTS:
                     raise KeyError(f"unknown world quantity {key!r}; known: {', '.join(sorted(DEFAULTS))}")
                 kind = type(DEFAULTS[key])
-                self._values[key] = bool(value) if kind is bool else float(value)
+                if kind is str:
+                    if key == "sound_scene":
+                        from host_tools.emulator.audio import parse_scene
+
+                        parse_scene(str(value))  # refuse a bad scene here, with its reason
+                    self._values[key] = str(value)
+                else:
+                    self._values[key] = bool(value) if kind is bool else float(value)
             listeners = list(self._listeners)
         for fn in listeners:
             fn("set", values)

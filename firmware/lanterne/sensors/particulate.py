@@ -53,11 +53,11 @@ from lanterne.sensors import (
     Sensor,
 )
 
-ASLEEP = const(0)
-WARMING = const(1)
-MEASURING = const(2)
+_ASLEEP = const(0)
+_WARMING = const(1)
+_MEASURING = const(2)
 
-HUMIDITY_MAX_CENTI = const(8500)  # 85 %RH
+_HUMIDITY_MAX_CENTI = const(8500)  # 85 %RH
 _RH_CAP_CENTI = const(9800)
 
 
@@ -75,7 +75,7 @@ def growth_milli(kappa_milli, rh_centi):
 class ParticulateSensor(Sensor):
     """Base of the PM drivers: subclasses provide _wake(), _sleep(), _poll(now_ms) and _fan_ok()."""
 
-    def __init__(self, period_s=300, warmup_s=30, measure_s=10, humidity_max_centi=HUMIDITY_MAX_CENTI,
+    def __init__(self, period_s=300, warmup_s=30, measure_s=10, humidity_max_centi=_HUMIDITY_MAX_CENTI,
                  kappa_milli=0, stuck_cycles=3):
         super().__init__(stuck_cycles)
         if period_s and period_s < warmup_s + measure_s:
@@ -98,7 +98,7 @@ class ParticulateSensor(Sensor):
         self.wrong_frames = 0  # frames of another kind since start-up
         self.fan_seconds = 0  # fan time since start-up (the wear this schedule saves)
         self.humidity_centi = -1  # unknown until set_humidity
-        self.state = ASLEEP
+        self.state = _ASLEEP
         self._seen = False  # any byte / answer since start-up
         self._due = None  # ticks_ms of the next wake-up (None: now)
         self._t = 0  # ticks_ms when the current state began
@@ -125,21 +125,21 @@ class ParticulateSensor(Sensor):
         """Advance the duty cycle; True when a measurement window just ended with values."""
         now = time.ticks_ms() if now_ms is None else now_ms
         st = self.state
-        if st == ASLEEP:
+        if st == _ASLEEP:
             if self._due is not None and time.ticks_diff(now, self._due) < 0:
                 return False
             self._due = now if self._due is None else self._due
             self._wake_safe()
-            self.state = WARMING
+            self.state = _WARMING
             self._t = now
             self._reset_window()
             return False
-        self._poll_safe(now, st == MEASURING)
+        self._poll_safe(now, st == _MEASURING)
         spent = time.ticks_diff(now, self._t)
-        if st == WARMING:
+        if st == _WARMING:
             if spent >= self.warmup_s * 1000:
                 self.fan_seconds += spent // 1000
-                self.state = MEASURING
+                self.state = _MEASURING
                 self._t = now
                 self._reset_window()
             return False
@@ -149,7 +149,7 @@ class ParticulateSensor(Sensor):
         got = self._finish(now)
         if self.period_s:
             self._sleep_safe()
-            self.state = ASLEEP
+            self.state = _ASLEEP
             self._due = time.ticks_add(self._due, self.period_s * 1000)
             if time.ticks_diff(self._due, now) <= 0:  # late (a long stall): start afresh from now
                 self._due = time.ticks_add(now, self.period_s * 1000 - (self.warmup_s + self.measure_s) * 1000)

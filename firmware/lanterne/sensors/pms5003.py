@@ -32,9 +32,9 @@ _HEAD2 = const(0x4D)
 _FRAME = const(32)
 _DATA_LEN = const(28)
 _ACK_LEN = const(4)
-CMD_MODE = const(0xE1)
-CMD_READ = const(0xE2)
-CMD_SLEEP = const(0xE4)
+_CMD_MODE = const(0xE1)
+_CMD_READ = const(0xE2)
+_CMD_SLEEP = const(0xE4)
 
 
 def command(cmd, data):
@@ -59,10 +59,10 @@ class PMS5003(ParticulateSensor):
         self.mode = mode
         self.io = UartFrames(uart, _FRAME)
         self.counts_03 = 0  # particles > 0.3 um per 0.1 L, last good frame
-        self._cmd_read = command(CMD_READ, 0)
-        self._cmd_wake = command(CMD_SLEEP, 1)
-        self._cmd_sleep = command(CMD_SLEEP, 0)
-        self._cmd_mode = command(CMD_MODE, 0 if mode == "passive" else 1)
+        self._cmd_read = command(_CMD_READ, 0)
+        self._cmd_wake = command(_CMD_SLEEP, 1)
+        self._cmd_sleep = command(_CMD_SLEEP, 0)
+        self._cmd_mode = command(_CMD_MODE, 0 if mode == "passive" else 1)
         self._want = 0  # bytes expected in the frame being assembled (0: looking for the header)
         self._keep = False
         self._asked = None

@@ -29,10 +29,10 @@ _HEAD = const(0xAA)
 _TAIL = const(0xAB)
 _DATA = const(0xC0)
 _REPLY = const(0xC5)
-CMD_MODE = const(2)
-CMD_QUERY = const(4)
-CMD_SLEEP = const(6)
-CMD_PERIOD = const(8)
+_CMD_MODE = const(2)
+_CMD_QUERY = const(4)
+_CMD_SLEEP = const(6)
+_CMD_PERIOD = const(8)
 
 
 def command(cmd, d1=0, d2=0):
@@ -60,11 +60,11 @@ class SDS011(ParticulateSensor):
     def __init__(self, uart, **kw):
         super().__init__(**kw)
         self.io = UartFrames(uart, 10)
-        self._cmd_query = command(CMD_QUERY)
-        self._cmd_wake = command(CMD_SLEEP, 1, 1)
-        self._cmd_sleep = command(CMD_SLEEP, 1, 0)
-        self._cmd_mode = command(CMD_MODE, 1, 1)
-        self._cmd_period = command(CMD_PERIOD, 1, 0)
+        self._cmd_query = command(_CMD_QUERY)
+        self._cmd_wake = command(_CMD_SLEEP, 1, 1)
+        self._cmd_sleep = command(_CMD_SLEEP, 1, 0)
+        self._cmd_mode = command(_CMD_MODE, 1, 1)
+        self._cmd_period = command(_CMD_PERIOD, 1, 0)
         self._keep = False
         self._asked = None
 

@@ -41,7 +41,7 @@ within 32 bits, so 32- and 64-bit ports agree):
 4. Per sub-block, in a block floating point (mantissa in [2**29, 2**30), exponent):
    the interval's energy sum (LAeq), the F (fast, 125 ms) exponential time
    weighting, its maximum and minimum (LAFmax, LAFmin), and a histogram of the
-   F-weighted level in 0.1 dB bins (0 .. 150 dB) for the percentile levels LA10 and
+   F-weighted level in 0.1 dB bins (0 .. 140 dB) for the percentile levels LA10 and
    LA90 (the level exceeded 10 % / 90 % of the time).
 
 Calibration: a full-scale sine (peak = 2**15 in 16-bit units) is 0 dBFS; the
@@ -52,7 +52,8 @@ from a field calibration with a reference calibrator (set by command).
 Faults (`fault` bits, see lanterne.sensors): FAULT_MISSING when an interval's samples
 never moved (digital silence: no clock, no microphone, data line stuck), FAULT_RANGE
 when more than 0.1 % of the samples were at full scale (clipping: the figures then
-read low), FAULT_TIMEOUT when samples were lost (set by the reader).
+read low), FAULT_TIMEOUT when more than 1 % of the interval's samples were lost (the
+reader fell behind the I2S driver's buffer: `lost` counts them).
 """
 
 import math
@@ -69,52 +70,52 @@ except ImportError:  # CPython: the pure-Python path, same integers
 
 
 # IEC 61672-1:2013, E.2 / E.3: the A-weighting's pole frequencies (Hz).
-F1 = 20.598997
-F2 = 107.65265
-F3 = 737.86223
-F4 = 12194.217
-MATCH_AT = 0.33  # where the low-pass sections match the analog magnitude, x fs
-TAU_FAST = 0.125  # s, time weighting F
-HIST_BINS = const(1501)  # 0.0 .. 150.0 dB in 0.1 dB
-SCALE_BITS = const(4)  # fraction bits of the filter's fixed point below one 16-bit LSB
-COEF_BITS = const(9)  # coefficients in [2**8, 2**9) before their shift
-CLAMP = const(46340)  # |y| at most this: y * y < 2**31
-BIAS = const(0x20000000)  # signed state is stored + BIAS (32-bit loads are unsigned on 64-bit ports)
-M_LOW = const(0x20000000)  # block floating point: mantissa in [M_LOW, M_HIGH)
-M_HIGH = const(0x40000000)
+_F1 = 20.598997
+_F2 = 107.65265
+_F3 = 737.86223
+_F4 = 12194.217
+_MATCH_AT = 0.33  # where the low-pass sections match the analog magnitude, x fs
+_TAU_FAST = 0.125  # s, time weighting F
+_HIST_BINS = const(1401)  # 0.0 .. 140.0 dB in 0.1 dB; 16-bit counts, halved all together when one fills
+_SCALE_BITS = const(4)  # fraction bits of the filter's fixed point below one 16-bit LSB
+_COEF_BITS = const(9)  # coefficients in [2**8, 2**9) before their shift
+_CLAMP = const(46340)  # |y| at most this: y * y < 2**31
+_BIAS = const(0x20000000)  # signed state is stored + _BIAS (32-bit loads are unsigned on 64-bit ports)
+_M_LOW = const(0x20000000)  # block floating point: mantissa in [_M_LOW, _M_HIGH)
+_M_HIGH = const(0x40000000)
 
-# State array layout (array('i')); signed entries are stored + BIAS.
-S_FMT = const(0)  # 16 or 32: bits per sample word
-S_XP = const(1)  # previous scaled input (signed)
-S_V1 = const(2)  # high-pass states 1..4 (signed)
-S_Y1 = const(6)  # low-pass states 1..2 (signed)
-S_R1 = const(8)  # remainders of the six sections (>= 0)
-S_C1 = const(14)  # high-pass coefficients c = 1 - p, scaled by 2**Q
-S_Q1 = const(18)  # their shifts
-S_LP = const(22)  # low-pass p, g, h (scaled by 2**S_LPQ)
-S_LPQ = const(25)
-S_SUBN = const(26)  # samples per sub-block
-S_LEFT = const(27)  # samples left in the current sub-block
-S_HI = const(28)  # sub-block energy: sum(y*y >> 15), sum(y*y & 0x7fff)
-S_LO = const(29)
-S_ALPHA = const(30)  # exp(-sub-block / tau), Q15
-S_BETA = const(31)  # (1 - alpha) / N: mantissa Q15 in [2**14, 2**15), exponent (signed)
-S_INVN = const(33)  # 1 / N: mantissa, exponent (signed)
-S_W = const(35)  # F-weighted mean square: mantissa, exponent (signed)
-S_MAX = const(37)
-S_MIN = const(39)
-S_SUM = const(41)  # the interval's energy sum
-S_NSUB = const(43)  # sub-blocks in the interval
-S_INMAX = const(44)  # largest and smallest input sample (signed)
-S_INMIN = const(45)
-S_CLIP = const(46)  # samples at full scale
-S_HOFF = const(47)  # histogram offset: 10 x calibration (0.1 dB units), Q18, + half a bin (signed)
-S_FIRST = const(48)  # 1 until the first sub-block set the time weighting
-S_LOG = const(49)  # 256 entries: log2(1 + i/256) in Q10
-S_LEN = const(307)  # + a scratch pair at the end
+# State array layout (array('i')); signed entries are stored + _BIAS.
+_S_FMT = const(0)  # 16 or 32: bits per sample word
+_S_XP = const(1)  # previous scaled input (signed)
+_S_V1 = const(2)  # high-pass states 1..4 (signed)
+_S_Y1 = const(6)  # low-pass states 1..2 (signed)
+_S_R1 = const(8)  # remainders of the six sections (>= 0)
+_S_C1 = const(14)  # high-pass coefficients c = 1 - p, scaled by 2**Q
+_S_Q1 = const(18)  # their shifts
+_S_LP = const(22)  # low-pass p, g, h (scaled by 2**_S_LPQ)
+_S_LPQ = const(25)
+_S_SUBN = const(26)  # samples per sub-block
+_S_LEFT = const(27)  # samples left in the current sub-block
+_S_HI = const(28)  # sub-block energy: sum(y*y >> 15), sum(y*y & 0x7fff)
+_S_LO = const(29)
+_S_ALPHA = const(30)  # exp(-sub-block / tau), Q15
+_S_BETA = const(31)  # (1 - alpha) / N: mantissa Q15 in [2**14, 2**15), exponent (signed)
+_S_INVN = const(33)  # 1 / N: mantissa, exponent (signed)
+_S_W = const(35)  # F-weighted mean square: mantissa, exponent (signed)
+_S_MAX = const(37)
+_S_MIN = const(39)
+_S_SUM = const(41)  # the interval's energy sum
+_S_NSUB = const(43)  # sub-blocks in the interval
+_S_INMAX = const(44)  # largest and smallest input sample (signed)
+_S_INMIN = const(45)
+_S_CLIP = const(46)  # samples at full scale
+_S_HOFF = const(47)  # histogram offset: 10 x calibration (0.1 dB units), Q18, + half a bin (signed)
+_S_FIRST = const(48)  # 1 until the first sub-block set the time weighting
+_S_LOG = const(49)  # 256 entries: log2(1 + i/256) in Q10
+_S_LEN = const(307)  # + a scratch pair at the end
 
 
-def _q(value, bits=COEF_BITS):
+def _q(value, bits=_COEF_BITS):
     """(integer, shift) with integer / 2**shift ~ value and integer in [2**(bits-1), 2**bits)."""
     shift = 0
     while value * (1 << shift) < (1 << (bits - 1)):
@@ -146,8 +147,8 @@ class SoundLevelMeter:
             raise ValueError("bits must be 16 or 32")
         self.sample_rate = sample_rate
         self.bits = bits
-        self.st = array("i", bytearray(4 * S_LEN))
-        self.hist = array("i", bytearray(4 * HIST_BINS))
+        self.st = array("i", bytearray(4 * _S_LEN))
+        self.hist = array("H", bytearray(2 * _HIST_BINS))
         self.gain_1k = 1.0
         self.fault = 0
         self.errors = 0
@@ -165,29 +166,29 @@ class SoundLevelMeter:
     def _design(self):
         fs = self.sample_rate
         st = self.st
-        st[S_FMT] = self.bits
-        for k in range(S_XP, S_R1):  # the filter at rest (signed, stored + BIAS)
-            st[k] = BIAS
-        st[S_W + 1] = BIAS
+        st[_S_FMT] = self.bits
+        for k in range(_S_XP, _S_R1):  # the filter at rest (signed, stored + _BIAS)
+            st[k] = _BIAS
+        st[_S_W + 1] = _BIAS
         ps = []
-        for i, fc in enumerate((F1, F1, F2, F3)):
+        for i, fc in enumerate((_F1, _F1, _F2, _F3)):
             w = 2.0 * fs * math.tan(math.pi * fc / fs)  # pre-warped
             p = (2.0 * fs - w) / (2.0 * fs + w)
             c, q = _q(1.0 - p)
-            st[S_C1 + i] = c
-            st[S_Q1 + i] = q
+            st[_S_C1 + i] = c
+            st[_S_Q1 + i] = q
             ps.append(1.0 - c / (1 << q))
         # Low-pass: matched pole, zero chosen so |H| matches the analog A-weighting at fm.
-        p = math.exp(-2.0 * math.pi * F4 / fs)
-        fm = MATCH_AT * fs
-        wm = 2.0 * math.pi * MATCH_AT
+        p = math.exp(-2.0 * math.pi * _F4 / fs)
+        fm = _MATCH_AT * fs
+        wm = 2.0 * math.pi * _MATCH_AT
         hp_digital = 1.0
         for pk in ps:  # the high-pass part as quantised, normalised to 1 at Nyquist like the analog's at infinity
             hp_digital *= _mag_hp(pk, wm) * (1.0 + pk) / 2.0
-        hp_analog = fm**4 / ((fm * fm + F1 * F1) * math.sqrt((fm * fm + F2 * F2) * (fm * fm + F3 * F3)))
-        # |H| wanted of both sections together = |H|**2 of one (the analog 1 / (1 + (f/F4)**2) is
+        hp_analog = fm**4 / ((fm * fm + _F1 * _F1) * math.sqrt((fm * fm + _F2 * _F2) * (fm * fm + _F3 * _F3)))
+        # |H| wanted of both sections together = |H|**2 of one (the analog 1 / (1 + (f/_F4)**2) is
         # the magnitude of the double pole), corrected for what the high-pass part misses.
-        m2 = hp_analog / hp_digital / (1.0 + (fm / F4) ** 2)
+        m2 = hp_analog / hp_digital / (1.0 + (fm / _F4) ** 2)
         # One section g (1 + q z^-1) / (1 - p z^-1) with g = (1 - p) / (1 + q) (unity at DC):
         # |1 + q e^-jw|**2 / (1 + q)**2 = r  ->  (1 - r) q**2 + 2 (cos w - r) q + (1 - r) = 0.
         r = m2 * (1.0 - 2.0 * p * math.cos(wm) + p * p) / (1.0 - p) ** 2
@@ -202,27 +203,27 @@ class SoundLevelMeter:
             q2 = (-b - d) / (2.0 * a)
             q = q1 if abs(q1) < abs(q2) else q2
         g = (1.0 - p) / (1.0 + q)
-        # One shift for p, g, h: the largest fills COEF_BITS.
+        # One shift for p, g, h: the largest fills _COEF_BITS.
         big = max(p, g, abs(g * q))
         _, lq = _q(big)
-        st[S_LP] = int(p * (1 << lq) + 0.5)
-        st[S_LP + 1] = int(g * (1 << lq) + 0.5)
-        st[S_LP + 2] = int(math.floor(g * q * (1 << lq) + 0.5)) + BIAS
-        st[S_LPQ] = lq
+        st[_S_LP] = int(p * (1 << lq) + 0.5)
+        st[_S_LP + 1] = int(g * (1 << lq) + 0.5)
+        st[_S_LP + 2] = int(math.floor(g * q * (1 << lq) + 0.5)) + _BIAS
+        st[_S_LPQ] = lq
         self.gain_1k = self.response(1000.0)
         n = fs // 250
-        st[S_SUBN] = n
-        alpha = math.exp(-n / (fs * TAU_FAST))
-        st[S_ALPHA] = int(alpha * 32768 + 0.5)
-        alpha = st[S_ALPHA] / 32768.0
+        st[_S_SUBN] = n
+        alpha = math.exp(-n / (fs * _TAU_FAST))
+        st[_S_ALPHA] = int(alpha * 32768 + 0.5)
+        alpha = st[_S_ALPHA] / 32768.0
         bm, be = _bf((1.0 - alpha) / n)
-        st[S_BETA] = bm
-        st[S_BETA + 1] = be + BIAS
+        st[_S_BETA] = bm
+        st[_S_BETA + 1] = be + _BIAS
         im, ie = _bf(1.0 / n)
-        st[S_INVN] = im
-        st[S_INVN + 1] = ie + BIAS
+        st[_S_INVN] = im
+        st[_S_INVN + 1] = ie + _BIAS
         for i in range(256):
-            st[S_LOG + i] = int(math.log(1.0 + i / 256.0) / math.log(2.0) * 1024 + 0.5)
+            st[_S_LOG + i] = int(math.log(1.0 + i / 256.0) / math.log(2.0) * 1024 + 0.5)
 
     def response(self, f):
         """|H(f)| of the fixed-point filter as quantised (before calibration), for tests and the design."""
@@ -230,9 +231,9 @@ class SoundLevelMeter:
         w = 2.0 * math.pi * f / self.sample_rate
         h = 1.0
         for i in range(4):
-            h *= _mag_hp(1.0 - st[S_C1 + i] / (1 << st[S_Q1 + i]), w)
-        s = 1 << st[S_LPQ]
-        p, g, hh = st[S_LP] / s, st[S_LP + 1] / s, (st[S_LP + 2] - BIAS) / s
+            h *= _mag_hp(1.0 - st[_S_C1 + i] / (1 << st[_S_Q1 + i]), w)
+        s = 1 << st[_S_LPQ]
+        p, g, hh = st[_S_LP] / s, st[_S_LP + 1] / s, (st[_S_LP + 2] - _BIAS) / s
         re = g + hh * math.cos(w)
         im = -hh * math.sin(w)
         dre = 1.0 - p * math.cos(w)
@@ -251,7 +252,7 @@ class SoundLevelMeter:
         # L = 10 log10(mean square / full-scale sine's) - 20 log10(gain at 1 kHz) - sensitivity + 94 + offset
         self.cal_db = -10.0 * math.log10(32768.0 * 32768.0 / 2.0) - 20.0 * math.log10(self.gain_1k)
         self.cal_db += 94.0 - sensitivity_dbfs + offset_db
-        self.st[S_HOFF] = int(math.floor(self.cal_db * 10.0 * 262144.0 + 131072.5)) + BIAS
+        self.st[_S_HOFF] = int(math.floor(self.cal_db * 10.0 * 262144.0 + 131072.5)) + _BIAS
 
     def buffer(self, samples):
         """A sample buffer for `samples` words of this meter's width (I2S readinto target)."""
@@ -261,20 +262,20 @@ class SoundLevelMeter:
     def reset(self):
         """Start a new interval (the filter keeps its state: no settling gap)."""
         st = self.st
-        st[S_LEFT] = st[S_SUBN]
-        st[S_HI] = st[S_LO] = 0
-        for k in (S_MAX, S_SUM):
+        st[_S_LEFT] = st[_S_SUBN]
+        st[_S_HI] = st[_S_LO] = 0
+        for k in (_S_MAX, _S_SUM):
             st[k] = 0
-            st[k + 1] = BIAS
-        st[S_MIN] = M_HIGH  # above any mantissa: the first level replaces it
-        st[S_MIN + 1] = BIAS + 1000
-        st[S_NSUB] = 0
-        st[S_INMAX] = BIAS - 32768
-        st[S_INMIN] = BIAS + 32767
-        st[S_CLIP] = 0
-        if st[S_W] == 0:
-            st[S_FIRST] = 1
-        for i in range(HIST_BINS):
+            st[k + 1] = _BIAS
+        st[_S_MIN] = _M_HIGH  # above any mantissa: the first level replaces it
+        st[_S_MIN + 1] = _BIAS + 1000
+        st[_S_NSUB] = 0
+        st[_S_INMAX] = _BIAS - 32768
+        st[_S_INMIN] = _BIAS + 32767
+        st[_S_CLIP] = 0
+        if st[_S_W] == 0:
+            st[_S_FIRST] = 1
+        for i in range(_HIST_BINS):
             self.hist[i] = 0
         self.lost = 0
 
@@ -286,32 +287,32 @@ class SoundLevelMeter:
     def _level(self, k):
         st = self.st
         m = st[k]
-        if m <= 0 or m >= M_HIGH:
+        if m <= 0 or m >= _M_HIGH:
             return None
-        return self.cal_db + 10.0 * math.log10(m) + (st[k + 1] - BIAS) * 3.010299956639812
+        return self.cal_db + 10.0 * math.log10(m) + (st[k + 1] - _BIAS) * 3.010299956639812
 
     def report(self, reset=True):
         """Compute the interval's figures (dB, or None without data) into attributes; start a new interval."""
         st = self.st
-        nsub = st[S_NSUB]
-        n = nsub * st[S_SUBN]
+        nsub = st[_S_NSUB]
+        n = nsub * st[_S_SUBN]
         self.seconds = n / self.sample_rate
         self.fault = 0
         if n == 0:
             self.laeq = self.lamax = self.lamin = self.la10 = self.la90 = None
         else:
-            total = self._level(S_SUM)
+            total = self._level(_S_SUM)
             self.laeq = None if total is None else total - 10.0 * math.log10(n)
-            self.lamax = self._level(S_MAX)
-            self.lamin = self._level(S_MIN)
+            self.lamax = self._level(_S_MAX)
+            self.lamin = self._level(_S_MIN)
             self.la10 = self._percentile(0.10, nsub)
             self.la90 = self._percentile(0.90, nsub)
-            if st[S_INMAX] == st[S_INMIN]:
+            if st[_S_INMAX] == st[_S_INMIN]:
                 self.fault |= 0x01  # FAULT_MISSING: digital silence
-            if st[S_CLIP] * 1000 > n:
+            if st[_S_CLIP] * 1000 > n:
                 self.fault |= 0x08  # FAULT_RANGE: clipping
-        if self.lost:
-            self.fault |= 0x10  # FAULT_TIMEOUT: samples lost
+        if self.lost * 100 > n:
+            self.fault |= 0x10  # FAULT_TIMEOUT: more than 1 % of the interval's samples lost
         if self.fault:
             self.errors += 1
         if reset:
@@ -320,10 +321,13 @@ class SoundLevelMeter:
 
     def _percentile(self, exceeded, total):
         # The level exceeded `exceeded` of the time: walk down from the loudest bin.
+        hist = self.hist
+        total = 0
+        for i in range(_HIST_BINS):
+            total += hist[i]  # not the sub-block count: the bins may have been halved
         want = exceeded * total
         seen = 0
-        hist = self.hist
-        for i in range(HIST_BINS - 1, -1, -1):
+        for i in range(_HIST_BINS - 1, -1, -1):
             seen += hist[i]
             if seen > want:
                 return i / 10.0
@@ -338,6 +342,56 @@ class SoundLevelMeter:
         return out
 
 
+class Microphone:
+    """An I2S microphone feeding a SoundLevelMeter: call `service()` every few ms (an asyncio task).
+
+    Reads the blocks the clock says have arrived since the last call, so `i2s.readinto`
+    (blocking on the ESP32 until a block is complete) returns at once; more than the I2S
+    driver's buffer (`ibuf_bytes`) behind means samples were overwritten: they are counted
+    in `meter.lost` (FAULT_TIMEOUT in the next report) and reading starts afresh.
+    """
+
+    def __init__(self, i2s, meter, block=512, ibuf_bytes=16384):
+        import time
+
+        self._time = time
+        self.i2s = i2s
+        self.meter = meter
+        self.block = block
+        self.buf = meter.buffer(block)
+        self.max_blocks = max(1, ibuf_bytes // (block * meter.bits // 8))
+        self.blocks = 0  # read since the start
+        self._t0 = None  # the clock starts at the first service()
+        self._done = 0  # samples accounted for since _t0
+
+    def service(self):
+        """Read and process what has arrived; returns the number of blocks processed."""
+        t = self._time
+        rate = self.meter.sample_rate
+        if self._t0 is None:
+            self._t0 = t.ticks_ms()
+            return 0
+        elapsed = t.ticks_diff(t.ticks_ms(), self._t0)
+        while elapsed >= 1000 and self._done >= rate:  # rebase each second: small ints on the ESP32
+            self._t0 = t.ticks_add(self._t0, 1000)
+            self._done -= rate
+            elapsed -= 1000
+        due = elapsed * rate // 1000 - self._done
+        n = due // self.block
+        if n > self.max_blocks:  # the driver's buffer overflowed: those samples are gone
+            lost = (n - self.max_blocks) * self.block
+            self.meter.lost += lost
+            self._done += lost
+            n = self.max_blocks
+        buf = self.buf
+        for _ in range(n):
+            got = self.i2s.readinto(buf)
+            self.meter.process(buf, got * 8 // self.meter.bits)
+            self._done += self.block
+            self.blocks += 1
+        return n
+
+
 def _mag_hp(p, w):
     # |(1 - e^-jw) / (1 - p e^-jw)|
     num = 2.0 - 2.0 * math.cos(w)
@@ -346,49 +400,49 @@ def _mag_hp(p, w):
 
 
 # -- the per-block kernel, twice: pure Python, and viper where the port has it -------------
-# Both read and write the same state array (signed entries + BIAS) and histogram, and do
+# Both read and write the same state array (signed entries + _BIAS) and histogram, and do
 # the same integer operations in the same order; tests/test_sound_level.py checks they agree
 # bit for bit. Keep them in step.
 
 
 def _process_py(buf, n, st, hist):
-    fmt = st[S_FMT]
-    xp = st[S_XP] - BIAS
-    v1 = st[S_V1] - BIAS
-    v2 = st[S_V1 + 1] - BIAS
-    v3 = st[S_V1 + 2] - BIAS
-    v4 = st[S_V1 + 3] - BIAS
-    y1 = st[S_Y1] - BIAS
-    y2 = st[S_Y1 + 1] - BIAS
-    r1 = st[S_R1]
-    r2 = st[S_R1 + 1]
-    r3 = st[S_R1 + 2]
-    r4 = st[S_R1 + 3]
-    r5 = st[S_R1 + 4]
-    r6 = st[S_R1 + 5]
-    c1 = st[S_C1]
-    c2 = st[S_C1 + 1]
-    c3 = st[S_C1 + 2]
-    c4 = st[S_C1 + 3]
-    q1 = st[S_Q1]
-    q2 = st[S_Q1 + 1]
-    q3 = st[S_Q1 + 2]
-    q4 = st[S_Q1 + 3]
+    fmt = st[_S_FMT]
+    xp = st[_S_XP] - _BIAS
+    v1 = st[_S_V1] - _BIAS
+    v2 = st[_S_V1 + 1] - _BIAS
+    v3 = st[_S_V1 + 2] - _BIAS
+    v4 = st[_S_V1 + 3] - _BIAS
+    y1 = st[_S_Y1] - _BIAS
+    y2 = st[_S_Y1 + 1] - _BIAS
+    r1 = st[_S_R1]
+    r2 = st[_S_R1 + 1]
+    r3 = st[_S_R1 + 2]
+    r4 = st[_S_R1 + 3]
+    r5 = st[_S_R1 + 4]
+    r6 = st[_S_R1 + 5]
+    c1 = st[_S_C1]
+    c2 = st[_S_C1 + 1]
+    c3 = st[_S_C1 + 2]
+    c4 = st[_S_C1 + 3]
+    q1 = st[_S_Q1]
+    q2 = st[_S_Q1 + 1]
+    q3 = st[_S_Q1 + 2]
+    q4 = st[_S_Q1 + 3]
     m1 = (1 << q1) - 1
     m2 = (1 << q2) - 1
     m3 = (1 << q3) - 1
     m4 = (1 << q4) - 1
-    lp = st[S_LP]
-    lg = st[S_LP + 1]
-    lh = st[S_LP + 2] - BIAS
-    lq = st[S_LPQ]
+    lp = st[_S_LP]
+    lg = st[_S_LP + 1]
+    lh = st[_S_LP + 2] - _BIAS
+    lq = st[_S_LPQ]
     lm = (1 << lq) - 1
-    left = st[S_LEFT]
-    hi = st[S_HI]
-    lo = st[S_LO]
-    inmax = st[S_INMAX] - BIAS
-    inmin = st[S_INMIN] - BIAS
-    clip = st[S_CLIP]
+    left = st[_S_LEFT]
+    hi = st[_S_HI]
+    lo = st[_S_LO]
+    inmax = st[_S_INMAX] - _BIAS
+    inmin = st[_S_INMIN] - _BIAS
+    clip = st[_S_CLIP]
     i = 0
     while i < n:
         if fmt == 32:
@@ -428,40 +482,40 @@ def _process_py(buf, n, st, hist):
         y1 = t
         y2 = a >> lq
         y = (y2 + 8) >> 4
-        if y > CLAMP:
-            y = CLAMP
-        elif y < -CLAMP:
-            y = -CLAMP
+        if y > _CLAMP:
+            y = _CLAMP
+        elif y < -_CLAMP:
+            y = -_CLAMP
         e = y * y
         hi += e >> 15
         lo += e & 0x7FFF
         left -= 1
         if left == 0:
-            st[S_HI] = hi
-            st[S_LO] = lo
+            st[_S_HI] = hi
+            st[_S_LO] = lo
             _subblock_py(st, hist)
             hi = 0
             lo = 0
-            left = st[S_SUBN]
-    st[S_XP] = xp + BIAS
-    st[S_V1] = v1 + BIAS
-    st[S_V1 + 1] = v2 + BIAS
-    st[S_V1 + 2] = v3 + BIAS
-    st[S_V1 + 3] = v4 + BIAS
-    st[S_Y1] = y1 + BIAS
-    st[S_Y1 + 1] = y2 + BIAS
-    st[S_R1] = r1
-    st[S_R1 + 1] = r2
-    st[S_R1 + 2] = r3
-    st[S_R1 + 3] = r4
-    st[S_R1 + 4] = r5
-    st[S_R1 + 5] = r6
-    st[S_LEFT] = left
-    st[S_HI] = hi
-    st[S_LO] = lo
-    st[S_INMAX] = inmax + BIAS
-    st[S_INMIN] = inmin + BIAS
-    st[S_CLIP] = clip
+            left = st[_S_SUBN]
+    st[_S_XP] = xp + _BIAS
+    st[_S_V1] = v1 + _BIAS
+    st[_S_V1 + 1] = v2 + _BIAS
+    st[_S_V1 + 2] = v3 + _BIAS
+    st[_S_V1 + 3] = v4 + _BIAS
+    st[_S_Y1] = y1 + _BIAS
+    st[_S_Y1 + 1] = y2 + _BIAS
+    st[_S_R1] = r1
+    st[_S_R1 + 1] = r2
+    st[_S_R1 + 2] = r3
+    st[_S_R1 + 3] = r4
+    st[_S_R1 + 4] = r5
+    st[_S_R1 + 5] = r6
+    st[_S_LEFT] = left
+    st[_S_HI] = hi
+    st[_S_LO] = lo
+    st[_S_INMAX] = inmax + _BIAS
+    st[_S_INMIN] = inmin + _BIAS
+    st[_S_CLIP] = clip
 
 
 def _norm_py(st, k, x):
@@ -469,22 +523,22 @@ def _norm_py(st, k, x):
     m = st[k]
     if m == 0:
         st[k] = 0
-        st[k + 1] = BIAS
+        st[k + 1] = _BIAS
         return
-    while m >= M_HIGH:
+    while m >= _M_HIGH:
         m >>= 1
         x += 1
-    while m < M_LOW:
+    while m < _M_LOW:
         m <<= 1
         x -= 1
     st[k] = m
-    st[k + 1] = x + BIAS
+    st[k + 1] = x + _BIAS
 
 
 def _mul_py(st, k, bm, be, out):
     # st[out] = st[k] * (bm * 2**be / 2**15), bm < 2**15.
     m = st[k]
-    x = st[k + 1] - BIAS
+    x = st[k + 1] - _BIAS
     st[out] = (m >> 15) * bm + (((m & 0x7FFF) * bm) >> 15)
     _norm_py(st, out, x + be)
 
@@ -492,12 +546,12 @@ def _mul_py(st, k, bm, be, out):
 def _add_py(st, k, am, ax):
     # st[k] += am * 2**ax (both normalised or zero).
     bm = st[k]
-    bx = st[k + 1] - BIAS
+    bx = st[k + 1] - _BIAS
     if am == 0:
         return
     if bm == 0:
         st[k] = am
-        st[k + 1] = ax + BIAS
+        st[k + 1] = ax + _BIAS
         return
     if ax >= bx:
         d = ax - bx
@@ -511,54 +565,59 @@ def _add_py(st, k, am, ax):
     _norm_py(st, k, x)
 
 
-_T = const(S_LEN - 2)  # the scratch pair
+_T = const(_S_LEN - 2)  # the scratch pair
 
 
 def _subblock_py(st, hist):
-    hi = st[S_HI]
-    lo = st[S_LO]
+    hi = st[_S_HI]
+    lo = st[_S_LO]
     # Sub-block energy sum = hi * 2**15 + lo, normalised into the scratch pair.
     if hi < 32768:
         st[_T] = (hi << 15) + lo
         _norm_py(st, _T, 0)
     else:
         x = 15
-        while hi < M_LOW:
+        while hi < _M_LOW:
             hi <<= 1
             x -= 1
         st[_T] = hi + (lo >> x)
         _norm_py(st, _T, x)
     em = st[_T]
-    ex = st[_T + 1] - BIAS
-    _add_py(st, S_SUM, em, ex)
-    st[S_NSUB] += 1
-    if st[S_FIRST]:
-        st[S_FIRST] = 0
-        _mul_py(st, _T, st[S_INVN], st[S_INVN + 1] - BIAS, S_W)
+    ex = st[_T + 1] - _BIAS
+    _add_py(st, _S_SUM, em, ex)
+    st[_S_NSUB] += 1
+    if st[_S_FIRST]:
+        st[_S_FIRST] = 0
+        _mul_py(st, _T, st[_S_INVN], st[_S_INVN + 1] - _BIAS, _S_W)
     else:
-        _mul_py(st, S_W, st[S_ALPHA], 0, S_W)
-        _mul_py(st, _T, st[S_BETA], st[S_BETA + 1] - BIAS, _T)
-        _add_py(st, S_W, st[_T], st[_T + 1] - BIAS)
-    wm = st[S_W]
-    wx = st[S_W + 1]
-    if wm > 0 and (st[S_MAX] == 0 or wx > st[S_MAX + 1] or (wx == st[S_MAX + 1] and wm > st[S_MAX])):
-        st[S_MAX] = wm
-        st[S_MAX + 1] = wx
-    if wm == 0 or (st[S_MIN] != 0 and (wx < st[S_MIN + 1] or (wx == st[S_MIN + 1] and wm < st[S_MIN]))):
-        st[S_MIN] = wm
-        st[S_MIN + 1] = wx
+        _mul_py(st, _S_W, st[_S_ALPHA], 0, _S_W)
+        _mul_py(st, _T, st[_S_BETA], st[_S_BETA + 1] - _BIAS, _T)
+        _add_py(st, _S_W, st[_T], st[_T + 1] - _BIAS)
+    wm = st[_S_W]
+    wx = st[_S_W + 1]
+    if wm > 0 and (st[_S_MAX] == 0 or wx > st[_S_MAX + 1] or (wx == st[_S_MAX + 1] and wm > st[_S_MAX])):
+        st[_S_MAX] = wm
+        st[_S_MAX + 1] = wx
+    if wm == 0 or (st[_S_MIN] != 0 and (wx < st[_S_MIN + 1] or (wx == st[_S_MIN + 1] and wm < st[_S_MIN]))):
+        st[_S_MIN] = wm
+        st[_S_MIN + 1] = wx
     if wm > 0:
         # 0.1 dB bin: 100 log10(W) + 10 cal = log2(W) * 30.103 + 10 cal; log2 in Q10, the factor
         # 30.103 * 2**18 / 1024 = 7706.4 in Q18.
-        lg = (wx - BIAS + 29) * 1024 + st[S_LOG + ((wm >> 21) & 255)]
-        b = (lg * 7706 + st[S_HOFF] - BIAS) >> 18
+        lg = (wx - _BIAS + 29) * 1024 + st[_S_LOG + ((wm >> 21) & 255)]
+        b = (lg * 7706 + st[_S_HOFF] - _BIAS) >> 18
     else:
         b = 0
     if b < 0:
         b = 0
-    elif b >= HIST_BINS:
-        b = HIST_BINS - 1
-    hist[b] += 1
+    elif b >= _HIST_BINS:
+        b = _HIST_BINS - 1
+    c = hist[b] + 1
+    if c > 0xFFFF:  # a count would overflow 16 bits: halve them all (the percentiles stay)
+        for i in range(_HIST_BINS):
+            hist[i] >>= 1
+        c = hist[b] + 1
+    hist[b] = c
 
 
 _process_viper = None

@@ -24,17 +24,17 @@ from micropython import const
 
 from lanterne.sensors.particulate import ParticulateSensor
 
-ADDRESS = const(0x69)
-CMD_START = const(0x0010)
-CMD_STOP = const(0x0104)
-CMD_READY = const(0x0202)
-CMD_READ = const(0x0300)
-CMD_SLEEP = const(0x1001)
-CMD_WAKE = const(0x1103)
-CMD_STATUS = const(0xD206)
-STATUS_FAN = const(1 << 4)
-STATUS_LASER = const(1 << 5)
-STATUS_SPEED = const(1 << 21)
+_ADDRESS = const(0x69)
+_CMD_START = const(0x0010)
+_CMD_STOP = const(0x0104)
+_CMD_READY = const(0x0202)
+_CMD_READ = const(0x0300)
+_CMD_SLEEP = const(0x1001)
+_CMD_WAKE = const(0x1103)
+_CMD_STATUS = const(0xD206)
+_STATUS_FAN = const(1 << 4)
+_STATUS_LASER = const(1 << 5)
+_STATUS_SPEED = const(1 << 21)
 
 
 def crc8(buf, start=0, n=2):
@@ -48,13 +48,13 @@ def crc8(buf, start=0, n=2):
 
 
 class SPS30(ParticulateSensor):
-    def __init__(self, i2c, address=ADDRESS, **kw):
+    def __init__(self, i2c, address=_ADDRESS, **kw):
         super().__init__(**kw)
         self.i2c = i2c
         self.address = address
         self.status = 0  # the last device status register
         self._cmd = bytearray(2)
-        self._start = bytearray((CMD_START >> 8, CMD_START & 0xFF, 0x05, 0x00, 0))
+        self._start = bytearray((_CMD_START >> 8, _CMD_START & 0xFF, 0x05, 0x00, 0))
         self._start[4] = crc8(self._start, 2)
         self._rd = bytearray(30)
         self._rd3 = bytearray(3)
@@ -80,31 +80,31 @@ class SPS30(ParticulateSensor):
 
     def _wake(self):
         try:
-            self._write(CMD_WAKE)  # wakes the interface; may NACK
+            self._write(_CMD_WAKE)  # wakes the interface; may NACK
         except OSError:
             pass
-        self._write(CMD_WAKE)
+        self._write(_CMD_WAKE)
         self.i2c.writeto(self.address, self._start)
 
     def _sleep(self):
-        self._write(CMD_STOP)
-        self._write(CMD_SLEEP)
+        self._write(_CMD_STOP)
+        self._write(_CMD_SLEEP)
 
     def _poll(self, now, keep):
-        if not self._read(CMD_READY, self._rd3):
+        if not self._read(_CMD_READY, self._rd3):
             return
         if self._rd3[1] & 1 == 0:
             return
-        if not self._read(CMD_READ, self._rd):
+        if not self._read(_CMD_READ, self._rd):
             return
         b = self._rd
         pm1 = (b[0] << 8) | b[1]
         pm25 = (b[3] << 8) | b[4]
         pm10 = (b[9] << 8) | b[10]
         n05 = (b[12] << 8) | b[13]
-        if self._read(CMD_STATUS, self._rd6):
+        if self._read(_CMD_STATUS, self._rd6):
             s = self._rd6
             self.status = (s[1] << 16) | (s[3] << 8) | s[4]  # bits 24..31 are reserved
-            self._fan_failed = bool(self.status & (STATUS_FAN | STATUS_SPEED))
+            self._fan_failed = bool(self.status & (_STATUS_FAN | _STATUS_SPEED))
         if keep:
             self._add(pm1, pm25, pm10, (pm25 << 14) ^ (pm10 << 4) ^ n05)

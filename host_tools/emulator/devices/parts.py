@@ -10,7 +10,8 @@ file -> factory(world, spec, board) -> part object). A part object may define
 any of: `address` + `write(data)` / `read(n)` (I2C), `pins_in` (pins it drives
 towards the ESP32) + `pin_read(pin)`, `pins_out` + `pin_write(pin, level)`,
 `time_pulse_us(pin, level, timeout_us)`, `adc_pins` + `adc_read_uv(pin)`,
-`uart` (bus name) + `uart_write(data)` / `uart_read(n)`, `pwm_changed(pin, freq, duty_u16)`.
+`uart` (bus name) + `uart_write(data)` / `uart_read(n)`, `pwm_changed(pin, freq, duty_u16)`,
+`i2s` (bus id) + `i2s_init(rate, bits)` / `i2s_read(nbytes) -> (bytes, wait_us)`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _load_models():
     # Import the model modules so they register themselves; missing ones are skipped.
     import importlib
 
-    for mod in ("bme280", "light", "fill_level", "lamp", "relay", "supply", "lorawan_modem"):
+    for mod in ("bme280", "light", "fill_level", "lamp", "relay", "supply", "particulate", "microphone", "lorawan_modem"):
         try:
             importlib.import_module(f"host_tools.emulator.devices.{mod}")
         except ModuleNotFoundError as exc:
@@ -58,6 +59,7 @@ class Parts:
         self.pin_out: dict[int, object] = {}
         self.adc: dict[int, object] = {}
         self.pwm_parts: dict[int, object] = {}
+        self.i2s_parts: dict[int, object] = {}
         self.missing_models: list[str] = []
         for name, bus in board_data.get("buses", {}).items():
             if bus["kind"] == "i2c":
@@ -91,6 +93,8 @@ class Parts:
             self.pwm_parts[int(pin)] = part
         if getattr(part, "uart", None):
             self.uart_parts[part.uart] = part
+        if getattr(part, "i2s", None) is not None:
+            self.i2s_parts[int(part.i2s)] = part
 
     # -- I2C ------------------------------------------------------------------
     def _i2c_part(self, bus_id: int, addr: int):
@@ -155,3 +159,15 @@ class Parts:
         if part is None:
             return b""
         return bytes(part.uart_read(int(n)))
+
+    # -- I2S ------------------------------------------------------------------
+    def i2s_init(self, i2s_id: int, rate: int, bits: int) -> None:
+        part = self.i2s_parts.get(int(i2s_id))
+        if part is not None:
+            part.i2s_init(int(rate), int(bits))
+
+    def i2s_read(self, i2s_id: int, nbytes: int) -> tuple[bytes, int]:
+        part = self.i2s_parts.get(int(i2s_id))
+        if part is None:
+            return bytes(nbytes), 0  # nothing on the bus: the data line reads low
+        return part.i2s_read(int(nbytes))

@@ -128,7 +128,7 @@ def test_unknown_extension_ids_and_reserved_flags_are_refused_clearly():
     enc = codec.Encoder(242, lorawan=True)
     r = codec.new_reading()
     r[codec.SEQ] = 5
-    r[codec.PM25] = 12
+    r[codec.EXT_FIRST + 1] = 12  # pm2_5
     enc.encode([r])
     frame = bytearray(enc.frame())
     # Presence `0 00000000010` (seq), then `1`, group 0 `01000000` (id 1): make it id 5 instead.

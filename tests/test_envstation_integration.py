@@ -61,8 +61,8 @@ def test_envstation_publishes_pm_and_noise_that_both_decoders_read(virtual_board
             assert answer["errors"] == [] and answer["data"] == decode(frame)
         status = json.loads(w.wait_for(f"lanterne/v1/itest/{cfg['device']}/status",
                                        lambda m: b'"pm2_5": 2' in m.payload, timeout=30)[-1].payload)
-        assert status["pm"]["pm2_5"] == pytest.approx(23, abs=1) and status["pm"]["state"] in ("warming", "measuring")
-        assert status["noise"]["laeq"] == pytest.approx(78.0, abs=0.6) and status["noise"]["rate"] == 16000
+        assert status["env"]["pm"]["pm2_5"] == pytest.approx(23, abs=1) and status["env"]["pm"]["state"] in ("warming", "measuring")
+        assert status["env"]["noise"]["laeq"] == pytest.approx(78.0, abs=0.6) and status["env"]["noise"]["rate"] == 16000
         assert [f for f in status["faults"] if f != "noise: timeout"] == []  # (see above)
 
         if pm_type != "pms5003":

@@ -116,8 +116,7 @@ class App:
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
-                "pm": self.assets.environment().get("pm"),
-                "noise": self.assets.environment().get("noise"),
+                "env": self.assets.extra.status() if self.assets.extra else None,
             }
         )
 
@@ -288,7 +287,8 @@ class App:
         self.status_period = self.cfg["status_period_s"]
         if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
             self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
-        self.assets.reconfigure(key, self.cfg)
+        if self.assets.extra is not None:
+            self.assets.extra.reconfigure(key, self.cfg)
         return cmd.OK, b""
 
     # -- link ------------------------------------------------------------------------

@@ -16,10 +16,7 @@ _F_VOLTAGE = 1 << 5
 F_OVERFLOW = 1 << 7
 F_CONFIG = 1 << 8
 F_UNSYNCED = 1 << 9
-_F_PM = 1 << 10  # codec v3 flags
-_F_SOUND = 1 << 11
-_F_PM_HUMID = 1 << 12
-_PM_TYPES = ("pms5003", "pms7003", "sds011", "sps30")
+_ENV_TYPES = ("pms5003", "pms7003", "sds011", "sps30", "i2s_mic")  # lanterne.environment, loaded only when fitted
 
 
 class Assets:
@@ -28,10 +25,9 @@ class Assets:
 
         self.errors = {}  # part -> why it could not be built
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
-        self.pm = self.mic = None  # particulate sensor, microphone (a sensors.sound_level.Microphone)
+        self.extra = None  # lanterne.environment.EnvironmentParts: PM sensor, microphone
         self.profile = None
         self.lamp_level_override = None
-        self.sound_fault = 0
         self._i2c = {}
         buses = board.get("buses", {})
         for spec in board.get("sensors", []) + board.get("actuators", []):
@@ -74,34 +70,12 @@ class Assets:
                 from lanterne.sensors.fill_level import UartFillLevel
 
                 self.fill = UartFillLevel(self._bus(machine, spec["bus"], buses), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"])
-        elif kind in _PM_TYPES:
-            kw = {"period_s": cfg["pm_period_s"], "warmup_s": spec.get("warmup_s", 30),
-                  "measure_s": spec.get("measure_s", 10), "kappa_milli": cfg["pm_kappa_milli"]}
-            if kind == "sps30":
-                from lanterne.sensors.sps30 import SPS30
+        elif kind in _ENV_TYPES:
+            if self.extra is None:
+                from lanterne.environment import EnvironmentParts
 
-                self.pm = SPS30(self._bus(machine, spec["bus"], buses), spec.get("address", 0x69), **kw)
-            elif kind == "sds011":
-                from lanterne.sensors.sds011 import SDS011
-
-                self.pm = SDS011(self._bus(machine, spec["bus"], buses), **kw)
-            else:
-                from lanterne.sensors.pms5003 import PMS5003
-
-                self.pm = PMS5003(self._bus(machine, spec["bus"], buses), mode=spec.get("mode", "passive"), **kw)
-        elif kind == "i2s_mic":
-            from lanterne.sensors.sound_level import Microphone, SoundLevelMeter
-
-            b = buses[spec["bus"]]
-            rate = spec.get("sample_rate", 48000)
-            bits = spec.get("bits", 32)
-            meter = SoundLevelMeter(rate, spec.get("sensitivity_dbfs", -26.0), cfg["sound_offset_db"], bits)
-            ibuf = spec.get("ibuf", 16384)
-            i2s = machine.I2S(
-                b.get("id", 0), sck=Pin(b["sck"]), ws=Pin(b["ws"]), sd=Pin(b["sd"]), mode=machine.I2S.RX,
-                bits=bits, format=machine.I2S.MONO, rate=rate, ibuf=ibuf,
-            )
-            self.mic = Microphone(i2s, meter, ibuf_bytes=ibuf)
+                self.extra = EnvironmentParts()
+            self.extra.build(machine, kind, spec, buses, cfg, self._bus)
         elif kind == "supply":
             from lanterne.sensors.supply import SupplyVoltage
 
@@ -186,97 +160,13 @@ class Assets:
         if lamp is not None:
             r[codec.LAMP] = lamp.level
             r[codec.LAMP_FAULT] = 1 if lamp.fault else 0
-        pm = self.pm
-        if pm is not None:
-            if env is not None and env.has_humidity and not env.fault:
-                pm.set_humidity(env.humidity_centi)
-            if pm.measurements and pm.fresh:  # the latest measurement (one per pm_period_s)
-                if pm.has_pm1:
-                    r[codec.PM1] = pm.pm1
-                r[codec.PM25] = pm.pm25
-                r[codec.PM10] = pm.pm10
-                if pm.humid:
-                    flags |= _F_PM_HUMID
-            if pm.fault:
-                flags |= _F_PM
-        mic = self.mic
-        if mic is not None:
-            m = mic.meter
-            m.report()  # the levels since the previous reading
-            if m.laeq is not None:
-                r[codec.LAEQ] = _tenths(m.laeq)
-                r[codec.LAMAX] = _tenths(m.lamax if m.lamax is not None else m.laeq)
-            if m.fault or m.laeq is None:
-                flags |= _F_SOUND
-            self.sound_fault = m.fault if m.laeq is not None else (m.fault or 0x01)
+        if self.extra is not None:
+            flags |= self.extra.sample(r, env)
         return flags
 
-    # -- environmental parts: their own tasks -----------------------------------------
     def tasks(self):
-        """Coroutines the app runs beside its own: the PM duty cycle and the microphone."""
-        out = []
-        if self.pm is not None:
-            out.append(self._pm_task())
-        if self.mic is not None:
-            out.append(self._sound_task())
-        return out
-
-    async def _pm_task(self):
-        import asyncio
-
-        while True:
-            try:
-                self.pm.tick()
-            except Exception as e:  # a driver bug never stops the board
-                self.errors["pm_task"] = "pm task: %r" % (e,)
-            await asyncio.sleep_ms(1000)
-
-    async def _sound_task(self):
-        import asyncio
-
-        mic = self.mic
-        while True:
-            try:
-                mic.service()
-            except Exception as e:  # an I2S error: reported, the board keeps going
-                self.errors["noise_task"] = "noise task: %r" % (e,)
-                await asyncio.sleep_ms(1000)
-            await asyncio.sleep_ms(20)
-
-    def reconfigure(self, key, cfg):
-        """A config field changed by command: apply what concerns the parts."""
-        if self.pm is not None and key in ("pm_period_s", "pm_kappa_milli"):
-            self.pm.configure(period_s=cfg["pm_period_s"], kappa_milli=cfg["pm_kappa_milli"])
-        if self.mic is not None and key == "sound_offset_db":
-            m = self.mic.meter
-            m.calibrate(m.sensitivity_dbfs, cfg["sound_offset_db"])
-
-    def environment(self):
-        """PM and sound figures for the status (None when the part is not fitted)."""
-        pm = self.pm
-        mic = self.mic
-        out = {}
-        if pm is not None:
-            out["pm"] = {
-                "pm1": pm.pm1 if pm.has_pm1 and pm.measurements else None,
-                "pm2_5": pm.pm25 if pm.measurements else None,
-                "pm10": pm.pm10 if pm.measurements else None,
-                "humid": pm.humid,
-                "state": ("asleep", "warming", "measuring")[pm.state],
-                "measurements": pm.measurements,
-                "fan_s": pm.fan_seconds,
-                "bad_frames": pm.bad_frames,
-            }
-        if mic is not None:
-            m = mic.meter
-            out["noise"] = {
-                "laeq": None if m.laeq is None else _tenths(m.laeq) / 10,
-                "lamax": None if m.lamax is None else _tenths(m.lamax) / 10,
-                "la90": None if m.la90 is None else _tenths(m.la90) / 10,
-                "rate": m.sample_rate,
-                "lost": m.lost,
-            }
-        return out
+        """Coroutines the app runs beside its own (the PM duty cycle, the microphone)."""
+        return self.extra.tasks(self.errors) if self.extra is not None else []
 
     # -- actuators --------------------------------------------------------------------
     def lamp_tick(self, now_utc, contact):
@@ -297,16 +187,10 @@ class Assets:
         from lanterne.sensors import fault_names
 
         out = dict(self.errors)
-        for name in ("env", "light", "fill", "supply", "lamp", "bollard", "pm"):
+        for name in ("env", "light", "fill", "supply", "lamp", "bollard"):
             part = getattr(self, name)
             if part is not None and part.fault:
                 out[name] = "%s: %s" % (name, ",".join(fault_names(part.fault)))
-        if self.mic is not None and self.sound_fault:
-            out["noise"] = "noise: %s" % ",".join(fault_names(self.sound_fault))
+        if self.extra is not None:
+            self.extra.faults(out)
         return out
-
-
-def _tenths(db):
-    # dB -> 0.1 dB integer, 0..1400 (the codec's range)
-    v = int(db * 10.0 + 0.5) if db > 0 else 0
-    return 1400 if v > 1400 else v

@@ -52,12 +52,11 @@ VOLTAGE = const(8)  # mV, 0..60000
 STATUS = const(9)  # flag bits, STATUS_NAMES[i] is bit i
 SEQ = const(10)  # reading counter; its low 16 bits are sent (keep it < 2**30 on 32-bit ports: small int)
 AGE = const(11)  # s between sampling and sending, 0..AGE_MAX
-# Extension fields (v3): extension id i is reading slot EXT_FIRST + i.
-PM1 = const(12)  # ug/m3, 0..1000 (particulate matter < 1 um)
-PM25 = const(13)  # ug/m3, 0..1000 (< 2.5 um)
-PM10 = const(14)  # ug/m3, 0..1000 (< 10 um)
-LAEQ = const(15)  # 0.1 dB, 0..1400: A-weighted equivalent level over the sampling period
-LAMAX = const(16)  # 0.1 dB, 0..1400: A-weighted maximum, time weighting F
+# Extension fields (v3): extension id i is reading slot EXT_FIRST + i:
+#   0 PM1, 1 PM2.5, 2 PM10: ug/m3, 0..1000 (particulate matter < 1, 2.5, 10 um)
+#   3 LAeq: 0.1 dB, 0..1400: A-weighted equivalent level over the sampling period
+#   4 LAmax: 0.1 dB, 0..1400: A-weighted maximum, time weighting F
+# (no named constants: every global here costs every board RAM; codec_values names them)
 N_FIELDS = const(17)
 EXT_FIRST = const(12)
 N_EXT = const(5)

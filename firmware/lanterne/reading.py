@@ -27,8 +27,9 @@ except ImportError:  # CPython
 
 
 RECORD_VERSION = const(1)
-RECORD_V2 = const(2)
-RECORD_LEN_V1 = const(28)
+_RECORD_V2 = const(2)
+_RECORD_LEN_V1 = const(28)
+_X = const(12)  # codec.EXT_FIRST: the extension fields' slots
 RECORD_LEN = const(38)  # the largest record
 _FMT = "<BHhBHIBHBBHHIHB"
 _FMT_EXT = "<HHHHH"
@@ -49,7 +50,7 @@ CLOCK_SYNCED = const(1)
 class RecordPacker:
     def __init__(self):
         self.buf = bytearray(RECORD_LEN)
-        self._v1 = memoryview(self.buf)[:RECORD_LEN_V1]
+        self._v1 = memoryview(self.buf)[:_RECORD_LEN_V1]
 
     def pack(self, r, t_sample, boot, synced):
         # r: a codec reading (list of ints / None). Returns a view of self.buf (reused).
@@ -66,14 +67,14 @@ class RecordPacker:
                     mask |= bit
                 bit <<= 1
             struct.pack_into(
-                _FMT_EXT, self.buf, RECORD_LEN_V1,
-                r[codec.PM1] or 0, r[codec.PM25] or 0, r[codec.PM10] or 0, r[codec.LAEQ] or 0, r[codec.LAMAX] or 0,
+                _FMT_EXT, self.buf, _RECORD_LEN_V1,
+                r[_X] or 0, r[_X + 1] or 0, r[_X + 2] or 0, r[_X + 3] or 0, r[_X + 4] or 0,
             )
         struct.pack_into(
             _FMT,
             self.buf,
             0,
-            RECORD_V2 if ext else RECORD_VERSION,
+            _RECORD_V2 if ext else RECORD_VERSION,
             mask,
             r[codec.TEMPERATURE] or 0,
             r[codec.HUMIDITY] or 0,
@@ -101,7 +102,7 @@ def unpack(record, r, seq, now, boot, synced):
     """
     n = len(record)
     version = record[0] if n else -1
-    if not ((version == RECORD_VERSION and n == RECORD_LEN_V1) or (version == RECORD_V2 and n == RECORD_LEN)):
+    if not ((version == RECORD_VERSION and n == _RECORD_LEN_V1) or (version == _RECORD_V2 and n == RECORD_LEN)):
         raise ValueError("record: version %d, %d bytes" % (version, n))
     v = struct.unpack_from(_FMT, record, 0)
     mask = v[1]
@@ -110,8 +111,8 @@ def unpack(record, r, seq, now, boot, synced):
         r[_SLOTS[i]] = v[2 + i if i < 7 else 3 + i] if mask & bit else None
         bit <<= 1
     r[codec.LAMP_FAULT] = v[9] if mask & 0x40 else None
-    if version == RECORD_V2:
-        e = struct.unpack_from(_FMT_EXT, record, RECORD_LEN_V1)
+    if version == _RECORD_V2:
+        e = struct.unpack_from(_FMT_EXT, record, _RECORD_LEN_V1)
         for i in range(codec.N_EXT):
             r[codec.EXT_FIRST + i] = e[i] if mask & bit else None
             bit <<= 1

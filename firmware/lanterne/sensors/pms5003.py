@@ -23,6 +23,8 @@ A frame from another protocol (an SDS011's 0xAA 0xC0 ...) or with another length
 counts as a wrong frame.
 """
 
+from time import ticks_diff
+
 from micropython import const
 
 from lanterne.sensors.particulate import ParticulateSensor, UartFrames
@@ -66,6 +68,7 @@ class PMS5003(ParticulateSensor):
         self._want = 0  # bytes expected in the frame being assembled (0: looking for the header)
         self._keep = False
         self._asked = None
+        self._feed = self._byte  # one bound method, not one per poll
 
     def _wake(self):
         u = self.io.uart
@@ -77,10 +80,8 @@ class PMS5003(ParticulateSensor):
 
     def _poll(self, now, keep):
         self._keep = keep
-        self.io.drain(self._byte)
+        self.io.drain(self._feed)
         if self.mode == "passive":
-            from time import ticks_diff
-
             if self._asked is None or ticks_diff(now, self._asked) >= 1000:
                 self._asked = now
                 self.io.uart.write(self._cmd_read)

@@ -21,6 +21,8 @@ The driver queries once a second while measuring; in sleep the fan and laser are
 A frame from another protocol (a Plantower 0x42 0x4D ...) counts as a wrong frame.
 """
 
+from time import ticks_diff
+
 from micropython import const
 
 from lanterne.sensors.particulate import ParticulateSensor, UartFrames
@@ -67,6 +69,7 @@ class SDS011(ParticulateSensor):
         self._cmd_period = command(_CMD_PERIOD, 1, 0)
         self._keep = False
         self._asked = None
+        self._feed = self._byte  # one bound method, not one per poll
 
     def _wake(self):
         u = self.io.uart
@@ -78,10 +81,8 @@ class SDS011(ParticulateSensor):
         self.io.uart.write(self._cmd_sleep)
 
     def _poll(self, now, keep):
-        from time import ticks_diff
-
         self._keep = keep
-        self.io.drain(self._byte)
+        self.io.drain(self._feed)
         if self._asked is None or ticks_diff(now, self._asked) >= 1000:
             self._asked = now
             self.io.uart.write(self._cmd_query)

@@ -95,3 +95,15 @@ def _has(payload, *keys):
 def _flags(payload):
     rs = _readings(payload)
     return set(rs[-1].get("status", [])) if rs else set()
+
+
+def test_monitor_shows_pm_and_noise_of_a_v3_reading():
+    from host_tools.backoffice.monitor import FleetView
+    from host_tools.codec import encode_values
+
+    frame = encode_values({"temperature": 12.3, "pm2_5": 9, "pm10": 17, "laeq": 58.3, "lamax": 71.9, "seq": 1},
+                          51, "cpython")[0]["frame"]
+    view = FleetView()
+    view.feed("lanterne/v1/itest/env-1/up", frame, 1000.0)
+    row = view.rows(1001.0)[0]
+    assert "9 PM2.5" in " ".join(row) and "58.3 dB(A)" in " ".join(row) and "71.9 dB(A) max" in " ".join(row)

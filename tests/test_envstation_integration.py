@@ -107,3 +107,37 @@ def test_monitor_shows_pm_and_noise_of_a_v3_reading():
     view.feed("lanterne/v1/itest/env-1/up", frame, 1000.0)
     row = view.rows(1001.0)[0]
     assert "9 PM2.5" in " ".join(row) and "58.3 dB(A)" in " ".join(row) and "71.9 dB(A) max" in " ".join(row)
+
+
+def test_microphone_twin_scene_wav_and_faults(tmp_path):
+    import math
+    from array import array
+
+    from host_tools.emulator.audio import write_wav
+    from host_tools.emulator.control import parse_assignments
+    from host_tools.emulator.devices.microphone import I2SMicrophone
+    from host_tools.emulator.world import World
+
+    def dbfs(raw):  # RMS of 32-bit words relative to a full-scale sine's
+        a = array("i")
+        a.frombytes(raw)
+        return 20 * math.log10(math.sqrt(sum(float(v) ** 2 for v in a) / len(a)) / (2**31 / math.sqrt(2)))
+
+    world = World(seed=3, **parse_assignments(["sound_scene=tone f=1000 db=94", "mic_noise_db=0"]))
+    mic = I2SMicrophone(world, 0, -26.0, 16000)
+    mic.i2s_init(16000, 32)
+    raw, _ = mic.i2s_read(4 * 16000)
+    assert dbfs(raw) == pytest.approx(-26.0, abs=0.05)  # 94 dB SPL at 1 kHz reads the sensitivity
+    world.inject("microphone", "clipping")
+    raw, _ = mic.i2s_read(4 * 1600)
+    assert max(array("i", raw)) >= 2**31 - 256  # clipped at full scale
+    world.clear()
+    world.inject("microphone", "silence")
+    assert set(mic.i2s_read(4 * 160)[0]) == {0}
+    world.clear()
+    wav = write_wav(tmp_path / "t.wav", [int(1000 * math.sin(i / 3)) for i in range(800)], 16000, 16)
+    world.set(sound_wav=str(wav))
+    raw, _ = mic.i2s_read(4 * 800)
+    assert array("i", raw)[5] >> 16 == int(1000 * math.sin(5 / 3))  # the file's samples, as the microphone's words
+    with pytest.raises(ValueError, match="unknown kind"):
+        world.set(sound_scene="drums db=90")

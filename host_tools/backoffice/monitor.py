@@ -23,7 +23,8 @@ PERIOD_FIELDS = ("sample_period_s", "status_period_s")
 # Reading fields shown in the table, their unit and the decimals shown (never more than the
 # payload resolves, docs/payload.md); illuminance is logarithmic (~3.7 % steps): three significant digits.
 SHOWN = (("temperature", "°C", 1), ("humidity", "%", 1), ("illuminance", "lx", None), ("fill", "%", 0),
-         ("lamp", "%", 0), ("voltage", "V", 2))
+         ("lamp", "%", 0), ("voltage", "V", 2), ("pm2_5", " PM2.5", 0), ("pm10", " PM10", 0), ("laeq", " dB(A)", 1),
+         ("lamax", " dB(A) max", 1))
 COLUMNS = ["device", "site", "state", "last seen", "last reading", "next reading", "next status", "backlog", "faults", "firmware"]
 
 

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "network-server": ("network_server", "run the emulated LoRaWAN network server (ChirpStack / TTS MQTT integrations)"),
     "lorawan": ("lorawan", "LoRaWAN fleet tools: export device registrations for ChirpStack or TTS"),
     "decode": ("decode", "decode a payload frame (hex) into JSON"),
+    "sound-level": ("sound_level", "A-weighted sound levels of a WAV recording, computed by the firmware's meter"),
     "encode": ("encode", "encode JSON readings into payload frames (hex)"),
     "sun": ("sun", "sunrise, sunset and civil twilight for a site, computed by the firmware module"),
     "emulate": ("emulate", "serve one virtual board on a pty (MicroPython unix port + HAL shims)"),

@@ -34,8 +34,9 @@ def run(args):
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
     print(
-        f"\nboard heap: the MicroPython heap the board has (no PSRAM). The firmware needs {boards.FIRMWARE_HEAP_BYTES // 1024} KiB"
-        " of it, its library running in place from the ROMFS partition as `lanterne provision` writes it; the rest is headroom."
+        "\nboard heap: the MicroPython heap the board has (a WROVER board's is in its PSRAM). Without PSRAM the firmware"
+        f" needs {boards.FIRMWARE_HEAP_BYTES // 1024} KiB of it, its library running in place from the ROMFS partition as"
+        " `lanterne provision` writes it; the rest is headroom."
     )
     for n in notes:
         print(n)

@@ -1,4 +1,5 @@
-"""Broker lock-down from the fleet registry: Mosquitto password file (hashed) and ACL file.
+"""Broker lock-down from the fleet registry: Mosquitto password file (hashed), ACL file, and a
+complete mosquitto.conf that uses them.
 
 Each device logs in with its own id as username and its own password, and may:
 - publish only `lanterne/v1/{site}/{device}/up`, `.../status` (its last will too) and `.../ack`;
@@ -17,16 +18,26 @@ keeps the file useless to whoever copies it.
 
 `emqx_acl_text` gives the same rules in EMQX's acl.conf (Erlang terms); see
 docs/mqtt-security.md for EMQX's authentication side.
+
+A system Mosquitto (Debian's service starts `mosquitto -c CONF` as root) drops to its own
+user, `mosquitto`, before it reads the password and ACL files: `write_broker_files(...,
+owner=parse_owner("mosquitto"))` gives them to that user (still unreadable to others) and puts
+`user mosquitto` in the conf; `access_problems` says what that user could not open.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import grp
 import hashlib
 import hmac
 import os
+import pwd
 import secrets
+import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from host_tools.fleet.registry import DeviceRecord, Registry
@@ -42,6 +53,7 @@ SALT_BYTES = 12
 PASSWORD_FILE = "mosquitto.passwd"
 ACL_FILE = "mosquitto.acl"
 EMQX_ACL_FILE = "emqx-acl.conf"
+MOSQUITTO_CONF = "mosquitto.conf"
 
 
 def hash_password(password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
@@ -139,37 +151,203 @@ def emqx_acl_text(registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` owner-only, atomically (temp file then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+@dataclass(frozen=True)
+class Owner:
+    """Who the files are for: the broker's user (and a group that may read them too)."""
+
+    user: str
+    uid: int
+    gid: int
+    group: str | None = None  # given: the files are group-readable (0640), else owner-only (0600)
+
+    @property
+    def secret_mode(self) -> int:
+        return 0o640 if self.group else 0o600
+
+
+def parse_owner(text: str) -> Owner:
+    """USER or USER:GROUP, as chown takes it: ValueError naming what this host does not know."""
+    user, _, group = text.partition(":")
     try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"no user {user!r} on this host (Debian's mosquitto package creates the user 'mosquitto')") from None
+    gid = pw.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no group {group!r} on this host") from None
+    return Owner(user, pw.pw_uid, gid, group or None)
+
+
+def _write(path: Path, text: str, mode: int, owner: Owner | None) -> None:
+    """Write `text` to `path` with `mode` (and `owner`), atomically: temp file, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner.uid, owner.gid)  # before anything is in it
+        os.fchmod(fd, mode)
         os.write(fd, text.encode())
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink()
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 
-def write_broker_files(registry: Registry, out_dir: str | Path) -> dict[str, Path]:
-    """Write the Mosquitto password + ACL files and the EMQX acl.conf into `out_dir` (mode 0600).
+@dataclass(frozen=True)
+class Listener:
+    port: int
+    host: str | None = None  # None: every interface
 
-    Returns {"password_file": ..., "acl_file": ..., "emqx_acl_file": ...}. Point Mosquitto at the
-    first two (`password_file`, `acl_file`) and send it SIGHUP to reload them.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"password_file": out / PASSWORD_FILE, "acl_file": out / ACL_FILE, "emqx_acl_file": out / EMQX_ACL_FILE}
-    _write_private(paths["password_file"], password_file_text(registry))
-    _write_private(paths["acl_file"], acl_file_text(registry))
-    _write_private(paths["emqx_acl_file"], emqx_acl_text(registry))
-    return paths
+    @classmethod
+    def parse(cls, text: str) -> Listener:
+        """[HOST:]PORT"""
+        host, sep, port = text.rpartition(":")
+        try:
+            number = int(port)
+            if not 0 < number < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"listener {text!r}: expected [HOST:]PORT, e.g. 1883 or 127.0.0.1:1883") from None
+        return cls(number, host or None if sep else None)
+
+    def line(self) -> str:
+        return f"listener {self.port}" + (f" {self.host}" if self.host else "")
 
 
-def mosquitto_conf_lines(paths: dict[str, Path]) -> list[str]:
-    """The mosquitto.conf lines that use the generated files."""
-    return [
+DEFAULT_PERSISTENCE = "/var/lib/mosquitto/"  # Debian's, created by its mosquitto package for user mosquitto
+
+
+def mosquitto_conf_text(
+    registry: Registry,
+    paths: dict[str, Path],
+    *,
+    listen: Listener = Listener(1883),
+    tls: dict | None = None,
+    persistence_dir: str | Path = DEFAULT_PERSISTENCE,
+    owner: Owner | None = None,
+) -> str:
+    """A complete mosquitto.conf using the generated files: `mosquitto -c` it (as root it drops to `owner`).
+
+    `tls`: {"cafile": ..., "certfile": ..., "keyfile": ..., "listen": Listener} adds a TLS listener."""
+    location = str(persistence_dir).rstrip("/") + "/"
+    lines = _header(registry, "#") + [
+        f"# Start: mosquitto -c {paths['mosquitto_conf']}"
+        + (f" (as root it drops to user {owner.user}, who can read these files)" if owner else ""),
+        "",
+        "per_listener_settings false",
+    ]
+    if owner is not None:
+        lines.append(f"user {owner.user}")
+    lines += [
+        listen.line(),
         "allow_anonymous false",
         f"password_file {paths['password_file']}",
         f"acl_file {paths['acl_file']}",
+        "# Commands and acks are small packets: no Nagle delay (docs/mqtt.md).",
+        "set_tcp_nodelay true",
+        "# Retained statuses and queued commands survive a broker restart.",
+        "persistence true",
+        f"persistence_location {location}",
+        "# Under systemd, the journal: journalctl -u mosquitto.",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
     ]
+    if tls:
+        lines += [
+            "",
+            "# TLS: devices provisioned with mqtts://host:PORT and --ca-cert",
+            tls["listen"].line(),
+            f"certfile {tls['certfile']}",
+            f"keyfile {tls['keyfile']}",
+        ]
+        if tls.get("cafile"):
+            lines.append(f"cafile {tls['cafile']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_broker_files(
+    registry: Registry,
+    out_dir: str | Path,
+    *,
+    owner: Owner | None = None,
+    listen: Listener = Listener(1883),
+    tls: dict | None = None,
+    persistence_dir: str | Path | None = None,
+) -> dict[str, Path]:
+    """Write the Mosquitto password + ACL files, the EMQX acl.conf and a complete mosquitto.conf into `out_dir`.
+
+    The password and ACL files are owner-only (0600), or 0640 with a group: with `owner`, they
+    belong to the broker's user, who must read them (Mosquitto reads them after dropping to it).
+    mosquitto.conf holds no secret (0644). `persistence_dir`, when given and missing, is created
+    for `owner` (0700); by default the conf uses Debian's /var/lib/mosquitto/, which its package
+    made. Returns {"password_file", "acl_file", "emqx_acl_file", "mosquitto_conf"}: run
+    `mosquitto -c` on the last; after a change, SIGHUP reloads the password and ACL files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"password_file": out / PASSWORD_FILE, "acl_file": out / ACL_FILE, "emqx_acl_file": out / EMQX_ACL_FILE,
+             "mosquitto_conf": out / MOSQUITTO_CONF}
+    secret_mode = owner.secret_mode if owner else 0o600
+    _write(paths["password_file"], password_file_text(registry), secret_mode, owner)
+    _write(paths["acl_file"], acl_file_text(registry), secret_mode, owner)
+    _write(paths["emqx_acl_file"], emqx_acl_text(registry), secret_mode, owner)
+    if persistence_dir is not None and not Path(persistence_dir).exists():
+        Path(persistence_dir).mkdir(mode=0o700, parents=True)
+        if owner is not None:
+            os.chown(persistence_dir, owner.uid, owner.gid)
+    conf = mosquitto_conf_text(registry, paths, listen=listen, tls=tls, persistence_dir=persistence_dir or DEFAULT_PERSISTENCE,
+                               owner=owner)
+    _write(paths["mosquitto_conf"], conf, 0o644, owner)
+    return paths
+
+
+def _can(path: Path, uid: int, gids: set[int], bits: int) -> bool:
+    """Whether user `uid` (groups `gids`) has permission `bits` (4 read, 2 write, 1 search) on `path`."""
+    if uid == 0:
+        return True
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode >> 6 & bits == bits)
+    if st.st_gid in gids:
+        return bool(st.st_mode >> 3 & bits == bits)
+    return bool(st.st_mode & bits == bits)
+
+
+def access_problems(paths: dict[str, Path], owner: Owner | None, persistence_dir: str | Path | None = None,
+                    tls: dict | None = None) -> list[str]:
+    """What the broker's user could not open: a folder on the way it may not enter, a file it may not
+    read, the persistence folder it may not write. Without `owner`: this process's user."""
+    if owner is None:
+        uid, gids, who = os.geteuid(), set(os.getgroups()) | {os.getegid()}, pwd.getpwuid(os.geteuid()).pw_name
+    else:
+        uid, who = owner.uid, owner.user
+        gids = {owner.gid} | {g.gr_gid for g in grp.getgrall() if owner.user in g.gr_mem}
+    wanted = [(paths["password_file"], 4), (paths["acl_file"], 4), (paths["mosquitto_conf"], 4)]
+    wanted += [(Path(tls[k]), 4) for k in ("certfile", "keyfile", "cafile") if tls and tls.get(k)]
+    if persistence_dir is not None and Path(persistence_dir).exists():
+        wanted.append((Path(persistence_dir), 2 | 1))
+    problems, blocked_dirs = [], set()
+    for path, bits in wanted:
+        path = Path(os.path.abspath(path))
+        blocked = next((d for d in reversed(path.parents) if not _can(d, uid, gids, 1)), None)
+        if blocked is not None:
+            if blocked not in blocked_dirs:
+                blocked_dirs.add(blocked)
+                problems.append(f"{who} cannot enter {blocked} ({stat.filemode(blocked.stat().st_mode)}): it cannot open"
+                                f" {path} nor anything else in there (chmod o+x {blocked}, or write the files elsewhere)")
+        elif not path.exists():
+            problems.append(f"{path} does not exist")
+        elif not _can(path, uid, gids, bits):
+            need = "write in" if bits & 2 else "read"
+            problems.append(f"{who} cannot {need} {path} ({stat.filemode(path.stat().st_mode)})")
+    return problems

@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEPS   := build/mpylib/.fetched-stamp
 
-.PHONY: test demo venv deps mosquitto lint bench clean
+.PHONY: test demo venv deps mosquitto postgresql lint bench clean
 
-test: venv deps mosquitto
+test: venv deps mosquitto postgresql
 	$(PY) -m pytest -q
 
 demo: venv deps
@@ -30,6 +30,12 @@ $(DEPS): host_tools/runtime/deps.py $(STAMP)
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# Debian's PostgreSQL for the bridge's tests and benchmark: they start their own server in a
+# temporary directory (initdb + pg_ctl, as the `postgres` user when run as root).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check host_tools tests

@@ -43,3 +43,52 @@ def bin_reading(seq: int, age: int = 0, fill: int = 40, **over) -> dict:
 def frames(readings: list[dict], budget: int = 242, lorawan: bool = False) -> list[bytes]:
     """MQTT frames (or LoRaWAN payloads) of `readings`, from the firmware's encoder on CPython."""
     return [f["frame"] for f in encode_values(readings, budget=budget, runtime="cpython", lorawan=lorawan)]
+
+
+class BridgeProcess:
+    """`lanterne bridge ARGS --json` in its own process, as a city runs it; `.started` is its first line."""
+
+    def __init__(self, *args, env: dict | None = None):
+        import json
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "bridge", "--json", "--stats", "0",
+                                      *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env)
+        line = self.proc.stdout.readline()
+        try:
+            self.started = json.loads(line)["started"]
+        except (ValueError, KeyError):
+            rest = self.proc.communicate(timeout=10)[0] if self.proc.poll() is not None else ""
+            self.kill()
+            raise RuntimeError(f"lanterne bridge did not start: {line}{rest}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, nothing flushed or acknowledged (a crash, a power cut)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> dict:
+        """SIGTERM, as systemd stops it: commits what it holds; returns its final counters."""
+        import json
+
+        self.proc.terminate()
+        out = self.proc.communicate(timeout=60)[0]
+        for line in reversed(out.splitlines()):
+            if line.startswith('{"stopped"'):
+                return json.loads(line)["stopped"]
+        raise RuntimeError(f"lanterne bridge did not stop cleanly:\n{out[-2000:]}")
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("encode", "encode JSON readings into payload frames (hex)"),
     "decode": ("decode", "decode a payload frame (hex) into JSON"),
     "sun": ("sun", "sunrise, sunset and civil twilight for a site, computed by the firmware module"),
+    "bridge": ("bridge", "the back-office bridge: uplinks into SQLite/PostgreSQL, NGSI-LD, Home Assistant"),
+    "export": ("export", "open-data export of the bridge's readings: CSV or Parquet, one file per day"),
+    "bins": ("bins", "bins to collect, predicted time-to-full, collection rounds planned with OR-Tools"),
 }
 
 

@@ -71,6 +71,14 @@ class Committed:
     bad: int = 0
 
 
+def command_row(device: str, key: bytes, frame: bytes, seen_at: float, source: str) -> dict:
+    """The `commands` row of a command frame for `device`; raises cmd.CommandError if it does not verify."""
+    opcode, counter, args = cmd.Verifier(device, key).check(frame)
+    return {"device": device, "counter": counter, "command": cmd.NAMES.get(opcode, "unknown"),
+            "args": json.dumps(args, default=lambda v: v.hex() if isinstance(v, (bytes, bytearray)) else str(v)),
+            "frame": bytes(frame), "source": source, "seen_at": dt.datetime.fromtimestamp(seen_at, UTC)}
+
+
 class Ingestor:
     """Single-threaded: one worker feeds it and flushes it."""
 
@@ -258,16 +266,12 @@ class Ingestor:
                      payload, received_at)
             return
         try:
-            opcode, counter, args = self._key_check(dev, lambda key: cmd.Verifier(device, key).check(payload))
+            row = self._key_check(dev, lambda key: command_row(device, key, payload, received_at, source))
         except cmd.CommandError as exc:
             code = "impersonation" if exc.reason in (cmd.BAD_TAG, cmd.WRONG_DEVICE) else "undecodable"
-            self.bad(topic, "cmd", site, device, code, f"command: {exc}",
-                     payload, received_at)
+            self.bad(topic, "cmd", site, device, code, f"command: {exc}", payload, received_at)
             return
-        self.batch.commands.append({
-            "device": device, "counter": counter, "command": cmd.NAMES.get(opcode, "unknown"),
-            "args": json.dumps(args, default=lambda v: v.hex() if isinstance(v, (bytes, bytearray)) else str(v)),
-            "frame": bytes(payload), "source": source, "seen_at": dt.datetime.fromtimestamp(received_at, UTC)})
+        self.batch.commands.append(row)
 
     def bad(self, topic: str, kind: str, site: str | None, device: str | None, code: str, reason: str,
             payload: bytes, received_at: float) -> None:

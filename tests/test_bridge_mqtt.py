@@ -4,7 +4,6 @@ subscription write each reading exactly once; malformed uplinks never stop it.""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 

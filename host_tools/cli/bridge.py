@@ -105,9 +105,6 @@ def run(args):
     except (OSError, TimeoutError) as exc:
         bridge.stop()
         raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker") from None
-    except OSError as exc:
-        bridge.stop()
-        raise CommandError(f"cannot serve the API on {args.http}: {exc}", hint="--http HOST:PORT or off") from None
     started = {
         "broker": args.broker, "db": bridge.db.display, "engine": bridge.db.dialect, "registry": args.registry,
         "devices": len(bridge.directory.all()), "client_id": bridge.input.client_id, "group": cfg.group,

@@ -68,6 +68,14 @@ class Bridge:
 
             self.pusher = Pusher(cfg.ngsi_ld, log=self.log)
         self.api = None
+        if cfg.http:
+            from host_tools.backoffice.bridge.ngsi_api import ApiServer
+
+            try:
+                self.api = ApiServer(self, cfg.http)
+            except OSError as exc:
+                self.db.close()
+                raise ValueError(f"cannot serve the NGSI-LD API on {cfg.http}: {exc}") from None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._local: list = []  # (handler, args) from other threads, run on the worker
@@ -77,10 +85,7 @@ class Bridge:
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> Bridge:
-        if self.cfg.http:
-            from host_tools.backoffice.bridge.ngsi_api import ApiServer
-
-            self.api = ApiServer(self, self.cfg.http)
+        if self.api:
             self.api.start()
         if self.pusher:
             self.pusher.start()

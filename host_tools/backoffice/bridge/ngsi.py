@@ -73,8 +73,8 @@ def _lower(reading: dict) -> dict:
 
 def models_for(device: Device, reading: dict | None) -> list[str]:
     """The models a device stands for, from its board's parts and what its reading carries."""
-    r = _lower(reading or {})
-    fields = device.fields or frozenset(r)
+    r = {k: v for k, v in _lower(reading or {}).items() if v is not None}
+    fields = device.fields or frozenset()
     out = []
     if "fill" in fields or "fill" in r:
         out.append("WasteContainer")

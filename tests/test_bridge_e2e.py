@@ -81,7 +81,7 @@ def test_boards_to_sqlite_and_postgresql_with_ngsi_ld_and_home_assistant(virtual
                 # Received after the link came back, sampled when it was down, a second apart.
                 assert r["received_at"].timestamp() >= up_at - 0.5, name
                 assert r["received_at"] - r["sampled_at"] >= dt.timedelta(seconds=1), name
-            gaps = [(b["sampled_at"] - a["sampled_at"]).total_seconds() for a, b in zip(backlog, backlog[1:])]
+            gaps = [(b["sampled_at"] - a["sampled_at"]).total_seconds() for a, b in zip(backlog, backlog[1:], strict=False)]
             assert all(0.5 <= g <= 2.5 for g in gaps), (name, gaps)  # the board samples every second
         # Both engines hold the same readings at the same times (each bridge timed its own receipt).
         snap = {name: {(r["device"], r["seq"]): r for r in db.readings()} for name, db in dbs.items()}

@@ -112,6 +112,12 @@ def _field_value(name: str, code: int):
     return code  # fill %, distance mm
 
 
+def _label(what) -> str:
+    """What is being read, for an error message: a string, or a tuple of words joined only when
+    an error needs them (building the strings for every field cost more than reading the bits)."""
+    return what if isinstance(what, str) else " ".join(what)
+
+
 class _Bits:
     """Reads a frame MSB first. The frame is held as one integer, so a field of n bits is one
     shift and mask, and an Exp-Golomb prefix's zeros are counted with `bit_length` (the
@@ -126,9 +132,10 @@ class _Bits:
     def where(self) -> int:
         return self.pos // 8
 
-    def read(self, n: int, what: str) -> int:
+    def read(self, n: int, what) -> int:
         end = self.pos + n
         if end > self.total:
+            what = _label(what)
             missing = end - self.total
             raise PayloadError(
                 f"truncated: the frame ends inside {what} ({len(self.data)} bytes, {what} needs "
@@ -138,19 +145,19 @@ class _Bits:
         self.pos = end
         return (self.value >> (self.total - end)) & ((1 << n) - 1)
 
-    def exp_golomb(self, k: int, what: str) -> int:
-        start = self.where()
+    def exp_golomb(self, k: int, what) -> int:
+        start = self.pos >> 3
         left = self.total - self.pos
         zeros = left - (self.value & ((1 << left) - 1)).bit_length()  # zero bits before the next 1
         if zeros > MAX_EG_ZEROS:
-            raise PayloadError(f"malformed {what}: more than {MAX_EG_ZEROS} leading zero bits", byte=start)
+            raise PayloadError(f"malformed {_label(what)}: more than {MAX_EG_ZEROS} leading zero bits", byte=start)
         if zeros == left:  # nothing but zeros to the end of the frame
             self.pos = self.total
             self.read(1, what)
         self.pos += zeros + 1
         return ((1 << (zeros + k)) | self.read(zeros + k, what)) - (1 << k)
 
-    def signed(self, k: int, what: str) -> int:
+    def signed(self, k: int, what) -> int:
         z = self.exp_golomb(k, what)
         return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
 
@@ -253,16 +260,16 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
     label = f"reading {index}"
     start = bits.where()
     if index == 0:
-        if bits.read(1, f"{label} presence"):
+        if bits.read(1, (label, "presence")):
             mask = STANDARD_SET
         else:
-            mask = bits.read(11, f"{label} presence bitmap")
+            mask = bits.read(11, (label, "presence bitmap"))
             if mask == 0 or mask == STANDARD_SET:
                 what = "empty" if mask == 0 else "not canonical (the standard set has a 1-bit code)"
                 raise PayloadError(f"{label} presence bitmap is {what}", byte=start)
         st.mask = mask
-    elif bits.read(1, f"{label} presence flag"):
-        mask = bits.read(11, f"{label} presence bitmap")
+    elif bits.read(1, (label, "presence flag")):
+        mask = bits.read(11, (label, "presence bitmap"))
         if mask == 0 or mask == st.mask:
             raise PayloadError(f"{label} presence bitmap is {'empty' if mask == 0 else 'not canonical'}", byte=start)
     else:
@@ -271,17 +278,16 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
     for name, flag, width, top, k in FIELDS:
         if not mask & flag:
             continue
-        at = bits.where()
-        what = f"{label} {name}"
+        at = bits.pos >> 3
         if index and st.mask & flag:
-            delta = bits.signed(k, f"{what} delta")
+            delta = bits.signed(k, (label, name, "delta"))
             code = st.base[name] + delta
             if not 0 <= code <= top:
-                raise PayloadError(f"{what}: delta {delta:+d} leads to code {code}, outside 0..{top}", byte=at)
+                raise PayloadError(f"{label} {name}: delta {delta:+d} leads to code {code}, outside 0..{top}", byte=at)
         else:
-            code = bits.read(width, what)
+            code = bits.read(width, (label, name))
             if code > top:
-                raise PayloadError(f"{what}: code {code} is outside 0..{top}", byte=at)
+                raise PayloadError(f"{label} {name}: code {code} is outside 0..{top}", byte=at)
             if index == 0:
                 st.base[name] = code
         if name == "lamp":
@@ -290,21 +296,21 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
         else:
             out[name] = _field_value(name, code)
     if mask & P_STATUS:
-        at = bits.where()
+        at = bits.pos >> 3
         if index == 0:
             flags = 0
-            if bits.read(1, f"{label} status"):
+            if bits.read(1, (label, "status")):
                 flags = CLOCK_UNSYNCED
-                if bits.read(1, f"{label} status"):
-                    flags = bits.read(10, f"{label} status flags")
+                if bits.read(1, (label, "status")):
+                    flags = bits.read(10, (label, "status flags"))
                     if flags == 0 or flags == CLOCK_UNSYNCED:
                         raise PayloadError(f"{label} status flags are not canonical (they have a shorter code)", byte=at)
             st.base["status"] = flags
         else:
             ref = st.base["status"] if st.mask & P_STATUS else 0
             flags = ref
-            if bits.read(1, f"{label} status"):
-                flags = bits.read(10, f"{label} status flags")
+            if bits.read(1, (label, "status")):
+                flags = bits.read(10, (label, "status flags"))
                 if flags == ref:
                     raise PayloadError(
                         f"{label} status flags are not canonical (long form repeats the reference)", byte=at
@@ -312,18 +318,18 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
         out["status"] = [STATUS_NAMES[i] for i in range(10) if flags >> i & 1]
     if mask & P_SEQ:
         if st.seq is None:
-            seq = bits.read(16, f"{label} seq")
+            seq = bits.read(16, (label, "seq"))
         else:
-            delta = bits.signed(0, f"{label} seq delta")
+            delta = bits.signed(0, (label, "seq delta"))
             if not -32768 <= delta <= 32767:
                 raise PayloadError(f"{label} seq: delta {delta:+d} is outside -32768..32767", byte=bits.where())
             seq = (st.seq + index - st.seq_at + delta) & 0xFFFF
         st.seq, st.seq_at = seq, index
         out["seq"] = seq
     if mask & P_AGE:
-        at = bits.where()
+        at = bits.pos >> 3
         if not st.ages:
-            code = bits.exp_golomb(K_AGE_FIRST, f"{label} age")
+            code = bits.exp_golomb(K_AGE_FIRST, (label, "age"))
             if code > AGE_CODE_MAX:
                 raise PayloadError(f"{label} age: code {code} is beyond the largest age (code {AGE_CODE_MAX})", byte=at)
             age = age_seconds(code)
@@ -331,7 +337,7 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
             pred = st.ages[-1]
             if len(st.ages) > 1:
                 pred = min(max(2 * pred - st.ages[-2], 0), AGE_MAX)
-            delta = bits.signed(K_AGE_STEP if len(st.ages) == 1 else K_AGE, f"{label} age delta")
+            delta = bits.signed(K_AGE_STEP if len(st.ages) == 1 else K_AGE, (label, "age delta"))
             age = pred + delta
             if not 0 <= age <= AGE_MAX:
                 raise PayloadError(f"{label} age: delta {delta:+d} leads to {age} s, outside 0..{AGE_MAX}", byte=at)

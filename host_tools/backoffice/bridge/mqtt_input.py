@@ -91,7 +91,9 @@ class MqttInput:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        # A broker that refuses or is not there fails here (OSError), at once; later losses of the
+        # connection are paho's to retry (1 s doubling to 30 s) while the session waits at the broker.
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
             self.client.loop_stop()

@@ -146,16 +146,22 @@ class _Bits:
         return (self.value >> (self.total - end)) & ((1 << n) - 1)
 
     def exp_golomb(self, k: int, what) -> int:
-        start = self.pos >> 3
-        left = self.total - self.pos
-        zeros = left - (self.value & ((1 << left) - 1)).bit_length()  # zero bits before the next 1
+        pos, total = self.pos, self.total
+        left = total - pos
+        rest = self.value & ((1 << left) - 1)  # the bits not read yet
+        zeros = left - rest.bit_length()  # zero bits before the next 1
         if zeros > MAX_EG_ZEROS:
-            raise PayloadError(f"malformed {_label(what)}: more than {MAX_EG_ZEROS} leading zero bits", byte=start)
+            raise PayloadError(f"malformed {_label(what)}: more than {MAX_EG_ZEROS} leading zero bits", byte=pos >> 3)
+        n = zeros + k  # bits after the 1
+        end = pos + zeros + 1 + n
+        if end <= total:  # the 1 and the n bits after it, in one shift
+            self.pos = end
+            return (rest >> (total - end)) - (1 << k)
         if zeros == left:  # nothing but zeros to the end of the frame
-            self.pos = self.total
+            self.pos = total
             self.read(1, what)
-        self.pos += zeros + 1
-        return ((1 << (zeros + k)) | self.read(zeros + k, what)) - (1 << k)
+        self.pos = pos + zeros + 1
+        return ((1 << n) | self.read(n, what)) - (1 << k)
 
     def signed(self, k: int, what) -> int:
         z = self.exp_golomb(k, what)

@@ -221,14 +221,14 @@ class Database:
                     cur.execute("SELECT seq FROM readings WHERE device = ? AND seq BETWEEN ? AND ?", (device, low, high))
                     known.update((device, s) for (s,) in cur.fetchall())
                 fresh = [r for r in rows if (r["device"], r["seq"]) not in known]
-                times = {}
-                for name in ("sampled_at", "received_at"):
-                    times[cols.index(name)] = name
+                i_sampled, i_received = cols.index("sampled_at"), cols.index("received_at")
+                received: dict = {}  # one receive time per frame: formatted once
                 values = []
                 for r in fresh:
                     v = [r[c] for c in cols]
-                    for i, name in times.items():
-                        v[i] = _sqlite_time(r[name])
+                    v[i_sampled] = _sqlite_time(r["sampled_at"])
+                    t = r["received_at"]
+                    v[i_received] = received.get(t) or received.setdefault(t, _sqlite_time(t))
                     values.append(v)
                 cur.executemany(
                     f"INSERT OR IGNORE INTO readings ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values
@@ -337,7 +337,7 @@ INSERT_COLUMNS = tuple(c.name for c in readings.columns)
 
 def _sqlite_time(v: dt.datetime) -> str:
     # SQLAlchemy's SQLite DATETIME storage format (UTC), so its reads parse what this writes.
-    if v.tzinfo is not None and v.utcoffset():
+    if v.tzinfo is not UTC and v.tzinfo is not None and v.utcoffset():
         v = v.astimezone(UTC)
     return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
 

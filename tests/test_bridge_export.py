@@ -73,3 +73,7 @@ def test_bad_arguments(stored, tmp_path):
     assert res.returncode == 1 and "--since 'last week'" in res.stderr
     res = lanterne("export", "--db", url, "--since", "2026-11-25", "--until", "2026-11-01")
     assert res.returncode == 1 and "--until must be after --since" in res.stderr
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    res = lanterne("export", "--db", empty, "--since", "2026-11-25")
+    assert res.returncode == 1 and "is not a bridge database" in res.stderr

@@ -41,6 +41,8 @@ def _depot(text: str) -> tuple[float, float]:
 
 
 def run(args):
+    from sqlalchemy.exc import SQLAlchemyError
+
     from host_tools.backoffice import bins
     from host_tools.backoffice.bridge.database import Database, DatabaseError
     from host_tools.backoffice.bridge.devices import Directory
@@ -60,6 +62,9 @@ def run(args):
                            capacity=args.capacity, depot=depot, time_limit_s=args.time_limit)
     except (DatabaseError, ValueError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CommandError(f"{args.db} is not a bridge database ({str(exc).splitlines()[0]})",
+                           hint="run `lanterne bridge --db` on it first") from None
     if args.geojson:
         with open(args.geojson, "w") as f:
             json.dump(bins.geojson(result), f)

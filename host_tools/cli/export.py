@@ -35,6 +35,8 @@ def configure(p):
 
 
 def run(args):
+    from sqlalchemy.exc import SQLAlchemyError
+
     from host_tools.backoffice.bridge.database import Database, DatabaseError
     from host_tools.backoffice.bridge.devices import Directory
     from host_tools.backoffice.bridge.export import DEFAULT_LICENCE, export
@@ -54,6 +56,9 @@ def run(args):
                      args.licence or DEFAULT_LICENCE, args.publisher)
     except DatabaseError as exc:
         raise CommandError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CommandError(f"{args.db} is not a bridge database ({str(exc).splitlines()[0]})",
+                           hint="run `lanterne bridge --db` on it first") from None
     out = {"rows": res.rows, "days": res.days, "files": [str(f) for f in res.files],
            "readme": os.path.join(args.out, "README.md")}
     if args.json:

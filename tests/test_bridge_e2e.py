@@ -134,8 +134,16 @@ def test_boards_to_sqlite_and_postgresql_with_ngsi_ld_and_home_assistant(virtual
             light = ha.wait_for(light_cfg["state_topic"], lambda m: json.loads(m.payload).get("brightness") == target,
                                 timeout=20)
             assert json.loads(light[-1].payload)["state"] == "ON"
+
+            # -- and a bollard raised from its cover (closed = raised: the way is shut) --------------
+            ha.publish(cover["command_topic"], b"CLOSE")
+            ha.wait_for(cover["state_topic"], lambda m: m.payload == b"closed", timeout=30)
+            assert boards["bin-1"].world.pin_level(32) is not None  # the relay was driven
         db = dbs["sqlite"]
         wait_until(lambda: any(a["command"] == "set_lamp" for a in db.rows("acks")), 20, "the ack stored")
+        wait_until(lambda: any(a["command"] == "bollard" for a in db.rows("acks")), 20, "the bollard's ack stored")
+        (raised,) = [c for c in db.rows("commands") if c["command"] == "bollard"]
+        assert raised["source"] == "home-assistant" and json.loads(raised["args"]) == {"action": "raise"}
         (command,) = [c for c in db.rows("commands") if c["command"] == "set_lamp"]
         assert command["source"] == "home-assistant" and json.loads(command["args"])["level"] == target
         (ack,) = [a for a in db.rows("acks") if a["counter"] == command["counter"]]

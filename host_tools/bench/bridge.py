@@ -70,7 +70,7 @@ def _directory(devices: int):
                                 None, {}) for d in range(devices)])
 
 
-def ingest_stream(url: str, stream: list[tuple[str, bytes]], devices: int) -> dict:
+def ingest_stream(url: str, stream: list[tuple[str, bytes]], devices: int, before_close=None) -> dict:
     """Run the bridge's ingest over `stream` into `url`; CPU and wall seconds, readings written."""
     from host_tools.backoffice.bridge.database import Database
     from host_tools.backoffice.bridge.ingest import Ingestor
@@ -90,8 +90,9 @@ def ingest_stream(url: str, stream: list[tuple[str, bytes]], devices: int) -> di
     if done:
         written, duplicates = written + done.written, duplicates + done.duplicates
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    extra = before_close() if before_close else None  # the server's CPU, while its backend still lives
     db.close()
-    return {"written": written, "duplicates": duplicates, "cpu_s": cpu, "wall_s": wall, "start": start_wall,
+    return {"extra": extra, "written": written, "duplicates": duplicates, "cpu_s": cpu, "wall_s": wall, "start": start_wall,
             "end": start_wall + wall}
 
 
@@ -154,8 +155,8 @@ def run(quick: bool = False) -> BenchResult:
                 url = os.path.join(tmp, f"{engine}-{len(rows)}.sqlite") if engine == "sqlite" else \
                     pg.create_database(f"bench_{len(rows)}")
                 server0 = _server_cpu(pg) if engine == "postgresql" else 0.0
-                r = ingest_stream(url, stream, devices)
-                server = _server_cpu(pg) - server0 if engine == "postgresql" else None
+                r = ingest_stream(url, stream, devices, (lambda: _server_cpu(pg)) if engine == "postgresql" else None)
+                server = r["extra"] - server0 if engine == "postgresql" else None
                 per_cpu, per_wall = r["written"] / r["cpu_s"], r["written"] / r["wall_s"]
                 rows.append([engine, label, r["written"], r["duplicates"], round(per_cpu), round(per_wall),
                              "-" if server is None else f"{server:.2f}"])

@@ -4,10 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEPS   := build/mpylib/.fetched-stamp
+NODE_DEPS := build/node/node_modules/lora-packet/package.json
+LORA_PACKET := lora-packet@0.9.3
 
-.PHONY: test demo venv deps mosquitto postgresql lint bench clean
+.PHONY: test demo venv deps mosquitto postgresql chromium lint bench clean
 
-test: venv deps mosquitto postgresql
+test: venv deps mosquitto postgresql chromium
 	$(PY) -m pytest -q
 
 demo: venv deps
@@ -21,10 +23,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Pinned MicroPython-only modules (umqtt.simple), fetched through pip's configured index.
-deps: $(DEPS)
+deps: $(DEPS) $(NODE_DEPS)
 
 $(DEPS): host_tools/runtime/deps.py $(STAMP)
 	$(PY) -m host_tools.runtime.deps fetch
+
+# lora-packet (npm), the independent LoRaWAN implementation the tests check our frames with.
+# Node and npm from Debian when missing; the package goes into build/node (never committed).
+$(NODE_DEPS):
+	@command -v npm >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	mkdir -p build/node
+	npm install --prefix build/node --no-save --no-package-lock --no-audit --no-fund $(LORA_PACKET)
 
 # Debian's mosquitto for the integration tests (CI runs as root on a fresh Debian).
 mosquitto:
@@ -36,6 +46,11 @@ mosquitto:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# Debian's chromium for the setup page's browser test (Playwright drives it: no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check host_tools tests

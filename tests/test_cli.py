@@ -49,6 +49,43 @@ def test_emulate_world_and_mpremote_from_a_shell(tmp_path):
     assert r.returncode == 1 and "is `lanterne emulate --port PATH` running?" in r.stderr
 
 
+@pytest.mark.integration
+def test_world_refuses_nonsense_and_names_what_is_valid(tmp_path):
+    port = tmp_path / "ttyV"
+    (tmp_path / "flash").mkdir()
+    with lanterne_emulate("--board", "esp32-devkitc", "--fs", tmp_path / "flash", "--port", port) as line:
+        assert "virtual esp32-devkitc on" in line, line
+
+        def world(*args):
+            return lanterne("world", "--port", port, *args)
+
+        refused = {
+            ("fault", "bme208", "nack"): "this board has no part 'bme208' (did you mean 'bme280'?); its parts: bh1750,"
+                                         " bme280, button, lamp, supply",
+            ("fault", "ultrasonic", "stuck"): "this board has no part 'ultrasonic'; its parts: bh1750, bme280, button, lamp, supply",
+            ("fault", "bme280", "nak"): "unknown fault 'nak' for bme280 (did you mean 'nack'?); choose from missing, nack, stuck",
+            ("fault", "lamp", "nack"): "lamp cannot be given the fault 'nack'; it can be: stuck",
+            ("clear", "bme208"): "this board has no part 'bme208' (did you mean 'bme280'?)",
+            ("set", "illuminance_lx=-50"): "illuminance_lx=-50 is out of range: 0 .. 1000000",
+            ("set", "humidity_pct=120"): "humidity_pct=120 is out of range: 0 .. 100",
+            ("set", "temprature_c=20"): "unknown world quantity 'temprature_c' (did you mean 'temperature_c'?); known: ",
+            ("set", "link_up=maybe"): "link_up: not a number: 'maybe'",
+            ("set", "temperature_c=21", "lamp_failed=2"): "lamp_failed is on or off (true/false, up/down, 1/0), got 2.0",
+        }
+        for args, message in refused.items():
+            r = world(*args)
+            assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        state = json.loads(world("get").stdout)
+        assert state["faults"] == {} and state["values"]["illuminance_lx"] == 250.0
+        assert state["values"]["temperature_c"] == 15.0  # a refused set changes nothing, not even its valid part
+        assert state["parts"]["lamp"] == ["stuck"] and state["parts"]["bme280"] == ["missing", "nack", "stuck"]
+        # What is valid still is.
+        assert world("fault", "bme280", "nack").returncode == 0 and world("set", "illuminance_lx=0").returncode == 0
+        assert json.loads(world("get").stdout)["faults"] == {"bme280": ["nack"]}
+    r = lanterne("emulate", "--board", "esp32-devkitc", "--fs", tmp_path / "flash", "--port", port, "--set", "supply_v=-3")
+    assert r.returncode == 1 and "supply_v=-3 is out of range: 0 .. 100" in r.stderr
+
+
 def test_emulate_rejects_unknown_board(tmp_path):
     r = lanterne("emulate", "--board", "esp8266-nodemcu", "--fs", str(tmp_path), "--port", str(tmp_path / "t"))
     assert r.returncode == 1

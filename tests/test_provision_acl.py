@@ -23,8 +23,9 @@ def test_registry_is_owner_only_and_keeps_secrets_out_of_records(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     rec = reg.add_or_update("lamp-1", site="centre", board="esp32-devkitc", config={"lat": 48.85})
     lora = reg.add_or_update("bin-1", site="centre", board="esp32-rak3172", lorawan=True)
-    assert reg.secret_names("lamp-1") == ["command_key", "mqtt_password"]
-    assert reg.secret_names("bin-1") == ["command_key", "lorawan_appkey", "lorawan_deveui", "mqtt_password"]
+    assert reg.secret_names("lamp-1") == ["command_key", "mqtt_password", "setup_key"]
+    assert reg.secret_names("bin-1") == ["command_key", "lorawan_appkey", "lorawan_deveui", "mqtt_password", "setup_key"]
+    assert len(bytes.fromhex(reg.secret("lamp-1", "setup_key"))) == 16
     assert len(reg.command_key("lamp-1")) == 32
     assert len(bytes.fromhex(reg.secret("bin-1", "lorawan_appkey"))) == 16
     assert int(reg.secret("bin-1", "lorawan_deveui")[:2], 16) & 0x03 == 0x02  # locally administered, unicast

@@ -39,6 +39,7 @@ TOP_FIELDS = {
     "sensors": list,
     "actuators": list,
     "status_led": (int, type(None)),
+    "setup_button": (int, type(None)),
 }
 REQUIRED = ("name", "chip", "heap_bytes", "network", "buses", "sensors", "actuators")
 
@@ -156,6 +157,15 @@ def validate(data: Any, path: Path) -> dict:
     led = data.get("status_led")
     if led is not None:
         _check_pin(path, "status_led", led, "output")
+        if led in used:
+            raise _err(path, "status_led", f"GPIO{led} is already used by '{used[led]}'")
+        used[led] = "status_led"
+    button = data.get("setup_button")
+    if button is not None:
+        # Pressed = 0 against the board's pull-up; held for 1 s after power-up, it opens the setup page.
+        _check_pin(path, "setup_button", button, "input")
+        if button in used:
+            raise _err(path, "setup_button", f"GPIO{button} is already used by '{used[button]}'")
     return data
 
 

@@ -23,6 +23,12 @@ def configure(p):
     p.add_argument("--seed", type=int, default=None, help="seed for the simulated world's noise")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="initial world value (repeatable)")
     p.add_argument(
+        "--radio",
+        metavar="URL",
+        help="LoRaWAN boards: the MQTT broker (mqtt://host:port) their gateways publish on, in ChirpStack Gateway "
+        "Bridge form (run `lanterne network-server` on it); without it no gateway is in range",
+    )
+    p.add_argument(
         "--blank",
         action="store_true",
         help="a factory-fresh board: erased SPI flash (DIR.flash.bin), needs `lanterne flash` before MicroPython runs",
@@ -45,7 +51,8 @@ def run(args):
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     with Emulator() as emu:
-        handle = emu.add_board(board, args.fs, port_path=args.port, world=world, log_path=args.log, blank=args.blank)
+        handle = emu.add_board(board, args.fs, port_path=args.port, world=world, log_path=args.log, blank=args.blank,
+                                radio=args.radio)
         ctl = ControlServer(handle, args.port + ".ctl")
         ctl.start()
         print(f"virtual {board.name} on {args.port} -> {handle.board.pty_name}, flash {handle.flash}", flush=True)

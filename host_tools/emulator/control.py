@@ -1,6 +1,7 @@
 """Control socket of a running virtual board (`PATH.ctl`): JSON lines in, JSON lines out.
 
-Requests: {"op": "get"} -> world snapshot; {"op": "set", "values": {...}};
+Requests: {"op": "get"} -> world snapshot (with "listening": the firmware's listening sockets,
+board "ip:port" -> the host's "127.0.0.1:port" that reaches it); {"op": "set", "values": {...}};
 {"op": "inject", "part": "bme280", "fault": "nack"}; {"op": "clear", "part": ...};
 {"op": "power_cut"}; {"op": "power_on"}; {"op": "reset"} (EN pressed);
 {"op": "download"} (BOOT held, EN pressed: the ROM serial bootloader waits for esptool).
@@ -83,7 +84,8 @@ class ControlServer:
         h = self.handle
         op = req.get("op")
         if op == "get":
-            return {"ok": True, **h.world.snapshot(), "boots": h.boots}
+            listening = {f"{ip}:{port}": f"127.0.0.1:{hp}" for (ip, port), hp in h.board.listening.items()}
+            return {"ok": True, **h.world.snapshot(), "boots": h.boots, "listening": listening}
         if op == "set":
             h.world.set(**req["values"])
             return {"ok": True}

@@ -18,6 +18,10 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset
+    AP ssid_hex authmode key_hex | AP -   the Wi-Fi access point is up (as a phone sees it) / off
+    PORT                     -> OK port      a free loopback port for a listening socket
+    LISTEN ip port hostport  the board listens on ip:port, reachable at 127.0.0.1:hostport
+    UNLISTEN hostport        that listening socket is closed
 
 The board side is `host_tools/emulator/rom/_hal.py`.
 """
@@ -60,6 +64,15 @@ def follow_link(world, run_dir) -> None:
     """Mirror the link now and whenever the world's `link_up` changes."""
     mirror_link_flag(world, run_dir)
     world.subscribe(lambda what, values: mirror_link_flag(world, run_dir) if "link_up" in values else None)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (the board binds it next; it retries if taken)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _hex(data: bytes) -> str:
@@ -124,6 +137,19 @@ def handle(board: HalClient, line: str) -> str:
             return "OK"
         if op == "BOOTED":
             board.on_booted(int(args[0]), int(args[1]))
+            return "OK"
+        if op == "AP":
+            ap = None
+            if args[0] != "-":
+                ap = {"ssid": _unhex(args[0]).decode(), "authmode": int(args[1]), "key": _unhex(args[2]).decode()}
+            board.world.set_access_point(ap)
+            return "OK"
+        if op == "PORT":
+            return f"OK {free_port()}"
+        if op in ("LISTEN", "UNLISTEN"):
+            hook = getattr(board, "on_listen", None)
+            if hook:
+                hook(args[0], int(args[1]), int(args[2])) if op == "LISTEN" else hook(None, 0, int(args[0]))
             return "OK"
         if op == "RESET":
             board.on_reset_request(args[0], int(args[1]) if len(args) > 1 else 0)

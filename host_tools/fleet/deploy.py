@@ -42,8 +42,9 @@ def firmware_files() -> dict[str, bytes]:
         "boot.py": (FIRMWARE / "boot.py").read_bytes(),
         "main.py": (FIRMWARE / "main.py").read_bytes(),
     }
-    for p in sorted((FIRMWARE / "lanterne").rglob("*.py")):
-        files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
+    for pattern in ("*.py", "*.html"):  # the package's modules and the setup page it serves
+        for p in sorted((FIRMWARE / "lanterne").rglob(pattern)):
+            files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
     for p in sorted((FIRMWARE / "lib").rglob("*.py")):  # compatibility modules (ussl)
         files["lib/" + p.relative_to(FIRMWARE / "lib").as_posix()] = p.read_bytes()
     if not MPYLIB.exists():
@@ -110,6 +111,7 @@ def _write_tree(files: dict[str, bytes], dest: Path) -> None:
 
 
 ROMFS_DIR = "lib/"  # what goes into the ROMFS partition (as /rom/lib/...): the compiled library
+ROM_DATA = (".mpy", ".html")  # and the library's data files, read in place from flash (the setup page)
 
 
 def romfs_image(files: dict[str, bytes]) -> bytes:
@@ -144,8 +146,9 @@ def romfs_image(files: dict[str, bytes]) -> bytes:
 
 def split_romfs(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(what goes into the ROMFS image, what goes onto the filesystem): .mpy modules in ROM
-    run in place; boot.py, main.py and the data files stay on the read-write filesystem."""
-    rom = {rel: data for rel, data in files.items() if rel.startswith(ROMFS_DIR) and rel.endswith(".mpy")}
+    run in place, the library's pages are read in place; boot.py, main.py, board.json and
+    config.json stay on the read-write filesystem."""
+    rom = {rel: data for rel, data in files.items() if rel.startswith(ROMFS_DIR) and rel.endswith(ROM_DATA)}
     return rom, {rel: data for rel, data in files.items() if rel not in rom}
 
 
@@ -289,6 +292,8 @@ def build_image(board: boards.Board, cross: MpyCross, march: str = "", romfs: bo
     for rel, data in files.items():
         if rel.startswith("lib/") and rel.endswith(".py"):
             image[("/rom/" if romfs else "/") + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
+        elif romfs and rel.startswith("lib/") and rel.endswith(ROM_DATA):
+            image["/rom/" + rel] = data
         else:
             image["/" + rel] = data
     return image

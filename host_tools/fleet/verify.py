@@ -9,6 +9,9 @@ compares:
 - config: every field against the registry's config plus the device's secrets (a secret
   that differs is named, its values never shown);
 - hardware: the board is not the one the registry has for this device.
+Config fields an installer changed on site with the setup page (the board's field.json names
+them) are reported apart, as field changes: recorded in the registry, and no longer differences
+once `lanterne registry accept DEVICE` adopted them.
 Then it resets the board so its application runs again (as after provisioning).
 Files outside / and /lib (the store's data) are the board's own and are not compared.
 """
@@ -26,6 +29,7 @@ from host_tools.fleet.config import firmware_config
 from host_tools.fleet.deploy import MpyCross, build_image, firmware_hash, manifest, parse_mpy
 from host_tools.fleet.provision import managed_extra
 from host_tools.fleet.registry import SECRET_FIELDS, Registry
+from host_tools.runtime import firmware_module
 
 VerifyError = ProvisionError
 
@@ -64,12 +68,13 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     config: list[ConfigDiff] = field(default_factory=list)
+    field_changes: list[ConfigDiff] = field(default_factory=list)  # made on site, not accepted yet
     problems: list[str] = field(default_factory=list)  # drift that is neither a file nor a config field
     notes: list[str] = field(default_factory=list)  # worth knowing, not drift
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.extra or self.config or self.problems)
+        return not (self.changed or self.missing or self.extra or self.config or self.field_changes or self.problems)
 
     @property
     def drift_count(self) -> int:
@@ -77,11 +82,20 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         head = f"{self.device} on {self.port} ({self.board}, hardware id {self.hw_id or '?'}): "
-        out = [head + ("matches the registry" if self.ok else f"{self.drift_count} difference(s) from the registry")]
+        if self.ok:
+            state = "matches the registry"
+        elif not self.drift_count:
+            state = f"{len(self.field_changes)} field change(s) made on site, not accepted yet"
+        else:
+            state = f"{self.drift_count} difference(s) from the registry"
+        out = [head + state]
         out += [f"  changed: {p}" for p in self.changed]
         out += [f"  missing: {p}" for p in self.missing]
         out += [f"  extra:   {p}" for p in self.extra]
         out += [f"  {d.text()}" for d in self.config]
+        out += [f"  field change (setup page): {d.text()[len('config field '):]}" for d in self.field_changes]
+        if self.field_changes:
+            out.append(f"  -> intended? adopt them: lanterne registry accept {self.device}")
         out += [f"  {p}" for p in self.problems]
         out += [f"  note: {n}" for n in self.notes]
         return out
@@ -90,7 +104,8 @@ class VerifyReport:
         return {
             "port": self.port, "device": self.device, "board": self.board, "hw_id": self.hw_id, "ok": self.ok,
             "files_checked": self.files_checked, "changed": self.changed, "missing": self.missing, "extra": self.extra,
-            "config": [d.to_json() for d in self.config], "problems": self.problems, "notes": self.notes,
+            "config": [d.to_json() for d in self.config], "field_changes": [d.to_json() for d in self.field_changes],
+            "problems": self.problems, "notes": self.notes,
         }
 
 
@@ -139,6 +154,12 @@ def verify(
                 cfg_problem = f"config.json is not valid JSON ({exc})"
         else:
             cfg_problem = "config.json is missing"
+        field_doc = None
+        if "/field.json" in info.files:
+            try:
+                field_doc = json.loads(link.read_file("/field.json"))
+            except ValueError:
+                field_doc = None
         named = board_cfg.get("device") if board_cfg else None
         rec = reg.get(named) if isinstance(named, str) else None
         if rec is None and info.hw_id:
@@ -174,7 +195,17 @@ def verify(
         for name in reg.secret_names(rec.id):
             if name in schema.SCHEMA:
                 expected[name] = reg.secret(rec.id, name)
-        rep.config = _config_diffs(board_cfg, expected)
+        diffs = _config_diffs(board_cfg, expected)
+        editable = firmware_module("field").EDITABLE
+        on_site = set((field_doc or {}).get("fields") or {}) & set(editable)
+        rep.field_changes = [d for d in diffs if d.field in on_site]
+        rep.config = [d for d in diffs if d.field not in on_site]
+        if isinstance(field_doc, dict) and field_doc.get("fields"):
+            reg.record_field_changes(rec.id, field_doc)
+            _seen, accepted = reg.field_changes(rec.id)
+            names = ", ".join(sorted(field_doc["fields"]))
+            if accepted == field_doc.get("hash") and not rep.field_changes:
+                rep.notes.append(f"field changes made on site ({names}; {field_doc.get('n')} save(s)) accepted into the registry")
         _cfg, errors = schema.validate(board_cfg, "config.json")
         rep.problems += [f"board config rejected by the schema: {e}" for e in errors]
         if "/config.json" in expected_files and on_board.get("/config.json") and not rep.config:

@@ -35,11 +35,16 @@ _NAMES = (
     (FAULT_RANGE, "range"),
     (FAULT_TIMEOUT, "timeout"),
     (FAULT_NOISY, "noisy"),
+    # the actuators' bits (lanterne.actuators), in the same fault word space
+    (0x40, "failed"),  # FAULT_LAMP_FAILED: on, but drawing no current
+    (0x80, "current_when_off"),  # FAULT_CURRENT_OFF
+    (0x100, "travel_timeout"),  # FAULT_TRAVEL
+    (0x200, "moved_without_command"),  # FAULT_POSITION
 )
 
 
 def fault_names(mask):
-    """The names of the fault bits set in `mask`, for status messages (allocates: not for hot paths)."""
+    """The names of the fault bits set in `mask` (sensors' and actuators'), for status messages (allocates: not for hot paths)."""
     return [name for bit, name in _NAMES if mask & bit]
 
 

@@ -11,6 +11,9 @@ any of: `address` + `write(data)` / `read(n)` (I2C), `pins_in` (pins it drives
 towards the ESP32) + `pin_read(pin)`, `pins_out` + `pin_write(pin, level)`,
 `time_pulse_us(pin, level, timeout_us)`, `adc_pins` + `adc_read_uv(pin)`,
 `uart` (bus name) + `uart_write(data)` / `uart_read(n)`, `pwm_changed(pin, freq, duty_u16)`.
+Its `name` is what `world.inject(name, kind)` targets, and `fault_kinds` (default: all of
+`world.FAULT_KINDS`) the faults it can be given: each part added declares both to the world,
+which then refuses a fault on a part this board does not have.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno
 
 from host_tools.emulator.devices import Nack
+from host_tools.emulator.world import FAULT_KINDS
 
 #: type name in board files -> factory(world, spec: dict, board_data: dict) -> part
 MODELS: dict = {}
@@ -75,10 +79,16 @@ class Parts:
                 self.missing_models.append(spec["type"])
                 continue
             self.add(factory(world, spec, board_data), spec)
+        if board_data.get("setup_button") is not None:
+            from host_tools.emulator.devices.button import Button
+
+            self.add(Button(world, int(board_data["setup_button"])))
 
     def add(self, part, spec: dict | None = None) -> None:
         spec = spec or {}
         self.parts.append(part)
+        if getattr(part, "name", None):
+            self.world.declare_part(part.name, getattr(part, "fault_kinds", FAULT_KINDS))
         if hasattr(part, "address") and spec.get("bus") in self.i2c:
             self.i2c[spec["bus"]][int(part.address)] = part
         for pin in getattr(part, "pins_in", ()):

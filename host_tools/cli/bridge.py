@@ -36,6 +36,12 @@ def configure(p):
     p.add_argument("--home-assistant", action="store_true", help="publish Home Assistant MQTT discovery and "
                                                                  "accept its lamp and bollard commands")
     p.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant discovery prefix")
+    p.add_argument("--lorawan", choices=("chirpstack", "tts"),
+                   help="also take the LoRaWAN uplinks of this network server's MQTT integration (same broker)")
+    p.add_argument("--lorawan-application", help="ChirpStack application id (UUID) / TTS application id")
+    p.add_argument("--lorawan-tenant", default="ttn", help="TTS tenant id")
+    p.add_argument("--ledger-per-day", type=int, default=10, metavar="N",
+                   help="LoRaWAN: at most N delivery-ledger downlinks per device a day")
     p.add_argument("--location-precision", type=int, default=5,
                    help="decimal places of published coordinates (5: ~1 m, 3: ~100 m)")
     p.add_argument("--batch", type=int, default=1000, help="messages per database transaction at most")
@@ -89,6 +95,8 @@ def run(args):
         broker=args.broker, db=args.db, registry=args.registry, group=args.group or None, client_id=args.client_id,
         username=user, password=password, tls_ca=args.tls_ca, http=None if args.http == "off" else args.http,
         ngsi_ld=args.ngsi_ld, home_assistant=args.home_assistant, ha_prefix=args.ha_prefix,
+        lorawan=args.lorawan, lorawan_application=args.lorawan_application, lorawan_tenant=args.lorawan_tenant,
+        ledger_per_day=args.ledger_per_day,
         location_precision=args.location_precision, batch_max=args.batch, batch_wait_s=args.batch_wait,
         session_expiry_s=args.session_expiry, log=out)
     try:
@@ -97,6 +105,8 @@ def run(args):
         raise CommandError(str(exc), hint="check --db") from None
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot start: {exc}") from None
+    except KeyError as exc:  # the registry's LoRaWAN identities
+        raise CommandError(f"LoRaWAN: {exc.args[0]}") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -109,6 +119,7 @@ def run(args):
         "broker": args.broker, "db": bridge.db.display, "engine": bridge.db.dialect, "registry": args.registry,
         "devices": len(bridge.directory.all()), "client_id": bridge.input.client_id, "group": cfg.group,
         "api": bridge.api.url if bridge.api else None, "ngsi_ld": args.ngsi_ld, "home_assistant": args.home_assistant,
+        "lorawan": args.lorawan,
     }
     if args.json:
         print(json.dumps({"started": started}), flush=True)

@@ -38,6 +38,10 @@ class BridgeConfig:
     ngsi_ld: str | None = None  # external context broker to push to
     home_assistant: bool = False
     ha_prefix: str = "homeassistant"
+    lorawan: str | None = None  # chirpstack / tts: the network server's MQTT integration on the same broker
+    lorawan_application: str | None = None
+    lorawan_tenant: str = "ttn"
+    ledger_per_day: int = 10
     location_precision: int = 5
     batch_max: int = 1000  # messages per transaction
     batch_wait_s: float = 0.05
@@ -59,6 +63,16 @@ class Bridge:
 
             self.ha = HomeAssistant(self, prefix=cfg.ha_prefix)
             extra = self.ha.command_topics
+        self.lorawan = None
+        if cfg.lorawan:
+            from host_tools.backoffice.bridge.lorawan_input import LorawanInput
+            from host_tools.codec.lns_json import Application
+
+            app = Application(tts_tenant=cfg.lorawan_tenant)
+            if cfg.lorawan_application:
+                app.application_id = app.tts_application = cfg.lorawan_application
+            self.lorawan = LorawanInput(self, cfg.lorawan, app, cfg.ledger_per_day)
+            extra = extra + self.lorawan.topics
         self.input = MqttInput(cfg.broker, client_id=cfg.client_id, group=cfg.group, username=cfg.username,
                                password=cfg.password, tls_ca=cfg.tls_ca, extra_topics=extra,
                                session_expiry_s=cfg.session_expiry_s, log=self.log)
@@ -126,7 +140,11 @@ class Bridge:
                 wait = self.cfg.batch_wait_s if first_at is None else max(0.0, first_at + self.cfg.batch_wait_s - time.monotonic())
                 msgs = self.input.take(self.cfg.batch_max - len(taken), wait)
                 for m in msgs:
-                    if self.ha is None or not self.ha.on_command(m.topic, m.payload):
+                    if self.ha is not None and self.ha.on_command(m.topic, m.payload):
+                        continue
+                    if self.lorawan is not None and self.lorawan.accepts(m.topic):
+                        self.lorawan.handle(self.ingestor, m.topic, m.payload, m.received_at)
+                    else:
                         self.ingestor.mqtt(m.topic, m.payload, m.received_at, m.retain)
                 if msgs and first_at is None:
                     first_at = time.monotonic()

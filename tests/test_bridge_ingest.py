@@ -114,7 +114,7 @@ def test_malformed_input_is_stored_with_its_reason_and_never_raises(ingest):
     cases = [
         ("lanterne/v1/lyon/bin-1/up", b"\x02" + random.Random(7).randbytes(12), "undecodable"),
         ("lanterne/v1/lyon/bin-1/up", random.Random(8).randbytes(13), "unknown_version"),
-        ("lanterne/v1/lyon/bin-1/up", b"\x03" + good[1:], "unknown_version"),
+        ("lanterne/v1/lyon/bin-1/up", b"\x04" + good[1:], "unknown_version"),
         ("lanterne/v1/lyon/bin-1/up", b"\x01" + good[1:], "unknown_version"),
         ("lanterne/v1/lyon/bin-1/up", b"", "undecodable"),
         ("lanterne/v1/lyon/bin-1/up", good[:-1], "undecodable"),
@@ -142,7 +142,7 @@ def test_malformed_input_is_stored_with_its_reason_and_never_raises(ingest):
     assert "says it is device 'lamp-1'" in text_of[("status", "impersonation")]
     assert "does not verify" in text_of[("ack", "impersonation")]
     assert "registered at site 'lyon'" in text_of[("up", "wrong_site")]
-    assert "version 3" in bad[2]["reason"] and "version 1" in bad[3]["reason"], [b["reason"] for b in bad[:4]]
+    assert "version 4" in bad[2]["reason"] and "version 1" in bad[3]["reason"], [b["reason"] for b in bad[:4]]
     assert ingest.counts["impersonation"] == 3 and ingest.counts["unknown_device"] == 1
 
 

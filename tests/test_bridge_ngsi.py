@@ -54,11 +54,11 @@ def as_row(reading: dict, seq: int = 1) -> dict:
 def test_every_model_the_fleet_produces_is_valid():
     lamp = ngsi.entities(device("lamp-1", "esp32-devkitc"), as_row(lamp_reading(5, lamp_fault=True)))
     bin_ = ngsi.entities(device("bin-1", "olimex-esp32-poe"), as_row(bin_reading(5, fill=87, status=["tamper"])))
-    # A station with the particulate and sound sensors the payload format will carry.
-    env = device("env-1", "esp32-devkitc", fields=None, parts=frozenset({"bme280", "sps30", "mic"}))
-    future = as_row({"temperature": 21.0, "humidity": 64.5, "pm2_5": 12.5, "pm10": 20.1, "LAeq": 61.2, "lamax": 78.0,
-                     "la90": 48.5, "status": ["pm_humidity"]})
-    env_entities = ngsi.entities(env, future)
+    # An environmental station: particulate matter and sound levels (payload v3's extension fields).
+    env = device("env-1", "esp32-envstation")
+    station = as_row({"temperature": 21.0, "humidity": 64.5, "pressure": 1004.0, "pm1": 8, "pm2_5": 12, "pm10": 20,
+                      "laeq": 61.2, "lamax": 78.0, "voltage": 5.0, "status": ["pm_humid"]})
+    env_entities = ngsi.entities(env, station)
     by_type = {e["type"]: e for e in env_entities + bin_ + lamp}  # WeatherObserved: the lamp's
     assert set(by_type) == set(MODELS)
     for e in lamp + bin_ + env_entities:
@@ -69,11 +69,39 @@ def test_every_model_the_fleet_produces_is_valid():
     assert kv["Streetlight"]["powerState"] == "low" and kv["Streetlight"]["illuminanceLevel"] == 0.8
     assert kv["Streetlight"]["status"] == "defectiveLamp"
     assert kv["WeatherObserved"]["relativeHumidity"] == 0.7 and kv["WeatherObserved"]["atmosphericPressure"] == 1002.5
-    assert kv["AirQualityObserved"]["pm25"] == 12.5 and kv["AirQualityObserved"]["reliability"] == 0.5
-    assert kv["NoiseLevelObserved"]["LAeq"] == 61.2 and kv["NoiseLevelObserved"]["LA90"] == 48.5
+    assert kv["AirQualityObserved"]["pm25"] == 12 and kv["AirQualityObserved"]["reliability"] == 0.5
+    assert kv["NoiseLevelObserved"]["LAeq"] == 61.2 and kv["NoiseLevelObserved"]["LAmax"] == 78.0
     assert by_type["WasteContainer"]["fillingLevel"]["observedAt"].endswith("Z")
-    # Today's fleet produces no air-quality or noise entity: those light up with the fields.
+    # Lamps and bins produce no air-quality or noise entity: those come with the fields.
     assert {e["type"] for e in lamp + bin_} == {"Streetlight", "WasteContainer", "WeatherObserved"}
+    assert {e["type"] for e in env_entities} == {"WeatherObserved", "AirQualityObserved", "NoiseLevelObserved"}
+
+
+def test_an_environmental_station_frame_through_the_ingest(tmp_path):
+    """A payload v3 frame (the firmware's encoder) -> the bridge -> AirQualityObserved and NoiseLevelObserved."""
+    from host_tools.backoffice.bridge.database import Database
+    from host_tools.backoffice.bridge.devices import Directory
+    from host_tools.backoffice.bridge.ingest import Ingestor
+    from host_tools.fleet.registry import Registry
+
+    registry = tmp_path / "fleet.sqlite"
+    with Registry(registry) as reg:
+        reg.add_or_update("env-1", site="lyon", board="esp32-envstation", config={"lat": 45.75, "lon": 4.84})
+    db = Database(str(tmp_path / "b.sqlite"))
+    ingest = Ingestor(db, Directory(registry))
+    reading = {"temperature": 18.5, "humidity": 92.0, "pressure": 1003.0, "pm1": 9, "pm2_5": 14, "pm10": 22,
+               "laeq": 58.3, "lamax": 71.9, "voltage": 5.0, "status": ["pm_humid"], "seq": 3, "age": 1}
+    (frame,) = frames([reading])
+    assert frame[0] == 3  # a v3 frame
+    ingest.mqtt("lanterne/v1/lyon/env-1/up", frame, T0)
+    assert ingest.flush().written == 1
+    latest = db.latest_readings()["env-1"]
+    assert (latest["pm2_5"], latest["laeq"], latest["flags"]) == (14, 58.3, ["pm_humid"])
+    found = {e["type"]: e for e in ngsi.entities(Directory(registry).get("env-1"), latest)}
+    assert set(found) == {"WeatherObserved", "AirQualityObserved", "NoiseLevelObserved"}
+    assert all(errors(e) == [] for e in found.values())
+    assert ngsi.key_values(found["AirQualityObserved"])["pm10"] == 22
+    db.close()
 
 
 def test_publication_precision_and_no_location_no_entity():

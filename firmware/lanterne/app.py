@@ -152,6 +152,7 @@ class App:
                 # field setup hook: on-site changes (field.json) and the setup page, if up
                 "field": self.field,
                 "setup": self.setup.summary() if self.setup else None,
+                "env": self.assets.extra.status() if self.assets.extra else None,
             }
         )
 
@@ -324,6 +325,8 @@ class App:
         self.status_period = self.cfg["status_period_s"]
         if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
             self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
+        if self.assets.extra is not None:
+            self.assets.extra.reconfigure(key, self.cfg)
         return cmd.OK, b""
 
     # -- link ------------------------------------------------------------------------
@@ -470,6 +473,7 @@ class App:
             self.guard("actuators", self.actuator_task),
             self.guard("setup", self.setup_task),  # field setup hook
             self.heartbeat_task(),
+            *self.assets.tasks(),
         )
 
     async def setup_task(self):

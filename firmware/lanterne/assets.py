@@ -16,6 +16,7 @@ _F_VOLTAGE = 1 << 5
 F_OVERFLOW = 1 << 7
 F_CONFIG = 1 << 8
 F_UNSYNCED = 1 << 9
+_ENV_TYPES = ("pms5003", "pms7003", "sds011", "sps30", "i2s_mic")  # lanterne.environment, loaded only when fitted
 
 LAMP_CHECK_MS = 2000  # the lamp's current sense is judged this often (4 ADC reads each time)
 
@@ -36,6 +37,7 @@ class Assets:
 
         self.errors = {}  # part -> why it could not be built
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
+        self.extra = None  # lanterne.environment.EnvironmentParts: PM sensor, microphone
         self.profile = None
         self.lamp_level_override = None
         self.fill_busy = False  # field setup hook: the setup page's calibration pings take turns with sampling
@@ -89,6 +91,12 @@ class Assets:
 
                 self.fill = UartFillLevel(self._bus(machine, spec["bus"], buses), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"])
                 return "fill"
+        elif kind in _ENV_TYPES:
+            if self.extra is None:
+                from lanterne.environment import EnvironmentParts
+
+                self.extra = EnvironmentParts()
+            self.extra.build(machine, kind, spec, buses, cfg, self._bus)
         elif kind == "supply":
             from lanterne.sensors.supply import SupplyVoltage
 
@@ -183,7 +191,13 @@ class Assets:
         if lamp is not None:
             r[codec.LAMP] = lamp.level
             r[codec.LAMP_FAULT] = 1 if lamp.fault else 0
+        if self.extra is not None:
+            flags |= self.extra.sample(r, env)
         return flags
+
+    def tasks(self):
+        """Coroutines the app runs beside its own (the PM duty cycle, the microphone)."""
+        return self.extra.tasks(self.errors) if self.extra is not None else []
 
     # -- actuators --------------------------------------------------------------------
     def lamp_tick(self, now_utc, contact):
@@ -222,4 +236,6 @@ class Assets:
                     flagged = "temperature_fault, pressure_fault"
                 why = "%s: %s" % (self.kinds.get(name, name), ", ".join(fault_names(part.fault)))
                 out[name] = "%s (%s)" % (why, flagged) if flagged else why
+        if self.extra is not None:
+            self.extra.faults(out)
         return out

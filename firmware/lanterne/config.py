@@ -47,6 +47,11 @@ def _asset(v):
 def _key_hex(v):
     if v and (len(v) != 32 or any(c not in "0123456789abcdef" for c in v)):
         return "must be 32 lowercase hex digits"
+
+
+def _pm_period(v):
+    if v != 0 and not 40 <= v <= 86400:
+        return "must be 0 (fan always on) or 40..86400 s (30 s warm-up + 10 s measurement)"
     return None
 
 
@@ -85,6 +90,11 @@ SCHEMA = {
     "asset_id": (str, "", _asset),
     "setup_key": (str, "", _key_hex),
     "setup_window_min": (int, 0, _range(0, 240)),
+    # environmental stations: PM duty cycle, hygroscopic correction (kappa x 1000, 0 = off),
+    # the microphone's field-calibration offset (dB, from a reference calibrator)
+    "pm_period_s": (int, 300, _pm_period),
+    "pm_kappa_milli": (int, 0, _range(0, 2000)),
+    "sound_offset_db": (float, 0.0, _range(-20, 20)),
 }
 
 

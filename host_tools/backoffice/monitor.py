@@ -50,7 +50,9 @@ class FleetView:
             st = d.get("status", {})
             r = d.get("reading", {})
             parts = []
-            for key, unit in (("temperature", "°C"), ("humidity", "%"), ("illuminance", "lx"), ("fill", "%"), ("lamp", "%"), ("voltage", "V")):
+            for key, unit in (("temperature", "°C"), ("humidity", "%"), ("illuminance", "lx"), ("fill", "%"), ("lamp", "%"),
+                              ("voltage", "V"), ("pm2_5", " PM2.5"), ("pm10", " PM10"), ("laeq", " dB(A)"),
+                              ("lamax", " dB(A) max")):
                 if key in r:
                     parts.append(f"{r[key]:g}{unit}")
             out.append(

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lorawan": ("lorawan", "LoRaWAN fleet tools: export device registrations for ChirpStack or TTS"),
     "encode": ("encode", "encode JSON readings into payload frames (hex)"),
     "decode": ("decode", "decode a payload frame (hex) into JSON"),
+    "sound-level": ("sound_level", "A-weighted sound levels of a WAV recording, computed by the firmware's meter"),
     "sun": ("sun", "sunrise, sunset and civil twilight for a site, computed by the firmware module"),
     "bridge": ("bridge", "the back-office bridge: uplinks into SQLite/PostgreSQL, NGSI-LD, Home Assistant"),
     "export": ("export", "open-data export of the bridge's readings: CSV or Parquet, one file per day"),

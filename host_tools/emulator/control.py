@@ -23,11 +23,16 @@ from host_tools import boards
 
 
 def parse_assignments(items: list[str]) -> dict:
+    from host_tools.emulator.world import DEFAULTS
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if isinstance(DEFAULTS.get(key.strip()), str):  # text quantities: a sound scene, a file
+            out[key.strip()] = value
+            continue
         low = value.strip().lower()
         out[key.strip()] = {"true": True, "on": True, "up": True, "false": False, "off": False, "down": False}.get(
             low, value

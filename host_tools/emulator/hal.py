@@ -12,6 +12,9 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     PWM pin freq duty_u16    (duty -1: PWM stopped)
     ADC pin                  -> OK microvolts
     UARTW id hex / UARTR id n
+    I2SINIT id rate bits     an I2S receiver was built (the microphone's clock starts)
+    I2SR id nbytes           -> OK n wait_us: n bytes of samples are in RUN_DIR/i2s<id>.raw
+                             (the shim paces its readinto at the sample rate itself)
     WDT timeout_ms / FEED    watchdog armed / fed
     RSSI / MCUTEMP           radio and chip facts
     CLOCK                    the world's wall clock, Unix seconds (what NTP serves)
@@ -120,6 +123,18 @@ def handle(board: HalClient, line: str) -> str:
             return "OK"
         if op == "UARTR":
             return "OK " + _hex(p.uart_read(int(args[0]), int(args[1])))
+        if op == "I2SINIT":
+            p.i2s_init(int(args[0]), int(args[1]), int(args[2]))
+            return "OK"
+        if op == "I2SR":
+            data, wait_us = p.i2s_read(int(args[0]), int(args[1]))
+            run_dir = getattr(board, "run_dir", None)
+            if not run_dir:
+                return f"E {errno.ENODEV}"
+            with open(os.path.join(str(run_dir), f"i2s{int(args[0])}.raw"), "r+b" if os.path.exists(
+                    os.path.join(str(run_dir), f"i2s{int(args[0])}.raw")) else "wb") as f:
+                f.write(data)  # in place: the board keeps the file open
+            return f"OK {len(data)} {wait_us}"
         if op == "WDT":
             board.on_watchdog(int(args[0]))
             return "OK"

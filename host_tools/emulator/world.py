@@ -53,6 +53,13 @@ DEFAULTS: dict[str, Any] = {
     "lorawan_dr": -1.0,  # >= 0: the network moves the module to this data rate (then back to -1)
     "lorawan_tx_done_first": False,  # TX_DONE / SEND_CONFIRMED_* before the RX event instead of after
     "button": False,  # the board's button (board file: setup_button) held down
+    "pm1_ugm3": 6.0,  # particulate matter a reference instrument would measure
+    "pm25_ugm3": 11.0,
+    "pm10_ugm3": 18.0,
+    "pm_kappa": 0.0,  # > 0: optical PM sensors over-read in humid air by the kappa-Koehler growth
+    "sound_scene": "pink db=55",  # what the microphone hears (host_tools/emulator/audio.py: tones, pink, bursts)
+    "sound_wav": "",  # a WAV file to play to the microphone instead (looped)
+    "mic_noise_db": 33.0,  # the microphone's self-noise, dB SPL
 }
 
 #: What each number may be: the physically possible, wider than any part measures (so a sensor's
@@ -80,10 +87,17 @@ LIMITS: dict[str, tuple[float, float]] = {
     "lorawan_uplink_loss": (0.0, 1.0),
     "lorawan_downlink_loss": (0.0, 1.0),
     "lorawan_dr": (-1.0, 15.0),
+    "pm1_ugm3": (0.0, 10_000.0),
+    "pm25_ugm3": (0.0, 10_000.0),
+    "pm10_ugm3": (0.0, 10_000.0),
+    "pm_kappa": (0.0, 2.0),
+    "mic_noise_db": (0.0, 140.0),
 }
 
-#: Fault kinds a part can be given (each part says which of them it has, `fault_kinds`).
-FAULT_KINDS = ("missing", "nack", "stuck")
+#: Fault kinds a part can be given (each part says which of them it has, `fault_kinds`): a bus
+#: part's by default; PM sensors add checksum, frame, fan; the microphone has silence, clipping.
+BUS_FAULT_KINDS = ("missing", "nack", "stuck")
+FAULT_KINDS = BUS_FAULT_KINDS + ("checksum", "frame", "fan", "silence", "clipping")
 
 
 class WorldError(ValueError):
@@ -95,7 +109,7 @@ def _suggest(name: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_value(key: str, value: Any) -> bool | float:
+def check_value(key: str, value: Any) -> bool | float | str:
     """`value` as the world stores it for `key`, or WorldError saying what `key` accepts."""
     if key not in DEFAULTS:
         raise WorldError(f"unknown world quantity {key!r}{_suggest(key, DEFAULTS)}; known: {', '.join(sorted(DEFAULTS))}")
@@ -103,6 +117,15 @@ def check_value(key: str, value: Any) -> bool | float:
         if isinstance(value, bool) or value in (0, 1):
             return bool(value)
         raise WorldError(f"{key} is on or off (true/false, up/down, 1/0), got {value!r}")
+    if isinstance(DEFAULTS[key], str):
+        if key == "sound_scene":
+            from host_tools.emulator.audio import parse_scene
+
+            try:
+                parse_scene(str(value))  # refuse a bad scene here, with its reason
+            except ValueError as exc:
+                raise WorldError(f"sound_scene: {exc}") from None
+        return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WorldError(f"{key} is a number, got {value!r}")
     lo, hi = LIMITS.get(key, (-math.inf, math.inf))
@@ -161,7 +184,7 @@ class World:
         return value * (1.0 + self.rng.gauss(0.0, n)) if n else value
 
     # -- faults ---------------------------------------------------------------
-    def declare_part(self, name: str, kinds=FAULT_KINDS) -> None:
+    def declare_part(self, name: str, kinds=BUS_FAULT_KINDS) -> None:
         """A simulated part of this board answers to `name` and can have the fault `kinds`."""
         with self._lock:
             self._parts[name] = tuple(sorted(set(self._parts.get(name, ())) | set(kinds)))

@@ -29,6 +29,12 @@ PART_FIELDS: dict[str, frozenset[str]] = {
     "ultrasonic_uart": frozenset({"fill", "distance"}),
     "vl53l1x": frozenset({"fill", "distance"}),
     "supply": frozenset({"voltage"}),
+    # particulate matter (payload v3 extension fields): SDS011 has no PM1, the others do
+    "pms5003": frozenset({"pm1", "pm2_5", "pm10"}),
+    "pms7003": frozenset({"pm1", "pm2_5", "pm10"}),
+    "sps30": frozenset({"pm1", "pm2_5", "pm10"}),
+    "sds011": frozenset({"pm2_5", "pm10"}),
+    "i2s_mic": frozenset({"laeq", "lamax"}),  # the sound-level meter
     "lamp": frozenset({"lamp", "lamp_fault"}),
     "relay": frozenset(),
 }

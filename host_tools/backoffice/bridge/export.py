@@ -43,6 +43,11 @@ COLUMNS = (
     ("lamp", "%", "street light output level", "Streetlight.illuminanceLevel (÷ 100), powerState"),
     ("lamp_fault", "true/false", "the lamp draws no current when on", "Streetlight.status (defectiveLamp)"),
     ("voltage", "V", "supply voltage of the device", ""),
+    ("pm1", "µg/m³", "particulate matter below 1 µm", "AirQualityObserved.pm1"),
+    ("pm2_5", "µg/m³", "particulate matter below 2.5 µm", "AirQualityObserved.pm25"),
+    ("pm10", "µg/m³", "particulate matter below 10 µm", "AirQualityObserved.pm10"),
+    ("laeq", "dB(A)", "equivalent continuous sound level over the sampling period", "NoiseLevelObserved.LAeq"),
+    ("lamax", "dB(A)", "maximum sound level (fast) over the sampling period", "NoiseLevelObserved.LAmax"),
     ("flags", "", "status flags, ';'-separated (docs/payload.md)", "WasteContainer/Streetlight.status (tamper)"),
     ("source", "", "how it arrived: mqtt or lorawan", ""),
 )

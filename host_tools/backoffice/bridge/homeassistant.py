@@ -44,9 +44,11 @@ SENSORS = {
     "fill": ("Fill level", None, "%", "mdi:delete-variant"),
     "distance": ("Distance to contents", "distance", "mm", None),
     "voltage": ("Supply voltage", "voltage", "V", None),
+    "pm1": ("PM1", "pm1", "µg/m³", None),
     "pm2_5": ("PM2.5", "pm25", "µg/m³", None),
     "pm10": ("PM10", "pm10", "µg/m³", None),
     "laeq": ("Sound level LAeq", "sound_pressure", "dB", None),
+    "lamax": ("Sound level LAmax", "sound_pressure", "dB", None),
 }
 BOLLARD_STATES = {0: "open", 1: "closed"}  # relay.DOWN: the way is open; relay.UP: closed
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from host_tools.backoffice.bridge.database import Batch, Database
 from host_tools.backoffice.bridge.devices import Device, Directory
 from host_tools.backoffice.bridge.schema import READING_COLUMNS
-from host_tools.codec.decoder import FORMAT_VERSION, FPORT, FPORT_BASE, STATUS_NAMES, PayloadError, decode
+from host_tools.codec.decoder import FPORT_BASE, STATUS_NAMES, VERSIONS, PayloadError, decode
 from host_tools.codec.seq import extend_seq
 from host_tools.runtime import firmware_module
 
@@ -130,11 +130,13 @@ class Ingestor:
         if dev is None:
             return
         version = (payload[0] if payload else None) if fport is None else fport - FPORT_BASE
-        if version is not None and version != FORMAT_VERSION and (fport is None or FPORT_BASE < fport < FPORT_BASE + 100):
+        if version is not None and version not in VERSIONS and (fport is None or FPORT_BASE < fport < FPORT_BASE + 100):
             where = f"byte 0 is {version}" if fport is None else f"FPort {fport}"
+            known = " and ".join(str(v) for v in VERSIONS)
+            ports = " and ".join(str(FPORT_BASE + v) for v in VERSIONS)
             self.bad(topic, kind, site, device, "unknown_version",
-                     f"{where}: payload format version {version}, this bridge reads version {FORMAT_VERSION}"
-                     f"{'' if fport is None else f' (FPort {FPORT})'}", payload, received_at)
+                     f"{where}: payload format version {version}, this bridge reads versions {known}"
+                     f"{'' if fport is None else f' (FPorts {ports})'}", payload, received_at)
             return
         try:
             frame = decode(payload, fport)

@@ -8,14 +8,15 @@ that one device stands for, from what its board measures:
 | WasteContainer | the board has a fill-level sensor | fillingLevel (fill / 100), temperature, status (`moved` on tamper, else `ok`) |
 | Streetlight | the board drives a lamp | powerState (`off` 0 %, `low` dimmed, `on` 100 %), illuminanceLevel (lamp / 100), status (`defectiveLamp` on a lamp fault, `columnIssue` on tamper, else `ok`) |
 | WeatherObserved | environmental sensors (temperature, humidity, pressure, light) | temperature, relativeHumidity (humidity / 100), atmosphericPressure (hPa), illuminance (lx), dateObserved |
-| AirQualityObserved | a reading carries particulate matter (`pm2_5`, `pm10`, `pm1`, `pm4`) | pm25, pm10, pm1, pm4 (µg/m³), temperature, relativeHumidity, `reliability` 0.5 when the PM sensor flags humidity above its limit, dateObserved |
-| NoiseLevelObserved | a reading carries sound levels (`laeq`, `lamax`, `la90`, `las`) | LAeq, LAmax, LA90, LAS (dB(A)), dateObservedFrom / dateObservedTo (the sampling period before the reading) |
+| AirQualityObserved | a reading carries particulate matter (`pm1`, `pm2_5`, `pm10`: payload v3) | pm1, pm25, pm10 (µg/m³), temperature, relativeHumidity, `reliability` 0.5 when the `pm_humid` flag says the PM sensor measured above its humidity limit, dateObserved |
+| NoiseLevelObserved | a reading carries sound levels (`laeq`, `lamax`: payload v3) | LAeq, LAmax (dB(A)), dateObservedFrom / dateObservedTo (the sampling period before the reading) |
 
 Every entity has `location` (a GeoJSON Point from the registry's lat/lon, rounded to
 `precision` decimal places: 5 is about a metre, 3 about a hundred), `name` (the device id),
 `refDevice` and, on every measured property, `observedAt` (the reading's sampling time).
-The PM and noise rows light up on their own once the payload format carries those fields
-(the decoder's JSON names, case-insensitive). A device without a location in the registry
+The PM and noise rows light up for readings that carry those fields (payload format v3's
+extension fields, the decoder's JSON names, case-insensitive; `la90`, `las` and `pm4` too if
+a later format adds them). A device without a location in the registry
 has no entity: every model requires one.
 
 `key_values(entity)` is the simplified form (`options=keyValues`), which is also what the
@@ -42,7 +43,7 @@ MODELS = {
 ENVIRONMENT_FIELDS = ("temperature", "humidity", "pressure", "illuminance")
 PM_FIELDS = {"pm2_5": "pm25", "pm25": "pm25", "pm10": "pm10", "pm1": "pm1", "pm4": "pm4"}
 NOISE_FIELDS = {"laeq": "LAeq", "lamax": "LAmax", "la90": "LA90", "las": "LAS", "laeq_d": "LAeq_d"}
-PM_HUMIDITY_FLAGS = ("pm_humidity", "humidity_high")  # a PM sensor's "measured above its humidity limit"
+PM_HUMIDITY_FLAGS = ("pm_humid",)  # the PM sensor measured above its humidity limit (payload v3 flag)
 TAMPER = "tamper"
 
 

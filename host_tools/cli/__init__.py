@@ -14,7 +14,7 @@ import sys
 
 # name -> (module under host_tools.cli, one-line help), in the order a new user meets them
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "run the demo: embedded broker + three virtual boards with the real firmware"),
+    "demo": ("demo", "run the demo: embedded broker + one virtual board per board file, running the real firmware"),
     "boards": ("boards", "list and validate the board files"),
     "flash": ("flash", "flash MicroPython onto a board with esptool: detect, erase, write, verify"),
     "provision": ("provision", "provision a board or a fleet (CSV): .mpy firmware, secrets, config, first status"),
@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "command": ("command", "sign and send a command to a device, wait for its signed ack"),
     "monitor": ("monitor", "live table of the fleet: last seen, last reading, next reading and status due, faults"),
     "broker": ("broker", "start an embedded MQTT broker (amqtt) on loopback"),
+    "bridge": ("bridge", "the back-office bridge: uplinks into SQLite/PostgreSQL, NGSI-LD, Home Assistant"),
+    "export": ("export", "open-data export of the bridge's readings: CSV or Parquet, one file per day"),
+    "bins": ("bins", "bins to collect, predicted time-to-full, collection rounds planned with OR-Tools"),
     "uplinks": ("uplinks", "back-office LoRaWAN uplink service: decode, de-duplicate, send delivery-ledger downlinks"),
     "network-server": ("network_server", "run the emulated LoRaWAN network server (ChirpStack / TTS MQTT integrations)"),
     "lorawan": ("lorawan", "LoRaWAN fleet tools: export device registrations for ChirpStack or TTS"),

@@ -1,0 +1,139 @@
+"""The board's command gate across reboots: a command runs at most once, whatever happens while it runs.
+
+firmware/lanterne/control.py on CPython and on the unix port. The counter of an authenticated
+command is on flash before its executor runs: an executor that raises, or a power cut inside it
+(the interpreter stops there; a new handler is built from the same flash, as after a reboot),
+never lets a redelivery of the same frame run it again. An authenticated command that is refused
+(bad argument, unknown opcode, key not allowed) uses its counter up too, across a reboot.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from host_tools.runtime.parity import both
+
+# Runs unchanged on CPython and MicroPython. run(folder, case) -> a JSON-ready dict.
+DRIVER = r"""
+import json
+from lanterne import commands as cmd
+from lanterne.control import CommandHandler
+
+KEY = bytes(range(32))
+DEVICE = "lamp-7"
+
+
+class PowerCut(BaseException):
+    # The supply goes away: nothing after this point runs (not an error the firmware handles).
+    pass
+
+
+def on_flash(path):
+    try:
+        with open(path) as f:
+            return json.loads(f.read())
+    except OSError:
+        return None
+
+
+def run(folder, case):
+    state = folder + "/cmdstate.json"
+    ran = []  # (counter on flash when the executor started, opcode)
+
+    def executor(opcode, args):
+        st = on_flash(state)
+        ran.append([st["counter"] if st else None, opcode])
+        if case["executor"] == "raises":
+            raise RuntimeError("relay driver fault")
+        if case["executor"] == "power_cut":
+            raise PowerCut()
+        return cmd.OK, b""
+
+    def boot():
+        return CommandHandler(DEVICE, KEY.hex(), executor, state_file=state)
+
+    out = {"acks": []}
+    h = boot()
+    frames = []
+    for counter, opcode, args, *forged in case["frames"]:
+        frames.append(cmd.build(bytes(32) if forged else KEY, DEVICE, counter, opcode, args))
+
+    def deliver(handler, frame):
+        try:
+            ack, line = handler.handle(frame)
+        except PowerCut:
+            out["acks"].append("cut")
+            return False
+        a = cmd.parse_ack(KEY, DEVICE, ack) if ack else None
+        out["acks"].append(a["reason"] if a else None)
+        return True
+
+    for f in frames:
+        if not deliver(h, f):
+            h = boot()  # power back: the board boots on the same flash
+    # the broker redelivers every frame (QoS 1: the board never acked, or acked before a cut)
+    h = boot()
+    for f in frames:
+        deliver(h, f)
+    out["ran"] = ran
+    out["on_flash"] = on_flash(state)["counter"]
+    out["last_counter"] = h.verifier.last_counter
+    return out
+"""
+
+
+def run_both(tmp_path, case: dict) -> dict:
+    folders = {vm: tmp_path / vm for vm in ("cpython", "micropython")}
+    for folder in folders.values():
+        folder.mkdir()
+    code = DRIVER + (
+        "\nimport sys\nfolders = json.loads(%r)\n"
+        "print(json.dumps(run(folders[sys.implementation.name], json.loads(%r))))\n"
+    ) % (json.dumps({k: str(v) for k, v in folders.items()}), json.dumps(case))
+    cp, mp = both(code, heapsize=256 * 1024)
+    assert cp == mp, "CPython and the unix port disagree"
+    return cp
+
+
+SET_LAMP, REQUEST_STATUS, SET_CONFIG, SET_PERIOD = 0x01, 0x06, 0x08, 0x05
+
+
+@pytest.mark.parametrize("executor", ["returns", "raises", "power_cut"])
+def test_the_counter_is_on_flash_before_the_executor_runs(tmp_path, executor):
+    frames = [[7, SET_LAMP, {"level": 40}], [9, REQUEST_STATUS, None]]
+    out = run_both(tmp_path, {"executor": executor, "frames": frames})
+    assert out["ran"] == [[7, SET_LAMP], [9, REQUEST_STATUS]], (
+        "each command ran once, with its own counter already on flash; a redelivery after a reboot "
+        "does not run it again"
+    )
+    first = {"returns": "ok", "raises": "failed", "power_cut": "cut"}[executor]
+    assert out["acks"] == [first, first, "replay", "replay"]
+    assert out["on_flash"] == out["last_counter"] == 9
+
+
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        ([12, SET_LAMP, {"level": 101}], "bad_argument"),
+        ([12, SET_PERIOD, {"what": "sample", "seconds": 86401}], "bad_argument"),
+        ([12, 0x5A, {}], "unknown_command"),
+        ([12, SET_CONFIG, {"key": "broker", "value": "mqtt://evil:1883"}], "not_allowed"),
+    ],
+)
+def test_a_refused_authenticated_command_uses_its_counter_up_across_a_reboot(tmp_path, frame, reason):
+    # the refused frame, then a good one with a lower counter: never executed, before or after a reboot
+    out = run_both(tmp_path, {"executor": "returns", "frames": [frame, [11, REQUEST_STATUS, None]]})
+    assert out["ran"] == []
+    assert out["acks"] == [reason, "replay", "replay", "replay"]
+    assert out["on_flash"] == out["last_counter"] == 12
+
+
+def test_a_forged_command_uses_no_counter_up(tmp_path):
+    # signed with another key: refused as bad_tag, and the counter it claims stays free
+    frames = [[50, REQUEST_STATUS, None, "forged"], [5, REQUEST_STATUS, None]]
+    out = run_both(tmp_path, {"executor": "returns", "frames": frames})
+    assert out["acks"] == ["bad_tag", "ok", "bad_tag", "replay"]
+    assert out["ran"] == [[5, REQUEST_STATUS]]
+    assert out["on_flash"] == 5

@@ -24,7 +24,7 @@ HEAP = 256 * 1024
 DRIVER = r"""
 import json
 from lanterne import codec
-from lanterne.reading import RecordPacker
+from lanterne.reading import RecordPacker, unpack
 from lanterne.store import Store
 from lanterne.uplink import Uplink
 
@@ -56,11 +56,15 @@ def rand(n):
     return (_seed[0] >> 8) % n
 
 
-def fill(store, count, wild):
+def fill(store, count, wild, bad=()):
     # wild: every field jumps around (a frame then holds few readings); else slowly varying.
+    # bad: indexes where an unreadable record (not a reading record: 5 bytes) is stored instead.
     packer = RecordPacker()
     r = codec.new_reading()
     for i in range(count):
+        if i in bad:
+            store.append(b"\x09" * 5)
+            continue
         if wild:
             r[codec.TEMPERATURE] = rand(1251) - 400
             r[codec.HUMIDITY] = rand(201)
@@ -87,8 +91,9 @@ def state(store):
 def run(path, case):
     out = {}
     s = Store(path, 1 << 20, 4096, 0)
-    fill(s, case["count"], case["wild"])
-    up = Uplink(s, {})
+    fill(s, case["count"], case["wild"], case.get("bad", ()))
+    faults = {}
+    up = Uplink(s, faults, case["budget"]) if "budget" in case else Uplink(s, faults)
     for step in case["steps"]:
         link = Link(step)
         try:
@@ -99,14 +104,23 @@ def run(path, case):
         out.setdefault("after", []).append(state(s))
         out.setdefault("wire", []).extend(link.wire)
         out.setdefault("acked", []).extend(link.acked)
+        out.setdefault("faults", []).append(sorted(faults.values()))
     if case.get("cut"):
         s = Store(path, 1 << 20, 4096, 0)  # power cut: a new store on the same flash
         up = Uplink(s, {})
         out["after_cut"] = state(s)
     link = Link("ok")
     while s.pending:
-        up.send(link, 2000, 1, True)
+        if case.get("packing"):
+            # the frame holds as many readings as the codec packs into the largest EU868 payload
+            peeked = s.peek(24 * 28, 0, 24)
+            readings = [unpack(rec, codec.new_reading(), q, 2000, 1, True) for q, rec in peeked]
+            fits = codec.Encoder(242).encode(readings, 0, len(readings), 242)
+            out.setdefault("packing", []).append([up.send(link, 2000, 1, True), fits, len(peeked)])
+        else:
+            out.setdefault("drain_sent", []).append(up.send(link, 2000, 1, True))
     out["drained"] = link.acked
+    out["drain_faults"] = sorted(faults.values())
     out["final"] = state(s)
     return out
 """
@@ -165,3 +179,50 @@ def test_a_frame_holding_fewer_readings_than_the_batch_commits_only_those(tmp_pa
     assert sorted(carried + drained) == list(range(48)), "every seq arrives, exactly once"
     for h in out["acked"] + out["drained"]:
         assert len(bytes.fromhex(h)) <= 242
+
+
+def test_a_frame_carries_a_whole_batch_of_24_when_it_fits(tmp_path):
+    out = run_both(tmp_path, {"count": 50, "wild": False, "steps": ["ok"]})
+    assert out["sent"] == [24] and seqs(out["acked"]) == list(range(24)), "24 slowly varying readings fit 242 bytes"
+    assert out["drain_sent"] == [24, 2]
+    assert seqs(out["drained"]) == list(range(24, 50))
+
+
+def test_each_frame_holds_what_the_codec_packs_into_242_bytes(tmp_path):
+    out = run_both(tmp_path, {"count": 120, "wild": True, "steps": [], "packing": True})
+    assert len(out["packing"]) >= 8
+    for sent, fits, peeked in out["packing"]:
+        assert sent == fits and peeked == min(24, peeked), (sent, fits, peeked)
+    assert sorted(seqs(out["drained"])) == list(range(120))
+
+
+@pytest.mark.parametrize("bad", [[3], [0], [1], [0, 1, 5]])
+def test_an_unreadable_record_is_skipped_and_reported_the_rest_delivered(tmp_path, bad):
+    steps = ["ok"] * 8
+    out = run_both(tmp_path, {"count": 8, "wild": False, "steps": steps, "bad": bad})
+    good = [i for i in range(8) if i not in bad]
+    assert seqs(out["acked"]) == good, "every readable reading is sent, in order, once"
+    assert sum(out["sent"]) == len(good), "send counts only readings sent"
+    assert out["after"][-1]["pending"] == 0, "the unreadable records are not retried forever"
+    reported = {f for fs in out["faults"] for f in fs}
+    assert reported == {f"store: record {b} unreadable, skipped" for b in bad}, "each one reported"
+    # each frame carries only readable records, consecutive up to the first unreadable one
+    for h in out["acked"]:
+        got = seqs([h])
+        assert got == list(range(got[0], got[0] + len(got)))
+
+
+def test_a_reading_no_frame_can_hold_is_skipped_and_reported(tmp_path):
+    out = run_both(tmp_path, {"count": 3, "wild": True, "steps": ["ok"] * 3, "budget": 6})
+    assert out["sent"] == [0, 0, 0] and not out["acked"], "nothing fits a 6-byte frame"
+    assert out["after"][-1]["pending"] == 0, "not retried forever"
+    assert out["faults"] == [[f"uplink: reading {i} does not fit a 6-byte frame, skipped"] for i in range(3)], (
+        "each reading reported"
+    )
+
+
+def test_with_a_small_budget_frames_of_one_reading_still_commit_and_deliver(tmp_path):
+    out = run_both(tmp_path, {"count": 12, "wild": True, "steps": ["ok"] * 3, "budget": 24})
+    assert out["sent"] == [1, 1, 1], "a 24-byte frame holds one wild reading"
+    assert seqs(out["acked"]) == [0, 1, 2]
+    assert sorted(seqs(out["acked"]) + seqs(out["drained"])) == list(range(12))

@@ -50,6 +50,7 @@ class Uplink:
             return None
         k = self.encoder.encode(self.batch, 0, n, self.budget)
         if k == 0:
+            self.faults["record"] = "uplink: reading %d does not fit a %d-byte frame, skipped" % (batch[0][0], self.budget)
             store.ack(batch[:1])  # a reading no frame can hold: skipped, never retried forever
             return None
         return memoryview(self.encoder.buf)[: self.encoder.length], batch[:k]

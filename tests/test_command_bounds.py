@@ -187,3 +187,46 @@ def test_the_same_answers_on_the_unix_port():
     assert {name: got[0] for name, got in mp.items()} == {name: got[0] for name, got in cp.items()}
     assert cp == mp
     assert {name: got[0] for name, got in cp.items()} == {name: case[2] for name, case in CASES.items()}
+
+
+# A refused frame's nack carries only the reason; the board's log line says what was wrong.
+MESSAGES = {
+    "set_lamp 4 bytes": "set_lamp takes 5 argument bytes, got 4",
+    "set_lamp level 101": "level 101 is over 100 %",
+    "set_lamp ramp 3601 s": "ramp 3601 s is over 3600 s",
+    "set_profile 2 bytes": "set_profile needs 3 header bytes",
+    "set_profile step short by a byte": "set_profile with 1 steps needs 8 bytes, got 7",
+    "set_profile a byte too many": "set_profile with 1 steps needs 8 bytes, got 9",
+    "set_profile 9 steps": "at most 8 dimming steps",
+    "set_profile second step out of range": "step 1 out of range",
+    "bollard 2": "bollard action 2 (0 lower, 1 raise)",
+    "set_period kind 2": "period kind 2 (0 sample, 1 status)",
+    "set_period status 86401 s": "period 86401 s outside 1..86400",
+    "set_config 1 byte": "set_config key truncated",
+    "set_config key truncated": "set_config key truncated",
+    "set_config value missing": "set_config key truncated",
+    "set_config number of 3 bytes": "set_config number needs 4 bytes",
+    "set_config string short": "set_config string truncated",
+    "set_config type 3": "set_config value type 3",
+    "set_config key not UTF-8": "arguments do not decode",
+    "rotate_key 15 bytes": "rotate_key takes a 16-byte nonce",
+    "opcode 0x0a": "opcode 0x0a",
+    "frame of 201 bytes": "frame of 201 bytes is over 200",
+}
+MESSAGE_EXTRA = {
+    # an empty key and a type byte: the key is whole, the number is not
+    "set_config type only": (config(b"", 0, b""), "set_config number needs 4 bytes"),
+    "set_config key and type": (config(b"lat", 0, b""), "set_config number needs 4 bytes"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGES) + sorted(MESSAGE_EXTRA))
+def test_a_refusal_says_what_is_wrong(name):
+    if name in MESSAGES:
+        opcode, raw, _, _ = CASES[name]
+        text = MESSAGES[name]
+    else:
+        (raw, text), opcode = MESSAGE_EXTRA[name], cmd.SET_CONFIG
+    with pytest.raises(cmd.CommandError) as e:
+        cmd.Verifier(DEVICE, KEY, 9).check(signed(opcode, raw))
+    assert str(e.value) == text

@@ -137,3 +137,94 @@ def test_a_forged_command_uses_no_counter_up(tmp_path):
     assert out["acks"] == ["bad_tag", "ok", "bad_tag", "replay"]
     assert out["ran"] == [[5, REQUEST_STATUS]]
     assert out["on_flash"] == 5
+
+
+# -- in this process (CPython): what the acks say, key rotation, counts ---------------------------
+
+from host_tools.runtime import firmware_module  # noqa: E402
+
+control = firmware_module("control")
+cmd = firmware_module("commands")
+KEY = bytes(range(32))
+DEVICE = "lamp-7"
+
+
+def handler(folder, key=KEY, executor=None):
+    return control.CommandHandler(DEVICE, key.hex(), executor or (lambda op, args: (cmd.OK, b"\x07")),
+                                  state_file=str(folder / "cmdstate.json"))
+
+
+def ack_of(h, frame, key=KEY):
+    ack, line = h.handle(frame)
+    return cmd.parse_ack(key, DEVICE, ack)
+
+
+def test_a_nack_names_the_counter_and_opcode_the_frame_claims(tmp_path):
+    h = handler(tmp_path)
+    forged = cmd.build(bytes(32), DEVICE, 0x81828384, cmd.SET_LAMP, {"level": 5})
+    a = ack_of(h, forged)
+    assert (a["counter"], a["opcode"], a["reason"]) == (0x81828384, cmd.SET_LAMP, "bad_tag")
+    other = cmd.build(KEY, "lamp-8", 0x01020304, cmd.BOLLARD, {"action": "raise"})
+    a = ack_of(h, other)
+    assert (a["counter"], a["opcode"], a["reason"]) == (0x01020304, cmd.BOLLARD, "wrong_device")
+    good = cmd.build(KEY, DEVICE, 0x0A0B0C0D, cmd.REBOOT, {"delay_s": 3})
+    for cut, counter, opcode in ((8, 0, 0), (9, 0x0A0B0C0D, 0), (10, 0x0A0B0C0D, cmd.REBOOT), (21, 0x0A0B0C0D, cmd.REBOOT)):
+        a = ack_of(h, good[:cut])
+        assert (a["counter"], a["opcode"], a["reason"]) == (counter, opcode, "malformed"), cut
+    a = ack_of(h, bytes([9]) + good[1:])
+    assert (a["counter"], a["opcode"], a["reason"]) == (0x0A0B0C0D, cmd.REBOOT, "bad_version")
+    bad_arg = cmd.build(KEY, DEVICE, 0x7F000001, cmd.SET_LAMP, {"level": 101})
+    a = ack_of(h, bad_arg)
+    assert (a["counter"], a["opcode"], a["reason"]) == (0x7F000001, cmd.SET_LAMP, "bad_argument")
+    a = ack_of(h, good)
+    assert (a["counter"], a["opcode"], a["reason"], a["data"]) == (0x0A0B0C0D, cmd.REBOOT, "replay", b"")
+
+
+def test_an_executed_command_is_acked_with_its_data(tmp_path):
+    h = handler(tmp_path)
+    a = ack_of(h, cmd.build(KEY, DEVICE, 3, cmd.SET_LAMP, {"level": 7}))
+    assert (a["counter"], a["opcode"], a["reason"], a["data"]) == (3, cmd.SET_LAMP, "ok", b"\x07")
+
+
+def test_a_rotated_key_replaces_the_provisioned_one_across_reboots(tmp_path):
+    h = handler(tmp_path)
+    nonce = bytes(range(16, 32))
+    a = ack_of(h, cmd.build(KEY, DEVICE, 5, cmd.ROTATE_KEY, {"nonce": nonce}))  # acked with the old key
+    assert (a["counter"], a["reason"]) == (5, "ok")
+    new = cmd.rotated_key(KEY, nonce)
+    assert ack_of(h, cmd.build(new, DEVICE, 6, cmd.REQUEST_STATUS), new)["reason"] == "ok"
+    assert ack_of(h, cmd.build(KEY, DEVICE, 7, cmd.REQUEST_STATUS), new)["reason"] == "bad_tag"
+    h = handler(tmp_path)  # rebooted: config.json still holds the provisioned key
+    assert ack_of(h, cmd.build(new, DEVICE, 8, cmd.REQUEST_STATUS), new)["reason"] == "ok"
+    assert ack_of(h, cmd.build(KEY, DEVICE, 9, cmd.REQUEST_STATUS), new)["reason"] == "bad_tag"
+
+
+def test_a_key_provisioned_again_takes_effect_when_none_was_rotated(tmp_path):
+    h = handler(tmp_path)
+    assert ack_of(h, cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS))["reason"] == "ok"
+    other = bytes(range(100, 132))
+    h = handler(tmp_path, key=other)  # re-provisioned with a new key, then rebooted
+    assert ack_of(h, cmd.build(other, DEVICE, 2, cmd.REQUEST_STATUS), other)["reason"] == "ok"
+    assert ack_of(h, cmd.build(other, DEVICE, 1, cmd.REQUEST_STATUS), other)["reason"] == "replay"
+
+
+def test_a_fresh_board_accepts_counter_1(tmp_path):
+    assert ack_of(handler(tmp_path), cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS))["reason"] == "ok"
+
+
+def test_executed_and_refused_are_counted(tmp_path):
+    def executor(op, args):
+        if op == cmd.REBOOT:
+            raise OSError("relay stuck")
+        return cmd.OK, b""
+
+    h = handler(tmp_path, executor=executor)
+    frames = [cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS), cmd.build(KEY, DEVICE, 2, cmd.REBOOT, {"delay_s": 1}),
+              cmd.build(bytes(32), DEVICE, 3, cmd.REQUEST_STATUS), cmd.build(KEY, DEVICE, 4, cmd.SET_LAMP, {"level": 101}),
+              cmd.build(KEY, DEVICE, 5, cmd.ROTATE_KEY, {"nonce": bytes(16)})]
+    reasons = [ack_of(h, f)["reason"] for f in frames]
+    assert reasons == ["ok", "failed", "bad_tag", "bad_argument", "ok"]
+    assert (h.executed, h.refused) == (2, 3)
+    off = control.CommandHandler(DEVICE, "", executor, state_file=str(tmp_path / "other.json"))
+    assert off.handle(frames[0]) == (None, "command refused: no command key provisioned")
+    assert (off.executed, off.refused) == (0, 1)

@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "provision": ("host_tools.bench.provision", "provisioning 20 virtual boards; bytes per re-provision vs a full mpremote copy"),
     "heap": ("host_tools.bench.heap", "firmware heap per layout (ROMFS vs filesystem): steady state, smallest heap it runs in, 64 KB"),
     "mqtt": ("host_tools.bench.mqtt", "command round trip with 1/50/200 boards, fleet soak without loss, heap TLS off/on"),
+    "mutation": ("host_tools.bench.mutation", "mutation testing: kill rate per module of the commands, store, codec, drain and decoders"),
 }
 
 

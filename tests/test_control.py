@@ -228,3 +228,68 @@ def test_executed_and_refused_are_counted(tmp_path):
     off = control.CommandHandler(DEVICE, "", executor, state_file=str(tmp_path / "other.json"))
     assert off.handle(frames[0]) == (None, "command refused: no command key provisioned")
     assert (off.executed, off.refused) == (0, 1)
+
+
+class Flash:
+    """The filesystem calls control.py makes, passed through to the real one and watched: the
+    state file must exist after every call once it existed (a power cut may come at any)."""
+
+    def __init__(self, path, rename_refuses_existing=False):
+        import os as real
+
+        self.real, self.path, self.refuses = real, str(path), rename_refuses_existing
+        self.calls, self.gaps = [], []
+
+    def _after(self, call):
+        self.calls.append(call)
+        if not self.real.path.exists(self.path):
+            self.gaps.append(call)
+
+    def rename(self, a, b):
+        if self.refuses and self.real.path.exists(b):
+            self.calls.append(("rename refused", a, b))
+            raise OSError(17)  # EEXIST, as FAT answers
+        self.real.rename(a, b)
+        self._after(("rename", a, b))
+
+    def remove(self, p):
+        self.real.remove(p)
+        self._after(("remove", p))
+
+
+def test_the_state_file_is_replaced_without_ever_being_missing(tmp_path, monkeypatch):
+    h = handler(tmp_path)
+    assert ack_of(h, cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS))["reason"] == "ok"
+    flash = Flash(tmp_path / "cmdstate.json")
+    monkeypatch.setattr(control, "os", flash)
+    assert ack_of(h, cmd.build(KEY, DEVICE, 2, cmd.REQUEST_STATUS))["reason"] == "ok"
+    assert flash.calls and not flash.gaps, f"a power cut here loses the counter: {flash.gaps}"
+    assert handler(tmp_path).verifier.last_counter == 2
+
+
+def test_where_rename_refuses_an_existing_file_the_state_is_still_replaced(tmp_path, monkeypatch):
+    h = handler(tmp_path)
+    assert ack_of(h, cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS))["reason"] == "ok"
+    flash = Flash(tmp_path / "cmdstate.json", rename_refuses_existing=True)
+    monkeypatch.setattr(control, "os", flash)
+    assert ack_of(h, cmd.build(KEY, DEVICE, 2, cmd.REQUEST_STATUS))["reason"] == "ok"
+    assert [c[0] for c in flash.calls] == ["rename refused", "remove", "rename"]
+    assert handler(tmp_path).verifier.last_counter == 2 and not (tmp_path / "cmdstate.json.tmp").exists()
+
+
+@pytest.mark.parametrize("main", [None, "", '{"counter": 4', "[1]", '{"key": ""}', '{"counter": "x"}'])
+def test_a_missing_or_damaged_state_file_falls_back_on_the_whole_tmp(tmp_path, main):
+    if main is not None:
+        (tmp_path / "cmdstate.json").write_text(main)
+    (tmp_path / "cmdstate.json.tmp").write_text('{"counter": 41, "key": ""}')  # a cut before the rename
+    h = handler(tmp_path)
+    assert h.verifier.last_counter == 41
+    assert ack_of(h, cmd.build(KEY, DEVICE, 41, cmd.REQUEST_STATUS))["reason"] == "replay"
+    (tmp_path / "cmdstate.json.tmp").unlink()
+    assert handler(tmp_path).verifier.last_counter == 0
+
+
+def test_a_damaged_state_file_without_a_tmp_boots_with_counter_0(tmp_path):
+    (tmp_path / "cmdstate.json").write_text('{"counter": [')
+    h = handler(tmp_path)
+    assert h.verifier.last_counter == 0 and h.verifier.key == KEY

@@ -503,6 +503,20 @@ def run_campaign(
     for name in names:
         spec = cfg["modules"][name]
         result = results[name] = ModuleResult(name, spec["path"])
+        if spec.get("engine") == "stryker":  # JavaScript: StrykerJS makes and judges the mutants
+            if sample is not None and not modules:
+                del results[name]  # it cannot sample: a short campaign leaves it out unless named
+                continue
+            from host_tools.reliability.mutation_js import run_stryker
+
+            t0 = time.monotonic()
+            result.mutants = [Mutant(name, spec["path"], m["operator"], 0, m["line"], m["where"], m["before"],
+                                     m["after"], m["outcome"]) for m in run_stryker(workdir / name, jobs, root)]
+            result.baseline_s = time.monotonic() - t0
+            for m in result.mutants:
+                if m.outcome == "survived":
+                    m.why = next((e.why for e in equivalents if e.matches(m)), "")
+            continue
         tests, deselect = spec["tests"], spec.get("deselect", "")
         for sandbox in sandboxes:  # also compiles the sandbox's bytecode once
             outcome, base = judge(sandbox, tests, deselect, 600, logs / f"{name}-baseline.log")

@@ -55,6 +55,23 @@ for (let i = 0; i < cases.length; i++) {
     process.exit(1);
   }
 }
+// Where a network server runs it: a plain script in a context with no `module` (The Things Stack).
+const vm = require("vm");
+const ctx = {process: {env: {__STRYKER_ACTIVE_MUTANT__: process.env.__STRYKER_ACTIVE_MUTANT__}}};
+vm.runInNewContext(fs.readFileSync(path.resolve(process.argv[2]), "utf8"), ctx);
+for (let i = 0; i < cases.length; i += 97) {
+  if (cases[i].expect && !same(ctx.decodeUplink(cases[i].input), cases[i].expect)) {
+    console.log("vector " + i + " differs when run as a plain script");
+    process.exit(1);
+  }
+}
+// Input whose bytes throw when read: an error answer, never an exception.
+const hostile = {length: 3};
+Object.defineProperty(hostile, 0, {get() { throw new Error("boom"); }});
+if (!same(f.decodeUplink({bytes: hostile}), {warnings: [], errors: ["internal decoder error: Error: boom"]})) {
+  console.log("hostile input: " + JSON.stringify(f.decodeUplink({bytes: hostile})));
+  process.exit(1);
+}
 console.log(cases.length + " vectors agree");
 """
 
@@ -62,6 +79,8 @@ console.log(cases.length + " vectors agree");
 ODD_INPUTS = [
     ({}, "input.bytes is missing"),
     ({"bytes": None}, "input.bytes is missing"),
+    ({"bytes": {}}, "input.bytes is missing"),
+    ({"bytes": 5}, "input.bytes is missing"),
     ({"bytes": "02a6"}, "not a byte: 0"),
     ({"bytes": [2, 300, 0, 0]}, "byte 1: not a byte: 300"),
     ({"bytes": [2, -1, 0, 0]}, "byte 1: not a byte: -1"),
@@ -69,6 +88,41 @@ ODD_INPUTS = [
     ({"bytes": [166, 117, 189], "fPort": "102"}, "FPort 102 is not a Lanterne payload port"),
     ({"bytes": [166, 117, 189], "fPort": 102.5}, "FPort 102.5 is not a Lanterne payload port"),
     ({"bytes": [2, 0, 0, 0], "fPort": None}, "byte 1: reading 0 presence bitmap is empty"),
+]
+
+
+def _bits(bits: str, mqtt: bool = True, length: int = 0) -> bytes:
+    """A frame written bit by bit (spaces ignored), zero-padded to whole bytes (at least `length`)."""
+    bits = bits.replace(" ", "")
+    bits += "0" * (-len(bits) % 8)
+    out = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
+    out += bytes(max(0, length - len(out)))
+    return (b"\x02" if mqtt else b"") + out
+
+
+def _eg(value: int, k: int = 0) -> str:
+    w = value + (1 << k)
+    return "0" * (w.bit_length() - k - 1) + format(w, "b")
+
+
+# Frames no encoder writes, each aimed at one check of the decoders (they fail before the CRC).
+SEQ_ONLY, STATUS_ONLY = "0 00000000010", "0 00000000100"
+CRAFTED = [
+    _bits("0 11111011111", length=4),  # reading 0: the standard set spelled as an 11-bit bitmap
+    _bits(SEQ_ONLY + format(7, "016b") + "1 1 00000000010", length=6),  # reading 1 repeats reading 0's bitmap
+    _bits(STATUS_ONLY + "11 0000000000", length=4),  # status flags 0 in the long form
+    _bits(STATUS_ONLY + "11 1000000000", length=4),  # clock_unsynced alone in the long form
+    _bits(STATUS_ONLY + "0 1 0 1 0000000000", length=4),  # reading 1's long form repeats the reference
+    _bits(SEQ_ONLY + format(7, "016b") + "1 0" + "0" * 27 + "1", length=10),  # an Exp-Golomb of 27 zeros
+    _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(65536), length=10),  # seq delta +32768
+    _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(65537), length=10),  # seq delta -32769
+    _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(65534) + "0", length=10),  # seq delta +32767, then ends
+    _bits("0 10010000100" + "0" * 20, mqtt=False),  # LoRaWAN: cut before reading 0 status
+    _bits("0 10000000100" + "0" * 11 + "1", mqtt=False),  # LoRaWAN: cut inside reading 0 status
+    _bits("0 10000000100" + "0" * 11 + "1", mqtt=True),
+    b"\x02" + bytes(1023),  # 1024 bytes: the largest frame a decoder reads (this one is refused inside)
+    b"\x02" + bytes(1024),  # 1025: oversized
+    bytes(1024),
 ]
 
 
@@ -173,8 +227,7 @@ def vectors(seed: int = 7, damaged: int = 2500) -> list[dict]:
         else:
             fport = rng.choice([None, 100, 101, 102, 103, 199, 200, 1])
         cases.append((bytes(base), fport, "damaged"))
-    cases.append((bytes(1100), FPORT, "oversized"))
-    cases.append((b"\x02" + bytes(1100), None, "oversized"))
+    cases += [(f, None if f[:1] == b"\x02" else FPORT, "crafted") for f in CRAFTED]
     out = []
     for frame, fport, what in cases:
         inp: dict = {"bytes": list(frame)}

@@ -23,162 +23,34 @@ mutant; hypothesis runs derandomized, so a campaign gives the same answer every 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import sys
 import time
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools.reliability.mutants import (
+    CampaignReport,
+    Equivalent,
+    ModuleResult,
+    Mutant,
+    enumerate_mutants,
+    load_equivalents,
+    make_operator,
+    nth_of,
+)
 from host_tools.runtime.paths import BUILD, REPO
 
+__all__ = ["CampaignReport", "Equivalent", "ModuleResult", "Mutant", "enumerate_mutants", "load_equivalents",
+           "load_campaign", "judge", "make_sandbox", "run_campaign", "write_source"]
+
 CAMPAIGN = REPO / "tests" / "mutation" / "campaign.toml"
-EQUIVALENT = REPO / "tests" / "mutation" / "equivalent.toml"
 # What the sandbox holds: the code, the tests and what the tests read (the payload spec, boards).
 SANDBOX_PARTS = ("firmware", "host_tools", "tests", "docs", "boards", "pyproject.toml")
-
-
-# -- mutants -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Mutant:
-    module: str  # the campaign's name for the code (commands, store, ...)
-    path: str  # file, relative to the repository
-    operator: str
-    occurrence: int  # cosmic-ray's: the n-th place this operator applies in the file
-    line: int
-    where: str  # enclosing class.function
-    before: str  # the original line, stripped
-    after: str  # the mutated line, stripped
-    outcome: str = ""  # killed, timeout, survived, error
-    seconds: float = 0.0
-    why: str = ""  # the reason it is equivalent, when listed
-
-    @property
-    def key(self) -> str:
-        return f"{self.module}:{self.where}:{self.operator}:{self.before} => {self.after}"
-
-    def describe(self) -> str:
-        return f"{self.path}:{self.line} ({self.where}) {self.operator}: {self.before!r} -> {self.after!r}"
-
-
-def _operator(name: str):
-    if name == "lanterne/RemoveCall":
-        return _remove_call_operator()
-    from cosmic_ray.plugins import get_operator
-
-    return get_operator(name)()
-
-
-def _remove_call_operator():
-    # Built on first use: cosmic-ray (and parso) are imported only when a campaign runs.
-    import parso
-    from cosmic_ray.operators.operator import Example, Operator
-
-    class RemoveCall(Operator):
-        """A statement that is only a call (`self._persist()`, `store.ack(batch)`) becomes `pass`."""
-
-        def mutation_positions(self, node):
-            if _is_call_statement(node):
-                yield (node.start_pos, node.end_pos)
-
-        def mutate(self, node, index):
-            assert index == 0 and _is_call_statement(node)
-            return parso.python.tree.Keyword("pass", node.start_pos, prefix=node.get_first_leaf().prefix)
-
-        @classmethod
-        def examples(cls):
-            return (Example("f(x)\n", "pass\n"),)
-
-    return RemoveCall()
-
-
-def _is_call_statement(node) -> bool:
-    if node.type not in ("atom_expr", "power") or node.parent is None or node.parent.type != "simple_stmt":
-        return False
-    last = node.children[-1]
-    return last.type == "trailer" and last.children[0].value == "("
-
-
-def _enclosing(node) -> str:
-    names = []
-    n = node.parent
-    while n is not None:
-        if n.type in ("funcdef", "classdef"):
-            names.append(n.name.value)
-        n = n.parent
-    return ".".join(reversed(names)) or "<module>"
-
-
-def _is_string_formatting(node) -> bool:
-    # `"..." % args` is formatting, not arithmetic: mutating it only breaks a message's text
-    prev = node.get_previous_sibling() if node.type == "operator" else None
-    return node.type == "operator" and node.value == "%" and prev is not None and prev.type in ("string", "strings", "fstring")
-
-
-def _in_scope(node, functions: list[str]) -> bool:
-    if not functions:
-        return True
-    where = _enclosing(node)
-    return any(where == f or where.startswith(f + ".") for f in functions)
-
-
-def operator_names(cfg: dict) -> list[str]:
-    """The operators of the campaign: cosmic-ray's core ones matching `include`, not `exclude`."""
-    from cosmic_ray.plugins import operator_names as all_names
-
-    include = [re.compile(p) for p in cfg["operators"]["include"]]
-    exclude = [re.compile(p) for p in cfg["operators"].get("exclude", [])]
-    names = [n for n in all_names() if any(p.fullmatch(n) for p in include) and not any(p.fullmatch(n) for p in exclude)]
-    if cfg["operators"].get("remove_call", True):
-        names.append("lanterne/RemoveCall")
-    return names
-
-
-def enumerate_mutants(module: str, spec: dict, cfg: dict, root: Path = REPO) -> list[Mutant]:
-    """Every mutant of one campaign module, in file order, with the line it changes."""
-    from cosmic_ray.ast import ast_nodes, get_ast
-    from cosmic_ray.mutating import mutate_code
-
-    path = spec["path"]
-    source = (root / path).read_text()
-    lines = source.split("\n")
-    functions = spec.get("functions", [])
-    # cosmic-ray's NumberReplacer makes n + 1 (index 0) and n - 1 (index 1) of every number
-    number_offsets = {{"+1": 0, "-1": 1}[o] for o in cfg["operators"].get("number_offsets", ["+1", "-1"])}
-    out = []
-    for name in operator_names(cfg):
-        op = _operator(name)
-        occurrence = -1
-        for node in ast_nodes(get_ast(source)):
-            for index, _ in enumerate(op.mutation_positions(node)):
-                occurrence += 1
-                if not _in_scope(node, functions) or _is_string_formatting(node):
-                    continue
-                if name == "core/NumberReplacer" and index not in number_offsets:
-                    continue
-                mutated = mutate_code(source, _operator(name), occurrence)
-                if mutated is None:
-                    continue
-                new = mutated.split("\n")
-                line = node.start_pos[0]
-                before = lines[line - 1].strip()
-                after = new[line - 1].strip() if len(new) == len(lines) else "(lines changed)"
-                if after == before:  # the change spans lines: show the first that differs
-                    for i, (a, b) in enumerate(zip(lines, new, strict=False)):
-                        if a != b:
-                            line, before, after = i + 1, a.strip(), b.strip()
-                            break
-                out.append(Mutant(module, path, name, occurrence, line, _enclosing(node), before, after))
-    out.sort(key=lambda m: (m.line, m.operator, m.occurrence))
-    return out
 
 
 # -- the sandbox and the judge -----------------------------------------------------------------
@@ -208,7 +80,49 @@ def _prepare_parent() -> None:
     os.environ.setdefault("LANTERNE_BUILD", str(BUILD))  # the fetched MicroPython libraries
 
 
-def _child(sandbox: Path, args: list[str], log: Path) -> None:
+class _LineTracer:
+    """pytest plugin: which lines of one file each test runs (setup, call and teardown)."""
+
+    def __init__(self, target: Path):
+        self.target = os.path.realpath(target)
+        self.lines: dict[str, list[int]] = {}
+        self._files: dict[str, bool] = {}
+
+    def _is_target(self, filename: str) -> bool:
+        hit = self._files.get(filename)
+        if hit is None:
+            hit = self._files[filename] = os.path.realpath(filename) == self.target
+        return hit
+
+    def pytest_runtest_protocol(self, item, nextitem):
+        import threading
+
+        seen: set[int] = set()
+
+        def local(frame, event, arg):
+            if event == "line":
+                seen.add(frame.f_lineno)
+            return local
+
+        def tracer(frame, event, arg):
+            return local if self._is_target(frame.f_code.co_filename) else None
+
+        sys.settrace(tracer)
+        threading.settrace(tracer)
+        try:
+            from _pytest.runner import runtestprotocol
+
+            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            runtestprotocol(item, nextitem=nextitem)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        finally:
+            sys.settrace(None)
+            threading.settrace(None)
+        self.lines[item.nodeid] = sorted(seen)
+        return True
+
+
+def _child(sandbox: Path, args: list[str], log: Path, trace: tuple[Path, Path] | None = None) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -225,14 +139,21 @@ def _child(sandbox: Path, args: list[str], log: Path) -> None:
         import builtins
 
         from cosmic_ray.exceptions import CosmicRayTestingException
-        from hypothesis import settings
+        from hypothesis import Phase, settings
 
         builtins.CosmicRayTestingException = CosmicRayTestingException  # what ExceptionReplacer names
-        settings.register_profile("lanterne-mutation", derandomize=True, database=None, deadline=None)
+        # reproducible, and no shrinking: a mutant is killed by the first failing example
+        settings.register_profile("lanterne-mutation", derandomize=True, database=None, deadline=None,
+                                  phases=[Phase.explicit, Phase.generate])
         settings.load_profile("lanterne-mutation")
         import pytest
 
-        code = int(pytest.main(args))
+        if trace:
+            tracer = _LineTracer(trace[0])
+            code = int(pytest.main(args, plugins=[tracer]))
+            trace[1].write_text(json.dumps(tracer.lines))
+        else:
+            code = int(pytest.main(args))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -255,12 +176,14 @@ def _verdict(status: int) -> str:
     return "failed" if code in (1, 2, 3) else "error"
 
 
-def judge(sandbox: Path, tests: list[str], deselect: str, timeout: float, log: Path) -> tuple[str, float]:
-    """Run the tests once in a forked child: ("passed" | "failed" | "timeout" | "error", seconds)."""
+def judge(sandbox: Path, tests: list[str], deselect: str, timeout: float, log: Path,
+          trace: tuple[Path, Path] | None = None) -> tuple[str, float]:
+    """Run the tests once in a forked child: ("passed" | "failed" | "timeout" | "error", seconds).
+    `trace`: (file, out): also write to `out` which lines of `file` each test ran."""
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _child(sandbox, _pytest_args(tests, deselect, timeout), log)
+        _child(sandbox, _pytest_args(tests, deselect, timeout), log, trace)
     _, status = os.waitpid(pid, 0)
     return _verdict(status), time.monotonic() - start
 
@@ -283,13 +206,23 @@ def write_source(path: Path, text: str) -> None:
     _Stamp.write(path, text)
 
 
+def tests_for(m: Mutant, coverage: dict[str, list[int]] | None, spec: dict) -> list[str]:
+    """The tests that can tell mutant `m` from the original: those that ran a line of its function,
+    and those that ran no line of the file in this process (they may run it in a subprocess, on
+    the unix port). A test that never reaches the mutated function behaves exactly as before.
+    Module and class level mutants (run at import) are judged by every test."""
+    if coverage is None or m.span is None:
+        return spec["tests"]
+    lo, hi = m.span
+    return [t for t, lines in coverage.items() if not lines or any(lo <= n <= hi for n in lines)]
+
+
 def judge_all(mutants: list[Mutant], sandboxes: list[Path], spec: dict, timeout: float, logs: Path,
-              progress=None) -> None:
+              progress=None, coverage: dict[str, list[int]] | None = None) -> None:
     """Judge each mutant, up to one at a time per sandbox; sets outcome and seconds."""
     from cosmic_ray.mutating import mutate_code
 
     original = (sandboxes[0] / spec["path"]).read_text()
-    args = _pytest_args(spec["tests"], spec.get("deselect", ""), timeout)
     queue = list(enumerate(mutants))
     free = list(range(len(sandboxes)))
     running: dict[int, tuple[int, int, Mutant, float, Path]] = {}
@@ -297,10 +230,18 @@ def judge_all(mutants: list[Mutant], sandboxes: list[Path], spec: dict, timeout:
     while queue or running:
         while queue and free:
             i, m = queue.pop(0)
-            mutated = mutate_code(original, _operator(m.operator), m.occurrence)
+            mutated = mutate_code(original, make_operator(m.operator), m.occurrence)
             if mutated is None:
                 m.outcome = "error"
                 continue
+            tests = tests_for(m, coverage, spec)
+            if not tests:  # no test reaches it
+                m.outcome = "survived"
+                done += 1
+                if progress:
+                    progress(m.module, done, len(mutants), m)
+                continue
+            args = _pytest_args(tests, spec.get("deselect", ""), timeout)
             slot = free.pop()
             target = sandboxes[slot] / spec["path"]
             write_source(target, mutated)
@@ -335,125 +276,7 @@ def judge_all(mutants: list[Mutant], sandboxes: list[Path], spec: dict, timeout:
         time.sleep(0.005)
 
 
-# -- equivalent mutants ------------------------------------------------------------------------
-
-
-@dataclass
-class Equivalent:
-    module: str
-    where: str
-    operator: str
-    before: str
-    after: str
-    why: str
-
-    def matches(self, m: Mutant) -> bool:
-        return (self.module, self.where, self.operator, self.before, self.after) == (
-            m.module, m.where, m.operator, m.before, m.after)
-
-
-def load_equivalents(path: Path = EQUIVALENT) -> list[Equivalent]:
-    """The justified survivors. Each entry names the mutant by its module, function, operator,
-    line and mutated line (not its line number, so entries survive unrelated edits) and says why
-    no test can tell it from the original."""
-    if not path.exists():
-        return []
-    data = tomllib.loads(path.read_text())
-    out = []
-    for i, e in enumerate(data.get("equivalent", [])):
-        missing = [k for k in ("module", "where", "operator", "line", "mutant", "why") if not str(e.get(k, "")).strip()]
-        if missing:
-            raise ValueError(f"{path.name}: entry {i + 1} lacks {', '.join(missing)}")
-        out.append(Equivalent(e["module"], e["where"], e["operator"], e["line"], e["mutant"], e["why"]))
-    return out
-
-
 # -- campaigns ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ModuleResult:
-    module: str
-    path: str
-    mutants: list[Mutant] = field(default_factory=list)
-    baseline_s: float = 0.0
-
-    def count(self, *outcomes: str) -> int:
-        return sum(1 for m in self.mutants if m.outcome in outcomes)
-
-    @property
-    def killed(self) -> int:
-        return self.count("killed", "timeout")
-
-    @property
-    def equivalent(self) -> list[Mutant]:
-        return [m for m in self.mutants if m.outcome == "survived" and m.why]
-
-    @property
-    def unjustified(self) -> list[Mutant]:
-        return [m for m in self.mutants if m.outcome == "survived" and not m.why]
-
-    @property
-    def kill_rate(self) -> float:
-        """Killed among the mutants a test could kill: equivalent ones are out of the count."""
-        judged = len(self.mutants) - len(self.equivalent) - self.count("error")
-        return self.killed / judged if judged else 1.0
-
-
-@dataclass
-class CampaignReport:
-    modules: dict[str, ModuleResult]
-    seconds: float
-    sample: int | None
-    stale: list[Equivalent] = field(default_factory=list)  # listed, but no longer a survivor
-
-    @property
-    def unjustified(self) -> list[Mutant]:
-        return [m for r in self.modules.values() for m in r.unjustified]
-
-    def metrics(self) -> dict:
-        out: dict = {}
-        for name, r in self.modules.items():
-            out[f"kill_rate_{name}"] = round(r.kill_rate, 4)
-        for name, r in self.modules.items():
-            out[f"mutants_{name}"] = len(r.mutants)
-            out[f"killed_{name}"] = r.killed
-            out[f"equivalent_{name}"] = len(r.equivalent)
-        out["mutants"] = sum(len(r.mutants) for r in self.modules.values())
-        out["killed"] = sum(r.killed for r in self.modules.values())
-        out["survivors_equivalent"] = sum(len(r.equivalent) for r in self.modules.values())
-        out["survivors_unjustified"] = len(self.unjustified)
-        out["errors"] = sum(r.count("error") for r in self.modules.values())
-        out["seconds"] = round(self.seconds, 1)
-        return out
-
-    def as_json(self) -> dict:
-        """The figures, every survivor (with its reason when equivalent) and every mutant's outcome."""
-        survivors = [{"mutant": m.describe(), "module": m.module, "why": m.why}
-                     for r in self.modules.values() for m in r.mutants if m.outcome == "survived"]
-        mutants = [{"module": m.module, "line": m.line, "where": m.where, "operator": m.operator, "before": m.before,
-                    "after": m.after, "outcome": m.outcome, "seconds": round(m.seconds, 2)}
-                   for r in self.modules.values() for m in r.mutants]
-        return dict(self.metrics(), survivors=survivors, all=mutants)
-
-    def text(self) -> str:
-        rows = [f"{'module':10s} {'mutants':>7s} {'killed':>7s} {'equiv.':>6s} {'unjust.':>7s} {'kill rate':>9s}"]
-        for name, r in self.modules.items():
-            rows.append(f"{name:10s} {len(r.mutants):7d} {r.killed:7d} {len(r.equivalent):6d} "
-                        f"{len(r.unjustified):7d} {100 * r.kill_rate:8.1f}%")
-        for r in self.modules.values():
-            for m in r.equivalent:
-                rows.append(f"  equivalent  {m.describe()}\n              why: {m.why}")
-            for m in r.unjustified:
-                rows.append(f"  SURVIVED    {m.describe()}")
-            for m in r.mutants:
-                if m.outcome == "error":
-                    rows.append(f"  error       {m.describe()} (the tests could not run: see the log)")
-        for e in self.stale:
-            rows.append(f"  stale entry in equivalent.toml (killed or gone): {e.module} {e.where} {e.before!r} -> {e.after!r}")
-        what = f"a sample of {self.sample} mutants per module" if self.sample else "every mutant"
-        rows.append(f"{what}; {len(self.unjustified)} unjustified survivors; {self.seconds:.0f} s")
-        return "\n".join(rows)
 
 
 def load_campaign(path: Path = CAMPAIGN) -> dict:
@@ -493,7 +316,7 @@ def run_campaign(
     if unknown:
         raise ValueError(f"unknown module {', '.join(unknown)} (the campaign has {', '.join(cfg['modules'])})")
     workdir = workdir or BUILD / "mutation"
-    sandboxes = [make_sandbox(workdir / f"sandbox{k}", root) for k in range(max(1, jobs))]
+    sandboxes = [make_sandbox(workdir.resolve() / f"sandbox{k}", root) for k in range(max(1, jobs))]
     logs = workdir / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
@@ -510,23 +333,29 @@ def run_campaign(
             from host_tools.reliability.mutation_js import run_stryker
 
             t0 = time.monotonic()
+            lines = (root / spec["path"]).read_text().split("\n")
             result.mutants = [Mutant(name, spec["path"], m["operator"], 0, m["line"], m["where"], m["before"],
-                                     m["after"], m["outcome"]) for m in run_stryker(workdir / name, jobs, root)]
+                                     m["after"], m["outcome"], nth=nth_of(lines, m["line"]))
+                              for m in run_stryker(workdir / name, jobs, root)]
             result.baseline_s = time.monotonic() - t0
             for m in result.mutants:
                 if m.outcome == "survived":
                     m.why = next((e.why for e in equivalents if e.matches(m)), "")
             continue
         tests, deselect = spec["tests"], spec.get("deselect", "")
-        for sandbox in sandboxes:  # also compiles the sandbox's bytecode once
+        for k, sandbox in enumerate(sandboxes):  # also compiles the sandbox's bytecode once
             outcome, base = judge(sandbox, tests, deselect, 600, logs / f"{name}-baseline.log")
             if outcome != "passed":
                 raise RuntimeError(f"{name}: the tests fail without any mutant ({outcome}): see {logs / f'{name}-baseline.log'}")
+            if k == 0:  # which lines of the file each test runs, to judge each mutant by its tests only
+                cov_file = logs / f"{name}-coverage.json"
+                judge(sandbox, tests, deselect, 1200, logs / f"{name}-trace.log", (sandbox / spec["path"], cov_file))
+                coverage = json.loads(cov_file.read_text()) if cov_file.exists() else None
         result.baseline_s = base
         timeout = max(5.0, 2 * base + 3)
         chosen = select(enumerate_mutants(name, spec, cfg, root), sample, seed,
                         spec.get("sample_functions") if sample_functions else None)
-        judge_all(chosen, sandboxes, spec, timeout, logs, progress)
+        judge_all(chosen, sandboxes, spec, timeout, logs, progress, coverage)
         for m in chosen:
             if m.outcome == "survived":
                 m.why = next((e.why for e in equivalents if e.matches(m)), "")
@@ -538,19 +367,6 @@ def run_campaign(
                         and not any(e.matches(m) and m.outcome == "survived" for m in judged)]
     (workdir / "report.json").write_text(json.dumps(report.as_json(), indent=1))
     return report
-
-
-def fingerprint(root: Path = REPO, cfg: dict | None = None) -> str:
-    """A digest of the campaign's inputs: its modules' sources and tests, the two TOML files."""
-    cfg = cfg or load_campaign()
-    h = hashlib.sha256()
-    files = {CAMPAIGN, EQUIVALENT}
-    for spec in cfg["modules"].values():
-        files.add(root / spec["path"])
-        files.update(root / t.split("::")[0] for t in spec["tests"])
-    for f in sorted(files):
-        h.update(f.read_bytes() if f.exists() else b"")
-    return h.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

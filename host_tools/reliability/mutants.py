@@ -49,6 +49,20 @@ def nth_of(lines: list[str], line: int) -> int:
     return 1 + sum(1 for t in lines[: line - 1] if t.strip() == text)
 
 
+def set_text(m: Mutant, lines: list[str], mutated: str) -> None:
+    """Fill in the line the mutant changes, as it reads before and after (the first that differs
+    when the change spans lines)."""
+    new = mutated.split("\n")
+    after = new[m.line - 1].strip() if len(new) == len(lines) else "(lines changed)"
+    if after == m.before:
+        for i, (a, b) in enumerate(zip(lines, new, strict=False)):
+            if a != b:
+                m.line, m.before, after = i + 1, a.strip(), b.strip()
+                m.nth = nth_of(lines, m.line)
+                break
+    m.after = after
+
+
 def make_operator(name: str):
     """An instance of the named operator: cosmic-ray's, or lanterne/RemoveCall."""
     if name == "lanterne/RemoveCall":
@@ -132,8 +146,9 @@ def operator_names(cfg: dict) -> list[str]:
     return names
 
 
-def enumerate_mutants(module: str, spec: dict, cfg: dict, root: Path = REPO) -> list[Mutant]:
-    """Every mutant of one campaign module, in file order, with the line it changes."""
+def enumerate_mutants(module: str, spec: dict, cfg: dict, root: Path = REPO, texts: bool = False) -> list[Mutant]:
+    """Every mutant of one campaign module, in file order. The mutated line (`after`) costs a parse
+    per mutant: filled in here only with `texts`, else by `set_text` once the mutant is made."""
     from cosmic_ray.ast import ast_nodes, get_ast
     from cosmic_ray.mutating import mutate_code
 
@@ -154,20 +169,15 @@ def enumerate_mutants(module: str, spec: dict, cfg: dict, root: Path = REPO) -> 
                     continue
                 if name == "core/NumberReplacer" and index not in number_offsets:
                     continue
-                mutated = mutate_code(source, make_operator(name), occurrence)
-                if mutated is None:
-                    continue
-                new = mutated.split("\n")
                 line = node.start_pos[0]
-                before = lines[line - 1].strip()
-                after = new[line - 1].strip() if len(new) == len(lines) else "(lines changed)"
-                if after == before:  # the change spans lines: show the first that differs
-                    for i, (a, b) in enumerate(zip(lines, new, strict=False)):
-                        if a != b:
-                            line, before, after = i + 1, a.strip(), b.strip()
-                            break
-                out.append(Mutant(module, path, name, occurrence, line, _enclosing(node), before, after,
-                                  span=_function_span(node), nth=nth_of(lines, line)))
+                m = Mutant(module, path, name, occurrence, line, _enclosing(node), lines[line - 1].strip(), "",
+                           span=_function_span(node), nth=nth_of(lines, line))
+                if texts:
+                    mutated = mutate_code(source, make_operator(name), occurrence)
+                    if mutated is None:
+                        continue
+                    set_text(m, lines, mutated)
+                out.append(m)
     out.sort(key=lambda m: (m.line, m.operator, m.occurrence))
     return out
 

@@ -42,6 +42,7 @@ from host_tools.reliability.mutants import (
     load_equivalents,
     make_operator,
     nth_of,
+    set_text,
 )
 from host_tools.runtime.paths import BUILD, REPO
 
@@ -223,6 +224,7 @@ def judge_all(mutants: list[Mutant], sandboxes: list[Path], spec: dict, timeout:
     from cosmic_ray.mutating import mutate_code
 
     original = (sandboxes[0] / spec["path"]).read_text()
+    lines = original.split("\n")
     queue = list(enumerate(mutants))
     free = list(range(len(sandboxes)))
     running: dict[int, tuple[int, int, Mutant, float, Path]] = {}
@@ -234,6 +236,7 @@ def judge_all(mutants: list[Mutant], sandboxes: list[Path], spec: dict, timeout:
             if mutated is None:
                 m.outcome = "error"
                 continue
+            set_text(m, lines, mutated)
             tests = tests_for(m, coverage, spec)
             if not tests:  # no test reaches it
                 m.outcome = "survived"
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_campaign()
     if args.list:
         for name in args.modules or cfg["modules"]:
-            for m in enumerate_mutants(name, cfg["modules"][name], cfg):
+            for m in enumerate_mutants(name, cfg["modules"][name], cfg, texts=True):
                 print(m.describe())
         return 0
 

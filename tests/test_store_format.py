@@ -1,0 +1,135 @@
+"""The store's flash format is the one docs/store.md documents, byte for byte, both ways.
+
+A board's flash outlives its firmware: what one version wrote, the next must read. So the bytes are
+checked against the document with references written here from the document alone (the CRC is
+Python's own `binascii.crc_hqx`, CRC-16/CCITT-FALSE), the store must read a folder built by hand
+the same way, and its ack log must hold the documented entries.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+
+import pytest
+
+from host_tools.runtime import firmware_module
+
+store_mod = firmware_module("store")
+Store = store_mod.Store
+
+
+def crc(data: bytes) -> int:
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+def frame(seq: int, record: bytes) -> bytes:
+    n = bytes([len(record)])
+    return n + record + struct.pack("<H", crc(struct.pack("<I", seq) + n + record))
+
+
+def segment(base: int, records: list[bytes]) -> bytes:
+    return b"LS\x01\x00" + b"".join(frame(base + i, r) for i, r in enumerate(records))
+
+
+def entry(head: int, split: int | None = None, fresh: int | None = None, dropped: int | None = None,
+          overflow_until: int | None = None) -> bytes:
+    fields = [head] + [v for v in (split, fresh, dropped, overflow_until) if v is not None]
+    payload = struct.pack(f"<{len(fields)}I", *fields)
+    return bytes([len(payload)]) + payload + struct.pack("<H", crc(payload))
+
+
+def records(count: int, start: int = 0) -> list[bytes]:
+    return [bytes([(start + i) & 0xFF]) * (1 + (start + i) % 40) for i in range(count)]
+
+
+def test_crc_is_ccitt_false():
+    assert store_mod.crc16(b"123456789", 0, 9) == 0x29B1 == crc(b"123456789")
+    assert store_mod.frame_crc(0x12345678, b"abc", 3) == crc(struct.pack("<I", 0x12345678) + b"\x03abc")
+
+
+def test_segments_are_written_as_documented(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 600, 0)
+    recs = records(60)
+    assert [s.append(r) for r in recs] == list(range(60))
+    s.close()
+    # frames go into a segment while they fit in 600 bytes; the next starts a segment at its seq
+    expected, base, current = {}, 0, []
+    for seq, r in enumerate(recs):
+        if len(segment(base, current + [r])) > 600:
+            expected[base], base, current = current, seq, []
+        current.append(r)
+    expected[base] = current
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(f"{b:08x}.seg" for b in expected)
+    for b, rs in expected.items():
+        assert (tmp_path / f"{b:08x}.seg").read_bytes() == segment(b, rs)
+
+
+def test_a_folder_built_from_the_document_is_read(tmp_path):
+    (tmp_path / "00000000.seg").write_bytes(segment(0, records(20)))
+    (tmp_path / "00000014.seg").write_bytes(segment(20, records(15, 20)))
+    (tmp_path / "ack").write_bytes(entry(3) + entry(5))
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert (s.next_seq, s.pending) == (35, 30)
+    got = s.peek(4096)
+    assert got == [(q, r) for q, r in enumerate(records(35)) if q >= 5]
+    assert s.append(b"next") == 35
+
+
+def test_a_split_entry_and_a_full_entry_are_read(tmp_path):
+    (tmp_path / "00000000.seg").write_bytes(segment(0, records(30)))
+    (tmp_path / "ack").write_bytes(entry(2, 10, 14))  # [0, 2) and [10, 14) acknowledged
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert s.pending == 30 - 2 - 4
+    seqs = []
+    while batch := s.peek(4096):
+        seqs += [q for q, _ in batch]
+        s.ack(batch)
+    assert sorted(seqs) == [q for q in range(30) if not (q < 2 or 10 <= q < 14)]
+    (tmp_path / "ack").write_bytes(entry(0, 0, 0, 7, 40))
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert (s.dropped, s.overflow, s.pending) == (7, True, 30)
+
+
+@pytest.mark.parametrize("version", [0, 2, 0xFF])
+def test_a_segment_of_another_format_version_is_not_read(tmp_path, version):
+    data = bytearray(segment(0, records(5)))
+    data[2] = version
+    (tmp_path / "00000000.seg").write_bytes(bytes(data))
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert (s.next_seq, s.pending, s.peek(4096)) == (0, 0, [])
+
+
+@pytest.mark.parametrize("magic", [b"LT", b"MS", b"\x00\x00"])
+def test_a_segment_without_the_magic_is_not_read(tmp_path, magic):
+    (tmp_path / "00000000.seg").write_bytes(magic + segment(0, records(5))[2:])
+    assert Store(str(tmp_path), 1 << 20, 4096, 0).next_seq == 0
+
+
+def test_the_ack_log_holds_the_documented_entries(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    for r in records(40):
+        s.append(r)
+    s.ack(s.peek(4096, 0, 3))  # seqs 0..2
+    assert (tmp_path / "ack").read_bytes() == entry(3)
+    s.ack(s.peek(4096, 0, 2))
+    assert (tmp_path / "ack").read_bytes() == entry(3) + entry(5)
+    s.close()
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert s.pending == 35 and s.peek(4096)[0][0] == 5
+
+
+def test_compaction_writes_one_full_entry(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    for r in records(40):
+        s.append(r)
+    sizes = []
+    for _ in range(20):
+        s.ack(s.peek(4096, 0, 1))
+        sizes.append(len((tmp_path / "ack").read_bytes()))
+    # 7 bytes per entry up to 119 (17 entries), then the compaction: 23 bytes, then 7 more each
+    assert sizes == [7 * k for k in range(1, 18)] + [23, 30, 37]
+    # split and fresh at 40: with more than a batch waiting, readings appended from now on are fresh
+    assert (tmp_path / "ack").read_bytes() == entry(18, 40, 40, 0, 0) + entry(19) + entry(20)
+    assert not (tmp_path / "ack.tmp").exists()

@@ -100,6 +100,10 @@ def test_the_engine_reports_what_the_tests_miss_until_it_is_justified(tmp_path):
             r = m.run_campaign(cfg=cfg, equivalents=eq, root=Path({str(root)!r}), workdir=Path({str(tmp_path / "work")!r}))
             t = r.modules["toy"]
             out[str(listed)] = [len(t.mutants), t.killed, [x.after for x in t.unjustified], len(t.equivalent), t.kill_rate]
+        # resumed from that run's report: the killed mutant is carried over, the survivor judged again
+        r = m.run_campaign(cfg=cfg, equivalents=[], root=Path({str(root)!r}), workdir=Path({str(tmp_path / "work2")!r}),
+                           resume=Path({str(tmp_path / "work")!r}) / "report.json")
+        out["resumed"] = [r.carried, r.modules["toy"].killed, [x.after for x in r.modules["toy"].unjustified]]
         print(json.dumps(out))
     """)
     proc = python("-c", script)
@@ -108,6 +112,7 @@ def test_the_engine_reports_what_the_tests_miss_until_it_is_justified(tmp_path):
     # ReplaceComparisonOperator_Gt_GtE, AddNot and lanterne/RemoveCall (no call statement here)
     assert out["False"] == [2, 1, ["if v >= high:"], 0, 0.5]
     assert out["True"] == [2, 1, [], 1, 1.0]
+    assert out["resumed"] == [1, 1, ["if v >= high:"]]
 
 
 def test_an_equivalent_entry_must_say_why(tmp_path):

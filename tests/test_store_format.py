@@ -133,3 +133,17 @@ def test_compaction_writes_one_full_entry(tmp_path):
     # split and fresh at 40: with more than a batch waiting, readings appended from now on are fresh
     assert (tmp_path / "ack").read_bytes() == entry(18, 40, 40, 0, 0) + entry(19) + entry(20)
     assert not (tmp_path / "ack.tmp").exists()
+
+
+def test_seqs_past_16_bits_are_written_and_read_in_all_4_bytes(tmp_path):
+    base = 0x01020304
+    (tmp_path / f"{base:08x}.seg").write_bytes(segment(base, records(10)))
+    (tmp_path / "ack").write_bytes(entry(base + 2))
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert (s.next_seq, s.pending) == (base + 10, 8)
+    assert s.peek(4096)[0] == (base + 2, records(10)[2])
+    assert s.append(b"x") == base + 10
+    s.ack(s.peek(4096, 0, 3))
+    assert (tmp_path / "ack").read_bytes() == entry(base + 2) + entry(base + 5)
+    s.close()
+    assert (tmp_path / f"{base:08x}.seg").read_bytes() == segment(base, records(10) + [b"x"])

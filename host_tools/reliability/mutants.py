@@ -255,6 +255,8 @@ class CampaignReport:
     seconds: float
     sample: int | None
     stale: list[Equivalent] = field(default_factory=list)  # listed, but no longer a survivor
+    sources: dict[str, str] = field(default_factory=dict)  # module -> sha256 of the file mutated
+    carried: int = 0  # killed mutants taken from a previous report (resume), not judged again
 
     @property
     def unjustified(self) -> list[Mutant]:
@@ -273,6 +275,7 @@ class CampaignReport:
         out["survivors_equivalent"] = sum(len(r.equivalent) for r in self.modules.values())
         out["survivors_unjustified"] = len(self.unjustified)
         out["errors"] = sum(r.count("error") for r in self.modules.values())
+        out["carried"] = self.carried
         out["seconds"] = round(self.seconds, 1)
         return out
 
@@ -283,7 +286,7 @@ class CampaignReport:
         mutants = [{"module": m.module, "line": m.line, "where": m.where, "operator": m.operator, "before": m.before,
                     "after": m.after, "nth": m.nth, "outcome": m.outcome, "seconds": round(m.seconds, 2)}
                    for r in self.modules.values() for m in r.mutants]
-        return dict(self.metrics(), survivors=survivors, all=mutants)
+        return dict(self.metrics(), survivors=survivors, all=mutants, sources=self.sources)
 
     def text(self) -> str:
         rows = [f"{'module':10s} {'mutants':>7s} {'killed':>7s} {'equiv.':>6s} {'unjust.':>7s} {'kill rate':>9s}"]
@@ -301,5 +304,6 @@ class CampaignReport:
         for e in self.stale:
             rows.append(f"  stale entry in equivalent.toml (killed or gone): {e.module} {e.where} {e.before!r} -> {e.after!r}")
         what = f"a sample of {self.sample} mutants per module" if self.sample else "every mutant"
-        rows.append(f"{what}; {len(self.unjustified)} unjustified survivors; {self.seconds:.0f} s")
+        resumed = f"; {self.carried} killed mutants carried over from a previous report" if self.carried else ""
+        rows.append(f"{what}; {len(self.unjustified)} unjustified survivors; {self.seconds:.0f} s{resumed}")
         return "\n".join(rows)

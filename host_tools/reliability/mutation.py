@@ -23,6 +23,7 @@ mutant; hypothesis runs derandomized, so a campaign gives the same answer every 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -50,6 +51,7 @@ __all__ = ["CampaignReport", "Equivalent", "ModuleResult", "Mutant", "enumerate_
            "load_campaign", "judge", "make_sandbox", "run_campaign", "write_source"]
 
 CAMPAIGN = REPO / "tests" / "mutation" / "campaign.toml"
+TRACE_FROM = 40  # mutants in a module from which tracing the tests (one slow run) pays off
 # What the sandbox holds: the code, the tests and what the tests read (the payload spec, boards).
 SANDBOX_PARTS = ("firmware", "host_tools", "tests", "docs", "boards", "pyproject.toml")
 
@@ -295,6 +297,21 @@ def select(mutants: list[Mutant], sample: int | None, seed: int, functions: list
     return sorted(rng.sample(pool, sample), key=lambda m: m.line)
 
 
+def _key(m) -> tuple:
+    return (m["operator"], m["line"], m["before"], m["after"], m["nth"]) if isinstance(m, dict) else (
+        m.operator, m.line, m.before, m.after, m.nth)
+
+
+def _killed_in(report: Path | None, module: str, digest: str) -> dict[tuple, str]:
+    """Mutants of `module` a previous report killed, when the module's source is the same."""
+    if report is None:
+        return {}
+    prior = json.loads(Path(report).read_text())
+    if prior.get("sources", {}).get(module) != digest:
+        return {}
+    return {_key(m): m["outcome"] for m in prior["all"] if m["module"] == module and m["outcome"] in ("killed", "timeout")}
+
+
 def run_campaign(
     modules: list[str] | None = None,
     sample: int | None = None,
@@ -306,8 +323,13 @@ def run_campaign(
     workdir: Path | None = None,
     jobs: int = 1,
     progress=None,
+    resume: Path | None = None,
 ) -> CampaignReport:
     """Judge every mutant (or a sample per module) of the campaign's modules.
+
+    `resume`: a previous run's report.json. For a module whose source is unchanged, the mutants it
+    killed stay killed (tests are only ever added: a mutant a test killed is killed still) and
+    only the others are judged again, against today's tests.
 
     `sample_functions`: sample only within each module's `sample_functions` (the commit and
     command paths), as the short campaign in the test suite does.
@@ -326,6 +348,8 @@ def run_campaign(
     _prepare_parent()
     start = time.monotonic()
     results: dict[str, ModuleResult] = {}
+    sources: dict[str, str] = {}
+    carried = 0
     for name in names:
         spec = cfg["modules"][name]
         result = results[name] = ModuleResult(name, spec["path"])
@@ -346,24 +370,34 @@ def run_campaign(
                     m.why = next((e.why for e in equivalents if e.matches(m)), "")
             continue
         tests, deselect = spec["tests"], spec.get("deselect", "")
-        for k, sandbox in enumerate(sandboxes):  # also compiles the sandbox's bytecode once
-            outcome, base = judge(sandbox, tests, deselect, 600, logs / f"{name}-baseline.log")
-            if outcome != "passed":
-                raise RuntimeError(f"{name}: the tests fail without any mutant ({outcome}): see {logs / f'{name}-baseline.log'}")
-            if k == 0:  # which lines of the file each test runs, to judge each mutant by its tests only
-                cov_file = logs / f"{name}-coverage.json"
-                judge(sandbox, tests, deselect, 1200, logs / f"{name}-trace.log", (sandbox / spec["path"], cov_file))
-                coverage = json.loads(cov_file.read_text()) if cov_file.exists() else None
+        digest = hashlib.sha256((root / spec["path"]).read_bytes()).hexdigest()
+        sources[name] = digest
+        killed_before = _killed_in(resume, name, digest)
+        chosen = select(enumerate_mutants(name, spec, cfg, root, texts=bool(killed_before)), sample, seed,
+                        spec.get("sample_functions") if sample_functions else None)
+        todo = []
+        for m in chosen:
+            if _key(m) in killed_before:
+                m.outcome = killed_before[_key(m)]
+                carried += 1
+            else:
+                todo.append(m)
+        outcome, base = judge(sandboxes[0], tests, deselect, 600, logs / f"{name}-baseline.log")
+        if outcome != "passed":
+            raise RuntimeError(f"{name}: the tests fail without any mutant ({outcome}): see {logs / f'{name}-baseline.log'}")
+        coverage = None
+        if len(todo) > TRACE_FROM:  # which lines each test runs, to judge each mutant by its tests only
+            cov_file = logs / f"{name}-coverage.json"
+            judge(sandboxes[0], tests, deselect, 1200, logs / f"{name}-trace.log", (sandboxes[0] / spec["path"], cov_file))
+            coverage = json.loads(cov_file.read_text()) if cov_file.exists() else None
         result.baseline_s = base
         timeout = max(5.0, 2 * base + 3)
-        chosen = select(enumerate_mutants(name, spec, cfg, root), sample, seed,
-                        spec.get("sample_functions") if sample_functions else None)
-        judge_all(chosen, sandboxes, spec, timeout, logs, progress, coverage)
+        judge_all(todo, sandboxes, spec, timeout, logs, progress, coverage)
         for m in chosen:
             if m.outcome == "survived":
                 m.why = next((e.why for e in equivalents if e.matches(m)), "")
         result.mutants = chosen
-    report = CampaignReport(results, time.monotonic() - start, sample)
+    report = CampaignReport(results, time.monotonic() - start, sample, sources=sources, carried=carried)
     if sample is None:
         judged = [m for r in results.values() for m in r.mutants]
         report.stale = [e for e in equivalents if e.module in results
@@ -382,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="sample only the commit and command paths (each module's sample_functions)")
     p.add_argument("--workdir", type=Path, help="sandboxes and logs (default: build/mutation)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object, survivors included")
+    p.add_argument("--resume", type=Path, metavar="REPORT",
+                   help="a previous report.json: keep what it killed (same source), judge the rest again")
     p.add_argument("--list", action="store_true", help="list the mutants, judge nothing")
     p.add_argument("--quiet", action="store_true", help="no line per mutant while judging")
     args = p.parse_args(argv)
@@ -397,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{module} {i}/{n}] {m.outcome:8s} {m.describe()}", flush=True)
 
     report = run_campaign(args.modules or None, args.sample, args.seed, args.sample_functions,
-                          workdir=args.workdir, jobs=args.jobs, progress=None if args.json else progress)
+                          workdir=args.workdir, jobs=args.jobs, progress=None if args.json else progress,
+                          resume=args.resume)
     if args.json:
         out = report.as_json()
         del out["all"]

@@ -37,10 +37,11 @@ lint: venv
 bench: venv deps
 	$(VENV)/bin/lanterne bench
 
-# Mutation testing of the commands, store, codec, drain and decoders (docs/testing.md): every
-# mutant of tests/mutation/campaign.toml, kill rate per module, each survivor; ~30 min on 2 cores.
+# Mutation testing of the commands, store, codec, drain and decoders (docs/testing.md): a
+# reproducible sample of 100 mutants per Python module and every formatter mutant, kill rate per
+# module, each survivor. The full campaign: python -m host_tools.reliability.mutation --jobs 2
 mutation: venv deps
-	$(PY) -m host_tools.reliability.mutation --jobs 2 --quiet
+	$(PY) -m host_tools.reliability.mutation --sample 100 --jobs 2 --quiet
 
 clean:
 	rm -rf build $(VENV)

@@ -147,3 +147,64 @@ def test_seqs_past_16_bits_are_written_and_read_in_all_4_bytes(tmp_path):
     assert (tmp_path / "ack").read_bytes() == entry(base + 2) + entry(base + 5)
     s.close()
     assert (tmp_path / f"{base:08x}.seg").read_bytes() == segment(base, records(10) + [b"x"])
+
+
+def test_other_files_in_the_folder_are_left_alone(tmp_path):
+    (tmp_path / "00000000.seg").write_bytes(segment(0, records(5)))
+    strays = {"0000000a.bak": b"LS\x01\x00junk", "00000010.tmp": b"", "0000000.seg": b"LS\x01\x00", "notes.txt": b"x",
+              "ack.bak": entry(4)}
+    for name, data in strays.items():
+        (tmp_path / name).write_bytes(data)
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert (s.next_seq, s.pending) == (5, 5)
+    s.ack(s.peek(4096))
+    for r in records(3):
+        s.append(r)
+    s.close()
+    assert {n: (tmp_path / n).read_bytes() for n in strays} == strays
+
+
+def test_the_counters_add_up_to_what_is_on_flash(tmp_path):
+    s = Store(str(tmp_path), 4 * 600, 600, 0)
+    assert (s.bytes_written, s.record_bytes, s.appended, s.syncs, s.files_created, s.files_removed,
+            s.corrupt, s.errors, s.last_error) == (0, 0, 0, 0, 0, 0, 0, 0, None)
+    recs = records(50)
+    for r in recs:
+        s.append(r)
+    seg_bytes = sum(p.stat().st_size for p in tmp_path.glob("*.seg"))
+    assert s.appended == 50 and s.record_bytes == sum(map(len, recs))
+    assert s.bytes_written == seg_bytes == 4 * s.files_created + sum(len(r) + 3 for r in recs)
+    assert s.syncs == 50, "one sync per append: header and first frame go together"
+    s.ack(s.peek(4096, 0, 10))
+    assert s.bytes_written == seg_bytes + 7 and s.syncs == 51
+    while batch := s.peek(4096):
+        s.ack(batch)
+    assert s.files_removed == s.files_created - 1, "every segment but the open one deleted once acknowledged"
+    assert (s.corrupt, s.errors, s.dropped) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("segment_bytes, ok", [(4 + 3 + 254, True), (4 + 3 + 253, False)])
+def test_a_segment_must_hold_the_largest_record(tmp_path, segment_bytes, ok):
+    if ok:
+        s = Store(str(tmp_path), 2 * segment_bytes, segment_bytes, 0)
+        assert s.append(bytes(254)) == 0 and s.peek(4096) == [(0, bytes(254))]
+    else:
+        with pytest.raises(ValueError, match="segment_bytes too small"):
+            Store(str(tmp_path), 2 * segment_bytes, segment_bytes, 0)
+
+
+@pytest.mark.parametrize("capacity, ok", [(2 * 600, True), (2 * 600 - 1, False)])
+def test_the_capacity_must_hold_two_segments(tmp_path, capacity, ok):
+    if ok:
+        assert Store(str(tmp_path), capacity, 600, 0).stats()["slots"] == 2
+    else:
+        with pytest.raises(ValueError, match="two segments"):
+            Store(str(tmp_path), capacity, 600, 0)
+
+
+def test_a_length_of_0_appends_nothing(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    with pytest.raises(ValueError, match="1..254"):
+        s.append(b"abc", 0)
+    assert s.append(b"abc", 2) == 0 and s.peek(4096) == [(0, b"ab")]
+    assert s.append(b"abc") == 1 and s.append(b"abc", -1) == 2

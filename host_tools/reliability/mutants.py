@@ -196,8 +196,10 @@ class Equivalent:
     nth: int = 1
 
     def matches(self, m: Mutant) -> bool:
-        return (self.module, self.where, self.operator, self.before, self.after, self.nth) == (
-            m.module, m.where, m.operator, m.before, m.after, m.nth)
+        # "*" as the operator or the mutated line: every mutant of that line (the reason must hold
+        # for each of them)
+        return (self.module, self.where, self.before, self.nth) == (m.module, m.where, m.before, m.nth) and (
+            self.operator in ("*", m.operator)) and self.after in ("*", m.after)
 
 
 def load_equivalents(path: Path = EQUIVALENT) -> list[Equivalent]:

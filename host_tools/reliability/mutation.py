@@ -15,7 +15,8 @@ that run firmware on the unix port or in a CPython subprocess see the mutant too
 host tools point at the sandbox's firmware. A test failure, an error or a timeout kills the
 mutant; hypothesis runs derandomized, so a campaign gives the same answer every time.
 
-    python -m host_tools.reliability.mutation                 # the full campaign (make mutation)
+    python -m host_tools.reliability.mutation --sample 100 --jobs 2   # make mutation (bounded)
+    python -m host_tools.reliability.mutation --jobs 2                # the full campaign: every mutant
     python -m host_tools.reliability.mutation store --sample 40
     run_campaign(["commands"], sample=20) -> CampaignReport
 """
@@ -324,10 +325,12 @@ def run_campaign(
     jobs: int = 1,
     progress=None,
     resume: Path | None = None,
+    javascript: bool = True,
 ) -> CampaignReport:
     """Judge every mutant (or a sample per module) of the campaign's modules.
 
-    `resume`: a previous run's report.json. For a module whose source is unchanged, the mutants it
+    `javascript`: False leaves out the StrykerJS modules (the formatter), which are judged in
+    full or not at all. `resume`: a previous run's report.json. For a module whose source is unchanged, the mutants it
     killed stay killed (tests are only ever added: a mutant a test killed is killed still) and
     only the others are judged again, against today's tests.
 
@@ -354,8 +357,8 @@ def run_campaign(
         spec = cfg["modules"][name]
         result = results[name] = ModuleResult(name, spec["path"])
         if spec.get("engine") == "stryker":  # JavaScript: StrykerJS makes and judges the mutants
-            if sample is not None and not modules:
-                del results[name]  # it cannot sample: a short campaign leaves it out unless named
+            if not javascript:
+                del results[name]  # every mutant or none: a short campaign leaves it out
                 continue
             from host_tools.reliability.mutation_js import run_stryker
 
@@ -416,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="sample only the commit and command paths (each module's sample_functions)")
     p.add_argument("--workdir", type=Path, help="sandboxes and logs (default: build/mutation)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object, survivors included")
+    p.add_argument("--no-js", action="store_true", help="leave out the formatter (StrykerJS judges all its mutants)")
     p.add_argument("--resume", type=Path, metavar="REPORT",
                    help="a previous report.json: keep what it killed (same source), judge the rest again")
     p.add_argument("--list", action="store_true", help="list the mutants, judge nothing")
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = run_campaign(args.modules or None, args.sample, args.seed, args.sample_functions,
                           workdir=args.workdir, jobs=args.jobs, progress=None if args.json else progress,
-                          resume=args.resume)
+                          resume=args.resume, javascript=not args.no_js)
     if args.json:
         out = report.as_json()
         del out["all"]

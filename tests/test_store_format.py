@@ -208,3 +208,16 @@ def test_a_length_of_0_appends_nothing(tmp_path):
         s.append(b"abc", 0)
     assert s.append(b"abc", 2) == 0 and s.peek(4096) == [(0, b"ab")]
     assert s.append(b"abc") == 1 and s.append(b"abc", -1) == 2
+
+
+def test_a_store_growing_past_its_first_ring_of_segments_keeps_them_all(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 600, 0)  # opened empty: room for 16 segment bases, then it grows
+    recs = records(1000)
+    for r in recs:
+        s.append(r)
+    assert len(list(tmp_path.glob("*.seg"))) > 40
+    got = []
+    while batch := s.peek(4096):
+        got += batch
+        s.ack(batch)
+    assert got == list(enumerate(recs))

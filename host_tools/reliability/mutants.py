@@ -33,6 +33,7 @@ class Mutant:
     why: str = ""  # the reason it is equivalent, when listed
     span: tuple[int, int] | None = None  # lines of the enclosing function (None: module or class level)
     nth: int = 1  # the n-th line of the file that reads `before` (tells identical lines apart)
+    site: int = 0  # the line where the mutated node starts: the campaign's order (and samples)
 
     @property
     def key(self) -> str:
@@ -171,14 +172,14 @@ def enumerate_mutants(module: str, spec: dict, cfg: dict, root: Path = REPO, tex
                     continue
                 line = node.start_pos[0]
                 m = Mutant(module, path, name, occurrence, line, _enclosing(node), lines[line - 1].strip(), "",
-                           span=_function_span(node), nth=nth_of(lines, line))
+                           span=_function_span(node), nth=nth_of(lines, line), site=line)
                 if texts:
                     mutated = mutate_code(source, make_operator(name), occurrence)
                     if mutated is None:
                         continue
                     set_text(m, lines, mutated)
                 out.append(m)
-    out.sort(key=lambda m: (m.line, m.operator, m.occurrence))
+    out.sort(key=lambda m: (m.site, m.operator, m.occurrence))
     return out
 
 

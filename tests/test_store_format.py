@@ -215,7 +215,7 @@ def test_a_store_growing_past_its_first_ring_of_segments_keeps_them_all(tmp_path
     recs = records(1000)
     for r in recs:
         s.append(r)
-    assert len(list(tmp_path.glob("*.seg"))) > 40
+    assert len(list(tmp_path.glob("*.seg"))) >= 40
     got = []
     while batch := s.peek(4096):
         got += batch

@@ -312,7 +312,7 @@ def _killed_in(reports, module: str, digest: str) -> dict[tuple, str]:
         prior = json.loads(Path(report).read_text())
         if prior.get("sources", {}).get(module) == digest:
             out.update({_key(m): m["outcome"] for m in prior["all"]
-                        if m["module"] == module and m["outcome"] in ("killed", "timeout")})
+                        if m["module"] == module and m["outcome"] == "killed"})
     return out
 
 
@@ -333,9 +333,9 @@ def run_campaign(
     """Judge every mutant (or a sample per module) of the campaign's modules.
 
     `javascript`: False leaves out the StrykerJS modules (the formatter), which are judged in
-    full or not at all. `resume`: a previous run's report.json. For a module whose source is unchanged, the mutants it
-    killed stay killed (tests are only ever added: a mutant a test killed is killed still) and
-    only the others are judged again, against today's tests.
+    full or not at all. `resume`: previous runs' report.json files. For a module whose source is
+    unchanged, the mutants a test failure killed stay killed (valid while tests are only added,
+    never weakened) and the others (survivors, timeouts) are judged again with today's tests.
 
     `sample_functions`: sample only within each module's `sample_functions` (the commit and
     command paths), as the short campaign in the test suite does.

@@ -221,3 +221,32 @@ def test_a_store_growing_past_its_first_ring_of_segments_keeps_them_all(tmp_path
         got += batch
         s.ack(batch)
     assert got == list(enumerate(recs))
+
+
+def test_damage_found_in_the_open_segment_seals_it_and_later_readings_go_to_a_new_one(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    for r in records(10):
+        s.append(r)
+    seg = tmp_path / "00000000.seg"
+    data = bytearray(seg.read_bytes())
+    data[len(segment(0, records(5))) + 1] ^= 0x5A  # a byte of frame 5's record
+    seg.write_bytes(bytes(data))
+    assert [q for q, _ in s.peek(4096)] == [0, 1, 2, 3, 4], "up to the damage"
+    s.ack(s.peek(4096))
+    assert s.peek(4096) == [] and s.corrupt == 5, "the rest of the damaged segment is skipped, counted"
+    assert [s.append(r) for r in records(3, 10)] == [10, 11, 12]
+    assert (tmp_path / "0000000a.seg").exists(), "new readings go to a new segment, past the damage"
+    assert s.peek(4096) == list(zip(range(10, 13), records(3, 10)))
+    s.close()
+    assert Store(str(tmp_path), 1 << 20, 4096, 0).peek(4096) == list(zip(range(10, 13), records(3, 10)))
+
+
+def test_a_segment_file_gone_is_counted_as_an_error_with_its_errno(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 300, 0)
+    for r in records(200):
+        s.append(r)
+    sorted(tmp_path.glob("*.seg"))[1].unlink()
+    while batch := s.peek(4096):
+        s.ack(batch)
+    assert s.errors >= 1 and s.last_error == 2, "ENOENT"
+    assert s.corrupt > 0 and s.pending == 0

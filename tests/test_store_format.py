@@ -232,6 +232,7 @@ def test_damage_found_in_the_open_segment_seals_it_and_later_readings_go_to_a_ne
     data[len(segment(0, records(5))) + 1] ^= 0x5A  # a byte of frame 5's record
     seg.write_bytes(bytes(data))
     assert [q for q, _ in s.peek(4096)] == [0, 1, 2, 3, 4], "up to the damage"
+    assert s.corrupt == 0, "the readings before the damage come first; the damage is dealt with after"
     s.ack(s.peek(4096))
     assert s.peek(4096) == [] and s.corrupt == 5, "the rest of the damaged segment is skipped, counted"
     assert [s.append(r) for r in records(3, 10)] == [10, 11, 12]

@@ -114,6 +114,7 @@ CRAFTED = [
     _bits(STATUS_ONLY + "11 1000000000", length=4),  # clock_unsynced alone in the long form
     _bits(STATUS_ONLY + "0 1 0 1 0000000000", length=4),  # reading 1's long form repeats the reference
     _bits(SEQ_ONLY + format(7, "016b") + "1 0" + "0" * 27 + "1", length=10),  # an Exp-Golomb of 27 zeros
+    _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(1 << 26), length=10),  # 26 leading zeros: read, too large
     _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(65536), length=10),  # seq delta +32768
     _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(65537), length=10),  # seq delta -32769
     _bits(SEQ_ONLY + format(7, "016b") + "1 0" + _eg(65534) + "0", length=10),  # seq delta +32767, then ends

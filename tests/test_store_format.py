@@ -221,6 +221,12 @@ def test_a_store_growing_past_its_first_ring_of_segments_keeps_them_all(tmp_path
         got += batch
         s.ack(batch)
     assert got == list(enumerate(recs))
+    for r in records(1000):
+        s.append(r)
+    s.close()
+    s = Store(str(tmp_path), 1 << 20, 600, 0)  # reopened with 40 segments: its ring sized for them
+    assert (s.next_seq, s.pending) == (2000, 1000)
+    assert s.peek(1 << 20) == list(zip(range(1000, 2000), records(1000)))
 
 
 def test_damage_found_in_the_open_segment_seals_it_and_later_readings_go_to_a_new_one(tmp_path):
@@ -251,3 +257,13 @@ def test_a_segment_file_gone_is_counted_as_an_error_with_its_errno(tmp_path):
         s.ack(batch)
     assert s.errors >= 1 and s.last_error == 2, "ENOENT"
     assert s.corrupt > 0 and s.pending == 0
+
+
+def test_a_newest_segment_without_a_whole_frame_is_removed_and_its_seqs_not_reused(tmp_path):
+    # everything before seq 50 was sent and its segments deleted; the ack log is lost; the append
+    # of seq 50 was cut short: that seq, and every one before it, must never be given again
+    (tmp_path / "00000032.seg").write_bytes(b"LS\x01\x00\x05ab")
+    s = Store(str(tmp_path), 1 << 20, 4096, 0)
+    assert not (tmp_path / "00000032.seg").exists()
+    assert (s.next_seq, s.pending) == (50, 0)
+    assert s.append(b"new") == 50 and s.peek(4096) == [(50, b"new")]

@@ -226,7 +226,7 @@ def test_a_store_growing_past_its_first_ring_of_segments_keeps_them_all(tmp_path
     s.close()
     s = Store(str(tmp_path), 1 << 20, 600, 0)  # reopened with 40 segments: its ring sized for them
     assert (s.next_seq, s.pending) == (2000, 1000)
-    assert s.peek(1 << 20) == list(zip(range(1000, 2000), records(1000)))
+    assert s.peek(1 << 20) == list(zip(range(1000, 2000), records(1000), strict=True))
 
 
 def test_damage_found_in_the_open_segment_seals_it_and_later_readings_go_to_a_new_one(tmp_path):
@@ -243,9 +243,9 @@ def test_damage_found_in_the_open_segment_seals_it_and_later_readings_go_to_a_ne
     assert s.peek(4096) == [] and s.corrupt == 5, "the rest of the damaged segment is skipped, counted"
     assert [s.append(r) for r in records(3, 10)] == [10, 11, 12]
     assert (tmp_path / "0000000a.seg").exists(), "new readings go to a new segment, past the damage"
-    assert s.peek(4096) == list(zip(range(10, 13), records(3, 10)))
+    assert s.peek(4096) == list(zip(range(10, 13), records(3, 10), strict=True))
     s.close()
-    assert Store(str(tmp_path), 1 << 20, 4096, 0).peek(4096) == list(zip(range(10, 13), records(3, 10)))
+    assert Store(str(tmp_path), 1 << 20, 4096, 0).peek(4096) == list(zip(range(10, 13), records(3, 10), strict=True))
 
 
 def test_a_segment_file_gone_is_counted_as_an_error_with_its_errno(tmp_path):

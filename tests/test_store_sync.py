@@ -60,6 +60,7 @@ def log(monkeypatch):
     real_open = store_mod._open
 
     def recorded_open(path, mode):
+        ops.append(("open", os.path.basename(path), mode))
         return Recorded(ops, real_open(path, mode), os.path.basename(path))
 
     def recorded_sync(f):
@@ -109,7 +110,7 @@ def test_a_compaction_is_written_synced_and_closed_before_it_replaces_the_log(tm
         if ("rename", "ack.tmp", "ack") in log:
             compactions += 1
             tmp_ops = [op for op in log if "ack.tmp" in op[1:]]
-            assert tmp_ops == [("write", "ack.tmp"), ("sync", "ack.tmp"), ("close", "ack.tmp"),
+            assert tmp_ops == [("open", "ack.tmp", "wb"), ("write", "ack.tmp"), ("sync", "ack.tmp"), ("close", "ack.tmp"),
                                ("rename", "ack.tmp", "ack")], log
             assert ("close", "ack") in log[: log.index(("rename", "ack.tmp", "ack"))], "the old log closed first"
     assert compactions >= 1
@@ -124,3 +125,21 @@ def test_a_drop_is_recorded_and_synced_before_the_oldest_segment_goes(tmp_path, 
             first_remove = next(k for k, op in enumerate(log) if op[0] == "remove")
             assert ("sync", "ack") in log[:first_remove] or ("rename", "ack.tmp", "ack") in log[:first_remove], log
     assert s.dropped > 0
+
+
+def test_every_file_opened_for_reading_is_closed(tmp_path, log):
+    # littlefs has few file handles: a read that leaves its file open would exhaust them
+    s = store_mod.Store(str(tmp_path), 1 << 20, 300, 0)
+    for i in range(200):
+        s.append(bytes([i]) * 5)
+    s.ack(s.peek(50))
+    s.close()
+    del log[:]
+    s = store_mod.Store(str(tmp_path), 1 << 20, 300, 0)  # recovery scans the segments, reads the ack log
+    while batch := s.peek(100):
+        s.ack(batch)
+    reads = [op for op in log if op[0] == "open" and op[2] == "rb"]
+    assert len(reads) > 5
+    for k, op in enumerate(log):
+        if op[0] == "open" and op[2] == "rb":
+            assert ("close", op[1]) in log[k + 1 :], f"{op[1]} opened for reading, never closed"

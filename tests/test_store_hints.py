@@ -22,7 +22,7 @@ def test_a_cursor_crossing_into_a_segment_whose_base_equals_the_other_cursors_of
             s.append(bytes([i & 0xFF]))
         assert sorted(p.name for p in folder.glob("*.seg"))[:3] == ["00000000.seg", "0000004a.seg", "00000094.seg"]
 
-        def peek(budget):
+        def peek(budget, s=s, hints=hints):
             if not hints:
                 s._hints[:] = [-1, -1, 0, -1, -1, 0]
             batch = s.peek(budget)

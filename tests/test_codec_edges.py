@@ -119,3 +119,15 @@ def test_the_formatter_is_run_on_the_saturated_ages():
     mqtt, lorawan = encode_both([[(AGE, AGE_MAX)], [(AGE, AGE_MAX)]])
     answers = node_decode([mqtt], None) + node_decode([lorawan], FPORT)
     assert [[r["age"] for r in a["data"]["readings"]] for a in answers] == [[AGE_MAX, AGE_MAX]] * 2
+
+
+ILLUMINANCE = 3
+
+
+def test_illuminance_beyond_the_largest_reads_as_the_largest():
+    from host_tools.codec.decoder import lux
+
+    for mlx in (120_315_000, 200_000_000, 10**12):
+        mqtt, lorawan = encode_both([[(ILLUMINANCE, mlx)], [(ILLUMINANCE, mlx)], [(ILLUMINANCE, 5)]])
+        for got in read_everywhere(mqtt, lorawan, with_node=False):
+            assert [r["illuminance"] for r in got][:2] == [lux(511)] * 2, mlx

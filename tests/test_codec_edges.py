@@ -131,3 +131,20 @@ def test_illuminance_beyond_the_largest_reads_as_the_largest():
         mqtt, lorawan = encode_both([[(ILLUMINANCE, mlx)], [(ILLUMINANCE, mlx)], [(ILLUMINANCE, 5)]])
         for got in read_everywhere(mqtt, lorawan, with_node=False):
             assert [r["illuminance"] for r in got][:2] == [lux(511)] * 2, mlx
+
+
+def test_encode_counts_and_starts_as_documented():
+    from host_tools.codec import firmware_codec
+
+    codec = firmware_codec()
+    readings = []
+    for i in range(5):
+        r = codec.new_reading()
+        r[codec.SEQ] = 100 + i
+        readings.append(r)
+    enc = codec.Encoder(242)
+    assert enc.encode(readings, 0, 0) == 0 and enc.length == 0, "count 0: nothing"
+    assert enc.encode(readings, 2, -1) == 3 and [r["seq"] for r in decode(enc.frame())["readings"]] == [102, 103, 104]
+    assert enc.encode(readings, 1, 2) == 2 and [r["seq"] for r in decode(enc.frame())["readings"]] == [101, 102]
+    assert enc.encode(readings, 3, 10) == 2, "a count past the end stops at the end"
+    assert enc.encode(readings) == 5 and enc.count == 5

@@ -143,7 +143,8 @@ def test_encode_counts_and_starts_as_documented():
         r[codec.SEQ] = 100 + i
         readings.append(r)
     enc = codec.Encoder(242)
-    assert enc.encode(readings, 0, 0) == 0 and enc.length == 0, "count 0: nothing"
+    enc.encode(readings)
+    assert enc.encode(readings, 0, 0) == 0 and (enc.length, enc.count) == (0, 0), "count 0: nothing"
     assert enc.encode(readings, 2, -1) == 3 and [r["seq"] for r in decode(enc.frame())["readings"]] == [102, 103, 104]
     assert enc.encode(readings, 1, 2) == 2 and [r["seq"] for r in decode(enc.frame())["readings"]] == [101, 102]
     assert enc.encode(readings, 3, 10) == 2, "a count past the end stops at the end"

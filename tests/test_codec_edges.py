@@ -149,3 +149,26 @@ def test_encode_counts_and_starts_as_documented():
     assert enc.encode(readings, 1, 2) == 2 and [r["seq"] for r in decode(enc.frame())["readings"]] == [101, 102]
     assert enc.encode(readings, 3, 10) == 2, "a count past the end stops at the end"
     assert enc.encode(readings) == 5 and enc.count == 5
+
+
+# slot -> (just past the bottom, what it reads as; just past the top, what it reads as)
+PAST_THE_LIMITS = {
+    0: ((-401, -40.0), (851, 85.0), "temperature"),
+    1: ((-1, 0.0), (201, 100.0), "humidity"),
+    2: ((2999, 300.0), (11001, 1100.0), "pressure"),
+    3: ((-1, 0.0), (None, None), "illuminance"),
+    4: ((-1, 0), (101, 100), "fill"),
+    5: ((-1, 0), (16384, 16383), "distance"),
+    6: ((-1, 0), (101, 100), "lamp"),
+    8: ((-1, 0.0), (60001, 60.0), "voltage"),
+}
+
+
+def test_values_past_a_fields_limits_read_as_the_limit():
+    for slot, (low, high, name) in PAST_THE_LIMITS.items():
+        for value, reads in (low, high):
+            if value is None:
+                continue
+            mqtt, lorawan = encode_both([[(slot, value)], [(slot, value)], [(slot, value)]])
+            for got in read_everywhere(mqtt, lorawan, with_node=False):
+                assert [r[name] for r in got] == [reads] * 3, (name, value)

@@ -172,3 +172,36 @@ def test_values_past_a_fields_limits_read_as_the_limit():
             mqtt, lorawan = encode_both([[(slot, value)], [(slot, value)], [(slot, value)]])
             for got in read_everywhere(mqtt, lorawan, with_node=False):
                 assert [r[name] for r in got] == [reads] * 3, (name, value)
+
+
+def test_frames_no_encoder_writes_are_refused_saying_why():
+    """Each crafted frame aims at one check of the decoders (host_tools/reliability/mutation_js.py
+    holds them: the formatter's mutation corpus uses the same); the Python decoder's answers."""
+    from host_tools.codec import PayloadError
+    from host_tools.reliability.mutation_js import CRAFTED
+
+    expected = [
+        "byte 1: reading 0 presence bitmap is not canonical (the standard set has a 1-bit code)",
+        "byte 4: reading 1 presence bitmap is not canonical",
+        "byte 4: reading 1 presence bitmap is empty",
+        "byte 2: reading 0 status flags are not canonical (they have a shorter code)",
+        "byte 2: reading 0 status flags are not canonical (they have a shorter code)",
+        "byte 2: reading 1 status flags are not canonical (long form repeats the reference)",
+        "byte 4: malformed reading 1 seq delta: more than 26 leading zero bits",
+        "byte 11: reading 1 seq: delta +33554432 is outside -32768..32767",
+        "byte 8: reading 1 seq: delta +32768 is outside -32768..32767",
+        "byte 8: reading 1 seq: delta -32769 is outside -32768..32767",
+        "byte 10: oversized: 1 unexpected byte after the end of the frame (it ends after byte 9)",
+        "byte 3: truncated: the frame ends inside reading 0 status (4 bytes, reading 0 status needs 1 more bit)",
+        "byte 2: truncated: the frame ends inside reading 0 status (3 bytes, reading 0 status needs 1 more bit)",
+        "byte 3: truncated: the frame ends inside reading 0 status (4 bytes, reading 0 status needs 1 more bit)",
+        "byte 1: reading 0 presence bitmap is empty",  # 1 024 bytes: read, not refused for its size
+        "byte 1024: oversized: 1025 bytes, a frame is at most 1024 bytes",
+        "byte 0: reading 0 presence bitmap is empty",
+    ]
+    got = []
+    for frame in CRAFTED:
+        with pytest.raises(PayloadError) as e:
+            decode(frame, None if frame[:1] == b"\x02" else FPORT)
+        got.append(str(e.value))
+    assert got == expected

@@ -110,6 +110,7 @@ SEQ_ONLY, STATUS_ONLY = "0 00000000010", "0 00000000100"
 CRAFTED = [
     _bits("0 11111011111", length=4),  # reading 0: the standard set spelled as an 11-bit bitmap
     _bits(SEQ_ONLY + format(7, "016b") + "1 1 00000000010", length=6),  # reading 1 repeats reading 0's bitmap
+    _bits(SEQ_ONLY + format(7, "016b") + "1 1 00000000000", length=6),  # reading 1's bitmap is empty
     _bits(STATUS_ONLY + "11 0000000000", length=4),  # status flags 0 in the long form
     _bits(STATUS_ONLY + "11 1000000000", length=4),  # clock_unsynced alone in the long form
     _bits(STATUS_ONLY + "0 1 0 1 0000000000", length=4),  # reading 1's long form repeats the reference

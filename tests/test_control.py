@@ -293,3 +293,13 @@ def test_a_damaged_state_file_without_a_tmp_boots_with_counter_0(tmp_path):
     (tmp_path / "cmdstate.json").write_text('{"counter": [')
     h = handler(tmp_path)
     assert h.verifier.last_counter == 0 and h.verifier.key == KEY
+
+
+def test_a_key_rotation_is_on_flash_when_its_ack_goes_out(tmp_path):
+    h = handler(tmp_path)
+    nonce = bytes(range(40, 56))
+    assert ack_of(h, cmd.build(KEY, DEVICE, 5, cmd.ROTATE_KEY, {"nonce": nonce}))["reason"] == "ok"
+    new = cmd.rotated_key(KEY, nonce)
+    h = handler(tmp_path)  # the power goes right after the ack: the back office already holds the new key
+    assert ack_of(h, cmd.build(new, DEVICE, 6, cmd.REQUEST_STATUS), new)["reason"] == "ok"
+    assert ack_of(h, cmd.build(new, DEVICE, 5, cmd.ROTATE_KEY, {"nonce": nonce}), new)["reason"] == "replay"

@@ -267,3 +267,19 @@ def test_a_newest_segment_without_a_whole_frame_is_removed_and_its_seqs_not_reus
     assert not (tmp_path / "00000032.seg").exists()
     assert (s.next_seq, s.pending) == (50, 0)
     assert s.append(b"new") == 50 and s.peek(4096) == [(50, b"new")]
+
+
+def test_an_ack_log_of_exactly_120_bytes_is_not_compacted(tmp_path):
+    s = Store(str(tmp_path), 1 << 20, 4096, 0, 50)
+    for r in records(40):
+        s.append(r)
+    for _ in range(15):  # 15 entries of 7 bytes: the backlog one reading at a time (the first peek splits)
+        s.ack(s.peek(4096, 0, 1))
+    assert len((tmp_path / "ack").read_bytes()) == 105
+    s.append(b"fresh")  # seq 40
+    batch = s.peek(4096, 0, 2)
+    assert [q for q, _ in batch] == [15, 40]
+    s.ack(batch)  # a fresh reading acknowledged past the backlog: a 15-byte entry, 120 bytes in all
+    log = (tmp_path / "ack").read_bytes()
+    assert len(log) == 120, "at the limit, not past it: no compaction"
+    assert log[-15:] == entry(16, 40, 41)

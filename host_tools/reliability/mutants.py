@@ -289,7 +289,7 @@ class CampaignReport:
         mutants = [{"module": m.module, "line": m.line, "where": m.where, "operator": m.operator, "before": m.before,
                     "after": m.after, "nth": m.nth, "outcome": m.outcome, "seconds": round(m.seconds, 2)}
                    for r in self.modules.values() for m in r.mutants]
-        return dict(self.metrics(), survivors=survivors, all=mutants, sources=self.sources)
+        return dict(self.metrics(), survivors=survivors, all=mutants, sources=self.sources, timeouts_confirmed=True)
 
     def text(self) -> str:
         rows = [f"{'module':10s} {'mutants':>7s} {'killed':>7s} {'equiv.':>6s} {'unjust.':>7s} {'kill rate':>9s}"]

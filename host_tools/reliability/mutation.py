@@ -310,9 +310,11 @@ def _killed_in(reports, module: str, digest: str) -> dict[tuple, str]:
     out = {}
     for report in [reports] if isinstance(reports, (str, Path)) else reports:
         prior = json.loads(Path(report).read_text())
+        # a timeout counts once a second run with four times the time confirmed it
+        kept = ("killed", "timeout") if prior.get("timeouts_confirmed") else ("killed",)
         if prior.get("sources", {}).get(module) == digest:
             out.update({_key(m): m["outcome"] for m in prior["all"]
-                        if m["module"] == module and m["outcome"] == "killed"})
+                        if m["module"] == module and m["outcome"] in kept})
     return out
 
 

@@ -283,3 +283,18 @@ def test_an_ack_log_of_exactly_120_bytes_is_not_compacted(tmp_path):
     log = (tmp_path / "ack").read_bytes()
     assert len(log) == 120, "at the limit, not past it: no compaction"
     assert log[-15:] == entry(16, 40, 41)
+
+
+def test_a_capacity_lowered_by_a_config_change_drops_the_oldest_at_reopen(tmp_path):
+    s = Store(str(tmp_path), 8 * 300, 300, 0)
+    for r in records(400):
+        s.append(r)
+    s.close()
+    segments = len(list(tmp_path.glob("*.seg")))
+    assert segments > 3
+    s = Store(str(tmp_path), 3 * 300, 300, 0)  # the new capacity holds 3 segments
+    assert len(list(tmp_path.glob("*.seg"))) == 3
+    assert s.dropped > 0 and s.pending == 400 - s.dropped
+    assert s.overflow, "the next reading carries the overflow flag"
+    s.append(b"next")
+    assert not s.overflow, "and only that one"

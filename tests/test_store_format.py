@@ -253,8 +253,11 @@ def test_a_segment_file_gone_is_counted_as_an_error_with_its_errno(tmp_path):
     for r in records(200):
         s.append(r)
     sorted(tmp_path.glob("*.seg"))[1].unlink()
-    while batch := s.peek(4096):
+    batch = s.peek(4096)
+    assert (s.errors, s.last_error) == (1, 2), "the file that is gone counts as an error (ENOENT) when it is read"
+    while batch:
         s.ack(batch)
+        batch = s.peek(4096)
     assert s.errors >= 1 and s.last_error == 2, "ENOENT"
     assert s.corrupt > 0 and s.pending == 0
 

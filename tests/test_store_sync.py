@@ -23,8 +23,8 @@ store_mod = firmware_module("store")
 class Recorded:
     """A file of the store's, passed through to the real one, its writes and close recorded."""
 
-    def __init__(self, log, f, name):
-        self.log, self.f, self.name = log, f, name
+    def __init__(self, log, f, name, mode=""):
+        self.log, self.f, self.name, self.mode = log, f, name, mode
 
     def write(self, data):
         self.log.append(("write", self.name))
@@ -32,6 +32,8 @@ class Recorded:
 
     def close(self):
         self.log.append(("close", self.name))
+        if self.mode == "rb":
+            self.log.append(("closed for reading", self.name))
         return self.f.close()
 
     def __getattr__(self, attr):
@@ -61,7 +63,7 @@ def log(monkeypatch):
 
     def recorded_open(path, mode):
         ops.append(("open", os.path.basename(path), mode))
-        return Recorded(ops, real_open(path, mode), os.path.basename(path))
+        return Recorded(ops, real_open(path, mode), os.path.basename(path), mode)
 
     def recorded_sync(f):
         ops.append(("sync", f.name))
@@ -138,8 +140,7 @@ def test_every_file_opened_for_reading_is_closed(tmp_path, log):
     s = store_mod.Store(str(tmp_path), 1 << 20, 300, 0)  # recovery scans the segments, reads the ack log
     while batch := s.peek(100):
         s.ack(batch)
-    reads = [op for op in log if op[0] == "open" and op[2] == "rb"]
+    reads = [op[1] for op in log if op[0] == "open" and op[2] == "rb"]
+    closed = [op[1] for op in log if op[0] == "closed for reading"]
     assert len(reads) > 5
-    for k, op in enumerate(log):
-        if op[0] == "open" and op[2] == "rb":
-            assert ("close", op[1]) in log[k + 1 :], f"{op[1]} opened for reading, never closed"
+    assert sorted(reads) == sorted(closed), "every file opened for reading is closed, as often as it was opened"

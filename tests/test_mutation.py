@@ -31,7 +31,7 @@ def python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def audit() -> dict[str, str]:
     proc = python("-m", "host_tools.reliability.survivors")
-    lines = [line.split(" ", 1) for line in proc.stdout.splitlines() if line and not line.startswith(("NOT", "10/"))]
+    lines = [line.split(None, 1) for line in proc.stdout.splitlines() if line and not line.startswith(("NOT", "10/"))]
     verdicts = {rest.rsplit(" (", 1)[0]: outcome for outcome, rest in lines}
     assert len(verdicts) == len(PATCHES), proc.stdout + proc.stderr
     return verdicts

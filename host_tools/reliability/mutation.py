@@ -340,7 +340,8 @@ def run_campaign(
     never weakened) and the others (survivors, timeouts) are judged again with today's tests.
 
     `sample_functions`: sample only within each module's `sample_functions` (the commit and
-    command paths), as the short campaign in the test suite does.
+    command paths), judged by its `short_tests` when it has some, as the short campaign in the
+    test suite does.
     """
     cfg = cfg or load_campaign()
     equivalents = load_equivalents() if equivalents is None else equivalents
@@ -377,6 +378,8 @@ def run_campaign(
                 if m.outcome == "survived":
                     m.why = next((e.why for e in equivalents if e.matches(m)), "")
             continue
+        if sample_functions and "short_tests" in spec:  # the short campaign: the module's fast tests
+            spec = dict(spec, tests=spec["short_tests"])
         tests, deselect = spec["tests"], spec.get("deselect", "")
         digest = hashlib.sha256((root / spec["path"]).read_bytes()).hexdigest()
         sources[name] = digest

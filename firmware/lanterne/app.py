@@ -24,9 +24,8 @@ from lanterne.net import Network
 from lanterne.transport.link import ACK, READINGS, STATUS, Flag
 
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
-FRAME_BUDGET = 242  # bytes per uplink frame at most: the largest EU868 LoRaWAN payload
-BATCH_MAX = 24  # readings per uplink frame at most
 CMD_QUEUE = 8
+STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 TICK_MS = const(100)  # the actuator task's period: the loop's heartbeat
 _MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
 
@@ -51,6 +50,11 @@ class App:
     def __init__(self):
         self.cfg, self.config_errors = config.load()
         self.board, board_error = boardinfo.load()
+        # field setup hook: is this a setup boot (button held at the last power-up, or the
+        # window after a fresh provisioning)? Decided first, while the heap is still whole.
+        from lanterne import field
+
+        self.setup_via, self.setup_used_s = field.setup_entry(self.cfg, self.board)
         self.faults = {}
         for i, err in enumerate(self.config_errors):
             self.faults["config%d" % i] = err
@@ -62,19 +66,27 @@ class App:
         self.net = Network(self.board, self.cfg)
         self.link = None
         self.wdt = None
-        self.status_due = False  # a status was asked for (command): send one now
-        self.status_sent = time.ticks_ms()
+        self.status_due = False  # a status is to go now (asked for, due, or news): the uplink task sends it
+        self.status_at = time.ticks_ms()  # when the last status was built
+        self.status_seen = None  # what it said that matters between periods (_status_key)
         self.clock_synced = False
         self.sample_period = self.cfg["sample_period_s"]
         self.status_period = self.cfg["status_period_s"]
         self.cmd_queue = []
         self.acks = []
         self.reboot_at = None
+        self.no_uplink = None  # why nothing can be sent (no transport, no broker): statuses go to the console
         self.sent = 0
         self.lag_max = 0  # the loop's worst lateness since the last status (ms)
         self.lag_max_boot = 0  # ... since boot
         self._lag_reported = 0
         self.uplink_due = Flag()  # something to send: a reading, a command's ack, a status; the link came up
+        # -- field setup hook (lanterne/setup_mode.py): the setup page while it is up; the
+        # changes made on site with it (field.json), reported in the status; status messages
+        # the link took (the page's link test waits for one).
+        self.setup = None
+        self.field = field.load()
+        self.status_sent = 0
         self._build()
 
     def _build(self):
@@ -85,9 +97,14 @@ class App:
         from lanterne.control import CommandHandler
         from lanterne.reading import RecordPacker
         from lanterne.store import Store
+        from lanterne.uplink import Uplink
 
         MqttLink = None
-        if self.cfg["transport"] == "mqtt":
+        if self.cfg["transport"] != "mqtt":
+            self.no_uplink = self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
+        elif not self.cfg["broker"]:
+            self.no_uplink = self.faults["broker"] = "config: no broker configured: offline, readings kept in the store"
+        else:
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
@@ -95,13 +112,10 @@ class App:
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
-        self.encoder = codec.Encoder(FRAME_BUDGET)
-        self.batch = [codec.new_reading() for _ in range(BATCH_MAX)]
+        self.uplink = Uplink(self.store, self.faults)
         self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
         if MqttLink is not None:
             self.link = MqttLink(self.cfg, self.on_downlink)
-        else:
-            self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
 
     # -- time ---------------------------------------------------------------------
     def now(self):
@@ -117,7 +131,28 @@ class App:
         return days_from_civil(d[0], d[1], d[2]) * 86400 + d[4] * 3600 + d[5] * 60 + d[6]
 
     # -- status ---------------------------------------------------------------------
+    def _status_key(self):
+        # What a status says that the back office should not wait a whole period for: the
+        # faults, the lamp's decision, the bollard, the periods.
+        a = self.assets
+        return (
+            tuple(self.faults),
+            a.fault_key(),
+            a.lamp.level if a.lamp else None,
+            a.profile.reason if a.profile else None,
+            a.bollard.state if a.bollard else None,
+            self.sample_period,
+            self.status_period,
+        )
+
+    def ask_status(self):
+        # A status goes out now (a command asked, the setup page changed something, news).
+        self.status_due = True
+        self.uplink_due.set()
+
     def status(self, state="online"):
+        self.status_at = time.ticks_ms()
+        self.status_seen = self._status_key()
         gc.collect()
         faults = dict(self.faults)
         faults.update(self.assets.faults())
@@ -136,6 +171,8 @@ class App:
                 "backlog": st.pending,
                 "dropped": st.dropped,
                 "sent": self.sent,
+                "sample_period_s": self.sample_period,
+                "status_period_s": self.status_period,
                 "faults": sorted(faults.values()),
                 "rssi": self.net.rssi(),
                 "clock": self.clock_synced,
@@ -147,6 +184,10 @@ class App:
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
                 "loop_lag_max_ms": self.lag_max,
                 "loop_lag_max_ms_boot": self.lag_max_boot,
+                # field setup hook: on-site changes (field.json) and the setup page, if up
+                "field": self.field,
+                "setup": self.setup.summary() if self.setup else None,
+                "env": self.assets.extra.status() if self.assets.extra else None,
             }
         )
 
@@ -187,58 +228,34 @@ class App:
             if not self.clock_synced:
                 flags |= F_UNSYNCED
             r[codec.STATUS] = flags
+            if flags & F_OVERFLOW:
+                self.faults["overflow"] = "store: full, oldest readings dropped (buffer_overflow)"
+            else:
+                self.faults.pop("overflow", None)
             seq = self.store.append(self.packer.pack(r, self.now(), self.boot, self.clock_synced))
             if seq < 0:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
                 self.uplink_due.set()
-            spent = time.ticks_diff(time.ticks_ms(), t0)
-            await asyncio.sleep_ms(max(10, self.sample_period * 1000 - spent))
+            # Sleep out the period a second at a time: a period changed by command applies at once.
+            while True:
+                left = self.sample_period * 1000 - time.ticks_diff(time.ticks_ms(), t0)
+                await asyncio.sleep_ms(max(10, min(left, 1000)))
+                if left <= 1000:
+                    break
 
     # -- uplink ----------------------------------------------------------------------
-    def _next_frame(self):
-        """Peek the store, build one codec frame. Returns (frame view, records packed) or None."""
-        from lanterne.reading import RECORD_LEN, unpack
-
-        batch = self.store.peek(budget=BATCH_MAX * RECORD_LEN, max_records=BATCH_MAX)
-        if not batch:
-            return None
-        n = 0
-        now = self.now()
-        for seq, rec in batch:
-            try:
-                unpack(rec, self.batch[n], seq, now, self.boot, self.clock_synced)
-                n += 1
-            except ValueError:
-                self.faults["record"] = "store: record %d unreadable, skipped" % seq
-                break
-        if n == 0:
-            self.store.ack(batch[:1])  # an unreadable record is skipped, never retried forever
-            return None
-        # the largest frame the link takes now (LoRaWAN: its data rate's), within the encoder's buffer
-        budget = min(FRAME_BUDGET, self.link.max_frame(READINGS)) if self.link else FRAME_BUDGET
-        k = self.encoder.encode(self.batch, 0, n, budget)
-        if k == 0:
-            self.store.ack(batch[:1])
-            return None
-        return memoryview(self.encoder.buf)[: self.encoder.length], batch[:k]
-
     async def drain(self):
         """Send what the store holds, frame by frame, committing each only after the link took it
-        (MQTT: its PUBACK). A frame the link did not take stays in the store and goes again."""
+        (MQTT: its PUBACK; lanterne.uplink: only the readings a frame carried). A frame the link
+        did not take stays in the store and goes again."""
         link = self.link
         while link.up and self.store.pending:
-            nxt = self._next_frame()
-            if nxt is None:
-                continue
-            frame, acked = nxt
-            if not link.fits(READINGS, len(frame)):
-                return  # over the airtime budget (LoRaWAN): later
-            if not await link.send(READINGS, frame):
-                return  # the link went down on the way: nothing committed
-            self.store.ack(acked)
-            self.sent += len(acked)
+            n = await self.uplink.send(link, self.now(), self.boot, self.clock_synced)
+            if n < 0:
+                return  # the link went down on the way, or over its airtime budget: later
+            self.sent += n
             if self.cmd_queue or self.acks or self.status_due:
                 return  # those go first
 
@@ -256,7 +273,7 @@ class App:
                 if self.status_due:
                     if await link.send(STATUS, self.status_payload()):
                         self.status_due = False
-                        self.status_sent = time.ticks_ms()
+                        self.status_sent += 1  # field setup hook: the link took it (MQTT: PUBACK)
                     else:
                         self.status_not_sent()
                     continue
@@ -325,7 +342,7 @@ class App:
         if opcode == cmd.SET_CONFIG:
             return self.set_config(args["key"], args["value"])
         if opcode == cmd.REQUEST_STATUS:
-            self.status_due = True  # the uplink task sends it after this command's ack
+            self.ask_status()  # the uplink task sends it after this command's ack
             return cmd.OK, b""
         if opcode == cmd.REBOOT:
             self.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
@@ -333,21 +350,15 @@ class App:
         return cmd.UNKNOWN_COMMAND, b""
 
     def set_config(self, key, value):
-        """Validate with the config schema, then write config.json atomically; refuse otherwise."""
-        try:
-            with open(config.CONFIG_FILE) as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError):
-            data = {}
+        """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""
+        data = config.file_data()
         data[key] = value
         cfg, errors = config.validate(data)
         if any("'%s'" % key in e for e in errors):
             self.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
             return cmd.BAD_ARGUMENT, b""
         try:
-            from lanterne.control import _write_atomic
-
-            _write_atomic(config.CONFIG_FILE, json.dumps(data))
+            config.save(data)
         except OSError as e:
             return cmd.FAILED, b""
         self.cfg[key] = cfg[key]
@@ -355,6 +366,8 @@ class App:
         self.status_period = self.cfg["status_period_s"]
         if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
             self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
+        if self.assets.extra is not None:
+            self.assets.extra.reconfigure(key, self.cfg)
         return cmd.OK, b""
 
     # -- link ------------------------------------------------------------------------
@@ -364,7 +377,7 @@ class App:
         # its photocell meanwhile). Every wait here is bounded and lets the loop run.
         link = self.link
         if not self.net.start():
-            self.faults["network"] = self.net.error
+            self.no_uplink = self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
         was_up = net_was_up = False
@@ -401,7 +414,7 @@ class App:
                 self.faults.pop("mqtt", None)
                 self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
                 self.status_due = False
-                self.status_sent = time.ticks_ms()
+                self.status_sent += 1  # field setup hook: the online status went with the connection
                 self.uplink_due.set()  # what waited for the link
                 was_up = True
             else:
@@ -424,24 +437,50 @@ class App:
             return False
         self.clock_synced = True
         self.faults.pop("clock", None)
+        self.lamp_update()  # the schedule applies now, before the next status says otherwise
         return True
+
+    async def status_task(self):
+        # Checked every second: a status is due one status period after the last one (so a
+        # period changed by command applies at once), or as soon as what it says changed (a
+        # fault raised or cleared, the lamp's decision, the periods), at most every STATUS_GAP_MS.
+        while True:
+            await asyncio.sleep_ms(1000)
+            since = time.ticks_diff(time.ticks_ms(), self.status_at)
+            if self.status_due or since < STATUS_GAP_MS:
+                continue
+            if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
+                if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
+                    self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
+                else:
+                    self.ask_status()
+
+    def lamp_update(self, photocell=False):
+        # Follow the lamp profile now (reading the photocell first when asked): at boot before
+        # the first status is built, after a clock sync, and every TICK_MS from actuator_task.
+        a = self.assets
+        if a.lamp is None:
+            return
+        try:
+            if photocell and a.light is not None:
+                a.light.sample()
+            a.lamp_tick(self.now_utc(), bool(self.link and self.link.up))
+        except Exception as e:  # never let an actuator stop the board
+            self.faults["actuator"] = "actuator: %r" % (e,)
 
     async def actuator_task(self):
         # The loop's heartbeat, every TICK_MS: the lamp and the bollard; how late it woke up
         # (anything that holds the loop, a blocking call or a long computation, shows here and
-        # in the status as loop_lag_max_ms); the watchdog, fed only by a loop that keeps running;
-        # the periodic status.
+        # in the status as loop_lag_max_ms); the watchdog, fed only by a loop that keeps running.
         a = self.assets
         tick = 0
         trips = irq_trips = 0
         t = fed = time.ticks_ms()
         while True:
-            contact = bool(self.link and self.link.up)
             try:
-                if a.lamp is not None and a.light is not None and tick % 20 == 0:
-                    a.light.sample()  # the photocell every 2 s, not only at the sampling period
+                # the photocell every 2 s (every TICK_MS until its first reading), not only at the sampling period
+                self.lamp_update(a.light is not None and (tick % 20 == 0 or not a.light.has_value))
                 tick += 1
-                a.lamp_tick(self.now_utc(), contact)
                 b = a.bollard
                 if b is not None:
                     b.update()
@@ -465,33 +504,53 @@ class App:
             if self.wdt and time.ticks_diff(now, fed) >= 1000:
                 self.wdt.feed()
                 fed = now
-            if not self.status_due and time.ticks_diff(now, self.status_sent) >= self.status_period * 1000:
-                self.status_due = True
-                self.uplink_due.set()
 
     async def run(self):
+        offline = not self.cfg["broker"] and self.cfg["transport"] == "mqtt"
+        if offline:  # loud: a board that will never send anything says so where a technician looks
+            self.log("*" * 60)
+            self.log("NOT PROVISIONED: no broker in its config, this board stays OFFLINE")
+            self.log("(it tries no broker; its readings are kept in the store)")
         for err in self.config_errors:
             self.log(err)
+        if offline:
+            self.log("provision it: lanterne provision --port PORT --board BOARD --device ID")
+            self.log("*" * 60)
         for err in self.assets.errors.values():
             self.log(err)
         if self.cfg["watchdog_ms"]:
             self.wdt = machine.WDT(timeout=self.cfg["watchdog_ms"])
+        self.lamp_update(True)  # the lamp decides before anything reports it
         self.log(
             "lanterne %s on %s, device %s, reset cause %s, boot %d, backlog %d"
             % (__version__, self.board.get("name"), self.cfg["device"], self.reset_cause, self.boot, self.store.pending)
         )
         tasks = [
             self.guard("sampling", self.sample_task),
+            self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
+            self.guard("setup", self.setup_task),  # field setup hook
         ]
         if self.link is not None:
             tasks += [
                 self.guard("link", self.link_task),
                 self.guard("uplink", self.uplink_task),
             ]
-        else:
+        elif self.cfg["transport"] != "mqtt":
             self.log(self.faults["transport"])
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *self.assets.tasks())
+
+    async def setup_task(self):
+        # field setup hook: a setup boot serves the setup page, then restarts
+        # (lanterne/setup_mode.py); a normal boot watches the button for 5 s (lanterne/field.py).
+        from lanterne import field
+
+        if self.setup_via is None:
+            await field.watch_button(self)
+            return
+        from lanterne import setup_mode
+
+        await setup_mode.task(self)
 
     async def guard(self, name, task):
         # A bug or an unexpected error in one task is reported and the task restarted; the

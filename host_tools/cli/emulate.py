@@ -29,6 +29,12 @@ def configure(p):
     p.add_argument("--broker-proxy", metavar="HOST:PORT",
                    help="run a fault proxy to this broker, driven by the world's 'broker' faults; prints its URL")
     p.add_argument(
+        "--radio",
+        metavar="URL",
+        help="LoRaWAN boards: the MQTT broker (mqtt://host:port) their gateways publish on, in ChirpStack Gateway "
+        "Bridge form (run `lanterne network-server` on it); without it no gateway is in range",
+    )
+    p.add_argument(
         "--blank",
         action="store_true",
         help="a factory-fresh board: erased SPI flash (DIR.flash.bin), needs `lanterne flash` before MicroPython runs",
@@ -60,7 +66,8 @@ def run(args):
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     try:
         with Emulator() as emu:
-            handle = emu.add_board(board, args.fs, port_path=args.port, world=world, log_path=args.log, blank=args.blank)
+            handle = emu.add_board(board, args.fs, port_path=args.port, world=world, log_path=args.log, blank=args.blank,
+                                    radio=args.radio)
             ctl = ControlServer(handle, args.port + ".ctl")
             ctl.start()
             print(f"virtual {board.name} on {args.port} -> {handle.board.pty_name}, flash {handle.flash}", flush=True)

@@ -148,6 +148,7 @@ class VirtualBoard:
         log_path: str | Path | None = None,
         flash_image: str | Path | None = None,
         blank: bool = False,
+        radio: str | None = None,
     ):
         self.board = board
         self.flash = Path(flash_dir).resolve()
@@ -156,6 +157,10 @@ class VirtualBoard:
         self.port_path = Path(port_path) if port_path else None
         self.world = world or World()
         self.parts = Parts(board.data, self.world)
+        for part in self.parts.parts:  # parts with state of their own (a modem's NVM) keep it beside the flash
+            attach = getattr(part, "attach_board", None)
+            if attach is not None:
+                attach(self.flash, radio)
         self.token = hashlib.sha256(os.urandom(16)).hexdigest()[:16]
         self.serial = serial or hashlib.sha256(str(self.flash).encode()).hexdigest()[:12]
         self.heap_override = heap_override
@@ -179,6 +184,7 @@ class VirtualBoard:
         self.booted_free: int | None = None
         self.booted_event = asyncio.Event()
         self.reset_log: list[str] = []
+        self.listening: dict[tuple[str, int], int] = {}  # (board ip, port) -> loopback port on the host
         self.dropped_input = 0
         self._pending_reset: tuple[str, int] | None = None
         self._wdt_timeout: float | None = None
@@ -236,6 +242,10 @@ class VirtualBoard:
             t.cancel()
         await self._kill()
         self.hal.unregister(self.token)
+        for part in self.parts.parts:
+            detach = getattr(part, "detach_board", None)
+            if detach is not None:
+                detach()
         if self._master is not None:
             asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)
@@ -259,8 +269,9 @@ class VirtualBoard:
             check = self.spi_flash.boot_check()
             if not check.ok:
                 line = ROM_BOOT_LINES.get(kind, ROM_BOOT_LINES["power"])
-                log = "\r\n".join(check.log) + "\r\n" if check.log else ""
-                self._emit(f"\r\n{line}\r\n{log}{check.message}\r\n".encode())
+                # The log ends with the failure itself, in the words the chip prints: once.
+                log = "\r\n".join(check.log or (check.message,))
+                self._emit(f"\r\n{line}\r\n{log}\r\n".encode())
                 self.boot_kind = "no-firmware"
                 self.reset_log.append("no-firmware")
                 return
@@ -331,6 +342,7 @@ class VirtualBoard:
         proc = self.proc
         self.proc = None
         self.executing = False
+        self._radio_off()
         if proc and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -373,16 +385,19 @@ class VirtualBoard:
         # On the ESP32, mbedtls allocates its TLS session from the IDF heap, beside the
         # MicroPython heap; the unix port takes it from the GC heap. A board configured for
         # mqtts:// gets the board file's idf_heap_bytes on top (mbedtls buffers are bytes:
-        # no 64-bit scaling). Measured: a session peaks at ~15 KB in the GC heap here.
-        try:
-            cfg = json.loads((self.flash / "config.json").read_text())
-        except (OSError, ValueError):
-            return 0
-        if isinstance(cfg, dict) and str(cfg.get("broker", "")).startswith("mqtts://"):
-            return int(self.board.data.get("idf_heap_bytes", 65536))
+        # no 64-bit scaling). Measured: a session peaks at ~15 KB in the GC heap here. The broker
+        # is config.json's, or its last known good's when config.json has none (firmware config.py).
+        for name in ("config.json", "config.lkg.json"):
+            try:
+                cfg = json.loads((self.flash / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and str(cfg.get("broker", "")).startswith("mqtt"):
+                return int(self.board.data.get("idf_heap_bytes", 65536)) if cfg["broker"].startswith("mqtts://") else 0
         return 0
 
     def _start_interpreter(self, kind: str) -> None:
+        self._radio_off()
         self.boot_kind = kind
         self.boots += 1
         self._heap_scale = HEAP_SCALE_ROMFS if self._romfs_valid() else HEAP_SCALE
@@ -522,6 +537,18 @@ class VirtualBoard:
     # -- HAL hooks ----------------------------------------------------------------
     def on_hal_connected(self) -> None:
         pass
+
+    def on_listen(self, ip: str | None, port: int, host_port: int) -> None:
+        # A listening socket of the firmware (its setup page): reachable from the host over loopback.
+        for key in [k for k, v in self.listening.items() if v == host_port]:
+            del self.listening[key]
+        if ip is not None:
+            self.listening[(ip, port)] = host_port
+
+    def _radio_off(self) -> None:
+        # The interpreter is gone (reset, power cut): its access point and sockets with it.
+        self.listening.clear()
+        self.world.set_access_point(None)
 
     def on_booted(self, alloc: int, free: int) -> None:
         self.booted_alloc, self.booted_free = alloc, free

@@ -1,0 +1,216 @@
+"""The back office's LoRaWAN uplink service (`lanterne uplinks`): network-server integration in, readings and ledger downlinks out.
+
+It subscribes to a network server's MQTT integration (ChirpStack v4 or The Things Stack v3,
+host_tools/codec/lns_json.py), and for each uplink of a known device:
+- FPort 102: decodes the readings frame (host_tools/codec, docs/payload.md), gives each reading its
+  full seq back and drops the ones seen before (host_tools/codec/seq.py), records them in the
+  device's delivery ledger and hands the new ones on (`events`, or the `on_event` callback) in seq
+  order within the frame;
+- FPort 11: checks a compact command ack against the commands in flight (firmware/lanterne/ledger.py);
+- keeps the radio figures the monitor shows (RSSI, SNR, DR, FCnt, airtime used today);
+- after any uplink, sends the device a signed ledger downlink (FPort 12) when the budget allows
+  (host_tools/backoffice/delivery_ledger.py): the network server holds it and delivers it after the
+  device's next uplink (class A).
+
+`handle(uplink)` is the whole logic and needs no broker; `start()` wires it to MQTT.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from host_tools.backoffice.command_client import next_counter
+from host_tools.backoffice.delivery_ledger import DAY_S, DeliveryLedger, LedgerBudget
+from host_tools.codec import PayloadError, decode
+from host_tools.codec import lns_json as J
+from host_tools.codec import lorawan_radio as R
+from host_tools.codec.lns_devices import tts_id
+from host_tools.codec.seq import SeqTracker
+from host_tools.runtime import firmware_module
+
+INTEGRATIONS = ("chirpstack", "tts")
+
+
+@dataclass
+class LoraDevice:
+    device: str
+    dev_eui: str
+    command_key: bytes
+    join_eui: str = "0000000000000000"
+    first_seq: int | None = 0  # a provisioned board numbers its readings from 0; None: from the first one seen
+
+
+@dataclass
+class DeviceState:
+    info: LoraDevice
+    tracker: SeqTracker = field(default_factory=SeqTracker)
+    ledger: DeliveryLedger = field(default_factory=DeliveryLedger)
+    budget: LedgerBudget | None = None
+    last: dict = field(default_factory=dict)  # rssi, snr, dr, fcnt, time
+    airtime: list = field(default_factory=list)  # (time, seconds) of the last 24 h
+    uplinks: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    ledgers_sent: int = 0
+    ledger_counter: int = 0
+    in_flight: dict = field(default_factory=dict)  # command counter -> opcode
+
+    def airtime_today(self, now: float) -> float:
+        self.airtime = [(t, s) for t, s in self.airtime if t > now - DAY_S]
+        return sum(s for _, s in self.airtime)
+
+
+def topics(integration: str, app: J.Application) -> list[str]:
+    if integration == "chirpstack":
+        return [f"application/{app.application_id}/device/+/event/up"]
+    return [f"v3/{app.tts_application}@{app.tts_tenant}/devices/+/up"]
+
+
+def downlink_message(integration: str, app: J.Application, dev: LoraDevice, fport: int, data: bytes) -> tuple[str, dict]:
+    """Topic and JSON that enqueue a downlink on the network server."""
+    if integration == "chirpstack":
+        return J.chirpstack_topic(app, dev.dev_eui, "command/down"), J.chirpstack_down(dev.dev_eui, fport, data)
+    return J.tts_topic(app, dev.device, "down/push"), J.tts_down(fport, data)
+
+
+class UplinkService:
+    def __init__(self, devices: list[LoraDevice], integration: str = "chirpstack", app: J.Application | None = None,
+                 ledger_per_day: int = 10, broker_url: str | None = None, clock=time.time, on_event=None,
+                 publish=None):
+        if integration not in INTEGRATIONS:
+            raise ValueError(f"integration must be one of {', '.join(INTEGRATIONS)}, not {integration!r}")
+        self.integration = integration
+        self.app = app or J.Application()
+        self.broker_url = broker_url
+        self.clock = clock
+        self.on_event = on_event
+        self._publish_fn = publish
+        self.ledger_per_day = ledger_per_day
+        self.devices = {d.dev_eui.lower(): DeviceState(d, ledger=DeliveryLedger(d.first_seq), budget=LedgerBudget(ledger_per_day))
+                        for d in devices}
+        self.by_name = {s.info.device: s for s in self.devices.values()}
+        self.by_name.update({tts_id(s.info.device): s for s in self.devices.values()})
+        self.events: list[dict] = []
+        self._lock = threading.RLock()
+        self._client = None
+        self.ledger = firmware_module("ledger")
+
+    # -- the logic -------------------------------------------------------------------------------------
+    def emit(self, event: dict) -> None:
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def handle(self, up: J.Uplink) -> None:
+        with self._lock:
+            st = self.devices.get(up.dev_eui.lower()) or self.by_name.get(up.device)
+            if st is None:
+                self.emit({"event": "unknown_device", "dev_eui": up.dev_eui, "device": up.device})
+                return
+            now = self.clock()
+            st.uplinks += 1
+            st.last = {"rssi": up.rssi, "snr": up.snr, "dr": up.dr, "fcnt": up.fcnt, "time": now, "gateways": up.gateways}
+            sf = R.EU868_DR_SF.get(up.dr, 12)
+            st.airtime.append((now, up.airtime_s or R.time_on_air_s(R.LORAWAN_OVERHEAD + len(up.data), sf)))
+            name = st.info.device
+            if up.fport == 102:
+                try:
+                    decoded = decode(up.data, fport=102)
+                except PayloadError as exc:
+                    self.emit({"event": "bad_payload", "device": name, "fcnt": up.fcnt, "error": str(exc)})
+                    return
+                fresh = []
+                for r in decoded["readings"]:
+                    if "seq" not in r:
+                        fresh.append(r)
+                        continue
+                    full, new = st.tracker.accept(r["seq"])
+                    if new and st.ledger.add(full):
+                        fresh.append(dict(r, seq=full))
+                    else:
+                        st.duplicates += 1
+                for r in sorted(fresh, key=lambda r: r.get("seq", -1)):
+                    st.readings += 1
+                    self.emit({"event": "reading", "device": name, "reading": r, "fcnt": up.fcnt})
+            elif up.fport == self.ledger.FPORT_ACK:
+                got = self.ledger.parse_ack(st.info.command_key, name, up.data, st.in_flight)
+                if got is None:
+                    self.emit({"event": "bad_ack", "device": name, "fcnt": up.fcnt})
+                else:
+                    counter, opcode, status, data = got
+                    st.in_flight.pop(counter, None)
+                    self.emit({"event": "ack", "device": name, "counter": counter, "opcode": opcode, "status": status,
+                               "data": data.hex()})
+            self.maybe_send_ledger(st, now)
+
+    def maybe_send_ledger(self, st: DeviceState, now: float) -> bool:
+        summary = st.ledger.summary()
+        if st.ledger.base is None or not st.budget.due(now, summary):
+            return False
+        st.ledger_counter = next_counter(st.ledger_counter)
+        frame = self.ledger.build(st.info.command_key, st.info.device, st.ledger_counter, *summary)
+        self.send_downlink(st.info, self.ledger.FPORT_LEDGER, frame)
+        st.budget.spend(now, summary)
+        st.ledgers_sent += 1
+        self.emit({"event": "ledger", "device": st.info.device, "next": summary[0], "span": summary[1],
+                   "seen": summary[2], "missing": summary[3], "bytes": len(frame), "time": now})
+        return True
+
+    def send_downlink(self, dev: LoraDevice, fport: int, data: bytes) -> None:
+        topic, msg = downlink_message(self.integration, self.app, dev, fport, data)
+        if self._publish_fn is not None:
+            self._publish_fn(topic, msg)
+        elif self._client is not None:
+            self._client.publish(topic, json.dumps(msg), qos=1)
+
+    def stats(self) -> dict[str, dict]:
+        now = self.clock()
+        with self._lock:
+            return {
+                st.info.device: dict(st.last, uplinks=st.uplinks, readings=st.readings, duplicates=st.duplicates,
+                                     airtime_today_s=round(st.airtime_today(now), 3), ledgers_today=st.budget.used_today(now),
+                                     missing=sum(c for _, c in st.ledger.gaps()), next_seq=st.ledger.next_seq)
+                for st in self.devices.values()
+            }
+
+    # -- MQTT ------------------------------------------------------------------------------------------
+    def start(self) -> UplinkService:
+        import paho.mqtt.client as paho
+
+        from host_tools.fleet.config import parse_broker_url
+
+        host, port, _tls = parse_broker_url(self.broker_url)
+        ready = threading.Event()
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"lanterne-uplinks-{time.time_ns()}")
+
+        def on_connect(client, userdata, flags, reason, properties=None):
+            for t in topics(self.integration, self.app):
+                client.subscribe(t, qos=1)
+            ready.set()
+
+        c.on_connect = on_connect
+        c.on_message = self._on_message
+        c.connect(host, port, keepalive=30)
+        c.loop_start()
+        self._client = c
+        if not ready.wait(10):
+            raise ConnectionError(f"uplink service: no connection to {self.broker_url}")
+        return self
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            body = json.loads(msg.payload)
+            up = J.parse_chirpstack_up(body) if self.integration == "chirpstack" else J.parse_tts_up(body)
+        except (ValueError, J.IntegrationError) as exc:
+            self.emit({"event": "bad_message", "topic": msg.topic, "error": str(exc)})
+            return
+        self.handle(up)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.loop_stop()
+            self._client.disconnect()
+            self._client = None

@@ -18,7 +18,7 @@ import machine
 
 from micropython import const
 
-from lanterne import __version__, boardinfo, codec, config
+from lanterne import __version__, codec
 from lanterne import commands as cmd
 from lanterne.net import Network
 from lanterne.transport.link import ACK, READINGS, STATUS, Flag
@@ -26,8 +26,22 @@ from lanterne.transport.link import ACK, READINGS, STATUS, Flag
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
 CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
+GC_EVERY = 2048  # bytes allocated between two automatic collections
 TICK_MS = const(100)  # the actuator task's period: the loop's heartbeat
 _MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
+
+
+def _unload(name):
+    # Drop a module the board no longer needs (nothing else may hold on to it): its functions,
+    # tables and globals are garbage at the next collection.
+    import sys
+
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition(".")
+    try:
+        delattr(sys.modules[parent], child)
+    except (KeyError, AttributeError):
+        pass
 
 
 def _bump_boot_count(path="boot.count"):
@@ -48,8 +62,14 @@ def _bump_boot_count(path="boot.count"):
 
 class App:
     def __init__(self):
+        # config, boardinfo and field are needed at boot only: dropped once the app is built,
+        # their heap goes back to the board (set_config imports config again, for the moment
+        # it takes).
+        from lanterne import boardinfo, config
+
         self.cfg, self.config_errors = config.load()
         self.board, board_error = boardinfo.load()
+        del boardinfo, config
         # field setup hook: is this a setup boot (button held at the last power-up, or the
         # window after a fresh provisioning)? Decided first, while the heap is still whole.
         from lanterne import field
@@ -87,6 +107,10 @@ class App:
         self.setup = None
         self.field = field.load()
         self.status_sent = 0
+        del field
+        if self.setup_via is None:  # (setup mode uses them all)
+            for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
+                _unload(name)
         self._build()
 
     def _build(self):
@@ -303,72 +327,17 @@ class App:
                 self.acks.append(ack)
 
     def execute(self, opcode, args):
-        a = self.assets
-        if opcode == cmd.SET_LAMP:
-            if a.lamp is None:
-                return cmd.REFUSED, b""
-            until = None
-            if args["duration_min"] and self.clock_synced:
-                until = self.now_utc() + args["duration_min"] * 60
-            a.profile.override(args["level"], until)
-            a.lamp.set(args["level"], ramp_ms=args["ramp_s"] * 1000)
-            a.lamp.update()
-            return cmd.OK, bytes((a.lamp.level,))
-        if opcode == cmd.RESUME_PROFILE:
-            if a.profile is None:
-                return cmd.REFUSED, b""
-            a.profile.override(None)
-            return cmd.OK, b""
-        if opcode == cmd.SET_PROFILE:
-            if a.profile is None:
-                return cmd.REFUSED, b""
-            p = a.profile
-            p.steps = tuple(args["steps"])
-            p.dusk_offset_min = args["dusk_offset_min"]
-            p.dawn_offset_min = args["dawn_offset_min"]
-            p._day = None  # recompute tonight's events with the new offsets
-            return cmd.OK, b""
-        if opcode == cmd.BOLLARD:
-            if a.bollard is None:
-                return cmd.REFUSED, b""
-            from lanterne.actuators import relay
+        # What an authenticated command does (lanterne/execute.py), loaded for the moment it runs:
+        # commands are rare, the heap is not.
+        from lanterne import execute
 
-            r = a.bollard.command(relay.UP if args["action"] == "raise" else relay.DOWN)
-            return (cmd.OK if r == relay.OK else cmd.REFUSED), bytes((a.bollard.state,))
-        if opcode == cmd.SET_PERIOD:
-            if args["what"] == "sample":
-                return self.set_config("sample_period_s", args["seconds"])
-            return self.set_config("status_period_s", args["seconds"])
-        if opcode == cmd.SET_CONFIG:
-            return self.set_config(args["key"], args["value"])
-        if opcode == cmd.REQUEST_STATUS:
-            self.ask_status()  # the uplink task sends it after this command's ack
-            return cmd.OK, b""
-        if opcode == cmd.REBOOT:
-            self.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
-            return cmd.OK, b""
-        return cmd.UNKNOWN_COMMAND, b""
-
-    def set_config(self, key, value):
-        """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""
-        data = config.file_data()
-        data[key] = value
-        cfg, errors = config.validate(data)
-        if any("'%s'" % key in e for e in errors):
-            self.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
-            return cmd.BAD_ARGUMENT, b""
         try:
-            config.save(data)
-        except OSError as e:
-            return cmd.FAILED, b""
-        self.cfg[key] = cfg[key]
-        self.sample_period = self.cfg["sample_period_s"]
-        self.status_period = self.cfg["status_period_s"]
-        if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
-            self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
-        if self.assets.extra is not None:
-            self.assets.extra.reconfigure(key, self.cfg)
-        return cmd.OK, b""
+            return execute.run(self, opcode, args)
+        finally:
+            del execute
+            _unload("lanterne.execute")
+            if self.setup is None:  # (set_config loaded it; setup mode keeps it)
+                _unload("lanterne.config")
 
     # -- link ------------------------------------------------------------------------
     async def link_task(self):
@@ -440,20 +409,18 @@ class App:
         self.lamp_update()  # the schedule applies now, before the next status says otherwise
         return True
 
-    async def status_task(self):
-        # Checked every second: a status is due one status period after the last one (so a
-        # period changed by command applies at once), or as soon as what it says changed (a
-        # fault raised or cleared, the lamp's decision, the periods), at most every STATUS_GAP_MS.
-        while True:
-            await asyncio.sleep_ms(1000)
-            since = time.ticks_diff(time.ticks_ms(), self.status_at)
-            if self.status_due or since < STATUS_GAP_MS:
-                continue
-            if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
-                if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
-                    self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
-                else:
-                    self.ask_status()
+    def status_check(self):
+        # Every second (from the actuator task): a status is due one status period after the last
+        # one (so a period changed by command applies at once), or as soon as what it says changed
+        # (a fault raised or cleared, the lamp's decision, the periods), at most every STATUS_GAP_MS.
+        since = time.ticks_diff(time.ticks_ms(), self.status_at)
+        if self.status_due or since < STATUS_GAP_MS:
+            return
+        if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
+            if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
+                self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
+            else:
+                self.ask_status()
 
     def lamp_update(self, photocell=False):
         # Follow the lamp profile now (reading the photocell first when asked): at boot before
@@ -471,7 +438,8 @@ class App:
     async def actuator_task(self):
         # The loop's heartbeat, every TICK_MS: the lamp and the bollard; how late it woke up
         # (anything that holds the loop, a blocking call or a long computation, shows here and
-        # in the status as loop_lag_max_ms); the watchdog, fed only by a loop that keeps running.
+        # in the status as loop_lag_max_ms); the watchdog, fed only by a loop that keeps running;
+        # every second, whether a status is due.
         a = self.assets
         tick = 0
         trips = irq_trips = 0
@@ -501,11 +469,20 @@ class App:
                 self.lag_max = late
                 if late > self.lag_max_boot:
                     self.lag_max_boot = late
-            if self.wdt and time.ticks_diff(now, fed) >= 1000:
-                self.wdt.feed()
+            if time.ticks_diff(now, fed) >= 1000:
+                if self.wdt:
+                    self.wdt.feed()
                 fed = now
+                try:
+                    self.status_check()
+                except MemoryError as e:  # no room to build it now: the next second tries again
+                    self.log("status: %r" % (e,))
 
     async def run(self):
+        # Collect after every few KB allocated rather than when the heap is full: garbage left
+        # to pile up scatters the objects that outlive it (a connection's, a command's) across
+        # the heap, which at 64 KB leaves no room in one piece for a status or a socket.
+        gc.threshold(GC_EVERY)
         offline = not self.cfg["broker"] and self.cfg["transport"] == "mqtt"
         if offline:  # loud: a board that will never send anything says so where a technician looks
             self.log("*" * 60)
@@ -527,7 +504,6 @@ class App:
         )
         tasks = [
             self.guard("sampling", self.sample_task),
-            self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
             self.guard("setup", self.setup_task),  # field setup hook
         ]
@@ -543,10 +519,12 @@ class App:
     async def setup_task(self):
         # field setup hook: a setup boot serves the setup page, then restarts
         # (lanterne/setup_mode.py); a normal boot watches the button for 5 s (lanterne/field.py).
-        from lanterne import field
-
         if self.setup_via is None:
-            await field.watch_button(self)
+            from lanterne import setup_button
+
+            await setup_button.watch_button(self)
+            del setup_button
+            _unload("lanterne.setup_button")  # the button is watched only in the first seconds
             return
         from lanterne import setup_mode
 

@@ -230,7 +230,7 @@ class SetupApi:
         return 200, {"pending": self.pending}
 
     def _save(self):
-        from lanterne.control import _write_atomic
+        from lanterne.flashfile import write_atomic as _write_atomic
 
         a = self.app
         if not self.pending:

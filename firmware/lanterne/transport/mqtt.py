@@ -111,10 +111,18 @@ def subscribe_packet(buf, topic, pid, qos=1):
     return i + 1
 
 
+def parse_broker(url):
+    """'mqtts://host:port' -> (host, port, tls) (config.py checked the scheme)."""
+    tls = url.startswith("mqtts://")
+    rest = url.split("://", 1)[1].rstrip("/")
+    if ":" in rest:
+        host, port = rest.rsplit(":", 1)
+        return host, int(port), tls
+    return rest, 8883 if tls else 1883, tls
+
+
 class MqttLink(Link):
     def __init__(self, cfg, on_downlink):
-        from lanterne.config import parse_broker
-
         Link.__init__(self, on_downlink)
         self.cfg = cfg
         self.host, self.port, self.tls = parse_broker(cfg["broker"])

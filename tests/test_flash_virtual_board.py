@@ -67,6 +67,6 @@ def test_blank_board_flash_then_mpremote(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "/rom/lib/lanterne/codec.mpy" in r.stdout
         image = boards.romfs_path(stage).read_bytes()
-        with open(tmp_path / "flash.flash.bin", "rb") as chip:  # the partition table's romfs: 0x1e0000
-            chip.seek(0x1E0000)
+        with open(tmp_path / "flash.flash.bin", "rb") as chip:  # the partition table's romfs: 0x1a0000
+            chip.seek(0x1A0000)
             assert chip.read(len(image)) == image

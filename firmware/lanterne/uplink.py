@@ -35,8 +35,7 @@ class Uplink:
     def _readings(self, n):
         # At least one reusable reading, at most n: a heap too full for more gives smaller frames.
         b = self.batch
-        if len(b) > n > 0:
-            del b[n:]  # the backlog is gone: its readings go back to the heap
+        del b[n:]  # (n >= 1) what the backlog needed and this frame does not goes back to the heap
         try:
             while len(b) < n:
                 b.append(codec.new_reading())

@@ -77,6 +77,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "echo_outlier_ratio": (0.0, 1.0),
     "clock_offset_s": (-1e10, 1e10),
     "rssi_dbm": (-130.0, 0.0),
+    "net_delay_s": (0.0, 600.0),  # a slow broker's hold per chunk
     "lorawan_speedup": (0.001, 1_000_000.0),
     "lorawan_gateways": (0.0, 100.0),
     "lorawan_rssi_dbm": (-150.0, 0.0),

@@ -58,7 +58,7 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
     listing = mpremote(board.port, "fs", "ls", ":/rom/lib/lanterne")
     assert "app.mpy" in listing and "app.py" not in listing
     query = mpremote(board.port, "romfs", "query")
-    assert "ROMFS0 partition has size 131072 bytes" in query and "ROMFS image size" in query and "Not a valid" not in query
+    assert "ROMFS0 partition has size 393216 bytes" in query and "ROMFS image size" in query and "Not a valid" not in query
     assert not (board.flash / "lib").exists()  # nothing of the library on the filesystem
     cfg = json.loads(mpremote(board.port, "fs", "cat", ":config.json"))
     assert cfg["device"] == "lamp-0042" and cfg["site"] == "centre" and cfg["lat"] == 48.8566

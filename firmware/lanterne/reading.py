@@ -137,19 +137,11 @@ def unpack(record, r, seq, now, boot, synced):
     """
     n = len(record)
     version = record[0] if n else -1
-    mask = record[1] | (record[2] << 8) if n >= _RECORD_LEN_V1 else 0
-    if version == _RECORD_V3:
-        size = _RECORD_LEN_V1
-        bit = 1 << len(_SLOTS)
-        for i in range(codec.N_EXT):
-            if mask & bit:
-                size += 2 if i < _N_SHORT else 4
-            bit <<= 1
-    else:
-        size = _RECORD_LEN_V1 if version == RECORD_VERSION else _RECORD_LEN_V2
-    if not (RECORD_VERSION <= version <= _RECORD_V3 and n == size):
+    if not ((version == RECORD_VERSION and n == _RECORD_LEN_V1) or (version == _RECORD_V2 and n == _RECORD_LEN_V2)
+            or (version == _RECORD_V3 and n >= _RECORD_LEN_V1)):
         raise ValueError("record: version %d, %d bytes" % (version, n))
     v = struct.unpack_from(_FMT, record, 0)
+    mask = v[1]
     bit = 1
     for i in range(len(_SLOTS)):
         r[_SLOTS[i]] = v[2 + i if i < 7 else 3 + i] if mask & bit else None
@@ -166,13 +158,14 @@ def unpack(record, r, seq, now, boot, synced):
         o = _RECORD_LEN_V1
         for i in range(codec.N_EXT):
             if mask & bit:
-                if i < _N_SHORT:
-                    r[codec.EXT_FIRST + i] = record[o] | (record[o + 1] << 8)
-                    o += 2
-                else:
-                    r[codec.EXT_FIRST + i] = struct.unpack_from("<I", record, o)[0]
-                    o += 4
+                w = 2 if i < _N_SHORT else 4
+                if o + w > n:
+                    break
+                r[codec.EXT_FIRST + i] = struct.unpack_from("<H" if w == 2 else "<I", record, o)[0]
+                o += w
             bit <<= 1
+        if o != n or bit != 0x10000:  # too short, or bytes left over
+            raise ValueError("record: version %d, %d bytes" % (version, n))
     r[codec.SEQ] = seq
     t, rec_boot, flags = v[12], v[13], v[14]
     if rec_boot == (boot & 0xFFFF) or (synced and flags & CLOCK_SYNCED):

@@ -1,4 +1,8 @@
-"""The fleet as the back office sees it: last status and last decoded reading of every device."""
+"""The fleet as the back office sees it: last status and last decoded reading of every device.
+
+`capture_line(message)` is one line of `lanterne monitor --capture FILE`: what arrived, when
+(the receive time) and on which topic, with its payload in hex, for later reports
+(`lanterne energy --input FILE`, host_tools/backoffice/energy_sources.py reads it)."""
 
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ class FleetView:
                     return
                 d["readings"] += len(frame["readings"])
                 d["reading"] = frame["readings"][-1]
+                # its sampling time (receive time - age): snapshots of cumulative counters give energy
+                d["reading_at"] = round(t - d["reading"].get("age", 0), 3)
 
     def snapshot(self) -> list[dict]:
         with self._lock:
@@ -55,6 +61,8 @@ class FleetView:
                               ("lamax", " dB(A) max")):
                 if key in r:
                     parts.append(f"{r[key]:g}{unit}")
+            if "energy" in r:
+                parts.append(f"{r['energy'] / 1000:g} kWh {r.get('burning_hours', 0):g} h")
             out.append(
                 [
                     d["device"],
@@ -71,3 +79,8 @@ class FleetView:
 
 
 COLUMNS = ["device", "site", "state", "last seen", "last reading", "backlog", "faults", "firmware"]
+
+
+def capture_line(topic: str, payload: bytes, t: float) -> str:
+    """A message as one JSON line: {"t": receive time (Unix s), "topic", "payload": hex}."""
+    return json.dumps({"t": round(t, 3), "topic": topic, "payload": bytes(payload).hex()})

@@ -1,9 +1,10 @@
-"""`lanterne monitor [--broker URL] [--json] [--duration S]`: a live table of the fleet.
+"""`lanterne monitor [--broker URL] [--json] [--duration S] [--capture FILE]`: a live table of the fleet.
 
 Subscribes to every device's status and readings (lanterne/v1/#) and shows, per device:
 state, last seen, last decoded reading, store backlog, faults, firmware version. With
 --json it prints one JSON document of the fleet after --duration seconds (default 5), for
-scripts.
+scripts. With --capture it also appends every message to FILE, one JSON line each (receive
+time, topic, payload in hex): the input of `lanterne energy`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def configure(p):
     p.add_argument("--json", action="store_true", help="print the fleet as JSON and exit")
     p.add_argument("--duration", type=float, default=None, help="seconds to watch (default: forever, or 5 with --json)")
     p.add_argument("--tls-ca", help="CA file for mqtts://")
+    p.add_argument("--capture", metavar="FILE", help="append every message to FILE as a JSON line (for lanterne energy)")
 
 
 def run(args):
@@ -33,10 +35,26 @@ def run(args):
 
         user, password = Registry(args.registry).backoffice_credentials()
     view = FleetView()
+    capture = None
+    if args.capture:
+        from host_tools.backoffice.monitor import capture_line
+
+        try:
+            capture = open(args.capture, "a", buffering=1)  # line-buffered: a line per message, whole
+        except OSError as exc:
+            raise CommandError(f"cannot write the capture {args.capture}: {exc.strerror or exc}") from None
+
+    def on_message(m):
+        view.feed(m.topic, m.payload, m.t)
+        if capture is not None:
+            capture.write(capture_line(m.topic, m.payload, m.t) + "\n")
+
     try:
         w = Watcher(args.broker, ["lanterne/v1/#"], username=user, password=password, tls_ca=args.tls_ca,
-                    on_message=lambda m: view.feed(m.topic, m.payload, m.t))
+                    on_message=on_message)
     except (OSError, TimeoutError) as exc:
+        if capture is not None:
+            capture.close()
         raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker") from None
     duration = args.duration if args.duration is not None else (5.0 if args.json else None)
     try:
@@ -65,4 +83,6 @@ def run(args):
         pass
     finally:
         w.close()
+        if capture is not None:
+            capture.close()
     return 0

@@ -37,6 +37,8 @@ def readings(capture: list[str]) -> list[dict]:
     out = []
     for line in capture:
         m = json.loads(line)
+        if not m["topic"].endswith("/up"):
+            continue  # the board's first status
         out.append(dict(decode(bytes.fromhex(m["payload"]))["readings"][0], t=m["t"]))
     return out
 

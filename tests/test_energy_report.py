@@ -245,7 +245,7 @@ def test_lanterne_energy_as_typed(tmp_path):
                       (["--input", path, "--lat", "45", "--lon", "5", "--since", "2025-01-15", "--until", "2025-01-16T00:00:00Z"],
                        "two dates"),
                       (["--input", path, "--lat", "45", "--lon", "5", "--tariff", "-1"], "--tariff must be zero or more"),
-                      ([], "give --input FILE")):
+                      ([], "no bridge database at bridge.sqlite: give --db, or --input FILE")):
         r = lanterne("energy", *args, cwd=tmp_path)
         assert r.returncode == 1 and err in r.stderr, (args, r.stderr)
 

@@ -16,10 +16,13 @@ plugs in by implementing `LampSource.series()`:
 - `SnapshotSource(path)`: one or more `lanterne monitor --json` documents (appended, e.g., by a
   job every hour): each gives every device's last reading, at its sampling time (`reading_at`).
   The counters are cumulative, so snapshots an hour apart give the hour's energy.
-- the bridge's database (docs/bridge.md: table `readings`, the counters in its `extra` column
-  until a migration gives them columns) is the next implementation of the same interface.
+- `BridgeSource(db)`: the bridge's database (docs/bridge.md), SQLite or PostgreSQL: its
+  `readings` (sampling times, full seqs, de-duplicated; the counters in the `extra` column until
+  a migration gives them columns) and each device's last status (`device_states`).
 
-`open_source(path)` tells a capture from snapshots by the first character. A line that is not
+`open_source(path)` tells a capture from snapshots by the first character; `open_source` of a
+database URL (`sqlite:///bridge.sqlite`, `postgresql://...`) or a `.sqlite`/`.db` file is the
+bridge's. A line that is not
 JSON, or lacks a time or a device, is an error naming the line; a frame that does not decode is
 not: the report lists it (the back office receives garbage now and then) and goes on.
 """
@@ -215,8 +218,62 @@ class SnapshotSource:
                 for name, d in sorted(self._devices.items()) if d.points]
 
 
-def open_source(path: str | Path) -> CaptureSource | SnapshotSource:
-    """The reader for a file: snapshots (a JSON list) or a capture (JSON lines)."""
+class BridgeSource:
+    """The bridge's database: readings in sampling-time order, the devices' last statuses."""
+
+    def __init__(self, spec: str, since: float | None = None, until: float | None = None, site: str | None = None):
+        from host_tools.backoffice.bridge.database import Database, DatabaseError
+
+        self.problems: list[str] = []
+        self.spec = spec
+        try:
+            db = Database(spec, migrate=False)
+        except (DatabaseError, OSError, ValueError) as exc:
+            raise SourceError(f"the bridge's database {spec}: {exc}") from None
+        try:
+            self._load(db, since, until, site)
+        except Exception as exc:  # the driver's errors: a database that is not the bridge's, a server gone
+            raise SourceError(f"the bridge's database {spec}: {exc}") from None
+        finally:
+            db.close()
+
+    def _load(self, db, since, until, site) -> None:
+        import datetime as _dt
+
+        def when(t):
+            return None if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc)
+
+        # a day of margin each side: the interval across the window's edge needs its other end
+        lo = when(None if since is None else since - 86400)
+        hi = when(None if until is None else until + 86400)
+        states = db.states()
+        self._devices: dict[str, _Device] = {}
+        for r in db.readings(lo, hi):
+            if site is not None and r.get("site") != site:
+                continue
+            p = _point(dict(r, age=0), r["sampled_at"].timestamp())
+            if p is None:
+                continue
+            dev = self._devices.get(r["device"])
+            if dev is None:
+                dev = self._devices[r["device"]] = _Device(r.get("site") or "default")
+                dev.status = (states.get(r["device"]) or {}).get("status")
+            dev.points.append(p)
+
+    def series(self) -> list[LampSeries]:
+        return [LampSeries(name, d.site, sorted(d.points, key=lambda p: (p.t, p.seq or 0)), d.status)
+                for name, d in sorted(self._devices.items()) if d.points]
+
+
+def is_database(spec: str) -> bool:
+    return "://" in spec or spec.endswith((".sqlite", ".sqlite3", ".db"))
+
+
+def open_source(path: str | Path, since: float | None = None, until: float | None = None,
+                site: str | None = None) -> CaptureSource | SnapshotSource | BridgeSource:
+    """The reader for a file (snapshots: a JSON list; a capture: JSON lines) or the bridge's database."""
+    if isinstance(path, str) and is_database(path):
+        return BridgeSource(path, since, until, site)
     p = Path(path)
     try:
         text = p.read_text()

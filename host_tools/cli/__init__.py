@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("decode", "decode a payload frame (hex) into JSON"),
     "sound-level": ("sound_level", "A-weighted sound levels of a WAV recording, computed by the firmware's meter"),
     "sun": ("sun", "sunrise, sunset and civil twilight for a site, computed by the firmware module"),
-    "energy": ("energy", "street lights' savings report: energy used vs 100 % dusk to dawn, kWh, EUR, CO2, chart"),
+    "energy": ("energy", "street lights' savings report: energy used vs full power dusk to dawn, kWh, EUR, CO2, chart"),
 }
 
 

@@ -1,11 +1,12 @@
-"""`lanterne energy [--input FILE] [--site S] [--since D --until D] [--tariff EUR/kWh] [--co2 g/kWh] [--json|--csv] [--chart FILE.png]`.
+"""`lanterne energy [--db DB | --input FILE] [--site S] [--since D --until D] [--tariff EUR/kWh] [--co2 g/kWh] [--json|--csv] [--chart FILE.png]`.
 
 The savings report of the street lights (host_tools/backoffice/energy.py, docs/energy.md): per
 lamp and per site, the energy used, the baseline the same lamps would have used at 100 % from dusk
 to dawn, the savings in kWh, euros and kg CO2, burning hours against the night's hours; then each
-night's kWh against the baseline, in the terminal (and as a PNG with --chart). It reads a capture of
-uplinks (`lanterne monitor --capture FILE`) or `lanterne monitor --json` snapshots; positions and
-rated powers come from the fleet registry when there is one.
+night's kWh against the baseline, in the terminal (and as a PNG with --chart). It reads the bridge's
+database (`--db`, default ./bridge.sqlite), or a capture of uplinks (`lanterne monitor --capture
+FILE`) or `lanterne monitor --json` snapshots (`--input`); positions and rated powers come from the
+fleet registry when there is one.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from host_tools.cli import CommandError
 
 
 def configure(p):
-    p.add_argument("--input", metavar="FILE",
-                   help="a capture of uplinks (lanterne monitor --capture) or lanterne monitor --json snapshots")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--db", help="the bridge's database: a file or postgresql://... (default ./bridge.sqlite)")
+    src.add_argument("--input", metavar="FILE",
+                     help="instead: a capture of uplinks (lanterne monitor --capture) or lanterne monitor --json snapshots")
     p.add_argument("--registry", default="fleet.sqlite", help="positions and rated powers of the lamps, if present")
     p.add_argument("--site", help="only this site")
     p.add_argument("--since", help="first night (YYYY-MM-DD) or instant (ISO 8601, UTC without an offset)")
@@ -87,9 +90,14 @@ def run(args):
     from host_tools.backoffice import energy, energy_chart
     from host_tools.backoffice.energy_sources import SourceError, open_source
 
-    if not args.input:
-        raise CommandError("give --input FILE: a capture of uplinks or monitor snapshots",
-                           hint="lanterne monitor --capture uplinks.jsonl --duration 86400, then --input uplinks.jsonl")
+    spec = args.input
+    if spec is None:
+        spec = args.db or "bridge.sqlite"
+        if "://" not in spec and not os.path.exists(spec):
+            raise CommandError(f"no bridge database at {spec}: give --db, or --input FILE (a capture of uplinks)",
+                               hint="lanterne monitor --capture uplinks.jsonl --duration 86400, then --input uplinks.jsonl")
+        if "://" not in spec:
+            spec = f"sqlite:///{os.path.abspath(spec)}"
     if (args.lat is None) != (args.lon is None):
         raise CommandError("--lat and --lon go together")
     if args.lat is not None and not (-90 <= args.lat <= 90 and -180 <= args.lon <= 180):
@@ -98,8 +106,14 @@ def run(args):
         if value is not None and not value >= 0:
             raise CommandError(f"{flag} must be zero or more, got {value}")
     since, until, nights = _window(args)
+    if nights is not None:  # whole nights: read from noon the day before to noon the day after
+        first = dt.datetime.combine(nights[0], dt.time(), dt.timezone.utc).timestamp() - 43200
+        last = dt.datetime.combine(nights[1], dt.time(), dt.timezone.utc).timestamp() + 3 * 43200
+        window = (first, last)
+    else:
+        window = (since, until)
     try:
-        source = open_source(args.input)
+        source = open_source(spec, *window, args.site) if args.input is None else open_source(spec)
         series = source.series()
     except SourceError as exc:
         raise CommandError(str(exc)) from None

@@ -132,7 +132,8 @@ class LampNights:
         self.lat, self.lon, self.start, self.hours = lat, lon, int(start), hours
         self.flash = Path(flash)
         self.topic = f"lanterne/v1/{site}/{device}/up"
-        self.world = World(seed=1, **(world or {}))
+        self.device = device
+        self.world = World(seed=1, **{"lamp_load_w": rated_w, **(world or {})})  # the lamp is what it is rated
         lamp = self.board.data["actuators"][0] if self.board.data.get("actuators") else None
         if lamp is None or lamp.get("type") != "lamp":
             raise ValueError(f"board {board} drives no lamp")
@@ -182,6 +183,12 @@ class LampNights:
                     raise RuntimeError("the firmware stopped:\n" + proc.stderr.read())
                 return reply
 
+            # the board's first status, as it connects: what its meter is (docs/mqtt.md, "Status")
+            source = "metered" if self.args["adc"] is not None else ("rated" if self.args["rated_w"] else "none")
+            status = {"state": "online", "device": self.device, "energy": {
+                "wh": 0.0, "burning_h": 0.0, "power_w": 0.0, "source": source, "rated_w": self.args["rated_w"] or None}}
+            self.capture.append(json.dumps({"t": self.start, "topic": self.topic[:-2] + "status",
+                                            "payload": json.dumps(status).encode().hex()}))
             try:
                 tick = self.args["tick"] // 1000
                 total = int(self.hours * 3600)
@@ -249,12 +256,21 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="light-1")
     ap.add_argument("--site", default="night")
     ap.add_argument("--flash", help="the board's flash folder (default: a temporary one)")
+    ap.add_argument("--event", action="append", default=[], metavar="HOURS:KIND[:ARG]",
+                    help="at HOURS from the start: fault:dead_module, fault:failing_driver, clear, cut:SECONDS")
     ap.add_argument("--out", required=True, help="the capture (JSON lines), as lanterne monitor --capture writes")
     args = ap.parse_args(argv)
+    events = {}
+    for text in args.event:
+        at, _, rest = text.partition(":")
+        kind, _, arg = rest.partition(":")
+        if kind not in ("fault", "clear", "cut") or (kind != "clear" and not arg):
+            ap.error(f"--event {text!r}: HOURS:fault:KIND, HOURS:clear or HOURS:cut:SECONDS")
+        events[int(float(at) * 3600)] = (kind, int(arg) if kind == "cut" else arg) if arg else (kind,)
     with tempfile.TemporaryDirectory() as tmp:
         night = LampNights(args.board, lat=args.lat, lon=args.lon, start=_when(args.start), hours=args.hours,
                            flash=args.flash or tmp, site=args.site, device=args.device, rated_w=args.rated_w,
-                           tick_s=args.tick, sample_s=args.sample).run()
+                           tick_s=args.tick, sample_s=args.sample).run(events)
     Path(args.out).write_text("\n".join(night.capture) + "\n")
     print(json.dumps({"readings": len(night.capture), "true_wh": round(night.true_wh, 3),
                       "lit_h": round(night.lit_s / 3600, 3)}))

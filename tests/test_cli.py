@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,22 @@ def test_help_lists_commands():
     assert r.returncode == 0
     for name in ("emulate", "world", "broker", "demo", "bench", "boards"):
         assert name in r.stdout
+    # It speaks to the person who typed it: what Lanterne does and where to start, not how it is built.
+    assert "library" not in r.stdout and "tests call" not in r.stdout
+    assert "street assets" in r.stdout and "lanterne demo" in r.stdout and "--version" in r.stdout
+
+
+def test_version_names_the_host_tools_and_the_firmware():
+    from importlib.metadata import version
+
+    from host_tools.runtime import firmware_module
+
+    r = lanterne("--version")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [
+        f"lanterne {version('lanterne')} (host tools)",
+        f"firmware {firmware_module('__init__').__version__} (what `lanterne provision` puts on a board)",
+    ]
 
 
 @pytest.mark.integration
@@ -104,6 +121,10 @@ def test_demo_tells_the_whole_story(tmp_path):
     n = len(boards.names())  # one board of each board file (the environmental station made it four)
     assert out.count("flashed: MicroPython written and verified") == n  # esptool through the virtual ROM
     assert out.count("provisioned: demo-") == n
+    # The LoRaWAN board is provisioned, and the demo says it cannot deliver yet.
+    warned = re.findall(r"esp32-rak3172 +warning: (demo-\d\d): the LoRaWAN transport is not in the firmware yet: the board"
+                        r" samples and stores its readings but cannot send them or receive commands", out)
+    assert len(warned) == 1 and out.count("warning:") == 1, out
     assert "lanterne/v1/demo/demo-01/status  state=online" in out
     assert "lanterne/v1/demo/demo-01/up  1 reading(s)" in out
     assert "dim demo-01 to 40 %: ack ok" in out
@@ -117,3 +138,19 @@ def test_bench_list_and_unknown():
     assert r.returncode == 0 and "boot" in r.stdout
     r = lanterne("bench", "nosuch")
     assert r.returncode == 1 and "unknown benchmark nosuch" in r.stderr
+
+
+def test_provision_help_and_readme_give_the_default_periods_and_how_to_change_them():
+    from host_tools.runtime import firmware_module
+    from host_tools.runtime.paths import REPO
+
+    schema = firmware_module("config").SCHEMA
+    sample, status = schema["sample_period_s"][1], schema["status_period_s"][1]
+    r = lanterne("provision", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert f"samples its sensors every {sample} s and sends its status every {status} s" in text
+    assert "--set sample_period_s=10" in text and "lanterne command DEVICE set-period sample 10" in text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"samples its sensors every {sample} s and sends its status every {status} s" in readme
+    assert "set-period" in readme

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "lorawan": ("host_tools.bench.lorawan", "LoRaWAN readings a day within the airtime cap per data rate, ledger downlinks a day"),
     "environment": ("host_tools.bench.environment", "sound-level meter real-time budget (ESP32 estimate), PM driver allocation, env payload size"),
     "mqtt": ("host_tools.bench.mqtt", "command round trip with 1/50/200 boards, fleet soak without loss, heap TLS off/on"),
+    "bridge": ("host_tools.bench.bridge", "back-office bridge readings/s into SQLite and PostgreSQL, two instances, NGSI-LD entities/s"),
     "energy": ("host_tools.bench.energy", "lamp energy meter: heap and qstr cost on a board, tick/save cost, flash wear"),
 }
 

@@ -21,6 +21,10 @@ ESP32_FLASH_PINS = {6, 7, 8, 9, 10, 11}  # wired to the SPI flash on WROOM modul
 ESP32_INPUT_ONLY = {34, 35, 36, 37, 38, 39}
 ESP32_ADC1 = {32, 33, 34, 35, 36, 37, 38, 39}  # ADC2 is unusable while Wi-Fi runs
 
+# The heap the firmware is held to, out of a board's `heap_bytes`, with its library in the ROMFS
+# partition as `lanterne provision` writes it (tests/test_romfs.py, `lanterne bench heap`).
+FIRMWARE_HEAP_BYTES = 64 * 1024
+
 NETWORK_KINDS = ("wlan", "lan", "lorawan")
 BUS_KINDS = ("i2c", "uart", "spi", "i2s")
 SENSOR_TYPES = (

@@ -263,8 +263,9 @@ class VirtualBoard:
             check = self.spi_flash.boot_check()
             if not check.ok:
                 line = ROM_BOOT_LINES.get(kind, ROM_BOOT_LINES["power"])
-                log = "\r\n".join(check.log) + "\r\n" if check.log else ""
-                self._emit(f"\r\n{line}\r\n{log}{check.message}\r\n".encode())
+                # The log ends with the failure itself, in the words the chip prints: once.
+                log = "\r\n".join(check.log or (check.message,))
+                self._emit(f"\r\n{line}\r\n{log}\r\n".encode())
                 self.boot_kind = "no-firmware"
                 self.reset_log.append("no-firmware")
                 return

@@ -140,12 +140,14 @@ class ControlError(ConnectionError):
 
 
 def generated_firmware(board: boards.Board | None) -> Path:
-    """The MicroPython image a virtual board of `board` runs: generated, with the board's ROMFS partition."""
-    from host_tools.emulator.firmware_image import micropython_image_path
+    """The MicroPython image a virtual board of `board` runs: generated, with the board's ROMFS partition.
 
-    wanted = (board.data.get("micropython") if board else None) or "1.29"
-    version = "v" + wanted + (".0" if wanted.count(".") == 1 else "")
-    return micropython_image_path(version, romfs_bytes=board.romfs_bytes if board else 0)
+    It carries the version the virtual board's interpreter reports in its banner ('v1.29.0-preview'),
+    so what `lanterne flash` says it wrote is what the board then says it runs."""
+    from host_tools.emulator.firmware_image import micropython_image_path
+    from host_tools.runtime import unix_port
+
+    return micropython_image_path(unix_port.version(), romfs_bytes=board.romfs_bytes if board else 0)
 
 
 @dataclass

@@ -268,6 +268,20 @@ class Registry:
             row = db.execute(f"SELECT {self._COLUMNS} FROM devices WHERE id = ?", (device,)).fetchone()
         return self._record(row)
 
+    def update_config(self, device: str, fields: dict) -> DeviceRecord:
+        """Set some of a device's config fields (what an acknowledged command changed on the board)."""
+        leaked = sorted(set(fields) & set(SECRET_FIELDS))
+        if leaked:
+            raise RegistryError(f"config for {device} holds secret fields {leaked}: use set_secret")
+        with self._tx() as db:
+            row = db.execute("SELECT config FROM devices WHERE id = ?", (device,)).fetchone()
+            if row is None:
+                raise KeyError(f"no device {device!r}")
+            config = {**json.loads(row[0]), **fields}
+            db.execute("UPDATE devices SET config = ?, updated = ? WHERE id = ?",
+                       (json.dumps(config, sort_keys=True), time.time(), device))
+        return self.get(device)
+
     def get(self, device: str) -> DeviceRecord | None:
         with self._lock:
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM devices WHERE id = ?", (device,)).fetchone()

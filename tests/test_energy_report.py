@@ -258,3 +258,16 @@ def test_open_source_tells_snapshots_from_a_capture(tmp_path):
     with pytest.raises(SourceError, match="snapshot 1: not JSON"):
         SnapshotSource("s.json", "[{")
     assert JAN15 > 0
+
+
+def test_readings_with_a_lamp_fault_are_noted():
+    pts, d0, _ = lit_night(dt.date(2025, 1, 15))
+    lines = []
+    for i, (t, level, wh, h) in enumerate(pts):
+        r = {"lamp": level, "lamp_fault": t >= d0 + 5 * H, "energy": wh, "burning_hours": h, "seq": i, "age": 0}
+        lines.append(json.dumps({"t": t, "topic": "lanterne/v1/lyon/lamp-1/up", "payload": frame(r)}))
+    rep, lamp, _ = one("\n".join(lines), rated_w={"lamp-1": 40.0})
+    assert lamp["fault_readings"] == sum(1 for p in pts if p[0] >= d0 + 5 * H)
+    first = dt.datetime.fromtimestamp(min(p[0] for p in pts if p[0] >= d0 + 5 * H), dt.timezone.utc)
+    assert any(f"lamp-1: lamp_fault in {lamp['fault_readings']} reading(s) from {first:%Y-%m-%dT%H:%M:%SZ}" in n
+               for n in rep["notes"])

@@ -133,6 +133,8 @@ class LampReport:
     resets: int
     longest_gap_s: float
     source: str | None  # the meter: metered, rated, none (from its status)
+    fault_from: float | None = None  # the first reading in the window with lamp_fault
+    fault_readings: int = 0
 
 
 def _label(d: dt.date) -> int:
@@ -215,8 +217,9 @@ def lamp_report(series: LampSeries, opts: Options) -> LampReport:
             )
             nights.setdefault(label, Totals()).add(piece)
             totals.add(piece)
+    faulted = [p.t for p in pts if p.fault and lo <= p.t < hi]
     return LampReport(series.device, series.site, rated, how, pos[0], pos[1], totals, nights, len(pts), resets, gap,
-                      energy_status.get("source"))
+                      energy_status.get("source"), faulted[0] if faulted else None, len(faulted))
 
 
 def _kwh(wh: float) -> float:
@@ -278,11 +281,15 @@ def report(series: list[LampSeries], opts: Options) -> dict:
         if lr.resets:
             notes.append(f"{lr.device}: its counters restarted {lr.resets} time(s) (a board replaced or its "
                          "counters lost): the energy across those gaps is not counted")
+        if lr.fault_readings:
+            notes.append(f"{lr.device}: lamp_fault in {lr.fault_readings} reading(s) from {_iso(lr.fault_from)} "
+                         "(a dead LED module saves energy it should not: see its status)")
         if 0 < lr.totals.covered_s < 0.9 * (end - start):
             notes.append(f"{lr.device}: its readings cover {lr.totals.covered_s / 3600:.1f} h of the period")
         lamp_rows.append({"device": lr.device, "site": lr.site, "rated_w": lr.rated_w and round(lr.rated_w, 1),
                           "rated_source": lr.rated_source, "meter": lr.source, "lat": lr.lat, "lon": lr.lon,
                           **_row(lr.totals, opts), "readings": lr.readings, "resets": lr.resets,
+                          "fault_readings": lr.fault_readings,
                           "longest_gap_h": round(lr.longest_gap_s / 3600.0, 2)})
     return {
         "period": {"since": _iso(start), "until": _iso(end), "twilight": opts.twilight},

@@ -75,15 +75,15 @@ def png(rep: dict, path: str | Path, site: str | None = None) -> Path:
     ax.set_xticks(list(x))
     ax.set_xticklabels(labels, rotation=90 if len(rows) > 16 else 0, fontsize=8)
     ax.set_ylabel("kWh per night")
-    ax.set_ylim(0, max(max(energy), max(baseline)) * 1.15 or 1)
+    ax.set_ylim(0, max(max(energy), max(baseline)) * 1.2 or 1)
     saved = b_tot - e_tot
     pct = 100.0 * saved / b_tot if b_tot > 0 else 0.0
     ax.set_title(
         f"{where}: {e_tot:.1f} kWh used, {b_tot:.1f} kWh baseline, saved {saved:.1f} kWh ({pct:.0f} %), "
-        f"{saved * rep['tariff_eur_kwh']:.0f} EUR",
+        f"{saved * rep['tariff_eur_kwh']:.2f} EUR",
         fontsize=10,
     )
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out = Path(path)

@@ -53,6 +53,7 @@ class Point:
     energy_wh: int | None
     burning_h: float | None
     timed: bool = True  # False: the reading had no age, its receive time stands for its sampling time
+    fault: bool = False  # the reading's lamp_fault (failed, power_low, power_high ...: the status says which)
 
 
 @dataclass
@@ -102,6 +103,7 @@ def _point(reading: dict, received: float) -> Point | None:
         energy_wh=reading.get("energy"),
         burning_h=reading.get("burning_hours"),
         timed=age is not None,
+        fault=bool(reading.get("lamp_fault")),
     )
 
 

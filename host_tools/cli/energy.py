@@ -156,26 +156,39 @@ HEADS = ["used kWh", "baseline kWh", "saved kWh", "saved EUR", "saved kg CO2", "
 
 
 def _print(rep, energy_chart, args):
-    from rich.console import Console
-    from rich.table import Table
+    """Tables per site and per lamp (rich on a terminal; plain, every cell whole, piped), the notes,
+    then the nights' chart."""
+    from host_tools.backoffice.monitor import plain_table
 
-    con = Console()
     p = rep["period"]
-    con.print(f"Lighting energy from {p['since']} to {p['until']} (dusk/dawn: {p['twilight']} twilight; "
-              f"{rep['tariff_eur_kwh']:g} EUR/kWh; {rep['co2_g_kwh']:g} g CO2/kWh)")
+    print(f"Lighting energy from {p['since']} to {p['until']} (dusk/dawn: {p['twilight']} twilight; "
+          f"{rep['tariff_eur_kwh']:g} EUR/kWh; {rep['co2_g_kwh']:g} g CO2/kWh)")
+    tables = []
     for title, rows, key in (("Sites", rep["sites"], "site"), ("Lamps", rep["lamps"], "device")):
-        t = Table(title=title)
-        t.add_column(key)
-        t.add_column("lamps" if key == "site" else "rated W", justify="right")
-        for head in HEADS:
-            t.add_column(head, justify="right")
-        for r in rows:
-            second = str(r["lamps"]) if key == "site" else (f"{r['rated_w']:g}" if r["rated_w"] else "-")
-            t.add_row(str(r[key]), second, *_cells(r))
-        con.print(t)
+        columns = [key, "lamps" if key == "site" else "rated W", *HEADS]
+        body = [[str(r[key]), str(r["lamps"]) if key == "site" else (f"{r['rated_w']:g}" if r["rated_w"] else "-"),
+                 *_cells(r)] for r in rows]
+        tables.append((title, columns, body))
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console()
+        for title, columns, body in tables:
+            t = Table(title=title)
+            for i, c in enumerate(columns):
+                t.add_column(c, justify="left" if i == 0 else "right")
+            for row in body:
+                t.add_row(*row)
+            con.print(t)
+    else:
+        for title, columns, body in tables:
+            print(f"\n{title}\n" + plain_table(body, columns))
+    print()
     for r in rep["lamps"]:
         if r["rated_source"] not in ("registry", "unknown"):
-            con.print(f"{r['device']}: rated power {r['rated_w']:g} W ({r['rated_source']})")
-    print(energy_chart.terminal(rep, args.site))
+            print(f"{r['device']}: rated power {r['rated_w']:g} W ({r['rated_source']})")
     for note in rep["notes"]:
-        con.print(f"note: {note}")
+        print(f"note: {note}")
+    print()
+    print(energy_chart.terminal(rep, args.site))

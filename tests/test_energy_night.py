@@ -77,7 +77,11 @@ def test_a_recorded_night_gives_the_energy_the_lamp_drew_and_the_astronomical_ba
     saved = lamp["baseline_kwh"] - lamp["energy_kwh"]
     assert lamp["savings_kwh"] == pytest.approx(saved, abs=0.002) and saved > 0.1
     assert lamp["savings_eur"] == pytest.approx(saved * 0.2016, abs=0.01)
-    assert rep["sites"][0]["energy_kwh"] == lamp["energy_kwh"] and rep["notes"] == []
+    assert rep["sites"][0]["energy_kwh"] == lamp["energy_kwh"] and lamp["fault_readings"] == len(faulted)
+    # the dead module's "savings" are called out, not claimed
+    assert rep["notes"] == [f"light-1: lamp_fault in {len(faulted)} reading(s) from "
+                            f"{dt.datetime.fromtimestamp(START.timestamp() + faulted[0], dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+                            " (a dead LED module saves energy it should not: see its status)"]
 
 
 def test_without_a_current_sense_the_estimate_follows_the_lamp_through_its_dimming_step(tmp_path):

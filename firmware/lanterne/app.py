@@ -212,6 +212,7 @@ class App:
                 "field": self.field,
                 "setup": self.setup.summary() if self.setup else None,
                 "env": self.assets.extra.status() if self.assets.extra else None,
+                "energy": self.assets.energy.status() if self.assets.energy else None,  # the lamp's counters
             }
         )
 
@@ -354,6 +355,8 @@ class App:
         while True:
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
+                if self.assets.energy:
+                    self.assets.energy.save()  # the lamp's counters lose nothing to a reboot
                 link.close()
                 machine.reset()
             if not self.net.up():

@@ -108,6 +108,11 @@ class App:
         self.field = field.load()
         self.status_sent = 0
         del field
+        # the lamp's dimming curve (the energy meter's), read while config is loaded
+        from lanterne import config
+
+        self.lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
+        del config
         if self.setup_via is None:  # (setup mode uses them all)
             for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
                 _unload(name)
@@ -132,7 +137,7 @@ class App:
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
-        self.assets = Assets(self.board, self.cfg)
+        self.assets = Assets(self.board, self.cfg, self.lamp_curve)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()

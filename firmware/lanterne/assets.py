@@ -56,10 +56,10 @@ def load_drivers(board):
 
 
 class Assets:
-    def __init__(self, board, cfg, lamp_curve=None):
+    def __init__(self, board, cfg, lamp_curve):
         import machine
 
-        self.lamp_curve = lamp_curve  # parsed by the app before the build (None: read it here)
+        self.lamp_curve = lamp_curve  # config.parse_curve of cfg["lamp_curve"], by the app while config is loaded
 
         self.errors = {}  # part -> why it could not be built
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
@@ -145,18 +145,12 @@ class Assets:
             )
             from lanterne.energy import EnergyMeter
 
-            curve = self.lamp_curve
-            if curve is None:  # (the app parses it before the build, while config is loaded)
-                from lanterne.config import parse_curve
-
-                curve = parse_curve(cfg["lamp_curve"])
-            self.lamp_curve = None
 
             self.energy = EnergyMeter(
                 self.lamp,
                 lamp_v=spec.get("lamp_v", 0.0),
                 rated_w=cfg["lamp_rated_w"] or spec.get("rated_w", 0.0),
-                curve=curve,
+                curve=self.lamp_curve,
                 low_pct=cfg["lamp_power_low_pct"],
                 high_pct=cfg["lamp_power_high_pct"],
             )

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from host_tools.runtime.parity import both_on_flash

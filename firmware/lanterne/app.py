@@ -60,6 +60,12 @@ class App:
         self.reboot_at = None
         self.sent = 0
         self._build()
+        # Over-the-air updates (lanterne/ota.py): the OTA seam is loaded only when an update, a
+        # trial or a rollback report needs it; otherwise only which slot and release run is kept.
+        from lanterne import ota
+
+        self.ota_info = ota.boot_info()
+        self.ota = ota.Ota(self, self.ota_info) if self.ota_info["pending"] else None
 
     def _build(self):
         from lanterne.assets import Assets
@@ -116,6 +122,7 @@ class App:
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
+                "ota": self.ota.status() if self.ota else {"slot": self.ota_info["slot"], "release": self.ota_info["release"]},
             }
         )
 
@@ -142,6 +149,8 @@ class App:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
+                if self.ota:
+                    self.ota.sampled()  # a trial's health: sensors read
             spent = time.ticks_diff(time.ticks_ms(), t0)
             await asyncio.sleep_ms(max(10, self.sample_period * 1000 - spent))
 
@@ -191,6 +200,8 @@ class App:
 
     # -- commands ---------------------------------------------------------------------
     def on_message(self, topic, msg):
+        if self.ota and self.ota.on_message(topic, msg):
+            return  # a block of an update (ota/data)
         # Only our own command topic is ever a command (some brokers have delivered other
         # topics to a subscriber: never treat those as commands).
         if self.link is None or topic != self.link.topics["cmd"].encode():
@@ -261,7 +272,19 @@ class App:
         if opcode == cmd.REBOOT:
             self.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
             return cmd.OK, b""
+        if opcode == cmd.OTA_START:
+            return self.ota_start(args)
         return cmd.UNKNOWN_COMMAND, b""
+
+    def ota_start(self, args):
+        # Accepted means the transfer started; its outcome goes to ota/progress and the status.
+        from lanterne import ota
+
+        if self.ota is None:
+            self.ota = ota.Ota(self, self.ota_info)
+        ok, line = self.ota.start(args)
+        self.log("ota: " + line)
+        return (cmd.OK if ok else cmd.REFUSED), b""
 
     def set_config(self, key, value):
         """Validate with the config schema, then write config.json atomically; refuse otherwise."""
@@ -320,6 +343,8 @@ class App:
                     self.faults.pop("mqtt", None)
                     self.log("connected to %s:%d as %s" % (self.link.host, self.link.port, self.cfg["device"]))
                     self.status_due = False
+                    if self.ota:
+                        self.ota.status_sent()  # a trial's health: a status went out
                 else:
                     self.faults["mqtt"] = self.link.last_error
                     self.log(self.link.last_error)
@@ -331,7 +356,11 @@ class App:
                 except OSError as e:
                     self.log(str(e))
                     continue
+                if self.ota:
+                    self.ota.status_sent()
             self.handle_commands()
+            if self.ota:
+                self.ota.step()  # an update's requests (throttled), its reboot, a trial's deadline
             await self.drain()
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
@@ -409,6 +438,8 @@ class App:
             except Exception as e:
                 self.faults["task_" + name] = "%s task failed: %r (restarted)" % (name, e)
                 self.log(self.faults["task_" + name])
+                if self.ota:
+                    self.ota.task_failed(name, e)  # on trial: rolls the release back
                 import sys
 
                 sys.print_exception(e)

@@ -40,7 +40,7 @@ import tty
 from pathlib import Path
 
 from host_tools import boards as boards_mod
-from host_tools.emulator import ROM
+from host_tools.emulator import ROM, frozen
 from host_tools.emulator.devices.parts import Parts
 from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.world import World
@@ -82,6 +82,7 @@ def rom_heap_overhead() -> int:
     digest = hashlib.sha256()
     for p in sorted(ROM.glob("*.py")):
         digest.update(p.read_bytes())
+    digest.update(frozen.digest().encode())  # the image's frozen package loads with the ROM
     binary = Path(micropython_binary())
     digest.update(f"{binary.resolve()}:{binary.stat().st_size}".encode())
     key = digest.hexdigest()[:16]
@@ -351,17 +352,22 @@ class VirtualBoard:
         return self._heap_scale
 
     def _romfs_valid(self) -> bool:
+        # A valid image at the start of either half: Lanterne keeps two library slots in the
+        # partition (docs/ota.md), and the firmware runs from whichever one its boot selects.
         from mpremote.romfs import VfsRomWriter
 
         if not self.romfs:
             return False
-        path, offset, _size = self.romfs
+        path, offset, size = self.romfs
         try:
             with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(3) == VfsRomWriter.ROMFS_HEADER
+                for at in (0, size // 2):
+                    f.seek(offset + at)
+                    if f.read(3) == VfsRomWriter.ROMFS_HEADER:
+                        return True
         except OSError:
-            return False
+            pass
+        return False
 
     def esp32_heap(self, alloc: int) -> int:
         """A `gc.mem_alloc()` the firmware reported on this board, in ESP32-equivalent bytes."""
@@ -411,6 +417,9 @@ class VirtualBoard:
             env["LANTERNE_ROMFS"] = str(self.romfs[0])
             env["LANTERNE_ROMFS_OFFSET"] = str(self.romfs[1])
             env["LANTERNE_ROMFS_BYTES"] = str(self.romfs[2])
+            # the Lanterne image (the one with a ROMFS partition) freezes the OTA package
+            env["LANTERNE_FROZEN"] = str(frozen.frozen_dir())
+            env["LANTERNE_FROZEN_MODULES"] = " ".join(frozen.modules())
         self._tasks.append(asyncio.create_task(self._run_interpreter(env)))
 
     def _last_cause(self) -> int:

@@ -29,6 +29,39 @@ except ImportError:
 
 if _romfs.SIZE:  # the ROMFS build (its image has the romfs partition); stock MicroPython has no rom_ioctl
     sys.modules["vfs"] = _vfs
+
+
+def _load_frozen():
+    # The Lanterne image freezes the OTA package (host_tools/emulator/frozen.py): loaded here,
+    # as part of the image, so its code and names are the ROM's, as frozen code is on the chip.
+    where = os.getenv("LANTERNE_FROZEN")
+    if not where:
+        return
+    sys.path.insert(0, where)
+    try:
+        for name in (os.getenv("LANTERNE_FROZEN_MODULES") or "").split():
+            __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def _fresh_qstr_pool():
+    # On the chip the image's own names (machine, network, the REPL, frozen modules) sit in its
+    # static qstr pool, and the firmware's first new name opens a fresh dynamic pool while the
+    # heap is empty. Here the shims' names fill the first dynamic pools instead, so the firmware
+    # would meet the next pool doubling (one large contiguous block) at a different, later point,
+    # in a fragmented heap. Start it on a fresh pool too: intern placeholder names until the
+    # interpreter allocates a new pool (a jump of several KB), all as part of the ROM's heap.
+    probe = object()
+    for i in range(4000):
+        before = gc.mem_alloc()
+        getattr(probe, "_rom_q%d" % i, None)  # looking an attribute up interns its name
+        if gc.mem_alloc() - before > 4000:
+            return
+
+
+_load_frozen()
+_fresh_qstr_pool()
 _ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
 
 EXIT_SOFT_FRIENDLY = 80

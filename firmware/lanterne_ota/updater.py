@@ -1,0 +1,351 @@
+# The update transfer: fetch the signed manifest, check it, rebuild the new image block by block
+# into the inactive slot (header block last), check every block and then the whole image, and
+# put the release on trial. Link-agnostic: `send(kind, payload, retain)` publishes on the board's
+# ota/<kind> topic, on_data() takes each message of ota/data, poll() runs from the link loop.
+#
+# Resumable: the job (ota/job.json) and the verified manifest (ota/pending.man) are on the
+# filesystem; after a reboot or a lost link the slot's blocks are hashed against the manifest and
+# only the missing ones are fetched again. Throttled: one request in flight, a pause after each
+# answer, every message applied from poll() (never inside the MQTT client), so readings,
+# commands and the lamp keep their turn. Messages (docs/ota.md, "Wire format"):
+#   board -> ota/req   "M" digest8                        the manifest, please
+#                      "B" digest8 base8 n u16*n          recipes for these blocks
+#   ota/data -> board  "M" digest8 manifest               the manifest
+#                      "B" digest8 n (u16 index, u8 flags, u16 len, recipe)*n
+#                      "E" digest8 text                   the server cannot serve this release
+#   board -> ota/progress (retained JSON): state, release, blocks done/total, reason on refusal
+import gc
+import hashlib
+import json
+import struct
+import sys
+import time
+
+from lanterne_ota import JOB_FILE, MANIFEST_FILE
+from lanterne_ota import manifest as M
+from lanterne_ota import state as S
+
+INTERVAL_MS = 100  # pause between two requests
+BATCH = 4  # blocks asked for at once
+TIMEOUT_MS = 5000  # an unanswered request is sent again, backing off up to RETRY_MAX_MS
+RETRY_MAX_MS = 60000
+BAD_BLOCK_LIMIT = 3  # a block whose data fails its hash this often: the update is refused
+PROGRESS_EVERY = 4  # blocks between two progress records
+
+BUSY = "busy"
+TAMPERED = "tampered_block"
+IMAGE_HASH = "image_hash"
+NOT_ROMFS = "not_romfs"
+FAILED_BEFORE = "failed_before"
+SERVER = "server"
+FLASH = "flash"
+NO_KEYS = "no_keys"
+
+
+class Refused(Exception):
+    def __init__(self, code, reason):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _board_mpy():
+    v = getattr(sys.implementation, "_mpy", 0)
+    return (v & 0xFF, (v >> 8) & 3, v >> 10)
+
+
+def _board_micropython():
+    return tuple(sys.implementation.version[:3])
+
+
+class Updater:
+    def __init__(self, send, rom=None, store=None):
+        self.send = send
+        self.rom = rom or S.Rom()
+        self.store = store or S.Store()
+        self.job = None
+        self.m = None
+        self.need = []
+        self.inbox = []
+        self.buf = None
+        self.bad = {}
+        self.waiting = False
+        self.sent_at = 0
+        self.next_at = 0
+        self.retry_ms = TIMEOUT_MS
+        self.reboot_due = False
+        self.done = 0
+        self.received = 0
+        self.literal = 0
+        self.heap_peak = 0
+        self.target = None
+        self.base = None
+        self.last = None  # the last progress record
+
+    # -- starting and resuming --------------------------------------------------------------
+    def start(self, digest, counter, force=False):
+        """A start command for the release whose manifest hashes to `digest`. Returns (ok, line)."""
+        st = self.store.load()
+        if st is not None and st.get("trial"):
+            return False, self._refuse_line(BUSY, "a release is on trial: it must commit first")
+        if self.job and self.job["digest"] == S.hexs(digest):
+            return True, "update to release %d already under way" % counter
+        if st is not None and st.get("failed") == counter and not force:
+            return False, self._refuse_line(FAILED_BEFORE, "release %d failed its trial on this board: force to try again" % counter)
+        self.job = {"digest": S.hexs(digest), "counter": counter, "force": bool(force), "phase": "manifest"}
+        self._save_job()
+        self._reset_transfer()
+        self._progress("manifest")
+        return True, "update to release %d started" % counter
+
+    def resume(self):
+        """After a reboot: pick up the job on the filesystem. True when there is one to run."""
+        try:
+            with open(JOB_FILE) as f:
+                self.job = json.loads(f.read())
+        except (OSError, ValueError):
+            self.job = None
+            return False
+        if self.job.get("phase") == "transfer":
+            try:
+                with open(MANIFEST_FILE, "rb") as f:
+                    raw = f.read()
+                self._accept_manifest(raw, resumed=True)
+            except (OSError, M.ManifestError, Refused) as e:
+                self._fail(getattr(e, "code", M.MALFORMED), getattr(e, "reason", repr(e)))
+                return False
+        else:
+            self.job["phase"] = "manifest"
+        self._reset_transfer()
+        return self.job is not None
+
+    def _reset_transfer(self):
+        self.waiting = False
+        self.next_at = time.ticks_ms()
+        self.retry_ms = TIMEOUT_MS
+
+    def _save_job(self):
+        S.ensure_dir("ota")
+        S.write_atomic(JOB_FILE, json.dumps(self.job).encode())
+
+    @property
+    def active(self):
+        return self.job is not None
+
+    # -- the link side ----------------------------------------------------------------------
+    def on_data(self, payload):
+        # Called from inside the MQTT client: keep the message, apply it from poll().
+        if self.job is not None and len(self.inbox) < 8:
+            self.inbox.append(payload)
+
+    def poll(self):
+        if self.job is None:
+            return
+        while self.inbox:
+            msg = self.inbox.pop(0)
+            try:
+                self._handle(msg)
+            except Refused as e:
+                self._fail(e.code, e.reason)
+                return
+            except M.ManifestError as e:
+                self._fail(e.code, e.reason)
+                return
+            if self.job is None:
+                return
+        now = time.ticks_ms()
+        if self.waiting:
+            if time.ticks_diff(now, self.sent_at) < self.retry_ms:
+                return
+            self.retry_ms = min(RETRY_MAX_MS, self.retry_ms * 2)  # nobody answers: ask again, slower
+        elif time.ticks_diff(now, self.next_at) < 0:
+            return
+        self._request()
+
+    def _request(self):
+        d8 = bytes.fromhex(self.job["digest"])[:8]
+        if self.job["phase"] == "manifest":
+            msg = b"M" + d8
+        else:
+            ask = self.need[:BATCH]
+            msg = b"B" + d8 + bytes.fromhex(self.base_sha)[:8] + bytes((len(ask),)) + b"".join(struct.pack(">H", i) for i in ask)
+        try:
+            self.send("req", msg, False)
+        except OSError:
+            self.next_at = time.ticks_add(time.ticks_ms(), INTERVAL_MS * 10)  # link down: ask later
+            return
+        self.waiting = True
+        self.sent_at = time.ticks_ms()
+
+    def _handle(self, msg):
+        if len(msg) < 9 or S.hexs(msg[1:9]) != self.job["digest"][:16]:
+            return  # another job's message (a late answer): ignored
+        kind = msg[0]
+        if kind == 0x45:  # "E"
+            raise Refused(SERVER, "the release server refused: %s" % bytes(msg[9:]).decode())
+        if kind == 0x4D and self.job["phase"] == "manifest":  # "M"
+            self._accept_manifest(msg[9:])
+        elif kind == 0x42 and self.job["phase"] == "transfer":  # "B"
+            self._blocks(memoryview(msg), 9)
+        else:
+            return
+        self.waiting = False
+        self.retry_ms = TIMEOUT_MS
+        self.next_at = time.ticks_add(time.ticks_ms(), INTERVAL_MS)
+
+    # -- the manifest -----------------------------------------------------------------------
+    def _accept_manifest(self, raw, resumed=False):
+        raw = bytes(raw)
+        if S.hexs(hashlib.sha256(raw).digest()) != self.job["digest"]:
+            raise M.ManifestError(M.DIGEST_MISMATCH, "the manifest received is not the one the start command named")
+        m = M.Manifest(raw)
+        keys = S.load_keys()
+        if not keys:
+            raise Refused(NO_KEYS, "no trusted release keys on this board (ota/keys.json)")
+        m.check_signature(keys)
+        st = self.store.load() or S.fresh()
+        running = S.running_slot(st)
+        cur = st["slots"][running]
+        m.check_target(_board_mpy(), _board_micropython(), self.rom.slot_bytes, cur["n"] if cur else 0, self.job["force"])
+        if m.counter != self.job["counter"]:
+            raise M.ManifestError(M.DIGEST_MISMATCH, "the manifest is release %d, the command said %d" % (m.counter, self.job["counter"]))
+        self.m = m
+        self.target = 1 - running
+        self.base_sha = cur["sha"] if cur else "00" * 8
+        self.base = self.rom.view(running, 0, cur["len"]) if cur else b""
+        if not resumed:
+            S.write_atomic(MANIFEST_FILE, raw)
+        # The target slot stops being a rollback target before its first byte changes.
+        if st["slots"][self.target] is not None:
+            st["slots"][self.target] = None
+            self.store.save(st)
+        self._scan()
+        self.job["phase"] = "transfer"
+        self.job["version"] = m.version
+        self._save_job()
+        self.buf = bytearray(self.rom.block)
+        gc.collect()
+        self._progress("transfer")
+        if not self.need:
+            self._finish()
+
+    def _scan(self):
+        # Which blocks of the target slot already hold what the manifest says (a resumed job, or
+        # the same release written there before): only the others are fetched. The header block
+        # goes last, so a slot never shows a valid header over partial contents.
+        m = self.m
+        need = [i for i in range(m.nblocks) if self.rom.block_sha(self.target, i, m.block_len(i)) != m.block_sha(i)]
+        if need:
+            if 0 not in need:
+                need.append(0)
+            self.rom.erase(self.target, 0)
+            need.remove(0)
+            need.append(0)
+        self.need = need
+        self.done = m.nblocks - len(need)
+
+    # -- blocks -----------------------------------------------------------------------------
+    def _blocks(self, mv, at):
+        from lanterne_ota import delta
+
+        n = mv[at]
+        at += 1
+        for _ in range(n):
+            i, flags, ln = struct.unpack(">HBH", mv[at : at + 5])
+            at += 5
+            recipe = mv[at : at + ln]
+            at += ln
+            if i not in self.need or len(recipe) != ln:
+                continue
+            self._block(i, flags, recipe, delta)
+        self._note_heap()
+        if not self.need:
+            self._finish()
+        elif self.done % PROGRESS_EVERY == 0:
+            self._progress("transfer")
+
+    def _block(self, i, flags, recipe, delta):
+        import io
+
+        m = self.m
+        n = m.block_len(i)
+        stream = io.BytesIO(recipe)
+        if flags & 1:
+            import deflate
+
+            stream = deflate.DeflateIO(stream, deflate.RAW, delta.WBITS)
+        try:
+            self.literal += delta.apply(stream, self.buf, n, self.base)
+            ok = hashlib.sha256(memoryview(self.buf)[:n]).digest() == m.block_sha(i)
+        except (ValueError, OSError, EOFError):  # a recipe that does not decode (OSError: deflate)
+            ok = False
+        self.received += len(recipe)
+        if not ok:
+            self.bad[i] = self.bad.get(i, 0) + 1
+            if self.bad[i] >= BAD_BLOCK_LIMIT:
+                raise Refused(TAMPERED, "block %d failed its hash check %d times: its data was altered" % (i, self.bad[i]))
+            return
+        try:
+            self.rom.erase(self.target, i)
+            self.rom.write(self.target, i, memoryview(self.buf)[:n])
+        except OSError as e:
+            raise Refused(FLASH, "writing block %d failed: %r" % (i, e))
+        if self.rom.block_sha(self.target, i, n) != m.block_sha(i):
+            raise Refused(FLASH, "block %d reads back wrong from flash" % i)
+        self.need.remove(i)
+        self.done += 1
+
+    def _note_heap(self):
+        a = gc.mem_alloc()
+        if a > self.heap_peak:
+            self.heap_peak = a
+
+    # -- the end ----------------------------------------------------------------------------
+    def _finish(self):
+        m = self.m
+        t = self.target
+        if self.rom.image_len(t) != m.length:
+            self.rom.erase(t, 0)
+            raise Refused(NOT_ROMFS, "the image written is not a %d-byte ROMFS image" % m.length)
+        if self.rom.sha(t, m.length) != m.image_sha:
+            self.rom.erase(t, 0)  # every block matched its hash, the whole does not: never mountable
+            raise Refused(IMAGE_HASH, "the image's SHA-256 is not the manifest's")
+        st = self.store.load() or S.fresh()
+        st["slots"][t] = {"n": m.counter, "len": m.length, "sha": S.hexs(m.image_sha), "ver": m.version}
+        st["trial"] = {"slot": t, "boots": 0}
+        st["event"] = None
+        self.store.save(st)
+        S.remove(JOB_FILE)
+        self.job = None
+        self.buf = None
+        self._progress("trial", release=m.version, n=m.counter)
+        self.reboot_due = True
+
+    def _fail(self, code, reason):
+        S.remove(JOB_FILE)
+        S.remove(MANIFEST_FILE)
+        ver = self.job.get("version") if self.job else None
+        n = self.job.get("counter") if self.job else None
+        self.job = None
+        self.buf = None
+        self.m = None
+        self.inbox = []
+        self._progress("refused", code=code, reason=reason, release=ver, n=n)
+
+    def _refuse_line(self, code, reason):
+        self._progress("refused", code=code, reason=reason)
+        return reason
+
+    def _progress(self, phase, **extra):
+        doc = {"state": phase}
+        if self.m is not None:
+            doc.update({"release": self.m.version, "n": self.m.counter, "done": self.done, "total": self.m.nblocks,
+                        "bytes": self.received, "literal": self.literal, "heap_peak": self.heap_peak})  # fmt: skip
+        elif self.job:
+            doc["n"] = self.job["counter"]
+        doc.update(extra)
+        self.last = doc
+        try:
+            self.send("progress", json.dumps(doc), True)
+        except OSError:
+            pass  # the link is down: the next record will say where things are

@@ -1,0 +1,86 @@
+"""Delta encoding: per-block recipes that rebuild a new ROMFS image from the one a board runs.
+
+A ROMFS image packs its files one after another, so a module that changes size shifts every
+byte after it: comparing fixed blocks would resend the whole image. Instead each 4 KiB block of
+the new image is described by COPY ops (bytes found anywhere in the running image: unchanged
+modules, however far they moved) and DATA ops (literal bytes), the whole recipe raw-deflated
+when that is smaller. The board applies it with `lanterne_ota.delta` (the same op format) and
+checks the block against the manifest's hash.
+
+Matching: every K-byte substring of the old image is indexed by a hash; for each position of the
+new block the longest match among the candidates is taken (greedy, extended forward), kept when
+it is at least MIN_MATCH bytes (a COPY op costs ~5 bytes).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from host_tools.fleet.release import ota_module
+
+K = 8
+MIN_MATCH = 12
+MAX_CANDIDATES = 16
+
+
+class Index:
+    def __init__(self, old: bytes):
+        self.old = old
+        self.table: dict[bytes, list[int]] = {}
+        for i in range(len(old) - K + 1):
+            lst = self.table.setdefault(old[i : i + K], [])
+            if len(lst) < MAX_CANDIDATES:
+                lst.append(i)
+
+    def longest(self, new: bytes, pos: int, end: int) -> tuple[int, int]:
+        best_off, best_len = -1, 0
+        cands = self.table.get(new[pos : pos + K])
+        if not cands:
+            return best_off, best_len
+        old = self.old
+        for off in cands:
+            n = K
+            while pos + n < end and off + n < len(old) and old[off + n] == new[pos + n]:
+                n += 1
+            if n > best_len:
+                best_off, best_len = off, n
+        return best_off, best_len
+
+
+def block_ops(index: Index | None, new: bytes, start: int, end: int) -> list[tuple]:
+    ops: list[tuple] = []
+    lit = bytearray()
+    pos = start
+    while pos < end:
+        off, n = index.longest(new, pos, end) if index is not None and end - pos >= K else (-1, 0)
+        if n >= MIN_MATCH:
+            if lit:
+                ops.append(("data", bytes(lit)))
+                lit = bytearray()
+            ops.append(("copy", off, n))
+            pos += n
+        else:
+            lit.append(new[pos])
+            pos += 1
+    if lit:
+        ops.append(("data", bytes(lit)))
+    return ops
+
+
+def compress(recipe: bytes) -> tuple[int, bytes]:
+    """(flags, bytes): raw deflate with the board's window when it is smaller, else as is."""
+    wbits = ota_module("delta").WBITS
+    c = zlib.compressobj(9, zlib.DEFLATED, -wbits, 9)
+    packed = c.compress(recipe) + c.flush()
+    return (1, packed) if len(packed) < len(recipe) else (0, recipe)
+
+
+def recipes(old: bytes | None, new: bytes, block: int = 4096) -> list[tuple[int, bytes]]:
+    """[(flags, recipe)] for every block of `new`; `old` None: literals only (a full transfer)."""
+    encode = ota_module("delta").encode
+    index = Index(old) if old else None
+    out = []
+    for start in range(0, len(new), block):
+        end = min(start + block, len(new))
+        out.append(compress(encode(block_ops(index, new, start, end))))
+    return out

@@ -6,18 +6,18 @@ import sys
 
 try:
     import lanterne.app as _app
-except ImportError as _e:
+except Exception as _e:  # noqa: the release's own import failed, or there is no library
     _app = _e
-if isinstance(_app, ImportError):
+if isinstance(_app, Exception):
     sys.print_exception(_app)
     import os
 
     try:
         os.stat("/rom/lib/lanterne")
-        mounted = True
+        _mounted = True
     except OSError:
-        mounted = False
-    if mounted:  # the slot's own import failed: a crash of that release
+        _mounted = False
+    if _mounted:  # the slot's import failed: a crash of that release
         import lanterne_ota.boot
 
         lanterne_ota.boot.crashed(_app)
@@ -30,7 +30,7 @@ if isinstance(_app, ImportError):
 else:
     try:
         _app.main()
-    except Exception as _e:
+    except Exception as _e:  # noqa: KeyboardInterrupt and SystemExit go to the REPL
         sys.print_exception(_e)
         import lanterne_ota.boot
 

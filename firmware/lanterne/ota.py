@@ -148,7 +148,7 @@ class Ota:
         if u is not None:
             if u.active:
                 self._subscribe()
-            u.poll()
+            u.poll()  # never raises: a failed update is refused, reported, and the board goes on
             if u.reboot_due:
                 self.app.log("ota: release written and verified, rebooting into its trial")
                 self.app.link.close()

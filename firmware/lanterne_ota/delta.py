@@ -29,11 +29,15 @@ def _varint(read1):
             raise RecipeError("varint too long")
 
 
-def apply(stream, out, length, base):
-    """Fill out[:length] from the recipe in `stream` (readinto/read) and the running image `base`
-    (a buffer). Returns the number of literal bytes it carried."""
+def apply(stream, length, base, sink, staging):
+    """Rebuild a block of `length` bytes from the recipe in `stream` (readinto) and the running
+    image `base` (a buffer), handing it to `sink(position, piece)` piece by piece through the
+    small `staging` buffer: no block-sized buffer (a 4 KB contiguous block is not always there in
+    a fragmented heap), and flash is never written straight from mapped flash. Returns the
+    number of literal bytes the recipe carried."""
     one = bytearray(1)
-    view = memoryview(out)
+    stage = memoryview(staging)
+    room = len(staging)
 
     def read1():
         if stream.readinto(one) != 1:
@@ -44,22 +48,29 @@ def apply(stream, out, length, base):
     literal = 0
     while pos < length:
         op = read1()
+        n = 0
         if op == COPY:
             off = _varint(read1)
             n = _varint(read1)
             if n == 0 or pos + n > length or off + n > len(base):
                 raise RecipeError("copy of %d bytes from %d does not fit" % (n, off))
-            view[pos : pos + n] = base[off : off + n]
+            done = 0
+            while done < n:
+                k = min(room, n - done)
+                stage[:k] = base[off + done : off + done + k]
+                sink(pos + done, stage[:k])
+                done += k
         elif op == DATA:
             n = _varint(read1)
             if n == 0 or pos + n > length:
                 raise RecipeError("literal of %d bytes overruns the block" % n)
-            got = 0
-            while got < n:
-                k = stream.readinto(view[pos + got : pos + n])
+            done = 0
+            while done < n:
+                k = stream.readinto(stage[: min(room, n - done)])
                 if not k:
                     raise RecipeError("recipe ends inside a literal")
-                got += k
+                sink(pos + done, stage[:k])
+                done += k
             literal += n
         else:
             raise RecipeError("unknown op 0x%02x" % op)

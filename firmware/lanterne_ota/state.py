@@ -191,9 +191,9 @@ class Rom:
     def erase(self, slot, i):
         self.part.ioctl(6, slot * self.slot_blocks + i)
 
-    def write(self, slot, i, buf):
+    def write(self, slot, i, buf, offset=0):
         # After erase(): the extended block protocol programs the bytes as they are.
-        self.part.writeblocks(slot * self.slot_blocks + i, buf, 0)
+        self.part.writeblocks(slot * self.slot_blocks + i, buf, offset)
 
     def mount(self, slot):
         import vfs

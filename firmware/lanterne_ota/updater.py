@@ -31,6 +31,7 @@ TIMEOUT_MS = 5000  # an unanswered request is sent again, backing off up to RETR
 RETRY_MAX_MS = 60000
 BAD_BLOCK_LIMIT = 3  # a block whose data fails its hash this often: the update is refused
 PROGRESS_EVERY = 4  # blocks between two progress records
+STAGING = 256  # bytes: pieces of a block go to flash through this buffer
 
 BUSY = "busy"
 TAMPERED = "tampered_block"
@@ -40,6 +41,7 @@ FAILED_BEFORE = "failed_before"
 SERVER = "server"
 FLASH = "flash"
 NO_KEYS = "no_keys"
+ERROR = "error"
 
 
 class Refused(Exception):
@@ -67,7 +69,7 @@ class Updater:
         self.m = None
         self.need = []
         self.inbox = []
-        self.buf = None
+        self.staging = bytearray(STAGING)  # allocated once, small: fits a fragmented heap
         self.bad = {}
         self.waiting = False
         self.sent_at = 0
@@ -151,6 +153,9 @@ class Updater:
             except M.ManifestError as e:
                 self._fail(e.code, e.reason)
                 return
+            except Exception as e:  # MemoryError, a flash error: the update stops, the board goes on
+                self._fail(ERROR, "update stopped: %r" % (e,))
+                return
             if self.job is None:
                 return
         now = time.ticks_ms()
@@ -223,7 +228,6 @@ class Updater:
         self.job["phase"] = "transfer"
         self.job["version"] = m.version
         self._save_job()
-        self.buf = bytearray(self.rom.block)
         gc.collect()
         self._progress("transfer")
         if not self.need:
@@ -274,10 +278,26 @@ class Updater:
             import deflate
 
             stream = deflate.DeflateIO(stream, deflate.RAW, delta.WBITS)
+        h = hashlib.sha256()
+        rom, t = self.rom, self.target
+
+        def sink(pos, piece):
+            try:
+                rom.write(t, i, piece, pos)
+            except OSError as e:
+                raise Refused(FLASH, "writing block %d failed: %r" % (i, e))
+            h.update(piece)
+
+        # Straight to the erased block, hashed on the way: the slot is not trusted until the whole
+        # image is checked, so a block that turns out wrong is simply fetched again.
         try:
-            self.literal += delta.apply(stream, self.buf, n, self.base)
-            ok = hashlib.sha256(memoryview(self.buf)[:n]).digest() == m.block_sha(i)
-        except (ValueError, OSError, EOFError):  # a recipe that does not decode (OSError: deflate)
+            rom.erase(t, i)
+        except OSError as e:
+            raise Refused(FLASH, "erasing block %d failed: %r" % (i, e))
+        try:
+            self.literal += delta.apply(stream, n, self.base, sink, self.staging)
+            ok = h.digest() == m.block_sha(i)
+        except (ValueError, EOFError, OSError):  # a recipe that does not decode (deflate: OSError)
             ok = False
         self.received += len(recipe)
         if not ok:
@@ -285,12 +305,7 @@ class Updater:
             if self.bad[i] >= BAD_BLOCK_LIMIT:
                 raise Refused(TAMPERED, "block %d failed its hash check %d times: its data was altered" % (i, self.bad[i]))
             return
-        try:
-            self.rom.erase(self.target, i)
-            self.rom.write(self.target, i, memoryview(self.buf)[:n])
-        except OSError as e:
-            raise Refused(FLASH, "writing block %d failed: %r" % (i, e))
-        if self.rom.block_sha(self.target, i, n) != m.block_sha(i):
+        if rom.block_sha(t, i, n) != m.block_sha(i):
             raise Refused(FLASH, "block %d reads back wrong from flash" % i)
         self.need.remove(i)
         self.done += 1
@@ -317,7 +332,6 @@ class Updater:
         self.store.save(st)
         S.remove(JOB_FILE)
         self.job = None
-        self.buf = None
         self._progress("trial", release=m.version, n=m.counter)
         self.reboot_due = True
 
@@ -327,7 +341,6 @@ class Updater:
         ver = self.job.get("version") if self.job else None
         n = self.job.get("counter") if self.job else None
         self.job = None
-        self.buf = None
         self.m = None
         self.inbox = []
         self._progress("refused", code=code, reason=reason, release=ver, n=n)

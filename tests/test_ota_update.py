@@ -1,0 +1,267 @@
+"""Over-the-air updates on virtual boards and a real Mosquitto (docs/ota.md).
+
+A board is factory-programmed with release 1 in slot A; releases are built and signed from
+edited copies of the firmware tree; `lanterne release push` (or the rollout library behind it)
+sends the signed start command and serves the blocks. Shown here: the update applied and the new
+version in the status; every bad release refused with its reason and the running slot untouched;
+readings and commands flowing during a transfer; a power cut mid-transfer resumed; a release
+that crashes at start-up and one that hangs an import rolled back with config and store intact.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from conftest import lanterne
+from ota_support import (
+    SITE,
+    boards_on,
+    kit,
+    last_status,
+    ota_state,
+    release,
+    rollout,
+    slot_bytes,
+    special,
+)
+
+from host_tools.backoffice.watcher import Watcher
+from host_tools.codec.decoder import decode
+from host_tools.codec.seq import SeqTracker
+
+pytestmark = pytest.mark.integration
+
+V2_EDIT = {"lanterne/app.py": "\n\ndef _release_note():\n    return 'release 2: one module changed'\n"}
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    k = kit(tmp_path_factory.mktemp("ota"))
+    r1 = release(k, "0.1.0")
+    r2 = release(k, "0.2.0", V2_EDIT)
+    r3 = release(k, "0.3.0", {"lanterne/app.py": "\n\ndef _release_note():\n    return 'release 3'\n"})
+    return k, r1, r2, r3
+
+
+def test_update_over_mqtt_new_version_in_the_status(releases, virtual_boards, mosquitto, tmp_path):
+    k, r1, r2, _ = releases
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/ota-1/#"]) as w:
+        (h,) = boards_on(k, virtual_boards, mosquitto.url, r1, ["ota-1"])
+        w.wait_for(f"lanterne/v1/{SITE}/ota-1/status", lambda m: b'"online"' in m.payload, timeout=30)
+        assert last_status(w, "ota-1")["ota"] == {"slot": "A", "release": 1}
+        slot_a = slot_bytes(h, 0)
+        r = lanterne("release", "push", r2.counter, "ota-1", "--registry", k.registry_path, "--releases", k.store.path,
+                     "--broker", mosquitto.url, "--timeout", 90, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ota-1: committed" in r.stdout
+        st = w.wait_for(f"lanterne/v1/{SITE}/ota-1/status",
+                        lambda m: b'"0.2.0"' in m.payload and b'"trial": false' in m.payload, timeout=30)  # fmt: skip
+        doc = json.loads(st[-1].payload)
+        assert doc["fw"] == "0.2.0" and doc["ota"]["slot"] == "B" and doc["ota"]["release"] == 2 and doc["faults"] == []
+        # The previous release is still in slot A, untouched: the rollback target.
+        assert slot_bytes(h, 0) == slot_a
+        state = ota_state(h)
+        assert state["active"] == 1 and state["slots"][0]["n"] == 1 and state["slots"][1]["n"] == 2
+        # A delta: the module that changed, not the image (the image is ~63 KB).
+        progress = [json.loads(m.payload) for m in w.matching(f"lanterne/v1/{SITE}/ota-1/ota/progress")]
+        trial = [p for p in progress if p["state"] == "trial"][-1]
+        assert trial["bytes"] < 8000 and trial["total"] == r2.meta["blocks"]
+    # The operator's view: the monitor shows the update's outcome.
+    mon = lanterne("monitor", "--broker", mosquitto.url, "--json", "--duration", 2)
+    row = [d for d in json.loads(mon.stdout) if d["device"] == "ota-1"][0]
+    assert row["update"]["state"] == "committed" and row["status"]["fw"] == "0.2.0"
+
+
+def test_readings_and_commands_keep_flowing_during_a_transfer(releases, virtual_boards, mosquitto):
+    from host_tools.backoffice.command_client import CommandClient, next_counter
+
+    k, r1, r2, _ = releases
+
+    def slow_link(device, index, recipe):  # a slow cellular link: each block takes 150 ms to come
+        time.sleep(0.15)
+        return recipe
+
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/ota-flow/#"]) as w:
+        boards_on(k, virtual_boards, mosquitto.url, r1, ["ota-flow"], sample_period_s=1)
+        w.wait_for(f"lanterne/v1/{SITE}/ota-flow/status", lambda m: b'"online"' in m.payload, timeout=30)
+        ro = rollout(k, mosquitto.url, r2, transform=slow_link)
+        cc = CommandClient(mosquitto.url)
+        key = k.registry.command_key("ota-flow")
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=ro.run(["ota-flow"])))
+        try:
+            t.start()
+            w.wait_for(f"lanterne/v1/{SITE}/ota-flow/ota/progress", lambda m: b'"transfer"' in m.payload, timeout=30)
+            acks = []
+            counter = next_counter(0)
+
+            def nearly_written():  # the last blocks are on their way: the board reboots soon after
+                docs = [json.loads(m.payload) for m in w.matching(f"lanterne/v1/{SITE}/ota-flow/ota/progress")]
+                return any(d.get("done", 0) >= d.get("total", 99) - 4 for d in docs)
+
+            while not nearly_written() and len(acks) < 60:
+                counter += 1
+                acks.append((time.time(), cc.send(SITE, "ota-flow", key, counter, "dim", {"level": 10 + len(acks)}, timeout=5)))
+                time.sleep(0.2)
+            t.join(60)
+        finally:
+            cc.close()
+            ro.close()
+        assert result["r"].ok, result["r"].lines()
+        progress = {}  # state -> when it was first seen
+        for m in w.matching(f"lanterne/v1/{SITE}/ota-flow/ota/progress"):
+            progress.setdefault(json.loads(m.payload)["state"], m.t)
+        # Commands sent while the blocks were coming were executed and acknowledged at once.
+        during = [a for ts, a in acks if progress["transfer"] <= ts <= progress["trial"]]
+        assert len(during) >= 3 and all(a.ok and a.rtt_ms < 1500 for a in during), [(a.reason, a.rtt_ms) for a in during]
+        # Readings kept being published while the transfer ran, and not one was lost across the
+        # transfer and the reboot into the new release.
+        ups = w.matching(f"lanterne/v1/{SITE}/ota-flow/up")
+        assert any(progress["transfer"] <= m.t <= progress["trial"] for m in ups)
+        tracker, seqs = SeqTracker(), set()
+        for m in ups:
+            for r in decode(m.payload)["readings"]:
+                seqs.add(tracker.accept(r["seq"])[0])
+        assert seqs == set(range(min(seqs), max(seqs) + 1))
+
+
+def test_bad_releases_are_refused_with_a_reason_and_the_running_slot_untouched(releases, virtual_boards, mosquitto, tmp_path):
+    from host_tools.fleet.release.keys import KeyStore
+
+    k, r1, r2, r3 = releases
+    stranger = KeyStore(tmp_path / "other-keys")
+    stranger.new("not the fleet's")
+    bad = {  # release 2's image under later counters: real blocks to fetch
+        "bad_signature": special(k, r2, 10, "0.10.0", bad_signature=True),
+        "unknown_key": special(k, r2, 11, "0.11.0", keys=stranger),
+        "image_hash": special(k, r2, 12, "0.12.0", image_sha=bytes(32)),
+        "mpy_mismatch": special(k, r2, 13, "0.13.0", mpy=(7, 0, 0)),
+        "micropython_too_old": special(k, r2, 14, "0.14.0", micropython=(1, 99, 0)),
+        "downgrade": r2,
+        # (release 1's image: the refused image above left release 2's blocks in slot B, and a
+        # block already in place is not fetched again)
+        "tampered_block": special(k, r1, 15, "0.15.0"),
+    }
+
+    def tamper(device, index, recipe):  # a man in the middle alters block 3 on its way
+        return bytes((recipe[0] ^ 0xFF,)) + recipe[1:] if index == 3 else recipe
+
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/ota-bad/#"]) as w:
+        (h,) = boards_on(k, virtual_boards, mosquitto.url, r3, ["ota-bad"])
+        w.wait_for(f"lanterne/v1/{SITE}/ota-bad/status", lambda m: b'"online"' in m.payload, timeout=30)
+        running, state = slot_bytes(h, 0), ota_state(h)
+        assert state["slots"][0]["n"] == 3
+        for code, rel in bad.items():
+            ro = rollout(k, mosquitto.url, rel, transform=tamper if code == "tampered_block" else None)
+            try:
+                rep = ro.run(["ota-bad"])
+            finally:
+                ro.close()
+            res = rep.devices["ota-bad"]
+            assert res.state == "refused", (code, res, h.console()[-3000:])
+            last = [json.loads(m.payload) for m in w.matching(f"lanterne/v1/{SITE}/ota-bad/ota/progress")][-1]
+            assert last["state"] == "refused" and last["code"] == code, (code, last)
+            assert res.reason == last["reason"] and len(res.reason) > 20
+            # The running slot and the slot state are as they were: the board runs release 3.
+            assert slot_bytes(h, 0) == running, code
+            now = ota_state(h)
+            assert now["active"] == 0 and now["slots"][0] == state["slots"][0] and now["trial"] is None, code
+        reasons = {json.loads(m.payload).get("code"): json.loads(m.payload)["reason"]
+                   for m in w.matching(f"lanterne/v1/{SITE}/ota-bad/ota/progress") if b"refused" in m.payload}  # fmt: skip
+        assert "does not trust" in reasons["unknown_key"] and "does not verify" in reasons["bad_signature"]
+        assert "v7.0" in reasons["mpy_mismatch"] and "1.99.0" in reasons["micropython_too_old"]
+        assert "downgrade needs force" in reasons["downgrade"] and "block 3" in reasons["tampered_block"]
+        assert "SHA-256" in reasons["image_hash"]
+        assert last_status(w, "ota-bad")["fw"] == "0.3.0"
+        # Forced, the downgrade is accepted.
+        ro = rollout(k, mosquitto.url, r2, force=True)
+        try:
+            rep = ro.run(["ota-bad"])
+        finally:
+            ro.close()
+        assert rep.ok, (rep.lines(), h.console()[-3000:])
+        w.wait_for(f"lanterne/v1/{SITE}/ota-bad/status", lambda m: b'"fw": "0.2.0"' in m.payload, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "name,edit,why",
+    [
+        ("crash", {"lanterne/app.py": "\nraise RuntimeError('release bug: crash at start-up')\n"}, "crashed: RuntimeError"),
+        ("hang", {"lanterne/assets.py": "\nwhile True:\n    pass\n"}, "watchdog reset during the trial"),
+    ],
+)
+def test_a_release_that_fails_at_start_up_is_rolled_back(releases, virtual_boards, mosquitto, name, edit, why):
+    k, r1, _r2, _ = releases
+    bad = release(k, "0.9.1" if name == "crash" else "0.9.2", edit)
+    device = f"ota-{name}"
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/{device}/#"]) as w:
+        (h,) = boards_on(k, virtual_boards, mosquitto.url, r1, [device], sample_period_s=1)
+        w.wait_for(f"lanterne/v1/{SITE}/{device}/up", timeout=30)
+        config_before = (h.flash / "config.json").read_bytes()
+        ro = rollout(k, mosquitto.url, bad)
+        try:
+            rep = ro.run([device])
+        finally:
+            ro.close()
+        res = rep.devices[device]
+        assert res.state == "rolled_back" and why in res.reason, res
+        # Back on release 1, which says why in its status.
+        st = w.wait_for(f"lanterne/v1/{SITE}/{device}/status",
+                        lambda m: b'"online"' in m.payload and b"rolled_back" in m.payload, timeout=30)  # fmt: skip
+        doc = json.loads(st[-1].payload)
+        assert doc["fw"] == "0.1.0" and doc["ota"]["slot"] == "A"
+        assert doc["ota"]["rolled_back"]["from"] == bad.version and why in doc["ota"]["rolled_back"]["reason"]
+        # Config untouched; the store kept every reading: the sequence has no gap across the trial.
+        assert (h.flash / "config.json").read_bytes() == config_before
+        n_before = len(w.matching(f"lanterne/v1/{SITE}/{device}/up"))
+        w.wait_for(f"lanterne/v1/{SITE}/{device}/up", count=n_before + 2, timeout=30)
+        tracker, seqs = SeqTracker(), set()
+        for m in w.matching(f"lanterne/v1/{SITE}/{device}/up"):
+            for r in decode(m.payload)["readings"]:
+                seqs.add(tracker.accept(r["seq"])[0])
+        assert seqs == set(range(min(seqs), max(seqs) + 1))
+        state = ota_state(h)
+        assert state["active"] == 0 and state["slots"][1] is None and state["failed"] == bad.counter
+    # Pushing the same release again is refused without --force: it failed here before.
+    ro = rollout(k, mosquitto.url, bad)
+    try:
+        rep = ro.run([device])
+    finally:
+        ro.close()
+    assert rep.devices[device].state == "refused" and "failed its trial" in rep.devices[device].reason
+
+
+def test_power_cut_mid_transfer_resumes_where_it_stopped(releases, virtual_boards, mosquitto):
+    k, r1, _r2, r3 = releases
+    served = []
+
+    def slow(device, index, recipe):
+        served.append(index)
+        time.sleep(0.2)
+        return recipe
+
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/ota-cut/#"]) as w:
+        (h,) = boards_on(k, virtual_boards, mosquitto.url, r1, ["ota-cut"])
+        w.wait_for(f"lanterne/v1/{SITE}/ota-cut/status", lambda m: b'"online"' in m.payload, timeout=30)
+        k.store.path.joinpath("images").rename(k.store.path / "images.away")  # no base: a full transfer
+        try:
+            ro = rollout(k, mosquitto.url, r3, transform=slow)
+            result = {}
+            t = threading.Thread(target=lambda: result.update(r=ro.run(["ota-cut"])))
+            t.start()
+            w.wait_for(f"lanterne/v1/{SITE}/ota-cut/ota/progress", lambda m: b'"done": 8' in m.payload, timeout=60)
+            h.power_cut()
+            time.sleep(0.5)
+            h.power_on()
+            t.join(90)
+            ro.close()
+        finally:
+            (k.store.path / "images.away").rename(k.store.path / "images")
+        assert result["r"].ok, result["r"].lines()
+        w.wait_for(f"lanterne/v1/{SITE}/ota-cut/status", lambda m: b'"fw": "0.3.0"' in m.payload, timeout=30)
+        # After the cut only the blocks not yet written were fetched again (the header block last).
+        assert len(served) < 2 * r3.meta["blocks"] - 6, served
+        assert "resuming the update under way" in h.console()

@@ -7,7 +7,8 @@
 #  2. finish a commit a power cut interrupted (the new trusted keys);
 #  3. a release on trial: a first boot is counted and runs it; a crash or a watchdog reset during
 #     the trial (or a failure the application recorded) returns to the previous slot, and so do
-#     three trial boots without a commit; power cuts do not count as the release's fault;
+#     two more resets without a commit. A power cut is not the release's fault (a street lamp's
+#     supply may be switched off at dawn): power-on boots count only against a limit of ten;
 #  4. no trial: crashes and watchdog resets in a row are counted; at three, back to the other
 #     slot if it holds a good release, else safe mode (MQTT and updates only);
 #  5. the chosen slot's SHA-256 is checked against the state before it is mounted, with the
@@ -17,8 +18,10 @@ import sys
 
 from lanterne_ota import state as S
 
+PWRON_RESET = 1
 WDT_RESET = 3
-TRIAL_BOOTS = 3  # boots a trial gets before it must have committed
+TRIAL_BOOTS = 3  # boots a trial gets, power cuts aside, before it must have committed
+TRIAL_POWER_BOOTS = 10  # boots a trial gets in all (power cuts included)
 UNHEALTHY_LIMIT = 3  # crashes in a row before a committed release is abandoned
 TRIAL_WATCHDOG_MS = 30000
 
@@ -132,12 +135,16 @@ def _decide(st, cause, rom):
         slot = trial["slot"]
         why = None
         if trial["boots"] >= 1:
+            if cause != PWRON_RESET:
+                trial["resets"] = trial.get("resets", 0) + 1
             if crash:
                 why = crash
             elif cause == WDT_RESET:
                 why = "watchdog reset during the trial: the release hung"
-            elif trial["boots"] >= TRIAL_BOOTS:
-                why = "not confirmed healthy in %d boots" % TRIAL_BOOTS
+            elif trial.get("resets", 0) >= TRIAL_BOOTS - 1:
+                why = "reset %d times during the trial without confirming it was healthy" % trial["resets"]
+            elif trial["boots"] >= TRIAL_POWER_BOOTS:
+                why = "not confirmed healthy in %d boots" % trial["boots"]
         if why is None:
             trial["boots"] += 1
             return slot, True

@@ -86,6 +86,7 @@ class Rollout:
         self.store = store
         self.release = release
         self.timeout = timeout
+        self.ack_timeout = 15.0  # seconds to wait for the start command's ack
         self.force = force
         self.log = log or (lambda msg: None)
         self._lock = threading.Condition()
@@ -148,7 +149,7 @@ class Rollout:
         args = {"counter": self.release.counter, "force": self.force, "digest": self.release.digest}
         res.seconds = time.monotonic()  # start time until finished
         try:
-            ack = self.commands.send(rec.site, device, key, counter, OTA_START, args, timeout=15)
+            ack = self.commands.send(rec.site, device, key, counter, OTA_START, args, timeout=self.ack_timeout)
         except TimeoutError:
             res.state, res.reason, res.seconds = "no_ack", "no ack to the start command (offline?)", 0.0
             return res

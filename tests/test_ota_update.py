@@ -265,3 +265,29 @@ def test_power_cut_mid_transfer_resumes_where_it_stopped(releases, virtual_board
         # After the cut only the blocks not yet written were fetched again (the header block last).
         assert len(served) < 2 * r3.meta["blocks"] - 6, served
         assert "resuming the update under way" in h.console()
+
+
+def test_provisioning_sets_the_trusted_keys_and_a_later_provisioning_resets_the_slots(releases, virtual_boards, mosquitto):
+    from host_tools.fleet.provision import provision
+
+    k, _r1, r2, _r3 = releases
+    (h,) = virtual_boards(1, firmware=False)
+    h.wait_for(">>> ")
+    rep = provision(h.port, "esp32-devkitc", "ota-prov", site=SITE, broker=mosquitto.url, registry=k.registry,
+                    trusted_keys=k.keys.trusted(), release_store=k.store)  # fmt: skip
+    assert rep.status["ota"] == {"slot": "A", "release": 0}  # a provisioned (non-release) build: release 0
+    assert json.loads((h.flash / "ota" / "keys.json").read_text())["keys"] == [p.hex() for p in k.keys.trusted()]
+    ro = rollout(k, mosquitto.url, r2)
+    try:
+        res = ro.run(["ota-prov"]).devices["ota-prov"]
+        stats = ro.server.stats["ota-prov"]
+    finally:
+        ro.close()
+    assert res.state == "committed", res
+    assert stats.base is not None and stats.wire_bytes < 10000  # a delta against the image provisioning wrote
+    assert ota_state(h)["active"] == 1
+    # Provisioning again puts this checkout's firmware in slot A and forgets slot B's release.
+    again = provision(h.port, None, "ota-prov", registry=k.registry, trusted_keys=k.keys.trusted(), release_store=k.store)
+    assert again.status["ota"] == {"slot": "A", "release": 0} and again.status["fw"] == "0.1.0"
+    state = ota_state(h)
+    assert state["active"] == 0 and state["slots"][1] is None and state["trial"] is None

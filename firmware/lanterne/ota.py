@@ -109,7 +109,9 @@ class Ota:
     def start(self, args):
         """The ota_start command. Returns (accepted, line)."""
         if self.info.get("trial"):
-            return False, "a release is on trial: it must commit before another update"
+            if args["counter"] == self.info.get("release"):
+                return True, "release %d is on trial here already" % args["counter"]
+            return False, "release %s is on trial: it must commit before another update" % self.info.get("release")
         try:
             return self._updater().start(args["digest"], args["counter"], args["force"])
         except OSError as e:  # no ROMFS partition, or its flash unreadable

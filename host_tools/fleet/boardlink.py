@@ -315,6 +315,15 @@ class BoardLink:
         )
         return out.decode().strip()
 
+    def reset_ota_state(self) -> None:
+        """Forget the over-the-air update state (NVS key "ota" of namespace "lanterne", the transfer
+        files): the boot selector then adopts slot A of the ROMFS partition as it is."""
+        self.exec(
+            "try:\n import esp32\n _n = esp32.NVS('lanterne')\n _n.erase_key('ota')\n _n.commit()\nexcept Exception:\n pass\n"
+            "for _p in ('ota/job.json', 'ota/pending.man', 'ota/state.json'):\n try:\n  os.remove(_p)\n except OSError:\n  pass",
+            "resetting the update state",
+        )
+
     def hashes(self, paths: list[str]) -> dict[str, str]:
         out = self.exec(f"for _p in {paths!r}:\n print(repr((_p, _h(_p))))", "checking what it received").decode()
         return dict(ast.literal_eval(ln.strip()) for ln in out.splitlines() if ln.strip().startswith("("))

@@ -250,3 +250,24 @@ def test_signing_keys_are_owner_only_and_rotate(tmp_path):
     os.chmod(ks.path / f"{second.key_id}.key", 0o644)
     with pytest.raises(ReleaseError, match="can be read by others"):
         ks.signing_key()
+
+
+def test_safe_mode_command_gate_speaks_the_command_format(tmp_path):
+    from host_tools.runtime import firmware_module
+
+    cmd = firmware_module("commands")
+    safe = ota_module("safe")
+    key = bytes(range(32))
+    gate = safe.Gate("lamp-7", key.hex(), state_file=str(tmp_path / "cmdstate.json"))
+    digest = bytes(range(32, 64))
+    frame = cmd.build(key, "lamp-7", 41, cmd.OTA_START, {"counter": 9, "force": True, "digest": digest})
+    code, counter, op, args = gate.check(frame)
+    assert (code, counter, op) == (safe.OK, 41, cmd.OTA_START)
+    assert cmd.decode_args(op, args) == {"counter": 9, "force": True, "digest": digest}
+    ack = cmd.parse_ack(key, "lamp-7", gate.ack(counter, op, safe.OK))
+    assert ack["counter"] == 41 and ack["command"] == "ota_start" and ack["reason"] == "ok"
+    assert gate.check(frame)[0] == safe.REPLAY  # the counter is used up (and persisted for the app)
+    assert json.loads((tmp_path / "cmdstate.json").read_text())["counter"] == 41
+    forged = cmd.build(bytes(32), "lamp-7", 42, cmd.REBOOT, {"delay_s": 1})
+    assert gate.check(forged)[0] == safe.BAD_TAG
+    assert gate.check(cmd.build(key, "lamp-8", 43, cmd.REBOOT, {"delay_s": 1}))[0] == safe.WRONG_DEVICE

@@ -291,3 +291,42 @@ def test_provisioning_sets_the_trusted_keys_and_a_later_provisioning_resets_the_
     assert again.status["ota"] == {"slot": "A", "release": 0} and again.status["fw"] == "0.1.0"
     state = ota_state(h)
     assert state["active"] == 0 and state["slots"][1] is None and state["trial"] is None
+
+
+LATENT_BUG = {"lanterne/app.py": """
+import os as _os
+
+try:
+    _os.stat("crash.flag")
+except OSError:
+    pass
+else:
+    raise RuntimeError("latent bug: crash.flag")
+"""}
+
+
+def test_safe_mode_keeps_a_board_with_no_good_release_reachable_for_updates(releases, virtual_boards, mosquitto):
+    k, _r1, _r2, _r3 = releases
+    latent = release(k, "0.8.0", LATENT_BUG)
+    fixed = release(k, "0.8.1")
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/ota-safe/#"]) as w:
+        # The only release on the board (slot B empty) starts crashing at every boot.
+        (h,) = boards_on(k, virtual_boards, mosquitto.url, latent, ["ota-safe"])
+        w.wait_for(f"lanterne/v1/{SITE}/ota-safe/status", lambda m: b'"online"' in m.payload, timeout=30)
+        (h.flash / "crash.flag").write_text("1")
+        h.hard_reset()
+        # Three crashes in a row and nothing to roll back to: safe mode, reachable, saying why.
+        st = w.wait_for(f"lanterne/v1/{SITE}/ota-safe/status", lambda m: b"safe_mode" in m.payload, timeout=60)
+        doc = json.loads(st[-1].payload)
+        assert "3 crashes in a row" in doc["reason"] and "latent bug" in doc["reason"] and doc["fw"] is None
+        assert ota_state(h)["safe"]
+        # A fixed release goes on from safe mode, through the same signed command and transfer.
+        ro = rollout(k, mosquitto.url, fixed)
+        try:
+            res = ro.run(["ota-safe"]).devices["ota-safe"]
+        finally:
+            ro.close()
+        assert res.state == "committed", (res, h.console()[-2000:])
+        w.wait_for(f"lanterne/v1/{SITE}/ota-safe/status", lambda m: b'"fw": "0.8.1"' in m.payload, timeout=30)
+        state = ota_state(h)
+        assert state["safe"] is None and state["unhealthy"] == 0 and state["active"] == 1

@@ -16,6 +16,32 @@ class RecipeError(ValueError):
     pass
 
 
+try:
+    from io import IOBase as _IOBase
+except ImportError:  # an old MicroPython
+    _IOBase = object
+
+
+class Reader(_IOBase):
+    """A stream over a buffer without copying it (io.BytesIO copies), for DeflateIO or apply()."""
+
+    def __init__(self, buf):
+        self.mv = memoryview(buf)
+        self.at = 0
+
+    def readinto(self, b, n=None):
+        k = min(len(b) if n is None else n, len(self.mv) - self.at)
+        b[:k] = self.mv[self.at : self.at + k]
+        self.at += k
+        return k
+
+    def read(self, n=-1):
+        k = len(self.mv) - self.at if n is None or n < 0 else min(n, len(self.mv) - self.at)
+        out = bytes(self.mv[self.at : self.at + k])
+        self.at += k
+        return out
+
+
 def _varint(read1):
     n = 0
     shift = 0

@@ -9,9 +9,14 @@
 # answer, every message applied from poll() (never inside the MQTT client), so readings,
 # commands and the lamp keep their turn. Messages (docs/ota.md, "Wire format"):
 #   board -> ota/req   "M" digest8                        the manifest, please
-#                      "B" digest8 base8 n u16*n          recipes for these blocks
+#                      "B" digest8 base8 u16 max u8 opts n u16*n   these blocks, in messages of <= max
+#                                                         bytes; opts bit 0: not deflated (a heap
+#                                                         without room for the decompressor)
 #   ota/data -> board  "M" digest8 manifest               the manifest
-#                      "B" digest8 n (u16 index, u8 flags, u16 len, recipe)*n
+#                      "B" digest8 u8 last n (u16 index, u8 flags, u16 offset, u16 out_len,
+#                          u16 len, recipe)*n             parts of blocks, in order; flags: bit 0
+#                                                         deflated, bit 1 the block's last part;
+#                                                         last: 1 on the answer's last message
 #                      "E" digest8 text                   the server cannot serve this release
 #   board -> ota/progress (retained JSON): state, release, blocks done/total, reason on refusal
 import gc
@@ -27,6 +32,7 @@ from lanterne_ota import state as S
 
 INTERVAL_MS = 100  # pause between two requests
 BATCH = 4  # blocks asked for at once
+MAX_MESSAGE = 2048  # bytes of an ota/data message: small enough for a fragmented 64 KB heap
 TIMEOUT_MS = 5000  # an unanswered request is sent again, backing off up to RETRY_MAX_MS
 RETRY_MAX_MS = 60000
 BAD_BLOCK_LIMIT = 3  # a block whose data fails its hash this often: the update is refused
@@ -71,6 +77,8 @@ class Updater:
         self.inbox = []
         self.staging = bytearray(STAGING)  # allocated once, small: fits a fragmented heap
         self.bad = {}
+        self.cur = None  # [block, its hash so far, bytes written] while its parts come in
+        self.plain = False  # ask for recipes without deflate (no room for its 1 KB window)
         self.waiting = False
         self.sent_at = 0
         self.next_at = 0
@@ -173,7 +181,8 @@ class Updater:
             msg = b"M" + d8
         else:
             ask = self.need[:BATCH]
-            msg = b"B" + d8 + bytes.fromhex(self.base_sha)[:8] + bytes((len(ask),)) + b"".join(struct.pack(">H", i) for i in ask)
+            msg = b"B" + d8 + bytes.fromhex(self.base_sha)[:8] + struct.pack(">HBB", MAX_MESSAGE, 1 if self.plain else 0, len(ask))
+            msg += b"".join(struct.pack(">H", i) for i in ask)
         try:
             self.send("req", msg, False)
         except OSError:
@@ -191,7 +200,8 @@ class Updater:
         if kind == 0x4D and self.job["phase"] == "manifest":  # "M"
             self._accept_manifest(msg[9:])
         elif kind == 0x42 and self.job["phase"] == "transfer":  # "B"
-            self._blocks(memoryview(msg), 9)
+            if not self._blocks(memoryview(msg), 9):
+                return  # more of this answer is on its way
         else:
             return
         self.waiting = False
@@ -250,56 +260,75 @@ class Updater:
 
     # -- blocks -----------------------------------------------------------------------------
     def _blocks(self, mv, at):
+        """Apply a message's parts; True when it was the answer's last message."""
         from lanterne_ota import delta
 
-        n = mv[at]
-        at += 1
+        last = mv[at]
+        n = mv[at + 1]
+        at += 2
         for _ in range(n):
-            i, flags, ln = struct.unpack(">HBH", mv[at : at + 5])
-            at += 5
+            i, flags, offset, out_len, ln = struct.unpack(">HBHHH", mv[at : at + 9])
+            at += 9
             recipe = mv[at : at + ln]
             at += ln
-            if i not in self.need or len(recipe) != ln:
-                continue
-            self._block(i, flags, recipe, delta)
+            if i in self.need and len(recipe) == ln:
+                self._part(i, flags, offset, out_len, recipe, delta)
         self._note_heap()
         if not self.need:
             self._finish()
         elif self.done % PROGRESS_EVERY == 0:
             self._progress("transfer")
+        return last
 
-    def _block(self, i, flags, recipe, delta):
-        import io
-
+    def _part(self, i, flags, offset, out_len, recipe, delta):
+        # A block comes in one part or several, in order, each rebuilt straight into the erased
+        # block and hashed on the way: the slot is not trusted until the whole image is checked,
+        # so a block that turns out wrong is simply fetched again.
         m = self.m
         n = m.block_len(i)
-        stream = io.BytesIO(recipe)
-        if flags & 1:
-            import deflate
-
-            stream = deflate.DeflateIO(stream, deflate.RAW, delta.WBITS)
-        h = hashlib.sha256()
         rom, t = self.rom, self.target
+        if offset == 0:
+            try:
+                rom.erase(t, i)
+            except OSError as e:
+                raise Refused(FLASH, "erasing block %d failed: %r" % (i, e))
+            self.cur = [i, hashlib.sha256(), 0]
+        elif self.cur is None or self.cur[0] != i or self.cur[2] != offset:
+            return  # a part out of order (a lost message): the block is asked for again
+        h = self.cur[1]
 
         def sink(pos, piece):
             try:
-                rom.write(t, i, piece, pos)
+                rom.write(t, i, piece, offset + pos)
             except OSError as e:
                 raise Refused(FLASH, "writing block %d failed: %r" % (i, e))
             h.update(piece)
 
-        # Straight to the erased block, hashed on the way: the slot is not trusted until the whole
-        # image is checked, so a block that turns out wrong is simply fetched again.
+        stream = delta.Reader(recipe)
+        if flags & 1:
+            import deflate
+
+            stream = deflate.DeflateIO(stream, deflate.RAW, delta.WBITS)
+        self.received += len(recipe)
         try:
-            rom.erase(t, i)
-        except OSError as e:
-            raise Refused(FLASH, "erasing block %d failed: %r" % (i, e))
-        try:
-            self.literal += delta.apply(stream, n, self.base, sink, self.staging)
-            ok = h.digest() == m.block_sha(i)
+            if offset + out_len > n:
+                raise ValueError
+            try:
+                self.literal += delta.apply(stream, out_len, self.base, sink, self.staging)
+            except MemoryError:
+                if not flags & 1:
+                    raise
+                # The decompressor's window did not fit this heap: from now on, plain recipes.
+                self.plain = True
+                self.cur = None
+                return
+            self.cur[2] = offset + out_len
+            if not flags & 2:
+                return  # more parts of this block to come
+            ok = self.cur[2] == n and h.digest() == m.block_sha(i)
         except (ValueError, EOFError, OSError):  # a recipe that does not decode (deflate: OSError)
             ok = False
-        self.received += len(recipe)
+        self.cur = None
         if not ok:
             self.bad[i] = self.bad.get(i, 0) + 1
             if self.bad[i] >= BAD_BLOCK_LIMIT:
@@ -311,6 +340,8 @@ class Updater:
         self.done += 1
 
     def _note_heap(self):
+        # The heap in use while a message and its blocks are still referenced: the update's peak.
+        gc.collect()
         a = gc.mem_alloc()
         if a > self.heap_peak:
             self.heap_peak = a

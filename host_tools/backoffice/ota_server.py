@@ -4,8 +4,11 @@ A board that got an `ota_start` command asks on `lanterne/v1/{site}/{device}/ota
 answered on `…/ota/data` (QoS 1), at its own pace (one request in flight: the board throttles):
 
   "M" digest8                   -> "M" digest8 manifest
-  "B" digest8 base8 n u16*n     -> "B" digest8 n (u16 index, u8 flags, u16 length, recipe)*n
-                                   split over messages of at most MAX_MESSAGE bytes
+  "B" digest8 base8 max opts n u16*n
+                                -> "B" digest8 last n (u16 index, u8 flags, u16 offset,
+                                   u16 out_len, u16 length, recipe)*n, in messages of at most
+                                   `max` bytes (a block cut into parts when it must be), `last`
+                                   set on the answer's last message; opts bit 0: no deflate
   a release it does not know    -> "E" digest8 reason
 
 digest8 is the start of the manifest's SHA-256, base8 the start of the SHA-256 of the image the
@@ -22,10 +25,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from host_tools.fleet.release.delta import recipes
+from host_tools.fleet.release.delta import parts, plan
 from host_tools.fleet.release.store import Release, ReleaseStore
 
-MAX_MESSAGE = 4608  # bytes of an ota/data payload: a whole block's recipe fits one message
+MIN_MESSAGE = 256  # the smallest message size a board may ask for
+ENTRY = 9  # bytes framing a part: index, flags, offset, out_len, length
+HEADER = 11  # bytes framing a message: "B", digest8, last, n
 
 
 def publish_bytes(topic: str, payload_len: int, qos: int) -> int:
@@ -81,42 +86,53 @@ class ReleaseServer:
             return
         if kind == b"M":
             self._send(device, out, b"M" + d8 + rel.manifest())
-        elif kind == b"B" and len(payload) >= 18:
-            base8, n = payload[9:17], payload[17]
-            wanted = [struct.unpack(">H", payload[18 + 2 * i : 20 + 2 * i])[0] for i in range(n)]
-            self._blocks(device, out, rel, base8.hex(), wanted, st)
+        elif kind == b"B" and len(payload) >= 21:
+            base8 = payload[9:17]
+            limit, opts, n = struct.unpack(">HBB", payload[17:21])
+            wanted = [struct.unpack(">H", payload[21 + 2 * i : 23 + 2 * i])[0] for i in range(n)]
+            self._blocks(device, out, rel, base8.hex(), max(MIN_MESSAGE, limit), bool(opts & 1), wanted, st)
 
-    def _recipes_for(self, rel: Release, base: str) -> tuple[list[tuple[int, bytes]], bool]:
+    def _parts_for(self, rel: Release, base: str, limit: int, plain: bool) -> tuple[list, bool]:
+        """Per block, its parts for messages of `limit` bytes (computed once per base and size)."""
         with self._lock:
             key = (rel.counter, base)
             if key not in self._recipes:
                 old = self.store.image(base) if base != "00" * 8 else None
-                self._recipes[key] = (recipes(old, rel.image()), old is not None)
-            return self._recipes[key]
+                self._recipes[key] = (plan(old, rel.image()), old is not None, {})
+            ops, delta, by_limit = self._recipes[key]
+            if (limit, plain) not in by_limit:
+                image_len = rel.meta["size"]
+                by_limit[(limit, plain)] = [parts(o, min(4096, image_len - 4096 * i), limit - HEADER - ENTRY, plain)
+                                            for i, o in enumerate(ops)]  # fmt: skip
+            return by_limit[(limit, plain)], delta
 
-    def _blocks(self, device: str, out: str, rel: Release, base: str, wanted: list[int], st: DeviceStats) -> None:
-        rs, delta = self._recipes_for(rel, base)
+    def _blocks(self, device: str, out: str, rel: Release, base: str, limit: int, plain: bool, wanted: list[int],
+                st: DeviceStats) -> None:  # fmt: skip
+        blocks, delta = self._parts_for(rel, base, limit, plain)
         st.base = base if delta else None
         d8 = rel.digest[:8]
         entries = []
         for i in wanted:
-            if not 0 <= i < len(rs):
+            if not 0 <= i < len(blocks):
                 continue
-            flags, recipe = rs[i]
-            if self.transform:
-                recipe = self.transform(device, i, recipe)
-            entries.append(struct.pack(">HBH", i, flags, len(recipe)) + recipe)
-        msg: list[bytes] = []
-        size = 10
+            ps = blocks[i]
+            for j, (offset, out_len, flags, recipe) in enumerate(ps):
+                if self.transform:
+                    recipe = self.transform(device, i, recipe)
+                flags |= 2 if j == len(ps) - 1 else 0
+                entries.append(struct.pack(">HBHHH", i, flags, offset, out_len, len(recipe)) + recipe)
+            st.blocks += 1
+        msgs: list[list[bytes]] = [[]]
+        size = HEADER
         for e in entries:
-            if msg and size + len(e) > MAX_MESSAGE:
-                self._send(device, out, b"B" + d8 + bytes((len(msg),)) + b"".join(msg))
-                msg, size = [], 10
-            msg.append(e)
+            if msgs[-1] and size + len(e) > limit:
+                msgs.append([])
+                size = HEADER
+            msgs[-1].append(e)
             size += len(e)
-        if msg:
-            self._send(device, out, b"B" + d8 + bytes((len(msg),)) + b"".join(msg))
-        st.blocks += len(entries)
+        for k, msg in enumerate(msgs):
+            last = 1 if k == len(msgs) - 1 else 0
+            self._send(device, out, b"B" + d8 + bytes((last, len(msg))) + b"".join(msg))
 
     def _send(self, device: str, topic: str, payload: bytes) -> None:
         st = self.stats.setdefault(device, DeviceStats())

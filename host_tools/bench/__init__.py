@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "heap": ("host_tools.bench.heap", "firmware heap per layout (ROMFS vs filesystem): steady state, smallest heap it runs in, 64 KB"),
     "lorawan": ("host_tools.bench.lorawan", "LoRaWAN readings a day within the airtime cap per data rate, ledger downlinks a day"),
     "mqtt": ("host_tools.bench.mqtt", "command round trip with 1/50/200 boards, fleet soak without loss, heap TLS off/on"),
+    "ota": ("host_tools.bench.ota", "over-the-air updates: wire bytes (delta, full), transfer time, heap, Ed25519 verify, rollback"),
 }
 
 

@@ -67,20 +67,61 @@ def block_ops(index: Index | None, new: bytes, start: int, end: int) -> list[tup
     return ops
 
 
-def compress(recipe: bytes) -> tuple[int, bytes]:
+def compress(recipe: bytes, plain: bool = False) -> tuple[int, bytes]:
     """(flags, bytes): raw deflate with the board's window when it is smaller, else as is."""
+    if plain:
+        return 0, recipe
     wbits = ota_module("delta").WBITS
     c = zlib.compressobj(9, zlib.DEFLATED, -wbits, 9)
     packed = c.compress(recipe) + c.flush()
     return (1, packed) if len(packed) < len(recipe) else (0, recipe)
 
 
-def recipes(old: bytes | None, new: bytes, block: int = 4096) -> list[tuple[int, bytes]]:
-    """[(flags, recipe)] for every block of `new`; `old` None: literals only (a full transfer)."""
-    encode = ota_module("delta").encode
+def plan(old: bytes | None, new: bytes, block: int = 4096) -> list[list[tuple]]:
+    """The ops of every block of `new`; `old` None: literals only (a full transfer)."""
     index = Index(old) if old else None
+    return [block_ops(index, new, start, min(start + block, len(new))) for start in range(0, len(new), block)]
+
+
+def recipes(old: bytes | None, new: bytes, block: int = 4096) -> list[tuple[int, bytes]]:
+    """[(flags, recipe)] for every block of `new`, each in one part."""
+    encode = ota_module("delta").encode
+    return [compress(encode(ops)) for ops in plan(old, new, block)]
+
+
+def split(ops: list[tuple], length: int, k: int) -> list[tuple[int, int, list[tuple]]]:
+    """The ops of a block cut into `k` parts of consecutive output: [(offset, length, ops)]."""
+    size = -(-length // k)
+    cuts = list(range(0, length, size)) + [length]
     out = []
-    for start in range(0, len(new), block):
-        end = min(start + block, len(new))
-        out.append(compress(encode(block_ops(index, new, start, end))))
+    part, pos, bounds = [], 0, iter(cuts[1:])
+    end = next(bounds)
+    for op in ops:
+        n = op[2] if op[0] == "copy" else len(op[1])
+        done = 0
+        while done < n:
+            take = min(n - done, end - pos)
+            part.append(("copy", op[1] + done, take) if op[0] == "copy" else ("data", op[1][done : done + take]))
+            done += take
+            pos += take
+            if pos == end:
+                out.append((end - sum(_len(o) for o in part), sum(_len(o) for o in part), part))
+                part = []
+                end = next(bounds, length)
     return out
+
+
+def _len(op: tuple) -> int:
+    return op[2] if op[0] == "copy" else len(op[1])
+
+
+def parts(ops: list[tuple], length: int, budget: int, plain: bool = False) -> list[tuple[int, int, int, bytes]]:
+    """[(offset, out_len, flags, recipe)] of a block, in as few parts as keep every recipe within
+    `budget` bytes (the board's message size, less the framing); `plain`: never deflated."""
+    encode = ota_module("delta").encode
+    k = 1
+    while True:
+        out = [(off, n, *compress(encode(p), plain)) for off, n, p in split(ops, length, k)]
+        if all(len(r) <= budget for _o, _n, _f, r in out) or k >= 64:
+            return out
+        k *= 2

@@ -328,3 +328,91 @@ def test_safe_mode_keeps_a_board_with_no_good_release_reachable_for_updates(rele
         w.wait_for(f"lanterne/v1/{SITE}/ota-safe/status", lambda m: b'"fw": "0.8.1"' in m.payload, timeout=30)
         state = ota_state(h)
         assert state["safe"] is None and state["unhealthy"] == 0 and state["active"] == 1
+
+
+def test_a_micropython_image_update_confirms_or_rolls_back(releases, emulator, mosquitto, tmp_path):
+    from host_tools.boards import otadata
+    from host_tools.boards.esp32_image import app_image
+    from host_tools.emulator.firmware_image import build_micropython_image
+    from host_tools.emulator.rombootloader import SimulatedFlash
+    from host_tools.fleet.provision import provision
+    from host_tools.fleet.release.build import build_firmware_release
+
+    k, _r1, _r2, _r3 = releases
+    v0 = build_micropython_image("v1.29.0", romfs_bytes=262144, ota=True)
+    (tmp_path / "v1.bin").write_bytes(build_micropython_image("v1.29.1", romfs_bytes=262144, ota=True, code_seed="v1.29.0"))
+    (tmp_path / "v2.bin").write_bytes(build_micropython_image("v1.29.2", romfs_bytes=262144, ota=True, code_seed="v1.29.0"))
+    k.store.add_image(app_image(v0)[0])  # the image the boards were flashed with: updates are deltas
+    fw1 = build_firmware_release(k.store, k.keys, tmp_path / "v1.bin")
+    fw2 = build_firmware_release(k.store, k.keys, tmp_path / "v2.bin")
+    assert fw1.meta["kind"] == "firmware" and fw1.version == "v1.29.1"
+    # The factory writes the OTA variant's image; provisioning puts the library in slot A.
+    from host_tools import boards as boards_mod
+
+    data = json.loads(boards_mod.load("esp32-devkitc").path.read_text())
+    data["flash"]["fs_bytes"] = 0xB0000
+    board_file = tmp_path / "esp32-devkitc-ota.json"
+    board_file.write_text(json.dumps(data))
+    flash = tmp_path / "image-board" / "flash"
+    flash.mkdir(parents=True)
+    chip = flash.parent / "flash.flash.bin"
+    with SimulatedFlash(chip, 4 * 1024 * 1024) as f:
+        f.program(0x1000, v0)
+    h = emulator.add_board(boards_mod.load(str(board_file)), flash, port_path=tmp_path / "image-board" / "tty", flash_image=chip)
+    try:
+        _image_update(h, k, fw1, fw2, board_file, mosquitto, otadata, provision)
+    finally:
+        h.close()
+
+
+def _image_update(h, k, fw1, fw2, board_file, mosquitto, otadata, provision):
+    h.wait_for(">>> ", timeout=30)
+    rep = provision(h.port, str(board_file), "ota-image", site=SITE, broker=mosquitto.url, registry=k.registry,
+                    trusted_keys=k.keys.trusted())  # fmt: skip
+    assert rep.status["ota"]["slot"] == "A"
+    parts = h.board.spi_flash.boot_check().partitions
+    ota = next(p for p in parts if p.label == "otadata")
+
+    def state():
+        es = otadata.entries(h.board.spi_flash.read, ota)
+        a = otadata.active(es)
+        return (es[a]["seq"], es[a]["state"]) if a is not None else None
+
+    with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/ota-image/#"]) as w:
+        # 1. The new image: written to ota_1, booted on trial, confirmed by the healthy application.
+        ro = rollout(k, mosquitto.url, fw1, timeout=120)
+        try:
+            res = ro.run(["ota-image"]).devices["ota-image"]
+            stats = ro.server.stats["ota-image"]
+        finally:
+            ro.close()
+        assert res.state == "committed", (res, h.console()[-2000:])
+        assert stats.base is not None and stats.wire_bytes < 60000  # a delta of a 1.5 MB image
+        assert h.board.running_app == "ota_1" and state() == (2, otadata.VALID)
+        st = w.wait_for(f"lanterne/v1/{SITE}/ota-image/status", lambda m: b'"ota_1"' in m.payload and b'"trial": false' in m.payload,
+                        timeout=30)  # fmt: skip
+        assert json.loads(st[-1].payload)["ota"]["image"]["version"] == "v1.29.1"
+
+        # 2. Another image, booted on trial, never confirmed (no broker, then the power goes): the
+        # bootloader goes back to ota_1, whose application says so.
+        ro = rollout(k, mosquitto.url, fw2, timeout=180)
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=ro.run(["ota-image"])))
+        t.start()
+        try:
+            w.wait_for(f"lanterne/v1/{SITE}/ota-image/ota/progress", lambda m: b'"trial"' in m.payload and b"v1.29.2" in m.payload,
+                       timeout=180)  # fmt: skip
+            h.world.set(link_up=False)
+            h.wait_for(r"on esp32-devkitc, device ota-image", timeout=30, since=h.console_offset())
+            assert h.board.running_app == "ota_0" and state() == (3, otadata.PENDING_VERIFY)
+            h.power_cut()
+            h.world.set(link_up=True)
+            h.power_on()
+            t.join(120)
+        finally:
+            ro.close()
+        res = result["r"].devices["ota-image"]
+        assert res.state == "rolled_back" and "did not confirm itself" in res.reason, res
+        assert h.board.running_app == "ota_1"
+        es = otadata.entries(h.board.spi_flash.read, ota)
+        assert {e["seq"]: e["state"] for e in es} == {2: otadata.VALID, 3: otadata.ABORTED}

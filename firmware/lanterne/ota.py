@@ -55,12 +55,15 @@ def boot_info():
     t = st.get("trial")
     slot = t["slot"] if t else st.get("active", 0)
     s = (st.get("slots") or [None, None])[slot]
+    fw_trial = st.get("fw_trial")
     return {
         "slot": "AB"[slot],
         "release": s["n"] if s else None,
         "version": s["ver"] if s else None,
         "trial": bool(t),
-        "pending": bool(t or st.get("event") or st.get("unhealthy") or _exists("ota/job.json")),
+        "fw_trial": fw_trial,  # a MicroPython image on trial (second tier)
+        "image": st.get("fw"),  # the MicroPython image an update put there, confirmed
+        "pending": bool(t or fw_trial or st.get("event") or st.get("unhealthy") or _exists("ota/job.json")),
         "event": st.get("event"),
         "unhealthy": st.get("unhealthy", 0),
     }
@@ -82,6 +85,9 @@ class Ota:
         self.subscribed = None
         self.event_sent = False
         self.checking = bool(info.get("trial") or info.get("unhealthy"))
+        self.fw_checking = False
+        if info.get("fw_trial"):
+            self._image_trial(info["fw_trial"])
         self.started = time.ticks_ms()
         self.have_sample = self.have_status = False
         self.failure = None
@@ -89,6 +95,26 @@ class Ota:
         if _exists("ota/job.json"):
             self._updater().resume()
             self.app.log("ota: resuming the update under way")
+
+    def _image_trial(self, t):
+        # A MicroPython image was put on trial: running it means the bootloader booted it, and the
+        # health check confirms it; running another means the bootloader rolled it back.
+        from lanterne_ota import firmware
+        from lanterne_ota import state as S
+
+        running = firmware.running_label()
+        if running == t["label"]:
+            self.checking = self.fw_checking = True
+            return
+        store = S.Store()
+        st = store.load()
+        st["fw_trial"] = None
+        st["event"] = {"kind": "rolled_back", "image": True, "from": t["ver"], "from_n": t["n"], "to": running,
+                       "reason": "MicroPython image %s did not confirm itself: the bootloader went back to %s" % (t["ver"], running)}  # fmt: skip
+        store.save(st)
+        self.info["fw_trial"] = None
+        self.info["event"] = st["event"]
+        self.app.log("ota: " + st["event"]["reason"])
 
     # -- updates ------------------------------------------------------------------------------
     def _updater(self):
@@ -108,6 +134,8 @@ class Ota:
 
     def start(self, args):
         """The ota_start command. Returns (accepted, line)."""
+        if self.info.get("fw_trial"):
+            return False, "a MicroPython image is on trial: it must confirm itself before another update"
         if self.info.get("trial"):
             if args["counter"] == self.info.get("release"):
                 return True, "release %d is on trial here already" % args["counter"]
@@ -184,6 +212,8 @@ class Ota:
     def _check(self):
         if not (self.have_sample and self.have_status):
             return
+        if self.fw_checking:
+            return self._confirm_image()
         from lanterne_ota import boot
 
         line = boot.confirm()
@@ -200,13 +230,32 @@ class Ota:
                     pass
                 self.app.status_due = True
 
+    def _confirm_image(self):
+        from lanterne_ota import firmware
+        from lanterne_ota import state as S
+
+        store = S.Store()
+        st = store.load()
+        t = st["fw_trial"]
+        line = firmware.confirm(st, store)
+        self.checking = self.fw_checking = False
+        self.info["fw_trial"] = None
+        self.info["image"] = st["fw"]
+        self.app.log("ota: " + line)
+        try:
+            self._send("progress", json.dumps({"state": "committed", "release": t["ver"], "n": t["n"], "image": True}), True)
+        except OSError:
+            pass
+        self.app.status_due = True
+
     def _failed(self, why):
         # The trial failed while running: recorded, then the reset returns to the previous slot.
         self.failure = why
         self.app.log("ota: trial failed: %s: rolling back" % why)
-        from lanterne_ota import boot
+        if not self.fw_checking:  # an image on trial: the reset alone makes the bootloader roll back
+            from lanterne_ota import boot
 
-        boot.record("trial failed: " + why)
+            boot.record("trial failed: " + why)
         import machine
 
         time.sleep_ms(200)
@@ -218,4 +267,9 @@ class Ota:
             doc["rolled_back"] = self.info["event"]
         if self.updater is not None and self.updater.last:
             doc["update"] = self.updater.last.get("state")
+        if self.info.get("image") or self.info.get("fw_trial"):
+            from lanterne_ota import firmware
+
+            doc["image"] = {"label": firmware.running_label(), "trial": bool(self.info.get("fw_trial"))}
+            doc["image"].update({"release": (self.info.get("image") or {}).get("n"), "version": (self.info.get("image") or {}).get("ver")})
         return doc

@@ -2,7 +2,9 @@
 # One implementation for both sides: the board parses and checks it, the host builds it with
 # the same functions (docs/ota.md has every byte). Runs on MicroPython and CPython.
 #
-#   0   4  magic "LNTR"            4   1  format (1)           5   1  flags (0)
+#   0   4  magic "LNTR"            4   1  format (1)           5   1  flags (bit 0: a MicroPython
+#                                                                   image for the next OTA app
+#                                                                   partition, not a library slot)
 #   6   4  release counter u32: monotonic, a board refuses anything not above what it runs
 #   10  4  image length            14  2  block size (4096)    16  32 image SHA-256
 #   48  1  .mpy version            49  1  .mpy sub-version     50  1  .mpy arch (0: bytecode only)
@@ -21,6 +23,7 @@ FORMAT = 1
 DOMAIN = b"LNTR-release-v1"
 _HEAD = ">4sBBIIH32sBBBBBBI"
 HEAD_LEN = 58
+FIRMWARE = 1  # flags bit 0
 TRAILER_LEN = 72
 MAX_VERSION = 32
 MAX_KEYS = 8
@@ -95,7 +98,7 @@ class Manifest:
         at += 32 * nblocks
         if at + TRAILER_LEN != n:
             raise ManifestError(MALFORMED, "manifest of %d bytes, its fields say %d" % (n, at + TRAILER_LEN))
-        if self.block == 0 or nblocks != (self.length + self.block - 1) // self.block or self.length == 0:
+        if self.block == 0 or self.block % 4096 or nblocks != (self.length + self.block - 1) // self.block or self.length == 0:
             raise ManifestError(MALFORMED, "%d block hashes for %d bytes in %d-byte blocks" % (nblocks, self.length, self.block))
         self.body_len = at
         self.key_id = data[at : at + 8]
@@ -129,13 +132,16 @@ class Manifest:
         """Raise ManifestError unless this board can run the release: its .mpy format (version,
         sub-version, arch) and MicroPython version, the slot's size, and no downgrade."""
         # As MicroPython's loader (py/persistentcode.c): the version must match; the sub-version
-        # and the arch only matter for native code (arch 0: bytecode only, any port).
-        if self.mpy[0] != mpy[0] or (self.mpy[2] and (self.mpy[1] != mpy[1] or self.mpy[2] != mpy[2])):
+        # and the arch only matter for native code (arch 0: bytecode only, any port). A
+        # MicroPython image brings its own loader: no .mpy or version to match.
+        if self.flags & FIRMWARE:
+            pass
+        elif self.mpy[0] != mpy[0] or (self.mpy[2] and (self.mpy[1] != mpy[1] or self.mpy[2] != mpy[2])):
             raise ManifestError(
                 MPY_MISMATCH,
                 "built for .mpy v%d.%d%s; this board loads v%d.%d" % (self.mpy[0], self.mpy[1], " arch %d" % self.mpy[2] if self.mpy[2] else "", mpy[0], mpy[1]),
             )
-        if tuple(micropython) < tuple(self.micropython):
+        if not self.flags & FIRMWARE and tuple(micropython) < tuple(self.micropython):
             raise ManifestError(
                 MICROPYTHON_TOO_OLD,
                 "needs MicroPython %s or newer; this board runs %s" % (version_text(self.micropython), version_text(micropython)),
@@ -155,7 +161,7 @@ def _hex(b):
 
 
 # -- building (host side; runs on the board too, for tests) -------------------------------------
-def encode_body(counter, image, version, mpy, micropython, created=0, keys=(), block=4096, image_sha=None):
+def encode_body(counter, image, version, mpy, micropython, created=0, keys=(), block=4096, image_sha=None, flags=0):
     """Everything the signature covers. `image_sha` overrides the image's own hash (tests)."""
     v = version.encode()
     if len(v) > MAX_VERSION:
@@ -164,7 +170,7 @@ def encode_body(counter, image, version, mpy, micropython, created=0, keys=(), b
         raise ValueError("at most %d trusted keys" % MAX_KEYS)
     n = (len(image) + block - 1) // block
     out = struct.pack(
-        _HEAD, MAGIC, FORMAT, 0, counter, len(image), block, image_sha or hashlib.sha256(image).digest(),
+        _HEAD, MAGIC, FORMAT, flags, counter, len(image), block, image_sha or hashlib.sha256(image).digest(),
         mpy[0], mpy[1], mpy[2], micropython[0], micropython[1], micropython[2], created,
     )  # fmt: skip
     out += bytes((len(v),)) + v + bytes((len(keys),)) + b"".join(bytes(k) for k in keys)

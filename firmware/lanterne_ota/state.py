@@ -185,8 +185,8 @@ class Rom:
             off += n
         return h.digest()
 
-    def block_sha(self, slot, i, length):
-        return hashlib.sha256(self.view(slot, i * self.block, i * self.block + length)).digest()
+    def range_sha(self, slot, start, length):
+        return hashlib.sha256(self.view(slot, start, start + length)).digest()
 
     def erase(self, slot, i):
         self.part.ioctl(6, slot * self.slot_blocks + i)

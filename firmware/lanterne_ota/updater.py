@@ -31,7 +31,7 @@ from lanterne_ota import manifest as M
 from lanterne_ota import state as S
 
 INTERVAL_MS = 100  # pause between two requests
-BATCH = 4  # blocks asked for at once
+BATCH = 8  # blocks asked for at once
 MAX_MESSAGE = 2048  # bytes of an ota/data message: small enough for a fragmented 64 KB heap
 TIMEOUT_MS = 5000  # an unanswered request is sent again, backing off up to RETRY_MAX_MS
 RETRY_MAX_MS = 60000
@@ -48,6 +48,7 @@ SERVER = "server"
 FLASH = "flash"
 NO_KEYS = "no_keys"
 ERROR = "error"
+NO_OTA_PARTITIONS = "no_ota_partitions"
 
 
 class Refused(Exception):
@@ -114,6 +115,13 @@ class Updater:
             with open(JOB_FILE) as f:
                 self.job = json.loads(f.read())
         except (OSError, ValueError):
+            self.job = None
+            return False
+        st = self.store.load() or {}
+        t, ft = st.get("trial"), st.get("fw_trial")
+        on_trial = (t and (st["slots"][t["slot"]] or {}).get("n") == self.job.get("counter")) or (ft and ft.get("n") == self.job.get("counter"))
+        if on_trial:  # a power cut between putting the release on trial and dropping the job
+            S.remove(JOB_FILE)
             self.job = None
             return False
         if self.job.get("phase") == "transfer":
@@ -219,21 +227,37 @@ class Updater:
             raise Refused(NO_KEYS, "no trusted release keys on this board (ota/keys.json)")
         m.check_signature(keys)
         st = self.store.load() or S.fresh()
-        running = S.running_slot(st)
-        cur = st["slots"][running]
-        m.check_target(_board_mpy(), _board_micropython(), self.rom.slot_bytes, cur["n"] if cur else 0, self.job["force"])
         if m.counter != self.job["counter"]:
             raise M.ManifestError(M.DIGEST_MISMATCH, "the manifest is release %d, the command said %d" % (m.counter, self.job["counter"]))
+        if st.get("trial") or st.get("fw_trial"):
+            raise Refused(BUSY, "an update is on trial: it must commit first")
+        if m.flags & M.FIRMWARE:  # a MicroPython image, for the next OTA app partition
+            from lanterne_ota import firmware
+
+            try:
+                app = firmware.AppTarget()
+            except (OSError, AttributeError, ImportError) as e:
+                raise Refused(NO_OTA_PARTITIONS, "this board's partition table has no OTA app partitions (%r)" % (e,))
+            cur = st.get("fw")
+            m.check_target(_board_mpy(), _board_micropython(), app.slot_bytes, cur["n"] if cur else 0, self.job["force"])
+            self.rom = app
+            self.target = 1
+            self.base_sha = S.hexs(app.running_sha())
+            self.base = app.base()
+        else:
+            running = S.running_slot(st)
+            cur = st["slots"][running]
+            m.check_target(_board_mpy(), _board_micropython(), self.rom.slot_bytes, cur["n"] if cur else 0, self.job["force"])
+            self.target = 1 - running
+            self.base_sha = cur["sha"] if cur else "00" * 8
+            self.base = self.rom.view(running, 0, cur["len"]) if cur else b""
+            # The target slot stops being a rollback target before its first byte changes.
+            if st["slots"][self.target] is not None:
+                st["slots"][self.target] = None
+                self.store.save(st)
         self.m = m
-        self.target = 1 - running
-        self.base_sha = cur["sha"] if cur else "00" * 8
-        self.base = self.rom.view(running, 0, cur["len"]) if cur else b""
         if not resumed:
             S.write_atomic(MANIFEST_FILE, raw)
-        # The target slot stops being a rollback target before its first byte changes.
-        if st["slots"][self.target] is not None:
-            st["slots"][self.target] = None
-            self.store.save(st)
         self._scan()
         self.job["phase"] = "transfer"
         self.job["version"] = m.version
@@ -248,11 +272,11 @@ class Updater:
         # the same release written there before): only the others are fetched. The header block
         # goes last, so a slot never shows a valid header over partial contents.
         m = self.m
-        need = [i for i in range(m.nblocks) if self.rom.block_sha(self.target, i, m.block_len(i)) != m.block_sha(i)]
+        need = [i for i in range(m.nblocks) if self.rom.range_sha(self.target, i * m.block, m.block_len(i)) != m.block_sha(i)]
         if need:
             if 0 not in need:
                 need.append(0)
-            self.rom.erase(self.target, 0)
+            self._erase(0)
             need.remove(0)
             need.append(0)
         self.need = need
@@ -288,10 +312,7 @@ class Updater:
         n = m.block_len(i)
         rom, t = self.rom, self.target
         if offset == 0:
-            try:
-                rom.erase(t, i)
-            except OSError as e:
-                raise Refused(FLASH, "erasing block %d failed: %r" % (i, e))
+            self._erase(i)
             self.cur = [i, hashlib.sha256(), 0]
         elif self.cur is None or self.cur[0] != i or self.cur[2] != offset:
             return  # a part out of order (a lost message): the block is asked for again
@@ -299,7 +320,7 @@ class Updater:
 
         def sink(pos, piece):
             try:
-                rom.write(t, i, piece, offset + pos)
+                rom.write(t, 0, piece, i * m.block + offset + pos)
             except OSError as e:
                 raise Refused(FLASH, "writing block %d failed: %r" % (i, e))
             h.update(piece)
@@ -334,10 +355,21 @@ class Updater:
             if self.bad[i] >= BAD_BLOCK_LIMIT:
                 raise Refused(TAMPERED, "block %d failed its hash check %d times: its data was altered" % (i, self.bad[i]))
             return
-        if rom.block_sha(t, i, n) != m.block_sha(i):
+        if rom.range_sha(t, i * m.block, n) != m.block_sha(i):
             raise Refused(FLASH, "block %d reads back wrong from flash" % i)
         self.need.remove(i)
         self.done += 1
+
+    def _erase(self, i):
+        # A manifest block is one flash sector (a library image) or several (a MicroPython image:
+        # 32 KiB blocks keep its manifest small).
+        k = self.m.block // self.rom.block
+        try:
+            for j in range(i * k, i * k + k):
+                if j * self.rom.block < self.rom.slot_bytes:
+                    self.rom.erase(self.target, j)
+        except OSError as e:
+            raise Refused(FLASH, "erasing block %d failed: %r" % (i, e))
 
     def _note_heap(self):
         # The heap in use while a message and its blocks are still referenced: the update's peak.
@@ -350,18 +382,27 @@ class Updater:
     def _finish(self):
         m = self.m
         t = self.target
+        fw = m.flags & M.FIRMWARE
         if self.rom.image_len(t) != m.length:
-            self.rom.erase(t, 0)
-            raise Refused(NOT_ROMFS, "the image written is not a %d-byte ROMFS image" % m.length)
+            self._erase(0)
+            raise Refused(NOT_ROMFS, "the image written is not a %d-byte %s image" % (m.length, "MicroPython" if fw else "ROMFS"))
         if self.rom.sha(t, m.length) != m.image_sha:
-            self.rom.erase(t, 0)  # every block matched its hash, the whole does not: never mountable
+            self._erase(0)  # every block matched its hash, the whole does not: never mountable
             raise Refused(IMAGE_HASH, "the image's SHA-256 is not the manifest's")
         st = self.store.load() or S.fresh()
-        st["slots"][t] = {"n": m.counter, "len": m.length, "sha": S.hexs(m.image_sha), "ver": m.version}
-        st["trial"] = {"slot": t, "boots": 0}
+        if fw:
+            from lanterne_ota import firmware
+
+            self.rom.activate()  # the bootloader boots it next, on trial
+            st["fw_trial"] = {"label": self.rom.label(), "n": m.counter, "ver": m.version, "from": firmware.running_label()}
+        else:
+            st["slots"][t] = {"n": m.counter, "len": m.length, "sha": S.hexs(m.image_sha), "ver": m.version}
+            st["trial"] = {"slot": t, "boots": 0}
         st["event"] = None
         self.store.save(st)
         S.remove(JOB_FILE)
+        if fw:
+            S.remove(MANIFEST_FILE)  # (a library release's manifest stays until its commit: its keys)
         self.job = None
         self._progress("trial", release=m.version, n=m.counter)
         self.reboot_due = True

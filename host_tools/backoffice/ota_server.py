@@ -98,11 +98,11 @@ class ReleaseServer:
             key = (rel.counter, base)
             if key not in self._recipes:
                 old = self.store.image(base) if base != "00" * 8 else None
-                self._recipes[key] = (plan(old, rel.image()), old is not None, {})
+                self._recipes[key] = (plan(old, rel.image(), rel.block), old is not None, {})
             ops, delta, by_limit = self._recipes[key]
             if (limit, plain) not in by_limit:
-                image_len = rel.meta["size"]
-                by_limit[(limit, plain)] = [parts(o, min(4096, image_len - 4096 * i), limit - HEADER - ENTRY, plain)
+                image_len, b = rel.meta["size"], rel.block
+                by_limit[(limit, plain)] = [parts(o, min(b, image_len - b * i), limit - HEADER - ENTRY, plain)
                                             for i, o in enumerate(ops)]  # fmt: skip
             return by_limit[(limit, plain)], delta
 

@@ -126,6 +126,8 @@ class Rollout:
     def _running(self, device: str) -> int | None:
         st = self.status.get(device) or {}
         ota = st.get("ota") or {}
+        if self.release.meta.get("kind") == "firmware":
+            return (ota.get("image") or {}).get("release")
         return ota.get("release")
 
     def start(self, device: str) -> DeviceResult:
@@ -182,7 +184,8 @@ class Rollout:
                 return "refused", doc.get("reason")
             if state == "rolled_back" and doc.get("from_n") == n:
                 return "rolled_back", doc.get("reason")
-        if any(d.get("state") == "committed" and d.get("n") == n for d in docs) and st.get("fw") == self.release.version:
+        image = self.release.meta.get("kind") == "firmware"  # the status's "fw" is the library's
+        if any(d.get("state") == "committed" and d.get("n") == n for d in docs) and (image or st.get("fw") == self.release.version):
             return "committed", None
         return None
 

@@ -5,6 +5,7 @@
   release keys retire KEY_ID           later releases stop listing it as trusted
   release build [--source DIR] [--counter N] [--min-micropython X.Y.Z]
                                        compile the library, build the slot image, sign the manifest
+  release build --firmware BIN         a MicroPython image release (the OTA variant's app partitions)
   release list [--json]                the releases built
   release push RELEASE DEVICE ...      update these boards over MQTT
   release push RELEASE --fleet [--canary PCT] [--wave N] [--resume]
@@ -43,6 +44,7 @@ def configure(p):
 
     b = sub.add_parser("build", help="build and sign a release of the firmware")
     b.add_argument("--source", help="firmware tree (default: this checkout's firmware/)")
+    b.add_argument("--firmware", metavar="BIN", help="release a MicroPython image instead (the OTA variant's .bin)")
     b.add_argument("--counter", type=int, help="release counter (default: the last one + 1)")
     b.add_argument("--min-micropython", default="1.25.0", help="oldest MicroPython the release runs on")
     b.add_argument("--json", action="store_true")
@@ -126,8 +128,14 @@ def _build(args):
     from host_tools.fleet.release.keys import KeyStore
     from host_tools.fleet.release.store import ReleaseStore
 
-    rel = build_release(ReleaseStore(args.releases), KeyStore(args.keys), source=args.source, counter=args.counter,
-                        micropython=_version(args.min_micropython), log=None if args.json else print)  # fmt: skip
+    if args.firmware:
+        from host_tools.fleet.release.build import build_firmware_release
+
+        rel = build_firmware_release(ReleaseStore(args.releases), KeyStore(args.keys), args.firmware, counter=args.counter,
+                                     log=None if args.json else print)  # fmt: skip
+    else:
+        rel = build_release(ReleaseStore(args.releases), KeyStore(args.keys), source=args.source, counter=args.counter,
+                            micropython=_version(args.min_micropython), log=None if args.json else print)  # fmt: skip
     if args.json:
         print(json.dumps({k: v for k, v in rel.meta.items() if k != "files"} | {"path": str(rel.path)}, indent=1))
     else:

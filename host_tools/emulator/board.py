@@ -197,6 +197,7 @@ class VirtualBoard:
         # needs `lanterne flash` before MicroPython runs. Without it the board comes with
         # MicroPython already flashed (the usual case for firmware tests).
         self.rom = None
+        self.running_app: str | None = None
         self.download_mode = False
         image = Path(flash_image) if flash_image else self.flash.parent / (self.flash.name + ".flash.bin")
         if blank or flash_image or image.exists():
@@ -269,6 +270,7 @@ class VirtualBoard:
                 self.reset_log.append("no-firmware")
                 return
             self._wipe_erased_filesystem(check)
+            self.running_app = check.app_label  # what the bootloader chose (otadata, rollback)
             parts = [p for p in getattr(check, "partitions", ()) if getattr(p, "label", "") == "romfs"]
             self.romfs = (self.spi_flash.path, parts[0].offset, parts[0].size) if parts else None
         else:
@@ -420,6 +422,9 @@ class VirtualBoard:
             # the Lanterne image (the one with a ROMFS partition) freezes the OTA package
             env["LANTERNE_FROZEN"] = str(frozen.frozen_dir())
             env["LANTERNE_FROZEN_MODULES"] = " ".join(frozen.modules())
+        if self.rom is not None:  # the raw SPI flash, for esp32.Partition (rom/esp32.py)
+            env["LANTERNE_SPI_FLASH"] = str(self.spi_flash.path)
+            env["LANTERNE_RUNNING_APP"] = self.running_app or ""
         self._tasks.append(asyncio.create_task(self._run_interpreter(env)))
 
     def _last_cause(self) -> int:

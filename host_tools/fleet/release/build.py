@@ -24,6 +24,7 @@ from host_tools.runtime.paths import FIRMWARE, MPYLIB
 
 # VfsRom, which the slots need, appeared in MicroPython 1.25: no release runs on anything older.
 MIN_MICROPYTHON = (1, 25, 0)
+FIRMWARE_BLOCK = 32768  # a MicroPython image's manifest block (8 flash sectors)
 
 
 def library_sources(source: Path) -> dict[str, bytes]:
@@ -65,14 +66,16 @@ def build_image(source: Path, version: str, counter: int, cross: deploy.MpyCross
 
 def sign(
     image: bytes, version: str, counter: int, keys: KeyStore, *, mpy: tuple[int, int, int], micropython=MIN_MICROPYTHON,
-    created: int | None = None, image_sha: bytes | None = None, trusted: list[bytes] | None = None,
+    created: int | None = None, image_sha: bytes | None = None, trusted: list[bytes] | None = None, flags: int = 0,
+    block: int = 4096,
 ) -> tuple[bytes, dict]:
     """(signed manifest, metadata). `image_sha` overrides the image's hash (to test that boards refuse it)."""
     man = ota_module("manifest")
     info, priv = keys.signing_key()
     trusted = keys.trusted() if trusted is None else trusted
     created = int(time.time()) if created is None else created
-    body = man.encode_body(counter, image, version, mpy, micropython, created, trusted, image_sha=image_sha)
+    body = man.encode_body(counter, image, version, mpy, micropython, created, trusted, block=block, image_sha=image_sha,
+                           flags=flags)  # fmt: skip
     manifest = man.assemble(body, info.public, priv.sign(man.signing_message(body)))
     m = man.Manifest(manifest)  # read back with the board's own parser, signature checked
     m.check_signature([info.public])
@@ -80,7 +83,7 @@ def sign(
         "version": version, "counter": counter, "created": created, "size": len(image), "blocks": m.nblocks,
         "image_sha256": hashlib.sha256(image).hexdigest(), "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         "key_id": info.key_id, "trusted_keys": [k.hex() for k in trusted], "mpy": list(mpy),
-        "micropython": list(micropython),
+        "micropython": list(micropython), "kind": "firmware" if flags & man.FIRMWARE else "library", "block_size": block,
     }  # fmt: skip
     return manifest, meta
 
@@ -111,4 +114,30 @@ def build_release(
     manifest, meta = sign(image, version, counter, keys, mpy=(cross.version[0], cross.version[1], 0), micropython=micropython)
     meta["files"] = files
     meta["source"] = str(source)
+    return store.add(meta, image, manifest)
+
+
+def build_firmware_release(store: ReleaseStore, keys: KeyStore, firmware: str | Path, *, counter: int | None = None,
+                           log=None) -> Release:  # fmt: skip
+    """A release of a MicroPython image (the Lanterne image's OTA variant): its app image, for the
+    next OTA app partition (the board's bootloader boots it on trial). Its version is the image's
+    own (esp_app_desc_t)."""
+    from host_tools.boards.esp32_image import app_image
+
+    say = log or (lambda msg: None)
+    try:
+        image, desc = app_image(Path(firmware).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"{firmware}: {exc}", hint="pass the .bin of a MicroPython build for the ESP32") from None
+    last = store.latest_counter()
+    counter = last + 1 if counter is None else counter
+    if counter <= last:
+        raise ReleaseError(f"release counter {counter} is not above the last one built ({last})")
+    say(f"MicroPython image {desc['version']} ({desc['project']}, ESP-IDF {desc['idf_version']}): {len(image)} bytes")
+    man = ota_module("manifest")
+    # 32 KiB blocks: the manifest of a 1.5 MiB image holds 48 block hashes (1.5 KB), not 384.
+    manifest, meta = sign(image, desc["version"], counter, keys, mpy=(0, 0, 0), micropython=(0, 0, 0), flags=man.FIRMWARE,
+                          block=FIRMWARE_BLOCK)  # fmt: skip
+    meta["project"] = desc["project"]
+    meta["idf_version"] = desc["idf_version"]
     return store.add(meta, image, manifest)

@@ -7,9 +7,12 @@ modules, however far they moved) and DATA ops (literal bytes), the whole recipe 
 when that is smaller. The board applies it with `lanterne_ota.delta` (the same op format) and
 checks the block against the manifest's hash.
 
-Matching: every K-byte substring of the old image is indexed by a hash; for each position of the
-new block the longest match among the candidates is taken (greedy, extended forward), kept when
-it is at least MIN_MATCH bytes (a COPY op costs ~5 bytes).
+Matching: first the bytes at the same offset (a MicroPython image rebuilt with a small change
+keeps most of its bytes in place: one COPY per block, found without an index); otherwise every
+K-byte substring of the old image is indexed by a hash, and for each position of the new block
+the longest match among the candidates is taken (greedy, extended forward), kept when it is at
+least MIN_MATCH bytes (a COPY op costs ~5 bytes). The index is built only for images up to
+INDEX_LIMIT bytes (a library slot); larger blocks that moved go as literals.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from host_tools.fleet.release import ota_module
 K = 8
 MIN_MATCH = 12
 MAX_CANDIDATES = 16
+INDEX_LIMIT = 512 * 1024
+ALIGNED_LITERAL = 0.25  # the same-offset ops are kept when at most this share is literal
 
 
 class Index:
@@ -77,10 +82,47 @@ def compress(recipe: bytes, plain: bool = False) -> tuple[int, bytes]:
     return (1, packed) if len(packed) < len(recipe) else (0, recipe)
 
 
+def aligned_ops(old: bytes, new: bytes, start: int, end: int) -> list[tuple] | None:
+    """The block as COPYs of the same offsets and literals, or None when too little is in place."""
+    if old[start:end] == new[start:end]:
+        return [("copy", start, end - start)]
+    ops: list[tuple] = []
+    lit = bytearray()
+    literal = 0
+    pos = start
+    while pos < end:
+        run = pos
+        while run < end and run < len(old) and old[run] == new[run]:
+            run += 1
+        if run - pos >= MIN_MATCH:
+            if lit:
+                ops.append(("data", bytes(lit)))
+                lit = bytearray()
+            ops.append(("copy", pos, run - pos))
+            pos = run
+        else:
+            stop = max(run, pos + 1)
+            lit += new[pos:stop]
+            literal += stop - pos
+            pos = stop
+    if lit:
+        ops.append(("data", bytes(lit)))
+    return ops if literal <= ALIGNED_LITERAL * (end - start) else None
+
+
 def plan(old: bytes | None, new: bytes, block: int = 4096) -> list[list[tuple]]:
     """The ops of every block of `new`; `old` None: literals only (a full transfer)."""
-    index = Index(old) if old else None
-    return [block_ops(index, new, start, min(start + block, len(new))) for start in range(0, len(new), block)]
+    index = None
+    out = []
+    for start in range(0, len(new), block):
+        end = min(start + block, len(new))
+        ops = aligned_ops(old, new, start, end) if old else None
+        if ops is None:
+            if old and len(old) <= INDEX_LIMIT and index is None:
+                index = Index(old)
+            ops = block_ops(index, new, start, end)
+        out.append(ops)
+    return out
 
 
 def recipes(old: bytes | None, new: bytes, block: int = 4096) -> list[tuple[int, bytes]]:

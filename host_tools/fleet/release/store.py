@@ -34,6 +34,11 @@ class Release:
         return self.meta["counter"]
 
     @property
+    def block(self) -> int:
+        """The manifest's block size: 4 KiB for a library image, 32 KiB for a MicroPython image."""
+        return self.meta.get("block_size", 4096)
+
+    @property
     def digest(self) -> bytes:
         """SHA-256 of the manifest: what the start command names."""
         return bytes.fromhex(self.meta["manifest_sha256"])

@@ -242,9 +242,9 @@ def test_signing_keys_are_owner_only_and_rotate(tmp_path):
     assert not any(b"PRIVATE" in p.read_bytes() for p in ks.path.glob("*.pub"))
     second = ks.new("2027")
     assert ks.trusted() == [first.public, second.public]  # releases list both: boards learn the new key
-    assert ks.signing_key()[0].key_id == second.key_id  # signed by the newest
+    assert ks.signing_key()[0].key_id == first.key_id  # ... from a release signed by the key they trust
     ks.retire(first.key_id)
-    assert ks.trusted() == [second.public]
+    assert ks.trusted() == [second.public] and ks.signing_key()[0].key_id == second.key_id
     with pytest.raises(ReleaseError, match="only active key"):
         ks.retire(second.key_id)
     os.chmod(ks.path / f"{second.key_id}.key", 0o644)

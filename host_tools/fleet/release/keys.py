@@ -6,10 +6,11 @@ A key store is a folder (default ./release-keys, mode 0700):
   keys.json       per key: name, created, state ("active" or "retired")
 The key id is the first 8 bytes of SHA-256(public key), in hex, as the manifest names it.
 
-Rotation: `new` adds a key; the next release is signed by the newest active key and lists every
-active key as trusted, so boards install the new key when that release commits; `retire` drops a
-key from the trusted set of later releases (boards forget it when such a release commits). A
-board refuses a manifest signed by a key it does not trust, whatever the file names say.
+Rotation: releases are signed by the OLDEST active key and list every active key as trusted.
+`new` adds a key: the next release, still signed by the old key (which the boards trust), teaches
+them the new one when it commits. Once the fleet runs such a release, `retire` the old key: later
+releases are signed by the new key and no longer list the old one, and boards forget it when such
+a release commits. A board refuses a manifest signed by a key it does not trust.
 """
 
 from __future__ import annotations
@@ -117,11 +118,11 @@ class KeyStore:
         return [k.public for k in self.keys() if k.state == "active"]
 
     def signing_key(self):
-        """(KeyInfo, private key) of the newest active key."""
+        """(KeyInfo, private key) of the oldest active key: the one the boards already trust."""
         active = [k for k in self.keys() if k.state == "active"]
         if not active:
             raise ReleaseError(f"no active signing key in {self.path}", hint="lanterne release keys new")
-        info = active[-1]
+        info = active[0]
         path = self.path / f"{info.key_id}.key"
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):

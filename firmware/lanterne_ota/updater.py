@@ -31,7 +31,7 @@ from lanterne_ota import manifest as M
 from lanterne_ota import state as S
 
 INTERVAL_MS = 100  # pause between two requests
-BATCH = 8  # blocks asked for at once
+BATCH = 8  # blocks asked for at once, at most: fewer while answers take several messages
 MAX_MESSAGE = 2048  # bytes of an ota/data message: small enough for a fragmented 64 KB heap
 TIMEOUT_MS = 5000  # an unanswered request is sent again, backing off up to RETRY_MAX_MS
 RETRY_MAX_MS = 60000
@@ -80,6 +80,8 @@ class Updater:
         self.bad = {}
         self.cur = None  # [block, its hash so far, bytes written] while its parts come in
         self.plain = False  # ask for recipes without deflate (no room for its 1 KB window)
+        self.batch = 2  # blocks per request: doubled while an answer fits one message, halved
+        self.parts = 0  # while it takes more than two (each waits in the inbox: heap)
         self.waiting = False
         self.sent_at = 0
         self.next_at = 0
@@ -188,9 +190,10 @@ class Updater:
         if self.job["phase"] == "manifest":
             msg = b"M" + d8
         else:
-            ask = self.need[:BATCH]
+            ask = self.need[: self.batch]
             msg = b"B" + d8 + bytes.fromhex(self.base_sha)[:8] + struct.pack(">HBB", MAX_MESSAGE, 1 if self.plain else 0, len(ask))
             msg += b"".join(struct.pack(">H", i) for i in ask)
+        self.parts = 0  # an answer cut short by a timeout is asked for again, whole
         try:
             self.send("req", msg, False)
         except OSError:
@@ -208,8 +211,14 @@ class Updater:
         if kind == 0x4D and self.job["phase"] == "manifest":  # "M"
             self._accept_manifest(msg[9:])
         elif kind == 0x42 and self.job["phase"] == "transfer":  # "B"
+            self.parts += 1
             if not self._blocks(memoryview(msg), 9):
                 return  # more of this answer is on its way
+            if self.parts > 2:
+                self.batch = max(1, self.batch // 2)
+            elif self.parts == 1:
+                self.batch = min(BATCH, self.batch * 2)
+            self.parts = 0
         else:
             return
         self.waiting = False

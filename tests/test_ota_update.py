@@ -284,6 +284,12 @@ def test_provisioning_sets_the_trusted_keys_and_a_later_provisioning_resets_the_
     assert res.state == "committed", res
     assert stats.base is not None and stats.wire_bytes < 10000  # a delta against the image provisioning wrote
     assert ota_state(h)["active"] == 1
+    # The registry follows: `lanterne verify` finds the board as the update left it.
+    from host_tools.fleet.verify import verify
+
+    v = verify(h.port, k.registry, check_checkout=False)
+    assert v.ok, v.lines()
+    assert k.registry.get("ota-prov").state == f"release {r2.counter}"
     # Provisioning again puts this checkout's firmware in slot A and forgets slot B's release.
     again = provision(h.port, None, "ota-prov", registry=k.registry, trusted_keys=k.keys.trusted(), release_store=k.store)
     assert again.status["ota"] == {"slot": "A", "release": 0} and again.status["fw"] == "0.1.0"

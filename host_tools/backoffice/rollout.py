@@ -206,11 +206,27 @@ class Rollout:
                     fin = ("timeout", f"not committed within {self.timeout:g} s (last: {r.progress or 'nothing'})")
                 if fin is not None:
                     r.state, r.reason = fin
+                    if r.state == "committed":
+                        self._record(r.device)
                     r.seconds = now - t0[r.device]
                     st = self.server.stats.get(r.device)
                     r.wire_bytes = st.wire_bytes if st else 0
                     self.log(f"{r.device}: {r.state}" + (f": {r.reason}" if r.reason else f" in {r.seconds:.1f} s"))
                     pending.remove(r)
+
+    def _record(self, device: str) -> None:
+        """The registry's view of the board follows the update: its /rom now holds the release's
+        files (so `lanterne verify` compares with what runs), its state says which release."""
+        from host_tools.fleet.deploy import firmware_hash
+
+        rec = self.registry.get(device)
+        files = self.release.meta.get("files")
+        if rec is None or self.release.meta.get("kind") == "firmware" or not files:
+            return
+        merged = {p: h for p, h in rec.files.items() if not p.startswith("/rom/")}
+        merged.update({"/rom/" + p: h for p, h in files.items()})
+        self.registry.add_or_update(device, files=merged, firmware_hash=firmware_hash(merged),
+                                    state=f"release {self.release.counter}")  # fmt: skip
 
     def settle(self, seconds: float = 1.0) -> None:
         """Let the retained status messages arrive (what each device runs)."""

@@ -52,7 +52,7 @@ def _walk(d):
             print(repr(('D', p, 0, '')))
             _walk(p)
         else:
-            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') or p.startswith('/rom/') else '')))
+            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') or p.startswith('/rom/') or p == '/ota/keys.json' else '')))
 def _mv(a, b):
     try:
         os.rename(a, b)

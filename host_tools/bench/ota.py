@@ -11,7 +11,8 @@ Releases are built and signed from copies of the firmware tree; a board runs rel
   the board throttling itself (one request in flight, 100 ms apart); `update_s`: to its commit;
 - `heap_peak_bytes`: the largest heap in use the board reported while it applied blocks, in
   ESP32-equivalent bytes (this port's bytes less the ROM's share, over the ROMFS layout's scale),
-  beside `board_heap_bytes`; `update_at_64k`: the same update on a board with a 64 KB heap;
+  beside `heap_steady_bytes` (its first status, before the update) and `board_heap_bytes`;
+  `update_at_64k`: the same update on a board with a 64 KB heap;
 - `rollback_s`: a release that crashes at start-up, from its trial boot to the board back on the
   previous release and saying why (`rollback_hang_s`: one that hangs an import, bounded by the
   watchdog period of 8 s);
@@ -149,6 +150,8 @@ def run(quick: bool = False) -> BenchResult:
 
             # One module changed: a delta.
             h = board_on("ota-delta")
+            before = json.loads(w.matching(f"lanterne/v1/{SITE}/ota-delta/status")[-1].payload)["heap_alloc"]
+            metrics["heap_steady_bytes"] = h.board.esp32_heap(before)
             res, t0, t1 = push("ota-delta", r2)
             if res.state != "committed":
                 raise RuntimeError(f"the update did not commit: {res}")

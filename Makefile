@@ -7,9 +7,9 @@ DEPS   := build/mpylib/.fetched-stamp
 NODE_DEPS := build/node/node_modules/lora-packet/package.json
 LORA_PACKET := lora-packet@0.9.3
 
-.PHONY: test demo venv deps mosquitto lint bench clean
+.PHONY: test demo venv deps mosquitto postgresql chromium lint bench clean
 
-test: venv deps mosquitto
+test: venv deps mosquitto postgresql chromium
 	$(PY) -m pytest -q
 
 demo: venv deps
@@ -40,6 +40,17 @@ $(NODE_DEPS):
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# Debian's PostgreSQL for the bridge's tests and benchmark: they start their own server in a
+# temporary directory (initdb + pg_ctl, as the `postgres` user when run as root).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# Debian's chromium for the setup page's browser test (Playwright drives it: no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check host_tools tests

@@ -6,6 +6,9 @@
   with its own flash folder and pty, optionally with the firmware deployed, and returns
   their `BoardHandle`s (world set/get, power_cut/power_on, console, wait_for).
 - `mosquitto` is a real Mosquitto on a free loopback port (one per session).
+- `postgres` is a real PostgreSQL (Debian's, initdb + pg_ctl in a temporary directory, as the
+  `postgres` user when run as root), started once per session; `pg_url` is a fresh empty
+  database on it for one test; `bridge_db` runs a test once on SQLite and once on PostgreSQL.
 
 Plain helpers (`from conftest import ...`): `lanterne(*args)` runs the `lanterne` command as
 a person does, in its own process; `lanterne_emulate(*args)` serves a board with it.
@@ -44,6 +47,31 @@ def emulator():
 def mosquitto():
     with Mosquitto() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from host_tools.backoffice.postgres import PostgresServer
+
+    with PostgresServer(durable=False) as server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A new, empty PostgreSQL database for this test: its postgresql:// URL."""
+    return postgres.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bridge_db(request, tmp_path):
+    """A database URL for the bridge: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "bridge.sqlite")
+    return request.getfixturevalue("pg_url")
 
 
 _counter = itertools.count()

@@ -33,10 +33,42 @@ def test_command_and_monitor_with_registry_keys(virtual_boards, tmp_path):
         r = lanterne("command", "lamp-0007", "dim", "35", "--broker", mq.url, "--registry", str(reg_path), "--json")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert out["status"] == "ok" and out["command"] == "set_lamp"
-        assert abs(h.world.pwm(25)["duty_u16"] - 0.35 * 65535) < 0.02 * 65535
+        assert out["status"] == "ok" and out["command"] == "dim"  # named as typed, not the opcode's set_lamp
+        r = lanterne("command", "lamp-0007", "dim", "20", "--broker", mq.url, "--registry", str(reg_path))
+        assert r.returncode == 0 and r.stdout.startswith("lamp-0007: dim ok (counter ")
+        assert abs(h.world.pwm(25)["duty_u16"] - 0.20 * 65535) < 0.02 * 65535
+        # Out of range: refused here with the range, nothing sent (no counter used, the lamp as it was).
+        counter = reg.command_counter("lamp-0007")
         r = lanterne("command", "lamp-0007", "dim", "140", "--broker", mq.url, "--registry", str(reg_path))
-        assert r.returncode == 1 and "bad_argument" in r.stdout
+        assert r.returncode == 1 and r.stdout == ""
+        assert r.stderr.splitlines()[0] == "lanterne command: error: dim: LEVEL 140 is out of range: 0..100 %"
+        assert reg.command_counter("lamp-0007") == counter
+        assert abs(h.world.pwm(25)["duty_u16"] - 0.20 * 65535) < 0.02 * 65535
+        r = lanterne("command", "lamp-0007", "dimm", "40", "--registry", str(reg_path))
+        assert r.returncode == 1 and "unknown action 'dimm': did you mean 'dim'?" in r.stderr
+        r = lanterne("command", "lamp-007", "status", "--registry", str(reg_path))
+        assert r.returncode == 1 and "did you mean 'lamp-0007'?" in r.stderr
+        # The host's range is the board's: the board itself refuses the first value past it.
+        from host_tools.backoffice.command_client import CommandClient, next_counter
+
+        client = CommandClient(mq.url, *reg.backoffice_credentials())
+        try:
+            for seconds, reason in ((4, "bad_argument"), (5, "ok")):
+                n = next_counter(reg.command_counter("lamp-0007"))
+                reg.set_command_counter("lamp-0007", n)
+                res = client.send("lyon", "lamp-0007", reg.command_key("lamp-0007"), n, "set-period",
+                                  {"what": "status", "seconds": seconds})
+                assert res.reason == reason, seconds
+        finally:
+            client.close()
+        r = lanterne("command", "lamp-0007", "set-period", "status", "4", "--registry", str(reg_path))
+        assert "set-period status: SECONDS 4 is out of range: 5..86400 s" in r.stderr
+        # Changes the board acknowledged are the registry's too: verify sees no drift.
+        for words in (["set-period", "status", "120"], ["set-period", "sample", "30"], ["set-config", "lat", "45.5"]):
+            r = lanterne("command", "lamp-0007", *words, "--broker", mq.url, "--registry", str(reg_path))
+            assert r.returncode == 0, r.stderr
+        rec = Registry(reg_path).get("lamp-0007")
+        assert (rec.config["status_period_s"], rec.config["sample_period_s"], rec.config["lat"]) == (120, 30, 45.5)
         r = lanterne("command", "lamp-0007", "bollard", "raise", "--broker", mq.url, "--registry", str(reg_path))
         assert r.returncode == 1 and "refused" in r.stdout  # no bollard on a street light
         r = lanterne("command", "lamp-0099", "status", "--broker", mq.url, "--registry", str(reg_path))
@@ -50,3 +82,19 @@ def test_command_and_monitor_with_registry_keys(virtual_boards, tmp_path):
         fleet = json.loads(r.stdout)
         (dev,) = [d for d in fleet if d["device"] == "lamp-0007"]
         assert dev["status"]["state"] == "online" and dev["site"] == "lyon"
+        # Last (verify restarts the board's application): nothing the back office changed is drift.
+        r = lanterne("verify", "--port", h.port, "--registry", str(reg_path))
+        assert r.returncode == 0 and "matches the registry" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_command_to_a_lorawan_board_that_times_out_says_why(tmp_path, mosquitto):
+    reg_path = tmp_path / "fleet.sqlite"
+    for device, board in (("bin-1", "esp32-rak3172"), ("lamp-1", "esp32-devkitc")):
+        r = lanterne("provision", "--register-only", "--device", device, "--board", board, "--registry", reg_path)
+        assert r.returncode == 0, r.stderr
+    r = lanterne("command", "bin-1", "status", "--timeout", "1", "--broker", mosquitto.url, "--registry", reg_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[1] == ("  hint: bin-1 (esp32-rak3172): the LoRaWAN transport is not in the firmware"
+                                        " yet: the board samples and stores its readings but cannot send them or receive commands")
+    r = lanterne("command", "lamp-1", "status", "--timeout", "1", "--broker", mosquitto.url, "--registry", reg_path)
+    assert r.returncode == 1 and r.stderr.splitlines()[1] == "  hint: is the device online? `lanterne monitor` shows it"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -11,12 +12,30 @@ from pathlib import Path
 import pytest
 from conftest import lanterne, lanterne_emulate
 
+from host_tools import boards
+
 
 def test_help_lists_commands():
     r = lanterne("--help")
     assert r.returncode == 0
     for name in ("emulate", "world", "broker", "demo", "bench", "boards"):
         assert name in r.stdout
+    # It speaks to the person who typed it: what Lanterne does and where to start, not how it is built.
+    assert "library" not in r.stdout and "tests call" not in r.stdout
+    assert "street assets" in r.stdout and "lanterne demo" in r.stdout and "--version" in r.stdout
+
+
+def test_version_names_the_host_tools_and_the_firmware():
+    from importlib.metadata import version
+
+    from host_tools.runtime import firmware_module
+
+    r = lanterne("--version")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [
+        f"lanterne {version('lanterne')} (host tools)",
+        f"firmware {firmware_module('__init__').__version__} (what `lanterne provision` puts on a board)",
+    ]
 
 
 @pytest.mark.integration
@@ -49,6 +68,43 @@ def test_emulate_world_and_mpremote_from_a_shell(tmp_path):
     assert r.returncode == 1 and "is `lanterne emulate --port PATH` running?" in r.stderr
 
 
+@pytest.mark.integration
+def test_world_refuses_nonsense_and_names_what_is_valid(tmp_path):
+    port = tmp_path / "ttyV"
+    (tmp_path / "flash").mkdir()
+    with lanterne_emulate("--board", "esp32-devkitc", "--fs", tmp_path / "flash", "--port", port) as line:
+        assert "virtual esp32-devkitc on" in line, line
+
+        def world(*args):
+            return lanterne("world", "--port", port, *args)
+
+        refused = {
+            ("fault", "bme208", "nack"): "this board has no part 'bme208' (did you mean 'bme280'?); its parts: bh1750,"
+                                         " bme280, button, lamp, supply",
+            ("fault", "ultrasonic", "stuck"): "this board has no part 'ultrasonic'; its parts: bh1750, bme280, button, lamp, supply",
+            ("fault", "bme280", "nak"): "unknown fault 'nak' for bme280 (did you mean 'nack'?); choose from missing, nack, stuck",
+            ("fault", "lamp", "nack"): "lamp cannot be given the fault 'nack'; it can be: stuck",
+            ("clear", "bme208"): "this board has no part 'bme208' (did you mean 'bme280'?)",
+            ("set", "illuminance_lx=-50"): "illuminance_lx=-50 is out of range: 0 .. 1000000",
+            ("set", "humidity_pct=120"): "humidity_pct=120 is out of range: 0 .. 100",
+            ("set", "temprature_c=20"): "unknown world quantity 'temprature_c' (did you mean 'temperature_c'?); known: ",
+            ("set", "link_up=maybe"): "link_up: not a number: 'maybe'",
+            ("set", "temperature_c=21", "lamp_failed=2"): "lamp_failed is on or off (true/false, up/down, 1/0), got 2.0",
+        }
+        for args, message in refused.items():
+            r = world(*args)
+            assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        state = json.loads(world("get").stdout)
+        assert state["faults"] == {} and state["values"]["illuminance_lx"] == 250.0
+        assert state["values"]["temperature_c"] == 15.0  # a refused set changes nothing, not even its valid part
+        assert state["parts"]["lamp"] == ["stuck"] and state["parts"]["bme280"] == ["missing", "nack", "stuck"]
+        # What is valid still is.
+        assert world("fault", "bme280", "nack").returncode == 0 and world("set", "illuminance_lx=0").returncode == 0
+        assert json.loads(world("get").stdout)["faults"] == {"bme280": ["nack"]}
+    r = lanterne("emulate", "--board", "esp32-devkitc", "--fs", tmp_path / "flash", "--port", port, "--set", "supply_v=-3")
+    assert r.returncode == 1 and "supply_v=-3 is out of range: 0 .. 100" in r.stderr
+
+
 def test_emulate_rejects_unknown_board(tmp_path):
     r = lanterne("emulate", "--board", "esp8266-nodemcu", "--fs", str(tmp_path), "--port", str(tmp_path / "t"))
     assert r.returncode == 1
@@ -62,8 +118,13 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "embedded MQTT broker on mqtt://127.0.0.1:" in out
-    assert out.count("flashed: MicroPython written and verified") == 3  # esptool through the virtual ROM
-    assert out.count("provisioned: demo-") == 3
+    n = len(boards.names())  # one board of each board file (the environmental station made it four)
+    assert out.count("flashed: MicroPython written and verified") == n  # esptool through the virtual ROM
+    assert out.count("provisioned: demo-") == n
+    # The LoRaWAN board is provisioned, and the demo says it cannot deliver yet.
+    warned = re.findall(r"esp32-rak3172 +warning: (demo-\d\d): the LoRaWAN transport is not in the firmware yet: the board"
+                        r" samples and stores its readings but cannot send them or receive commands", out)
+    assert len(warned) == 1 and out.count("warning:") == 1, out
     assert "lanterne/v1/demo/demo-01/status  state=online" in out
     assert "lanterne/v1/demo/demo-01/up  1 reading(s)" in out
     assert "dim demo-01 to 40 %: ack ok" in out
@@ -77,3 +138,19 @@ def test_bench_list_and_unknown():
     assert r.returncode == 0 and "boot" in r.stdout
     r = lanterne("bench", "nosuch")
     assert r.returncode == 1 and "unknown benchmark nosuch" in r.stderr
+
+
+def test_provision_help_and_readme_give_the_default_periods_and_how_to_change_them():
+    from host_tools.runtime import firmware_module
+    from host_tools.runtime.paths import REPO
+
+    schema = firmware_module("config").SCHEMA
+    sample, status = schema["sample_period_s"][1], schema["status_period_s"][1]
+    r = lanterne("provision", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert f"samples its sensors every {sample} s and sends its status every {status} s" in text
+    assert "--set sample_period_s=10" in text and "lanterne command DEVICE set-period sample 10" in text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"samples its sensors every {sample} s and sends its status every {status} s" in readme
+    assert "set-period" in readme

@@ -128,7 +128,7 @@ def test_encode_errors_name_the_reading_and_field(monkeypatch, capsys, stdin, ar
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["decode", "01ff00ff"], "byte 0: unsupported format version 1 (0x01): this decoder reads version 2"),
+        (["decode", "01ff00ff"], "byte 0: unsupported format version 1 (0x01): this decoder reads versions 2 and 3"),
         (["decode", "02a675bd"], "truncated"),
         (["decode", "--fport", "1", "a675bd"], "FPort 1 is not a Lanterne payload port"),
         (["decode", "--fport", "101", "a675bd"], "FPort 101: unsupported format version 1"),

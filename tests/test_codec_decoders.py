@@ -75,6 +75,12 @@ def spec_examples() -> dict[str, dict]:
 EXAMPLES = spec_examples()
 
 
+def framing(ex: dict) -> tuple[bytes, int]:
+    """An example's MQTT version byte and LoRaWAN FPort (v2: 0x02, 102; v3: 0x03, 103)."""
+    version = ex["decoded"]["version"]
+    return bytes((version,)), 100 + version
+
+
 def test_spec_has_complete_examples():
     assert len(EXAMPLES) >= 4
     for name, ex in EXAMPLES.items():
@@ -118,21 +124,21 @@ def test_spec_examples_encode_to_the_documented_frames(runtime):
         frames = encode_values(ex["input"], budget=242, runtime=runtime, lorawan=True)
         assert [f["frame"] for f in frames] == [ex["frame"]], name
         frames = encode_values(ex["input"], budget=242, runtime=runtime)
-        assert [f["frame"] for f in frames] == [b"\x02" + ex["frame"]], name
+        assert [f["frame"] for f in frames] == [framing(ex)[0] + ex["frame"]], name
 
 
 def test_python_decoder_reads_spec_examples_as_documented():
     for name, ex in EXAMPLES.items():
-        assert decode(ex["frame"], fport=FPORT) == ex["decoded"], name
-        assert decode(b"\x02" + ex["frame"]) == ex["decoded"], name
+        assert decode(ex["frame"], fport=framing(ex)[1]) == ex["decoded"], name
+        assert decode(framing(ex)[0] + ex["frame"]) == ex["decoded"], name
 
 
 @needs_node
 @pytest.mark.parametrize("lorawan", [True, False])
 def test_javascript_formatter_reads_spec_examples_like_python(lorawan):
     names = list(EXAMPLES)
-    frames = [EXAMPLES[n]["frame"] if lorawan else b"\x02" + EXAMPLES[n]["frame"] for n in names]
-    answers = node_decode(frames, FPORT if lorawan else None)
+    frames = [EXAMPLES[n]["frame"] if lorawan else framing(EXAMPLES[n])[0] + EXAMPLES[n]["frame"] for n in names]
+    answers = node_decode(frames, fports=[framing(EXAMPLES[n])[1] if lorawan else None for n in names])
     for name, answer in zip(names, answers, strict=True):
         assert answer["errors"] == [] and answer["warnings"] == [], name
         assert answer["data"] == EXAMPLES[name]["decoded"], name
@@ -174,8 +180,9 @@ MQTT_FULL = b"\x02" + FULL
     [
         (b"", None, "empty payload", 0),
         (b"", FPORT, "empty payload on FPort 102", 0),
-        (b"\x01" + FULL, None, "unsupported format version 1 (0x01): this decoder reads version 2 — version 1 was a pre-release", 0),
-        (b"\x03" + FULL, None, "unsupported format version 3 (0x03)", 0),
+        (b"\x01" + FULL, None, "unsupported format version 1 (0x01): this decoder reads versions 2 and 3 — version 1 was a pre-release", 0),
+        (b"\x04" + FULL, None, "unsupported format version 4 (0x04)", 0),
+        (b"\x03" + FULL, None, "reading 0 voltage: code 1146 is outside 0..1050", 8),  # a v2 payload read as v3
         (b"{\"temperature\": 21.5}", None, "unsupported format version 123 (0x7b)", 0),
         (FULL, 101, "FPort 101: unsupported format version 1", None),
         (FULL, 1, "FPort 1 is not a Lanterne payload port: format version v travels on FPort 100 + v", None),
@@ -219,8 +226,9 @@ def test_javascript_formatter_gives_the_same_errors_for_version_and_port():
 
 
 def test_every_truncation_and_extension_of_a_valid_frame_is_refused():
-    for payload in (ex["frame"] for ex in EXAMPLES.values()):
-        for frame, fport in ((payload, FPORT), (b"\x02" + payload, None)):
+    for ex in EXAMPLES.values():
+        payload, (version_byte, port) = ex["frame"], framing(ex)
+        for frame, fport in ((payload, port), (version_byte + payload, None)):
             for cut in range(len(frame)):
                 with pytest.raises(PayloadError):
                     decode(frame[:cut], fport)
@@ -375,15 +383,17 @@ def test_status_flags_mean_the_same_to_encoder_and_both_decoders():
     codec = firmware_codec()
     from_values = firmware_codec_values().from_values
     assert codec.STATUS_NAMES == STATUS_NAMES
-    frames = []
+    frames, ports = [], []
     for name in STATUS_NAMES:
         enc = codec.Encoder(51, lorawan=True)
         enc.encode([from_values({"status": [name]}), from_values({"status": [name, "tamper"]})])
         frames.append(enc.frame())
-        statuses = [r["status"] for r in decode(frames[-1], FPORT)["readings"]]
+        ports.append(100 + enc.version)  # the v3 flags (bits 10..) make a v3 frame
+        assert enc.version == (2 if STATUS_NAMES.index(name) < 10 else 3)
+        statuses = [r["status"] for r in decode(frames[-1], ports[-1])["readings"]]
         assert statuses == [[name], [n for n in STATUS_NAMES if n in (name, "tamper")]]
     if NODE:
-        for bit, answer in enumerate(node_decode(frames, FPORT)):
+        for bit, answer in enumerate(node_decode(frames, fports=ports)):
             assert answer["data"]["readings"][0]["status"] == [STATUS_NAMES[bit]]
 
 

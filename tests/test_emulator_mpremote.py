@@ -53,9 +53,11 @@ def test_fs_cp_ls_cat_rm_chained(board, tmp_path):
 def test_run_exec_and_soft_reset(board, tmp_path):
     script = tmp_path / "script.py"
     script.write_text("import machine\nprint('run says', 6 * 7, machine.reset_cause())\n")
-    r = mpremote(board.port, "run", str(script), "+", "exec", "print('exec says', 2 ** 10)")
+    r = mpremote(board.port, "run", str(script), "+", "exec", "print('exec says', 2 ** 10)", "+",
+                 "exec", "import sys, os; print('platform', sys.platform, os.uname().sysname)")
     assert r.returncode == 0, r.stderr
     assert "run says 42 1" in r.stdout and "exec says 1024" in r.stdout
+    assert "platform esp32 esp32" in r.stdout  # through the raw REPL too, as on the ESP32
     boots = board.boots
     r = mpremote(board.port, "soft-reset")
     assert r.returncode == 0, r.stderr

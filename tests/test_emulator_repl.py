@@ -82,6 +82,63 @@ def test_friendly_repl_evaluates_and_echoes(bare_board):
     assert b"ZeroDivisionError" in out and b"Traceback" in out
 
 
+def test_friendly_repl_auto_indents_as_the_esp32_does(bare_board):
+    # Typed as a person types, compared byte for byte with what MicroPython's readline echoes.
+    h, s = bare_board()
+    s.write(b"for i in range(3):\r")
+    assert s.read_until(b"...     ").endswith(b"for i in range(3):\r\n...     ")  # indented for the body
+    s.write(b"print(i * 10)\r")
+    assert s.read_until(b"...     ") == b"print(i * 10)\r\n...     "  # same level again
+    s.write(b"\r")
+    assert s.read_until(b"...     ") == b"\r\n...     "  # one blank line is not the end of the block yet
+    s.write(b"\r")
+    assert s.read_until(b"... ") == b"\r\n... "  # two are: no indent, and Enter runs it
+    s.write(b"\r")
+    assert s.read_until(b">>> ") == b"\r\n0\r\n10\r\n20\r\n>>> "
+
+    # Nested blocks; backspace over an indent removes one level (4 spaces) at a time.
+    s.write(b"def f(x):\r")
+    s.read_until(b"...     ")
+    s.write(b"if x:\r")
+    assert s.read_until(b"...         ") == b"if x:\r\n...         "
+    s.write(b"return 'yes'\r")
+    s.read_until(b"...         ")
+    s.write(b"\x7f")
+    assert s.read_until(b"\x1b[K") == b"\b\b\b\b\x1b[K"
+    s.write(b"return 'no'\r")
+    assert s.read_until(b"...     ") == b"return 'no'\r\n...     "
+    s.write(b"\x7f\r")
+    assert s.read_until(b">>> ") == b"\b\b\b\b\x1b[K\r\n>>> "
+    s.write(b"print(f(1), f(0))\r")
+    assert s.read_until(b">>> ") == b"print(f(1), f(0))\r\nyes no\r\n>>> "
+
+    # Code pasted with its own indentation: a space right after the auto-indent takes 3 of its 4
+    # spaces back and turns auto-indent off for the statement, so the pasted indent is kept.
+    s.write(b"if True:\r")
+    s.read_until(b"...     ")
+    s.write(b"    y = 5\r")
+    assert s.read_until(b"... ") == b"\b\b\b   y = 5\r\n... "
+    s.write(b"\r")
+    s.read_until(b">>> ")
+    s.write(b"y\r")
+    assert s.read_until(b">>> ") == b"y\r\n5\r\n>>> "
+
+
+def test_sys_platform_and_os_uname_are_the_esp32_ones(bare_board):
+    h, s = bare_board(files={"main.py": "import sys\nif sys.platform == 'esp32':\n    print('main.py sees an esp32')\n"})
+    assert "main.py sees an esp32" in h.console()  # firmware that branches on it takes the board's branch
+    s.write(b"import sys, os; print(sys.platform); print(os.uname())\r")
+    out = s.read_until(b">>> ")
+    assert out.endswith(
+        b"esp32\r\n(sysname='esp32', nodename='esp32', release='1.29.0-preview', version='v1.29.0-preview on "
+        b"2026-07-05', machine='Generic ESP32 module with ESP32')\r\n>>> "
+    )
+    s.write(b"os.uname().machine, os.uname()[0], len(os.uname()), sys\r")
+    assert b"('Generic ESP32 module with ESP32', 'esp32', 5, <module 'sys'>)" in s.read_until(b">>> ")
+    # The banner and uname tell the same version.
+    assert "MicroPython v1.29.0-preview on 2026-07-05; Generic ESP32 module with ESP32" in h.console()
+
+
 def test_paste_mode(bare_board):
     h, s = bare_board()
     s.write(b"\x05")

@@ -16,6 +16,7 @@ import sys
 import threading
 
 import pytest
+from conftest import lanterne
 
 from host_tools.boards import esp32_image
 from host_tools.cli import CommandError
@@ -24,6 +25,7 @@ from host_tools.emulator import firmware_image
 from host_tools.emulator import rombootloader as rb
 from host_tools.emulator.control import ControlServer, VirtualControl
 from host_tools.fleet.flash import FlashError, flash
+from host_tools.runtime import unix_port
 from host_tools.runtime.paths import BOARDS
 
 IMAGE = firmware_image.build_micropython_image("v1.29.0")
@@ -334,7 +336,7 @@ def test_errors_a_person_can_act_on(tmp_path, firmware):
             flash(b.port, None, "esp32-devkitc")
     finally:
         b.close()
-    with pytest.raises(FlashError, match=f"cannot open serial port {tmp_path}/ttyNone"):
+    with pytest.raises(FlashError, match=f"no serial port {tmp_path}/ttyNone"):
         flash(str(tmp_path / "ttyNone"), firmware, "esp32-devkitc", virtual_control=nothing)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00" * 4096)
@@ -346,6 +348,21 @@ def test_errors_a_person_can_act_on(tmp_path, firmware):
         FlashError, match="is MicroPython v1.28.0 but board esp32-devkitc runs MicroPython 1.29"
     ):
         flash("/dev/null", older, "esp32-devkitc")
+
+
+def test_lanterne_flash_names_a_missing_port_before_the_firmware(tmp_path):
+    # As provision and verify do: the port is the first thing a technician gets wrong.
+    gone = tmp_path / "ttyUSB9"
+    for extra in ([], ["--firmware", tmp_path / "nosuch.bin"], ["--firmware", tmp_path]):
+        r = lanterne("flash", "--port", gone, "--board", "esp32-devkitc", *extra)
+        assert r.returncode == 1
+        first, hint = r.stderr.splitlines()[:2]
+        assert first == f"lanterne flash: error: no serial port {gone}", r.stderr
+        assert hint.startswith("  hint: check the cable and the path") and "firmware" not in r.stderr
+    for verb in ("provision", "verify"):  # the same words
+        r = lanterne(verb, "--port", gone, *(["--device", "lamp-1", "--board", "esp32-devkitc"] if verb == "provision" else []),
+                     cwd=tmp_path)
+        assert f"lanterne {verb}: error: no serial port {gone}" in r.stderr, r.stderr
 
 
 class FakeEmulatorControl(ControlServer):
@@ -382,7 +399,8 @@ def test_lanterne_flash_command_on_a_virtual_board(tmp_path, capsys):
             stop()
         out = capsys.readouterr().out
         assert rc == 0
-        assert "flashed micropython v1.29.0 (1607232 bytes) at 0x1000" in out and "verified (MD5" in out
+        # The generated image carries the virtual board's own MicroPython version, as its banner says it.
+        assert f"flashed micropython {unix_port.version()} (1607232 bytes) at 0x1000" in out and "verified (MD5" in out
         assert control.ops == ["download", "reset", "download", "reset"]
         assert str(err.value) == "transfer corrupted: block 3 arrived with a bad checksum on every retry"
         assert not f.boot_check().ok  # the second, failed flash left a board that does not boot

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import stat
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LANTERNE
+from conftest import LANTERNE, lanterne
 
 from host_tools.fleet import ProvisionError
 from host_tools.fleet.deploy import MpyCross, parse_mpy
@@ -227,3 +228,72 @@ def test_broker_refusal_is_reported_in_the_boards_words(board, tmp_path):
         user, password = reg.backoffice_credentials()
         with Watcher(broker.url, ["lanterne/v1/default/lamp-9/status"], username=user, password=password) as office:
             office.wait_for("lanterne/v1/default/lamp-9/status", lambda m: b'"online"' in m.payload, timeout=30)
+
+
+def test_the_plan_and_the_result_count_the_same_files(board, mosquitto, tmp_path):
+    def counts(out):
+        plan = re.search(r"(\d+) of (\d+) files to send: (\d+) to the filesystem", out)
+        result = re.search(r": (\d+) files? sent \((\d+) to the filesystem(?:, (\d+) in the ROMFS image)?; .*\), (\d+) unchanged", out)
+        assert plan and result, out
+        return [int(g) for g in plan.groups()], [int(g or 0) for g in result.groups()]
+
+    args = ["provision", "--port", board.port, "--board", "esp32-devkitc", "--device", "lamp-5", "--broker", mosquitto.url]
+    r = lanterne(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (to_send, total, to_fs), (sent, sent_fs, sent_rom, unchanged) = counts(r.stdout)
+    assert to_send == sent == total and unchanged == 0 and to_fs == sent_fs and sent_rom == total - sent_fs > 20
+    assert "ROMFS image" in r.stdout and "warning" not in r.stdout
+    r = lanterne(*args, "--lat", "45.5", cwd=tmp_path)  # only config.json differs
+    assert r.returncode == 0, r.stderr
+    assert counts(r.stdout) == ([1, total, 1], [1, 1, 0, total - 1])
+    assert "the ROMFS image (" in r.stdout and "files) unchanged" in r.stdout
+
+
+def test_provisioning_a_lorawan_board_warns_it_cannot_deliver_yet(virtual_boards, tmp_path):
+    (h,) = virtual_boards(1, board="esp32-rak3172", firmware=False)
+    h.wait_for(">>> ")
+    r = lanterne("provision", "--port", h.port, "--board", "esp32-rak3172", "--device", "bin-9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ("  warning: bin-9: the LoRaWAN transport is not in the firmware yet: the board samples and stores its"
+            " readings but cannot send them or receive commands") in r.stdout.splitlines()
+    r = lanterne("provision", "--port", h.port, "--device", "bin-9", "--json", cwd=tmp_path)
+    assert json.loads(r.stdout)["warnings"] == ["bin-9: the LoRaWAN transport is not in the firmware yet: the board"
+                                                " samples and stores its readings but cannot send them or receive commands"]
+
+
+def test_verify_shows_what_config_json_holds_and_what_to_run(board, mosquitto, tmp_path):
+    reg = Registry(tmp_path / "fleet.sqlite")
+    provision(board.port, "esp32-devkitc", "lamp-0043", site="centre", lat=48.8566, lon=2.3522, broker=mosquitto.url, registry=reg)
+    cfg = json.loads(mpremote(board.port, "fs", "cat", ":config.json"))
+    cfg["lat"], cfg["lon"] = 95, 2.4  # one value the schema rejects, one that is merely different
+    edited = tmp_path / "config.json"
+    edited.write_text(json.dumps(cfg))
+    mpremote(board.port, "fs", "cp", str(edited), ":config.json")
+
+    r = lanterne("verify", "--port", board.port, cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert ("  config field 'lat': config.json holds 95, which the schema rejects (must be between -90 and 90),"
+            " so the board does not use it; registry 48.8566") in lines
+    assert "0.0" not in r.stdout  # not what the firmware falls back to
+    assert "  config field 'lon': board 2.4, registry 2.3522" in lines
+    again = f"lanterne provision --port {board.port} --device lamp-0043"
+    # Every finding is followed by what to run (findings fixed by the same command share it).
+    findings = [i for i, line in enumerate(lines[1:], 1) if line.startswith("  ") and not line.startswith(("    run:", "  note:"))]
+    runs = [i for i, line in enumerate(lines) if line.startswith("    run: ")]
+    assert findings and runs and runs[-1] > findings[-1] and all(any(r > f for r in runs) for f in findings)
+    assert f"    run: {again}" in lines
+    report = json.loads(lanterne("verify", "--port", board.port, "--json", cwd=tmp_path).stdout)
+    assert [f["run"].split(" (")[0] for f in report["findings"]] == [again, again]
+    (lat,) = [d for d in report["config"] if d["field"] == "lat"]
+    assert lat == {"field": "lat", "board": 95, "registry": 48.8566, "rejected": "must be between -90 and 90"}
+
+    # Following the advice resolves it: keep the board's longitude, the registry's latitude.
+    (lon,) = [f["run"] for f in report["findings"] if "'lon'" in f["text"]]
+    keep = re.search(r"or (lanterne provision .*) \(keep the board's\)", lon).group(1)
+    assert keep == f"{again} --set lon=2.4"
+    r = lanterne(*keep.split()[1:], cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = lanterne("verify", "--port", board.port, cwd=tmp_path)
+    assert r.returncode == 0 and "matches the registry" in r.stdout, r.stdout
+    assert (reg.get("lamp-0043").config["lat"], reg.get("lamp-0043").config["lon"]) == (48.8566, 2.4)

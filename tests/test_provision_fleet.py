@@ -93,8 +93,8 @@ def test_bad_rows_are_reported_by_line_and_the_others_provisioned(virtual_boards
         "port,board,device,site,lat,lon,bin_empty_mm,bin_full_mm\n"  # line 1
         f"{p[0]},esp32-devkitc,bin-01,north,45.76,4.83,1200,150\n"  # 2: fine
         f"{p[1]},esp32-devkitc,bin-02,north,45.76\n"  # 3: malformed (too few fields)
-        f"{p[2]},esp32-devkitc,bin-03,north,145.0,4.83,1200,150\n"  # 4: latitude out of range
-        f"{p[3]},esp32-devkitc,bin-04,north,45.77,east,1200,150\n"  # 5: longitude not a number
+        f"{tmp_path}/tty4,esp32-devkitc,bin-03,north,145.0,4.83,1200,150\n"  # 4: latitude out of range
+        f"{tmp_path}/tty5,esp32-devkitc,bin-04,north,45.77,east,1200,150\n"  # 5: longitude not a number
         f"{tmp_path}/ttyGONE,esp32-devkitc,bin-05,north,45.78,4.83,1200,150\n"  # 6: unreachable port
         "# a comment and a blank line\n\n"  # 7, 8
         f"{p[1]},esp32-devkitc,bin-06,north,45.79,4.83,1200,150\n"  # 9: fine
@@ -116,3 +116,26 @@ def test_bad_rows_are_reported_by_line_and_the_others_provisioned(virtual_boards
     assert [(d.id, d.state) for d in reg.devices()] == [("bin-01", "online"), ("bin-06", "online")]
     assert json.loads((good[1].flash / "config.json").read_text())["device"] == "bin-06"
     assert not (good[2].flash / "config.json").exists() and not (good[3].flash / "config.json").exists()
+
+
+def test_a_duplicate_device_id_refuses_every_row_that_has_it_valid_or_not(tmp_path):
+    # The row that is otherwise fine is refused too: which of the two rows is the real bin-07 is
+    # the installer's call, not the tool's (docs/provisioning.md, "A fleet").
+    csv_path = tmp_path / "fleet.csv"
+    csv_path.write_text(
+        "port,board,device,site,lat,lon\n"  # line 1
+        "/dev/ttyUSB0,esp32-devkitc,bin-07,north,45.80,4.83\n"  # 2: fine on its own
+        "/dev/ttyUSB1,esp32-devkitc,bin-07,north,145.0,4.83\n"  # 3: same id, latitude out of range
+        "/dev/ttyUSB2,esp32-devkitc,bin-08,north,45.81,4.83\n"  # 4: fine, same port as 5
+        "/dev/ttyUSB2,esp32-devkitc,bin-09,north,45.82,4.83\n"  # 5
+        "/dev/ttyUSB3,esp32-devkitc,bin-10,north,45.83,4.83\n"  # 6: fine
+    )
+    r = lanterne("provision", "--fleet", csv_path, "--register-only", "--registry", "reg.sqlite", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "line 2: duplicate device id 'bin-07' (also on line 3)" in r.stderr
+    assert ("line 3: duplicate device id 'bin-07' (also on line 2); the row is also invalid:"
+            " config rejected: field 'lat': must be between -90 and 90 (got 145.0)") in r.stderr
+    assert "line 4: duplicate port '/dev/ttyUSB2' (also on line 5)" in r.stderr
+    assert "line 5: duplicate port '/dev/ttyUSB2' (also on line 4)" in r.stderr
+    assert "1 of 5 rows registered" in r.stdout and "failed: line 2, 3, 4, 5" in r.stdout
+    assert [d.id for d in Registry(tmp_path / "reg.sqlite").devices()] == ["bin-10"]

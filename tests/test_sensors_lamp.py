@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from test_sensors_support import FirmwareRepl, part, virtual_parts
 
-FAULT_LAMP_FAILED, FAULT_CURRENT_OFF = 0x40, 0x80
+FAULT_LAMP_FAILED, FAULT_CURRENT_OFF = 0x400, 0x800
 
 SETUP = """
 from machine import ADC, PWM, Pin

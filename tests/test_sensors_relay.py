@@ -10,7 +10,7 @@ import contextlib
 
 from test_sensors_support import FirmwareRepl, part, virtual_parts
 
-FAULT_TRAVEL, FAULT_POSITION = 0x100, 0x200
+FAULT_TRAVEL, FAULT_POSITION = 0x1000, 0x2000
 DOWN, UP, MOVING, UNKNOWN = 0, 1, 2, 3
 OK, REFUSED_INTERLOCK = 0, 1
 

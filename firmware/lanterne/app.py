@@ -18,6 +18,7 @@ RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5
 FRAME_BUDGET = 242  # bytes per uplink frame: the largest EU868 LoRaWAN payload, fine for MQTT
 BATCH_MAX = 24  # readings per uplink frame at most
 CMD_QUEUE = 8
+STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 
 
 def _bump_boot_count(path="boot.count"):
@@ -40,6 +41,11 @@ class App:
     def __init__(self):
         self.cfg, self.config_errors = config.load()
         self.board, board_error = boardinfo.load()
+        # field setup hook: is this a setup boot (button held at the last power-up, or the
+        # window after a fresh provisioning)? Decided first, while the heap is still whole.
+        from lanterne import field
+
+        self.setup_via, self.setup_used_s = field.setup_entry(self.cfg, self.board)
         self.faults = {}
         for i, err in enumerate(self.config_errors):
             self.faults["config%d" % i] = err
@@ -52,13 +58,22 @@ class App:
         self.link = None
         self.wdt = None
         self.status_due = True
+        self.status_at = time.ticks_ms()  # when the last status was built
+        self.status_seen = None  # what it said that matters between periods (_status_key)
         self.clock_synced = False
         self.sample_period = self.cfg["sample_period_s"]
         self.status_period = self.cfg["status_period_s"]
         self.cmd_queue = []
         self.acks = []
         self.reboot_at = None
+        self.no_uplink = None  # why nothing can be sent (no transport, no broker): statuses go to the console
         self.sent = 0
+        # -- field setup hook (lanterne/setup_mode.py): the setup page while it is up; the
+        # changes made on site with it (field.json), reported in the status; status messages
+        # acked by the broker (the page's link test waits for one).
+        self.setup = None
+        self.field = field.load()
+        self.status_sent = 0
         self._build()
         # Over-the-air updates (lanterne/ota.py): the OTA seam is loaded only when an update, a
         # trial or a rollback report needs it; otherwise only which slot and release run is kept.
@@ -95,7 +110,23 @@ class App:
         return days_from_civil(d[0], d[1], d[2]) * 86400 + d[4] * 3600 + d[5] * 60 + d[6]
 
     # -- status ---------------------------------------------------------------------
+    def _status_key(self):
+        # What a status says that the back office should not wait a whole period for: the
+        # faults, the lamp's decision, the bollard, the periods.
+        a = self.assets
+        return (
+            tuple(self.faults),
+            a.fault_key(),
+            a.lamp.level if a.lamp else None,
+            a.profile.reason if a.profile else None,
+            a.bollard.state if a.bollard else None,
+            self.sample_period,
+            self.status_period,
+        )
+
     def status(self, state="online"):
+        self.status_at = time.ticks_ms()
+        self.status_seen = self._status_key()
         gc.collect()
         faults = dict(self.faults)
         faults.update(self.assets.faults())
@@ -114,6 +145,8 @@ class App:
                 "backlog": st.pending,
                 "dropped": st.dropped,
                 "sent": self.sent,
+                "sample_period_s": self.sample_period,
+                "status_period_s": self.status_period,
                 "faults": sorted(faults.values()),
                 "rssi": self.net.rssi(),
                 "clock": self.clock_synced,
@@ -122,6 +155,11 @@ class App:
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
+                # field setup hook: on-site changes (field.json) and the setup page, if up
+                "field": self.field,
+                "setup": self.setup.summary() if self.setup else None,
+                "env": self.assets.extra.status() if self.assets.extra else None,
+                # OTA hook: the library slot and release running (an update, a trial, a rollback)
                 "ota": self.ota.status() if self.ota else {"slot": self.ota_info["slot"], "release": self.ota_info["release"]},
             }
         )
@@ -144,6 +182,10 @@ class App:
             if not self.clock_synced:
                 flags |= F_UNSYNCED
             r[codec.STATUS] = flags
+            if flags & F_OVERFLOW:
+                self.faults["overflow"] = "store: full, oldest readings dropped (buffer_overflow)"
+            else:
+                self.faults.pop("overflow", None)
             seq = self.store.append(self.packer.pack(r, self.now(), self.boot, self.clock_synced))
             if seq < 0:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
@@ -151,8 +193,12 @@ class App:
                 self.faults.pop("store", None)
                 if self.ota:
                     self.ota.sampled()  # a trial's health: sensors read
-            spent = time.ticks_diff(time.ticks_ms(), t0)
-            await asyncio.sleep_ms(max(10, self.sample_period * 1000 - spent))
+            # Sleep out the period a second at a time: a period changed by command applies at once.
+            while True:
+                left = self.sample_period * 1000 - time.ticks_diff(time.ticks_ms(), t0)
+                await asyncio.sleep_ms(max(10, min(left, 1000)))
+                if left <= 1000:
+                    break
 
     # -- uplink ----------------------------------------------------------------------
     def _next_frame(self):
@@ -287,21 +333,15 @@ class App:
         return (cmd.OK if ok else cmd.REFUSED), b""
 
     def set_config(self, key, value):
-        """Validate with the config schema, then write config.json atomically; refuse otherwise."""
-        try:
-            with open(config.CONFIG_FILE) as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError):
-            data = {}
+        """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""
+        data = config.file_data()
         data[key] = value
         cfg, errors = config.validate(data)
         if any("'%s'" % key in e for e in errors):
             self.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
             return cmd.BAD_ARGUMENT, b""
         try:
-            from lanterne.control import _write_atomic
-
-            _write_atomic(config.CONFIG_FILE, json.dumps(data))
+            config.save(data)
         except OSError as e:
             return cmd.FAILED, b""
         self.cfg[key] = cfg[key]
@@ -309,6 +349,8 @@ class App:
         self.status_period = self.cfg["status_period_s"]
         if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
             self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
+        if self.assets.extra is not None:
+            self.assets.extra.reconfigure(key, self.cfg)
         return cmd.OK, b""
 
     # -- link ------------------------------------------------------------------------
@@ -316,11 +358,14 @@ class App:
         from lanterne.transport.mqtt import MqttLink
 
         if self.cfg["transport"] != "mqtt":
-            self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
+            self.no_uplink = self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
             self.log(self.faults["transport"])
             return
+        if not self.cfg["broker"]:
+            self.no_uplink = self.faults["broker"] = "config: no broker configured: offline, readings kept in the store"
+            return
         if not self.net.start():
-            self.faults["network"] = self.net.error
+            self.no_uplink = self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
         self.link = MqttLink(self.cfg, self.on_message)
@@ -340,6 +385,7 @@ class App:
                     await asyncio.sleep_ms(100)
                     continue
                 if self.link.connect(self.status()):
+                    self.status_sent += 1  # field setup hook: the online status was acked
                     self.faults.pop("mqtt", None)
                     self.log("connected to %s:%d as %s" % (self.link.host, self.link.port, self.cfg["device"]))
                     self.status_due = False
@@ -353,6 +399,7 @@ class App:
                 self.status_due = False
                 try:
                     self.link.publish(self.link.topics["status"], self.status(), retain=True, qos=1)
+                    self.status_sent += 1  # field setup hook: acked (QoS 1)
                 except OSError as e:
                     self.log(str(e))
                     continue
@@ -378,24 +425,44 @@ class App:
             ntptime.settime()
             self.clock_synced = True
             self.faults.pop("clock", None)
+            self.lamp_update()  # the schedule applies now, before the next status says otherwise
         except Exception as e:  # no NTP: the lamp profile falls back to its photocell
             self.faults["clock"] = "clock: not synced (%r)" % (e,)
 
     async def status_task(self):
+        # Checked every second: a status is due one status period after the last one (so a
+        # period changed by command applies at once), or as soon as what it says changed (a
+        # fault raised or cleared, the lamp's decision, the periods), at most every STATUS_GAP_MS.
         while True:
-            await asyncio.sleep(self.status_period)
-            self.status_due = True
+            await asyncio.sleep_ms(1000)
+            since = time.ticks_diff(time.ticks_ms(), self.status_at)
+            if since >= self.status_period * 1000 or (since >= STATUS_GAP_MS and self._status_key() != self.status_seen):
+                if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
+                    self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
+                else:
+                    self.status_due = True
+
+    def lamp_update(self, photocell=False):
+        # Follow the lamp profile now (reading the photocell first when asked): at boot before
+        # the first status is built, after a clock sync, and every 100 ms from actuator_task.
+        a = self.assets
+        if a.lamp is None:
+            return
+        try:
+            if photocell and a.light is not None:
+                a.light.sample()
+            a.lamp_tick(self.now_utc(), bool(self.link and self.link.connected))
+        except Exception as e:  # never let an actuator stop the board
+            self.faults["actuator"] = "actuator: %r" % (e,)
 
     async def actuator_task(self):
         a = self.assets
         tick = 0
         while True:
-            contact = bool(self.link and self.link.connected)
             try:
-                if a.lamp is not None and a.light is not None and tick % 20 == 0:
-                    a.light.sample()  # the photocell every 2 s, not only at the sampling period
+                # the photocell every 2 s (every 100 ms until its first reading), not only at the sampling period
+                self.lamp_update(a.light is not None and (tick % 20 == 0 or not a.light.has_value))
                 tick += 1
-                a.lamp_tick(self.now_utc(), contact)
                 if a.bollard is not None:
                     a.bollard.update()
             except Exception as e:  # never let an actuator stop the loop
@@ -410,12 +477,21 @@ class App:
             await asyncio.sleep_ms(1000)
 
     async def run(self):
+        offline = not self.cfg["broker"] and self.cfg["transport"] == "mqtt"
+        if offline:  # loud: a board that will never send anything says so where a technician looks
+            self.log("*" * 60)
+            self.log("NOT PROVISIONED: no broker in its config, this board stays OFFLINE")
+            self.log("(it tries no broker; its readings are kept in the store)")
         for err in self.config_errors:
             self.log(err)
+        if offline:
+            self.log("provision it: lanterne provision --port PORT --board BOARD --device ID")
+            self.log("*" * 60)
         for err in self.assets.errors.values():
             self.log(err)
         if self.cfg["watchdog_ms"]:
             self.wdt = machine.WDT(timeout=self.cfg["watchdog_ms"])
+        self.lamp_update(True)  # the lamp decides before anything reports it
         self.log(
             "lanterne %s on %s, device %s, reset cause %s, boot %d, backlog %d"
             % (__version__, self.board.get("name"), self.cfg["device"], self.reset_cause, self.boot, self.store.pending)
@@ -425,8 +501,22 @@ class App:
             self.guard("sampling", self.sample_task),
             self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
+            self.guard("setup", self.setup_task),  # field setup hook
             self.heartbeat_task(),
+            *self.assets.tasks(),
         )
+
+    async def setup_task(self):
+        # field setup hook: a setup boot serves the setup page, then restarts
+        # (lanterne/setup_mode.py); a normal boot watches the button for 5 s (lanterne/field.py).
+        from lanterne import field
+
+        if self.setup_via is None:
+            await field.watch_button(self)
+            return
+        from lanterne import setup_mode
+
+        await setup_mode.task(self)
 
     async def guard(self, name, task):
         # A bug or an unexpected error in one task is reported and the task restarted; the

@@ -16,6 +16,19 @@ _F_VOLTAGE = 1 << 5
 F_OVERFLOW = 1 << 7
 F_CONFIG = 1 << 8
 F_UNSYNCED = 1 << 9
+_ENV_TYPES = ("pms5003", "pms7003", "sds011", "sps30", "i2s_mic")  # lanterne.environment, loaded only when fitted
+
+LAMP_CHECK_MS = 2000  # the lamp's current sense is judged this often (4 ADC reads each time)
+
+# part attribute -> the reading fields its fault flags (status text: what a user sees in the readings)
+_FLAGGED = (
+    ("env", "temperature_fault, humidity_fault, pressure_fault"),
+    ("light", "illuminance_fault"),
+    ("fill", "fill_fault"),
+    ("supply", "voltage_fault"),
+    ("lamp", "lamp_fault"),
+    ("bollard", None),
+)
 
 
 class Assets:
@@ -24,14 +37,20 @@ class Assets:
 
         self.errors = {}  # part -> why it could not be built
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
+        self.extra = None  # lanterne.environment.EnvironmentParts: PM sensor, microphone
         self.profile = None
         self.lamp_level_override = None
+        self.fill_busy = False  # field setup hook: the setup page's calibration pings take turns with sampling
+        self.kinds = {}  # part attribute -> its type in the board file ("env" -> "bme280"), for the status
+        self._lamp_checked = time.ticks_ms()
         self._i2c = {}
         buses = board.get("buses", {})
         for spec in board.get("sensors", []) + board.get("actuators", []):
             kind = spec.get("type")
             try:
-                self._build(machine, kind, spec, buses, cfg)
+                attr = self._build(machine, kind, spec, buses, cfg)
+                if attr:
+                    self.kinds[attr] = kind
             except Exception as e:  # a wrong board file or a driver error: report, keep going
                 self.errors[kind] = "%s: %r" % (kind, e)
 
@@ -52,26 +71,37 @@ class Assets:
             from lanterne.sensors.bme280 import BME280
 
             self.env = BME280(self._bus(machine, spec["bus"], buses), spec.get("address", 0x76))
+            return "env"
         elif kind in ("bh1750", "veml7700"):
             from lanterne.sensors import light
 
             cls = light.BH1750 if kind == "bh1750" else light.VEML7700
             self.light = cls(self._bus(machine, spec["bus"], buses), spec.get("address", 0x23 if kind == "bh1750" else 0x10))
+            return "light"
         elif kind == "ultrasonic":
             from lanterne.sensors.fill_level import UltrasonicFillLevel
 
             self.fill = UltrasonicFillLevel(
                 Pin(spec["trigger"], Pin.OUT), Pin(spec["echo"], Pin.IN), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"]
             )
+            return "fill"
         elif kind == "ultrasonic_uart":
             if self.fill is None:  # one fill-level source: trigger/echo preferred when both are fitted
                 from lanterne.sensors.fill_level import UartFillLevel
 
                 self.fill = UartFillLevel(self._bus(machine, spec["bus"], buses), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"])
+                return "fill"
+        elif kind in _ENV_TYPES:
+            if self.extra is None:
+                from lanterne.environment import EnvironmentParts
+
+                self.extra = EnvironmentParts()
+            self.extra.build(machine, kind, spec, buses, cfg, self._bus)
         elif kind == "supply":
             from lanterne.sensors.supply import SupplyVoltage
 
             self.supply = SupplyVoltage(machine.ADC(Pin(spec["adc"])), spec.get("divider", 11.0))
+            return "supply"
         elif kind == "lamp":
             from lanterne.actuators.lamp import Lamp
             from lanterne.lamp_profile import LampProfile
@@ -91,6 +121,7 @@ class Assets:
                 utc_offset_min=cfg["timezone_min"],
                 dst="eu",
             )
+            return "lamp"
         elif kind == "relay":
             from lanterne.actuators import relay
 
@@ -101,6 +132,7 @@ class Assets:
                 travel_ms=spec.get("travel_ms", 3000),
                 guard=relay.UP if spec.get("guard") == "up" else relay.DOWN,
             )
+            return "bollard"
 
     # -- sampling -------------------------------------------------------------------
     async def sample(self, r):
@@ -136,7 +168,14 @@ class Assets:
         if fill is not None:
             if env is not None and env.present and not env.fault:
                 fill.set_temperature(env.temperature)
-            if await fill.sample_async():
+            while self.fill_busy:
+                await asyncio.sleep_ms(20)
+            self.fill_busy = True
+            try:
+                fresh = await fill.sample_async()
+            finally:
+                self.fill_busy = False
+            if fresh:
                 lvl = fill.level_permille // 10
                 r[codec.FILL] = 0 if lvl < 0 else (100 if lvl > 100 else lvl)
                 r[codec.DISTANCE] = fill.distance_mm
@@ -152,29 +191,51 @@ class Assets:
         if lamp is not None:
             r[codec.LAMP] = lamp.level
             r[codec.LAMP_FAULT] = 1 if lamp.fault else 0
+        if self.extra is not None:
+            flags |= self.extra.sample(r, env)
         return flags
+
+    def tasks(self):
+        """Coroutines the app runs beside its own (the PM duty cycle, the microphone)."""
+        return self.extra.tasks(self.errors) if self.extra is not None else []
 
     # -- actuators --------------------------------------------------------------------
     def lamp_tick(self, now_utc, contact):
-        """Follow the lamp profile (or the back office's override); call every ~100 ms."""
+        """Follow the lamp profile (or the back office's override); call every ~100 ms.
+
+        Every LAMP_CHECK_MS the current sense is judged too (lamp failed, current while off)."""
         lamp = self.lamp
         if lamp is None:
             return
         lux = None
         light = self.light
-        if light is not None and not light.fault and light.errors >= 0:
-            lux = light.lux
+        if light is not None and not light.fault and light.has_value:
+            lux = light.lux  # a photocell that has not answered yet is no photocell (never "dark")
         want = self.profile.level(now_utc, lux, contact)
         if want != lamp.level:
             lamp.set(want)
         lamp.update()
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._lamp_checked) >= LAMP_CHECK_MS:
+            self._lamp_checked = now
+            lamp.check(now)
+
+    def fault_key(self):
+        """The parts' fault words, cheap to compare: a change means the status has news."""
+        return tuple(0 if p is None else p.fault for p in (self.env, self.light, self.fill, self.supply, self.lamp, self.bollard))
 
     def faults(self):
+        """Status text per faulty part: its type in the board file, what is wrong, the reading fields it flags."""
         from lanterne.sensors import fault_names
 
         out = dict(self.errors)
-        for name in ("env", "light", "fill", "supply", "lamp", "bollard"):
+        for name, flagged in _FLAGGED:
             part = getattr(self, name)
             if part is not None and part.fault:
-                out[name] = "%s: %s" % (name, ",".join(fault_names(part.fault)))
+                if name == "env" and part.present and not part.has_humidity:
+                    flagged = "temperature_fault, pressure_fault"
+                why = "%s: %s" % (self.kinds.get(name, name), ", ".join(fault_names(part.fault)))
+                out[name] = "%s (%s)" % (why, flagged) if flagged else why
+        if self.extra is not None:
+            self.extra.faults(out)
         return out

@@ -1,4 +1,4 @@
-"""Compact payload codec, format v2 (docs/payload.md): readings bit-packed into a preallocated frame.
+"""Compact payload codec, formats v2 and v3 (docs/payload.md): readings bit-packed into a preallocated frame.
 
 One module for the board, the unix port and CPython. A reading is a list of
 N_FIELDS integers in resolution units (None = absent), indexed by the field
@@ -12,6 +12,14 @@ the format version; over LoRaWAN the version travels in the FPort (FPORT) and th
 payload is the bit stream alone (`Encoder(lorawan=True)`), one byte shorter.
 The JSON/float converter lives apart, in `lanterne.codec_values`, so a board that
 only encodes integers does not load it.
+
+Format v3 is v2 plus extension fields (particulate matter, sound levels, and the
+fields added after them the same way: docs/payload.md, "Extension fields") and six
+more status flags. A frame is written in the lowest version that carries it: a run
+whose first reading needs no extension field and no v3 flag is a v2 frame, byte for
+byte what earlier firmware sent, and stops before the first reading that needs v3;
+otherwise the frame is v3. After `encode()`, `encoder.version` says which (over
+LoRaWAN: send on FPort FPORT_BASE + version).
 """
 
 try:
@@ -23,9 +31,11 @@ except ImportError:  # CPython: same source, constants are plain ints
 
 
 FORMAT_VERSION = const(2)
+FORMAT_V3 = const(3)  # v2 + extension fields + 16 status bits
 # LoRaWAN: format version v travels on FPort FPORT_BASE + v (the payload has no version byte).
 FPORT_BASE = const(100)
 FPORT = const(102)  # FPORT_BASE + FORMAT_VERSION
+FPORT_V3 = const(103)
 # Largest frame any decoder accepts; EU868 LoRaWAN tops out at 242, MQTT may use more.
 MAX_FRAME = const(1024)
 
@@ -42,7 +52,14 @@ VOLTAGE = const(8)  # mV, 0..60000
 STATUS = const(9)  # flag bits, STATUS_NAMES[i] is bit i
 SEQ = const(10)  # reading counter; its low 16 bits are sent (keep it < 2**30 on 32-bit ports: small int)
 AGE = const(11)  # s between sampling and sending, 0..AGE_MAX
-N_FIELDS = const(12)
+# Extension fields (v3): extension id i is reading slot EXT_FIRST + i:
+#   0 PM1, 1 PM2.5, 2 PM10: ug/m3, 0..1000 (particulate matter < 1, 2.5, 10 um)
+#   3 LAeq: 0.1 dB, 0..1400: A-weighted equivalent level over the sampling period
+#   4 LAmax: 0.1 dB, 0..1400: A-weighted maximum, time weighting F
+# (no named constants: every global here costs every board RAM; codec_values names them)
+N_FIELDS = const(17)
+EXT_FIRST = const(12)
+N_EXT = const(5)
 
 # Status flag bits: one fault bit per sensor, then device conditions.
 STATUS_NAMES = (
@@ -56,7 +73,12 @@ STATUS_NAMES = (
     "buffer_overflow",
     "config_error",
     "clock_unsynced",
+    "pm_fault",  # v3 from here on
+    "sound_fault",
+    "pm_humid",
 )
+_V2_FLAGS = const(0x3FF)
+_V3_FLAGS = const(0x1FFF)  # bits 13..15 are reserved: never set
 AGE_MAX = const(16777216)  # 2**24 s, about 194 days; older readings are sent as this age
 
 # Presence bitmap (11 bits, temperature first on the wire).
@@ -75,6 +97,12 @@ _P_AGE = const(0x01)
 _STANDARD = const(0x7DF)
 _CLOCK_UNSYNCED = const(0x200)  # status bit 9: the one flag with a 2-bit code in reading 0
 
+# Extension fields, by id (docs/payload.md, "Extension fields"): absolute width, largest
+# code, delta order. Presence: id 0 is the first bit of the first 8-bit group.
+_EXT_WIDTH = (10, 10, 10, 11, 11)
+_EXT_MAX = (1000, 1000, 1000, 1400, 1400)
+_EXT_K = (2, 2, 2, 3, 3)
+
 # Exp-Golomb order of each delta (chosen for slowly varying assets, see docs/payload.md).
 _K_TEMPERATURE = const(2)
 _K_HUMIDITY = const(1)
@@ -90,9 +118,9 @@ _K_AGE_STEP = const(7)  # its second age, against the first: about one sampling 
 _K_AGE = const(2)  # later ages, against the trend of the previous two
 
 _MIN_CHECK_BITS = const(4)
-# A reading never takes more than ~34 bytes, so writing one past the budget stays
+# A reading never takes more than ~34 bytes (v2; ~43 in v3), so writing one past the budget stays
 # inside the buffer; it is then rolled back.
-_SLACK = const(48)
+_SLACK = const(64)
 
 # Illuminance: code 0 is 0 lx, code c >= 1 stands for 2**((c - 1) / 19) mlx (19 steps per
 # octave: at most 1.84 % away from the true value, 1 mlx .. 120 315 lx in 9 bits).
@@ -181,6 +209,16 @@ def crc16(buf, length, crc=0xFFFF):
 
 # The CRC after the version byte alone: where a LoRaWAN frame's check starts.
 _CRC_VERSION = crc16(bytes((FORMAT_VERSION,)), 1)
+_CRC_V3 = crc16(bytes((FORMAT_V3,)), 1)
+
+
+def needs_v3(r):
+    """True when reading `r` has an extension field or a v3 status flag."""
+    for i in range(EXT_FIRST, N_FIELDS):
+        if r[i] is not None:
+            return True
+    st = r[STATUS]
+    return st is not None and st & ~_V2_FLAGS != 0
 
 
 def new_reading():
@@ -208,6 +246,9 @@ class Encoder:
         self.buf = bytearray(capacity + _SLACK)
         self.length = 0
         self.count = 0
+        self.version = FORMAT_VERSION  # of the last frame: 2 or 3 (FPort FPORT_BASE + version)
+        self._v3 = False
+        self._ext = 0  # extension presence (8 bits, id 0 first) of the first reading
         self._pos = 0
         self._acc = 0
         self._nacc = 0
@@ -255,6 +296,16 @@ class Encoder:
             if not index:
                 self._base[slot] = code
 
+    def _ext_presence(self, ext):
+        # v3: 0 = no extension field; 1, then 8-bit groups (id 0 first), each followed by 1 if
+        # another group follows. One group holds ids 0..7.
+        if not ext:
+            self._put(0, 1)
+        else:
+            self._put(1, 1)
+            self._put(ext, 8)
+            self._put(0, 1)
+
     # -- frames ----------------------------------------------------------------------
 
     def encode(self, readings, start=0, count=-1, budget=0):
@@ -273,11 +324,16 @@ class Encoder:
         self._ages = 0
         self.length = 0
         self.count = 0
+        v3 = start < end and needs_v3(readings[start])
+        self._v3 = v3
+        self.version = FORMAT_V3 if v3 else FORMAT_VERSION
         if not self.lorawan:
-            self._put(FORMAT_VERSION, 8)
+            self._put(self.version, 8)
         n = 0
         i = start
         while i < end:
+            if not v3 and n and needs_v3(readings[i]):
+                break  # a v2 frame ends before the first reading that needs v3
             pos = self._pos
             acc = self._acc
             nacc = self._nacc
@@ -300,7 +356,10 @@ class Encoder:
         self._bits(0, k)
         length = self._pos
         # The check covers the version in both framings: over LoRaWAN, the FPort's.
-        check = crc16(self.buf, length, _CRC_VERSION if self.lorawan else 0xFFFF) >> (16 - k)
+        crc0 = 0xFFFF
+        if self.lorawan:
+            crc0 = _CRC_V3 if v3 else _CRC_VERSION
+        check = crc16(self.buf, length, crc0) >> (16 - k)
         self.buf[length - 1] |= check & 0xFF
         if k > 8:
             self.buf[length - 2] |= check >> 8
@@ -332,19 +391,32 @@ class Encoder:
             mask |= _P_SEQ
         if r[AGE] is not None:
             mask |= _P_AGE
-        if not mask:
+        ext = 0
+        v3 = self._v3
+        if v3:
+            bit = 0x80
+            for i in range(EXT_FIRST, N_FIELDS):
+                if r[i] is not None:
+                    ext |= bit
+                bit >>= 1
+        if not mask and not ext:
             raise ValueError("reading has no fields")
         if not index:
             self._mask = mask
+            self._ext = ext
             if mask == _STANDARD:
                 self._put(1, 1)
             else:
                 self._put(mask, 12)  # 0, then the 11-bit bitmap
-        elif mask == self._mask:
+            if v3:
+                self._ext_presence(ext)
+        elif mask == self._mask and ext == self._ext:
             self._put(0, 1)  # same fields as the first reading
         else:
             self._put(1, 1)
             self._put(mask, 11)
+            if v3:
+                self._ext_presence(ext)
         if mask & _P_TEMPERATURE:
             self._field(TEMPERATURE, _clamp(r[TEMPERATURE], -400, 850) + 400, 11, _K_TEMPERATURE, index, _P_TEMPERATURE)
         if mask & _P_HUMIDITY:
@@ -364,20 +436,39 @@ class Encoder:
             self._field(LAMP, code, 8, _K_LAMP, index, _P_LAMP)
         if mask & _P_VOLTAGE:
             self._field(VOLTAGE, voltage_code(r[VOLTAGE]), 11, _K_VOLTAGE, index, _P_VOLTAGE)
+        if ext:
+            bit = 0x80
+            for i in range(N_EXT):
+                if ext & bit:
+                    slot = EXT_FIRST + i
+                    code = _clamp(r[slot], 0, _EXT_MAX[i])
+                    if index and self._ext & bit:
+                        self._eg(_zigzag(code - self._base[slot]), _EXT_K[i])
+                    else:
+                        self._bits(code, _EXT_WIDTH[i])
+                        if not index:
+                            self._base[slot] = code
+                bit >>= 1
         if mask & _P_STATUS:
-            flags = r[STATUS] & 0x3FF
+            flags = r[STATUS] & (_V3_FLAGS if v3 else _V2_FLAGS)
             if not index:
                 self._base[STATUS] = flags
                 if not flags:
                     self._put(0, 1)
                 elif flags == _CLOCK_UNSYNCED:
                     self._put(2, 2)
+                elif v3:
+                    self._put(3, 2)  # 11, then the 16-bit mask
+                    self._put(flags, 16)
                 else:
                     self._put(0xC00 | flags, 12)  # 11, then the 10-bit mask
             else:
                 ref = self._base[STATUS] if self._mask & _P_STATUS else 0
                 if flags == ref:
                     self._put(0, 1)
+                elif v3:
+                    self._put(1, 1)
+                    self._put(flags, 16)
                 else:
                     self._put(0x400 | flags, 11)  # 1, then the 10-bit mask
         if mask & _P_SEQ:

@@ -14,6 +14,7 @@ from lanterne.codec import (
     HUMIDITY,
     ILLUMINANCE,
     LAMP,
+    EXT_FIRST,
     LAMP_FAULT,
     N_FIELDS,
     PRESSURE,
@@ -36,6 +37,11 @@ _NUMERIC = {
     "lamp": (LAMP, 1, 0, 100, "%"),
     "voltage": (VOLTAGE, 1000, 0, 60, "V"),
     "age": (AGE, 1, 0, AGE_MAX, "s"),
+    "pm1": (EXT_FIRST, 1, 0, 1000, "ug/m3"),
+    "pm2_5": (EXT_FIRST + 1, 1, 0, 1000, "ug/m3"),
+    "pm10": (EXT_FIRST + 2, 1, 0, 1000, "ug/m3"),
+    "laeq": (EXT_FIRST + 3, 10, 0, 140, "dB"),
+    "lamax": (EXT_FIRST + 4, 10, 0, 140, "dB"),
 }
 FIELD_NAMES = (
     "temperature",
@@ -50,6 +56,11 @@ FIELD_NAMES = (
     "status",
     "seq",
     "age",
+    "pm1",
+    "pm2_5",
+    "pm10",
+    "laeq",
+    "lamax",
 )
 
 

@@ -1,10 +1,16 @@
 # Lanterne config: load and validate config.json; defaults in code, site values on the board.
 # One schema for the board and the host (this module runs on MicroPython and CPython).
-# A bad or missing file never stops the board: load() returns safe defaults plus the list
+# A bad or missing file never stops the board: load() returns what it can use plus the list
 # of errors, each naming the file and field, and the app reports them in its status.
+# One bad write never unprovisions a board: every config.json that validates (and names its
+# device) is kept as config.lkg.json, the last known good, and what a broken config.json
+# lacks or gets wrong comes from there, identity and secrets included. With neither, the
+# board has no broker: it stays offline rather than try one it was never given.
 import json
+import os
 
 CONFIG_FILE = "config.json"
+LKG_FILE = "config.lkg.json"
 
 # field -> (type, default, check). check(value) returns None when fine, else why it is wrong.
 # Secrets (passwords, keys) have no default: without them the board runs offline-safe.
@@ -27,6 +33,28 @@ def _ident(v):
     return None
 
 
+# -- field setup hook: checks of the fields the setup page and its provisioning add ---------
+def _asset(v):
+    # What is painted on the asset (lamp-post number, bin number): short, printable, no quotes.
+    if len(v) > 32:
+        return "must be at most 32 characters"
+    for c in v:
+        if not (c.isalpha() or c.isdigit() or c in " -_./#"):
+            return "may only hold letters, digits, spaces and - _ . / #"
+    return None
+
+
+def _key_hex(v):
+    if v and (len(v) != 32 or any(c not in "0123456789abcdef" for c in v)):
+        return "must be 32 lowercase hex digits"
+
+
+def _pm_period(v):
+    if v != 0 and not 40 <= v <= 86400:
+        return "must be 0 (fan always on) or 40..86400 s (30 s warm-up + 10 s measurement)"
+    return None
+
+
 def _url(v):
     if not (v.startswith("mqtt://") or v.startswith("mqtts://")):
         return "must start with mqtt:// or mqtts://"
@@ -36,7 +64,7 @@ def _url(v):
 SCHEMA = {
     "device": (str, "unprovisioned", _ident),
     "site": (str, "default", _ident),
-    "broker": (str, "mqtt://127.0.0.1:1883", _url),
+    "broker": (str, "", _url),  # none: the board stays offline (never a broker it was not given)
     "mqtt_user": (str, "", None),
     "mqtt_password": (str, "", None),
     "ca_cert": (str, "", None),
@@ -56,6 +84,17 @@ SCHEMA = {
     "lorawan_deveui": (str, "", None),
     "lorawan_appkey": (str, "", None),
     "timezone_min": (int, 60, _range(-720, 840)),
+    # -- field setup hook (lanterne/setup_mode.py): the asset the board is mounted on, set on
+    # site; the secret the setup access point's name and passphrase derive from; how long the
+    # setup page stays up after a fresh provisioning (0: only with the button).
+    "asset_id": (str, "", _asset),
+    "setup_key": (str, "", _key_hex),
+    "setup_window_min": (int, 0, _range(0, 240)),
+    # environmental stations: PM duty cycle, hygroscopic correction (kappa x 1000, 0 = off),
+    # the microphone's field-calibration offset (dB, from a reference calibrator)
+    "pm_period_s": (int, 300, _pm_period),
+    "pm_kappa_milli": (int, 0, _range(0, 2000)),
+    "sound_offset_db": (float, 0.0, _range(-20, 20)),
 }
 
 
@@ -63,9 +102,9 @@ def defaults():
     return {k: v[1] for k, v in SCHEMA.items()}
 
 
-def validate(data, source=CONFIG_FILE):
-    """Return (config with defaults filled in, list of error strings). Bad fields keep their default."""
-    cfg = defaults()
+def validate(data, source=CONFIG_FILE, base=None):
+    """Return (config, list of error strings). Missing and bad fields keep their value in `base` (the defaults)."""
+    cfg = dict(base) if base else defaults()
     errors = []
     if not isinstance(data, dict):
         return cfg, ["%s: must be a JSON object" % source]
@@ -90,23 +129,93 @@ def validate(data, source=CONFIG_FILE):
         cfg[key] = value
     if cfg["bin_full_mm"] >= cfg["bin_empty_mm"] and ("bin_full_mm" in data or "bin_empty_mm" in data):
         errors.append("%s: field 'bin_full_mm': must be less than bin_empty_mm" % source)
+        good = base or defaults()
+        cfg["bin_full_mm"], cfg["bin_empty_mm"] = good["bin_full_mm"], good["bin_empty_mm"]
     return cfg, errors
 
 
-def load(path=CONFIG_FILE):
-    """Read and validate the config file: (config, errors). Never raises."""
+def _read(path):
+    """(text, data, why): the file's text and JSON value, or why it cannot be used."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
-        cfg, errors = validate({}, path)
-        return cfg, ["%s: missing, running on defaults" % path]
+        return None, None, "missing"
     try:
-        data = json.loads(text)
+        return text, json.loads(text), None
     except ValueError as e:
-        cfg, errors = validate({}, path)
-        return cfg, ["%s: not valid JSON (%s), running on defaults" % (path, e)]
-    return validate(data, path)
+        return text, None, "not valid JSON (%s)" % (e,)
+
+
+def write_atomic(path, text):
+    """Write `text` to `path` through a temporary file: a power cut leaves the old file or the new."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.remove(path)  # FAT cannot rename over a file
+    except OSError:
+        pass
+    os.rename(tmp, path)
+
+
+def _usable(data, errors):
+    # A config to run on and keep: every field valid, and it names its device.
+    return not errors and isinstance(data, dict) and "device" in data
+
+
+def load(path=CONFIG_FILE, lkg=LKG_FILE):
+    """Read and validate config.json, falling back on the last known good: (config, errors). Never raises.
+
+    A valid config.json (naming its device) is used as it is and refreshed into `lkg`. Otherwise
+    each field config.json lacks or gets wrong takes its last-known-good value (all of them when
+    the file is missing or not JSON); without a last known good, the defaults: no broker."""
+    text, data, why = _read(path)
+    if why is None:
+        cfg, errors = validate(data, path)
+        if _usable(data, errors):
+            try:
+                if _read(lkg)[0] != text:
+                    write_atomic(lkg, text)
+            except OSError as e:
+                errors.append("%s: could not keep a last-known-good copy (%r)" % (lkg, e))
+            return cfg, errors
+        if isinstance(data, dict) and "device" not in data:
+            errors.append("%s: field 'device': missing" % path)
+    text = None
+    base = None
+    _, ldata, lwhy = _read(lkg)
+    if lwhy is None:
+        base, lerrors = validate(ldata, lkg)
+        if not _usable(ldata, lerrors):
+            base, lwhy = None, "not valid (%s)" % ("; ".join(lerrors) or "no device")
+    ldata = None
+    if why is None:
+        if base is None:
+            return cfg, errors
+        cfg = validate(data, path, base)[0]
+        errors.append("%s: running on %s (last known good) for the fields above" % (path, lkg))
+        return cfg, errors
+    if base is not None:
+        return base, ["%s: %s, running on %s (last known good)" % (path, why, lkg)]
+    return defaults(), ["%s: %s, and %s is %s: not provisioned, no broker to connect to" % (path, why, lkg, lwhy)]
+
+
+def file_data(path=CONFIG_FILE, lkg=LKG_FILE):
+    """The fields config.json holds (the last known good's when config.json is not a JSON object): what a change starts from."""
+    for p in (path, lkg):
+        data = _read(p)[1]
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def save(data, path=CONFIG_FILE, lkg=LKG_FILE):
+    """Write `data` as config.json atomically; kept as the last known good too when it is usable. Raises OSError."""
+    text = json.dumps(data)
+    write_atomic(path, text)
+    if _usable(data, validate(data, path)[1]):
+        write_atomic(lkg, text)
 
 
 def parse_broker(url):

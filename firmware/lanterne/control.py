@@ -2,22 +2,11 @@
 # execute once, ack every command (again on a QoS 1 redelivery). Nothing is executed before
 # the frame is authenticated and its arguments checked.
 import json
-import os
 
 from lanterne import commands as cmd
+from lanterne.config import write_atomic as _write_atomic
 
 STATE_FILE = "cmdstate.json"
-
-
-def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-    os.rename(tmp, path)
 
 
 class CommandHandler:

@@ -2,6 +2,8 @@
 
 `Mosquitto(...)` starts `mosquitto -c <generated conf>` on a free loopback port,
 optionally with a password file, an ACL file and TLS, and stops it on exit.
+`SystemMosquitto(conf, port)` starts it on a conf written by `lanterne broker-files`, the way
+Debian's service does (as root, Mosquitto drops to the conf's `user`).
 `EmbeddedBroker` runs amqtt in-process (for `lanterne broker` and `make demo`).
 """
 
@@ -133,6 +135,59 @@ class Mosquitto:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SystemMosquitto:
+    """Mosquitto started the way Debian's service starts it: `mosquitto -c CONF`, as this process's user
+    (as root, Mosquitto then drops to the conf's `user`). For a conf written by `lanterne broker-files`."""
+
+    def __init__(self, conf: str | Path, port: int, host: str = "127.0.0.1"):
+        self.conf, self.port, self.host = Path(conf), port, host
+        self.proc: subprocess.Popen | None = None
+        self.output = b""
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> SystemMosquitto:
+        self._log = tempfile.TemporaryFile()  # its log (log_dest stderr), read on stop
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_port(self.host, self.port)
+        except BrokerError:
+            self.stop()
+            raise BrokerError(f"mosquitto -c {self.conf} did not start: {self.output.decode(errors='replace')[-2000:]}") from None
+        return self
+
+    def uid(self) -> int:
+        """The user id the broker runs as now (after it dropped privileges)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+        raise BrokerError("no Uid line in /proc")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.seek(0)
+        self.output = self._log.read()
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 class EmbeddedBroker:

@@ -10,22 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from host_tools.runtime import firmware_module
-
-cmd = firmware_module("commands")
-
-ACTIONS = {
-    "dim": cmd.SET_LAMP,
-    "set-lamp": cmd.SET_LAMP,
-    "resume-profile": cmd.RESUME_PROFILE,
-    "set-profile": cmd.SET_PROFILE,
-    "bollard": cmd.BOLLARD,
-    "set-period": cmd.SET_PERIOD,
-    "status": cmd.REQUEST_STATUS,
-    "reboot": cmd.REBOOT,
-    "set-config": cmd.SET_CONFIG,
-    "rotate-key": cmd.ROTATE_KEY,
-}
+from host_tools.backoffice.actions import ACTIONS, cmd
 
 # 2025-01-01T00:00:00Z: counters are deciseconds since then unless the last one is higher,
 # so several back-office hosts without shared state still send increasing counters.
@@ -88,7 +73,7 @@ class CommandClient:
 
     def send(self, site: str, device: str, key: bytes, counter: int, action: str | int, args: dict | None = None,
              timeout: float = 10.0, frame: bytes | None = None) -> AckResult:
-        opcode = ACTIONS[action] if isinstance(action, str) else action
+        opcode = ACTIONS[action].opcode if isinstance(action, str) else action  # a word of `lanterne command`
         self._keys[device] = key
         if frame is None:
             frame = cmd.build(key, device, counter, opcode, args)

@@ -21,7 +21,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "provision": ("host_tools.bench.provision", "provisioning 20 virtual boards; bytes per re-provision vs a full mpremote copy"),
     "heap": ("host_tools.bench.heap", "firmware heap per layout (ROMFS vs filesystem): steady state, smallest heap it runs in, 64 KB"),
     "lorawan": ("host_tools.bench.lorawan", "LoRaWAN readings a day within the airtime cap per data rate, ledger downlinks a day"),
+    "environment": ("host_tools.bench.environment", "sound-level meter real-time budget (ESP32 estimate), PM driver allocation, env payload size"),
     "mqtt": ("host_tools.bench.mqtt", "command round trip with 1/50/200 boards, fleet soak without loss, heap TLS off/on"),
+    "bridge": ("host_tools.bench.bridge", "back-office bridge readings/s into SQLite and PostgreSQL, two instances, NGSI-LD entities/s"),
     "ota": ("host_tools.bench.ota", "over-the-air updates: wire bytes (delta, full), transfer time, heap, Ed25519 verify, rollback"),
 }
 

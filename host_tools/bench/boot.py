@@ -32,7 +32,7 @@ def _broker():
 
 def run(quick: bool = False) -> BenchResult:
     from host_tools.backoffice.watcher import Watcher
-    from host_tools.emulator.board import rom_heap_overhead
+    from host_tools.emulator.board import HEAP_SCALE_ROMFS, rom_heap_overhead
     from host_tools.emulator.supervisor import Emulator
 
     reps = 2 if quick else 5
@@ -93,7 +93,7 @@ def run(quick: bool = False) -> BenchResult:
         ],
         notes=[
             "heap free is what the firmware reports in its status (gc.mem_free), in this 64-bit port's bytes:"
-            " the virtual board's heap is the board file's heap x the layout's scale (HEAP_SCALE_ROMFS with the library"
+            f" the virtual board's heap is the board file's heap x the layout's scale ({HEAP_SCALE_ROMFS} with the library"
             " in ROMFS, measured 64/32-bit ratio) plus the ROM's own measured use; divide by that scale for"
             " ESP32-equivalent bytes"
         ],

@@ -246,6 +246,12 @@ def run(quick: bool = False) -> BenchResult:
     metrics["readings_per_51B"] = per_frame[51][0]
     metrics["readings_per_51B_mean"] = round(per_frame[51][1], 2)
     metrics["readings_per_222B"] = per_frame[222][0]
+    # Format v3: an environmental station's full reading (weather, supply, PM, LAeq/LAmax).
+    from host_tools.bench.environment import _env_reading_sizes
+
+    env_size, env_per_frame = _env_reading_sizes()
+    metrics["bytes_full_reading_env"] = env_size
+    metrics["env_readings_per_51B"] = env_per_frame
 
     # Airtime: one reading per uplink, and batches at the largest payload of the data rate.
     air_rows = []

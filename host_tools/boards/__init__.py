@@ -21,9 +21,20 @@ ESP32_FLASH_PINS = {6, 7, 8, 9, 10, 11}  # wired to the SPI flash on WROOM modul
 ESP32_INPUT_ONLY = {34, 35, 36, 37, 38, 39}
 ESP32_ADC1 = {32, 33, 34, 35, 36, 37, 38, 39}  # ADC2 is unusable while Wi-Fi runs
 
+# The heap the firmware is held to, out of a board's `heap_bytes`, with its library in the ROMFS
+# partition as `lanterne provision` writes it (tests/test_romfs.py, `lanterne bench heap`).
+FIRMWARE_HEAP_BYTES = 64 * 1024
+
 NETWORK_KINDS = ("wlan", "lan", "lorawan")
-BUS_KINDS = ("i2c", "uart", "spi")
-SENSOR_TYPES = ("bme280", "bh1750", "veml7700", "ultrasonic", "ultrasonic_uart", "vl53l1x", "supply")
+BUS_KINDS = ("i2c", "uart", "spi", "i2s")
+SENSOR_TYPES = (
+    "bme280", "bh1750", "veml7700", "ultrasonic", "ultrasonic_uart", "vl53l1x", "supply",
+    "pms5003", "pms7003", "sds011", "sps30", "i2s_mic",
+)
+PM_TYPES = ("pms5003", "pms7003", "sds011", "sps30")
+# Which bus kind each bus-attached sensor needs.
+SENSOR_BUS = {"pms5003": "uart", "pms7003": "uart", "sds011": "uart", "sps30": "i2c", "i2s_mic": "i2s", "bme280": "i2c"}
+I2S_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 ACTUATOR_TYPES = ("lamp", "relay")
 
 TOP_FIELDS = {
@@ -39,12 +50,13 @@ TOP_FIELDS = {
     "sensors": list,
     "actuators": list,
     "status_led": (int, type(None)),
+    "setup_button": (int, type(None)),
 }
 REQUIRED = ("name", "chip", "heap_bytes", "network", "buses", "sensors", "actuators")
 
 # Which keys of a part are output pins, input pins, ADC pins.
-OUTPUT_PIN_KEYS = {"pwm", "pin", "trigger", "tx", "scl", "sda", "reset", "mdc", "mdio", "power"}
-INPUT_PIN_KEYS = {"echo", "position_pin", "presence_pin", "rx"}
+OUTPUT_PIN_KEYS = {"pwm", "pin", "trigger", "tx", "scl", "sda", "reset", "mdc", "mdio", "power", "sck", "ws"}
+INPUT_PIN_KEYS = {"echo", "position_pin", "presence_pin", "rx", "sd"}
 ADC_PIN_KEYS = {"adc", "current_adc"}
 
 
@@ -108,6 +120,40 @@ def _check_part_pins(path, prefix, part: dict, used: dict):
         used[value] = field
 
 
+def _number(path, field, value, low, high, kind=(int, float)):
+    if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
+        raise _err(path, field, f"must be a number from {low} to {high}, got {value!r}")
+
+
+def _check_environment_part(path, prefix, part: dict, buses: dict):
+    """PM sensors and microphones: the bus kind they need, the duty cycle, the audio format."""
+    kind = part.get("type")
+    need = SENSOR_BUS.get(kind)
+    if need is None:
+        return
+    bus = part.get("bus")
+    if bus is None:
+        raise _err(path, f"{prefix}.bus", f"a {kind} needs a {need} bus")
+    if buses[bus].get("kind") != need:
+        raise _err(path, f"{prefix}.bus", f"a {kind} is wired to a {need} bus; '{bus}' is {buses[bus].get('kind')}")
+    if kind in PM_TYPES:
+        warm, measure = part.get("warmup_s", 30), part.get("measure_s", 10)
+        _number(path, f"{prefix}.warmup_s", warm, 0, 600, int)
+        _number(path, f"{prefix}.measure_s", measure, 1, 600, int)
+        if "period_s" in part:
+            raise _err(path, f"{prefix}.period_s", "the measurement period is site policy: config field pm_period_s")
+        if "mode" in part and (kind not in ("pms5003", "pms7003") or part["mode"] not in ("active", "passive")):
+            raise _err(path, f"{prefix}.mode", "only a Plantower sensor has a mode: 'active' or 'passive'")
+    if kind == "i2s_mic":
+        rate = part.get("sample_rate", 48000)
+        if rate not in I2S_RATES:
+            raise _err(path, f"{prefix}.sample_rate", f"must be one of {', '.join(map(str, I2S_RATES))}")
+        _number(path, f"{prefix}.sensitivity_dbfs", part.get("sensitivity_dbfs", -26.0), -80, 0)
+        if part.get("bits", 32) not in (16, 32):
+            raise _err(path, f"{prefix}.bits", "must be 16 or 32")
+        _number(path, f"{prefix}.ibuf", part.get("ibuf", 16384), 4096, 65536, int)
+
+
 def validate(data: Any, path: Path) -> dict:
     if not isinstance(data, dict):
         raise BoardError(f"{path.name}: a board file is a JSON object")
@@ -152,10 +198,20 @@ def validate(data: Any, path: Path) -> dict:
             addr = part.get("address")
             if addr is not None and not (isinstance(addr, int) and 0x08 <= addr <= 0x77):
                 raise _err(path, f"{prefix}.address", f"I2C address must be 0x08..0x77, got {addr!r}")
+            _check_environment_part(path, prefix, part, data["buses"])
             _check_part_pins(path, prefix, part, used)
     led = data.get("status_led")
     if led is not None:
         _check_pin(path, "status_led", led, "output")
+        if led in used:
+            raise _err(path, "status_led", f"GPIO{led} is already used by '{used[led]}'")
+        used[led] = "status_led"
+    button = data.get("setup_button")
+    if button is not None:
+        # Pressed = 0 against the board's pull-up; held for 1 s after power-up, it opens the setup page.
+        _check_pin(path, "setup_button", button, "input")
+        if button in used:
+            raise _err(path, "setup_button", f"GPIO{button} is already used by '{used[button]}'")
     return data
 
 

@@ -1,4 +1,4 @@
-"""The `lanterne` command: a table of subcommands over a library that tests call directly.
+"""The `lanterne` command: argument parsing and printing over the host_tools library.
 
 Shaped like mpremote: each subcommand lives in `host_tools.cli.<module>`,
 which provides `configure(parser)` to declare its arguments and `run(args)` to do
@@ -12,28 +12,76 @@ import argparse
 import importlib
 import sys
 
-# name -> (module under host_tools.cli, one-line help)
+# name -> (module under host_tools.cli, one-line help), in the order a new user meets them
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "run the demo: embedded broker + three virtual boards with the real firmware"),
-    "emulate": ("emulate", "serve one virtual board on a pty (MicroPython unix port + HAL shims)"),
-    "world": ("world", "read or change the simulated world of a running virtual board"),
-    "broker": ("broker", "start an embedded MQTT broker (amqtt) on loopback"),
+    "demo": ("demo", "run the demo: embedded broker + one virtual board per board file, running the real firmware"),
     "boards": ("boards", "list and validate the board files"),
-    "bench": ("bench", "run benchmarks and print a table per benchmark (or JSON)"),
     "flash": ("flash", "flash MicroPython onto a board with esptool: detect, erase, write, verify"),
     "provision": ("provision", "provision a board or a fleet (CSV): .mpy firmware, secrets, config, first status"),
     "verify": ("verify", "read a board back and report its drift from the fleet registry"),
-    "broker-files": ("broker_files", "write the broker's password and ACL files from the fleet registry"),
+    "label": ("label", "print a board's setup label: QR codes to join its setup Wi-Fi and open its page"),
+    "registry": ("registry", "adopt what an installer changed on site (setup page) into the fleet registry"),
+    "broker-files": ("broker_files", "write the broker's password and ACL files and a mosquitto.conf, from the fleet registry"),
     "command": ("command", "sign and send a command to a device, wait for its signed ack"),
-    "monitor": ("monitor", "live table of the fleet: last seen, last reading, backlog, faults, firmware, updates"),
+    "monitor": ("monitor", "live table of the fleet: last seen, last reading, next reading and status due, faults, updates"),
     "release": ("release", "signed over-the-air updates: keys, build, list, push (staged rollout)"),
-    "network-server": ("network_server", "run the emulated LoRaWAN network server (ChirpStack / TTS MQTT integrations)"),
+    "broker": ("broker", "start an embedded MQTT broker (amqtt) on loopback"),
+    "bridge": ("bridge", "the back-office bridge: uplinks into SQLite/PostgreSQL, NGSI-LD, Home Assistant"),
+    "export": ("export", "open-data export of the bridge's readings: CSV or Parquet, one file per day"),
+    "bins": ("bins", "bins to collect, predicted time-to-full, collection rounds planned with OR-Tools"),
     "uplinks": ("uplinks", "back-office LoRaWAN uplink service: decode, de-duplicate, send delivery-ledger downlinks"),
+    "network-server": ("network_server", "run the emulated LoRaWAN network server (ChirpStack / TTS MQTT integrations)"),
     "lorawan": ("lorawan", "LoRaWAN fleet tools: export device registrations for ChirpStack or TTS"),
-    "encode": ("encode", "encode JSON readings into payload frames (hex)"),
     "decode": ("decode", "decode a payload frame (hex) into JSON"),
+    "sound-level": ("sound_level", "A-weighted sound levels of a WAV recording, computed by the firmware's meter"),
+    "encode": ("encode", "encode JSON readings into payload frames (hex)"),
     "sun": ("sun", "sunrise, sunset and civil twilight for a site, computed by the firmware module"),
+    "emulate": ("emulate", "serve one virtual board on a pty (MicroPython unix port + HAL shims)"),
+    "world": ("world", "read or change the simulated world of a running virtual board"),
+    "bench": ("bench", "run benchmarks and print a table per benchmark (or JSON)"),
 }
+
+
+# What `lanterne --help` says to the person who typed it.
+DESCRIPTION = (
+    "Lanterne: flash, provision, command and monitor ESP32 gateways on street assets\n"
+    "(lamps, bins, bollards, environmental stations), or run them as virtual boards on this machine."
+)
+EPILOG = """\
+first steps:
+  lanterne demo                  the whole story here: a broker, three virtual boards, readings, a command
+  lanterne boards                the boards Lanterne supports
+  lanterne flash --port PORT     MicroPython onto a new board
+  lanterne provision --port PORT --board BOARD --device ID
+                                 the firmware, the device's secrets and its config; waits until it is online
+  lanterne monitor               the fleet live; `lanterne command DEVICE ACTION` to act on a device
+
+Each command has its own --help. README.md lists every command with its flags; docs/ is the reference.
+"""
+
+
+def version_text() -> str:
+    """`lanterne --version`: the host tools' package version and the firmware's."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    from host_tools.runtime.paths import FIRMWARE
+
+    try:
+        host = version("lanterne")
+    except PackageNotFoundError:
+        host = "(not installed: run from a checkout)"
+    m = re.search(r'^__version__ = "([^"]+)"', (FIRMWARE / "lanterne" / "__init__.py").read_text(), re.MULTILINE)
+    return f"lanterne {host} (host tools)\nfirmware {m.group(1) if m else '?'} (what `lanterne provision` puts on a board)"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print the host tools' and the firmware's versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 class CommandError(Exception):
@@ -45,18 +93,22 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lanterne", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lanterne", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
         try:
             mod = importlib.import_module(f"host_tools.cli.{module}")
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("host_tools.cli."):
-                p.set_defaults(_missing=True)
+                sub.add_parser(name, help=help_text, description=help_text).set_defaults(_module=module, _missing=True)
                 continue
             raise
+        # A module with OWN_HELP declares its own -h/--help (`lanterne command dim --help`: that action's help).
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=not getattr(mod, "OWN_HELP", False))
+        p.set_defaults(_module=module)
         mod.configure(p)
     return parser
 

@@ -19,9 +19,25 @@ def run(args):
                 raise CommandError(str(exc), hint="see docs/boards.md for the board file format") from None
             print(f"{path}: ok ({b.name})")
         return 0
+    from host_tools.fleet.config import board_transport, transport_gap
+
+    rows = [("board", "network", "board heap", "parts")]
+    notes = []
     for name in boards.names():
         b = boards.load(name)
-        net = b.data["network"]["kind"]
         parts = ", ".join(p["type"] for p in b.data["sensors"] + b.data["actuators"])
-        print(f"{name:18s} {net:8s} heap {b.heap_bytes // 1024} KiB  {parts}")
+        rows.append((name, b.data["network"]["kind"], f"{b.heap_bytes // 1024} KiB", parts))
+        gap = transport_gap(board_transport(b))
+        if gap:
+            notes.append(f"note: {name}: {gap}")
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
+    print(
+        "\nboard heap: the MicroPython heap the board has (a WROVER board's is in its PSRAM). Without PSRAM the firmware"
+        f" needs {boards.FIRMWARE_HEAP_BYTES // 1024} KiB of it, its library running in place from the ROMFS partition as"
+        " `lanterne provision` writes it; the rest is headroom."
+    )
+    for n in notes:
+        print(n)
     return 0

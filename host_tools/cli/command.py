@@ -1,31 +1,46 @@
 """`lanterne command DEVICE ACTION [ARGS]`: sign a command with the registry's key, send it, print the ack.
 
-Actions:
-  dim LEVEL [--ramp S] [--duration MIN]    lamp level 0..100 %
-  resume-profile                           back to the lamp profile
-  set-profile START-END:LEVEL ...          night dimming steps, local time, e.g. 23:00-05:00:50
-  bollard raise|lower
-  set-period sample|status SECONDS
-  status                                   ask for a status message
-  reboot [DELAY_S]
-  set-config KEY VALUE                     allow-listed keys only (see docs/commands.md)
-  rotate-key                               derive a new command key on both sides
+The actions, their arguments and ranges are in host_tools.backoffice.actions (the ranges are the
+firmware's own checks); `lanterne command --help` prints them all, `lanterne command ACTION --help`
+one. A value the board would refuse is refused here, before anything is sent. An acknowledged
+`set-period` or `set-config` is recorded in the registry, so `lanterne verify` sees no drift.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import secrets
 import sqlite3
 
 from host_tools.cli import CommandError
 
 
+class _Help(argparse.Action):
+    """-h/--help: one action's help when an action is named (`lanterne command dim --help`), else all."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="show this help (with an ACTION: that action's) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from host_tools.backoffice.actions import ACTIONS, action_help, actions_table
+
+        word = namespace.action or namespace.device
+        if word in ACTIONS:
+            print(action_help(ACTIONS[word]))
+        else:
+            print(parser.format_help() + "\n" + actions_table())
+        parser.exit()
+
+
+OWN_HELP = True  # -h/--help below: with an action, that action's help
+
+
 def configure(p):
-    p.add_argument("device", help="device id, as in the fleet registry")
-    p.add_argument("action", help="dim, resume-profile, set-profile, bollard, set-period, status, reboot, set-config, rotate-key")
-    p.add_argument("args", nargs="*", help="the action's arguments")
+    p.add_argument("-h", "--help", action=_Help)
+    p.add_argument("device", nargs="?", metavar="DEVICE", help="device id, as in the fleet registry")
+    p.add_argument("action", nargs="?", metavar="ACTION", help="what to do (below)")
+    p.add_argument("args", nargs="*", metavar="ARGS", help="the action's arguments")
     p.add_argument("--broker", default=os.environ.get("LANTERNE_BROKER", "mqtt://127.0.0.1:1883"), help="broker URL")
     p.add_argument("--registry", default="fleet.sqlite", help="fleet registry file (default ./fleet.sqlite)")
     p.add_argument("--ramp", type=int, default=0, help="dim: ramp time in seconds")
@@ -35,63 +50,26 @@ def configure(p):
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _hhmm(text: str) -> int:
-    h, _, m = text.partition(":")
-    v = int(h) * 60 + int(m or 0)
-    if not 0 <= v < 1440:
-        raise ValueError
-    return v
-
-
-def parse_action(action: str, args: list[str], ramp: int = 0, duration: int = 0) -> tuple[str, dict]:
-    """CLI words -> (action name, argument dict for lanterne.commands.encode_args)."""
-    try:
-        if action == "dim":
-            (level,) = args
-            return "dim", {"level": int(level), "ramp_s": ramp, "duration_min": duration}
-        if action in ("resume-profile", "status", "rotate-key") and not args:
-            if action == "rotate-key":
-                return action, {"nonce": secrets.token_bytes(16)}
-            return action, {}
-        if action == "set-profile":
-            steps = []
-            for step in args:
-                window, _, level = step.rpartition(":")
-                start, _, end = window.partition("-")
-                steps.append((_hhmm(start), _hhmm(end), int(level)))
-            return action, {"steps": steps}
-        if action == "bollard":
-            (what,) = args
-            if what not in ("raise", "lower"):
-                raise ValueError
-            return action, {"action": what}
-        if action == "set-period":
-            what, seconds = args
-            if what not in ("sample", "status"):
-                raise ValueError
-            return action, {"what": what, "seconds": int(seconds)}
-        if action == "reboot":
-            return action, {"delay_s": int(args[0]) if args else 1}
-        if action == "set-config":
-            key, value = args
-            for conv in (int, float):
-                try:
-                    return action, {"key": key, "value": conv(value)}
-                except ValueError:
-                    pass
-            return action, {"key": key, "value": value}
-    except ValueError:
-        pass
-    raise CommandError(f"bad arguments for {action}: {' '.join(args) or '(none)'}", hint="see `lanterne command --help`")
-
-
 def run(args):
-    from host_tools.backoffice.command_client import ACTIONS, CommandClient, cmd, next_counter
+    import difflib
+
+    from host_tools import boards
+    from host_tools.backoffice.actions import ACTIONS, ActionError, config_change, parse
+    from host_tools.backoffice.command_client import CommandClient, cmd, next_counter
+    from host_tools.fleet.config import board_transport, transport_gap
     from host_tools.fleet.registry import Registry, RegistryError
 
-    if args.action not in ACTIONS:
-        raise CommandError(f"unknown action {args.action!r}", hint="actions: " + ", ".join(sorted(ACTIONS)))
-    action, params = parse_action(args.action, args.args, args.ramp, args.duration)
+    if args.device in ACTIONS and args.action not in ACTIONS:  # the device was left out: `lanterne command dim 40`
+        typed = " ".join(w for w in (args.device, args.action, *args.args) if w)
+        raise CommandError(f"{args.device!r} is an action: which device? lanterne command DEVICE {typed}",
+                           hint="device ids are in the fleet registry (`lanterne monitor` shows them online)")
+    if not args.device or not args.action:
+        raise CommandError("which device, and what to do? lanterne command DEVICE ACTION [ARGS]",
+                           hint="`lanterne command --help` lists the actions and their arguments")
+    try:  # what was typed is checked first, before the registry and the broker
+        action, params = parse(args.action, args.args, ramp=args.ramp, duration=args.duration)
+    except ActionError as exc:
+        raise CommandError(str(exc), hint=exc.hint) from None
     if not os.path.exists(args.registry):
         raise CommandError(f"no fleet registry at {args.registry}", hint="provision the fleet first, or pass --registry")
     try:
@@ -100,7 +78,15 @@ def run(args):
         raise CommandError(f"cannot open the registry {args.registry}: {exc}") from None
     rec = reg.get(args.device)
     if rec is None:
-        raise CommandError(f"device {args.device!r} is not in the registry", hint="`lanterne verify` or provision it")
+        close = difflib.get_close_matches(args.device, [d.id for d in reg.devices()], n=1)
+        raise CommandError(f"device {args.device!r} is not in the registry {args.registry}"
+                           + (f": did you mean {close[0]!r}?" if close else ""),
+                           hint="`lanterne verify --port PORT` tells which device a board is; or provision it")
+    if action.opcode == cmd.SET_CONFIG:  # again, against the device's config (bin_full_mm < bin_empty_mm)
+        try:
+            action, params = parse(args.action, args.args, config=rec.config)
+        except ActionError as exc:
+            raise CommandError(str(exc), hint=exc.hint) from None
     key = reg.command_key(args.device)
     user, password = reg.backoffice_credentials()
     counter = next_counter(reg.command_counter(args.device))
@@ -110,16 +96,23 @@ def run(args):
     except (OSError, TimeoutError) as exc:
         raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker and the network") from None
     try:
-        res = client.send(rec.site, args.device, key, counter, action, params, timeout=args.timeout)
+        res = client.send(rec.site, args.device, key, counter, action.opcode, params, timeout=args.timeout)
     except TimeoutError as exc:
-        raise CommandError(str(exc), hint="is the device online? `lanterne monitor` shows it") from None
+        gap = transport_gap(rec.config.get("transport") or board_transport(boards.load(rec.board)))
+        hint = (f"{args.device} ({rec.board}): {gap}" if gap
+                else "is the device online? `lanterne monitor` shows it")
+        raise CommandError(str(exc), hint=hint) from None
     finally:
         client.close()
-    if action == "rotate-key" and res.ok:
-        reg.set_secret(args.device, "command_key", cmd.rotated_key(key, params["nonce"]).hex())
+    if res.ok:
+        if action.opcode == cmd.ROTATE_KEY:
+            reg.set_secret(args.device, "command_key", cmd.rotated_key(key, params["nonce"]).hex())
+        changed = config_change(action, params)
+        if changed:  # the board stored it: the registry follows, so verify sees no drift
+            reg.update_config(args.device, changed)
     out = {
         "device": args.device,
-        "command": res.command,
+        "command": action.word,
         "counter": res.counter,
         "status": res.reason,
         "data": res.data.hex(),
@@ -128,5 +121,5 @@ def run(args):
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.device}: {res.command} {res.reason} (counter {res.counter}, {res.rtt_ms:.0f} ms)")
+        print(f"{args.device}: {action.word} {res.reason} (counter {res.counter}, {res.rtt_ms:.0f} ms)")
     return 0 if res.ok else 1

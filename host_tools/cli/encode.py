@@ -31,7 +31,7 @@ def configure(p):
 
 
 def run(args) -> int:
-    from host_tools.codec import FPORT, MAX_FRAME, EncodeError, encode_values
+    from host_tools.codec import MAX_FRAME, EncodeError, encode_values
     from host_tools.runtime.unix_port import MicroPythonError
 
     if not 3 <= args.budget <= MAX_FRAME:
@@ -60,6 +60,6 @@ def run(args) -> int:
         print(f["frame"].hex())
         if args.verbose:
             last = f["first"] + f["count"] - 1
-            port = f", FPort {FPORT}" if args.lorawan else ""
+            port = f", FPort {f['fport']}" if args.lorawan else ""
             print(f"  {len(f['frame'])} bytes{port}, readings {f['first']}..{last}", file=sys.stderr)
     return 0

@@ -16,7 +16,27 @@ import sys
 from host_tools.cli import CommandError
 
 
+def periods_text() -> str:
+    """What `lanterne provision --help` says of the periods a board runs on: the firmware's defaults."""
+    from host_tools.runtime import firmware_module
+
+    schema = firmware_module("config").SCHEMA
+    sample, status = schema["sample_period_s"][1], schema["status_period_s"][1]
+    return (
+        f"periods: a provisioned board samples its sensors every {sample} s and sends its status every {status} s\n"
+        "(config fields sample_period_s and status_period_s). To change them: here with\n"
+        "  --set sample_period_s=10 --set status_period_s=60\n"
+        "(also columns of a fleet CSV), or on a running board with\n"
+        "  lanterne command DEVICE set-period sample 10    (or: set-period status 60)\n"
+        "which the registry records. `lanterne monitor` shows when each board's next reading and status are due."
+    )
+
+
 def configure(p):
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = periods_text()
     one = p.add_argument_group("one board")
     one.add_argument("--port", help="serial port of the board (/dev/ttyUSB0, a virtual board's PATH)")
     one.add_argument("--board", help="board name (see `lanterne boards`); a known device keeps its board")

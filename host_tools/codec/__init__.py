@@ -13,13 +13,25 @@ import importlib
 import json
 import sys
 
-from host_tools.codec.decoder import FORMAT_VERSION, FPORT, MAX_FRAME, PayloadError, decode
+from host_tools.codec.decoder import (
+    FORMAT_V3,
+    FORMAT_VERSION,
+    FPORT,
+    FPORT_BASE,
+    FPORT_V3,
+    MAX_FRAME,
+    PayloadError,
+    decode,
+)
 from host_tools.runtime.paths import FIRMWARE
 
 __all__ = [
     "EU868_BUDGETS",
+    "FORMAT_V3",
     "FORMAT_VERSION",
     "FPORT",
+    "FPORT_BASE",
+    "FPORT_V3",
     "MAX_FRAME",
     "EncodeError",
     "PayloadError",
@@ -80,7 +92,8 @@ def pack(codec, codec_values, items, budget, lorawan):
             alone.encode(readings, start, 1)
             return {"error": "needs %d bytes on its own, more than the %d-byte budget" % (alone.length, budget),
                     "index": start, "needs": alone.length}
-        frames.append({"hex": binascii.hexlify(enc.frame()).decode(), "first": start, "count": n})
+        frames.append({"hex": binascii.hexlify(enc.frame()).decode(), "first": start, "count": n,
+                       "version": enc.version})
         start += n
     return {"frames": frames}
 '''
@@ -111,9 +124,10 @@ def encode_values(
 ) -> list[dict]:
     """Encode JSON readings into frames of at most `budget` bytes.
 
-    `lorawan`: frames without the version byte, to be sent on FPort FPORT (else
-    MQTT frames, byte 0 the version). Returns one dict per frame: {"frame": bytes,
-    "first": index of its first reading, "count": readings packed}. Raises
+    `lorawan`: frames without the version byte, to be sent on FPort "fport" (FPORT_BASE +
+    the frame's version: 102, or 103 for v3) (else MQTT frames, byte 0 the version).
+    Returns one dict per frame: {"frame": bytes, "first": index of its first reading,
+    "count": readings packed, "version", "fport"}. Raises
     EncodeError naming the reading for a bad value or a reading larger than the budget.
     """
     items = [readings] if isinstance(readings, dict) else list(readings)
@@ -131,4 +145,8 @@ def encode_values(
         raise EncodeError(f"unknown runtime {runtime!r} (choose {' or '.join(RUNTIMES)})")
     if "error" in result:
         raise EncodeError(f"reading {result['index']}: {result['error']}", index=result["index"])
-    return [{"frame": bytes.fromhex(f["hex"]), "first": f["first"], "count": f["count"]} for f in result["frames"]]
+    return [
+        {"frame": bytes.fromhex(f["hex"]), "first": f["first"], "count": f["count"], "version": f["version"],
+         "fport": FPORT_BASE + f["version"]}
+        for f in result["frames"]
+    ]

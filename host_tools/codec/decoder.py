@@ -1,4 +1,4 @@
-"""Decode Lanterne payload frames (format v2, docs/payload.md) into JSON-ready dicts.
+"""Decode Lanterne payload frames (formats v2 and v3, docs/payload.md) into JSON-ready dicts.
 
 An independent implementation of the wire format (the encoder is
 firmware/lanterne/codec.py, the network-server formatter is formatter.js): any
@@ -7,14 +7,18 @@ ranges, or raises `PayloadError` saying what is wrong and at which byte.
 
 Two framings: `decode(frame)` reads an MQTT frame, whose byte 0 is the format
 version; `decode(payload, fport=102)` reads a LoRaWAN payload, whose version is
-its FPort minus FPORT_BASE.
+its FPort minus FPORT_BASE. Version 3 is version 2 plus extension fields
+(EXT_FIELDS: particulate matter, sound levels, ...) and a 16-bit status mask.
 """
 
 from __future__ import annotations
 
 FORMAT_VERSION = 2
+FORMAT_V3 = 3
+VERSIONS = (FORMAT_VERSION, FORMAT_V3)
 FPORT_BASE = 100  # LoRaWAN: format version v travels on FPort FPORT_BASE + v
 FPORT = FPORT_BASE + FORMAT_VERSION
+FPORT_V3 = FPORT_BASE + FORMAT_V3
 MAX_FRAME = 1024
 # 12-bit presence + a 1-bit field + end bit = 14 bits, then at least 4 check bits: 3 bytes,
 # and the version byte over MQTT.
@@ -38,6 +42,21 @@ STATUS_NAMES = (
     "buffer_overflow",
     "config_error",
     "clock_unsynced",
+    "pm_fault",  # v3: bits 10..12; 13..15 reserved
+    "sound_fault",
+    "pm_humid",
+)
+V2_FLAG_BITS, V3_FLAG_BITS = 10, 16
+V3_RESERVED = 0xE000
+
+# v3 extension fields, by id: (JSON name, absolute width, largest code, delta order, scale).
+# The value is code / scale. Presence: 8-bit groups, id 0 the first bit (docs/payload.md).
+EXT_FIELDS = (
+    ("pm1", 10, 1000, 2, 1),
+    ("pm2_5", 10, 1000, 2, 1),
+    ("pm10", 10, 1000, 2, 1),
+    ("laeq", 11, 1400, 3, 10),
+    ("lamax", 11, 1400, 3, 10),
 )
 
 # round(2**(j / 19) * 65536): illuminance code c >= 1 stands for 2**((c - 1) / 19) mlx.
@@ -65,7 +84,7 @@ P_STATUS, P_SEQ, P_AGE = 0x004, 0x002, 0x001
 
 
 class PayloadError(ValueError):
-    """A frame that is not a valid v2 payload; `byte` is the 0-based offset of the problem
+    """A frame that is not a valid v2/v3 payload; `byte` is the 0-based offset of the problem
     in the bytes given (None when the FPort is at fault)."""
 
     def __init__(self, message: str, byte: int | None = None):
@@ -112,51 +131,70 @@ def _field_value(name: str, code: int):
     return code  # fill %, distance mm
 
 
+def _label(what) -> str:
+    """What is being read, for an error message: a string, or a tuple of words joined only when
+    an error needs them (building the strings for every field cost more than reading the bits)."""
+    return what if isinstance(what, str) else " ".join(what)
+
+
 class _Bits:
+    """Reads a frame MSB first. The frame is held as one integer, so a field of n bits is one
+    shift and mask, and an Exp-Golomb prefix's zeros are counted with `bit_length` (the
+    back-office bridge decodes tens of thousands of readings a second with this)."""
+
     def __init__(self, data: bytes, start: int):
         self.data = data
         self.total = len(data) * 8
         self.pos = start  # after the version byte, if the frame has one
+        self.value = int.from_bytes(data, "big")
 
     def where(self) -> int:
         return self.pos // 8
 
-    def read(self, n: int, what: str) -> int:
-        if self.pos + n > self.total:
-            missing = self.pos + n - self.total
+    def read(self, n: int, what) -> int:
+        end = self.pos + n
+        if end > self.total:
+            what = _label(what)
+            missing = end - self.total
             raise PayloadError(
                 f"truncated: the frame ends inside {what} ({len(self.data)} bytes, {what} needs "
                 f"{missing} more bit{'' if missing == 1 else 's'})",
                 byte=min(self.pos // 8, len(self.data) - 1),
             )
-        v = 0
-        for _ in range(n):
-            v = (v << 1) | ((self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1)
-            self.pos += 1
-        return v
+        self.pos = end
+        return (self.value >> (self.total - end)) & ((1 << n) - 1)
 
-    def exp_golomb(self, k: int, what: str) -> int:
-        start = self.where()
-        zeros = 0
-        while self.read(1, what) == 0:
-            zeros += 1
-            if zeros > MAX_EG_ZEROS:
-                raise PayloadError(f"malformed {what}: more than {MAX_EG_ZEROS} leading zero bits", byte=start)
-        return ((1 << (zeros + k)) | self.read(zeros + k, what)) - (1 << k)
+    def exp_golomb(self, k: int, what) -> int:
+        pos, total = self.pos, self.total
+        left = total - pos
+        rest = self.value & ((1 << left) - 1)  # the bits not read yet
+        zeros = left - rest.bit_length()  # zero bits before the next 1
+        if zeros > MAX_EG_ZEROS:
+            raise PayloadError(f"malformed {_label(what)}: more than {MAX_EG_ZEROS} leading zero bits", byte=pos >> 3)
+        n = zeros + k  # bits after the 1
+        end = pos + zeros + 1 + n
+        if end <= total:  # the 1 and the n bits after it, in one shift
+            self.pos = end
+            return (rest >> (total - end)) - (1 << k)
+        if zeros == left:  # nothing but zeros to the end of the frame
+            self.pos = total
+            self.read(1, what)
+        self.pos = pos + zeros + 1
+        return ((1 << n) | self.read(n, what)) - (1 << k)
 
-    def signed(self, k: int, what: str) -> int:
+    def signed(self, k: int, what) -> int:
         z = self.exp_golomb(k, what)
         return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
 
 
 def decode(data: bytes | bytearray | memoryview, fport: int | None = None) -> dict:
-    """Decode one frame into {"version": 2, "readings": [{field: value, ...}, ...]}.
+    """Decode one frame into {"version": 2 or 3, "readings": [{field: value, ...}, ...]}.
 
     `fport` None: an MQTT frame, byte 0 the format version. An int: a LoRaWAN
     payload received on that FPort, which carries the version. Values are in
     the units of docs/payload.md (degC, %, hPa, lx, mm, V, s); absent fields are
     left out. Raises PayloadError for anything that is not a complete, intact v2
-    frame.
+    or v3 frame.
     """
     return _decode(data, fport, True)[0]
 
@@ -167,7 +205,7 @@ def _unsupported(version: int) -> str:
         if version == 1
         else "not a Lanterne payload, or one from newer firmware"
     )
-    return f"this decoder reads version {FORMAT_VERSION} — {why}"
+    return f"this decoder reads versions {FORMAT_VERSION} and {FORMAT_V3} — {why}"
 
 
 def _decode(data, fport: int | None, verify: bool) -> tuple[dict, int]:
@@ -178,28 +216,29 @@ def _decode(data, fport: int | None, verify: bool) -> tuple[dict, int]:
     if fport is None:
         if n == 0:
             raise PayloadError(f"empty payload: a frame starts with the format version byte 0x{FORMAT_VERSION:02x}", byte=0)
-        if data[0] != FORMAT_VERSION:
+        if data[0] not in VERSIONS:
             raise PayloadError(f"unsupported format version {data[0]} (0x{data[0]:02x}): {_unsupported(data[0])}", byte=0)
+        version = data[0]
         start, prefix, shortest = 8, b"", MIN_PAYLOAD + 1
     else:
         if isinstance(fport, bool) or not isinstance(fport, int) or not FPORT_BASE < fport < FPORT_BASE + 100:
             raise PayloadError(
                 f"FPort {fport} is not a Lanterne payload port: format version v travels on FPort "
-                f"{FPORT_BASE} + v (this decoder reads version {FORMAT_VERSION}, FPort {FPORT})"
+                f"{FPORT_BASE} + v (this decoder reads versions {FORMAT_VERSION} and {FORMAT_V3}, FPorts {FPORT} and {FPORT_V3})"
             )
         version = fport - FPORT_BASE
-        if version != FORMAT_VERSION:
+        if version not in VERSIONS:
             raise PayloadError(f"FPort {fport}: unsupported format version {version}: {_unsupported(version)}")
         if n == 0:
             raise PayloadError(f"empty payload on FPort {fport}", byte=0)
-        start, prefix, shortest = 0, bytes((FORMAT_VERSION,)), MIN_PAYLOAD
+        start, prefix, shortest = 0, bytes((version,)), MIN_PAYLOAD
     if n > MAX_FRAME:
         raise PayloadError(f"oversized: {n} bytes, a frame is at most {MAX_FRAME} bytes", byte=MAX_FRAME)
     if n < shortest:
         raise PayloadError(f"truncated: {n} bytes, the shortest frame is {shortest} bytes", byte=n - 1)
     bits = _Bits(data, start)
     readings = []
-    state = _FrameState()
+    state = _FrameState(version == FORMAT_V3)
     while True:
         readings.append(_read_reading(bits, len(readings), state))
         if not bits.read(1, "the end-of-readings bit"):
@@ -231,11 +270,13 @@ def _decode(data, fport: int | None, verify: bool) -> tuple[dict, int]:
                 "the frame is corrupted or not a Lanterne payload",
                 byte=n - 1 - (check_bits > 8),
             )
-    return {"version": FORMAT_VERSION, "readings": readings}, check_bits
+    return {"version": version, "readings": readings}, check_bits
 
 
 class _FrameState:
-    def __init__(self):
+    def __init__(self, v3: bool = False):
+        self.v3 = v3
+        self.ext = 0
         self.mask = 0
         self.base: dict[str, int] = {}
         self.seq = None
@@ -243,39 +284,72 @@ class _FrameState:
         self.ages: list[int] = []
 
 
+EXT_GROUP_BITS = 8
+
+
+def _read_ext_presence(bits: _Bits, label: str) -> int:
+    """v3 extension presence: 0, or 1 then 8-bit groups each followed by a more-groups bit.
+    Returns the bitmap of group 0 (id 0 = 0x80); ids beyond the known ones are refused."""
+    at = bits.where()
+    if not bits.read(1, f"{label} extension presence"):
+        return 0
+    ext = bits.read(EXT_GROUP_BITS, f"{label} extension presence")
+    known = (0xFF << (EXT_GROUP_BITS - len(EXT_FIELDS))) & 0xFF
+    if ext & ~known:
+        first = next(i for i in range(EXT_GROUP_BITS) if ext & (0x80 >> i) and not known & (0x80 >> i))
+        raise PayloadError(
+            f"{label} extension field {first} is unknown to this decoder (it knows 0..{len(EXT_FIELDS) - 1}): "
+            "newer firmware? update the decoder", byte=at)
+    if bits.read(1, f"{label} extension presence"):
+        raise PayloadError(
+            f"{label} extension fields beyond id {EXT_GROUP_BITS - 1} are unknown to this decoder: "
+            "newer firmware? update the decoder", byte=at)
+    if ext == 0:
+        raise PayloadError(f"{label} extension presence is not canonical (an empty group)", byte=at)
+    return ext
+
+
 def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
     label = f"reading {index}"
     start = bits.where()
+    ext = 0
     if index == 0:
-        if bits.read(1, f"{label} presence"):
+        if bits.read(1, (label, "presence")):
             mask = STANDARD_SET
         else:
-            mask = bits.read(11, f"{label} presence bitmap")
-            if mask == 0 or mask == STANDARD_SET:
+            mask = bits.read(11, (label, "presence bitmap"))
+            if mask == STANDARD_SET or (mask == 0 and not st.v3):
                 what = "empty" if mask == 0 else "not canonical (the standard set has a 1-bit code)"
                 raise PayloadError(f"{label} presence bitmap is {what}", byte=start)
-        st.mask = mask
-    elif bits.read(1, f"{label} presence flag"):
-        mask = bits.read(11, f"{label} presence bitmap")
-        if mask == 0 or mask == st.mask:
-            raise PayloadError(f"{label} presence bitmap is {'empty' if mask == 0 else 'not canonical'}", byte=start)
+        if st.v3:
+            ext = _read_ext_presence(bits, label)
+            if mask == 0 and ext == 0:
+                raise PayloadError(f"{label} presence bitmap is empty", byte=start)
+        st.mask, st.ext = mask, ext
+    elif bits.read(1, (label, "presence flag")):
+        mask = bits.read(11, (label, "presence bitmap"))
+        if st.v3:
+            ext = _read_ext_presence(bits, label)
+        if (mask == 0 and ext == 0) or (mask == st.mask and ext == st.ext):
+            raise PayloadError(
+                f"{label} presence bitmap is {'empty' if mask == 0 and ext == 0 else 'not canonical'}", byte=start
+            )
     else:
-        mask = st.mask
+        mask, ext = st.mask, st.ext
     out: dict = {}
     for name, flag, width, top, k in FIELDS:
         if not mask & flag:
             continue
-        at = bits.where()
-        what = f"{label} {name}"
+        at = bits.pos >> 3
         if index and st.mask & flag:
-            delta = bits.signed(k, f"{what} delta")
+            delta = bits.signed(k, (label, name, "delta"))
             code = st.base[name] + delta
             if not 0 <= code <= top:
-                raise PayloadError(f"{what}: delta {delta:+d} leads to code {code}, outside 0..{top}", byte=at)
+                raise PayloadError(f"{label} {name}: delta {delta:+d} leads to code {code}, outside 0..{top}", byte=at)
         else:
-            code = bits.read(width, what)
+            code = bits.read(width, (label, name))
             if code > top:
-                raise PayloadError(f"{what}: code {code} is outside 0..{top}", byte=at)
+                raise PayloadError(f"{label} {name}: code {code} is outside 0..{top}", byte=at)
             if index == 0:
                 st.base[name] = code
         if name == "lamp":
@@ -283,41 +357,61 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
             out["lamp_fault"] = bool(code & 1)
         else:
             out[name] = _field_value(name, code)
+    for i, (name, width, top, k, scale) in enumerate(EXT_FIELDS):
+        flag = 0x80 >> i
+        if not ext & flag:
+            continue
+        at = bits.pos >> 3
+        if index and st.ext & flag:
+            delta = bits.signed(k, (label, name, "delta"))
+            code = st.base[name] + delta
+            if not 0 <= code <= top:
+                raise PayloadError(f"{label} {name}: delta {delta:+d} leads to code {code}, outside 0..{top}", byte=at)
+        else:
+            code = bits.read(width, (label, name))
+            if code > top:
+                raise PayloadError(f"{label} {name}: code {code} is outside 0..{top}", byte=at)
+            if index == 0:
+                st.base[name] = code
+        out[name] = code if scale == 1 else code / scale
+    nflags = V3_FLAG_BITS if st.v3 else V2_FLAG_BITS
     if mask & P_STATUS:
-        at = bits.where()
+        at = bits.pos >> 3
         if index == 0:
             flags = 0
-            if bits.read(1, f"{label} status"):
+            if bits.read(1, (label, "status")):
                 flags = CLOCK_UNSYNCED
-                if bits.read(1, f"{label} status"):
-                    flags = bits.read(10, f"{label} status flags")
+                if bits.read(1, (label, "status")):
+                    flags = bits.read(nflags, (label, "status flags"))
                     if flags == 0 or flags == CLOCK_UNSYNCED:
                         raise PayloadError(f"{label} status flags are not canonical (they have a shorter code)", byte=at)
             st.base["status"] = flags
         else:
             ref = st.base["status"] if st.mask & P_STATUS else 0
             flags = ref
-            if bits.read(1, f"{label} status"):
-                flags = bits.read(10, f"{label} status flags")
+            if bits.read(1, (label, "status")):
+                flags = bits.read(nflags, (label, "status flags"))
                 if flags == ref:
                     raise PayloadError(
                         f"{label} status flags are not canonical (long form repeats the reference)", byte=at
                     )
-        out["status"] = [STATUS_NAMES[i] for i in range(10) if flags >> i & 1]
+        if flags & V3_RESERVED:
+            raise PayloadError(f"{label} status flags: reserved bit set (0x{flags:04x})", byte=at)
+        out["status"] = [STATUS_NAMES[i] for i in range(nflags) if flags >> i & 1]
     if mask & P_SEQ:
         if st.seq is None:
-            seq = bits.read(16, f"{label} seq")
+            seq = bits.read(16, (label, "seq"))
         else:
-            delta = bits.signed(0, f"{label} seq delta")
+            delta = bits.signed(0, (label, "seq delta"))
             if not -32768 <= delta <= 32767:
                 raise PayloadError(f"{label} seq: delta {delta:+d} is outside -32768..32767", byte=bits.where())
             seq = (st.seq + index - st.seq_at + delta) & 0xFFFF
         st.seq, st.seq_at = seq, index
         out["seq"] = seq
     if mask & P_AGE:
-        at = bits.where()
+        at = bits.pos >> 3
         if not st.ages:
-            code = bits.exp_golomb(K_AGE_FIRST, f"{label} age")
+            code = bits.exp_golomb(K_AGE_FIRST, (label, "age"))
             if code > AGE_CODE_MAX:
                 raise PayloadError(f"{label} age: code {code} is beyond the largest age (code {AGE_CODE_MAX})", byte=at)
             age = age_seconds(code)
@@ -325,7 +419,7 @@ def _read_reading(bits: _Bits, index: int, st: _FrameState) -> dict:
             pred = st.ages[-1]
             if len(st.ages) > 1:
                 pred = min(max(2 * pred - st.ages[-2], 0), AGE_MAX)
-            delta = bits.signed(K_AGE_STEP if len(st.ages) == 1 else K_AGE, f"{label} age delta")
+            delta = bits.signed(K_AGE_STEP if len(st.ages) == 1 else K_AGE, (label, "age delta"))
             age = pred + delta
             if not 0 <= age <= AGE_MAX:
                 raise PayloadError(f"{label} age: delta {delta:+d} leads to {age} s, outside 0..{AGE_MAX}", byte=at)

@@ -1,17 +1,21 @@
-// Lanterne payload formatter, format v2 (docs/payload.md), for LoRaWAN network servers.
+// Lanterne payload formatter, formats v2 and v3 (docs/payload.md), for LoRaWAN network servers.
 //
 // Paste into The Things Stack v3 (uplink payload formatter, "Custom Javascript") or a
 // ChirpStack v4 device profile codec. decodeUplink(input) takes {bytes, fPort} and returns
-// {data, warnings, errors}; a frame that is not a complete, intact v2 payload gives one
-// error naming what is wrong and at which byte, and no data.
-// Framing: over LoRaWAN the format version is the FPort minus 100 (v2: FPort 102) and the
+// {data, warnings, errors}; a frame that is not a complete, intact v2/v3 payload gives one
+// error naming what is wrong and at which byte, and no data. v3 = v2 + extension fields
+// (particulate matter, sound levels, ...) + a 16-bit status mask.
+// Framing: over LoRaWAN the format version is the FPort minus 100 (v2: 102, v3: 103) and the
 // payload has no version byte; without an fPort (null or absent) the bytes are an MQTT
 // frame whose byte 0 is the version.
 // Plain ES5, no dependencies: integers stay below 2^53 and bit operations below 2^31.
 
 var FORMAT_VERSION = 2;
+var FORMAT_V3 = 3;
 var FPORT_BASE = 100;
 var FPORT = FPORT_BASE + FORMAT_VERSION;
+var FPORT_V3 = FPORT_BASE + FORMAT_V3;
+var V3_RESERVED = 0xE000;
 var MAX_FRAME = 1024;
 var MIN_PAYLOAD = 3;
 var MIN_CHECK_BITS = 4, MAX_CHECK_BITS = 11;
@@ -24,7 +28,17 @@ var K_AGE_FIRST = 2, K_AGE_STEP = 7, K_AGE = 2;
 
 var STATUS_NAMES = [
   "temperature_fault", "humidity_fault", "pressure_fault", "illuminance_fault", "fill_fault",
-  "voltage_fault", "tamper", "buffer_overflow", "config_error", "clock_unsynced"
+  "voltage_fault", "tamper", "buffer_overflow", "config_error", "clock_unsynced",
+  "pm_fault", "sound_fault", "pm_humid"  // v3: bits 10..12; 13..15 reserved
+];
+
+// v3 extension fields, by id: name, absolute width, largest code, delta order, scale (value = code / scale).
+var EXT_FIELDS = [
+  ["pm1", 10, 1000, 2, 1],
+  ["pm2_5", 10, 1000, 2, 1],
+  ["pm10", 10, 1000, 2, 1],
+  ["laeq", 11, 1400, 3, 10],
+  ["lamax", 11, 1400, 3, 10]
 ];
 
 // round(2^(j/19) * 65536): illuminance code c >= 1 stands for 2^((c-1)/19) mlx.
@@ -125,26 +139,52 @@ Bits.prototype.signed = function (k, what) {
 
 function signedText(d) { return (d >= 0 ? "+" : "") + d; }
 
+// v3 extension presence: 0, or 1 then 8-bit groups (id 0 first), each followed by a more-groups bit.
+function readExtPresence(bits, label) {
+  var at = bits.where();
+  if (!bits.read(1, label + " extension presence")) return 0;
+  var ext = bits.read(8, label + " extension presence");
+  var known = (0xFF << (8 - EXT_FIELDS.length)) & 0xFF;
+  if (ext & ~known & 0xFF) {
+    var first = 0;
+    while (!((ext & (0x80 >> first)) && !(known & (0x80 >> first)))) first++;
+    throw new PayloadError(label + " extension field " + first + " is unknown to this decoder (it knows 0.." +
+      (EXT_FIELDS.length - 1) + "): newer firmware? update the decoder", at);
+  }
+  if (bits.read(1, label + " extension presence")) {
+    throw new PayloadError(label + " extension fields beyond id 7 are unknown to this decoder: newer firmware? update the decoder", at);
+  }
+  if (ext === 0) throw new PayloadError(label + " extension presence is not canonical (an empty group)", at);
+  return ext;
+}
+
 function readReading(bits, index, st) {
-  var label = "reading " + index, start = bits.where(), mask;
+  var label = "reading " + index, start = bits.where(), mask, ext = 0;
   if (index === 0) {
     if (bits.read(1, label + " presence")) {
       mask = STANDARD_SET;
     } else {
       mask = bits.read(11, label + " presence bitmap");
-      if (mask === 0 || mask === STANDARD_SET) {
+      if (mask === STANDARD_SET || (mask === 0 && !st.v3)) {
         throw new PayloadError(label + " presence bitmap is " +
           (mask === 0 ? "empty" : "not canonical (the standard set has a 1-bit code)"), start);
       }
     }
+    if (st.v3) {
+      ext = readExtPresence(bits, label);
+      if (mask === 0 && ext === 0) throw new PayloadError(label + " presence bitmap is empty", start);
+    }
     st.mask = mask;
+    st.ext = ext;
   } else if (bits.read(1, label + " presence flag")) {
     mask = bits.read(11, label + " presence bitmap");
-    if (mask === 0 || mask === st.mask) {
-      throw new PayloadError(label + " presence bitmap is " + (mask === 0 ? "empty" : "not canonical"), start);
+    if (st.v3) ext = readExtPresence(bits, label);
+    if ((mask === 0 && ext === 0) || (mask === st.mask && ext === st.ext)) {
+      throw new PayloadError(label + " presence bitmap is " + (mask === 0 && ext === 0 ? "empty" : "not canonical"), start);
     }
   } else {
     mask = st.mask;
+    ext = st.ext;
   }
   var out = {}, at, code, delta;
   for (var f = 0; f < FIELDS.length; f++) {
@@ -170,6 +210,25 @@ function readReading(bits, index, st) {
       out[name] = fieldValue(name, code);
     }
   }
+  for (var x = 0; x < EXT_FIELDS.length; x++) {
+    var xname = EXT_FIELDS[x][0], xflag = 0x80 >> x, xwidth = EXT_FIELDS[x][1], xtop = EXT_FIELDS[x][2];
+    if (!(ext & xflag)) continue;
+    at = bits.where();
+    var xwhat = label + " " + xname;
+    if (index && (st.ext & xflag)) {
+      delta = bits.signed(EXT_FIELDS[x][3], xwhat + " delta");
+      code = st.base[xname] + delta;
+      if (code < 0 || code > xtop) {
+        throw new PayloadError(xwhat + ": delta " + signedText(delta) + " leads to code " + code + ", outside 0.." + xtop, at);
+      }
+    } else {
+      code = bits.read(xwidth, xwhat);
+      if (code > xtop) throw new PayloadError(xwhat + ": code " + code + " is outside 0.." + xtop, at);
+      if (index === 0) st.base[xname] = code;
+    }
+    out[xname] = EXT_FIELDS[x][4] === 1 ? code : code / EXT_FIELDS[x][4];
+  }
+  var nflags = st.v3 ? 16 : 10;
   if (mask & P_STATUS) {
     at = bits.where();
     var flags;
@@ -178,7 +237,7 @@ function readReading(bits, index, st) {
       if (bits.read(1, label + " status")) {
         flags = CLOCK_UNSYNCED;
         if (bits.read(1, label + " status")) {
-          flags = bits.read(10, label + " status flags");
+          flags = bits.read(nflags, label + " status flags");
           if (flags === 0 || flags === CLOCK_UNSYNCED) {
             throw new PayloadError(label + " status flags are not canonical (they have a shorter code)", at);
           }
@@ -189,14 +248,17 @@ function readReading(bits, index, st) {
       var ref = (st.mask & P_STATUS) ? st.base.status : 0;
       flags = ref;
       if (bits.read(1, label + " status")) {
-        flags = bits.read(10, label + " status flags");
+        flags = bits.read(nflags, label + " status flags");
         if (flags === ref) {
           throw new PayloadError(label + " status flags are not canonical (long form repeats the reference)", at);
         }
       }
     }
+    if (flags & V3_RESERVED) {
+      throw new PayloadError(label + " status flags: reserved bit set (0x" + ("000" + flags.toString(16)).slice(-4) + ")", at);
+    }
     out.status = [];
-    for (var i = 0; i < 10; i++) if ((flags >> i) & 1) out.status.push(STATUS_NAMES[i]);
+    for (var i = 0; i < nflags; i++) if ((flags >> i) & 1) out.status.push(STATUS_NAMES[i]);
   }
   if (mask & P_SEQ) {
     var seq;
@@ -238,14 +300,14 @@ function readReading(bits, index, st) {
 }
 
 function unsupported(version) {
-  return "this decoder reads version " + FORMAT_VERSION + " \u2014 " + (version === 1 ?
+  return "this decoder reads versions " + FORMAT_VERSION + " and " + FORMAT_V3 + " \u2014 " + (version === 1 ?
     "version 1 was a pre-release format that no board sends" :
     "not a Lanterne payload, or one from newer firmware");
 }
 
 // fPort null: an MQTT frame (byte 0 the version); a number: a LoRaWAN payload on that FPort.
 function decodeFrame(bytes, fPort) {
-  var n = bytes.length, start, prefix, shortest;
+  var n = bytes.length, start, prefix, shortest, version;
   for (var i = 0; i < n; i++) {
     if (typeof bytes[i] !== "number" || bytes[i] < 0 || bytes[i] > 255 || bytes[i] % 1 !== 0) {
       throw new PayloadError("not a byte: " + bytes[i], i);
@@ -253,26 +315,29 @@ function decodeFrame(bytes, fPort) {
   }
   if (fPort === null) {
     if (n === 0) throw new PayloadError("empty payload: a frame starts with the format version byte 0x02", 0);
-    if (bytes[0] !== FORMAT_VERSION) {
+    if (bytes[0] !== FORMAT_VERSION && bytes[0] !== FORMAT_V3) {
       var hex = ("0" + bytes[0].toString(16)).slice(-2);
       throw new PayloadError("unsupported format version " + bytes[0] + " (0x" + hex + "): " + unsupported(bytes[0]), 0);
     }
+    version = bytes[0];
     start = 8; prefix = 0xFFFF; shortest = MIN_PAYLOAD + 1;
   } else {
     if (typeof fPort !== "number" || fPort % 1 !== 0 || fPort <= FPORT_BASE || fPort >= FPORT_BASE + 100) {
       throw new PayloadError("FPort " + fPort + " is not a Lanterne payload port: format version v travels on FPort " +
-        FPORT_BASE + " + v (this decoder reads version " + FORMAT_VERSION + ", FPort " + FPORT + ")", null);
+        FPORT_BASE + " + v (this decoder reads versions " + FORMAT_VERSION + " and " + FORMAT_V3 + ", FPorts " +
+        FPORT + " and " + FPORT_V3 + ")", null);
     }
-    if (fPort - FPORT_BASE !== FORMAT_VERSION) {
-      throw new PayloadError("FPort " + fPort + ": unsupported format version " + (fPort - FPORT_BASE) + ": " +
-        unsupported(fPort - FPORT_BASE), null);
+    version = fPort - FPORT_BASE;
+    if (version !== FORMAT_VERSION && version !== FORMAT_V3) {
+      throw new PayloadError("FPort " + fPort + ": unsupported format version " + version + ": " + unsupported(version), null);
     }
     if (n === 0) throw new PayloadError("empty payload on FPort " + fPort, 0);
-    start = 0; prefix = crc16([FORMAT_VERSION], 0xFFFF); shortest = MIN_PAYLOAD;
+    start = 0; prefix = crc16([version], 0xFFFF); shortest = MIN_PAYLOAD;
   }
   if (n > MAX_FRAME) throw new PayloadError("oversized: " + n + " bytes, a frame is at most " + MAX_FRAME + " bytes", MAX_FRAME);
   if (n < shortest) throw new PayloadError("truncated: " + n + " bytes, the shortest frame is " + shortest + " bytes", n - 1);
-  var bits = new Bits(bytes, start), readings = [], st = {mask: 0, base: {}, seq: null, seqAt: 0, ages: []};
+  var bits = new Bits(bytes, start), readings = [];
+  var st = {v3: version === FORMAT_V3, mask: 0, ext: 0, base: {}, seq: null, seqAt: 0, ages: []};
   do {
     readings.push(readReading(bits, readings.length, st));
   } while (bits.read(1, "the end-of-readings bit"));
@@ -299,7 +364,7 @@ function decodeFrame(bytes, fPort) {
     throw new PayloadError("check field mismatch (got 0x" + sent.toString(16) + ", computed 0x" + computed.toString(16) +
       " over " + checkBits + " bits): the frame is corrupted or not a Lanterne payload", n - 1 - (checkBits > 8 ? 1 : 0));
   }
-  return {version: FORMAT_VERSION, readings: readings};
+  return {version: version, readings: readings};
 }
 
 function decodeUplink(input) {

@@ -184,6 +184,7 @@ class VirtualBoard:
         self.booted_free: int | None = None
         self.booted_event = asyncio.Event()
         self.reset_log: list[str] = []
+        self.listening: dict[tuple[str, int], int] = {}  # (board ip, port) -> loopback port on the host
         self.dropped_input = 0
         self._pending_reset: tuple[str, int] | None = None
         self._wdt_timeout: float | None = None
@@ -264,8 +265,9 @@ class VirtualBoard:
             check = self.spi_flash.boot_check()
             if not check.ok:
                 line = ROM_BOOT_LINES.get(kind, ROM_BOOT_LINES["power"])
-                log = "\r\n".join(check.log) + "\r\n" if check.log else ""
-                self._emit(f"\r\n{line}\r\n{log}{check.message}\r\n".encode())
+                # The log ends with the failure itself, in the words the chip prints: once.
+                log = "\r\n".join(check.log or (check.message,))
+                self._emit(f"\r\n{line}\r\n{log}\r\n".encode())
                 self.boot_kind = "no-firmware"
                 self.reset_log.append("no-firmware")
                 return
@@ -337,6 +339,7 @@ class VirtualBoard:
         proc = self.proc
         self.proc = None
         self.executing = False
+        self._radio_off()
         if proc and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -384,16 +387,19 @@ class VirtualBoard:
         # On the ESP32, mbedtls allocates its TLS session from the IDF heap, beside the
         # MicroPython heap; the unix port takes it from the GC heap. A board configured for
         # mqtts:// gets the board file's idf_heap_bytes on top (mbedtls buffers are bytes:
-        # no 64-bit scaling). Measured: a session peaks at ~15 KB in the GC heap here.
-        try:
-            cfg = json.loads((self.flash / "config.json").read_text())
-        except (OSError, ValueError):
-            return 0
-        if isinstance(cfg, dict) and str(cfg.get("broker", "")).startswith("mqtts://"):
-            return int(self.board.data.get("idf_heap_bytes", 65536))
+        # no 64-bit scaling). Measured: a session peaks at ~15 KB in the GC heap here. The broker
+        # is config.json's, or its last known good's when config.json has none (firmware config.py).
+        for name in ("config.json", "config.lkg.json"):
+            try:
+                cfg = json.loads((self.flash / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and str(cfg.get("broker", "")).startswith("mqtt"):
+                return int(self.board.data.get("idf_heap_bytes", 65536)) if cfg["broker"].startswith("mqtts://") else 0
         return 0
 
     def _start_interpreter(self, kind: str) -> None:
+        self._radio_off()
         self.boot_kind = kind
         self.boots += 1
         self._heap_scale = HEAP_SCALE_ROMFS if self._romfs_valid() else HEAP_SCALE
@@ -538,6 +544,18 @@ class VirtualBoard:
     # -- HAL hooks ----------------------------------------------------------------
     def on_hal_connected(self) -> None:
         pass
+
+    def on_listen(self, ip: str | None, port: int, host_port: int) -> None:
+        # A listening socket of the firmware (its setup page): reachable from the host over loopback.
+        for key in [k for k, v in self.listening.items() if v == host_port]:
+            del self.listening[key]
+        if ip is not None:
+            self.listening[(ip, port)] = host_port
+
+    def _radio_off(self) -> None:
+        # The interpreter is gone (reset, power cut): its access point and sockets with it.
+        self.listening.clear()
+        self.world.set_access_point(None)
 
     def on_booted(self, alloc: int, free: int) -> None:
         self.booted_alloc, self.booted_free = alloc, free

@@ -1,6 +1,7 @@
 """Control socket of a running virtual board (`PATH.ctl`): JSON lines in, JSON lines out.
 
-Requests: {"op": "get"} -> world snapshot; {"op": "set", "values": {...}};
+Requests: {"op": "get"} -> world snapshot (with "listening": the firmware's listening sockets,
+board "ip:port" -> the host's "127.0.0.1:port" that reaches it); {"op": "set", "values": {...}};
 {"op": "inject", "part": "bme280", "fault": "nack"}; {"op": "clear", "part": ...};
 {"op": "power_cut"}; {"op": "power_on"}; {"op": "reset"} (EN pressed);
 {"op": "download"} (BOOT held, EN pressed: the ROM serial bootloader waits for esptool).
@@ -22,11 +23,16 @@ from host_tools import boards
 
 
 def parse_assignments(items: list[str]) -> dict:
+    from host_tools.emulator.world import DEFAULTS
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if isinstance(DEFAULTS.get(key.strip()), str):  # text quantities: a sound scene, a file
+            out[key.strip()] = value
+            continue
         low = value.strip().lower()
         out[key.strip()] = {"true": True, "on": True, "up": True, "false": False, "off": False, "down": False}.get(
             low, value
@@ -83,7 +89,8 @@ class ControlServer:
         h = self.handle
         op = req.get("op")
         if op == "get":
-            return {"ok": True, **h.world.snapshot(), "boots": h.boots}
+            listening = {f"{ip}:{port}": f"127.0.0.1:{hp}" for (ip, port), hp in h.board.listening.items()}
+            return {"ok": True, **h.world.snapshot(), "boots": h.boots, "listening": listening}
         if op == "set":
             h.world.set(**req["values"])
             return {"ok": True}
@@ -133,12 +140,14 @@ class ControlError(ConnectionError):
 
 
 def generated_firmware(board: boards.Board | None) -> Path:
-    """The MicroPython image a virtual board of `board` runs: generated, with the board's ROMFS partition."""
-    from host_tools.emulator.firmware_image import micropython_image_path
+    """The MicroPython image a virtual board of `board` runs: generated, with the board's ROMFS partition.
 
-    wanted = (board.data.get("micropython") if board else None) or "1.29"
-    version = "v" + wanted + (".0" if wanted.count(".") == 1 else "")
-    return micropython_image_path(version, romfs_bytes=board.romfs_bytes if board else 0)
+    It carries the version the virtual board's interpreter reports in its banner ('v1.29.0-preview'),
+    so what `lanterne flash` says it wrote is what the board then says it runs."""
+    from host_tools.emulator.firmware_image import micropython_image_path
+    from host_tools.runtime import unix_port
+
+    return micropython_image_path(unix_port.version(), romfs_bytes=board.romfs_bytes if board else 0)
 
 
 @dataclass

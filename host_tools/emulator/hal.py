@@ -12,12 +12,19 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     PWM pin freq duty_u16    (duty -1: PWM stopped)
     ADC pin                  -> OK microvolts
     UARTW id hex / UARTR id n
+    I2SINIT id rate bits     an I2S receiver was built (the microphone's clock starts)
+    I2SR id nbytes           -> OK n wait_us: n bytes of samples are in RUN_DIR/i2s<id>.raw
+                             (the shim paces its readinto at the sample rate itself)
     WDT timeout_ms / FEED    watchdog armed / fed
     RSSI / MCUTEMP           radio and chip facts
     CLOCK                    the world's wall clock, Unix seconds (what NTP serves)
     EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset
+    AP ssid_hex authmode key_hex | AP -   the Wi-Fi access point is up (as a phone sees it) / off
+    PORT                     -> OK port      a free loopback port for a listening socket
+    LISTEN ip port hostport  the board listens on ip:port, reachable at 127.0.0.1:hostport
+    UNLISTEN hostport        that listening socket is closed
 
 The board side is `host_tools/emulator/rom/_hal.py`.
 """
@@ -60,6 +67,15 @@ def follow_link(world, run_dir) -> None:
     """Mirror the link now and whenever the world's `link_up` changes."""
     mirror_link_flag(world, run_dir)
     world.subscribe(lambda what, values: mirror_link_flag(world, run_dir) if "link_up" in values else None)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (the board binds it next; it retries if taken)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _hex(data: bytes) -> str:
@@ -107,6 +123,18 @@ def handle(board: HalClient, line: str) -> str:
             return "OK"
         if op == "UARTR":
             return "OK " + _hex(p.uart_read(int(args[0]), int(args[1])))
+        if op == "I2SINIT":
+            p.i2s_init(int(args[0]), int(args[1]), int(args[2]))
+            return "OK"
+        if op == "I2SR":
+            data, wait_us = p.i2s_read(int(args[0]), int(args[1]))
+            run_dir = getattr(board, "run_dir", None)
+            if not run_dir:
+                return f"E {errno.ENODEV}"
+            with open(os.path.join(str(run_dir), f"i2s{int(args[0])}.raw"), "r+b" if os.path.exists(
+                    os.path.join(str(run_dir), f"i2s{int(args[0])}.raw")) else "wb") as f:
+                f.write(data)  # in place: the board keeps the file open
+            return f"OK {len(data)} {wait_us}"
         if op == "WDT":
             board.on_watchdog(int(args[0]))
             return "OK"
@@ -124,6 +152,19 @@ def handle(board: HalClient, line: str) -> str:
             return "OK"
         if op == "BOOTED":
             board.on_booted(int(args[0]), int(args[1]))
+            return "OK"
+        if op == "AP":
+            ap = None
+            if args[0] != "-":
+                ap = {"ssid": _unhex(args[0]).decode(), "authmode": int(args[1]), "key": _unhex(args[2]).decode()}
+            board.world.set_access_point(ap)
+            return "OK"
+        if op == "PORT":
+            return f"OK {free_port()}"
+        if op in ("LISTEN", "UNLISTEN"):
+            hook = getattr(board, "on_listen", None)
+            if hook:
+                hook(args[0], int(args[1]), int(args[2])) if op == "LISTEN" else hook(None, 0, int(args[0]))
             return "OK"
         if op == "RESET":
             board.on_reset_request(args[0], int(args[1]) if len(args) > 1 else 0)

@@ -102,6 +102,18 @@ class BoardHandle:
 
         self._call(wait(), timeout + 5)
 
+    def http_url(self, port: int = 80, timeout: float = 0.0) -> str | None:
+        """http://127.0.0.1:N/ where the firmware's server listening on `port` (any of the board's
+        addresses) is reachable from the host; None if nothing listens there (after `timeout` s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [hp for (_ip, p), hp in list(self.board.listening.items()) if p == port]
+            if found:
+                return f"http://127.0.0.1:{found[0]}/"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
     @property
     def boots(self) -> int:
         return self.board.boots

@@ -6,11 +6,18 @@ inject faults (a part missing, NACKing or stuck; the link dropped) and read the
 outputs the firmware drives (pin levels, PWM duty). The simulated parts in
 `host_tools.emulator.devices` read the world on every bus transaction.
 
+Nonsense is refused, whoever asks (a test, `lanterne world`, `lanterne emulate --set`): an
+unknown quantity, a value outside what the physics allows (`LIMITS`), a fault on a part the
+board does not have (the parts declare themselves, see `devices/parts.py`) or of a kind that
+part cannot have. The `WorldError` names what is valid.
+
 Thread-safe: the supervisor's HAL server and a test thread touch it at once.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import random
 import threading
 import time
@@ -45,10 +52,90 @@ DEFAULTS: dict[str, Any] = {
     "lorawan_downlink_loss": 0.0,  # probability the module misses a downlink
     "lorawan_dr": -1.0,  # >= 0: the network moves the module to this data rate (then back to -1)
     "lorawan_tx_done_first": False,  # TX_DONE / SEND_CONFIRMED_* before the RX event instead of after
+    "button": False,  # the board's button (board file: setup_button) held down
+    "pm1_ugm3": 6.0,  # particulate matter a reference instrument would measure
+    "pm25_ugm3": 11.0,
+    "pm10_ugm3": 18.0,
+    "pm_kappa": 0.0,  # > 0: optical PM sensors over-read in humid air by the kappa-Koehler growth
+    "sound_scene": "pink db=55",  # what the microphone hears (host_tools/emulator/audio.py: tones, pink, bursts)
+    "sound_wav": "",  # a WAV file to play to the microphone instead (looped)
+    "mic_noise_db": 33.0,  # the microphone's self-noise, dB SPL
 }
 
-#: Fault kinds a part can be given.
-FAULT_KINDS = ("missing", "nack", "stuck")
+#: What each number may be: the physically possible, wider than any part measures (so a sensor's
+#: own out-of-range handling can be exercised), never what cannot be (negative light, 120 %RH).
+LIMITS: dict[str, tuple[float, float]] = {
+    "temperature_c": (-80.0, 150.0),
+    "humidity_pct": (0.0, 100.0),
+    "pressure_hpa": (0.0, 2000.0),
+    "illuminance_lx": (0.0, 1_000_000.0),
+    "distance_mm": (0.0, 20_000.0),
+    "supply_v": (0.0, 100.0),
+    "lamp_load_w": (0.0, 2000.0),
+    "noise": (0.0, 1.0),
+    "echo_outlier_ratio": (0.0, 1.0),
+    "clock_offset_s": (-1e10, 1e10),
+    "rssi_dbm": (-130.0, 0.0),
+    "lorawan_speedup": (0.001, 1_000_000.0),
+    "lorawan_gateways": (0.0, 100.0),
+    "lorawan_rssi_dbm": (-150.0, 0.0),
+    "lorawan_snr_db": (-30.0, 30.0),
+    "lorawan_join_failures": (0.0, 1_000_000.0),
+    "lorawan_busy_refusals": (0.0, 1_000_000.0),
+    "lorawan_resets": (0.0, 1_000_000.0),
+    "lorawan_garbage": (0.0, 1.0),
+    "lorawan_uplink_loss": (0.0, 1.0),
+    "lorawan_downlink_loss": (0.0, 1.0),
+    "lorawan_dr": (-1.0, 15.0),
+    "pm1_ugm3": (0.0, 10_000.0),
+    "pm25_ugm3": (0.0, 10_000.0),
+    "pm10_ugm3": (0.0, 10_000.0),
+    "pm_kappa": (0.0, 2.0),
+    "mic_noise_db": (0.0, 140.0),
+}
+
+#: Fault kinds a part can be given (each part says which of them it has, `fault_kinds`): a bus
+#: part's by default; PM sensors add checksum, frame, fan; the microphone has silence, clipping.
+BUS_FAULT_KINDS = ("missing", "nack", "stuck")
+FAULT_KINDS = BUS_FAULT_KINDS + ("checksum", "frame", "fan", "silence", "clipping")
+
+
+class WorldError(ValueError):
+    """A request the world refuses: the message names what is valid."""
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_value(key: str, value: Any) -> bool | float | str:
+    """`value` as the world stores it for `key`, or WorldError saying what `key` accepts."""
+    if key not in DEFAULTS:
+        raise WorldError(f"unknown world quantity {key!r}{_suggest(key, DEFAULTS)}; known: {', '.join(sorted(DEFAULTS))}")
+    if isinstance(DEFAULTS[key], bool):
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        raise WorldError(f"{key} is on or off (true/false, up/down, 1/0), got {value!r}")
+    if isinstance(DEFAULTS[key], str):
+        if key == "sound_scene":
+            from host_tools.emulator.audio import parse_scene
+
+            try:
+                parse_scene(str(value))  # refuse a bad scene here, with its reason
+            except ValueError as exc:
+                raise WorldError(f"sound_scene: {exc}") from None
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WorldError(f"{key} is a number, got {value!r}")
+    lo, hi = LIMITS.get(key, (-math.inf, math.inf))
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise WorldError(f"{key}={_num(value)} is out of range: {_num(lo)} .. {_num(hi)}")
+    return float(value)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
 
 
 class World:
@@ -56,7 +143,8 @@ class World:
         self._lock = threading.RLock()
         self._values: dict[str, Any] = dict(DEFAULTS)
         self._faults: dict[str, set[str]] = {}
-        self._outputs: dict[str, Any] = {"pins": {}, "pwm": {}, "uart_tx": {}}
+        self._parts: dict[str, tuple[str, ...]] = {}  # part name -> the fault kinds it can have
+        self._outputs: dict[str, Any] = {"pins": {}, "pwm": {}, "uart_tx": {}, "ap": None}
         self._listeners: list = []
         self.rng = random.Random(seed)
         self.started = time.monotonic()
@@ -70,12 +158,10 @@ class World:
             return self._values.get(key, default)
 
     def set(self, **values) -> None:
+        """Set quantities; all or nothing: one refused value (WorldError) changes none."""
+        checked = {key: check_value(key, value) for key, value in values.items()}
         with self._lock:
-            for key, value in values.items():
-                if key not in DEFAULTS:
-                    raise KeyError(f"unknown world quantity {key!r}; known: {', '.join(sorted(DEFAULTS))}")
-                kind = type(DEFAULTS[key])
-                self._values[key] = bool(value) if kind is bool else float(value)
+            self._values.update(checked)
             listeners = list(self._listeners)
         for fn in listeners:
             fn("set", values)
@@ -98,10 +184,33 @@ class World:
         return value * (1.0 + self.rng.gauss(0.0, n)) if n else value
 
     # -- faults ---------------------------------------------------------------
-    def inject(self, part: str, kind: str) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r} for {part}; choose from {', '.join(FAULT_KINDS)}")
+    def declare_part(self, name: str, kinds=BUS_FAULT_KINDS) -> None:
+        """A simulated part of this board answers to `name` and can have the fault `kinds`."""
         with self._lock:
+            self._parts[name] = tuple(sorted(set(self._parts.get(name, ())) | set(kinds)))
+
+    def parts(self) -> dict[str, list[str]]:
+        """The board's parts (fault targets) and the fault kinds each can have."""
+        with self._lock:
+            return {k: list(v) for k, v in sorted(self._parts.items())}
+
+    def _check_part(self, part: str) -> tuple[str, ...]:
+        # A world that no board declared parts to (a bare World in a unit test) takes any name.
+        if not self._parts:
+            return FAULT_KINDS
+        if part not in self._parts:
+            raise WorldError(
+                f"this board has no part {part!r}{_suggest(part, self._parts)}; its parts: {', '.join(sorted(self._parts))}"
+            )
+        return self._parts[part]
+
+    def inject(self, part: str, kind: str) -> None:
+        with self._lock:
+            kinds = self._check_part(part)
+            if kind not in FAULT_KINDS:
+                raise WorldError(f"unknown fault {kind!r} for {part}{_suggest(kind, kinds)}; choose from {', '.join(kinds)}")
+            if kind not in kinds:
+                raise WorldError(f"{part} cannot be given the fault {kind!r}; it can be: {', '.join(kinds)}")
             self._faults.setdefault(part, set()).add(kind)
 
     def clear(self, part: str | None = None) -> None:
@@ -109,6 +218,7 @@ class World:
             if part is None:
                 self._faults.clear()
             else:
+                self._check_part(part)
                 self._faults.pop(part, None)
 
     def fault(self, part: str, kind: str) -> bool:
@@ -131,6 +241,16 @@ class World:
             else:
                 self._outputs["pwm"][int(pin)] = {"freq": int(freq), "duty_u16": int(duty_u16)}
 
+    def set_access_point(self, ap: dict | None) -> None:
+        """The board's Wi-Fi access point as a phone nearby would find it (None: no AP)."""
+        with self._lock:
+            self._outputs["ap"] = dict(ap) if ap else None
+
+    def access_point(self) -> dict | None:
+        with self._lock:
+            ap = self._outputs["ap"]
+            return dict(ap) if ap else None
+
     def pin_level(self, pin: int) -> int | None:
         with self._lock:
             return self._outputs["pins"].get(int(pin))
@@ -145,10 +265,11 @@ class World:
             return {
                 "pins": dict(self._outputs["pins"]),
                 "pwm": {k: dict(v) for k, v in self._outputs["pwm"].items()},
+                "ap": self.access_point(),
             }
 
     def snapshot(self) -> dict[str, Any]:
-        return {"values": self.values(), "faults": self.faults(), "outputs": self.outputs()}
+        return {"values": self.values(), "faults": self.faults(), "outputs": self.outputs(), "parts": self.parts()}
 
     def subscribe(self, fn) -> None:
         with self._lock:

@@ -14,6 +14,16 @@ Every error a person can act on is a `ProvisionError`: one line, a hint, the fie
 
 from __future__ import annotations
 
+import os
+
+# What `no serial port PORT` is followed by, wherever a command needs a board.
+PORT_HINT = "check the cable and the path (ls /dev/ttyUSB* /dev/ttyACM*; a virtual board: lanterne emulate --port PATH)"
+
+
+def missing_port(port: str) -> bool:
+    """True when `port` names no device on this host (a pyserial URL such as rfc2217://... is not checked)."""
+    return "://" not in port and not os.path.exists(port)
+
 
 class ProvisionError(RuntimeError):
     """An error a person can act on: `str()` is one line, `hint` says what to do."""

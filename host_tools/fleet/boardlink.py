@@ -19,9 +19,8 @@ import base64
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from host_tools.fleet import ProvisionError
+from host_tools.fleet import PORT_HINT, ProvisionError, missing_port
 
 TMP_SUFFIX = ".lnt-new"  # files being written; renamed into place only once checked
 CHUNK = 3072  # raw bytes per write command (4 KiB of base64): small next to the board's heap
@@ -154,11 +153,8 @@ class BoardLink:
         self.port = port
         self.console = bytearray()
         self.romfs_blocks_written = 0
-        if not Path(port).exists() and "://" not in port:
-            raise ProvisionError(
-                f"no serial port {port}",
-                hint="check the cable and the path (ls /dev/ttyUSB* /dev/ttyACM*; a virtual board: lanterne emulate --port PATH)",
-            )
+        if missing_port(port):
+            raise ProvisionError(f"no serial port {port}", hint=PORT_HINT)
         try:
             self.transport = SerialTransport(port, baudrate=115200)
         except TransportError:

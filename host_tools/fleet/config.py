@@ -39,6 +39,31 @@ def firmware_config():
     return _schema_module
 
 
+def board_transport(board) -> str:
+    """The transport a board's firmware uses unless its config says otherwise: LoRaWAN on a LoRaWAN modem, else MQTT."""
+    return "lorawan" if board.data["network"]["kind"] == "lorawan" else "mqtt"
+
+
+def delivering_transports() -> tuple[str, ...]:
+    """The transports the firmware can send readings and receive commands over: its transport package's modules.
+
+    The one place that knows which transports deliver: a board configured for another one samples
+    and stores its readings but sends nothing (the firmware reports `transport ...: not available in
+    this firmware yet`). When a transport lands in firmware/lanterne/transport/, the warnings built
+    on `transport_gap` go away by themselves.
+    """
+    return tuple(sorted(p.stem for p in (FIRMWARE / "lanterne" / "transport").glob("*.py") if p.stem != "__init__"))
+
+
+def transport_gap(transport: str) -> str | None:
+    """Why a board on `transport` cannot deliver yet (one sentence), or None when it can."""
+    if transport in delivering_transports():
+        return None
+    name = {"lorawan": "LoRaWAN"}.get(transport, transport)
+    return (f"the {name} transport is not in the firmware yet: the board samples and stores its readings"
+            " but cannot send them or receive commands")
+
+
 def coerce(field_name: str, text: str):
     """A CSV cell or --set value converted to the schema's type for `field_name`."""
     schema = firmware_config().SCHEMA

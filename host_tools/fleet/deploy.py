@@ -47,9 +47,11 @@ def firmware_files() -> dict[str, bytes]:
         "boot.py": (FIRMWARE / "boot.py").read_bytes(),
         "main.py": (FIRMWARE / "main.py").read_bytes(),
     }
-    for package in ("lanterne", "lanterne_ota"):
-        for p in sorted((FIRMWARE / package).rglob("*.py")):
+    for pattern in ("*.py", "*.html"):  # the package's modules and the setup page it serves
+        for p in sorted((FIRMWARE / "lanterne").rglob(pattern)):
             files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
+    for p in sorted((FIRMWARE / "lanterne_ota").rglob("*.py")):  # the OTA package (filesystem)
+        files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
     for p in sorted((FIRMWARE / "lib").rglob("*.py")):  # compatibility modules (ussl)
         files["lib/" + p.relative_to(FIRMWARE / "lib").as_posix()] = p.read_bytes()
     if not MPYLIB.exists():
@@ -75,19 +77,48 @@ def mpy_compile(source: bytes, name: str) -> bytes:
     return _CROSS.compile(source, name)
 
 
-def compiled(files: dict[str, bytes]) -> dict[str, bytes]:
-    """Library modules (lib/**.py) as .mpy; boot.py, main.py and data files unchanged."""
+def native_code(source: bytes) -> bool:
+    """A module with @micropython.viper/native functions: its .mpy holds machine code, so it
+    can only be compiled for a known architecture (-march); without one it stays source and
+    the board compiles it when it is first imported."""
+    import re
+
+    return re.search(rb"^[ \t]*@micropython\.(viper|native)\b", source, re.M) is not None
+
+
+_HOST_ARCH: list[str] = []
+
+
+def host_arch() -> str:
+    """The -march of this host's MicroPython unix port (what a virtual board runs), asked once."""
+    if not _HOST_ARCH:
+        from host_tools.runtime import unix_port
+
+        _HOST_ARCH.append(parse_mpy(int(unix_port.run("import sys\nprint(sys.implementation._mpy)").strip()))[2])
+    return _HOST_ARCH[0]
+
+
+def compiled(files: dict[str, bytes], march: str = "") -> dict[str, bytes]:
+    """Library modules (lib/**.py) as .mpy; a native-code module only with `march` (else it stays
+    source); boot.py, main.py and data files unchanged."""
     out = {}
     for rel, data in files.items():
-        if rel.startswith("lib/") and rel.endswith(".py"):
+        native = native_code(data)
+        if rel.startswith("lib/") and rel.endswith(".py") and (march or not native):
+            if native:
+                global _CROSS
+                if _CROSS is None:
+                    _CROSS = MpyCross()
+                out[rel[:-3] + ".mpy"] = _CROSS.compile(data, rel[4:], march)
+                continue
             out[rel[:-3] + ".mpy"] = mpy_compile(data, rel[4:])
         else:
             out[rel] = data
     return out
 
 
-def image_files(board: boards.Board, config: dict | None, *, mpy: bool = True) -> dict[str, bytes]:
-    files = compiled(firmware_files()) if mpy else firmware_files()
+def image_files(board: boards.Board, config: dict | None, *, mpy: bool = True, march: str = "") -> dict[str, bytes]:
+    files = compiled(firmware_files(), march) if mpy else firmware_files()
     files["board.json"] = json.dumps(board.data, indent=1).encode()
     if config is not None:
         files["config.json"] = json.dumps(config, indent=1).encode()
@@ -116,6 +147,7 @@ def _write_tree(files: dict[str, bytes], dest: Path) -> None:
 
 
 ROMFS_DIR = "lib/"  # what goes into the ROMFS partition (as /rom/lib/...): the compiled library
+ROM_DATA = (".mpy", ".html")  # and the library's data files, read in place from flash (the setup page)
 FS_PACKAGES = ("lib/lanterne_ota/",)  # compiled, but kept on the filesystem: outside the slots
 RELEASE_FILE = "release.json"  # in every ROMFS image: {"version": ..., "counter": ...}
 
@@ -134,8 +166,8 @@ def release_file(version: str, counter: int) -> bytes:
 
 
 def in_romfs(rel: str) -> bool:
-    """A compiled library module that belongs in a slot (not the filesystem's OTA package)."""
-    return rel.startswith(ROMFS_DIR) and rel.endswith(".mpy") and not rel.startswith(FS_PACKAGES)
+    """A path of the library that belongs in a slot (not the filesystem's OTA package)."""
+    return rel.startswith(ROMFS_DIR) and not rel.startswith(FS_PACKAGES)
 
 
 def romfs_image(files: dict[str, bytes]) -> bytes:
@@ -172,9 +204,15 @@ def split_romfs(
     files: dict[str, bytes], version: str | None = None, counter: int = 0
 ) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(what goes into the ROMFS image, what goes onto the filesystem): .mpy modules in ROM
-    run in place; boot.py, main.py, the OTA package and the data files stay on the read-write
-    filesystem. The image gets its release.json (version, release counter: 0 outside releases)."""
-    rom = {rel: data for rel, data in files.items() if in_romfs(rel)}
+    run in place (a native-code module compiled without -march stays source there, beside its
+    package), the library's pages are read in place; boot.py, main.py, the OTA package,
+    board.json and config.json stay on the read-write filesystem. The image gets its
+    release.json (version, release counter: 0 outside releases)."""
+    rom = {
+        rel: data
+        for rel, data in files.items()
+        if in_romfs(rel) and (rel.endswith(ROM_DATA) or (rel.endswith(".py") and native_code(data)))
+    }
     fs = {rel: data for rel, data in files.items() if rel not in rom}
     rom[RELEASE_FILE] = release_file(version or firmware_version(), counter)
     return rom, fs
@@ -203,7 +241,8 @@ def copy_to_flash(
             boards.romfs_path(flash_dir).write_bytes(b"\xff" * size)
         stage(board, config, flash_dir, mpy=mpy)
         return
-    rom, fs = split_romfs(image_files(board, config, mpy=True))
+    # A virtual board runs this host's unix port: native-code modules are compiled for it.
+    rom, fs = split_romfs(image_files(board, config, mpy=True, march=host_arch()))
     image = image if image is not None else romfs_image(rom)
     if len(image) > size // 2:
         raise ProvisionError(f"the ROMFS image is {len(image)} bytes: more than a slot of the board's {size}-byte partition")
@@ -337,9 +376,13 @@ def build_image(board: boards.Board, cross: MpyCross, march: str = "", romfs: bo
     files = image_files(board, None, mpy=False)  # sources: compiled here, for this board's format
     image = {}
     for rel, data in files.items():
-        if rel.startswith("lib/") and rel.endswith(".py"):
-            mpy = rel[:-3] + ".mpy"
-            image[("/rom/" if romfs and in_romfs(mpy) else "/") + mpy] = cross.compile(data, rel[len("lib/"):], march)
+        rom = romfs and in_romfs(rel)  # the OTA package stays on the filesystem
+        if rel.startswith("lib/") and rel.endswith(".py") and native_code(data) and not march:
+            image[("/rom/" if rom else "/") + rel] = data  # machine code needs the board's architecture
+        elif rel.startswith("lib/") and rel.endswith(".py"):
+            image[("/rom/" if rom else "/") + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
+        elif rom and rel.endswith(ROM_DATA):
+            image["/rom/" + rel] = data
         else:
             image["/" + rel] = data
     if romfs:

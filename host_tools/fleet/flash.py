@@ -27,6 +27,7 @@ from typing import Any
 
 from host_tools import boards
 from host_tools.boards import esp32_image
+from host_tools.fleet import PORT_HINT, missing_port
 
 # progress(stage, done, total): stage is "connect", "erase", "write", "verify" or "reset".
 Progress = Callable[[str, int, int], None]
@@ -41,8 +42,6 @@ class FlashError(Exception):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
-
-
 
 
 @dataclass(frozen=True)
@@ -318,6 +317,8 @@ def flash(
     from esptool.util import FatalError
 
     start = time.monotonic()
+    if missing_port(port):  # first: nothing about the firmware matters without a board to write it to
+        raise FlashError(f"no serial port {port}", hint=PORT_HINT)
     board_obj = _load_board(board)
     virtual = virtual_control is not None
     chip_wanted = board_obj.data["chip"] if board_obj else "esp32"

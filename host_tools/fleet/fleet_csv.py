@@ -22,6 +22,7 @@ from host_tools.fleet.provision import (
     ProvisionReport,
     Request,
     _open_registry,
+    check_port,
     make_request,
     register,
     run_request,
@@ -148,9 +149,11 @@ def provision_fleet(
         if on_row:
             on_row(r)
 
+    # Every row checked on its own first: a request, or why not.
+    checked: list[tuple[int, dict | None, Request | None, ProvisionError | str | None]] = []
     for line, cells, error in raw:
         if error:
-            fail(line, "", "", error, "fix the row; the other rows are provisioned")
+            checked.append((line, None, None, error))
             continue
         device, port = cells.get("device", ""), cells.get("port", "")
         try:
@@ -163,24 +166,36 @@ def provision_fleet(
             if not register_only and not port:
                 raise ProvisionError("no port", hint="fill the port column", field="port")
         except ProvisionError as exc:
-            fail(line, device, port, exc)
+            checked.append((line, cells, None, exc))
             continue
         req.line = line
-        requests.append(req)
+        checked.append((line, cells, req, None))
 
-    # Duplicates: a device id or a port on two rows is ambiguous: refuse every such row.
-    for key, what in ((lambda r: r.device, "device id"), (lambda r: r.port, "port")):
-        seen: dict[str, list[Request]] = {}
-        for req in requests:
-            if key(req):
-                seen.setdefault(key(req), []).append(req)
-        for value, reqs in seen.items():
-            if len(reqs) > 1:
-                lines = [r.line for r in reqs]
-                for r in reqs:
-                    others = ", ".join(str(n) for n in lines if n != r.line)
-                    fail(r.line, r.device, r.port, f"duplicate {what} {value!r} (also on line {others})", "each device and each port on one row only")
-    requests = [r for r in requests if r.line not in results]
+    # Duplicates: a device id or a port on two rows is ambiguous (which row is right?), so every
+    # such row is refused, whether or not the row is otherwise valid. A row with the wrong number
+    # of fields has no columns to compare and is refused on its own.
+    duplicate: dict[int, str] = {}
+    for column, what in (("device", "device id"), ("port", "port")):
+        seen: dict[str, list[int]] = {}
+        for line, cells, _req, _error in checked:
+            value = (cells or {}).get(column, "")
+            if value:
+                seen.setdefault(value, []).append(line)
+        for value, lines in seen.items():
+            if len(lines) > 1:
+                for n in lines:
+                    others = ", ".join(str(o) for o in lines if o != n)
+                    duplicate.setdefault(n, f"duplicate {what} {value!r} (also on line {others})")
+
+    for line, cells, req, error in checked:
+        device, port = (cells or {}).get("device", ""), (cells or {}).get("port", "")
+        if line in duplicate:
+            own = f"; the row is also invalid: {error}" if error else ""
+            fail(line, device, port, duplicate[line] + own, "each device and each port on one row only; nothing of these rows is done")
+        elif error:
+            fail(line, device, port, error, None if isinstance(error, ProvisionError) else "fix the row; the other rows are provisioned")
+        else:
+            requests.append(req)
 
     if register_only:
         for req in requests:
@@ -211,6 +226,7 @@ def provision_fleet(
 
     def one(req: Request) -> RowResult:
         try:
+            check_port(req)
             if req.mqtt and req.broker in waiter_errors:
                 raise waiter_errors[req.broker]
             rep = run_request(

@@ -32,9 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools import boards
-from host_tools.fleet import ProvisionError
+from host_tools.fleet import PORT_HINT, ProvisionError, missing_port
 from host_tools.fleet.boardlink import TMP_SUFFIX, BoardFile, BoardLink
-from host_tools.fleet.config import DEFAULT_BROKER, check_config, config_bytes, firmware_config
+from host_tools.fleet.config import (
+    DEFAULT_BROKER,
+    board_transport,
+    check_config,
+    config_bytes,
+    firmware_config,
+    transport_gap,
+)
 from host_tools.fleet.deploy import (
     OTA_KEYS_FILE,
     ROM_DIR,
@@ -128,9 +135,13 @@ class ProvisionReport:
     status: dict | None = None
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # provisioned, but a user must know (a transport not there yet)
 
-    def summary(self) -> str:
-        sent = f"{len(self.files_sent)} file{'s' * (len(self.files_sent) != 1)} sent ({self.bytes_sent / 1024:.1f} KiB on the wire)"
+    def summary(self, warnings: bool = True) -> str:
+        # Files counted as the plan counts them: every file of the image, the ROMFS image's all when it is written.
+        n, rom = len(self.files_sent), sum(p.startswith(ROM_DIR + "/") for p in self.files_sent)
+        where = f"{n - rom} to the filesystem" + (f", {rom} in the ROMFS image" if rom else "")
+        sent = f"{n} file{'s' * (n != 1)} sent ({where}; {self.bytes_sent / 1024:.1f} KiB on the wire)"
         state = "online" if self.status else "reset, first status not awaited"
         if self.status:
             state = f"online (fw {self.status.get('fw')}, heap free {self.status.get('heap_free')})"
@@ -140,6 +151,7 @@ class ProvisionReport:
             f"{self.device} on {self.port}: {sent}, {self.files_unchanged} unchanged"
             + (f", {len(self.files_removed)} stale removed" if self.files_removed else "")
             + f"; {state} in {self.seconds:.1f} s"
+            + "".join(f"\n  warning: {w}" for w in (self.warnings if warnings else ()))
         )
 
     def to_json(self) -> dict:
@@ -150,7 +162,7 @@ class ProvisionReport:
             "files_removed": self.files_removed, "bytes_sent": self.bytes_sent, "payload_bytes": self.payload_bytes,
             "romfs_blocks": self.romfs_blocks,
             "firmware_hash": self.firmware_hash, "status": self.status, "seconds": round(self.seconds, 3),
-            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "phases": {k: round(v, 3) for k, v in self.phases.items()}, "warnings": self.warnings,
         }
 
 
@@ -204,8 +216,8 @@ def make_request(
             config[key] = value
     config.setdefault("site", "default")
     config.setdefault("broker", DEFAULT_BROKER)
-    if board_obj.data["network"]["kind"] == "lorawan":
-        config.setdefault("transport", "lorawan")  # no IP link on this board
+    if board_transport(board_obj) != "mqtt":
+        config.setdefault("transport", board_transport(board_obj))  # no IP link on this board
     config["device"] = device
     config["mqtt_user"] = device
     if ca_cert:
@@ -292,6 +304,14 @@ def _check_hardware(reg: Registry, req: Request, hw_id: str, replace: bool) -> N
         )
 
 
+def check_port(req: Request) -> None:
+    """The request's serial port exists: checked first, before the broker, as without the board nothing else matters."""
+    if not req.port:
+        raise ProvisionError(f"{req.device}: no serial port given", hint="pass --port (or fill the CSV's port column)", field="port")
+    if missing_port(req.port):
+        raise ProvisionError(f"no serial port {req.port}", hint=PORT_HINT, field="port")
+
+
 def run_request(
     req: Request,
     reg: Registry,
@@ -312,9 +332,11 @@ def run_request(
     over-the-air update of this board can be a delta against it."""
     say = log or (lambda msg: None)
     t0 = time.monotonic()
-    if not req.port:
-        raise ProvisionError(f"{req.device}: no serial port given", hint="pass --port (or fill the CSV's port column)", field="port")
+    check_port(req)
     rep = ProvisionReport(req.device, req.port, req.board.name, req.site)
+    gap = transport_gap(req.config.get("transport", "mqtt"))
+    if gap:
+        rep.warnings.append(f"{req.device}: {gap}")
     cross = mpy_cross if isinstance(mpy_cross, MpyCross) else MpyCross(mpy_cross)
     own_waiter = None
     if not req.mqtt:
@@ -382,8 +404,13 @@ def run_request(
                     f"not enough flash on the board: {need // 1024} KiB needed, {info.free_bytes // 1024} KiB free",
                     hint="remove data files from the board (mpremote fs rm) or use a board with a larger filesystem",
                 )
-            rom_note = f", ROMFS image {len(rom_image) / 1024:.1f} KiB " + ("to write" if rom_changed else "unchanged") if romfs else ""
-            say(f"{len(changed)} of {len(files) - len(in_rom)} files to send ({fs_bytes / 1024:.1f} KiB){rom_note}, {len(stale)} stale")
+            # Counted as the result counts them (`summary`): every file of the image; the ROMFS image's
+            # files all count when it is written (only its blocks that differ travel).
+            where = f"{len(changed)} to the filesystem ({fs_bytes / 1024:.1f} KiB)"
+            if in_rom:
+                where += (f", {len(in_rom)} in the ROMFS image ({len(rom_image) / 1024:.1f} KiB)" if rom_changed
+                          else f"; the ROMFS image ({len(in_rom)} files) unchanged")
+            say(f"{len(changed) + len(sent_rom)} of {len(files)} files to send: {where}; {len(stale)} stale to remove")
             t1 = time.monotonic()
             # 1. The filesystem's files, to temp names, checked by hash: nothing in place yet.
             if changed:

@@ -15,6 +15,9 @@ Tables:
   `secret(device, name)` is the only way out.
 - `roles`: back-office credentials (one `backoffice` role: reads the fleet, writes commands).
 - `command_counters`: the last command counter sent to each device (`lanterne command`).
+- `field_changes`: per device, the changes an installer made on site with the setup page, as
+  `lanterne verify` last read them from the board (its field.json: a count, a hash, the fields
+  and values), and the hash `lanterne registry accept` adopted into the device's config.
 
 The file is created with mode 0600 before SQLite opens it (SQLite gives its journal the
 same mode), and an existing file that others can read is tightened to 0600.
@@ -37,9 +40,10 @@ DEFAULT_PATH = "fleet.sqlite"
 SCHEMA_VERSION = 1
 
 # Config fields that are secrets: kept in the `secrets` table, never in a device's config JSON.
-SECRET_FIELDS = ("mqtt_password", "command_key", "wifi_key", "lorawan_appkey")
-# Generated for every device / for boards whose network is LoRaWAN.
-DEVICE_SECRETS = ("mqtt_password", "command_key")
+SECRET_FIELDS = ("mqtt_password", "command_key", "wifi_key", "lorawan_appkey", "setup_key")
+# Generated for every device / for boards whose network is LoRaWAN. setup_key: the setup access
+# point's name and passphrase derive from it (firmware/lanterne/setup_credentials.py, `lanterne label`).
+DEVICE_SECRETS = ("mqtt_password", "command_key", "setup_key")
 LORAWAN_SECRETS = ("lorawan_deveui", "lorawan_appkey")
 BACKOFFICE_ROLE = "backoffice"
 BACKOFFICE_USER = "lanterne-backoffice"
@@ -69,6 +73,13 @@ CREATE TABLE IF NOT EXISTS secrets (
     PRIMARY KEY (device, name)
 );
 CREATE TABLE IF NOT EXISTS command_counters (device TEXT PRIMARY KEY, counter INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS field_changes (
+    device TEXT PRIMARY KEY REFERENCES devices (id) ON DELETE CASCADE,
+    seen TEXT,
+    seen_at REAL,
+    accepted_hash TEXT,
+    accepted_at REAL
+);
 CREATE TABLE IF NOT EXISTS roles (
     name TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
@@ -86,6 +97,8 @@ def new_secret(name: str) -> str:
     """A fresh value for secret `name`, from the OS CSPRNG."""
     if name == "command_key":
         return _secrets.token_bytes(32).hex()  # HMAC-SHA256 key: 32 random bytes
+    if name == "setup_key":
+        return _secrets.token_bytes(16).hex()
     if name == "lorawan_appkey":
         return _secrets.token_bytes(16).hex().upper()  # AES-128 root key
     if name == "lorawan_deveui":
@@ -255,6 +268,20 @@ class Registry:
             row = db.execute(f"SELECT {self._COLUMNS} FROM devices WHERE id = ?", (device,)).fetchone()
         return self._record(row)
 
+    def update_config(self, device: str, fields: dict) -> DeviceRecord:
+        """Set some of a device's config fields (what an acknowledged command changed on the board)."""
+        leaked = sorted(set(fields) & set(SECRET_FIELDS))
+        if leaked:
+            raise RegistryError(f"config for {device} holds secret fields {leaked}: use set_secret")
+        with self._tx() as db:
+            row = db.execute("SELECT config FROM devices WHERE id = ?", (device,)).fetchone()
+            if row is None:
+                raise KeyError(f"no device {device!r}")
+            config = {**json.loads(row[0]), **fields}
+            db.execute("UPDATE devices SET config = ?, updated = ? WHERE id = ?",
+                       (json.dumps(config, sort_keys=True), time.time(), device))
+        return self.get(device)
+
     def get(self, device: str) -> DeviceRecord | None:
         with self._lock:
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM devices WHERE id = ?", (device,)).fetchone()
@@ -320,6 +347,41 @@ class Registry:
                 " ON CONFLICT (device) DO UPDATE SET counter = MAX(counter, excluded.counter)",
                 (device, counter),
             )
+
+    # -- field changes (the setup page) ---------------------------------------------------
+    def record_field_changes(self, device: str, field_doc: dict) -> None:
+        """What a board says was changed on site (its field.json: n, hash, fields), as last read."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO field_changes (device, seen, seen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (device) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at",
+                (device, json.dumps(field_doc, sort_keys=True), time.time()),
+            )
+
+    def field_changes(self, device: str) -> tuple[dict | None, str | None]:
+        """(the field changes last read from the board or None, the hash accepted or None)."""
+        with self._lock:
+            row = self._db.execute("SELECT seen, accepted_hash FROM field_changes WHERE device = ?", (device,)).fetchone()
+        if row is None:
+            return None, None
+        return (json.loads(row[0]) if row[0] else None), row[1]
+
+    def accept_field_changes(self, device: str, editable: tuple[str, ...]) -> dict:
+        """Adopt the field changes last read from the board into the device's config; returns them."""
+        seen, _accepted = self.field_changes(device)
+        if not seen or not seen.get("fields"):
+            raise RegistryError(f"no field changes read from {device} yet: run lanterne verify --port PORT first")
+        rec = self.get(device)
+        if rec is None:
+            raise RegistryError(f"no device {device!r}")
+        fields = {k: v for k, v in seen["fields"].items() if k in editable}
+        config = dict(rec.config)
+        config.update(fields)
+        self.add_or_update(device, config=config)
+        with self._tx() as db:
+            db.execute("UPDATE field_changes SET accepted_hash = ?, accepted_at = ? WHERE device = ?",
+                       (seen.get("hash"), time.time(), device))
+        return seen
 
     # -- back office ----------------------------------------------------------------
     def backoffice_credentials(self) -> tuple[str, str]:

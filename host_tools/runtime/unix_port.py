@@ -8,6 +8,7 @@ interpreter's output, so a firmware traceback shows up in the test report.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -69,3 +70,10 @@ def run_json(code: str, **kwargs):
     if not out:
         raise MicroPythonError("script printed nothing")
     return json.loads(out[-1])
+
+
+@functools.cache
+def version() -> str:
+    """This unix port's MicroPython version as its banner writes it: 'v1.29.0-preview' (what a virtual board runs)."""
+    major, minor, micro, *rest = run_json("import sys, json; print(json.dumps(list(sys.implementation.version)))")
+    return f"v{major}.{minor}.{micro}" + (f"-{rest[0]}" if rest and rest[0] else "")

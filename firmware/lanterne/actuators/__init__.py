@@ -9,7 +9,7 @@ timeouts) advances in `update(now_ms=None)`, which the main loop calls often
 
 from micropython import const
 
-FAULT_LAMP_FAILED = const(0x40)  # lamp commanded on, no current drawn (broken lamp or driver)
-FAULT_CURRENT_OFF = const(0x80)  # current drawn while commanded off (driver or relay stuck on)
-FAULT_TRAVEL = const(0x100)  # the bollard did not confirm the commanded position within its timeout
-FAULT_POSITION = const(0x200)  # the position input changed without a command (moved by hand, input broken)
+FAULT_LAMP_FAILED = const(0x400)  # lamp commanded on, no current drawn (broken lamp or driver)
+FAULT_CURRENT_OFF = const(0x800)  # current drawn while commanded off (driver or relay stuck on)
+FAULT_TRAVEL = const(0x1000)  # the bollard did not confirm the commanded position within its timeout
+FAULT_POSITION = const(0x2000)  # the position input changed without a command (moved by hand, input broken)

@@ -27,6 +27,9 @@ FAULT_STUCK = const(0x04)  # identical raw values for `stuck_cycles` cycles
 FAULT_RANGE = const(0x08)  # reading outside the valid or calibrated range: flagged, never clamped silently
 FAULT_TIMEOUT = const(0x10)  # conversion never completed / no echo within the timeout
 FAULT_NOISY = const(0x20)  # the samples of one cycle disagree too much to give a value
+FAULT_CHECKSUM = const(0x40)  # frames arrive but fail their checksum / CRC
+FAULT_FRAME = const(0x80)  # the part answers with frames of another kind (wrong sensor, wrong mode)
+FAULT_FAN = const(0x100)  # the part reports its fan blocked or out of speed
 
 _NAMES = (
     (FAULT_MISSING, "missing"),
@@ -35,11 +38,19 @@ _NAMES = (
     (FAULT_RANGE, "range"),
     (FAULT_TIMEOUT, "timeout"),
     (FAULT_NOISY, "noisy"),
+    (FAULT_CHECKSUM, "checksum"),
+    (FAULT_FRAME, "frame"),
+    (FAULT_FAN, "fan"),
+    # the actuators' bits (lanterne.actuators), in the same fault word space
+    (0x400, "failed"),  # FAULT_LAMP_FAILED: on, but drawing no current
+    (0x800, "current_when_off"),  # FAULT_CURRENT_OFF
+    (0x1000, "travel_timeout"),  # FAULT_TRAVEL
+    (0x2000, "moved_without_command"),  # FAULT_POSITION
 )
 
 
 def fault_names(mask):
-    """The names of the fault bits set in `mask`, for status messages (allocates: not for hot paths)."""
+    """The names of the fault bits set in `mask` (sensors' and actuators'), for status messages (allocates: not for hot paths)."""
     return [name for bit, name in _NAMES if mask & bit]
 
 

@@ -50,6 +50,7 @@ class _LightSensor(Sensor):
         self.i2c = i2c
         self.address = address
         self.millilux = 0
+        self.has_value = False  # True once a reading was reported (millilux = 0 before is not darkness)
         self.counts = -1
         self.range = len(self.RANGES) - 1  # start in the least sensitive range: never saturates
         self.present = False
@@ -128,6 +129,7 @@ class _LightSensor(Sensor):
             return self._failed(FAULT_BUS)
         millilux = self._correct(raw, index)
         self.millilux = millilux
+        self.has_value = True
         self.fault = FAULT_RANGE if counts >= _SATURATED or millilux > self.MAX_MILLILUX else 0
         return True
 

@@ -19,6 +19,7 @@ from host_tools.emulator.devices.parts import register
 
 class LampLoad:
     name = "lamp"
+    fault_kinds = ("stuck",)  # a failed lamp is the world's `lamp_failed`, not a bus fault
 
     def __init__(self, world, pwm: int, current_adc: int | None = None, current_ohms: float = 0.1,
                  current_gain: float = 20.0, lamp_v: float = 48.0):  # fmt: skip

@@ -10,7 +10,11 @@ file -> factory(world, spec, board) -> part object). A part object may define
 any of: `address` + `write(data)` / `read(n)` (I2C), `pins_in` (pins it drives
 towards the ESP32) + `pin_read(pin)`, `pins_out` + `pin_write(pin, level)`,
 `time_pulse_us(pin, level, timeout_us)`, `adc_pins` + `adc_read_uv(pin)`,
-`uart` (bus name) + `uart_write(data)` / `uart_read(n)`, `pwm_changed(pin, freq, duty_u16)`.
+`uart` (bus name) + `uart_write(data)` / `uart_read(n)`, `pwm_changed(pin, freq, duty_u16)`,
+`i2s` (bus id) + `i2s_init(rate, bits)` / `i2s_read(nbytes) -> (bytes, wait_us)`.
+Its `name` is what `world.inject(name, kind)` targets, and `fault_kinds` (default: the bus
+faults missing, nack, stuck) the faults it can be given: each part added declares both to the
+world, which then refuses a fault on a part this board does not have.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import errno
 
 from host_tools.emulator.devices import Nack
+from host_tools.emulator.world import BUS_FAULT_KINDS
 
 #: type name in board files -> factory(world, spec: dict, board_data: dict) -> part
 MODELS: dict = {}
@@ -35,7 +40,7 @@ def _load_models():
     # Import the model modules so they register themselves; missing ones are skipped.
     import importlib
 
-    for mod in ("bme280", "light", "fill_level", "lamp", "relay", "supply", "lorawan_modem"):
+    for mod in ("bme280", "light", "fill_level", "lamp", "relay", "supply", "particulate", "microphone", "lorawan_modem"):
         try:
             importlib.import_module(f"host_tools.emulator.devices.{mod}")
         except ModuleNotFoundError as exc:
@@ -58,6 +63,7 @@ class Parts:
         self.pin_out: dict[int, object] = {}
         self.adc: dict[int, object] = {}
         self.pwm_parts: dict[int, object] = {}
+        self.i2s_parts: dict[int, object] = {}
         self.missing_models: list[str] = []
         for name, bus in board_data.get("buses", {}).items():
             if bus["kind"] == "i2c":
@@ -75,10 +81,16 @@ class Parts:
                 self.missing_models.append(spec["type"])
                 continue
             self.add(factory(world, spec, board_data), spec)
+        if board_data.get("setup_button") is not None:
+            from host_tools.emulator.devices.button import Button
+
+            self.add(Button(world, int(board_data["setup_button"])))
 
     def add(self, part, spec: dict | None = None) -> None:
         spec = spec or {}
         self.parts.append(part)
+        if getattr(part, "name", None):
+            self.world.declare_part(part.name, getattr(part, "fault_kinds", BUS_FAULT_KINDS))
         if hasattr(part, "address") and spec.get("bus") in self.i2c:
             self.i2c[spec["bus"]][int(part.address)] = part
         for pin in getattr(part, "pins_in", ()):
@@ -91,6 +103,8 @@ class Parts:
             self.pwm_parts[int(pin)] = part
         if getattr(part, "uart", None):
             self.uart_parts[part.uart] = part
+        if getattr(part, "i2s", None) is not None:
+            self.i2s_parts[int(part.i2s)] = part
 
     # -- I2C ------------------------------------------------------------------
     def _i2c_part(self, bus_id: int, addr: int):
@@ -155,3 +169,15 @@ class Parts:
         if part is None:
             return b""
         return bytes(part.uart_read(int(n)))
+
+    # -- I2S ------------------------------------------------------------------
+    def i2s_init(self, i2s_id: int, rate: int, bits: int) -> None:
+        part = self.i2s_parts.get(int(i2s_id))
+        if part is not None:
+            part.i2s_init(int(rate), int(bits))
+
+    def i2s_read(self, i2s_id: int, nbytes: int) -> tuple[bytes, int]:
+        part = self.i2s_parts.get(int(i2s_id))
+        if part is None:
+            return bytes(nbytes), 0  # nothing on the bus: the data line reads low
+        return part.i2s_read(int(nbytes))

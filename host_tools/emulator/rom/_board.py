@@ -21,6 +21,8 @@ import network
 import esp32
 import ntptime
 import socket
+import _esp32os
+import _esp32sys
 
 try:
     import ssl
@@ -29,6 +31,9 @@ except ImportError:
 
 if _romfs.SIZE:  # the ROMFS build (its image has the romfs partition); stock MicroPython has no rom_ioctl
     sys.modules["vfs"] = _vfs
+# What user code imports as sys and os says what an ESP32 says: sys.platform, os.uname().
+sys.modules["sys"] = _esp32sys
+sys.modules["os"] = _esp32os
 
 
 def _load_frozen():
@@ -71,9 +76,10 @@ _out = sys.stdout
 _in = sys.stdin.buffer
 _c1 = bytearray(1)
 
-BANNER = (
-    "MicroPython v1.29.0-preview on 2026-07-05; Generic ESP32 module with ESP32\n"
-    'Type "help()" for more information.\n'
+BANNER = "MicroPython v%s on %s; %s\nType \"help()\" for more information.\n" % (
+    _esp32os.VERSION,
+    _esp32os.BUILD_DATE,
+    _esp32os.MACHINE,
 )
 
 
@@ -180,79 +186,181 @@ def _execute(src, mode, raw):
 
 
 # -- friendly REPL ---------------------------------------------------------------------------
-_history = []
+# Line editing as MicroPython's shared/readline does it with the ESP32 port's options: the line
+# being typed is appended to the statement so far, a continuation line is auto-indented (4
+# spaces per level of the line above, one more after a ':'), a space or tab typed right after
+# an auto-indent turns it off for the statement, backspace over leading spaces removes 4 at a
+# time, tab after whitespace inserts 4 spaces; up/down walk a history of 8 lines. Whether a
+# statement continues follows py/repl.c. Not here: cursor movement within a line, tab completion.
+_HISTORY_SIZE = 8
+_history = []  # most recent first
+_indent_on = True
+_indent_just_added = False
 
-_COMPOUND = ("if", "while", "for", "try", "def", "class", "with", "async", "@", "elif", "else", "except", "finally", "match")
+_COMPOUND = ("if", "while", "for", "try", "with", "def", "class", "async")
 
 
-def _needs_more(text):
-    # Same idea as MicroPython's mp_repl_continue_with_input: open brackets or triple quotes,
-    # a trailing colon or backslash, or a compound statement not yet closed by an empty line.
-    depth = 0
-    i = 0
-    n = len(text)
-    quote = None
+def _starts_with_word(text, word):
+    if not text.startswith(word):
+        return False
+    rest = text[len(word) : len(word) + 1]
+    return not rest or not (rest.isalpha() or rest.isdigit() or rest == "_")
+
+
+def _continues(text):
+    # py/repl.c mp_repl_continue_with_input: open brackets or triple quotes, a trailing
+    # backslash, or a compound statement whose last line is not empty yet.
+    if not text:
+        return False
+    compound = text[0] == "@" or any(_starts_with_word(text, w) for w in _COMPOUND)
+    paren = brack = brace = 0
+    quote = 0  # 0: none, 1: ' 2: " 3: three ' 4: three "
+    i, n = 0, len(text)
     while i < n:
         c = text[i]
-        if quote:
-            if c == "\\":
+        if c == "'":
+            if quote in (0, 3) and text[i + 1 : i + 3] == "''":
+                i += 2
+                quote = 3 - quote
+            elif quote in (0, 1):
+                quote = 1 - quote
+        elif c == '"':
+            if quote in (0, 4) and text[i + 1 : i + 3] == '""':
+                i += 2
+                quote = 4 - quote
+            elif quote in (0, 2):
+                quote = 2 - quote
+        elif c == "\\" and text[i + 1 : i + 2] in ("'", '"', "\\") and i + 1 < n:
+            if quote:
                 i += 1
-            elif text.startswith(quote, i):
-                i += len(quote) - 1
-                quote = None
-        elif c == "#":
-            while i < n and text[i] != "\n":
-                i += 1
-        elif c in "'\"":
-            quote = text[i : i + 3] if text[i : i + 3] in ("'''", '"""') else c
-            i += len(quote) - 1
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
+        elif quote == 0:
+            if c == "(":
+                paren += 1
+            elif c == ")":
+                paren -= 1
+            elif c == "[":
+                brack += 1
+            elif c == "]":
+                brack -= 1
+            elif c == "{":
+                brace += 1
+            elif c == "}":
+                brace -= 1
         i += 1
-    if quote and len(quote) == 3 or depth > 0:
+    if quote >= 3:
         return True
-    last = text.split("\n")[-1]
-    if last.endswith(":") or last.endswith("\\"):
+    if (paren > 0 or brack > 0 or brace > 0) and quote == 0:
         return True
-    first = text.lstrip().split(" ")[0].split("(")[0].rstrip(":")
-    if "\n" in text and (first in _COMPOUND or first.startswith("@")):
-        return last.strip() != ""
-    return False
+    if text[-1] == "\\":
+        return True
+    return compound and text[-1] != "\n"
 
 
-def _readline(prompt):
-    # Returns the line (str) or a control code (int) for Ctrl-A/B/C/D/E.
+def _back(n):
+    # The cursor n columns left, as readline moves it: backspaces, or one VT100 sequence past 4.
+    if n > 4:
+        _w("\x1b[%dD" % n)
+    elif n > 0:
+        _w("\b" * n)
+
+
+def _auto_indent(buf):
+    # After the "... " prompt: indent as the line above, one level more after its ':'; none after
+    # two blank lines in a row (that is how a block is ended by just pressing Enter).
+    global _indent_just_added
+    n = len(buf)
+    if not _indent_on or n < 2 or buf[-1] != 10:
+        return
+    i = n - 1
+    while i > 0 and buf[i - 1] != 10:
+        i -= 1  # start of the line above
+    j = i
+    while j < n and buf[j] == 32:
+        j += 1  # its first non-space
+    if i > 0 and j + 1 == n:  # the line above is blank: so is the one before it?
+        k = i - 1
+        while k > 0:
+            if buf[k - 1] == 10:
+                return
+            if buf[k - 1] != 32:
+                break
+            k -= 1
+    level = (j - i) // 4 + (1 if buf[n - 2] == 58 else 0)
+    if level:
+        buf.extend(b"    " * level)
+        _w("    " * level)
+        _indent_just_added = True
+
+
+def _readline(buf, prompt):
+    # Edits `buf` (the statement so far) from its current end: 0 at Enter, or the control code
+    # that ended the line (Ctrl-C always; Ctrl-A/B/D/E only on an empty line).
+    global _indent_on, _indent_just_added
+    start = len(buf)
+    if not start:
+        _indent_on = True
     _w(prompt)
-    line = bytearray()
-    hist = len(_history)
+    _auto_indent(buf)
+    hist = -1
     while True:
         c = _getc()
+        just_added = _indent_just_added
+        _indent_just_added = False
         if c == 3:
             return 3
-        if not line and c in (1, 2, 4, 5):
-            return c
+        if 1 <= c <= 5:
+            if len(buf) == start:
+                return c
+            continue  # on the ESP32 these move the cursor within a non-empty line
         if c == 13:
             _w("\n")
-            return line.decode()
-        if c in (8, 127):
-            if line:
-                line.pop()
-                _w("\b \b")
-        elif c == 27:
-            # Escape sequence: up/down walk the history, the rest is ignored.
-            if _getc() == 91:
-                k = _getc()
-                if k in (65, 66) and _history:
-                    hist = max(0, hist - 1) if k == 65 else min(len(_history), hist + 1)
-                    _w("\b \b" * len(line))
-                    line = bytearray(_history[hist] if hist < len(_history) else b"")
-                    _w(line.decode())
+            line = bytes(buf[start:])
+            if line and (not _history or _history[0] != line):
+                _history.insert(0, line)
+                del _history[_HISTORY_SIZE:]
+            return 0
+        if c == 27:
+            c = _getc()
+            if c == 79:  # ESC O H / ESC O F: home / end
+                _getc()
+            elif c == 91:
+                c = _getc()
+                if 48 <= c <= 57:
+                    _getc()  # ESC [ n ~: home, end, delete
+                elif (c == 65 and hist + 1 < len(_history)) or (c == 66 and hist >= 0):
+                    hist += 1 if c == 65 else -1
+                    old = len(buf) - start
+                    buf[start:] = b""
+                    if hist >= 0:
+                        buf.extend(_history[hist])
+                    _back(old)
+                    if len(buf) - start < old:
+                        _w("\x1b[K")
+                    _out.buffer.write(bytes(buf[start:]))
+        elif c in (8, 127):
+            if len(buf) > start:
+                spaces = len(buf) - start
+                for b in buf[start:]:
+                    if b != 32:
+                        spaces = 0
+                        break
+                k = 4 if spaces >= 4 else 1
+                buf[len(buf) - k :] = b""  # (MicroPython's bytearray has no del of a slice)
+                _back(k)
+                _w("\x1b[K")
+        elif just_added and c in (9, 32):
+            # indentation typed right after the auto-indent: the user indents from here on
+            _indent_on = False
+            if c == 32:
+                buf[len(buf) - 3 :] = b""
+                _back(3)
         elif c == 9:
-            pass  # no tab completion on the virtual board
-        elif c >= 32:
-            line.append(c)
+            if buf and buf[-1] in (9, 10, 32):
+                buf.extend(b"    ")
+                _w("    ")
+            # else: tab completion, which the virtual board does not do
+        elif 32 <= c <= 126:
+            buf.append(c)
             _out.buffer.write(bytes((c,)))
 
 
@@ -260,7 +368,8 @@ def friendly_repl():
     _w(BANNER)
     while True:
         try:
-            r = _readline(">>> ")
+            buf = bytearray()
+            r = _readline(buf, ">>> ")
             if r == 1:
                 _w("\n")
                 return 1  # to the raw REPL
@@ -280,28 +389,22 @@ def friendly_repl():
                 if _execute(src, "exec", False):
                     return EXIT_SOFT_FRIENDLY
                 continue
-            if not r:
+            if not buf:
                 continue
-            src = r
             cancelled = False
-            while _needs_more(src):
-                more = _readline("... ")
-                if more == 3:
+            while _continues(buf.decode()):
+                buf.append(10)
+                r = _readline(buf, "... ")
+                if r == 3:
                     _w("\n")
                     cancelled = True
                     break
-                if more == 4:
-                    break
-                if isinstance(more, int):
-                    continue
-                src += "\n" + more
-                if more == "" and src.rstrip("\n").count("\n") and not _needs_more(src):
-                    break
+                if r == 4:
+                    break  # Ctrl-D on an empty line: run what was typed
             if cancelled:
                 continue
-            if len(_history) > 16:
-                _history.pop(0)
-            _history.append(src.split("\n")[0].encode())
+            src = buf.decode()
+            buf = None
             if _execute(src + "\n", "single", False):
                 return EXIT_SOFT_FRIENDLY
         except KeyboardInterrupt:

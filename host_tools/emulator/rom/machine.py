@@ -497,3 +497,73 @@ class Timer:
 
     def deinit(self):
         self._gen = getattr(self, "_gen", 0) + 1
+
+
+class I2S:
+    # As the esp32 port's machine.I2S (RX: a microphone): readinto(buf) fills buf and blocks
+    # until the samples exist. The samples come in bulk: one HAL request fetches several
+    # blocks into a file in the run folder, later readintos take them from there.
+    RX = const(0)
+    TX = const(1)
+    MONO = const(0)
+    STEREO = const(1)
+    _CHUNK = const(16)  # blocks fetched per HAL request
+
+    def __init__(self, id, *, sck, ws, sd, mode, bits, format, rate, ibuf, mck=None):
+        if mode != self.RX:
+            raise ValueError("only RX (a microphone) on the virtual board")
+        if bits not in (16, 32) or format not in (self.MONO, self.STEREO):
+            raise ValueError("invalid bits or format")
+        self._id = id
+        self._bits = bits
+        self._rate = rate
+        self._path = _hal._run_dir + "/i2s%d.raw" % id
+        self._irq = None
+        self._zero = None
+        self._file = None
+        self._left = 0  # bytes fetched and not read yet
+        self._given = 0  # samples handed to the firmware since _t0
+        _hal.call("I2SINIT %d %d %d" % (id, rate, bits))
+        self._t0 = time.ticks_ms()
+
+    def init(self, **kw):
+        pass
+
+    def deinit(self):
+        if self._file:
+            self._file.close()
+            self._file = None
+
+    def irq(self, handler):
+        self._irq = handler
+
+    def readinto(self, buf):
+        # The buffer's size in bytes (an array's items may be 2 or 4 bytes; MicroPython does
+        # not say): what a read from /dev/zero fills, with no allocation.
+        if self._zero is None:
+            self._zero = _hal.posix().open("/dev/zero", "rb")
+        n = self._zero.readinto(buf)
+        if self._left < n:
+            _hal.call("I2SR %d %d" % (self._id, n * _CHUNK))
+            if self._file is None:  # one file object for the board's life: no churn on the heap
+                self._file = _hal.posix().open(self._path, "rb")
+            self._file.seek(0)
+            self._left = n * _CHUNK
+        got = self._file.readinto(buf)
+        self._left -= got
+        # Block as the ESP32 does until the last of these samples has been sampled.
+        self._given += got * 8 // self._bits
+        while self._given >= self._rate:  # keep the numbers small
+            self._given -= self._rate
+            self._t0 = time.ticks_add(self._t0, 1000)
+        wait = self._given * 1000 // self._rate - time.ticks_diff(time.ticks_ms(), self._t0)
+        if wait > 0:
+            time.sleep_ms(wait)
+        return got
+
+    def write(self, buf):
+        raise OSError(1)
+
+    @staticmethod
+    def shift(buf, bits, shift):
+        raise NotImplementedError

@@ -2,6 +2,9 @@
 # A socket used during an outage is dead for good (as a TCP connection through a dropped
 # Wi-Fi/cellular link usually is): it stalls until its timeout, then raises, and after the
 # link returns it raises ECONNRESET; connecting during an outage fails with EHOSTUNREACH.
+# A listening socket (the setup page's server) binds one of the board's own addresses (its AP's,
+# its station's or Ethernet's, or 0.0.0.0: any) and is served on a loopback port of the host,
+# which the emulator publishes (`BoardHandle.http_url()`, `lanterne world get`).
 import io
 import time
 import usocket as _s
@@ -19,6 +22,8 @@ getaddrinfo = _s.getaddrinfo
 inet_ntop = _s.inet_ntop
 inet_pton = _s.inet_pton
 
+_EADDRINUSE = 98
+_EADDRNOTAVAIL = 99
 _EHOSTUNREACH = 113
 _ECONNRESET = 104
 _ETIMEDOUT = 110
@@ -36,11 +41,21 @@ def _bury():
             pass
 
 
+def _board_addr(addr):
+    # (ip, port) from what getaddrinfo gave: a tuple on the ESP32, a raw sockaddr_in here.
+    if isinstance(addr, tuple):
+        return addr[0], int(addr[1])
+    a = bytes(addr)
+    return "%d.%d.%d.%d" % (a[4], a[5], a[6], a[7]), (a[2] << 8) | a[3]
+
+
 class socket(io.IOBase):
     def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0):
         self._s = _s.socket(af, type, proto)
         self._timeout = None
         self._dead = False
+        self._served = 0  # the host's loopback port this listening socket is served on
+        self._bound = None
 
     def _check(self):
         if self._dead:
@@ -107,12 +122,32 @@ class socket(io.IOBase):
         return self._s.sendto(b, a)
 
     def bind(self, a):
-        self._s.bind(a)
+        ip, port = _board_addr(a)
+        if ip != "0.0.0.0":
+            import network
+
+            if not network.has_address(ip):
+                raise OSError(_EADDRNOTAVAIL)  # lwIP: no interface of the board has that address
+        for _ in range(8):
+            hp = int(_hal.call("PORT"))
+            try:
+                self._s.bind(_s.getaddrinfo("127.0.0.1", hp)[0][-1])
+            except OSError as e:
+                if e.errno == _EADDRINUSE:
+                    continue  # taken meanwhile by another program of the host: another one
+                raise
+            self._served, self._bound = hp, (ip, port)
+            return
+        raise OSError(_EADDRINUSE)
 
     def listen(self, n=0):
         self._s.listen(n)
+        if self._served:
+            _hal.call("LISTEN %s %d %d" % (self._bound[0], self._bound[1], self._served))
 
     def accept(self):
+        # The station's connection: through the board's own radio (its AP) or its LAN, not the
+        # uplink the world can cut, so a plain host socket.
         return self._s.accept()
 
     def fileno(self):
@@ -122,6 +157,11 @@ class socket(io.IOBase):
         return self
 
     def close(self):
+        if self._served:
+            _hal.call("UNLISTEN %d" % self._served)
+            self._served = 0
+            self._s.close()
+            return
         if self._dead or not _hal.link_up():
             # Through a dropped link the peer never hears of the close: keep the host socket
             # open (no FIN) until the link is back, so the broker finds out only through its
@@ -131,7 +171,11 @@ class socket(io.IOBase):
         self._s.close()
 
     def ioctl(self, req, arg):
-        # Stream ioctls for the TLS layer and select.poll: 3 = poll, 4 = close.
+        # Stream ioctls for the TLS layer and select.poll: 3 = poll, 4 = close, 10 = the file
+        # descriptor, so that asyncio's poller waits on the host socket itself (a listening
+        # socket among the link's sockets would otherwise only be looked at between timeouts).
+        if req == 10:
+            return self._s.fileno()
         if req == 3:
             import select
 
@@ -140,7 +184,10 @@ class socket(io.IOBase):
             r = p.poll(0)
             return (r[0][1] & arg) if r else 0
         if req == 4:
-            self._s.close()
+            if self._served:
+                self.close()
+            else:
+                self._s.close()
         return 0
 
     def __enter__(self):

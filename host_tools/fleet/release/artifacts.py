@@ -19,9 +19,10 @@ BOARD_DIR = REPO / "boards" / "micropython" / "LANTERNE_ESP32"
 def package_json(version: str) -> dict:
     """Every library file, installed where the firmware expects it, relative to the repository."""
     urls = []
-    for pkg in ("lanterne", "lanterne_ota"):
-        for p in sorted((FIRMWARE / pkg).rglob("*.py")):
-            urls.append([p.relative_to(FIRMWARE).as_posix(), p.relative_to(REPO).as_posix()])
+    for pkg, patterns in (("lanterne", ("*.py", "*.html")), ("lanterne_ota", ("*.py",))):
+        for pattern in patterns:  # the modules, and the setup page the package serves
+            for p in sorted((FIRMWARE / pkg).rglob(pattern)):
+                urls.append([p.relative_to(FIRMWARE).as_posix(), p.relative_to(REPO).as_posix()])
     for p in sorted((FIRMWARE / "lib").rglob("*.py")):
         urls.append([p.relative_to(FIRMWARE / "lib").as_posix(), p.relative_to(REPO).as_posix()])
     return {"urls": urls, "deps": [["umqtt.simple", "latest"]], "version": version}

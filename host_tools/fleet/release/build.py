@@ -28,13 +28,14 @@ FIRMWARE_BLOCK = 32768  # a MicroPython image's manifest block (8 flash sectors)
 
 
 def library_sources(source: Path) -> dict[str, bytes]:
-    """lib/<path>.py -> source of everything a slot holds."""
+    """lib/<path> -> source of everything a slot holds (the package's modules and pages)."""
     files = {}
     pkg = source / "lanterne"
     if not (pkg / "__init__.py").exists():
         raise ReleaseError(f"{source} is not a firmware tree (no lanterne/__init__.py)", hint="pass --source FIRMWARE_DIR")
-    for p in sorted(pkg.rglob("*.py")):
-        files["lib/" + p.relative_to(source).as_posix()] = p.read_bytes()
+    for pattern in ("*.py", "*.html"):
+        for p in sorted(pkg.rglob(pattern)):
+            files["lib/" + p.relative_to(source).as_posix()] = p.read_bytes()
     for p in sorted((source / "lib").rglob("*.py")) if (source / "lib").exists() else ():
         files["lib/" + p.relative_to(source / "lib").as_posix()] = p.read_bytes()
     if not MPYLIB.exists():
@@ -51,12 +52,17 @@ def slot_bytes() -> int:
 
 
 def build_image(source: Path, version: str, counter: int, cross: deploy.MpyCross | None = None) -> tuple[bytes, dict[str, str]]:
-    """(ROMFS image, {path in the image: sha256}) of `source`'s library."""
+    """(ROMFS image, {path in the image: sha256}) of `source`'s library: modules compiled to
+    bytecode; a module with native code stays source (its machine code needs the board's
+    architecture: the board compiles it at import, as provisioning leaves it); pages as they are."""
     cross = cross or deploy.MpyCross()
     rom = {}
     try:
         for rel, data in library_sources(source).items():
-            rom[rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):])
+            if rel.endswith(".py") and not deploy.native_code(data):
+                rom[rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):])
+            else:
+                rom[rel] = data
     except ProvisionError as exc:
         raise ReleaseError(str(exc), hint=exc.hint) from None
     rom[deploy.RELEASE_FILE] = deploy.release_file(version, counter)

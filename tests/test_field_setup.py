@@ -1,0 +1,270 @@
+"""Field commissioning: the setup credentials, the HTTP parser, the label's QR codes, the setup
+server against bad requests while the board keeps sampling, and field changes in verify."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import lanterne
+
+from host_tools import boards
+from host_tools.runtime import firmware_module
+from host_tools.runtime.parity import both
+
+KEY = "00112233445566778899aabbccddeeff"
+
+
+# -- pure parts, the same on both interpreters -------------------------------------------
+def test_credentials_are_the_same_on_the_board_and_the_host():
+    code = f"""
+import json
+import re
+from lanterne import setup_credentials as c
+print(json.dumps([[c.ssid(d, "{KEY}"), c.passphrase(d, "{KEY}"), c.wifi_join(d, "{KEY}")] for d in ("lamp-1", "bin;2", "x" * 40)]))
+"""
+    cp, mp = both(code)
+    assert cp == mp
+    ssid, pw, join = cp[0]
+    assert ssid == "lanterne-lamp-1" and len(pw) == 19 and pw.count("-") == 3
+    assert join == f"WIFI:T:WPA;S:lanterne-lamp-1;P:{pw};;"
+    assert cp[1][2].startswith("WIFI:T:WPA;S:lanterne-bin\\;2;")  # ';' escaped in the join text
+    assert len(cp[2][0]) == 32 and cp[2][0] != cp[0][0]  # long ids shortened, with a tag
+    # another key, another passphrase
+    cred = firmware_module("setup_credentials")
+    assert cred.passphrase("lamp-1", "ff" * 16) != pw
+
+
+HEADS = [
+    b"GET / HTTP/1.1\r\nHost: 192.168.4.1\r\n\r\n",
+    b"POST /api/set HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 12\r\nX-Session: ab\r\nContent-Type: application/json; charset=utf-8\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    b"DELETE / HTTP/1.1\r\nHost: 192.168.4.1\r\n\r\n",
+    b"POST /api/save HTTP/1.1\r\nHost: 192.168.4.1\r\n\r\n",
+    b"POST /api/save HTTP/1.1\r\nHost: 192.168.4.1\r\nContent-Length: 99999\r\n\r\n",
+    b"POST /api/save HTTP/1.1\r\nHost: 192.168.4.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: 1.2.3.4\r\n\r\n",
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: 1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost 1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 1.2.3.4\r\n\xff\xfe: x\r\n\r\n",
+]
+
+
+def test_http_heads_parse_the_same_and_bad_ones_are_refused_with_a_reason():
+    code = f"""
+import json
+import re
+from lanterne import http_request as h
+out = []
+for raw in {HEADS!r}:
+    buf = bytearray(raw)
+    end = h.head_end(buf, len(buf))
+    try:
+        r = h.parse(buf, end)
+        out.append([r.method, r.path, r.length, r.host, r.session, r.content_type])
+    except h.HttpError as e:
+        out.append([e.status, e.message])
+print(json.dumps(out))
+"""
+    cp, mp = both(code)
+    assert cp == mp
+    assert cp[0] == ["GET", "/", 0, "192.168.4.1", None, None]
+    assert cp[1] == ["POST", "/api/set", 12, "127.0.0.1:8080", "ab", "application/json"]
+    statuses = [r[0] for r in cp[2:]]
+    assert statuses == [400, 421, 405, 411, 413, 501, 414, 400, 505, 400, 400]
+    assert "Host" in cp[2][1] and "address" in cp[3][1] and "limit is 512" in cp[6][1]
+
+
+def test_setup_mode_leaves_by_itself():
+    code = """
+import json
+import re
+from lanterne.setup_mode import deadline
+out = [
+    deadline("button", 1000, 1000, 0),          # just pressed
+    deadline("button", 600000, 600000, 0),      # 10 min with no request
+    deadline("button", 1790000, 40000, 0),      # busy, but 30 min is the longest
+    deadline("provisioned", 30000, 0, 120000),  # the window after provisioning
+]
+print(json.dumps(out))
+"""
+    cp, mp = both(code)
+    assert cp == mp
+    assert cp[0][0] == 599000 and "without a request" in cp[0][1]
+    assert cp[1][0] == 0
+    assert cp[2][0] == 10000 and "30 minutes" in cp[2][1]
+    assert cp[3] == [90000, "the setup window after provisioning is over"]
+
+
+# -- the label -------------------------------------------------------------------------------
+def test_label_qr_codes_join_the_board_wifi_and_open_its_page(tmp_path):
+    import zxingcpp
+    from PIL import Image
+
+    from host_tools.fleet.registry import Registry
+
+    reg_path = tmp_path / "fleet.sqlite"
+    with Registry(reg_path) as reg:
+        reg.add_or_update("lamp-0042", site="paris", board="esp32-devkitc", config={"asset_id": "LP 42"})
+        key = reg.secret("lamp-0042", "setup_key")
+    cred = firmware_module("setup_credentials")
+    r = lanterne("label", "lamp-0042", "--registry", reg_path, "--out", tmp_path / "label.png")
+    assert r.returncode == 0, r.stderr
+    codes = sorted(b.text for b in zxingcpp.read_barcodes(Image.open(tmp_path / "label.png")))
+    assert codes == ["WIFI:T:WPA;S:lanterne-lamp-0042;P:%s;;" % cred.passphrase("lamp-0042", key), "http://192.168.4.1/"]
+    r = lanterne("label", "lamp-0042", "--registry", reg_path, "--out", tmp_path / "label.pdf")
+    assert r.returncode == 0 and (tmp_path / "label.pdf").read_bytes().startswith(b"%PDF")
+    r = lanterne("label", "nobody", "--registry", reg_path)
+    assert r.returncode == 1 and "no device 'nobody'" in r.stderr
+
+
+def test_board_files_name_their_setup_button():
+    for name in boards.names():
+        assert boards.load(name).data.get("setup_button") is not None, name
+    data = json.loads(boards.load("esp32-devkitc").path.read_text())
+    for pin, why in ((25, "already used by 'actuators[0].pwm'"), (6, "SPI flash"), (50, "does not exist")):
+        bad = dict(data, setup_button=pin)
+        with pytest.raises(boards.BoardError, match="setup_button"):
+            boards.validate(bad, boards.load("esp32-devkitc").path)
+        with pytest.raises(boards.BoardError, match=re.escape(why)):
+            boards.validate(bad, boards.load("esp32-devkitc").path)
+
+
+# -- the server on a virtual board -------------------------------------------------------------
+def _board_file(tmp_path):
+    """The DevKitC with a bin sensor and a bollard wired too: every test of the page on one board."""
+    data = json.loads(boards.load("esp32-devkitc").path.read_text())
+    data["name"] = "esp32-devkitc-field"
+    data["sensors"].append({"type": "ultrasonic", "trigger": 14, "echo": 15})
+    data["actuators"].append({"type": "relay", "pin": 32, "position_pin": 33, "presence_pin": 39, "travel_ms": 600})
+    path = tmp_path / "esp32-devkitc-field.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def setup_board(virtual_boards, tmp_path, mosquitto, device, **cfg):
+    config = {"device": device, "site": "field", "broker": mosquitto.url, "setup_key": KEY, "setup_window_min": 10,
+              "sample_period_s": 1, "status_period_s": 5, "command_key": "11" * 32, **cfg}
+    (h,) = virtual_boards(1, board=_board_file(tmp_path), config=config)
+    h.wait_for(r"setup mode \(provisioned\)", timeout=40)
+    return h, h.http_url(timeout=5)
+
+
+def raw(url, data: bytes, timeout=10.0) -> bytes:
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def call(url, path, body=None, token=None, method=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Session"] = token
+    req = urllib.request.Request(url + path.lstrip("/"), data=None if body is None else json.dumps(body).encode(),
+                                 headers=headers, method=method or ("GET" if body is None else "POST"))
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.mark.integration
+def test_bad_requests_are_refused_and_the_board_keeps_sampling(virtual_boards, tmp_path, mosquitto):
+    from host_tools.backoffice.watcher import Watcher
+
+    with Watcher(mosquitto.url, ["lanterne/v1/field/bad-1/up"]) as w:
+        h, url = setup_board(virtual_boards, tmp_path, mosquitto, "bad-1")
+        ups_before = len(w.wait_for("lanterne/v1/field/bad-1/up", lambda m: True, count=2, timeout=20))
+        # the page itself: from the ROMFS, whole, with a policy that forbids anything external
+        page = raw(url, b"GET / HTTP/1.1\r\nHost: 192.168.4.1\r\n\r\n")
+        assert page.startswith(b"HTTP/1.1 200 OK") and b"default-src 'none'" in page and page.rstrip().endswith(b"</html>")
+        # unauthenticated
+        assert call(url, "/api/state") == (401, {"error": "open a session first (POST /api/session)"})
+        status, doc = call(url, "/api/session", {})
+        token = doc["token"]
+        assert status == 200 and len(token) == 32
+        assert call(url, "/api/state", token="0" * 32)[0] == 401
+        # malformed, oversize, slow, unknown: each a 4xx with a reason
+        cases = [
+            (b"HELLO\r\n\r\n", b"400", b"malformed request line"),
+            (b"GET / HTTP/1.1\r\nHost: 192.168.4.1\r\n" + b"X-Pad: " + b"p" * 1200 + b"\r\n\r\n", b"431", b"over 1024 bytes"),
+            (b"POST /api/set HTTP/1.1\r\nHost: 192.168.4.1\r\nContent-Length: 4096\r\n\r\n", b"413", b"limit is 512"),
+            (b"GET / HTTP/1.1\r\nHost: lanterne.example\r\n\r\n", b"421", b"by the board's address"),
+            (b"POST /api/set HTTP/1.1\r\nHost: 192.168.4.1\r\nContent-Length: 5\r\nX-Session: " + token.encode()
+             + b"\r\nContent-Type: application/json\r\n\r\n{oops", b"400", b"not valid JSON"),
+            (b"GET /secret HTTP/1.1\r\nHost: 192.168.4.1\r\n\r\n", b"404", b"no such page"),
+            (b"GET / HTTP/1.1\r\nHost: 192.168.4.1\r\n", b"408", b"not complete within 4 s"),
+        ]
+        for data, code, why in cases:
+            answer = raw(url, data)
+            assert answer.split(b" ")[1] == code and why in answer, (data[:40], answer[:300])
+        # out of range, or not the page's to change: refused naming the field, nothing kept
+        assert call(url, "/api/set", {"lat": 95.0}, token) == (422, {"error": "field 'lat': must be between -90 and 90"})
+        assert call(url, "/api/set", {"asset_id": 'LP"42'}, token)[0] == 422
+        status, doc = call(url, "/api/set", {"command_key": "00" * 32}, token)
+        assert status == 422 and "cannot be changed from the setup page" in doc["error"]
+        assert call(url, "/api/lamp", {"level": 150}, token)[0] == 422
+        # the interlock: nothing lowers onto what the presence detector sees
+        assert call(url, "/api/bollard", {"action": "raise"}, token) == (200, {"state": "up", "interlock_trips": 0, "fault": 0})
+        h.world.set(presence=True)
+        status, doc = call(url, "/api/bollard", {"action": "lower"}, token)
+        assert status == 409 and "interlock" in doc["error"]
+        h.world.set(presence=False)
+        # secrets never leave: not in the state, whatever is asked
+        status, state = call(url, "/api/state", token=token)
+        text = json.dumps(state)
+        assert status == 200 and state["pending"] == {} and KEY not in text and "11" * 32 not in text
+        assert h.world.access_point()["key"] not in text
+        # and meanwhile the board sampled and sent as usual
+        ups = w.wait_for("lanterne/v1/field/bad-1/up", lambda m: True, count=ups_before + 5, timeout=30)
+    console = h.console()
+    assert len(ups) >= ups_before + 5
+    assert "Traceback" not in console and "(restarted)" not in console and "MemoryError" not in console, console[-2000:]
+    # leaving: the board restarts into normal operation, the access point and the server gone
+    assert call(url, "/api/leave", {}, token) == (200, {"left": True})
+    h.wait_for("restarting into normal operation", timeout=10)
+    h.wait_for(r"\[lanterne\] connected", timeout=30, since=h.console_offset())
+    assert h.world.access_point() is None and h.http_url() is None
+
+
+@pytest.mark.integration
+def test_field_changes_are_reported_then_accepted(virtual_boards, tmp_path, mosquitto):
+    from host_tools.fleet.provision import provision
+    from host_tools.fleet.registry import Registry
+    from host_tools.fleet.verify import verify
+
+    (h,) = virtual_boards(1, board=_board_file(tmp_path), firmware=False)
+    h.wait_for(">>> ")
+    reg_path = tmp_path / "fleet.sqlite"
+    reg = Registry(reg_path)
+    provision(h.port, _board_file(tmp_path), "acc-1", site="field", broker=mosquitto.url, registry=reg,
+              extra={"setup_window_min": 10})
+    h.wait_for(r"setup mode \(provisioned\)", timeout=40)
+    url = h.http_url(timeout=5)
+    token = call(url, "/api/session", {})[1]["token"]
+    assert call(url, "/api/set", {"asset_id": "LP-7", "lat": 45.75, "lon": 4.85}, token)[0] == 200
+    assert call(url, "/api/save", {}, token)[1]["saved"] == ["asset_id", "lat", "lon"]
+    rep = verify(h.port, reg, check_checkout=False)
+    assert not rep.ok and rep.config == [] and [d.field for d in rep.field_changes] == ["asset_id", "lat", "lon"]
+    assert "not accepted yet" in rep.lines()[0] and "lanterne registry accept acc-1" in "\n".join(rep.lines())
+    r = lanterne("registry", "accept", "acc-1", "--registry", reg_path)
+    assert r.returncode == 0 and "'LP-7'" in r.stdout, r.stderr
+    rep = verify(h.port, Registry(reg_path), check_checkout=False)
+    assert rep.ok, rep.lines()
+    assert any("accepted into the registry" in n for n in rep.notes)
+    assert Registry(reg_path).get("acc-1").config["asset_id"] == "LP-7"
+    time.sleep(0.1)

@@ -415,7 +415,7 @@ def test_romfs_image_has_the_documented_partition_table():
         if line.strip() and not line.startswith("#"):
             name, kind, sub, offset, size = (f.strip() for f in line.split(",")[:5])
             rows.append((name, {"app": 0, "data": 1}[kind], int(offset, 16), int(size, 16)))
-    check = esp32_image.check_flash_image(firmware_image.build_micropython_image("v1.29.0", romfs_bytes=262144), 0x1000)
+    check = esp32_image.check_flash_image(firmware_image.build_micropython_image("v1.29.0", romfs_bytes=393216), 0x1000)
     assert check.ok
     assert [(p.label, p.type, p.offset, p.size) for p in check.partitions] == rows
     romfs = [p for p in check.partitions if p.label == "romfs"][0]

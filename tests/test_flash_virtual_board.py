@@ -56,7 +56,7 @@ def test_blank_board_flash_then_mpremote(tmp_path):
         # The image has a ROMFS partition (the Lanterne build); esptool erased it with the rest.
         r = subprocess.run([sys.executable, "-m", "mpremote", "connect", str(port), "romfs", "query"],
                            capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0 and "ROMFS0 partition has size 262144 bytes" in r.stdout and "Not a valid ROMFS" in r.stdout
+        assert r.returncode == 0 and "ROMFS0 partition has size 393216 bytes" in r.stdout and "Not a valid ROMFS" in r.stdout
         # The library goes into it with unmodified mpremote, and imports from /rom after a soft reset.
         stage = deploy.stage(boards.load("esp32-devkitc"), None, tmp_path / "stage", romfs=True)
         r = subprocess.run(
@@ -67,6 +67,6 @@ def test_blank_board_flash_then_mpremote(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "/rom/lib/lanterne/codec.mpy" in r.stdout
         image = boards.romfs_path(stage).read_bytes()
-        with open(tmp_path / "flash.flash.bin", "rb") as chip:  # the partition table's romfs: 0x1c0000
-            chip.seek(0x1C0000)
+        with open(tmp_path / "flash.flash.bin", "rb") as chip:  # the partition table's romfs: 0x1a0000
+            chip.seek(0x1A0000)
             assert chip.read(len(image)) == image

@@ -49,14 +49,14 @@ def test_partition_tables_fit_the_boards_and_the_esp32():
     assert (BOARD_DIR / "partitions-romfs.csv").read_text() == (REPO / "boards" / "partitions-romfs.csv").read_text()
     for table in (default, ota):
         romfs = table["romfs"]
-        assert romfs["sub"] == "0x8f" and romfs["size"] == 256 * 1024  # two 128 KiB library slots
+        assert romfs["sub"] == "0x8f" and romfs["size"] == 384 * 1024  # two 192 KiB library slots
         for name in boards.names():
             b = boards.load(name)
             assert b.romfs_bytes == romfs["size"], name
         assert table["vfs"]["sub"] == "fat" and table["nvs"]["size"] >= 0x3000
     # The default table keeps the filesystem where MicroPython's 4 MiB table has it: reflashing
     # MicroPython with it keeps config.json and the store; the app partition gave the room.
-    assert default["vfs"]["offset"] == 0x200000 and default["factory"]["size"] >= 0x1A0000
+    assert default["vfs"]["offset"] == 0x200000 and default["factory"]["size"] >= 0x180000
     # The OTA table: otadata, two equal app slots as MicroPython's OTA variant (-Os fits them).
     assert ota["otadata"]["sub"] == "ota" and ota["otadata"]["size"] == 0x2000
     assert ota["ota_0"]["sub"] == "ota_0" and ota["ota_1"]["sub"] == "ota_1"

@@ -345,9 +345,9 @@ def test_a_micropython_image_update_confirms_or_rolls_back(releases, emulator, m
     from host_tools.fleet.release.build import build_firmware_release
 
     k, _r1, _r2, _r3 = releases
-    v0 = build_micropython_image("v1.29.0", romfs_bytes=262144, ota=True)
-    (tmp_path / "v1.bin").write_bytes(build_micropython_image("v1.29.1", romfs_bytes=262144, ota=True, code_seed="v1.29.0"))
-    (tmp_path / "v2.bin").write_bytes(build_micropython_image("v1.29.2", romfs_bytes=262144, ota=True, code_seed="v1.29.0"))
+    v0 = build_micropython_image("v1.29.0", romfs_bytes=393216, ota=True)
+    (tmp_path / "v1.bin").write_bytes(build_micropython_image("v1.29.1", romfs_bytes=393216, ota=True, code_seed="v1.29.0"))
+    (tmp_path / "v2.bin").write_bytes(build_micropython_image("v1.29.2", romfs_bytes=393216, ota=True, code_seed="v1.29.0"))
     k.store.add_image(app_image(v0)[0])  # the image the boards were flashed with: updates are deltas
     fw1 = build_firmware_release(k.store, k.keys, tmp_path / "v1.bin")
     fw2 = build_firmware_release(k.store, k.keys, tmp_path / "v2.bin")
@@ -356,7 +356,7 @@ def test_a_micropython_image_update_confirms_or_rolls_back(releases, emulator, m
     from host_tools import boards as boards_mod
 
     data = json.loads(boards_mod.load("esp32-devkitc").path.read_text())
-    data["flash"]["fs_bytes"] = 0xB0000
+    data["flash"]["fs_bytes"] = 0x90000
     board_file = tmp_path / "esp32-devkitc-ota.json"
     board_file.write_text(json.dumps(data))
     flash = tmp_path / "image-board" / "flash"

@@ -58,7 +58,7 @@ def test_provision_verify_and_reprovision_only_what_changed(board, mosquitto, tm
     listing = mpremote(board.port, "fs", "ls", ":/rom/lib/lanterne")
     assert "app.mpy" in listing and "app.py" not in listing
     query = mpremote(board.port, "romfs", "query")
-    assert "ROMFS0 partition has size 262144 bytes" in query and "ROMFS image size" in query and "Not a valid" not in query
+    assert "ROMFS0 partition has size 393216 bytes" in query and "ROMFS image size" in query and "Not a valid" not in query
     # nothing of the library on the filesystem: only the OTA package, which no release replaces
     assert sorted(p.name for p in (board.flash / "lib").iterdir()) == ["lanterne_ota"]
     cfg = json.loads(mpremote(board.port, "fs", "cat", ":config.json"))

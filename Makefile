@@ -7,7 +7,7 @@ DEPS   := build/mpylib/.fetched-stamp
 NODE_DEPS := build/node/node_modules/lora-packet/package.json
 LORA_PACKET := lora-packet@0.9.3
 
-.PHONY: test demo venv deps mosquitto postgresql chromium lint bench clean
+.PHONY: test demo venv deps mosquitto postgresql chromium lint bench mutation clean
 
 test: venv deps mosquitto postgresql chromium
 	$(PY) -m pytest -q
@@ -57,6 +57,12 @@ lint: venv
 
 bench: venv deps
 	$(VENV)/bin/lanterne bench
+
+# Mutation testing of the commands, store, codec, drain and decoders (docs/testing.md): a
+# reproducible sample of 100 mutants per Python module and every formatter mutant, kill rate per
+# module, each survivor. The full campaign: python -m host_tools.reliability.mutation --jobs 2
+mutation: venv deps
+	$(PY) -m host_tools.reliability.mutation --sample 100 --jobs 2 --quiet
 
 clean:
 	rm -rf build $(VENV)

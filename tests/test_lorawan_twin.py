@@ -22,6 +22,11 @@ pytestmark = pytest.mark.integration
 SPEED = 5.0  # the modem's clock runs 5x: RX1 after 0.2 s, join accept after 1 s
 
 
+def rx_events(tail: str) -> tuple[str, str]:
+    """The RX event of a class-A downlink, heard in the first window or the second."""
+    return (f"+EVT:RX_1:{tail}", f"+EVT:RX_2:{tail}")
+
+
 class AtClient:
     """What the firmware's driver does: write a command, read lines until a status line or an event."""
 
@@ -173,7 +178,8 @@ def test_join_after_failures_uplinks_downlink_and_lora_packet(tmp_path, mosquitt
         assert ns.wait(lambda s: s.queues[dev.dev_eui])
         assert at.send("AT+SEND=102:0b") == ["OK"]
         events = at.until(("+EVT:TX_DONE",))
-        assert events[-2:] == ["+EVT:RX_1:-95:7:UNICAST:10:010203", "+EVT:TX_DONE"]
+        # RX1, or RX2 when the network server answers too late for RX1 (a loaded machine): both are class A
+        assert events[-1] == "+EVT:TX_DONE" and events[-2] in rx_events("-95:7:UNICAST:10:010203")
         # a confirmed uplink is ACKed (no RX event for an ACK-only downlink)
         assert at.cmd("AT+CFM=1") == ["OK"]
         assert at.send("AT+SEND=102:0c") == ["OK"]
@@ -183,7 +189,7 @@ def test_join_after_failures_uplinks_downlink_and_lora_packet(tmp_path, mosquitt
         assert ns.wait(lambda s: s.queues[dev.dev_eui])
         assert at.cmd("AT+CFM=0") == ["OK"]
         assert at.send("AT+SEND=102:0d") == ["OK"]
-        assert at.until(("+EVT:TX_DONE",))[-2] == "+EVT:RX_1:-95:7:UNICAST:12:6869"
+        assert at.until(("+EVT:TX_DONE",))[-2] in rx_events("-95:7:UNICAST:12:6869")
         assert listen.wait("/event/txack") and listen.wait("/down/sent") and listen.wait("/down/queued")
         assert listen.wait("/event/join") and listen.wait("/devices/bin-1/join")
         gw_up = listen.wait("/event/up", n=4, prefix="eu868/")

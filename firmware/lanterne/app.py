@@ -15,8 +15,6 @@ from lanterne import commands as cmd
 from lanterne.net import Network
 
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
-FRAME_BUDGET = 242  # bytes per uplink frame: the largest EU868 LoRaWAN payload, fine for MQTT
-BATCH_MAX = 24  # readings per uplink frame at most
 CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 
@@ -87,13 +85,13 @@ class App:
         from lanterne.control import CommandHandler
         from lanterne.reading import RecordPacker
         from lanterne.store import Store
+        from lanterne.uplink import Uplink
 
         self.assets = Assets(self.board, self.cfg)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
-        self.encoder = codec.Encoder(FRAME_BUDGET)
-        self.batch = [codec.new_reading() for _ in range(BATCH_MAX)]
+        self.uplink = Uplink(self.store, self.faults)
         self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
 
     # -- time ---------------------------------------------------------------------
@@ -201,45 +199,15 @@ class App:
                     break
 
     # -- uplink ----------------------------------------------------------------------
-    def _next_frame(self):
-        """Peek the store, build one codec frame. Returns (frame view, records packed) or None."""
-        from lanterne.reading import RECORD_LEN, unpack
-
-        batch = self.store.peek(budget=BATCH_MAX * RECORD_LEN, max_records=BATCH_MAX)
-        if not batch:
-            return None
-        n = 0
-        now = self.now()
-        for seq, rec in batch:
-            try:
-                unpack(rec, self.batch[n], seq, now, self.boot, self.clock_synced)
-                n += 1
-            except ValueError:
-                self.faults["record"] = "store: record %d unreadable, skipped" % seq
-                break
-        if n == 0:
-            self.store.ack(batch[:1])  # an unreadable record is skipped, never retried forever
-            return None
-        k = self.encoder.encode(self.batch, 0, n, FRAME_BUDGET)
-        if k == 0:
-            self.store.ack(batch[:1])
-            return None
-        return memoryview(self.encoder.buf)[: self.encoder.length], batch[:k]
-
     async def drain(self):
-        """Send what the store holds, frame by frame, committing each after its PUBACK."""
+        """Send what the store holds, frame by frame, committing each after its PUBACK
+        (lanterne.uplink: only the readings a frame carried, only once publish returned)."""
         while self.link.connected and self.store.pending:
-            nxt = self._next_frame()
-            if nxt is None:
-                continue
-            frame, acked = nxt
             try:
-                self.link.publish(self.link.topics["up"], frame, qos=1)
+                self.sent += self.uplink.send(self.link, self.now(), self.boot, self.clock_synced)
             except OSError as e:
                 self.log(str(e))
                 return
-            self.store.ack(acked)
-            self.sent += len(acked)
             await asyncio.sleep_ms(0)  # let the lamp, commands and sampling run between frames
             if self.cmd_queue:
                 return

@@ -148,15 +148,22 @@ def _read(path):
 
 
 def write_atomic(path, text):
-    """Write `text` to `path` through a temporary file: a power cut leaves the old file or the new."""
+    """Write `text` to `path` through path.tmp renamed over it: a power cut leaves the old file or the new.
+
+    Renaming over is atomic on littlefs and on POSIX; removing the old file first would open a
+    window where a cut leaves neither. Only a filesystem whose rename refuses an existing target
+    (FAT) gets the old file removed first; a reader then falls back on path.tmp, which is whole."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
     try:
-        os.remove(path)  # FAT cannot rename over a file
+        os.rename(tmp, path)
     except OSError:
-        pass
-    os.rename(tmp, path)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.rename(tmp, path)
 
 
 def _usable(data, errors):

@@ -9,6 +9,20 @@ from lanterne.config import write_atomic as _write_atomic
 STATE_FILE = "cmdstate.json"
 
 
+def _read_state(path):
+    # (last counter, rotated key hex or "") from path, or from path.tmp when path is missing or
+    # damaged (the tmp is whole when a cut came between removing path and renaming it, see
+    # _write_atomic); (0, "") when neither holds a state.
+    for name in (path, path + ".tmp"):
+        try:
+            with open(name) as f:
+                st = json.loads(f.read())
+            return int(st["counter"]), st.get("key") or ""
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    return 0, ""
+
+
 class CommandHandler:
     """`handle(frame) -> (ack bytes or None, log line)`; `executor(opcode, args) -> (status, data)`."""
 
@@ -16,14 +30,8 @@ class CommandHandler:
         self.state_file = state_file
         self.executor = executor
         self.enabled = bool(key_hex)
-        last, key = 0, key_hex
-        try:
-            with open(state_file) as f:
-                st = json.loads(f.read())
-            last = int(st.get("counter", 0))
-            key = st.get("key") or key_hex  # a rotated key replaces the provisioned one
-        except (OSError, ValueError):
-            pass
+        last, key = _read_state(state_file)
+        key = key or key_hex  # a rotated key replaces the provisioned one
         self.verifier = cmd.Verifier(device, bytes.fromhex(key) if key else b"", last)
         self.executed = 0
         self.refused = 0

@@ -49,7 +49,7 @@ DESCRIPTION = (
 )
 EPILOG = """\
 first steps:
-  lanterne demo                  the whole story here: a broker, three virtual boards, readings, a command
+  lanterne demo                  the whole story here: a broker, virtual boards, readings, a command
   lanterne boards                the boards Lanterne supports
   lanterne flash --port PORT     MicroPython onto a new board
   lanterne provision --port PORT --board BOARD --device ID

@@ -208,7 +208,8 @@ class HomeAssistant:
                 self.bridge.log(f"Home Assistant command for {device} ({kind}): {exc}")
 
     def _execute(self, device: str, kind: str, payload: bytes) -> None:
-        from host_tools.backoffice.command_client import ACTIONS, CommandClient, cmd, next_counter
+        from host_tools.backoffice.actions import ACTIONS
+        from host_tools.backoffice.command_client import CommandClient, cmd, next_counter
         from host_tools.fleet.registry import Registry
 
         dev = self.bridge.directory.get(device)
@@ -227,7 +228,7 @@ class HomeAssistant:
                     self.bridge.cfg.username, self.bridge.cfg.password)
                 self._client = CommandClient(self.bridge.cfg.broker, username=user, password=password,
                                              tls_ca=self.bridge.cfg.tls_ca)
-        frame = cmd.build(key, device, counter, ACTIONS[action], args)
+        frame = cmd.build(key, device, counter, ACTIONS[action].opcode, args)
         # Recorded as Home Assistant's before it leaves, so the copy seen on the broker adds nothing.
         self.bridge.db.write(Batch(commands=[command_row(device, key, frame, time.time(), "home-assistant")]))
         res = self._client.send(dev.site, device, key, counter, action, args, timeout=self.ack_timeout_s, frame=frame)

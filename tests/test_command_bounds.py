@@ -123,7 +123,14 @@ CASES = {
     "rotate_key 15 bytes": (cmd.ROTATE_KEY, bytes(15), MALFORMED, None),
     "rotate_key 17 bytes": (cmd.ROTATE_KEY, bytes(17), MALFORMED, None),
     "opcode 0x00": (0x00, b"", "unknown_command", None),
-    "opcode 0x0a": (0x0A, b"", "unknown_command", None),
+    "ota_start 37 bytes": (cmd.OTA_START, struct.pack(">IB", 2**32 - 1, 1) + bytes(range(32)), OK,
+                           {"counter": 2**32 - 1, "force": True, "digest": bytes(range(32)).hex()}),
+    "ota_start flags 0": (cmd.OTA_START, struct.pack(">IB", 7, 0) + bytes(32), OK,
+                          {"counter": 7, "force": False, "digest": bytes(32).hex()}),
+    "ota_start flags 2": (cmd.OTA_START, struct.pack(">IB", 7, 2) + bytes(32), BAD, None),
+    "ota_start 36 bytes": (cmd.OTA_START, struct.pack(">IB", 7, 0) + bytes(31), MALFORMED, None),
+    "ota_start 38 bytes": (cmd.OTA_START, struct.pack(">IB", 7, 0) + bytes(33), MALFORMED, None),
+    "opcode 0x0b": (0x0B, b"", "unknown_command", None),
     "opcode 0xff": (0xFF, b"\x01", "unknown_command", None),
     # the whole frame: 200 bytes at most (header 10 + arguments + tag 12)
     "frame of 200 bytes": (cmd.SET_CONFIG, config(b"lat", 1, bytes([172]) + b"a" * 172), OK,
@@ -210,7 +217,9 @@ MESSAGES = {
     "set_config type 3": "set_config value type 3",
     "set_config key not UTF-8": "arguments do not decode",
     "rotate_key 15 bytes": "rotate_key takes a 16-byte nonce",
-    "opcode 0x0a": "opcode 0x0a",
+    "ota_start flags 2": "ota_start flags 0x02 (bit 0: force)",
+    "ota_start 36 bytes": "ota_start takes 37 argument bytes, got 36",
+    "opcode 0x0b": "opcode 0x0b",
     "frame of 201 bytes": "frame of 201 bytes is over 200",
 }
 MESSAGE_EXTRA = {

@@ -271,3 +271,54 @@ def test_safe_mode_command_gate_speaks_the_command_format(tmp_path):
     forged = cmd.build(bytes(32), "lamp-7", 42, cmd.REBOOT, {"delay_s": 1})
     assert gate.check(forged)[0] == safe.BAD_TAG
     assert gate.check(cmd.build(key, "lamp-8", 43, cmd.REBOOT, {"delay_s": 1}))[0] == safe.WRONG_DEVICE
+
+
+def test_virtual_flash_erase_and_write_take_no_board_heap(tmp_path):
+    # On the chip esp32.Partition's erase and write are calls into ESP-IDF: none of the
+    # MicroPython heap. The virtual board's model of them must not charge the board's heap
+    # either (a 4 KB erase buffer made a MicroPython image update fail with MemoryError).
+    import struct
+
+    from host_tools.emulator import ROM
+
+    flash = tmp_path / "flash.bin"
+    table = b"".join(
+        struct.pack("<HBBII16sI", 0x50AA, ptype, sub, off, size, label.encode(), 0)
+        for ptype, sub, off, size, label in [(1, 0x00, 0xD000, 0x2000, "otadata"),
+                                             (0, 0x10, 0x10000, 0x10000, "ota_0"),
+                                             (0, 0x11, 0x20000, 0x10000, "ota_1")]  # fmt: skip
+    )
+    image = bytearray(b"\xff" * 0x30000)
+    image[0x8000 : 0x8000 + len(table)] = table
+    flash.write_bytes(bytes(image))
+    code = """
+import gc, json, esp32
+nxt = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+piece, buf = bytearray(b"\\x5a" * 256), bytearray(256)
+nxt.readblocks(0, buf, 0)  # the first call opens the flash file (once for the board's life)
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+nxt.ioctl(6, 3)                   # erase a sector
+nxt.writeblocks(3, piece, 0)      # program 256 bytes of it
+piece[:] = b"\\xa5" * 256
+nxt.writeblocks(3, piece, 256)    # and the next 256
+nxt.readblocks(3, buf, 0)
+first = bytes(buf[:4])
+nxt.writeblocks(4, piece)         # a plain write: erase, then program
+used = gc.mem_alloc() - a
+a = gc.mem_alloc()
+nxt.set_boot()                    # otadata: a sector erased and an entry written
+used_otadata = gc.mem_alloc() - a
+gc.enable()
+nxt.readblocks(3, buf, 256)
+print(json.dumps([used, used_otadata, first.hex(), bytes(buf[:4]).hex()]))
+"""
+    used, used_otadata, first, second = unix_port.run_json(code, path=[ROM], heapsize=HEAP, env={
+        "LANTERNE_SPI_FLASH": str(flash), "LANTERNE_RUNNING_APP": "ota_0"})  # fmt: skip
+    assert (first, second) == ("5a5a5a5a", "a5a5a5a5")
+    data = flash.read_bytes()
+    assert data[0x20000 + 4 * 4096 : 0x20000 + 4 * 4096 + 256] == b"\xa5" * 256  # ota_1, block 4
+    assert data[0x20000 + 4 * 4096 + 256 : 0x20000 + 5 * 4096] == b"\xff" * (4096 - 256)
+    assert used < 1024, f"{used} bytes of the board's heap to erase and write flash"
+    assert used_otadata < 2048, f"{used_otadata} bytes of the board's heap to write otadata"

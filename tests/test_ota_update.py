@@ -339,7 +339,7 @@ def test_safe_mode_keeps_a_board_with_no_good_release_reachable_for_updates(rele
             res = ro.run(["ota-safe"]).devices["ota-safe"]
         finally:
             ro.close()
-        assert res.state == "committed", (res, h.console()[-2000:])
+        assert res.state == "committed", (res.reason, h.console()[-2000:])
         w.wait_for(f"lanterne/v1/{SITE}/ota-safe/status", lambda m: b'"fw": "0.8.1"' in m.payload, timeout=30)
         state = ota_state(h)
         assert state["safe"] is None and state["unhealthy"] == 0 and state["active"] == 1
@@ -401,7 +401,7 @@ def _image_update(h, k, fw1, fw2, board_file, mosquitto, otadata, provision):
             stats = ro.server.stats["ota-image"]
         finally:
             ro.close()
-        assert res.state == "committed", (res, h.console()[-2000:])
+        assert res.state == "committed", (res.reason, h.console()[-2000:])
         assert stats.base is not None and stats.wire_bytes < 60000  # a delta of a 1.5 MB image
         assert h.board.running_app == "ota_1" and state() == (2, otadata.VALID)
         st = w.wait_for(f"lanterne/v1/{SITE}/ota-image/status", lambda m: b'"ota_1"' in m.payload and b'"trial": false' in m.payload,

@@ -96,16 +96,34 @@ _table = None
 _file = []
 
 
+def _flash_file():
+    if not _file:
+        _file.append(_hal.posix().open(_FLASH, "r+b"))
+    return _file[0]
+
+
 def _flash_io(offset, data=None, length=0):
     # One open file for the interpreter's life (the chip's flash is always there); each write is
     # flushed, so a power cut (SIGKILL) keeps what was written.
-    if not _file:
-        _file.append(_hal.posix().open(_FLASH, "r+b"))
-    f = _file[0]
+    f = _flash_file()
     f.seek(offset)
     if data is None:
         return f.read(length)
     f.write(data)
+    f.flush()
+
+
+_ERASED = b"\xff" * 256  # erased flash, written piece by piece: an erase on the chip takes no heap
+_SCRATCH = bytearray(256)  # a write's old bytes, ANDed with the new ones piece by piece
+
+
+def _erase_range(offset, n):
+    # Erase `n` bytes (a multiple of 256) without a sector-sized buffer: the ESP32's flash erase
+    # is a call into the ROM, and the board's heap must not pay 4 KB that the chip does not.
+    f = _flash_file()
+    f.seek(offset)
+    for _ in range(n // 256):
+        f.write(_ERASED)
     f.flush()
 
 
@@ -149,7 +167,7 @@ def _otadata():
 def _write_otadata(base, sector, seq, state):
     import struct
 
-    _flash_io(base + sector * 0x1000, b"\xff" * 0x1000)  # the sector erased ...
+    _erase_range(base + sector * 0x1000, 0x1000)  # the sector erased ...
     _flash_io(base + sector * 0x1000, struct.pack("<I20sII", seq, b"\xff" * 20, state, _otadata_crc(seq)))
 
 
@@ -203,15 +221,29 @@ class Partition:
         return self.p[2] + at
 
     def readblocks(self, block, buf, offset=0):
-        buf[:] = _flash_io(self._at(block, offset, len(buf)), length=len(buf))
+        f = _flash_file()  # straight into the caller's buffer, as the chip does: no heap
+        f.seek(self._at(block, offset, len(buf)))
+        if f.readinto(buf) != len(buf):
+            raise OSError(5)
 
     def writeblocks(self, block, buf, offset=None):
         if offset is None:  # a plain write erases the blocks first
-            _flash_io(self._at(block, 0, len(buf)), b"\xff" * ((len(buf) + 4095) // 4096 * 4096))
+            _erase_range(self._at(block, 0, len(buf)), (len(buf) + 4095) // 4096 * 4096)
             offset = 0
         at = self._at(block, offset, len(buf))
-        old = _flash_io(at, length=len(buf))  # NOR flash: a write only clears bits
-        _flash_io(at, bytes(a & b for a, b in zip(old, buf)))
+        f = _flash_file()
+        done = 0
+        while done < len(buf):  # NOR flash: a write only clears bits (through a small scratch buffer)
+            k = min(256, len(buf) - done)
+            mv = memoryview(_SCRATCH)[:k]
+            f.seek(at + done)
+            f.readinto(mv)
+            for j in range(k):
+                mv[j] &= buf[done + j]
+            f.seek(at + done)
+            f.write(mv)
+            done += k
+        f.flush()
 
     def ioctl(self, op, arg):
         if op in (1, 2, 3):
@@ -221,7 +253,7 @@ class Partition:
         if op == 5:
             return self.bs
         if op == 6:
-            _flash_io(self._at(arg, 0, 4096), b"\xff" * 4096)
+            _erase_range(self._at(arg, 0, 4096), 4096)
             return 0
         return None
 

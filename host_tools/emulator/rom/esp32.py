@@ -132,13 +132,19 @@ def _partitions():
     if _table is None:
         import struct
 
-        raw = _flash_io(0x8000, length=0xC00)
-        _table = []
-        for i in range(0, len(raw), 32):
-            magic, ptype, sub, off, size, label, _flags = struct.unpack_from("<HBBII16sI", raw, i)
+        # Entry by entry through one small buffer: ESP-IDF reads the table at start-up, outside
+        # the MicroPython heap, so reading it here must not need a 3 KB block of the board's heap.
+        entry = bytearray(32)
+        f = _flash_file()
+        table = []
+        for at in range(0x8000, 0x8C00, 32):
+            f.seek(at)
+            f.readinto(entry)
+            magic, ptype, sub, off, size, label, _flags = struct.unpack_from("<HBBII16sI", entry, 0)
             if magic != 0x50AA:
                 break
-            _table.append((ptype, sub, off, size, label.split(b"\0")[0].decode()))
+            table.append((ptype, sub, off, size, label.split(b"\0")[0].decode()))
+        _table = table
     return _table
 
 

@@ -176,6 +176,21 @@ def test_counter_window_ends(last, counter, reason):
     assert answer(v, signed(cmd.REQUEST_STATUS, b"", counter))[0] == reason
 
 
+def test_the_last_frame_again_is_a_redelivery_only_once_acked():
+    # The window's top: the board records a command's counter before executing it (a power cut
+    # must not run it twice) and its ack after. Between the two the same frame has no ack to send
+    # again: a replay, never a redelivery answered with nothing. Once acked, the ack again.
+    v = cmd.Verifier(DEVICE, KEY, 9)
+    f = signed(cmd.REQUEST_STATUS, b"", 10)
+    v.check(f)
+    v.accept(f, 10, None)
+    assert answer(v, f) == ("replay", None)
+    v.last_ack = ack = v.ack(10, cmd.REQUEST_STATUS, cmd.OK)
+    with pytest.raises(cmd.CommandError) as e:
+        v.check(f)
+    assert e.value.reason == cmd.OK and e.value.ack == ack
+
+
 def test_the_same_answers_on_the_unix_port():
     frames = {name: signed(op, raw).hex() for name, (op, raw, _, _) in CASES.items()}
     code = (

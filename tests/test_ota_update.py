@@ -195,16 +195,28 @@ def test_bad_releases_are_refused_with_a_reason_and_the_running_slot_untouched(r
         w.wait_for(f"lanterne/v1/{SITE}/ota-bad/status", lambda m: b'"fw": "0.2.0"' in m.payload, timeout=30)
 
 
+TASK_BUG = """
+
+async def _actuator_task_with_a_bug(self):
+    raise RuntimeError("release bug: the actuator task fails")
+
+
+App.actuator_task = _actuator_task_with_a_bug
+"""
+
+
 @pytest.mark.parametrize(
     "name,edit,why",
     [
         ("crash", {"lanterne/app.py": "\nraise RuntimeError('release bug: crash at start-up')\n"}, "crashed: RuntimeError"),
         ("hang", {"lanterne/assets.py": "\nwhile True:\n    pass\n"}, "watchdog reset during the trial"),
+        # starts, then one of its tasks fails and is restarted: not healthy, rolled back
+        ("task", {"lanterne/app.py": TASK_BUG}, "trial failed: actuators task failed: RuntimeError"),
     ],
 )
 def test_a_release_that_fails_at_start_up_is_rolled_back(releases, virtual_boards, mosquitto, name, edit, why):
     k, r1, _r2, _ = releases
-    bad = release(k, "0.9.1" if name == "crash" else "0.9.2", edit)
+    bad = release(k, {"crash": "0.9.1", "hang": "0.9.2", "task": "0.9.3"}[name], edit)
     device = f"ota-{name}"
     with Watcher(mosquitto.url, [f"lanterne/v1/{SITE}/{device}/#"]) as w:
         (h,) = boards_on(k, virtual_boards, mosquitto.url, r1, [device], sample_period_s=1)

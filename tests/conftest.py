@@ -124,13 +124,13 @@ def lanterne(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def lanterne_emulate(*args):
+def lanterne_emulate(*args, lines: int = 1):
     """`lanterne emulate ARGS` as a person runs it in a shell: yields the line it prints first
-    (the board and its port); stopped (as Ctrl-C would) on leaving."""
+    (the board and its port), or its first `lines` lines; stopped (as Ctrl-C would) on leaving."""
     proc = subprocess.Popen([*LANTERNE, "emulate", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        yield proc.stdout.readline()
+        yield "".join(proc.stdout.readline() for _ in range(lines))
     finally:
         proc.terminate()
         proc.wait(10)

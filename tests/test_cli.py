@@ -69,6 +69,42 @@ def test_emulate_world_and_mpremote_from_a_shell(tmp_path):
 
 
 @pytest.mark.integration
+def test_emulate_broker_proxy_takes_its_faults_from_lanterne_world(tmp_path):
+    import re
+    import socket
+    import threading
+
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(4)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = echo.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [c.sendall(d) for d in iter(lambda: c.recv(4096), b"")], daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port, flash = tmp_path / "ttyP", tmp_path / "flash"
+    flash.mkdir()
+    upstream = f"127.0.0.1:{echo.getsockname()[1]}"
+    with lanterne_emulate("--board", "esp32-devkitc", "--fs", flash, "--port", port, "--broker-proxy", upstream, lines=2) as out:
+        m = re.search(r"broker fault proxy mqtt://127\.0\.0\.1:(\d+) -> " + re.escape(upstream), out)
+        assert m, out
+        c = socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=3)
+        c.sendall(b"ping")
+        assert c.recv(10) == b"ping"
+        assert lanterne("world", "--port", str(port), "fault", "broker", "silent").returncode == 0
+        time.sleep(0.2)
+        c.sendall(b"ping")
+        c.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            c.recv(10)
+        r = lanterne("world", "--port", str(port), "fault", "broker", "melted")
+        assert r.returncode == 1 and "choose from silent, half_open, slow, slow_tls" in r.stderr
+    echo.close()
 def test_world_refuses_nonsense_and_names_what_is_valid(tmp_path):
     port = tmp_path / "ttyV"
     (tmp_path / "flash").mkdir()

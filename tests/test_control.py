@@ -144,7 +144,7 @@ def test_a_forged_command_uses_no_counter_up(tmp_path):
 from host_tools.runtime import firmware_module  # noqa: E402
 
 control = firmware_module("control")
-config = firmware_module("config")  # its write_atomic is the one the counter goes through
+flashfile = firmware_module("flashfile")  # its write_atomic is the one the counter goes through
 cmd = firmware_module("commands")
 KEY = bytes(range(32))
 DEVICE = "lamp-7"
@@ -262,7 +262,7 @@ def test_the_state_file_is_replaced_without_ever_being_missing(tmp_path, monkeyp
     h = handler(tmp_path)
     assert ack_of(h, cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS))["reason"] == "ok"
     flash = Flash(tmp_path / "cmdstate.json")
-    monkeypatch.setattr(config, "os", flash)
+    monkeypatch.setattr(flashfile, "os", flash)
     assert ack_of(h, cmd.build(KEY, DEVICE, 2, cmd.REQUEST_STATUS))["reason"] == "ok"
     assert flash.calls and not flash.gaps, f"a power cut here loses the counter: {flash.gaps}"
     assert handler(tmp_path).verifier.last_counter == 2
@@ -272,7 +272,7 @@ def test_where_rename_refuses_an_existing_file_the_state_is_still_replaced(tmp_p
     h = handler(tmp_path)
     assert ack_of(h, cmd.build(KEY, DEVICE, 1, cmd.REQUEST_STATUS))["reason"] == "ok"
     flash = Flash(tmp_path / "cmdstate.json", rename_refuses_existing=True)
-    monkeypatch.setattr(config, "os", flash)
+    monkeypatch.setattr(flashfile, "os", flash)
     assert ack_of(h, cmd.build(KEY, DEVICE, 2, cmd.REQUEST_STATUS))["reason"] == "ok"
     assert [c[0] for c in flash.calls] == ["rename refused", "remove", "rename"]
     assert handler(tmp_path).verifier.last_counter == 2 and not (tmp_path / "cmdstate.json.tmp").exists()

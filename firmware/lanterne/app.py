@@ -1,22 +1,47 @@
-# Lanterne application: one asyncio loop on the board.
-#   sample (per period) -> reading -> record -> store (durable) -> uplink (codec batch,
-#   MQTT QoS 1) -> store.ack only after the PUBACK; commands authenticated and acked;
-#   lamp profile and bollard run locally whatever the link does; retained status; the
-#   watchdog is fed only while the loop is healthy. Faults go to the status, never up.
+# Lanterne application: one asyncio loop on the board, and nothing in it ever waits on the network.
+#   sample (per period) -> reading -> record -> store (durable) -> uplink (codec batch over the
+#   link, transport/link.py) -> store.ack only after the link took the frame (MQTT: the PUBACK);
+#   commands authenticated and acked; lamp profile and bollard run locally whatever the link
+#   does (the bollard's interlock even runs from its pin interrupt); retained status; the
+#   watchdog is fed only while the loop is healthy, and the loop measures its own lateness
+#   (loop_lag_max_ms). Faults go to the status, never up.
 import asyncio
 import gc
 import json
 import time
 
+# asyncio loads these on first use: load them now, with the rest of the code, before the heap
+# fills with objects (a module's names may grow MicroPython's qstr pool, in one piece)
+from asyncio import gather, wait_for_ms  # noqa: F401
+
 import machine
 
-from lanterne import __version__, boardinfo, codec, config
+from micropython import const
+
+from lanterne import __version__, codec
 from lanterne import commands as cmd
 from lanterne.net import Network
+from lanterne.transport.link import ACK, READINGS, STATUS, Flag
 
 RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
 CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
+GC_EVERY = 2048  # bytes allocated between two automatic collections
+TICK_MS = const(100)  # the actuator task's period: the loop's heartbeat
+_MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
+
+
+def _unload(name):
+    # Drop a module the board no longer needs (nothing else may hold on to it): its functions,
+    # tables and globals are garbage at the next collection.
+    import sys
+
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition(".")
+    try:
+        delattr(sys.modules[parent], child)
+    except (KeyError, AttributeError):
+        pass
 
 
 def _bump_boot_count(path="boot.count"):
@@ -37,8 +62,24 @@ def _bump_boot_count(path="boot.count"):
 
 class App:
     def __init__(self):
+        # OTA hook: which slot and release run, and whether an update, a trial or a rollback
+        # needs the OTA seam (below). Read first, while the heap is whole (the state's buffer).
+        try:
+            from lanterne_ota.state import boot_info
+
+            self.ota_info = boot_info()
+        except ImportError:  # (a firmware without the OTA package)
+            self.ota_info = {"slot": None, "release": None, "pending": False}
+        boot_info = None
+        gc.collect()
+        # config, boardinfo and field are needed at boot only: dropped once the app is built,
+        # their heap goes back to the board (set_config imports config again, for the moment
+        # it takes).
+        from lanterne import boardinfo, config
+
         self.cfg, self.config_errors = config.load()
         self.board, board_error = boardinfo.load()
+        del boardinfo, config
         # field setup hook: is this a setup boot (button held at the last power-up, or the
         # window after a fresh provisioning)? Decided first, while the heap is still whole.
         from lanterne import field
@@ -55,7 +96,7 @@ class App:
         self.net = Network(self.board, self.cfg)
         self.link = None
         self.wdt = None
-        self.status_due = True
+        self.status_due = False  # a status is to go now (asked for, due, or news): the uplink task sends it
         self.status_at = time.ticks_ms()  # when the last status was built
         self.status_seen = None  # what it said that matters between periods (_status_key)
         self.clock_synced = False
@@ -66,33 +107,57 @@ class App:
         self.reboot_at = None
         self.no_uplink = None  # why nothing can be sent (no transport, no broker): statuses go to the console
         self.sent = 0
+        self.lag_max = 0  # the loop's worst lateness since the last status (ms)
+        self.lag_max_boot = 0  # ... since boot
+        self._lag_reported = 0
+        self.uplink_due = Flag()  # something to send: a reading, a command's ack, a status; the link came up
         # -- field setup hook (lanterne/setup_mode.py): the setup page while it is up; the
         # changes made on site with it (field.json), reported in the status; status messages
-        # acked by the broker (the page's link test waits for one).
+        # the link took (the page's link test waits for one).
         self.setup = None
         self.field = field.load()
         self.status_sent = 0
+        del field
+        if self.setup_via is None:  # (setup mode uses them all)
+            for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
+                _unload(name)
         self._build()
-        # Over-the-air updates (lanterne/ota.py): the OTA seam is loaded only when an update, a
-        # trial or a rollback report needs it; otherwise only which slot and release run is kept.
-        from lanterne import ota
+        # Over-the-air updates: which slot and release run is kept; the OTA seam (lanterne/ota.py)
+        # is loaded only when an update, a trial or a rollback report needs it (the ota_start
+        # command loads it otherwise, execute.py), and the OTA code (lanterne_ota) only while used.
+        self.ota = None
+        if self.ota_info["pending"]:
+            from lanterne import ota
 
-        self.ota_info = ota.boot_info()
-        self.ota = ota.Ota(self, self.ota_info) if self.ota_info["pending"] else None
+            self.ota = ota.Ota(self, self.ota_info)
 
     def _build(self):
-        from lanterne.assets import Assets
+        # All the code this board runs is imported first, then the objects are built: importing
+        # a module may grow MicroPython's qstr pool, each new pool twice the last and in one
+        # piece, which the heap still has before it fills with objects (assets.load_drivers).
+        from lanterne.assets import Assets, load_drivers
         from lanterne.control import CommandHandler
         from lanterne.reading import RecordPacker
         from lanterne.store import Store
         from lanterne.uplink import Uplink
 
+        MqttLink = None
+        if self.cfg["transport"] != "mqtt":
+            self.no_uplink = self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
+        elif not self.cfg["broker"]:
+            self.no_uplink = self.faults["broker"] = "config: no broker configured: offline, readings kept in the store"
+        else:
+            from lanterne.transport.mqtt import MqttLink
+        load_drivers(self.board)
+        gc.collect()
         self.assets = Assets(self.board, self.cfg)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
         self.uplink = Uplink(self.store, self.faults)
         self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
+        if MqttLink is not None:
+            self.link = MqttLink(self.cfg, self.on_downlink)
 
     # -- time ---------------------------------------------------------------------
     def now(self):
@@ -121,6 +186,11 @@ class App:
             self.sample_period,
             self.status_period,
         )
+
+    def ask_status(self):
+        # A status goes out now (a command asked, the setup page changed something, news).
+        self.status_due = True
+        self.uplink_due.set()
 
     def status(self, state="online"):
         self.status_at = time.ticks_ms()
@@ -151,8 +221,11 @@ class App:
                 "lamp": self.assets.lamp.level if self.assets.lamp else None,
                 "lamp_reason": self.assets.profile.reason if self.assets.profile else None,
                 "bollard": self.assets.bollard.state if self.assets.bollard else None,
+                "interlock_trips": self.assets.bollard.interlock_trips if self.assets.bollard else None,
                 "cmd_counter": self.commands.verifier.last_counter,
                 "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
+                "loop_lag_max_ms": self.lag_max,
+                "loop_lag_max_ms_boot": self.lag_max_boot,
                 # field setup hook: on-site changes (field.json) and the setup page, if up
                 "field": self.field,
                 "setup": self.setup.summary() if self.setup else None,
@@ -161,6 +234,25 @@ class App:
                 "ota": self.ota.status() if self.ota else {"slot": self.ota_info["slot"], "release": self.ota_info["release"]},
             }
         )
+
+    def status_payload(self):
+        # The status to send now; its loop-lag window restarts (given back if the send fails).
+        try:
+            s = self.status()
+        except MemoryError as e:
+            # no room for the whole status now (a fragmented heap): say so briefly rather than
+            # not at all (a connection needs one); the full one goes at the next period
+            gc.collect()
+            self.log("status: %r: sent short" % (e,))
+            s = '{"state": "online", "device": "%s", "heap_free": %d, "heap_alloc": %d, "faults": ["status: out of memory"]}' % (
+                self.cfg["device"], gc.mem_free(), gc.mem_alloc())
+        self._lag_reported = self.lag_max
+        self.lag_max = 0
+        return s
+
+    def status_not_sent(self):
+        if self._lag_reported > self.lag_max:
+            self.lag_max = self._lag_reported
 
     def log(self, msg):
         print("[lanterne] " + msg)
@@ -189,6 +281,7 @@ class App:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
+                self.uplink_due.set()
                 if self.ota:
                     self.ota.sampled()  # a trial's health: sensors read
             # Sleep out the period a second at a time: a period changed by command applies at once.
@@ -200,29 +293,59 @@ class App:
 
     # -- uplink ----------------------------------------------------------------------
     async def drain(self):
-        """Send what the store holds, frame by frame, committing each after its PUBACK
-        (lanterne.uplink: only the readings a frame carried, only once publish returned)."""
-        while self.link.connected and self.store.pending:
-            try:
-                self.sent += self.uplink.send(self.link, self.now(), self.boot, self.clock_synced)
-            except OSError as e:
-                self.log(str(e))
-                return
-            await asyncio.sleep_ms(0)  # let the lamp, commands and sampling run between frames
-            if self.cmd_queue:
-                return
+        """Send what the store holds, frame by frame, committing each only after the link took it
+        (MQTT: its PUBACK; lanterne.uplink: only the readings a frame carried). A frame the link
+        did not take stays in the store and goes again."""
+        link = self.link
+        while link.up and self.store.pending:
+            n = await self.uplink.send(link, self.now(), self.boot, self.clock_synced)
+            if n < 0:
+                return  # the link went down on the way, or over its airtime budget: later
+            self.sent += n
+            if self.cmd_queue or self.acks or self.status_due or (self.ota and self.ota.frame()):
+                return  # those go first
+
+    async def uplink_task(self):
+        # Everything the board sends goes through here, one frame at a time: the acks of the
+        # commands received first, then the status when due, then an update's progress record and
+        # request (lanterne/ota.py), then readings.
+        link = self.link
+        while True:
+            self.handle_commands()  # commands run as they arrive, whatever the link does
+            if link.up:
+                if self.acks:
+                    if await link.send(ACK, self.acks[0]):
+                        self.acks.pop(0)
+                    continue
+                if self.status_due:
+                    if await link.send(STATUS, self.status_payload()):
+                        self.status_due = False
+                        self.status_sent += 1  # field setup hook: the link took it (MQTT: PUBACK)
+                        if self.ota:
+                            self.ota.status_sent()  # a trial's health: a status went out
+                    else:
+                        self.status_not_sent()
+                    continue
+                f = self.ota.frame() if self.ota else None
+                if f is not None:
+                    if await link.send(f[0], f[1]):
+                        self.ota.sent(f[0], f[1])
+                    f = None
+                    continue
+                if self.store.pending:
+                    await self.drain()
+                    if self.store.pending and link.up:
+                        await asyncio.sleep_ms(1000)  # the link would not take more now
+                    continue
+            await self.uplink_due.wait()
+            self.uplink_due.clear()
 
     # -- commands ---------------------------------------------------------------------
-    def on_message(self, topic, msg):
-        if self.ota and self.ota.on_message(topic, msg):
-            return  # a block of an update (ota/data)
-        # Only our own command topic is ever a command (some brokers have delivered other
-        # topics to a subscriber: never treat those as commands).
-        if self.link is None or topic != self.link.topics["cmd"].encode():
-            self.log("ignored a message on %s: not our command topic" % (topic,))
-            return
+    def on_downlink(self, frame):
+        # From the link (only frames meant for this board): run by the uplink task, which acks it.
         if len(self.cmd_queue) < CMD_QUEUE:
-            self.cmd_queue.append(bytes(msg))
+            self.cmd_queue.append(frame)
+            self.uplink_due.set()
         else:
             self.log("command queue full: command dropped (the back office will retry)")
 
@@ -233,218 +356,166 @@ class App:
             self.log(line)
             if ack is not None:
                 self.acks.append(ack)
-        while self.acks and self.link and self.link.connected:
-            try:
-                self.link.publish(self.link.topics["ack"], self.acks[0], qos=1)
-                self.acks.pop(0)
-            except OSError as e:
-                self.log(str(e))
-                return
 
     def execute(self, opcode, args):
-        a = self.assets
-        if opcode == cmd.SET_LAMP:
-            if a.lamp is None:
-                return cmd.REFUSED, b""
-            until = None
-            if args["duration_min"] and self.clock_synced:
-                until = self.now_utc() + args["duration_min"] * 60
-            a.profile.override(args["level"], until)
-            a.lamp.set(args["level"], ramp_ms=args["ramp_s"] * 1000)
-            a.lamp.update()
-            return cmd.OK, bytes((a.lamp.level,))
-        if opcode == cmd.RESUME_PROFILE:
-            if a.profile is None:
-                return cmd.REFUSED, b""
-            a.profile.override(None)
-            return cmd.OK, b""
-        if opcode == cmd.SET_PROFILE:
-            if a.profile is None:
-                return cmd.REFUSED, b""
-            p = a.profile
-            p.steps = tuple(args["steps"])
-            p.dusk_offset_min = args["dusk_offset_min"]
-            p.dawn_offset_min = args["dawn_offset_min"]
-            p._day = None  # recompute tonight's events with the new offsets
-            return cmd.OK, b""
-        if opcode == cmd.BOLLARD:
-            if a.bollard is None:
-                return cmd.REFUSED, b""
-            from lanterne.actuators import relay
+        # What an authenticated command does (lanterne/execute.py), loaded for the moment it runs:
+        # commands are rare, the heap is not.
+        from lanterne import execute
 
-            r = a.bollard.command(relay.UP if args["action"] == "raise" else relay.DOWN)
-            return (cmd.OK if r == relay.OK else cmd.REFUSED), bytes((a.bollard.state,))
-        if opcode == cmd.SET_PERIOD:
-            if args["what"] == "sample":
-                return self.set_config("sample_period_s", args["seconds"])
-            return self.set_config("status_period_s", args["seconds"])
-        if opcode == cmd.SET_CONFIG:
-            return self.set_config(args["key"], args["value"])
-        if opcode == cmd.REQUEST_STATUS:
-            self.status_due = True
-            return cmd.OK, b""
-        if opcode == cmd.REBOOT:
-            self.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
-            return cmd.OK, b""
-        if opcode == cmd.OTA_START:
-            return self.ota_start(args)
-        return cmd.UNKNOWN_COMMAND, b""
-
-    def ota_start(self, args):
-        # Accepted means the transfer started; its outcome goes to ota/progress and the status.
-        from lanterne import ota
-
-        if self.ota is None:
-            self.ota = ota.Ota(self, self.ota_info)
-        ok, line = self.ota.start(args)
-        self.log("ota: " + line)
-        return (cmd.OK if ok else cmd.REFUSED), b""
-
-    def set_config(self, key, value):
-        """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""
-        data = config.file_data()
-        data[key] = value
-        cfg, errors = config.validate(data)
-        if any("'%s'" % key in e for e in errors):
-            self.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
-            return cmd.BAD_ARGUMENT, b""
         try:
-            config.save(data)
-        except OSError as e:
-            return cmd.FAILED, b""
-        self.cfg[key] = cfg[key]
-        self.sample_period = self.cfg["sample_period_s"]
-        self.status_period = self.cfg["status_period_s"]
-        if self.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
-            self.assets.fill.calibrate(self.cfg["bin_empty_mm"], self.cfg["bin_full_mm"])
-        if self.assets.extra is not None:
-            self.assets.extra.reconfigure(key, self.cfg)
-        return cmd.OK, b""
+            return execute.run(self, opcode, args)
+        finally:
+            del execute
+            _unload("lanterne.execute")
+            if self.setup is None:  # (set_config loaded it; setup mode keeps it)
+                _unload("lanterne.config")
 
     # -- link ------------------------------------------------------------------------
     async def link_task(self):
-        from lanterne.transport.mqtt import MqttLink
-
-        if self.cfg["transport"] != "mqtt":
-            self.no_uplink = self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
-            self.log(self.faults["transport"])
-            return
-        if not self.cfg["broker"]:
-            self.no_uplink = self.faults["broker"] = "config: no broker configured: offline, readings kept in the store"
-            return
+        # Brings the network link up and keeps it up (the uplink task sends over it), and keeps
+        # the clock: NTP at boot, then hourly, every 10 s while it fails (the lamp profile follows
+        # its photocell meanwhile). Every wait here is bounded and lets the loop run.
+        link = self.link
         if not self.net.start():
             self.no_uplink = self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
-        self.link = MqttLink(self.cfg, self.on_message)
-        last_sync = None
+        was_up = net_was_up = False
+        clock_due = time.ticks_ms()
         while True:
-            if not self.net.up():
-                if self.link.connected:
-                    self.link.close()
-                    self.log("link down")
-                await asyncio.sleep_ms(200)
-                continue
-            if not self.clock_synced or time.ticks_diff(time.ticks_ms(), last_sync) > 3600000:
-                last_sync = time.ticks_ms()
-                self.sync_clock()
-            if not self.link.connected:
-                if not self.link.due():
-                    await asyncio.sleep_ms(100)
-                    continue
-                if self.link.connect(self.status()):
-                    self.status_sent += 1  # field setup hook: the online status was acked
-                    self.faults.pop("mqtt", None)
-                    self.log("connected to %s:%d as %s" % (self.link.host, self.link.port, self.cfg["device"]))
-                    self.status_due = False
-                    if self.ota:
-                        self.ota.status_sent()  # a trial's health: a status went out
-                else:
-                    self.faults["mqtt"] = self.link.last_error
-                    self.log(self.link.last_error)
-                continue
-            if self.status_due:
-                self.status_due = False
-                try:
-                    self.link.publish(self.link.topics["status"], self.status(), retain=True, qos=1)
-                    self.status_sent += 1  # field setup hook: acked (QoS 1)
-                except OSError as e:
-                    self.log(str(e))
-                    continue
-                if self.ota:
-                    self.ota.status_sent()
-            self.handle_commands()
-            if self.ota:
-                self.ota.step()  # an update's requests (throttled), its reboot, a trial's deadline
-            await self.drain()
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
-                self.link.close()
+                link.close()
                 machine.reset()
-            if not self.link.poll():
+            if not self.net.up():
+                if net_was_up:
+                    self.log("link down")
+                net_was_up = was_up = False
+                if link.up:
+                    link.close()
+                await asyncio.sleep_ms(200)
                 continue
-            if not self.cmd_queue and not self.store.pending:
-                await self.link.wait_readable(100)
+            net_was_up = True
+            if was_up and not link.up:
+                self.faults["mqtt"] = link.last_error
+                self.log(link.last_error)
+            was_up = link.up
+            b = self.assets.bollard
+            if time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
+                clock_due = time.ticks_add(time.ticks_ms(), 3600000 if await self.sync_clock() else 10000)
+            elif link.up:
+                await link.maintain()
+            elif not link.due() or (b is not None and b.state == _MOVING and b.target == b.guard):
+                # (no connection is set up while the bollard moves towards its guarded position: a
+                # TLS handshake's key exchange runs in one long mbedtls call, which would delay the
+                # presence interrupt's handler; moves only start on a command, over an up link)
+                await asyncio.sleep_ms(100)
+            elif await self._connect():
+                self.faults.pop("mqtt", None)
+                self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
+                self.status_due = False
+                self.status_sent += 1  # field setup hook: the online status went with the connection
+                if self.ota:
+                    self.ota.status_sent()  # a trial's health: a status went out
+                self.uplink_due.set()  # what waited for the link
+                was_up = True
+            else:
+                self.status_not_sent()
+                self.faults["mqtt"] = link.last_error
+                self.log(link.last_error)
 
-    def sync_clock(self):
+    async def _connect(self):
+        gc.collect()  # a clean heap for the connection's buffers and its first status
+        return await self.link.connect(self.status_payload)
+
+    async def sync_clock(self):
+        # One NTP query over a non-blocking socket (at most netio.NTP_TIMEOUT_MS); True when set.
+        from lanterne import netio
+
         try:
-            import ntptime
-
-            ntptime.settime()
-            self.clock_synced = True
-            self.faults.pop("clock", None)
-            self.lamp_update()  # the schedule applies now, before the next status says otherwise
+            netio.set_rtc(await netio.ntp_query())
         except Exception as e:  # no NTP: the lamp profile falls back to its photocell
-            self.faults["clock"] = "clock: not synced (%r)" % (e,)
+            self.faults["clock"] = "clock: not synced (%s)" % (e,)
+            return False
+        self.clock_synced = True
+        self.faults.pop("clock", None)
+        self.lamp_update()  # the schedule applies now, before the next status says otherwise
+        return True
 
-    async def status_task(self):
-        # Checked every second: a status is due one status period after the last one (so a
-        # period changed by command applies at once), or as soon as what it says changed (a
-        # fault raised or cleared, the lamp's decision, the periods), at most every STATUS_GAP_MS.
-        while True:
-            await asyncio.sleep_ms(1000)
-            since = time.ticks_diff(time.ticks_ms(), self.status_at)
-            if since >= self.status_period * 1000 or (since >= STATUS_GAP_MS and self._status_key() != self.status_seen):
-                if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
-                    self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
-                else:
-                    self.status_due = True
+    def status_check(self):
+        # Every second (from the actuator task): a status is due one status period after the last
+        # one (so a period changed by command applies at once), or as soon as what it says changed
+        # (a fault raised or cleared, the lamp's decision, the periods), at most every STATUS_GAP_MS.
+        since = time.ticks_diff(time.ticks_ms(), self.status_at)
+        if self.status_due or since < STATUS_GAP_MS:
+            return
+        if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
+            if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
+                self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
+            else:
+                self.ask_status()
 
     def lamp_update(self, photocell=False):
         # Follow the lamp profile now (reading the photocell first when asked): at boot before
-        # the first status is built, after a clock sync, and every 100 ms from actuator_task.
+        # the first status is built, after a clock sync, and every TICK_MS from actuator_task.
         a = self.assets
         if a.lamp is None:
             return
         try:
             if photocell and a.light is not None:
                 a.light.sample()
-            a.lamp_tick(self.now_utc(), bool(self.link and self.link.connected))
+            a.lamp_tick(self.now_utc(), bool(self.link and self.link.up))
         except Exception as e:  # never let an actuator stop the board
             self.faults["actuator"] = "actuator: %r" % (e,)
 
     async def actuator_task(self):
+        # The loop's heartbeat, every TICK_MS: the lamp and the bollard; how late it woke up
+        # (anything that holds the loop, a blocking call or a long computation, shows here and
+        # in the status as loop_lag_max_ms); the watchdog, fed only by a loop that keeps running;
+        # every second, whether a status is due.
         a = self.assets
         tick = 0
+        trips = irq_trips = 0
+        t = fed = time.ticks_ms()
         while True:
             try:
-                # the photocell every 2 s (every 100 ms until its first reading), not only at the sampling period
+                # the photocell every 2 s (every TICK_MS until its first reading), not only at the sampling period
                 self.lamp_update(a.light is not None and (tick % 20 == 0 or not a.light.has_value))
                 tick += 1
-                if a.bollard is not None:
-                    a.bollard.update()
+                b = a.bollard
+                if b is not None:
+                    b.update()
+                    if b.interlock_trips != trips:
+                        trips = b.interlock_trips
+                        self.log(
+                            "bollard: presence during a move towards the guarded position: move reversed (%s)"
+                            % ("by the interrupt handler" if b.irq_trips != irq_trips else "by the loop")
+                        )
+                        irq_trips = b.irq_trips
             except Exception as e:  # never let an actuator stop the loop
                 self.faults["actuator"] = "actuator: %r" % (e,)
-            await asyncio.sleep_ms(100)
-
-    async def heartbeat_task(self):
-        # The watchdog is fed only from here: if the loop stalls, the board resets.
-        while True:
-            if self.wdt:
-                self.wdt.feed()
-            await asyncio.sleep_ms(1000)
+            t = time.ticks_ms()
+            await asyncio.sleep_ms(TICK_MS)
+            now = time.ticks_ms()
+            late = time.ticks_diff(now, t) - TICK_MS
+            if late > self.lag_max:
+                self.lag_max = late
+                if late > self.lag_max_boot:
+                    self.lag_max_boot = late
+            if time.ticks_diff(now, fed) >= 1000:
+                if self.wdt:
+                    self.wdt.feed()
+                fed = now
+                try:
+                    self.status_check()
+                except MemoryError as e:  # no room to build it now: the next second tries again
+                    self.log("status: %r" % (e,))
 
     async def run(self):
+        # Collect after every few KB allocated rather than when the heap is full: garbage left
+        # to pile up scatters the objects that outlive it (a connection's, a command's) across
+        # the heap, which at 64 KB leaves no room in one piece for a status or a socket.
+        gc.threshold(GC_EVERY)
         offline = not self.cfg["broker"] and self.cfg["transport"] == "mqtt"
         if offline:  # loud: a board that will never send anything says so where a technician looks
             self.log("*" * 60)
@@ -464,23 +535,31 @@ class App:
             "lanterne %s on %s, device %s, reset cause %s, boot %d, backlog %d"
             % (__version__, self.board.get("name"), self.cfg["device"], self.reset_cause, self.boot, self.store.pending)
         )
-        await asyncio.gather(
-            self.guard("link", self.link_task),
+        tasks = [
             self.guard("sampling", self.sample_task),
-            self.guard("status", self.status_task),
             self.guard("actuators", self.actuator_task),
             self.guard("setup", self.setup_task),  # field setup hook
-            self.heartbeat_task(),
-            *self.assets.tasks(),
-        )
+        ]
+        if self.link is not None:
+            tasks += [
+                self.guard("link", self.link_task),
+                self.guard("uplink", self.uplink_task),
+            ]
+        if self.ota is not None:  # an update to resume, a trial, a rollback to report
+            tasks.append(self.guard("ota", self.ota.run))
+        elif self.cfg["transport"] != "mqtt":
+            self.log(self.faults["transport"])
+        await asyncio.gather(*tasks, *self.assets.tasks())
 
     async def setup_task(self):
         # field setup hook: a setup boot serves the setup page, then restarts
         # (lanterne/setup_mode.py); a normal boot watches the button for 5 s (lanterne/field.py).
-        from lanterne import field
-
         if self.setup_via is None:
-            await field.watch_button(self)
+            from lanterne import setup_button
+
+            await setup_button.watch_button(self)
+            del setup_button
+            _unload("lanterne.setup_button")  # the button is watched only in the first seconds
             return
         from lanterne import setup_mode
 

@@ -31,6 +31,30 @@ _FLAGGED = (
 )
 
 
+# The driver modules each kind of part needs. App imports them all before it builds any object
+# (load_drivers): a module's names may grow MicroPython's qstr pool, a new pool is twice the
+# last and must be found in one piece, which a heap full of small objects may no longer have.
+_DRIVERS = {
+    "bme280": ("lanterne.sensors.bme280",),
+    "bh1750": ("lanterne.sensors.light",),
+    "veml7700": ("lanterne.sensors.light",),
+    "ultrasonic": ("lanterne.sensors.fill_level",),
+    "ultrasonic_uart": ("lanterne.sensors.fill_level",),
+    "supply": ("lanterne.sensors.supply",),
+    "lamp": ("lanterne.actuators.lamp", "lanterne.lamp_profile"),
+    "relay": ("lanterne.actuators.relay",),
+}
+
+
+def load_drivers(board):
+    for spec in board.get("sensors", []) + board.get("actuators", []):
+        for name in _DRIVERS.get(spec.get("type"), ()):
+            try:
+                __import__(name)
+            except ImportError:
+                pass  # Assets reports it when it builds that part
+
+
 class Assets:
     def __init__(self, board, cfg):
         import machine

@@ -7,7 +7,6 @@
 # lacks or gets wrong comes from there, identity and secrets included. With neither, the
 # board has no broker: it stays offline rather than try one it was never given.
 import json
-import os
 
 CONFIG_FILE = "config.json"
 LKG_FILE = "config.lkg.json"
@@ -147,25 +146,6 @@ def _read(path):
         return text, None, "not valid JSON (%s)" % (e,)
 
 
-def write_atomic(path, text):
-    """Write `text` to `path` through path.tmp renamed over it: a power cut leaves the old file or the new.
-
-    Renaming over is atomic on littlefs and on POSIX; removing the old file first would open a
-    window where a cut leaves neither. Only a filesystem whose rename refuses an existing target
-    (FAT) gets the old file removed first; a reader then falls back on path.tmp, which is whole."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        os.rename(tmp, path)
-
-
 def _usable(data, errors):
     # A config to run on and keep: every field valid, and it names its device.
     return not errors and isinstance(data, dict) and "device" in data
@@ -183,6 +163,8 @@ def load(path=CONFIG_FILE, lkg=LKG_FILE):
         if _usable(data, errors):
             try:
                 if _read(lkg)[0] != text:
+                    from lanterne.flashfile import write_atomic
+
                     write_atomic(lkg, text)
             except OSError as e:
                 errors.append("%s: could not keep a last-known-good copy (%r)" % (lkg, e))
@@ -219,17 +201,9 @@ def file_data(path=CONFIG_FILE, lkg=LKG_FILE):
 
 def save(data, path=CONFIG_FILE, lkg=LKG_FILE):
     """Write `data` as config.json atomically; kept as the last known good too when it is usable. Raises OSError."""
+    from lanterne.flashfile import write_atomic  # (imported here: the host loads this file on its own)
+
     text = json.dumps(data)
     write_atomic(path, text)
     if _usable(data, validate(data, path)[1]):
         write_atomic(lkg, text)
-
-
-def parse_broker(url):
-    """'mqtts://host:port' -> (host, port, tls)."""
-    tls = url.startswith("mqtts://")
-    rest = url.split("://", 1)[1].rstrip("/")
-    if ":" in rest:
-        host, port = rest.rsplit(":", 1)
-        return host, int(port), tls
-    return rest, 8883 if tls else 1883, tls

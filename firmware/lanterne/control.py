@@ -4,7 +4,7 @@
 import json
 
 from lanterne import commands as cmd
-from lanterne.config import write_atomic as _write_atomic
+from lanterne.flashfile import write_atomic as _write_atomic
 
 STATE_FILE = "cmdstate.json"
 

@@ -6,25 +6,14 @@
 # registry learn what changed (`lanterne verify` shows it, `lanterne registry accept` adopts it).
 # A fresh provisioning (a config.json the board did not write itself) clears it.
 #
-# The setup boot decision is here too (setup_entry, watch_button), so that a normal boot
-# imports nothing of setup mode (lanterne/setup_mode.py) but this small module.
+# The setup boot decision is here too (setup_entry), so that a normal boot imports nothing of
+# setup mode (lanterne/setup_mode.py) but this small module, and drops it once the app is built
+# (the button is watched by lanterne/setup_button.py).
 #
 # setup.json = {"config": hash of the config.json the board last saw, "used_s": seconds of the
 # post-provisioning setup window already spent}: how the board tells a fresh provisioning from
 # a reboot, and how much of the window is left across power cycles.
 import json
-import time
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value):
-        return value
-
-
-_WATCH_MS = const(5000)
-_HOLD_MS = const(1000)
 
 FIELD_FILE = "field.json"
 STATE_FILE = "setup.json"
@@ -42,7 +31,7 @@ def _read(path):
 
 
 def _write(path, doc):
-    from lanterne.control import _write_atomic
+    from lanterne.flashfile import write_atomic as _write_atomic
 
     _write_atomic(path, json.dumps(doc))
 
@@ -110,7 +99,7 @@ def spend_window(config_path, used_s, path=STATE_FILE):
     _try_write(path, {"config": config_hash(config_path), "used_s": int(used_s)})
 
 
-REQUEST_FILE = "setup.req"  # the button was held: the next boot is a setup boot
+from lanterne.setup_button import REQUEST_FILE  # the button was held: the next boot is a setup boot
 MODULES = ("lanterne.setup_mode", "lanterne.setup_credentials", "lanterne.http_request", "lanterne.setup_server", "lanterne.setup_api")
 # What the app imports after this, by the parts the board has: imported here, first, at every boot.
 _PARTS = {
@@ -172,44 +161,3 @@ def setup_entry(cfg, board):
         except ImportError:
             pass  # the app reports a part it cannot build
     return via, used_s
-
-
-async def _button_held(board, pin_factory=None):
-    """True when the button is held for 1 s within the first 5 s (False at once without a button)."""
-    gpio = board.get("setup_button")
-    if gpio is None:
-        return False
-    if pin_factory is None:
-        from machine import Pin
-
-        pin_factory = Pin
-    pin = pin_factory(gpio, pin_factory.IN)  # pulled up on the board: 0 while held
-    import asyncio
-
-    t0 = time.ticks_ms()
-    since = None
-    while True:
-        now = time.ticks_ms()
-        if pin.value() == 0:
-            if since is None:
-                if time.ticks_diff(now, t0) > _WATCH_MS:
-                    return False
-                since = now
-            elif time.ticks_diff(now, since) >= _HOLD_MS:
-                return True
-        else:
-            since = None
-            if time.ticks_diff(now, t0) > _WATCH_MS:
-                return False
-        await asyncio.sleep_ms(50)
-
-
-async def watch_button(app):
-    """A normal boot: the button held for 1 s within 5 s of power-up restarts the board into setup mode."""
-    if await _button_held(app.board):
-        with open(REQUEST_FILE, "w") as f:
-            f.write("button")
-        app.log("setup button held: restarting into setup mode")
-        import machine
-
-        machine.reset()

@@ -1,42 +1,27 @@
 # The application's side of over-the-air updates: the seam between the app (its link, its tasks)
 # and the OTA code on the filesystem (lanterne_ota, loaded only while an update, a trial or a
-# rollback report needs it). What the app calls (see app.py):
-#   info = boot_info(); ota = Ota(app) if info["pending"]   at start: is anything on?
+# rollback report needs it). This module is loaded at boot only when something is on (app.py);
+# otherwise the ota_start command loads it (execute.py).
+# What the app calls:
+#   info = lanterne_ota.state.boot_info(); ota = Ota(app, info) if info["pending"]   at start
+#   ota.run()                its task (app.guard("ota", ota.run)): the update's messages applied,
+#                            its requests (throttled), its reboot, the trial's deadline
 #   ota.start(args)          the ota_start command: fetch, verify, write, reboot into the trial
-#   ota.on_message(t, m)     a message on ota/data (True when it was one)
-#   ota.step()               from the link loop while connected: requests, reboot, health deadline
+#   ota.frame()              for the app's uplink task: (kind, payload) to send next, or None;
+#   ota.sent(kind, payload)  ... and once the link took it
 #   ota.sampled(), ota.status_sent(), ota.task_failed(name, e)   the trial's health signals
 #   ota.status()             the "ota" field of the status
-# The link is reached only through link.publish(topic, payload, retain=, qos=) and a subscribe
-# (link.subscribe(topic) when the link has one, else its MQTT client's).
+# Nothing here writes to the network: requests and progress records wait in a two-frame outbox
+# (the newest of each kind) for the uplink task, the one sender (link.py: OTA_REQ, OTA_PROGRESS),
+# and the update's messages reach the updater through the link's update channel
+# (link.updates(on_update, nbytes)), opened while a transfer runs.
 import json
 import os
 import sys
 import time
 
 TRIAL_DEADLINE_MS = 300000  # a trial must be healthy within 5 minutes, or it is rolled back
-TOPIC = "lanterne/v1/%s/%s/ota/"
-
-
-def _load_state():
-    # The slot state as the boot selector left it (lanterne_ota/state.py has the format): read
-    # here directly, so a normal boot loads none of the OTA code.
-    raw = None
-    try:
-        import esp32
-
-        buf = bytearray(1024)
-        raw = buf[: esp32.NVS("lanterne").get_blob("ota", buf)]
-    except Exception:
-        try:
-            with open("ota/state.json") as f:
-                raw = f.read()
-        except OSError:
-            return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
+REBOOT_WAIT_MS = 5000  # at most this long for the "trial" record to go out before the reboot
 
 
 def _exists(path):
@@ -45,28 +30,6 @@ def _exists(path):
         return True
     except OSError:
         return False
-
-
-def boot_info():
-    """{"slot", "release", "version", "pending"}: what runs, and whether the OTA seam is needed."""
-    st = _load_state()
-    if not st:
-        return {"slot": None, "release": None, "version": None, "pending": _exists("ota/job.json")}
-    t = st.get("trial")
-    slot = t["slot"] if t else st.get("active", 0)
-    s = (st.get("slots") or [None, None])[slot]
-    fw_trial = st.get("fw_trial")
-    return {
-        "slot": "AB"[slot],
-        "release": s["n"] if s else None,
-        "version": s["ver"] if s else None,
-        "trial": bool(t),
-        "fw_trial": fw_trial,  # a MicroPython image on trial (second tier)
-        "image": st.get("fw"),  # the MicroPython image an update put there, confirmed
-        "pending": bool(t or fw_trial or st.get("event") or st.get("unhealthy") or _exists("ota/job.json")),
-        "event": st.get("event"),
-        "unhealthy": st.get("unhealthy", 0),
-    }
 
 
 def _unload():
@@ -80,9 +43,11 @@ class Ota:
     def __init__(self, app, info):
         self.app = app
         self.info = info
-        self.base = TOPIC % (app.cfg["site"], app.cfg["device"])
         self.updater = None
-        self.subscribed = None
+        self.channel = False  # the link's update channel is open (a transfer runs)
+        self.req = None  # the outbox: the request to send, and the progress record
+        self.progress = None
+        self.reboot_from = None
         self.event_sent = False
         self.checking = bool(info.get("trial") or info.get("unhealthy"))
         self.fw_checking = False
@@ -125,12 +90,33 @@ class Ota:
         return self.updater
 
     def _send(self, kind, payload, retain):
+        # The updater's send: into the outbox, for the uplink task. A request needs the link up
+        # now (the updater asks again later); a progress record waits for it, the newest kept.
         link = self.app.link
-        if link is None or not link.connected:
-            raise OSError("link down")
-        link.publish(self.base + kind, payload, retain=retain, qos=1 if retain else 0)
-        if kind == "progress":
-            self.last = payload
+        if kind == "req":
+            if link is None or not link.up:
+                raise OSError("link down")
+            self.req = payload
+        else:
+            self.progress = self.last = payload
+        self.app.uplink_due.set()
+
+    def frame(self):
+        """(kind, payload) for the uplink task to send next, or None."""
+        from lanterne.transport.link import OTA_PROGRESS, OTA_REQ
+
+        if self.progress is not None:
+            return OTA_PROGRESS, self.progress
+        if self.req is not None:
+            return OTA_REQ, self.req
+        return None
+
+    def sent(self, kind, payload):
+        # (a newer record queued while this one was on its way stays)
+        if self.progress is payload:
+            self.progress = None
+        elif self.req is payload:
+            self.req = None
 
     def start(self, args):
         """The ota_start command. Returns (accepted, line)."""
@@ -146,49 +132,57 @@ class Ota:
             self.updater = None
             return False, "no library slots on this board (%r)" % (e,)
 
-    def on_message(self, topic, msg):
-        if self.updater is None or topic != (self.base + "data").encode():
-            return False
-        self.updater.on_data(msg)
-        return True
+    async def run(self):
+        """The OTA task: a step every 20 ms while a transfer runs (its messages wait in the
+        updater's inbox meanwhile), every second otherwise. Nothing in a step waits."""
+        import asyncio
 
-    def _subscribe(self):
-        link = self.app.link
-        client = getattr(link, "client", None)
-        if self.subscribed is client:
+        while True:
+            self.step()
+            if self.updater is not None and self.updater.reboot_due:
+                await self._reboot()
+            await asyncio.sleep_ms(20 if self.updater is not None else 1000)
+
+    async def _reboot(self):
+        # The release is written and verified: once its "trial" record went out (or after
+        # REBOOT_WAIT_MS), into its trial.
+        if self.reboot_from is None:
+            self.reboot_from = time.ticks_ms()
+            self.app.log("ota: release written and verified, rebooting into its trial")
+        if self.progress is not None and time.ticks_diff(time.ticks_ms(), self.reboot_from) < REBOOT_WAIT_MS:
             return
-        sub = getattr(link, "subscribe", None)
-        if sub is not None:
-            sub(self.base + "data")
-        else:
-            client.subscribe(self.base + "data", qos=1)
-        self.subscribed = client
+        import asyncio
+        import machine
+
+        if self.app.link is not None:
+            self.app.link.close()
+        await asyncio.sleep_ms(200)
+        machine.reset()
 
     def step(self):
-        """From the link loop, while connected."""
+        """One step of the OTA task: the rollback report, the update's messages and requests,
+        the trial's deadline."""
         if self.event_sent is False and self.info.get("event"):
             ev = dict(self.info["event"])
             ev["state"] = "rolled_back"
-            try:
-                self._send("progress", json.dumps(ev), True)
-                self.event_sent = True
-            except OSError:
-                pass
+            self._send("progress", json.dumps(ev), True)
+            self.event_sent = True
         u = self.updater
         if u is not None:
-            if u.active:
-                self._subscribe()
-            u.poll()  # never raises: a failed update is refused, reported, and the board goes on
-            if u.reboot_due:
-                self.app.log("ota: release written and verified, rebooting into its trial")
-                self.app.link.close()
-                import machine
+            link = self.app.link
+            if u.active and not self.channel and link is not None:
+                from lanterne_ota.updater import MAX_MESSAGE
 
-                time.sleep_ms(200)
-                machine.reset()
-            if not u.active:
+                link.updates(u.on_data, MAX_MESSAGE)  # ota/data, subscribed before the next request
+                self.channel = True
+            if not u.reboot_due:
+                u.poll()  # never raises: a failed update is refused, reported, and the board goes on
+            if not u.active and not u.reboot_due:
+                if self.channel:
+                    link.updates(None, 0)
+                    self.channel = False
                 self.updater = None
-                self.subscribed = None
+                self.req = None
                 _unload()
         if self.checking and self.failure is None and time.ticks_diff(time.ticks_ms(), self.started) > TRIAL_DEADLINE_MS:
             self._failed("not healthy within %d s (sensors read: %s, status sent: %s)"
@@ -224,11 +218,8 @@ class Ota:
             if self.info.get("trial"):
                 self.info["trial"] = False
                 self.info["event"] = None
-                try:
-                    self._send("progress", json.dumps({"state": "committed", "release": self.info["version"], "n": self.info["release"]}), True)
-                except OSError:
-                    pass
-                self.app.status_due = True
+                self._send("progress", json.dumps({"state": "committed", "release": self.info["version"], "n": self.info["release"]}), True)
+                self.app.ask_status()
 
     def _confirm_image(self):
         from lanterne_ota import firmware
@@ -242,11 +233,8 @@ class Ota:
         self.info["fw_trial"] = None
         self.info["image"] = st["fw"]
         self.app.log("ota: " + line)
-        try:
-            self._send("progress", json.dumps({"state": "committed", "release": t["ver"], "n": t["n"], "image": True}), True)
-        except OSError:
-            pass
-        self.app.status_due = True
+        self._send("progress", json.dumps({"state": "committed", "release": t["ver"], "n": t["n"], "image": True}), True)
+        self.app.ask_status()
 
     def _failed(self, why):
         # The trial failed while running: recorded, then the reset returns to the previous slot.

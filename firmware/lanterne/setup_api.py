@@ -182,7 +182,7 @@ class SetupApi:
             "parts": [k for k in ("env", "light", "fill", "supply", "lamp", "bollard") if getattr(s, k) is not None],
             "readings": r,
             "faults": sorted(faults.values()),
-            "link": {"transport": cfg["transport"], "connected": bool(link and link.connected)},
+            "link": {"transport": cfg["transport"], "connected": bool(link and link.up)},
             "saved": {k: cfg[k] for k in field.EDITABLE},
             "pending": self.pending,
             "field": a.field,
@@ -230,7 +230,7 @@ class SetupApi:
         return 200, {"pending": self.pending}
 
     def _save(self):
-        from lanterne.control import _write_atomic
+        from lanterne.flashfile import write_atomic as _write_atomic
 
         a = self.app
         if not self.pending:
@@ -263,7 +263,7 @@ class SetupApi:
             s.profile.lat, s.profile.lon = cfg["lat"], cfg["lon"]
             s.profile._day = None  # tonight's dusk and dawn for the new position
         self.pending = {}
-        a.status_due = True  # the back office learns the change now
+        a.ask_status()  # the back office learns the change now
         self.log("setup: saved %s (field change %d)" % (", ".join(sorted(changed)) or "nothing new", a.field["n"] if a.field else 0))
         return 200, {"saved": sorted(changed), "field": a.field}
 
@@ -351,9 +351,9 @@ class SetupApi:
         t0 = time.ticks_ms()
         sent = a.status_sent
         link = a.link
-        if link is not None and not link.connected and hasattr(link, "next_try"):
+        if link is not None and not link.up and hasattr(link, "next_try"):
             link.next_try = t0  # try now, not at the end of the reconnect backoff
-        a.status_due = True
+        a.ask_status()
         while time.ticks_diff(time.ticks_ms(), t0) < _LINK_TEST_MS:
             if a.status_sent != sent:
                 link = a.link

@@ -1,8 +1,8 @@
-# Lanterne uplink step: peek the store, pack one codec frame, publish it (QoS 1), and commit
-# in the store exactly the readings that frame carried, only once the link returned from the
-# publish (the PUBACK came). Pure: the link is the object the app holds (link.publish(topic,
-# frame, qos=1) returns after the PUBACK or raises OSError), so the same code runs on the
-# board, the unix port and CPython, and tests hand it a fake link.
+# Lanterne uplink step: peek the store, pack one codec frame, hand it to the link, and commit in
+# the store exactly the readings that frame carried, only once the link said it took the frame
+# (transport/link.py's contract: `await link.send(READINGS, frame)` is True after the MQTT
+# PUBACK; False when the link went down on the way). Pure: the link is the object the app holds,
+# so the same code runs on the board, the unix port and CPython, and tests hand it a fake link.
 from lanterne import codec
 from lanterne.reading import RECORD_LEN, unpack
 
@@ -16,28 +16,46 @@ except ImportError:  # CPython
 
 FRAME_BUDGET = const(242)  # bytes per uplink frame: the largest EU868 LoRaWAN payload, fine for MQTT
 BATCH_MAX = const(24)  # readings per uplink frame at most
+_READINGS = const(0)  # transport.link.READINGS (not imported: that module needs MicroPython's asyncio)
 
 
 class Uplink:
-    # encoder: a codec.Encoder; batch: BATCH_MAX reusable codec readings (no allocation per
-    # frame); faults: the app's fault dict ("record" is set when a stored record is unreadable).
+    # encoder: a codec.Encoder; batch: reusable codec readings, as many as the last frame needed
+    # (one or two while the link keeps up, up to batch_max through a backlog: 24 readings are
+    # 4.6 KB of heap on the 64-bit port that a board sending live readings does without);
+    # faults: the app's fault dict ("record" is set when a stored record is unreadable).
     def __init__(self, store, faults, budget=FRAME_BUDGET, batch_max=BATCH_MAX):
         self.store = store
         self.faults = faults
         self.budget = budget
         self.batch_max = batch_max
         self.encoder = codec.Encoder(budget)
-        self.batch = [codec.new_reading() for _ in range(batch_max)]
+        self.batch = [codec.new_reading()]
 
-    def next_frame(self, now, boot, synced):
+    def _readings(self, n):
+        # At least one reusable reading, at most n: a heap too full for more gives smaller frames.
+        b = self.batch
+        del b[n:]  # (n >= 1) what the backlog needed and this frame does not goes back to the heap
+        try:
+            while len(b) < n:
+                b.append(codec.new_reading())
+        except MemoryError:
+            pass
+        return len(b)
+
+    def next_frame(self, now, boot, synced, budget=None):
         # (frame view, [(seq, record), ...] the frame holds), or None when nothing is to be
         # sent now. The list names only the readings packed: a frame that cannot hold the
-        # whole peeked batch leaves the rest pending for the next frame.
+        # whole peeked batch leaves the rest pending for the next frame. budget: the largest
+        # frame the link takes now (LoRaWAN: its data rate's), within the encoder's buffer.
+        budget = self.budget if budget is None else min(budget, self.budget)
         store = self.store
         batch = store.peek(budget=self.batch_max * RECORD_LEN, max_records=self.batch_max)
         if not batch:
             return None
         n = 0
+        if self._readings(len(batch)) < len(batch):
+            batch = batch[: len(self.batch)]
         for seq, rec in batch:
             try:
                 unpack(rec, self.batch[n], seq, now, boot, synced)
@@ -48,20 +66,26 @@ class Uplink:
         if n == 0:
             store.ack(batch[:1])  # an unreadable record is skipped, never retried forever
             return None
-        k = self.encoder.encode(self.batch, 0, n, self.budget)
+        k = self.encoder.encode(self.batch, 0, n, budget)
+        if k == 0 and budget < self.budget:
+            return None, None  # too large for the link's frame now (a slow data rate): later
         if k == 0:
-            self.faults["record"] = "uplink: reading %d does not fit a %d-byte frame, skipped" % (batch[0][0], self.budget)
+            self.faults["record"] = "uplink: reading %d does not fit a %d-byte frame, skipped" % (batch[0][0], budget)
             store.ack(batch[:1])  # a reading no frame can hold: skipped, never retried forever
             return None
         return memoryview(self.encoder.buf)[: self.encoder.length], batch[:k]
 
-    def send(self, link, now, boot, synced):
-        # Send one frame; return how many readings it committed (0: nothing to send now).
-        # Raises OSError when the publish failed or its PUBACK never came: nothing committed.
-        nxt = self.next_frame(now, boot, synced)
+    async def send(self, link, now, boot, synced):
+        # Send one frame; how many readings it committed: 0 when there was nothing to send now,
+        # -1 when the link did not take the frame (down on the way, or over its airtime budget):
+        # nothing committed, the readings go again.
+        nxt = self.next_frame(now, boot, synced, link.max_frame(_READINGS))
         if nxt is None:
             return 0
         frame, carried = nxt
-        link.publish(link.topics["up"], frame, qos=1)
+        if carried is None or not link.fits(_READINGS, len(frame)):
+            return -1
+        if not await link.send(_READINGS, frame):
+            return -1
         self.store.ack(carried)
         return len(carried)

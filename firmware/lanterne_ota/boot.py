@@ -230,6 +230,11 @@ def select():
         return "safe mode"
     if trial:
         _arm_watchdog()
+    # What stays (the mount, its view of the slot, sys.path's entries) goes in at the bottom of a
+    # clean heap, not above this function's garbage: holes there would split the application's heap.
+    import gc
+
+    gc.collect()
     rom.mount(slot)
     p = sys.path
     if "/rom" not in p:

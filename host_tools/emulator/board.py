@@ -43,6 +43,7 @@ from host_tools import boards as boards_mod
 from host_tools.emulator import ROM, frozen
 from host_tools.emulator.devices.parts import Parts
 from host_tools.emulator.hal import HalServer, follow_link
+from host_tools.emulator.netsim import NtpServer
 from host_tools.emulator.world import World
 from host_tools.runtime.paths import BUILD, micropython_binary
 
@@ -195,6 +196,8 @@ class VirtualBoard:
         self._tasks: list[asyncio.Task] = []
         self._master = self._slave = None
         self._closing = False
+        self.ntp: NtpServer | None = None  # the board's simulated time server (netsim.py)
+        self.requests: collections.deque | None = None  # (time, HAL request line), when watched
         self._changed = asyncio.Event()  # set (and replaced) whenever the board prints
         # The raw SPI flash (bootloader, partition table, MicroPython) beside the folder, when
         # the board is emulated from the ROM up: `blank` makes a factory-fresh, erased chip that
@@ -233,6 +236,7 @@ class VirtualBoard:
         loop.add_reader(self._master, self._on_serial_input)
         self.hal.register(self.token, self)
         follow_link(self.world, self.run_dir)
+        self.ntp = await NtpServer(self.world).start()
         self._tasks.append(asyncio.create_task(self._watchdog_task()))
         if power_on:
             await self.power_on()
@@ -254,6 +258,8 @@ class VirtualBoard:
             self._master = None
         if self.port_path and self.port_path.is_symlink():
             self.port_path.unlink()
+        if self.ntp is not None:
+            self.ntp.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def power_on(self) -> None:
@@ -423,6 +429,7 @@ class VirtualBoard:
             "LANTERNE_BOOT": kind,
             "LANTERNE_RESET_CAUSE": str(RESET_CAUSE.get(kind, self._last_cause())),
             "LANTERNE_SERIAL": self.serial,
+            "LANTERNE_NTP_PORT": str(self.ntp.port if self.ntp else 0),
         }
         if self.romfs:
             env["LANTERNE_ROMFS"] = str(self.romfs[0])

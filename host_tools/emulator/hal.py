@@ -21,20 +21,31 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset
+    IRQ pin trigger          pin interrupt: 1 rising, 2 falling, 3 both, 4/5 on reaching low/high
+                             (once, not repeatedly), 0 off (machine.Pin.irq)
+    EVENTS                   this connection becomes the board's interrupt channel: from now on
+                             the server writes one byte, the pin number, per edge that fires
     AP ssid_hex authmode key_hex | AP -   the Wi-Fi access point is up (as a phone sees it) / off
     PORT                     -> OK port      a free loopback port for a listening socket
     LISTEN ip port hostport  the board listens on ip:port, reachable at 127.0.0.1:hostport
     UNLISTEN hostport        that listening socket is closed
 
-The board side is `host_tools/emulator/rom/_hal.py`.
+The board side is `host_tools/emulator/rom/_hal.py`. A board opens up to three connections:
+its requests, requests made from inside a scheduled callback (an interrupt handler may run in
+the middle of a request), and the interrupt channel. Edges are found when the world changes
+(`World.subscribe`), after each of the board's own pin writes, and every 10 ms while an
+interrupt is set (inputs that change with time, such as a bollard's limit switch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
 import threading
+import time
 from typing import Protocol
 
 from host_tools.emulator.devices import Nack
@@ -45,6 +56,9 @@ class HalClient(Protocol):
 
     parts: object
     world: object
+    #: when set (a deque), the server appends (time, request line) for each request it
+    #: answers: what the firmware does, seen from outside (the loop benchmark measures with it)
+    requests: object
 
     def on_booted(self, alloc: int, free: int) -> None: ...
     def on_reset_request(self, kind: str, arg: int) -> None: ...
@@ -52,21 +66,104 @@ class HalClient(Protocol):
 
 
 def mirror_link_flag(world, run_dir) -> None:
-    """Keep `run_dir/link_down` in step with the world's link: the shims' `_hal.link_up()`
-    checks that file on every socket operation instead of asking the server."""
+    """Keep the run folder's flag files in step with the world: `link_down` while the link is
+    down, `dns_hang` while the resolver hangs. The shims (`_hal.flag()`) check these files on
+    every socket operation instead of asking the server."""
     from pathlib import Path
 
-    flag = Path(run_dir) / "link_down"
-    if world.get("link_up"):
-        flag.unlink(missing_ok=True)
-    else:
-        flag.touch()
+    for name, on in (("link_down", not world.get("link_up")), ("dns_hang", world.fault("dns", "hang"))):
+        flag = Path(run_dir) / name
+        if on:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
 
 
 def follow_link(world, run_dir) -> None:
-    """Mirror the link now and whenever the world's `link_up` changes."""
+    """Mirror the flags now and whenever the world's link or the resolver's fault changes."""
     mirror_link_flag(world, run_dir)
-    world.subscribe(lambda what, values: mirror_link_flag(world, run_dir) if "link_up" in values else None)
+
+    def changed(what, values):
+        if "link_up" in values or "dns" in values or what == "clear":
+            mirror_link_flag(world, run_dir)
+
+    world.subscribe(changed)
+
+
+class PinEvents:
+    """The pin interrupts one board has set: which inputs, which edges; pushes each edge that
+    fires to the board's interrupt channel. Lives on the HAL server's loop; `poke()` from any thread."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self, board, loop: asyncio.AbstractEventLoop):
+        self.board = board
+        self.loop = loop
+        self.triggers: dict[int, int] = {}
+        self.levels: dict[int, int] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.fired = 0
+        self._task: asyncio.Task | None = None
+        board.world.subscribe(self._on_world)
+
+    def _on_world(self, what, values) -> None:
+        if self.triggers and what in ("set", "fault", "clear"):
+            self.poke()
+
+    def poke(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to tell
+            self.loop.call_soon_threadsafe(self.check)
+
+    def configure(self, pin: int, trigger: int) -> None:
+        if trigger:
+            self.triggers[pin] = trigger
+            self.levels[pin] = self.board.parts.pin_read(pin)
+            if self._task is None:
+                self._task = self.loop.create_task(self._watch())
+        else:
+            self.triggers.pop(pin, None)
+
+    def attach(self, writer: asyncio.StreamWriter) -> None:
+        """A new interpreter opened its interrupt channel: what the last one set is gone."""
+        self.triggers.clear()
+        self.writer = writer
+
+    def detach(self, writer: asyncio.StreamWriter) -> None:
+        if self.writer is writer:
+            self.writer = None
+            self.close()
+
+    def close(self) -> None:
+        self.triggers.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    def check(self) -> None:
+        for pin, trigger in list(self.triggers.items()):
+            level = self.board.parts.pin_read(pin)
+            if level == self.levels.get(pin):
+                continue
+            self.levels[pin] = level
+            fires = trigger & (1 if level else 2) if trigger < 4 else (level == trigger - 4)
+            if fires and self.writer is not None and not self.writer.is_closing():
+                self.writer.write(bytes((pin,)))
+                self.fired += 1
+
+    async def _watch(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.PERIOD_S)
+                if self.triggers:
+                    self.check()
+        finally:
+            self._task = None
+
+
+def pin_events(board) -> PinEvents:
+    events = getattr(board, "pin_events", None)
+    if events is None:
+        events = board.pin_events = PinEvents(board, asyncio.get_running_loop())
+    return events
 
 
 def free_port() -> int:
@@ -107,6 +204,12 @@ def handle(board: HalClient, line: str) -> str:
             return "OK " + ",".join(str(a) for a in p.i2c_scan(int(args[0])))
         if op == "PINW":
             p.pin_write(int(args[0]), int(args[1]))
+            events = getattr(board, "pin_events", None)
+            if events is not None and events.triggers:
+                events.check()  # an output wired back to an input
+            return "OK"
+        if op == "IRQ":
+            pin_events(board).configure(int(args[0]), int(args[1]))
             return "OK"
         if op == "PINR":
             return f"OK {p.pin_read(int(args[0]))}"
@@ -218,11 +321,31 @@ class HalServer:
                 line = await reader.readline()
                 if not line:
                     break
+                if line == b"EVENTS\n":
+                    await self._events(board, reader, writer)
+                    break
                 writer.write((handle(board, line.decode()) + "\n").encode())
+                watched = getattr(board, "requests", None)
+                if watched is not None:
+                    watched.append((time.monotonic(), line))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
+
+    async def _events(self, board, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"OK\n")
+        # TCP_NODELAY: an edge is one byte, it must not wait for the board's delayed ACK
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        events = pin_events(board)
+        events.attach(writer)
+        try:
+            await reader.read()  # the board never writes here: EOF when its interpreter ends
+        finally:
+            events.detach(writer)
 
 
 class StandaloneHal:
@@ -241,6 +364,7 @@ class StandaloneHal:
         self.booted = None
         self.reset_requests: list[tuple[str, int]] = []
         self.watchdog: list = []
+        self.requests = None
         self._loop = asyncio.new_event_loop()
         self._server = HalServer()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -255,8 +379,11 @@ class StandaloneHal:
         self.watchdog.append(timeout_ms)
 
     def __enter__(self):
+        from host_tools.emulator.netsim import NtpServer
+
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(10)
+        self.ntp = asyncio.run_coroutine_threadsafe(NtpServer(self.world).start(), self._loop).result(10)
         self._server.register(self.token, self)
         self.run_dir = os.path.join("/tmp", f"lanterne-hal-{os.getpid()}-{id(self)}")
         os.makedirs(self.run_dir, exist_ok=True)
@@ -269,9 +396,14 @@ class StandaloneHal:
             "LANTERNE_HAL_PORT": str(self._server.port),
             "LANTERNE_BOARD_TOKEN": self.token,
             "LANTERNE_RUN_DIR": self.run_dir,
+            "LANTERNE_NTP_PORT": str(self.ntp.port),
         }
 
     def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self.ntp.close)
+        events = getattr(self, "pin_events", None)
+        if events is not None:
+            self._loop.call_soon_threadsafe(events.close)
         asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

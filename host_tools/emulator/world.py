@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
     "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
+    "net_delay_s": 2.0,  # how long a "slow" broker / "slow_tls" handshake holds each chunk
     # LoRaWAN modem twin and its radio (host_tools/emulator/devices/lorawan_modem.py): counts are used up
     "lorawan_speedup": 1.0,  # the modem's clock runs this many times faster than the host's
     "lorawan_gateways": 1.0,  # gateways in range (each publishes every uplink it hears)
@@ -76,6 +77,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "echo_outlier_ratio": (0.0, 1.0),
     "clock_offset_s": (-1e10, 1e10),
     "rssi_dbm": (-130.0, 0.0),
+    "net_delay_s": (0.0, 600.0),  # a slow broker's hold per chunk
     "lorawan_speedup": (0.001, 1_000_000.0),
     "lorawan_gateways": (0.0, 100.0),
     "lorawan_rssi_dbm": (-150.0, 0.0),
@@ -136,6 +138,14 @@ def check_value(key: str, value: Any) -> bool | float | str:
 
 def _num(x: float) -> str:
     return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
+
+#: The simulated network's faults (host_tools/emulator/netsim.py): "part" -> the kinds it takes.
+#: broker (through a FaultProxy): silent = accepts and never answers (every connection, old
+#: and new, goes quiet); half_open = the connections open at that moment go quiet for good, new
+#: ones work; slow = every chunk held net_delay_s; slow_tls = TLS handshake records held
+#: net_delay_s. ntp: silent = the time server never answers. dns: hang = names never resolve
+#: (the resolver gives up after ~15 s, as lwIP's does).
+NETWORK_FAULTS = {"broker": ("silent", "half_open", "slow", "slow_tls"), "ntp": ("silent",), "dns": ("hang",)}
 
 
 class World:
@@ -206,20 +216,35 @@ class World:
 
     def inject(self, part: str, kind: str) -> None:
         with self._lock:
-            kinds = self._check_part(part)
-            if kind not in FAULT_KINDS:
+            if part in NETWORK_FAULTS:  # the network beyond the link: every board has it
+                kinds = NETWORK_FAULTS[part]
+                if kind not in kinds:
+                    raise WorldError(f"unknown fault {kind!r} for {part}{_suggest(kind, kinds)}; choose from {', '.join(kinds)}")
+            else:
+                kinds = self._check_part(part)
+            if kind not in FAULT_KINDS and part not in NETWORK_FAULTS:
                 raise WorldError(f"unknown fault {kind!r} for {part}{_suggest(kind, kinds)}; choose from {', '.join(kinds)}")
             if kind not in kinds:
                 raise WorldError(f"{part} cannot be given the fault {kind!r}; it can be: {', '.join(kinds)}")
             self._faults.setdefault(part, set()).add(kind)
+        self._notify("fault", {part: kind})
 
     def clear(self, part: str | None = None) -> None:
         with self._lock:
+            parts = list(self._faults) if part is None else [part]
             if part is None:
                 self._faults.clear()
             else:
-                self._check_part(part)
+                if part not in NETWORK_FAULTS:
+                    self._check_part(part)
                 self._faults.pop(part, None)
+        self._notify("clear", {p: None for p in parts})
+
+    def _notify(self, what: str, values: dict) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            fn(what, values)
 
     def fault(self, part: str, kind: str) -> bool:
         with self._lock:
@@ -232,7 +257,10 @@ class World:
     # -- outputs driven by the firmware -------------------------------------
     def drive_pin(self, pin: int, level: int) -> None:
         with self._lock:
+            changed = self._outputs["pins"].get(int(pin)) != int(level)
             self._outputs["pins"][int(pin)] = int(level)
+        if changed:
+            self._notify("pin", {int(pin): int(level)})
 
     def drive_pwm(self, pin: int, freq: int, duty_u16: int | None) -> None:
         with self._lock:
@@ -240,6 +268,7 @@ class World:
                 self._outputs["pwm"].pop(int(pin), None)
             else:
                 self._outputs["pwm"][int(pin)] = {"freq": int(freq), "duty_u16": int(duty_u16)}
+        self._notify("pwm", {int(pin): duty_u16})
 
     def set_access_point(self, ap: dict | None) -> None:
         """The board's Wi-Fi access point as a phone nearby would find it (None: no AP)."""
@@ -272,5 +301,13 @@ class World:
         return {"values": self.values(), "faults": self.faults(), "outputs": self.outputs(), "parts": self.parts()}
 
     def subscribe(self, fn) -> None:
+        """Call `fn(what, values)` after every change: ("set", {quantity: value}), ("fault",
+        {part: kind}), ("clear", {part: None}), ("pin", {pin: level}) when an output changes,
+        ("pwm", {pin: duty_u16 or None}) at every PWM write. Called on the thread that made it."""
         with self._lock:
             self._listeners.append(fn)
+
+    def unsubscribe(self, fn) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)

@@ -120,7 +120,8 @@ def diagnose(console: str, device: str) -> tuple[str, str]:
         return f"the board crashed after the reset: {crash}", "see it with `mpremote connect PORT repl`, then `lanterne verify`"
     if said:
         last = said[-1]
-        m = re.search(r"MQTTException\((\d+)", last)
+        # "CONNACK refused, code 5" (current firmware) or "MQTTException(5" (umqtt.simple's, before)
+        m = re.search(r"(?:CONNACK refused, code |MQTTException\()(\d+)", last)
         if m and m.group(1) in _MQTT_REFUSALS:
             why, hint = _MQTT_REFUSALS[m.group(1)]
             return f"the broker refused {device}: {why} (board says: {last[11:]})", hint

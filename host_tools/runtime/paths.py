@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-FIRMWARE = REPO / "firmware"
+# LANTERNE_FIRMWARE: another firmware tree (e.g. an older release's) for the benchmarks to compare
+FIRMWARE = Path(os.environ.get("LANTERNE_FIRMWARE", REPO / "firmware"))
 BOARDS = REPO / "boards"
 BUILD = Path(os.environ.get("LANTERNE_BUILD", REPO / "build"))
 # MicroPython-only libraries fetched by `host_tools.deps` (umqtt.simple ...).

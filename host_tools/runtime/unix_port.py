@@ -17,7 +17,9 @@ from pathlib import Path
 
 from host_tools.runtime.paths import FIRMWARE, MPYLIB, micropython_binary
 
-DEFAULT_HEAP = 100 * 1024
+# Enough for the ROM's shims (compiled from source on import: compiling machine.py alone peaks
+# above 100 KB) and a firmware module under test. Heap limits are tested with explicit sizes.
+DEFAULT_HEAP = 256 * 1024
 
 
 class MicroPythonError(RuntimeError):

@@ -16,6 +16,16 @@ vehicle, is built with `guard=UP`. A command towards the guarded position is
 refused while presence is active (REFUSED_INTERLOCK); presence appearing during
 such a move reverses it to where it came from (`interlock_trips` counts it).
 
+The presence input is wired to a pin interrupt (`Pin.irq`, on the edge where presence
+appears): the handler itself drives the relay away from the guarded position, within
+a bytecode or two of the edge however busy the loop is (a single relay output cannot
+merely stop: driving it away is what stops the move), and `update()` does the
+bookkeeping later (`irq_trips` counts the moves the handler stopped first). `update()`
+still checks the input on every call, should an edge be lost. On the ESP32 the handler
+is scheduled (micropython.schedule): a long call into C (a TLS handshake's key
+exchange, a flash erase) delays it; a hardware interlock in the bollard's controller
+stays the last line of defence.
+
 Travel: after a command the position input must confirm the target within
 `timeout_ms` (default 1.5 x travel_ms + 500 ms) or FAULT_TRAVEL is set and the state
 becomes UNKNOWN; the relay keeps its command (no hunting). Without a position input
@@ -69,13 +79,32 @@ class Bollard:
         self._presence_active = presence_active
         self.fault = 0
         self.interlock_trips = 0  # moves reversed because presence appeared
+        self.irq_trips = 0  # ... of which the interrupt handler stopped first
         self.refusals = 0  # commands refused by the interlock
+        self._tripped = False  # the handler reversed the move: update() books it
         self._t0 = time.ticks_ms()
         pos = self._read_position()
         self.position = initial if pos is None else pos  # last confirmed position
         self.target = self.position
         self.state = self.position
         self._drive(self.target)
+        if presence is not None:
+            self._arm(presence)
+
+    def _arm(self, pin):
+        try:
+            irq = pin.irq
+        except AttributeError:
+            return  # an input without interrupts: update() polls it
+        self._handler = self._on_presence  # bound once: the handler itself allocates nothing
+        irq(handler=self._handler, trigger=pin.IRQ_RISING if self._presence_active else pin.IRQ_FALLING)
+
+    def _on_presence(self, pin):
+        # Pin interrupt: presence appeared. Stop a move towards the guarded position now.
+        if self.state == MOVING and self.target == self.guard and pin.value() == self._presence_active:
+            self._drive(1 - self.guard)
+            self._tripped = True
+            self.irq_trips += 1
 
     def _drive(self, target):
         self.relay.value(self._relay_up if target == UP else 1 - self._relay_up)
@@ -105,10 +134,16 @@ class Bollard:
         return OK
 
     def _start(self, target, now):
+        self._tripped = False
         self.target = target
         self.state = MOVING
         self._t0 = now
         self._drive(target)
+        if target == self.guard and self.presence():
+            # presence came between the caller's check and the relay (the handler may have run
+            # before the state said MOVING): stop at once, update() books it
+            self._drive(1 - target)
+            self._tripped = True
 
     def update(self, now_ms=None):
         """Watch the inputs: interlock during moves, confirmation, timeout. Returns the state."""
@@ -116,9 +151,9 @@ class Bollard:
         pos = self._read_position()
         if self.state == MOVING:
             elapsed = time.ticks_diff(now, self._t0)
-            if self.target == self.guard and self.presence():
+            if self.target == self.guard and (self._tripped or self.presence()):
                 self.interlock_trips += 1
-                self._start(UP if self.target == DOWN else DOWN, now)
+                self._start(1 - self.guard, now)
             elif pos == self.target or (pos is None and elapsed >= self.travel_ms):
                 self.position = self.target
                 self.state = self.target

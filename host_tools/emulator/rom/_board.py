@@ -50,23 +50,7 @@ def _load_frozen():
         sys.path.pop(0)
 
 
-def _fresh_qstr_pool():
-    # On the chip the image's own names (machine, network, the REPL, frozen modules) sit in its
-    # static qstr pool, and the firmware's first new name opens a fresh dynamic pool while the
-    # heap is empty. Here the shims' names fill the first dynamic pools instead, so the firmware
-    # would meet the next pool doubling (one large contiguous block) at a different, later point,
-    # in a fragmented heap. Start it on a fresh pool too: intern placeholder names until the
-    # interpreter allocates a new pool (a jump of several KB), all as part of the ROM's heap.
-    probe = object()
-    for i in range(4000):
-        before = gc.mem_alloc()
-        getattr(probe, "_rom_q%d" % i, None)  # looking an attribute up interns its name
-        if gc.mem_alloc() - before > 4000:
-            return
-
-
 _load_frozen()
-_fresh_qstr_pool()
 _ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
 
 EXIT_SOFT_FRIENDLY = 80
@@ -500,12 +484,37 @@ def raw_repl():
             pass
 
 
+def _pad_qstr_pools():
+    # On the ESP32, machine, network, socket ... are C modules whose names are static qstrs in
+    # flash. Here they are Python, and their ~500 names fill MicroPython's dynamic qstr pools,
+    # which double in size (10, 20 ... 640, 1280 entries) and must each be allocated in one
+    # piece. Left so, the firmware's names would need the 1280-entry pool (a 14 KB block) some
+    # 500 names earlier than on the board, mid-run, in a fragmented heap. So the ROM interns
+    # throwaway names until that pool exists, allocated now in a clean heap, and reports its
+    # bytes as the firmware's (BOOTED below), not the ROM's: the firmware pays for ~1280 names
+    # of pool, as on the board, where its names fill pools 10 ... 640 (about the same bytes)
+    # and cross the next doubling at about the same count. Returns the pool's bytes.
+    entry = (8 if sys.maxsize > 2**32 else 4) + 3  # pointer, hash, length
+    pad = _Pad()
+    for i in range(4000):
+        before = gc.mem_alloc()
+        getattr(pad, "\x01%d" % i, None)  # interns the name
+        if gc.mem_alloc() - before >= entry * 1280:
+            return entry * 1280 + 64
+    return 0
+
+
+class _Pad:
+    pass
+
+
 def main():
     boot = os.getenv("LANTERNE_BOOT") or "hard"
     _mount()
     del sys.modules["_flashfs"]
+    pool = _pad_qstr_pools()
     gc.collect()
-    _hal.call("BOOTED %d %d" % (gc.mem_alloc() - _romfs.pinned, gc.mem_free()))
+    _hal.call("BOOTED %d %d" % (gc.mem_alloc() - _romfs.pinned - pool, gc.mem_free()))
     if _exec_file("boot.py"):
         return EXIT_SOFT_FRIENDLY if boot != "soft-raw" else EXIT_SOFT_RAW
     mode = "raw" if boot == "soft-raw" else "friendly"

@@ -4,7 +4,13 @@ import os
 import sys
 import time
 import _hal
+import _irqpoll
+import micropython
 from micropython import const
+
+# The board's select.poll() wakes for pin interrupts, as the ESP32's does (see _irqpoll.py):
+# installed as `select` before anything (asyncio) imports it.
+sys.modules["select"] = _irqpoll
 
 PWRON_RESET = const(1)
 HARD_RESET = const(2)
@@ -76,6 +82,89 @@ def time_pulse_us(pin, pulse_level, timeout_us=1000000):
     return us
 
 
+# -- pin interrupts ---------------------------------------------------------------------------
+# The HAL server pushes one byte (the pin number) per edge on an events connection; a thread
+# blocked on it schedules the pin's handler (micropython.schedule, as the esp32 port's GPIO ISR
+# does) and writes a byte to the wake-up pair every select.poll watches (_irqpoll.py), so the
+# handler runs within a bytecode or two whatever the interpreter was doing: executing, sleeping,
+# or waiting in the asyncio loop's poll. A blocking call into C (a long system call) delays it,
+# as a long C call delays a scheduled handler on the board.
+_UNSET = object()
+_irq_handlers = [None] * 40  # pin -> handler (only whole list items change: the thread reads them)
+_irq_pins = [None] * 40
+_irq_running = [False]
+
+
+def _irq_thread(events, wake, buf):
+    # Beside the interpreter's thread (the unix port's threads run without a GIL): allocates
+    # nothing on its normal path and only reads list items the main thread replaces whole.
+    while True:
+        try:
+            n = events.readinto(buf)
+        except OSError:
+            return
+        if not n:
+            return
+        p = buf[0]
+        h = _irq_handlers[p] if p < 40 else None
+        if h is not None:
+            try:
+                micropython.schedule(h, _irq_pins[p])
+            except RuntimeError:
+                pass  # the schedule queue is full: this edge is lost, as on the board
+            try:
+                wake.write(buf)
+            except OSError:
+                pass
+
+
+def _irq_start():
+    if _irq_running[0]:
+        return
+    import _thread
+    import usocket
+
+    # A connected AF_UNIX pair in the run folder: the thread writes, every poll watches.
+    path = (os.getenv("LANTERNE_RUN_DIR") or "/tmp") + "/irq.sock"
+    addr = b"\x01\x00" + path.encode() + b"\x00"  # struct sockaddr_un (AF_UNIX = 1, little-endian)
+    try:
+        _hal.posix().remove(path)
+    except OSError:
+        pass
+    listener = usocket.socket(1, 1)
+    listener.bind(addr)
+    listener.listen(1)
+    tx = usocket.socket(1, 1)
+    tx.connect(addr)
+    rx = listener.accept()[0]
+    listener.close()
+    _hal.posix().remove(path)
+    rx.setblocking(False)
+    events = _hal.open_events()
+    _irqpoll.wake = rx
+    _irq_running[0] = True
+    _thread.start_new_thread(_irq_thread, (events, tx, bytearray(1)))
+
+
+class _PinIRQ:
+    # What Pin.irq() returns on the esp32 port: call it to run the handler now, trigger() to
+    # read or change what fires it.
+    def __init__(self, pin):
+        self._pin = pin
+
+    def __call__(self):
+        h = _irq_handlers[self._pin._id]
+        if h is not None:
+            micropython.schedule(h, self._pin)
+
+    def trigger(self, t=None):
+        old = self._pin._trigger
+        if t is not None:
+            _hal.call("IRQ %d %d" % (self._pin._id, t))
+            self._pin._trigger = t
+        return old
+
+
 def _pin_id(pin):
     if isinstance(pin, Pin):
         return pin._id
@@ -104,6 +193,7 @@ class Pin:
         self._id = id
         self._mode = self.IN
         self._irq = None
+        self._trigger = 0
         self.init(mode, pull, value=value)
 
     def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
@@ -127,9 +217,22 @@ class Pin:
     def off(self):
         self.value(0)
 
-    def irq(self, handler=None, trigger=3, *, wake=None, hard=False):
-        self._irq = handler
-        return None
+    def irq(self, handler=_UNSET, trigger=3, wake=None):
+        # As the esp32 port: handler (called with the pin), trigger (IRQ_RISING | IRQ_FALLING),
+        # wake; no `hard`: the handler is always scheduled (micropython.schedule) and runs on
+        # the interpreter's thread between two bytecodes, as soon as the edge reaches it.
+        if handler is not _UNSET or trigger != 3 or wake is not None:
+            if handler is _UNSET or handler is None:
+                handler, trigger = None, 0
+            _irq_handlers[self._id] = handler
+            _irq_pins[self._id] = self
+            if handler is not None:
+                _irq_start()
+            _hal.call("IRQ %d %d" % (self._id, trigger))
+            self._trigger = trigger
+        if self._irq is None:
+            self._irq = _PinIRQ(self)
+        return self._irq
 
     def __repr__(self):
         return "Pin(%d)" % self._id

@@ -2,10 +2,15 @@
 # A socket used during an outage is dead for good (as a TCP connection through a dropped
 # Wi-Fi/cellular link usually is): it stalls until its timeout, then raises, and after the
 # link returns it raises ECONNRESET; connecting during an outage fails with EHOSTUNREACH.
+# The simulated network beyond the link: a resolver (names go to the host's, the NTP pool's
+# names to the simulated time server; it hangs while the world's "dns" fault is "hang", as a
+# resolver whose server never answers does) and the time server itself, which every UDP
+# datagram to port 123 reaches (host_tools/emulator/netsim.py).
 # A listening socket (the setup page's server) binds one of the board's own addresses (its AP's,
 # its station's or Ethernet's, or 0.0.0.0: any) and is served on a loopback port of the host,
 # which the emulator publishes (`BoardHandle.http_url()`, `lanterne world get`).
 import io
+import os
 import time
 import usocket as _s
 import _hal
@@ -18,7 +23,6 @@ SOL_SOCKET = _s.SOL_SOCKET
 SO_REUSEADDR = _s.SO_REUSEADDR
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
-getaddrinfo = _s.getaddrinfo
 inet_ntop = _s.inet_ntop
 inet_pton = _s.inet_pton
 
@@ -27,6 +31,48 @@ _EADDRNOTAVAIL = 99
 _EHOSTUNREACH = 113
 _ECONNRESET = 104
 _ETIMEDOUT = 110
+_EAI_FAIL = -202  # what the esp32 port raises when lwIP's resolver gives up
+_DNS_GIVE_UP_MS = 15000  # lwIP's resolver: 4 retries, backing off, ~15 s in all
+_NTP_PORT = int(os.getenv("LANTERNE_NTP_PORT") or "0")
+_NTP_NAMES = ("pool.ntp.org",)
+_ntp_addr = []
+
+
+def _numeric(host):
+    for c in host:
+        if c not in "0123456789.:":
+            return False
+    return True
+
+
+def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
+    if not _numeric(host):
+        waited = 0
+        while _hal.flag("dns_hang"):
+            if waited >= _DNS_GIVE_UP_MS:
+                raise OSError(_EAI_FAIL)
+            time.sleep_ms(50)
+            waited += 50
+        for name in _NTP_NAMES:
+            if host == name or host.endswith("." + name):
+                host = "127.0.0.1"  # the simulated time server (sendto below routes port 123 to it)
+    return _s.getaddrinfo(host, port, af, type, proto, flags)
+
+
+def _port_of(addr):
+    try:
+        return addr[2] << 8 | addr[3]  # struct sockaddr_in: family (2), port (2, big-endian), ...
+    except (TypeError, IndexError):
+        return -1
+
+
+def _route(addr):
+    # UDP to port 123 reaches the board's simulated time server, wherever it was addressed.
+    if _NTP_PORT and _port_of(addr) == 123:
+        if not _ntp_addr:
+            _ntp_addr.append(_s.getaddrinfo("127.0.0.1", _NTP_PORT)[0][-1])
+        return _ntp_addr[0]
+    return addr
 
 
 _zombies = []
@@ -69,10 +115,13 @@ class socket(io.IOBase):
 
     def connect(self, addr):
         if not _hal.link_up():
-            time.sleep_ms(100)
+            if self._timeout != 0:
+                time.sleep_ms(100)  # a blocking connect finds out after the stack tried a while
             raise OSError(_EHOSTUNREACH)
-        self._s.connect(addr)
-        _bury()
+        try:
+            self._s.connect(addr)
+        finally:
+            _bury()
 
     def settimeout(self, t):
         self._timeout = t
@@ -119,7 +168,7 @@ class socket(io.IOBase):
 
     def sendto(self, b, a):
         self._check()
-        return self._s.sendto(b, a)
+        return self._s.sendto(b, _route(a))
 
     def bind(self, a):
         ip, port = _board_addr(a)

@@ -1,0 +1,96 @@
+# Lanterne command execution: what an authenticated command does on this board (the lamp, its
+# profile, the bollard, periods and config, a status, a reboot, an over-the-air update).
+# control.py has checked the frame (signature, counter, bounds) and acks the result. The app loads this module for the
+# moment a command runs and drops it after: commands are rare, the heap is small.
+import time
+
+from lanterne import commands as cmd
+
+
+def run(app, opcode, args):
+    """(result code, result bytes) of one authenticated command; `app` is the running App."""
+    a = app.assets
+    if opcode == cmd.SET_LAMP:
+        if a.lamp is None:
+            return cmd.REFUSED, b""
+        until = None
+        if args["duration_min"] and app.clock_synced:
+            until = app.now_utc() + args["duration_min"] * 60
+        a.profile.override(args["level"], until)
+        a.lamp.set(args["level"], ramp_ms=args["ramp_s"] * 1000)
+        a.lamp.update()
+        return cmd.OK, bytes((a.lamp.level,))
+    if opcode == cmd.RESUME_PROFILE:
+        if a.profile is None:
+            return cmd.REFUSED, b""
+        a.profile.override(None)
+        return cmd.OK, b""
+    if opcode == cmd.SET_PROFILE:
+        if a.profile is None:
+            return cmd.REFUSED, b""
+        p = a.profile
+        p.steps = tuple(args["steps"])
+        p.dusk_offset_min = args["dusk_offset_min"]
+        p.dawn_offset_min = args["dawn_offset_min"]
+        p._day = None  # recompute tonight's events with the new offsets
+        return cmd.OK, b""
+    if opcode == cmd.BOLLARD:
+        if a.bollard is None:
+            return cmd.REFUSED, b""
+        from lanterne.actuators import relay
+
+        r = a.bollard.command(relay.UP if args["action"] == "raise" else relay.DOWN)
+        return (cmd.OK if r == relay.OK else cmd.REFUSED), bytes((a.bollard.state,))
+    if opcode == cmd.SET_PERIOD:
+        if args["what"] == "sample":
+            return set_config(app, "sample_period_s", args["seconds"])
+        return set_config(app, "status_period_s", args["seconds"])
+    if opcode == cmd.SET_CONFIG:
+        return set_config(app, args["key"], args["value"])
+    if opcode == cmd.REQUEST_STATUS:
+        app.ask_status()  # the uplink task sends it after this command's ack
+        return cmd.OK, b""
+    if opcode == cmd.REBOOT:
+        app.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
+        return cmd.OK, b""
+    if opcode == cmd.OTA_START:
+        return ota_start(app, args)
+    return cmd.UNKNOWN_COMMAND, b""
+
+
+def ota_start(app, args):
+    """Accepted means the transfer started; its outcome goes to ota/progress and the status.
+    The OTA seam (lanterne/ota.py) is loaded here when nothing loaded it at boot, with its task."""
+    if app.ota is None:
+        import asyncio
+
+        from lanterne import ota
+
+        app.ota = ota.Ota(app, app.ota_info)
+        asyncio.create_task(app.guard("ota", app.ota.run))
+    ok, line = app.ota.start(args)
+    app.log("ota: " + line)
+    return (cmd.OK if ok else cmd.REFUSED), b""
+
+def set_config(app, key, value):
+    """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""
+    from lanterne import config
+
+    data = config.file_data()
+    data[key] = value
+    cfg, errors = config.validate(data)
+    if any("'%s'" % key in e for e in errors):
+        app.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
+        return cmd.BAD_ARGUMENT, b""
+    try:
+        config.save(data)
+    except OSError as e:
+        return cmd.FAILED, b""
+    app.cfg[key] = cfg[key]
+    app.sample_period = app.cfg["sample_period_s"]
+    app.status_period = app.cfg["status_period_s"]
+    if app.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):
+        app.assets.fill.calibrate(app.cfg["bin_empty_mm"], app.cfg["bin_full_mm"])
+    if app.assets.extra is not None:
+        app.assets.extra.reconfigure(key, app.cfg)
+    return cmd.OK, b""

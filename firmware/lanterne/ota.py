@@ -49,6 +49,8 @@ class Ota:
         self.progress = None
         self.reboot_from = None
         self.event_sent = False
+        if app.link is not None:
+            app.link.updates(None, 0)  # the link's OTA frames, before any goes out (link.py)
         self.checking = bool(info.get("trial") or info.get("unhealthy"))
         self.fw_checking = False
         if info.get("fw_trial"):

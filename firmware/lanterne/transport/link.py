@@ -34,7 +34,8 @@
 #                               on_update(bytes), on the loop, if at most `nbytes` long (MQTT:
 #                               subscribed to on each connection before its next frame goes
 #                               out, and the receive buffer grown to take such a message).
-#                               link.updates(None, 0) closes it and gives the buffer back.
+#                               link.updates(None, 0) closes it and gives the buffer back; it
+#                               is also what a sender of OTA frames calls first (no channel).
 #   await link.send(OTA_REQ, payload)        an update's request (MQTT .../ota/req, QoS 0:
 #                               True once written; the updater asks again if no answer comes)
 #   await link.send(OTA_PROGRESS, payload)   an update's progress record (MQTT: retained JSON

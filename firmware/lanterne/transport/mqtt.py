@@ -158,10 +158,13 @@ class MqttLink(Link):
         """Open (or with None close) the update channel: messages on ota/data of up to `nbytes`
         go to on_update. Subscribed before the next frame goes out (send()), on each connection."""
         self.on_update = on_update
+        if self._ota is None:
+            base = self._topic[3][:-3] + b"ota/"
+            self._ota = (base + b"req", base + b"progress", base + b"data")
         n = RX_MAX
         if on_update is not None:
             # a PUBLISH: fixed header (<= 5 bytes), topic (2 + its length), packet id (2), payload
-            n = max(RX_MAX, nbytes + len(self._ota_topics()[2]) + 9)
+            n = max(RX_MAX, nbytes + len(self._ota[2]) + 9)
         # The receive buffer at n bytes, what it holds kept (left as it is while it holds more:
         # the next connection starts empty and sizes it again, _open)
         if n != len(self._rx) and self._have <= n:
@@ -203,7 +206,8 @@ class MqttLink(Link):
             self._reader = asyncio.create_task(self._read_loop())
             # Subscribe first: once "online" is out, commands sent to the board reach it.
             step = "subscribe"
-            rc = await self._subscribe(self._topic[3])
+            self._pid = self._pid % 65535 + 1
+            rc = await self._request(subscribe_packet(self._tx, self._topic[3], self._pid, 1), None, _SUBACK << 16 | self._pid)
             if rc & 0x80:
                 raise OSError("SUBACK refused, code %d" % rc)
             step = "status"
@@ -225,7 +229,8 @@ class MqttLink(Link):
             return False
         if self.on_update is not None and not self._ota_sub:
             try:
-                rc = await self._subscribe(self._ota[2])
+                self._pid = self._pid % 65535 + 1
+                rc = await self._request(subscribe_packet(self._tx, self._ota[2], self._pid, 1), None, _SUBACK << 16 | self._pid)
             except OSError as e:
                 self._lost("ota/data subscribe: %r" % (e,))
                 return False
@@ -233,18 +238,6 @@ class MqttLink(Link):
                 print("[lanterne] mqtt: subscription to ota/data refused (code %d)" % rc)
             self._ota_sub = True
         return await self._publish(kind, payload)
-
-    def _ota_topics(self):
-        # (ota/req, ota/progress, ota/data): made the first time an update needs them
-        if self._ota is None:
-            base = self._topic[3][:-3] + b"ota/"
-            self._ota = (base + b"req", base + b"progress", base + b"data")
-        return self._ota
-
-    async def _subscribe(self, topic):
-        # SUBSCRIBE (QoS 1), waiting for its SUBACK: its return code
-        self._pid = pid = self._pid % 65535 + 1
-        return await self._request(subscribe_packet(self._tx, topic, pid, 1), None, _SUBACK << 16 | pid)
 
     async def maintain(self):
         await asyncio.sleep_ms(200)
@@ -357,7 +350,7 @@ class MqttLink(Link):
             payload = payload.encode()
         self._pid = pid = self._pid % 65535 + 1
         qos = 0 if kind == OTA_REQ else 1
-        topic = self._ota_topics()[kind - OTA_REQ] if kind >= OTA_REQ else self._topic[kind]
+        topic = self._ota[kind - OTA_REQ] if kind >= OTA_REQ else self._topic[kind]  # (updates() named _ota)
         n = publish_header(self._tx, topic, len(payload), pid, qos, kind == STATUS or kind == OTA_PROGRESS)
         try:
             if not qos:

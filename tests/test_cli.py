@@ -119,7 +119,7 @@ def test_world_refuses_nonsense_and_names_what_is_valid(tmp_path):
                                          " bme280, button, lamp, supply",
             ("fault", "ultrasonic", "stuck"): "this board has no part 'ultrasonic'; its parts: bh1750, bme280, button, lamp, supply",
             ("fault", "bme280", "nak"): "unknown fault 'nak' for bme280 (did you mean 'nack'?); choose from missing, nack, stuck",
-            ("fault", "lamp", "nack"): "lamp cannot be given the fault 'nack'; it can be: stuck",
+            ("fault", "lamp", "nack"): "lamp cannot be given the fault 'nack'; it can be: dead_module, failing_driver, stuck",
             ("clear", "bme208"): "this board has no part 'bme208' (did you mean 'bme280'?)",
             ("set", "illuminance_lx=-50"): "illuminance_lx=-50 is out of range: 0 .. 1000000",
             ("set", "humidity_pct=120"): "humidity_pct=120 is out of range: 0 .. 100",
@@ -133,7 +133,7 @@ def test_world_refuses_nonsense_and_names_what_is_valid(tmp_path):
         state = json.loads(world("get").stdout)
         assert state["faults"] == {} and state["values"]["illuminance_lx"] == 250.0
         assert state["values"]["temperature_c"] == 15.0  # a refused set changes nothing, not even its valid part
-        assert state["parts"]["lamp"] == ["stuck"] and state["parts"]["bme280"] == ["missing", "nack", "stuck"]
+        assert state["parts"]["lamp"] == ["dead_module", "failing_driver", "stuck"] and state["parts"]["bme280"] == ["missing", "nack", "stuck"]
         # What is valid still is.
         assert world("fault", "bme280", "nack").returncode == 0 and world("set", "illuminance_lx=0").returncode == 0
         assert json.loads(world("get").stdout)["faults"] == {"bme280": ["nack"]}

@@ -100,8 +100,16 @@ def in_range(result: dict) -> bool:
         "voltage": (0, 60),
         "seq": (0, 65535),
         "age": (0, 2**24),
+        # v3 extension fields
+        "pm1": (0, 1000),
+        "pm2_5": (0, 1000),
+        "pm10": (0, 1000),
+        "laeq": (0, 140),
+        "lamax": (0, 140),
+        "energy": (0, 2**26 - 1),
+        "burning_hours": (0, (2**24 - 1) / 100),
     }
-    assert result["version"] == 2 and result["readings"]
+    assert result["version"] in (2, 3) and result["readings"]
     for r in result["readings"]:
         assert r, "a reading with no fields"
         for key, value in r.items():
@@ -321,7 +329,7 @@ def damaged_frames(seed: int, count: int, lorawan: bool) -> list[bytes]:
     """Random bytes, and valid frames with bits flipped, bytes cut, added or overwritten."""
     rng = random.Random(seed)
     codec = firmware_codec()
-    valid = [ex["frame"] if lorawan else b"\x02" + ex["frame"] for ex in EXAMPLES.values()]
+    valid = [ex["frame"] if lorawan else framing(ex)[0] + ex["frame"] for ex in EXAMPLES.values()]
     enc = codec.Encoder(242, lorawan)
     for _ in range(20):
         batch = []

@@ -131,13 +131,15 @@ def test_unknown_extension_ids_and_reserved_flags_are_refused_clearly():
     r[codec.EXT_FIRST + 1] = 12  # pm2_5
     enc.encode([r])
     frame = bytearray(enc.frame())
-    # Presence `0 00000000010` (seq), then `1`, group 0 `01000000` (id 1): make it id 5 instead.
+    # Presence `0 00000000010` (seq), then `1`, group 0 `01000000` (id 1): make it id 7 instead.
     bits = "".join(f"{b:08b}" for b in frame)
     assert bits[:22] == "0000000000101" + "01000000" + "0"
-    bits = bits[:13] + "00000100" + bits[21:]
+    bits = bits[:13] + "00000001" + bits[21:]
     bad = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
-    with pytest.raises(PayloadError, match="extension field 5 is unknown to this decoder .* update the decoder"):
+    with pytest.raises(PayloadError, match=r"extension field 7 is unknown to this decoder \(it knows 0..6\).* update the decoder"):
         decode(bad, 103)
+    if NODE:
+        assert "extension field 7 is unknown to this decoder (it knows 0..6)" in node_decode([bad], 103)[0]["errors"][0]
     # A status mask with reserved bit 15, re-checked so only the reserved bit is wrong.
     r = codec.new_reading()
     r[codec.SEQ] = 5

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from host_tools.runtime.parity import both
+from host_tools.runtime.parity import both_on_flash
 
 # Runs unchanged on CPython and MicroPython. run(folder, case) -> a JSON-ready dict.
 DRIVER = r"""
@@ -85,16 +85,8 @@ def run(folder, case):
 
 
 def run_both(tmp_path, case: dict) -> dict:
-    folders = {vm: tmp_path / vm for vm in ("cpython", "micropython")}
-    for folder in folders.values():
-        folder.mkdir()
-    code = DRIVER + (
-        "\nimport sys\nfolders = json.loads(%r)\n"
-        "print(json.dumps(run(folders[sys.implementation.name], json.loads(%r))))\n"
-    ) % (json.dumps({k: str(v) for k, v in folders.items()}), json.dumps(case))
-    cp, mp = both(code, heapsize=256 * 1024)
-    assert cp == mp, "CPython and the unix port disagree"
-    return cp
+    """Run one case on CPython and on the unix port (own flash folder each); both must agree."""
+    return both_on_flash(DRIVER, "run(folder, json.loads(%r))" % json.dumps(case), tmp_path, heapsize=256 * 1024)
 
 
 SET_LAMP, REQUEST_STATUS, SET_CONFIG, SET_PERIOD = 0x01, 0x06, 0x08, 0x05

@@ -268,3 +268,26 @@ def test_field_changes_are_reported_then_accepted(virtual_boards, tmp_path, mosq
     assert any("accepted into the registry" in n for n in rep.notes)
     assert Registry(reg_path).get("acc-1").config["asset_id"] == "LP-7"
     time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_the_button_held_at_power_up_opens_setup_mode_and_only_then(virtual_boards, tmp_path, mosquitto):
+    # A normal boot (no setup window left after provisioning): the button held for 1 s within
+    # 5 s of power-up restarts the board into setup mode, which opens the access point and the page.
+    config = {"site": "field", "broker": mosquitto.url, "setup_key": KEY, "setup_window_min": 0,
+              "sample_period_s": 1, "status_period_s": 5}
+    (h,) = virtual_boards(1, config=dict(config, device="btn-1"), world_values={"button": True})
+    h.wait_for("setup button held: restarting into setup mode", timeout=30)
+    h.wait_for(r"setup mode \(button\)", timeout=40, since=h.console_offset() - 2000)
+    h.world.set(button=False)
+    url = h.http_url(timeout=5)
+    assert url and h.world.access_point() is not None
+    assert call(url, "/api/state")[0] == 401  # the page is up and asks for a session
+    # Not held: the board comes up normally, with no access point and no page.
+    (n,) = virtual_boards(1, config=dict(config, device="btn-2"))
+    n.wait_for(r"\[lanterne\] connected", timeout=40)
+    time.sleep(6)  # past the 5 s the button is watched for
+    console = n.console()
+    assert "setup mode" not in console and "setup button held" not in console
+    assert n.world.access_point() is None and n.http_url() is None
+    assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]

@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from host_tools.runtime.parity import both
+from host_tools.runtime.parity import both_on_flash
 
 DRIVER = r"""
 import json
@@ -90,15 +88,7 @@ def ack_unknown(folder, acked_first):
 
 
 def run_both(tmp_path, call: str) -> dict:
-    folders = {vm: tmp_path / vm for vm in ("cpython", "micropython")}
-    for folder in folders.values():
-        folder.mkdir()
-    code = DRIVER + (
-        "\nimport sys\nfolder = json.loads(%r)[sys.implementation.name]\nprint(json.dumps(%s))\n"
-    ) % (json.dumps({k: str(v) for k, v in folders.items()}), call)
-    cp, mp = both(code, heapsize=256 * 1024)
-    assert cp == mp, "CPython and the unix port disagree"
-    return cp
+    return both_on_flash(DRIVER, call, tmp_path, heapsize=256 * 1024)
 
 
 @pytest.mark.parametrize("length", [4, 12, 20])

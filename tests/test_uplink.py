@@ -14,7 +14,7 @@ import json
 import pytest
 
 from host_tools.codec import decode
-from host_tools.runtime.parity import both
+from host_tools.runtime.parity import both_on_flash
 
 # The modules are compiled from source here (the board runs them precompiled from ROMFS and fits a
 # 64 KB heap: tests/test_store_props.py and `lanterne bench heap` check that).
@@ -146,16 +146,7 @@ def run(path, case):
 
 def run_both(tmp_path, case: dict) -> dict:
     """Run one case on CPython and on the unix port (own flash folder each); both must agree."""
-    folders = {vm: tmp_path / vm for vm in ("cpython", "micropython")}
-    for folder in folders.values():
-        folder.mkdir()
-    code = DRIVER + (
-        "\nimport sys\nfolders = json.loads(%r)\n"
-        "print(json.dumps(run(folders[sys.implementation.name], json.loads(%r))))\n"
-    ) % (json.dumps({k: str(v) for k, v in folders.items()}), json.dumps(case))
-    cp, mp = both(code, heapsize=HEAP)
-    assert cp == mp, "CPython and the unix port disagree"
-    return cp
+    return both_on_flash(DRIVER, "run(folder, json.loads(%r))" % json.dumps(case), tmp_path, heapsize=HEAP)
 
 
 def seqs(frames_hex: list[str]) -> list[int]:

@@ -118,6 +118,11 @@ class App:
         self.field = field.load()
         self.status_sent = 0
         del field
+        # the lamp's dimming curve (the energy meter's), read while config is loaded
+        from lanterne import config
+
+        self.lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
+        del config
         if self.setup_via is None:  # (setup mode uses them all)
             for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
                 _unload(name)
@@ -150,7 +155,7 @@ class App:
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
-        self.assets = Assets(self.board, self.cfg)
+        self.assets = Assets(self.board, self.cfg, self.lamp_curve)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
@@ -230,6 +235,7 @@ class App:
                 "field": self.field,
                 "setup": self.setup.summary() if self.setup else None,
                 "env": self.assets.extra.status() if self.assets.extra else None,
+                "energy": self.assets.energy.status() if self.assets.energy else None,  # the lamp's counters
                 # OTA hook: the library slot and release running (an update, a trial, a rollback)
                 "ota": self.ota.status() if self.ota else {"slot": self.ota_info["slot"], "release": self.ota_info["release"]},
             }
@@ -385,6 +391,8 @@ class App:
         while True:
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
+                if self.assets.energy:
+                    self.assets.energy.save()  # the lamp's counters lose nothing to a reboot
                 link.close()
                 machine.reset()
             if not self.net.up():

@@ -56,12 +56,15 @@ def load_drivers(board):
 
 
 class Assets:
-    def __init__(self, board, cfg):
+    def __init__(self, board, cfg, lamp_curve):
         import machine
+
+        self.lamp_curve = lamp_curve  # config.parse_curve of cfg["lamp_curve"], by the app while config is loaded
 
         self.errors = {}  # part -> why it could not be built
         self.env = self.light = self.fill = self.supply = self.lamp = self.bollard = None
         self.extra = None  # lanterne.environment.EnvironmentParts: PM sensor, microphone
+        self.energy = None  # lanterne.energy.EnergyMeter: the lamp's Wh and burning hours
         self.profile = None
         self.lamp_level_override = None
         self.fill_busy = False  # field setup hook: the setup page's calibration pings take turns with sampling
@@ -77,6 +80,8 @@ class Assets:
                     self.kinds[attr] = kind
             except Exception as e:  # a wrong board file or a driver error: report, keep going
                 self.errors[kind] = "%s: %r" % (kind, e)
+        if self.energy is not None:
+            self.energy.supply = self.supply  # the lamp's rail voltage, when the board file gives no lamp_v
 
     def _bus(self, machine, name, buses):
         if name in self._i2c:
@@ -137,6 +142,17 @@ class Assets:
                 current_adc=adc,
                 current_ohms=spec.get("current_ohms", 0.1),
                 current_gain=spec.get("current_gain", 20.0),
+            )
+            from lanterne.energy import EnergyMeter
+
+
+            self.energy = EnergyMeter(
+                self.lamp,
+                lamp_v=spec.get("lamp_v", 0.0),
+                rated_w=cfg["lamp_rated_w"] or spec.get("rated_w", 0.0),
+                curve=self.lamp_curve,
+                low_pct=cfg["lamp_power_low_pct"],
+                high_pct=cfg["lamp_power_high_pct"],
             )
             has_site = cfg["lat"] != 0.0 or cfg["lon"] != 0.0
             self.profile = LampProfile(
@@ -214,6 +230,11 @@ class Assets:
         lamp = self.lamp
         if lamp is not None:
             r[codec.LAMP] = lamp.level
+            if self.energy is not None:  # saved first: a reading never says more than the flash holds
+                wh, ch = self.energy.report()
+                if self.energy.source != "none":
+                    r[codec.EXT_FIRST + 5] = wh
+                r[codec.EXT_FIRST + 6] = ch
             r[codec.LAMP_FAULT] = 1 if lamp.fault else 0
         if self.extra is not None:
             flags |= self.extra.sample(r, env)
@@ -243,10 +264,13 @@ class Assets:
         if time.ticks_diff(now, self._lamp_checked) >= LAMP_CHECK_MS:
             self._lamp_checked = now
             lamp.check(now)
+            if self.energy is not None:
+                self.energy.tick(now)
 
     def fault_key(self):
         """The parts' fault words, cheap to compare: a change means the status has news."""
-        return tuple(0 if p is None else p.fault for p in (self.env, self.light, self.fill, self.supply, self.lamp, self.bollard))
+        key = tuple(0 if p is None else p.fault for p in (self.env, self.light, self.fill, self.supply, self.lamp, self.bollard))
+        return key if self.energy is None else key + (self.energy.error, self.energy.lost)
 
     def faults(self):
         """Status text per faulty part: its type in the board file, what is wrong, the reading fields it flags."""
@@ -262,4 +286,6 @@ class Assets:
                 out[name] = "%s (%s)" % (why, flagged) if flagged else why
         if self.extra is not None:
             self.extra.faults(out)
+        if self.energy is not None and (self.energy.error or self.energy.lost):
+            out["energy"] = self.energy.error or self.energy.lost
         return out

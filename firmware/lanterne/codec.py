@@ -56,10 +56,12 @@ AGE = const(11)  # s between sampling and sending, 0..AGE_MAX
 #   0 PM1, 1 PM2.5, 2 PM10: ug/m3, 0..1000 (particulate matter < 1, 2.5, 10 um)
 #   3 LAeq: 0.1 dB, 0..1400: A-weighted equivalent level over the sampling period
 #   4 LAmax: 0.1 dB, 0..1400: A-weighted maximum, time weighting F
+#   5 lamp energy: Wh, 0..67_108_863 (26 bits), the lamp's cumulative counter (saturates there)
+#   6 lamp burning time: 0.01 h, 0..16_777_215 (24 bits), cumulative
 # (no named constants: every global here costs every board RAM; codec_values names them)
-N_FIELDS = const(17)
+N_FIELDS = const(19)
 EXT_FIRST = const(12)
-N_EXT = const(5)
+N_EXT = const(7)
 
 # Status flag bits: one fault bit per sensor, then device conditions.
 STATUS_NAMES = (
@@ -99,9 +101,9 @@ _CLOCK_UNSYNCED = const(0x200)  # status bit 9: the one flag with a 2-bit code i
 
 # Extension fields, by id (docs/payload.md, "Extension fields"): absolute width, largest
 # code, delta order. Presence: id 0 is the first bit of the first 8-bit group.
-_EXT_WIDTH = (10, 10, 10, 11, 11)
-_EXT_MAX = (1000, 1000, 1000, 1400, 1400)
-_EXT_K = (2, 2, 2, 3, 3)
+_EXT_WIDTH = (10, 10, 10, 11, 11, 26, 24)
+_EXT_MAX = (1000, 1000, 1000, 1400, 1400, 67108863, 16777215)
+_EXT_K = (2, 2, 2, 3, 3, 3, 3)
 
 # Exp-Golomb order of each delta (chosen for slowly varying assets, see docs/payload.md).
 _K_TEMPERATURE = const(2)
@@ -118,9 +120,9 @@ _K_AGE_STEP = const(7)  # its second age, against the first: about one sampling 
 _K_AGE = const(2)  # later ages, against the trend of the previous two
 
 _MIN_CHECK_BITS = const(4)
-# A reading never takes more than ~34 bytes (v2; ~43 in v3), so writing one past the budget stays
-# inside the buffer; it is then rolled back.
-_SLACK = const(64)
+# A reading never takes more than ~34 bytes (v2; 62 in v3 with every delta at its worst), so
+# writing one past the budget stays inside the buffer; it is then rolled back.
+_SLACK = const(80)
 
 # Illuminance: code 0 is 0 lx, code c >= 1 stands for 2**((c - 1) / 19) mlx (19 steps per
 # octave: at most 1.84 % away from the true value, 1 mlx .. 120 315 lx in 9 bits).

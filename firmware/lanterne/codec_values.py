@@ -42,6 +42,8 @@ _NUMERIC = {
     "pm10": (EXT_FIRST + 2, 1, 0, 1000, "ug/m3"),
     "laeq": (EXT_FIRST + 3, 10, 0, 140, "dB"),
     "lamax": (EXT_FIRST + 4, 10, 0, 140, "dB"),
+    "energy": (EXT_FIRST + 5, 1, 0, 67108863, "Wh"),
+    "burning_hours": (EXT_FIRST + 6, 100, 0, 167772.15, "h"),
 }
 FIELD_NAMES = (
     "temperature",
@@ -61,6 +63,8 @@ FIELD_NAMES = (
     "pm10",
     "laeq",
     "lamax",
+    "energy",
+    "burning_hours",
 )
 
 

@@ -54,6 +54,37 @@ def _pm_period(v):
     return None
 
 
+# -- the lamp's dimming curve (lanterne/energy.py, docs/energy.md): "level:power ..." pairs, in
+# percent of full light and of rated input power; the default models a constant-current LED
+# driver (docs/energy.md says where the numbers come from).
+DEFAULT_CURVE = "10:15 25:29 50:53 75:76 100:100"
+
+
+def parse_curve(text):
+    """'10:15 ... 100:100' -> ((level permille, power permille), ...); ValueError(the bad point)."""
+    points = []
+    last = 0
+    for item in text.split():
+        pair = item.split(":")
+        level = int(pair[0]) if len(pair) == 2 and pair[0].isdigit() and pair[1].isdigit() else -1
+        power = int(pair[1]) if level >= 0 else -1
+        if not last < level <= 100 or not 0 <= power <= 200:
+            raise ValueError(repr(item))
+        last = level
+        points.append((level * 10, power * 10))
+    if last != 100:
+        raise ValueError("no point at level 100")
+    return tuple(points)
+
+
+def _curve(v):
+    try:
+        parse_curve(v)
+    except ValueError as e:
+        return "must be level:power pairs in percent, levels rising to 100, powers 0..200: %s" % e
+    return None
+
+
 def _url(v):
     if not (v.startswith("mqtt://") or v.startswith("mqtts://")):
         return "must start with mqtt:// or mqtts://"
@@ -94,6 +125,13 @@ SCHEMA = {
     "pm_period_s": (int, 300, _pm_period),
     "pm_kappa_milli": (int, 0, _range(0, 2000)),
     "sound_offset_db": (float, 0.0, _range(-20, 20)),
+    # street lights (lanterne/energy.py): the lamp's rated input power at 100 % (0: the board
+    # file's, or unknown), its dimming curve, and the energy faults' thresholds: measured power
+    # below low % or above high % of what the curve expects at the driven level
+    "lamp_rated_w": (float, 0.0, _range(0, 2000)),
+    "lamp_curve": (str, DEFAULT_CURVE, _curve),
+    "lamp_power_low_pct": (int, 70, _range(5, 95)),
+    "lamp_power_high_pct": (int, 130, _range(105, 400)),
 }
 
 

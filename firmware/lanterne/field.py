@@ -101,17 +101,8 @@ def spend_window(config_path, used_s, path=STATE_FILE):
 
 from lanterne.setup_button import REQUEST_FILE  # the button was held: the next boot is a setup boot
 MODULES = ("lanterne.setup_mode", "lanterne.setup_credentials", "lanterne.http_request", "lanterne.setup_server", "lanterne.setup_api")
-# What the app imports after this, by the parts the board has: imported here, first, at every boot.
-_PARTS = {
-    "bme280": ("lanterne.sensors.bme280",),
-    "bh1750": ("lanterne.sensors.light",),
-    "veml7700": ("lanterne.sensors.light",),
-    "ultrasonic": ("lanterne.sensors.fill_level",),
-    "ultrasonic_uart": ("lanterne.sensors.fill_level",),
-    "supply": ("lanterne.sensors.supply",),
-    "lamp": ("lanterne.actuators.lamp", "lanterne.lamp_profile", "lanterne.sun"),
-    "relay": ("lanterne.actuators.relay",),
-}
+# What the app imports after this (and the drivers of the board's parts, assets.load_drivers):
+# imported here, first, at every boot.
 _APP = ("lanterne.assets", "lanterne.control", "lanterne.reading", "lanterne.store")
 
 
@@ -153,11 +144,12 @@ def setup_entry(cfg, board):
     names = list(_APP)
     if cfg["transport"] == "mqtt":
         names.append("lanterne.transport.mqtt")
-    for spec in board.get("sensors", []) + board.get("actuators", []):
-        names += _PARTS.get(spec.get("type"), ())
     for name in names:
         try:
             __import__(name)
         except ImportError:
             pass  # the app reports a part it cannot build
+    from lanterne.assets import load_drivers
+
+    load_drivers(board)
     return via, used_s

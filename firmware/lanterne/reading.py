@@ -1,10 +1,17 @@
 # Lanterne reading records: how one sampled reading is kept in the store until it is sent.
 # Fixed layout (28 bytes, little-endian), packed into a reused buffer: the sample loop does
-# not allocate. A reading with extension fields (PM, sound levels: codec v3) is kept as a
-# version 2 record: the same 28 bytes (byte 0 = 2, presence bits 9..13 for the extension
-# fields) followed by five u16: PM1, PM2.5, PM10 (ug/m3), LAeq, LAmax (0.1 dB): 38 bytes.
-# Readings without them stay version 1 records, byte for byte as before. At uplink time records become codec readings again, with the sequence
-# number from the store and the age measured then (docs/store.md, "Records").
+# not allocate. A reading with extension fields (codec v3) adds them after those 28 bytes:
+#   version 2 (PM, sound levels only, as firmware before the lamp energy fields wrote it):
+#     byte 0 = 2, presence bits 9..13 for extension ids 0..4, then five u16: PM1, PM2.5, PM10
+#     (ug/m3), LAeq, LAmax (0.1 dB), present or not: 38 bytes;
+#   version 3 (any extension field, the lamp's energy and burning time among them): byte 0 = 3,
+#     presence bits 9..15 for extension ids 0..6, then only the present extension fields, in id
+#     order: ids 0..4 as u16, id 5 (energy, Wh) and id 6 (burning time, 0.01 h) as u32:
+#     28 + 8 bytes for a lamp's reading, 46 at most.
+# Readings without extension fields stay version 1 records, byte for byte as before, and a
+# PM/sound reading stays a version 2 record; every version is read back. At uplink time records
+# become codec readings again, with the sequence number from the store and the age measured then
+# (docs/store.md, "Records").
 #
 #   0  u8   record version (1)        15 u8   lamp level %
 #   1  u16  presence (codec slots)    16 u8   lamp fault 0/1
@@ -28,9 +35,12 @@ except ImportError:  # CPython
 
 RECORD_VERSION = const(1)
 _RECORD_V2 = const(2)
+_RECORD_V3 = const(3)
 _RECORD_LEN_V1 = const(28)
+_RECORD_LEN_V2 = const(38)
 _X = const(12)  # codec.EXT_FIRST: the extension fields' slots
-RECORD_LEN = const(38)  # the largest record
+_N_SHORT = const(5)  # extension ids 0..4 are u16 in a record; the later ones (lamp counters) u32
+RECORD_LEN = const(46)  # the largest record
 _FMT = "<BHhBHIBHBBHHIHB"
 _FMT_EXT = "<HHHHH"
 _SLOTS = (
@@ -51,6 +61,7 @@ class RecordPacker:
     def __init__(self):
         self.buf = bytearray(RECORD_LEN)
         self._v1 = memoryview(self.buf)[:_RECORD_LEN_V1]
+        self._views = {}  # record length -> a view of buf that long (made once per length)
 
     def pack(self, r, t_sample, boot, synced):
         # r: a codec reading (list of ints / None). Returns a view of self.buf (reused).
@@ -60,9 +71,15 @@ class RecordPacker:
             if r[slot] is not None:
                 mask |= bit
             bit <<= 1
-        ext = codec.needs_v3(r)
-        if ext:
-            for slot in range(codec.EXT_FIRST, codec.N_FIELDS):
+        version = RECORD_VERSION
+        n = _RECORD_LEN_V1
+        if codec.needs_v3(r):
+            version = _RECORD_V2
+            for slot in range(_X + _N_SHORT, codec.N_FIELDS):
+                if r[slot] is not None:
+                    version = _RECORD_V3
+        if version == _RECORD_V2:
+            for slot in range(_X, _X + _N_SHORT):
                 if r[slot] is not None:
                     mask |= bit
                 bit <<= 1
@@ -70,11 +87,24 @@ class RecordPacker:
                 _FMT_EXT, self.buf, _RECORD_LEN_V1,
                 r[_X] or 0, r[_X + 1] or 0, r[_X + 2] or 0, r[_X + 3] or 0, r[_X + 4] or 0,
             )
+            n = _RECORD_LEN_V2
+        elif version == _RECORD_V3:
+            for slot in range(_X, codec.N_FIELDS):
+                v = r[slot]
+                if v is not None:
+                    mask |= bit
+                    if slot < _X + _N_SHORT:
+                        struct.pack_into("<H", self.buf, n, v)
+                        n += 2
+                    else:
+                        struct.pack_into("<I", self.buf, n, v)
+                        n += 4
+                bit <<= 1
         struct.pack_into(
             _FMT,
             self.buf,
             0,
-            _RECORD_V2 if ext else RECORD_VERSION,
+            version,
             mask,
             r[codec.TEMPERATURE] or 0,
             r[codec.HUMIDITY] or 0,
@@ -90,7 +120,12 @@ class RecordPacker:
             boot & 0xFFFF,
             CLOCK_SYNCED if synced else 0,
         )
-        return self.buf if ext else self._v1
+        if n == _RECORD_LEN_V1:
+            return self._v1
+        view = self._views.get(n)
+        if view is None:
+            view = self._views[n] = memoryview(self.buf)[:n]
+        return view
 
 
 def unpack(record, r, seq, now, boot, synced):
@@ -102,7 +137,8 @@ def unpack(record, r, seq, now, boot, synced):
     """
     n = len(record)
     version = record[0] if n else -1
-    if not ((version == RECORD_VERSION and n == _RECORD_LEN_V1) or (version == _RECORD_V2 and n == RECORD_LEN)):
+    if not ((version == RECORD_VERSION and n == _RECORD_LEN_V1) or (version == _RECORD_V2 and n == _RECORD_LEN_V2)
+            or (version == _RECORD_V3 and n >= _RECORD_LEN_V1)):
         raise ValueError("record: version %d, %d bytes" % (version, n))
     v = struct.unpack_from(_FMT, record, 0)
     mask = v[1]
@@ -111,14 +147,25 @@ def unpack(record, r, seq, now, boot, synced):
         r[_SLOTS[i]] = v[2 + i if i < 7 else 3 + i] if mask & bit else None
         bit <<= 1
     r[codec.LAMP_FAULT] = v[9] if mask & 0x40 else None
+    for i in range(codec.EXT_FIRST, codec.N_FIELDS):
+        r[i] = None
     if version == _RECORD_V2:
         e = struct.unpack_from(_FMT_EXT, record, _RECORD_LEN_V1)
-        for i in range(codec.N_EXT):
+        for i in range(_N_SHORT):
             r[codec.EXT_FIRST + i] = e[i] if mask & bit else None
             bit <<= 1
-    else:
-        for i in range(codec.EXT_FIRST, codec.N_FIELDS):
-            r[i] = None
+    elif version == _RECORD_V3:
+        o = _RECORD_LEN_V1
+        for i in range(codec.N_EXT):
+            if mask & bit:
+                w = 2 if i < _N_SHORT else 4
+                if o + w > n:
+                    break
+                r[codec.EXT_FIRST + i] = struct.unpack_from("<H" if w == 2 else "<I", record, o)[0]
+                o += w
+            bit <<= 1
+        if o != n or bit != 0x10000:  # too short, or bytes left over
+            raise ValueError("record: version %d, %d bytes" % (version, n))
     r[codec.SEQ] = seq
     t, rec_boot, flags = v[12], v[13], v[14]
     if rec_boot == (boot & 0xFFFF) or (synced and flags & CLOCK_SYNCED):

@@ -7,6 +7,10 @@ reports them), else from its config in the fleet registry, else from the firmwar
 sample period after the last one seen; before any, within one period of the moment the monitor
 started (the board's schedule is not known yet). The same for the status: a retained status
 was sent at some unknown time before the monitor subscribed, so only a live one dates it.
+
+`capture_line(topic, payload, t)` is one line of `lanterne monitor --capture FILE`: what arrived,
+when (the receive time) and on which topic, with its payload in hex, for later reports
+(`lanterne energy --input FILE`; host_tools/backoffice/energy_sources.py reads it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ PERIOD_FIELDS = ("sample_period_s", "status_period_s")
 # payload resolves, docs/payload.md); illuminance is logarithmic (~3.7 % steps): three significant digits.
 SHOWN = (("temperature", "°C", 1), ("humidity", "%", 1), ("illuminance", "lx", None), ("fill", "%", 0),
          ("lamp", "%", 0), ("voltage", "V", 2), ("pm2_5", " PM2.5", 0), ("pm10", " PM10", 0), ("laeq", " dB(A)", 1),
-         ("lamax", " dB(A) max", 1))
+         ("lamax", " dB(A) max", 1), ("energy", " Wh", 0), ("burning_hours", " h lit", 2))
 COLUMNS = ["device", "site", "state", "last seen", "last reading", "next reading", "next status", "backlog", "faults", "firmware",
            "update"]  # fmt: skip
 
@@ -102,6 +106,8 @@ class FleetView:
                 d["readings"] += len(frame["readings"])
                 d["reading"] = frame["readings"][-1]
                 d["reading_t"] = t
+                # its sampling time (receive time - age): snapshots of cumulative counters give energy
+                d["reading_at"] = round(t - d["reading"].get("age", 0), 3)
 
     def periods(self, d: dict) -> tuple[dict[str, int], str]:
         """The device's sample and status periods, and where they come from: status, registry or default."""
@@ -191,3 +197,8 @@ def plain_table(rows: list[list[str]], columns: list[str] = COLUMNS) -> str:
     table = [columns, *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)
+
+
+def capture_line(topic: str, payload: bytes, t: float) -> str:
+    """A message as one JSON line: {"t": receive time (Unix s), "topic", "payload": hex}."""
+    return json.dumps({"t": round(t, 3), "topic": topic, "payload": bytes(payload).hex()})

@@ -10,7 +10,10 @@ it measures, with TLS off, on one real Mosquitto:
 - the smallest heap the firmware runs in: bisected over the board's heap in 4 KB steps; a heap
   passes when, for the whole window, the board sends its status and a reading every second
   with no MemoryError and no task restarted;
-- whether it runs at 64 KB.
+- whether it runs at 64 KB;
+- on a Wi-Fi board with a setup button, the heap in setup mode at the board's heap: the setup
+  page's server and access point up beside the sampling loop and the link, the page's state
+  asked for every second (`heap_setup_mode_bytes_<board>`, `runs_in_setup_mode_<board>`).
 Heaps are ESP32-equivalent bytes: this 64-bit port's bytes, less the ROM's own share, divided
 by the layout's measured scale (docs/emulator.md, "Heap"). Run with LANTERNE_MICROPYTHON set to
 a 32-bit unix port and LANTERNE_HEAP_SCALE=1.0 to measure 32-bit bytes directly.
@@ -67,6 +70,48 @@ class _Trial:
                 self.scales[layout] = h.board.heap_scale()
             self.emu.remove(h)
 
+    def setup_mode(self, board: boards.Board, window_s: float) -> tuple[bool, int | None, str]:
+        """Setup mode at the board's heap (library in ROMFS): the page's server up beside the sampling
+        loop and the link, a phone asking for the page's state every second; (passed, steady alloc,
+        why not)."""
+        import time
+        import urllib.request
+
+        self.n += 1
+        dev = f"{board.name[:12]}-set-{self.n}"
+        flash = self.tmp / dev
+        cfg = dict(_cfg(self.url, dev), setup_key="5e" * 16, setup_window_min=10)
+        deploy.copy_to_flash(board, cfg, flash, romfs=True)
+        h = self.emu.add_board(board, flash)
+        try:
+            h.wait_for(r"setup mode \(provisioned\)", timeout=40)
+            url = h.http_url(timeout=5)
+
+            def call(path, body=None, token=None):
+                req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json", "X-Session": token or ""})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return json.loads(r.read())
+
+            token = call("api/session", {})["token"]
+            since = len(self.w.matching(f"lanterne/v1/heap/{dev}/status"))
+            end = time.monotonic() + window_s
+            while time.monotonic() < end:
+                call("api/state", token=token)
+                time.sleep(1.0)
+            statuses = [m for m in self.w.matching(f"lanterne/v1/heap/{dev}/status")[since:] if b'"online"' in m.payload]
+            console = h.console()
+            if not statuses:
+                return False, None, "no status"
+            steady = h.board.esp32_heap(max(json.loads(m.payload)["heap_alloc"] for m in statuses))
+            if "MemoryError" in console or "(restarted)" in console:
+                return False, steady, "MemoryError" if "MemoryError" in console else "a task failed"
+            return True, steady, ""
+        except (TimeoutError, OSError) as e:
+            return False, None, f"page not served: {e}"
+        finally:
+            self.emu.remove(h)
+
     def smallest(self, board: boards.Board, layout: str, lo: int, hi: int, window_s: float) -> int | None:
         """Smallest heap (4 KB steps) in [lo, hi] the firmware passes at, or None."""
         step = 4096
@@ -107,6 +152,13 @@ def run(quick: bool = False) -> BenchResult:
                 rows.append([name, layout, board.heap_bytes // 1024, "yes" if ok_board else f"NO ({why})",
                              steady if steady is not None else "-", smallest if smallest is not None else "> 160 KB",
                              "yes" if at_64k else f"NO ({why_64k})"])
+            if board.data.get("setup_button") is not None and board.data["network"].get("kind", "wlan") != "lan":
+                ok_setup, steady_setup, why_setup = trial.setup_mode(board, window)
+                metrics[f"heap_setup_mode_bytes_{name}"] = steady_setup
+                metrics[f"runs_in_setup_mode_{name}"] = ok_setup
+                rows.append([f"{name} in setup mode (page served)", "romfs", board.heap_bytes // 1024,
+                             "yes" if ok_setup else f"NO ({why_setup})", steady_setup if steady_setup is not None else "-",
+                             "-", "-"])
         first = names[0]
         metrics["heap_min_bytes"] = metrics[f"heap_min_bytes_{first}_romfs"]
         metrics["runs_at_64k_heap"] = all(v for k, v in metrics.items() if k.startswith("runs_at_64k_heap_") and k.endswith("_romfs"))

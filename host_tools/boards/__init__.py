@@ -125,6 +125,20 @@ def _number(path, field, value, low, high, kind=(int, float)):
         raise _err(path, field, f"must be a number from {low} to {high}, got {value!r}")
 
 
+def _check_lamp_part(path, prefix, part: dict):
+    """The lamp's electrical facts the energy meter uses (firmware/lanterne/energy.py, docs/energy.md)."""
+    if "lamp_v" in part:  # the rail its current is sensed on, when the supply sensor does not measure it
+        _number(path, f"{prefix}.lamp_v", part["lamp_v"], 1, 1000)
+        if part.get("current_adc") is None:
+            raise _err(path, f"{prefix}.lamp_v", "is the voltage of the rail the lamp's current is sensed on: "
+                       "give current_adc too, or leave it out")
+    if "rated_w" in part:  # an integrated luminaire's rated input power at 100 % (config lamp_rated_w wins)
+        _number(path, f"{prefix}.rated_w", part["rated_w"], 0, 2000)
+    for key in ("current_ohms", "current_gain"):
+        if key in part:
+            _number(path, f"{prefix}.{key}", part[key], 1e-6, 1e6)
+
+
 def _check_environment_part(path, prefix, part: dict, buses: dict):
     """PM sensors and microphones: the bus kind they need, the duty cycle, the audio format."""
     kind = part.get("type")
@@ -199,6 +213,8 @@ def validate(data: Any, path: Path) -> dict:
             if addr is not None and not (isinstance(addr, int) and 0x08 <= addr <= 0x77):
                 raise _err(path, f"{prefix}.address", f"I2C address must be 0x08..0x77, got {addr!r}")
             _check_environment_part(path, prefix, part, data["buses"])
+            if part.get("type") == "lamp":
+                _check_lamp_part(path, prefix, part)
             _check_part_pins(path, prefix, part, used)
     led = data.get("status_led")
     if led is not None:

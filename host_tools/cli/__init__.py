@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bridge": ("bridge", "the back-office bridge: uplinks into SQLite/PostgreSQL, NGSI-LD, Home Assistant"),
     "export": ("export", "open-data export of the bridge's readings: CSV or Parquet, one file per day"),
     "bins": ("bins", "bins to collect, predicted time-to-full, collection rounds planned with OR-Tools"),
+    "energy": ("energy", "street lights' savings report: energy used vs full power dusk to dawn, kWh, EUR, CO2, chart"),
     "uplinks": ("uplinks", "back-office LoRaWAN uplink service: decode, de-duplicate, send delivery-ledger downlinks"),
     "network-server": ("network_server", "run the emulated LoRaWAN network server (ChirpStack / TTS MQTT integrations)"),
     "lorawan": ("lorawan", "LoRaWAN fleet tools: export device registrations for ChirpStack or TTS"),

@@ -1,4 +1,4 @@
-"""`lanterne monitor [--broker URL] [--json] [--duration S] [--every S]`: the fleet, live.
+"""`lanterne monitor [--broker URL] [--json] [--duration S] [--every S] [--capture FILE]`: the fleet, live.
 
 Subscribes to every device's status and readings (lanterne/v1/#) and shows, per device:
 state, last seen, last decoded reading, when the next reading and the next status are due
@@ -7,6 +7,8 @@ state, last seen, last decoded reading, when the next reading and the next statu
 in place; piped or redirected, it is printed as plain text with every cell whole, when the
 watch ends (and every --every seconds meanwhile). With --json it prints one JSON document of
 the fleet after --duration seconds (default 5), for scripts.
+With --capture it also appends every message to FILE, one JSON line each (receive time, topic,
+payload in hex): the input of `lanterne energy`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def configure(p):
     p.add_argument("--every", type=float, default=0, metavar="S",
                    help="piped or redirected: also print the table every S seconds (default: once, when the watch ends)")
     p.add_argument("--tls-ca", help="CA file for mqtts://")
+    p.add_argument("--capture", metavar="FILE", help="append every message to FILE as a JSON line (for lanterne energy)")
 
 
 def run(args):
@@ -44,10 +47,26 @@ def run(args):
         configs = {d.id: d.config for d in reg.devices()}
         reg.close()
     view = FleetView(configs)
+    capture = None
+    if args.capture:
+        from host_tools.backoffice.monitor import capture_line
+
+        try:
+            capture = open(args.capture, "a", buffering=1)  # line-buffered: a line per message, whole
+        except OSError as exc:
+            raise CommandError(f"cannot write the capture {args.capture}: {exc.strerror or exc}") from None
+
+    def on_message(m):
+        view.feed(m.topic, m.payload, m.t, m.retain)
+        if capture is not None:
+            capture.write(capture_line(m.topic, m.payload, m.t) + "\n")
+
     try:
         w = Watcher(args.broker, ["lanterne/v1/#"], username=user, password=password, tls_ca=args.tls_ca,
-                    on_message=lambda m: view.feed(m.topic, m.payload, m.t, m.retain))
+                    on_message=on_message)
     except (OSError, TimeoutError) as exc:
+        if capture is not None:
+            capture.close()
         raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker") from None
     duration = args.duration if args.duration is not None else (5.0 if args.json else None)
     end = None if duration is None else time.monotonic() + duration
@@ -79,6 +98,8 @@ def run(args):
         pass
     finally:
         w.close()
+        if capture is not None:
+            capture.close()
     return 0
 
 

@@ -8,7 +8,7 @@ ranges, or raises `PayloadError` saying what is wrong and at which byte.
 Two framings: `decode(frame)` reads an MQTT frame, whose byte 0 is the format
 version; `decode(payload, fport=102)` reads a LoRaWAN payload, whose version is
 its FPort minus FPORT_BASE. Version 3 is version 2 plus extension fields
-(EXT_FIELDS: particulate matter, sound levels, ...) and a 16-bit status mask.
+(EXT_FIELDS: particulate matter, sound levels, lamp energy and burning hours) and a 16-bit status mask.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ EXT_FIELDS = (
     ("pm10", 10, 1000, 2, 1),
     ("laeq", 11, 1400, 3, 10),
     ("lamax", 11, 1400, 3, 10),
+    ("energy", 26, 67108863, 3, 1),  # Wh, the lamp's cumulative counter
+    ("burning_hours", 24, 16777215, 3, 100),  # h, the lamp's cumulative burning time
 )
 
 # round(2**(j / 19) * 65536): illuminance code c >= 1 stands for 2**((c - 1) / 19) mlx.

@@ -4,7 +4,7 @@
 // ChirpStack v4 device profile codec. decodeUplink(input) takes {bytes, fPort} and returns
 // {data, warnings, errors}; a frame that is not a complete, intact v2/v3 payload gives one
 // error naming what is wrong and at which byte, and no data. v3 = v2 + extension fields
-// (particulate matter, sound levels, ...) + a 16-bit status mask.
+// (particulate matter, sound levels, lamp energy and burning hours) + a 16-bit status mask.
 // Framing: over LoRaWAN the format version is the FPort minus 100 (v2: 102, v3: 103) and the
 // payload has no version byte; without an fPort (null or absent) the bytes are an MQTT
 // frame whose byte 0 is the version.
@@ -38,7 +38,9 @@ var EXT_FIELDS = [
   ["pm2_5", 10, 1000, 2, 1],
   ["pm10", 10, 1000, 2, 1],
   ["laeq", 11, 1400, 3, 10],
-  ["lamax", 11, 1400, 3, 10]
+  ["lamax", 11, 1400, 3, 10],
+  ["energy", 26, 67108863, 3, 1],          // Wh, the lamp's cumulative counter
+  ["burning_hours", 24, 16777215, 3, 100]  // h, the lamp's cumulative burning time
 ];
 
 // round(2^(j/19) * 65536): illuminance code c >= 1 stands for 2^((c-1)/19) mlx.

@@ -563,9 +563,11 @@ class VirtualBoard:
             self.listening[(ip, port)] = host_port
 
     def _radio_off(self) -> None:
-        # The interpreter is gone (reset, power cut): its access point and sockets with it.
+        # The interpreter is gone (reset, power cut): its access point and sockets with it, and its
+        # PWM outputs (the ESP32's LEDC stops at reset: a lamp's 0-10 V input falls to 0 V).
         self.listening.clear()
         self.world.set_access_point(None)
+        self.parts.release_pwm()
 
     def on_booted(self, alloc: int, free: int) -> None:
         self.booted_alloc, self.booted_free = alloc, free

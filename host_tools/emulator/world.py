@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "link_up": True,  # Wi-Fi/Ethernet/cellular link of the board
     "lamp_load_w": 40.0,  # load drawn by the lamp at 100 %: drives the current-sense ADC
     "lamp_failed": False,  # lamp broken: no current drawn whatever the duty
+    "lamp_curve": "10:15 25:29 50:53 75:76 100:100",  # the lamp driver's input power against level (%:%)
     "noise": 0.0,  # relative sensor noise (0.01 = 1 %)
     "echo_outlier_ratio": 0.0,  # share of spurious ultrasonic echoes (lids, bin contents)
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
@@ -97,9 +98,10 @@ LIMITS: dict[str, tuple[float, float]] = {
 }
 
 #: Fault kinds a part can be given (each part says which of them it has, `fault_kinds`): a bus
-#: part's by default; PM sensors add checksum, frame, fan; the microphone has silence, clipping.
+#: part's by default; PM sensors add checksum, frame, fan; the microphone has silence, clipping;
+#: the lamp has dead_module (half its LED modules dark) and failing_driver (it overdraws).
 BUS_FAULT_KINDS = ("missing", "nack", "stuck")
-FAULT_KINDS = BUS_FAULT_KINDS + ("checksum", "frame", "fan", "silence", "clipping")
+FAULT_KINDS = BUS_FAULT_KINDS + ("checksum", "frame", "fan", "silence", "clipping", "dead_module", "failing_driver")
 
 
 class WorldError(ValueError):
@@ -127,6 +129,13 @@ def check_value(key: str, value: Any) -> bool | float | str:
                 parse_scene(str(value))  # refuse a bad scene here, with its reason
             except ValueError as exc:
                 raise WorldError(f"sound_scene: {exc}") from None
+        if key == "lamp_curve":
+            from host_tools.runtime import firmware_module
+
+            try:
+                firmware_module("config").parse_curve(str(value))  # the syntax of the config field
+            except ValueError as exc:
+                raise WorldError(f"lamp_curve: {exc} (e.g. '10:15 50:53 100:100')") from None
         return str(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WorldError(f"{key} is a number, got {value!r}")

@@ -29,3 +29,18 @@ def both(code: str, heapsize: int = unix_port.DEFAULT_HEAP):
     cp = json.loads(run_cpython(code).strip().splitlines()[-1])
     mp = json.loads(unix_port.run(code, heapsize=heapsize).strip().splitlines()[-1])
     return cp, mp
+
+
+def both_on_flash(code: str, call: str, folder, heapsize: int = unix_port.DEFAULT_HEAP):
+    """Run `code`, then print the JSON of the expression `call`, on both interpreters, each with a
+    flash folder of its own under `folder` (`folder` in `call` names it): firmware that writes
+    files (the store, the command counter) cannot share one. Both must agree; the value."""
+    folders = {vm: folder / vm for vm in ("cpython", "micropython")}
+    for f in folders.values():
+        f.mkdir()
+    code += "\nimport sys\nfolder = json.loads(%r)[sys.implementation.name]\nprint(json.dumps(%s))\n" % (
+        json.dumps({k: str(v) for k, v in folders.items()}), call)
+    cp, mp = both(code, heapsize=heapsize)
+    if cp != mp:
+        raise AssertionError(f"CPython and the unix port disagree:\n{cp}\n{mp}")
+    return cp

@@ -13,3 +13,6 @@ FAULT_LAMP_FAILED = const(0x400)  # lamp commanded on, no current drawn (broken 
 FAULT_CURRENT_OFF = const(0x800)  # current drawn while commanded off (driver or relay stuck on)
 FAULT_TRAVEL = const(0x1000)  # the bollard did not confirm the commanded position within its timeout
 FAULT_POSITION = const(0x2000)  # the position input changed without a command (moved by hand, input broken)
+# set by the lamp's energy meter (lanterne/energy.py) in the lamp's fault word:
+FAULT_POWER_LOW = const(0x4000)  # draws far less than its level implies (a dead LED module)
+FAULT_POWER_HIGH = const(0x8000)  # draws far more than its level implies (a failing driver)

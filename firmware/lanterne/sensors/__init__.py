@@ -46,6 +46,8 @@ _NAMES = (
     (0x800, "current_when_off"),  # FAULT_CURRENT_OFF
     (0x1000, "travel_timeout"),  # FAULT_TRAVEL
     (0x2000, "moved_without_command"),  # FAULT_POSITION
+    (0x4000, "power_low"),  # FAULT_POWER_LOW (lanterne/energy.py): a dead LED module
+    (0x8000, "power_high"),  # FAULT_POWER_HIGH: a failing driver
 )
 
 

@@ -35,7 +35,7 @@ PART_FIELDS: dict[str, frozenset[str]] = {
     "sps30": frozenset({"pm1", "pm2_5", "pm10"}),
     "sds011": frozenset({"pm2_5", "pm10"}),
     "i2s_mic": frozenset({"laeq", "lamax"}),  # the sound-level meter
-    "lamp": frozenset({"lamp", "lamp_fault"}),
+    "lamp": frozenset({"lamp", "lamp_fault", "energy", "burning_hours"}),  # + the lamp's energy counters (v3)
     "relay": frozenset(),
 }
 EVERY_DEVICE = frozenset({"status", "seq", "age"})

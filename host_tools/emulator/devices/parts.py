@@ -152,6 +152,11 @@ class Parts:
         if part is not None:
             part.pwm_changed(int(pin), int(freq), duty_u16)
 
+    def release_pwm(self) -> None:
+        """The chip stopped driving its PWM outputs (a reset, a power cut): every PWM pin goes idle."""
+        for pin in list(self.world.outputs()["pwm"]):
+            self.pwm(pin, 0, None)
+
     def adc_read_uv(self, pin: int) -> int:
         part = self.adc.get(int(pin))
         if part is None:

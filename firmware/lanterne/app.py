@@ -61,17 +61,28 @@ def _bump_boot_count(path="boot.count"):
 
 
 class App:
-    def __init__(self):
-        # OTA hook: which slot and release run, and whether an update, a trial or a rollback
-        # needs the OTA seam (below). Read first, while the heap is whole (the state's buffer).
-        try:
-            from lanterne_ota.state import boot_info
+    # The OTA seam (lanterne/ota.py) while an update, a trial or a report needs it, else None. Set
+    # on the class (App.ota = ...; one App per board): the instance's attribute table holds 37
+    # entries, and a 38th would grow it to 47 (a new 752-byte table, in one piece, on a 64 KB heap).
+    ota = None
 
-            self.ota_info = boot_info()
-        except ImportError:  # (a firmware without the OTA package)
-            self.ota_info = {"slot": None, "release": None, "pending": False}
-        boot_info = None
-        gc.collect()
+    def __init__(self, ota_info=None):
+        # OTA hook: which slot and release run, and whether an update, a trial or a rollback
+        # needs the OTA seam (below): what the boot selector found, from main.py (boot.py), else
+        # read here (lanterne_ota.state.boot_info), the OTA package dropped again at once. A board
+        # with nothing pending keeps only its status field.
+        if ota_info is None:
+            try:
+                from lanterne_ota.state import boot_info
+
+                ota_info = boot_info()
+            except ImportError:  # (a firmware without the OTA package)
+                ota_info = {"slot": None, "release": None}
+            boot_info = None
+            _unload("lanterne_ota.state")
+            _unload("lanterne_ota")
+            gc.collect()
+        self.ota_info = ota_info
         # config, boardinfo and field are needed at boot only: dropped once the app is built,
         # their heap goes back to the board (set_config imports config again, for the moment
         # it takes).
@@ -121,22 +132,22 @@ class App:
         # the lamp's dimming curve (the energy meter's), read while config is loaded
         from lanterne import config
 
-        self.lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
+        lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
         del config
         if self.setup_via is None:  # (setup mode uses them all)
             for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
                 _unload(name)
-        self._build()
+        self._build(lamp_curve)  # (a local: the App's attribute table is full, see App.ota)
         # Over-the-air updates: which slot and release run is kept; the OTA seam (lanterne/ota.py)
         # is loaded only when an update, a trial or a rollback report needs it (the ota_start
-        # command loads it otherwise, execute.py), and the OTA code (lanterne_ota) only while used.
-        self.ota = None
-        if self.ota_info["pending"]:
+        # command loads it otherwise, execute.py), and the OTA code (lanterne_ota) only while used;
+        # the seam lets go of itself once it has nothing left to do (Ota.release).
+        if self.ota_info.get("pending"):
             from lanterne import ota
 
-            self.ota = ota.Ota(self, self.ota_info)
+            App.ota = ota.Ota(self, self.ota_info)
 
-    def _build(self):
+    def _build(self, lamp_curve):
         # All the code this board runs is imported first, then the objects are built: importing
         # a module may grow MicroPython's qstr pool, each new pool twice the last and in one
         # piece, which the heap still has before it fills with objects (assets.load_drivers).
@@ -155,7 +166,7 @@ class App:
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
-        self.assets = Assets(self.board, self.cfg, self.lamp_curve)
+        self.assets = Assets(self.board, self.cfg, lamp_curve)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
@@ -237,7 +248,7 @@ class App:
                 "env": self.assets.extra.status() if self.assets.extra else None,
                 "energy": self.assets.energy.status() if self.assets.energy else None,  # the lamp's counters
                 # OTA hook: the library slot and release running (an update, a trial, a rollback)
-                "ota": self.ota.status() if self.ota else {"slot": self.ota_info["slot"], "release": self.ota_info["release"]},
+                "ota": self.ota.status() if self.ota else self.ota_info,
             }
         )
 
@@ -553,10 +564,10 @@ class App:
                 self.guard("link", self.link_task),
                 self.guard("uplink", self.uplink_task),
             ]
-        if self.ota is not None:  # an update to resume, a trial, a rollback to report
-            tasks.append(self.guard("ota", self.ota.run))
         elif self.cfg["transport"] != "mqtt":
             self.log(self.faults["transport"])
+        if self.ota is not None:  # an update to resume, a trial, a rollback to report
+            tasks.append(self.guard("ota", self.ota.run))
         await asyncio.gather(*tasks, *self.assets.tasks())
 
     async def setup_task(self):
@@ -591,8 +602,8 @@ class App:
                 await asyncio.sleep_ms(1000)
 
 
-def main():
-    app = App()
+def main(ota_info=None):
+    app = App(ota_info)
     try:
         asyncio.run(app.run())
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 # rollback report needs it). This module is loaded at boot only when something is on (app.py);
 # otherwise the ota_start command loads it (execute.py).
 # What the app calls:
-#   info = lanterne_ota.state.boot_info(); ota = Ota(app, info) if info["pending"]   at start
+#   info = lanterne_ota.state.boot_info(); ota = Ota(app, info) if info.get("pending")   at start
 #   ota.run()                its task (app.guard("ota", ota.run)): the update's messages applied,
 #                            its requests (throttled), its reboot, the trial's deadline
 #   ota.start(args)          the ota_start command: fetch, verify, write, reboot into the trial
@@ -14,7 +14,10 @@
 # Nothing here writes to the network: requests and progress records wait in a two-frame outbox
 # (the newest of each kind) for the uplink task, the one sender (link.py: OTA_REQ, OTA_PROGRESS),
 # and the update's messages reach the updater through the link's update channel
-# (link.updates(on_update, nbytes)), opened while a transfer runs.
+# (link.updates(on_update, nbytes)), opened while a transfer runs. A link without an update
+# channel (no updates(): LoRaWAN) sends none of it; ota_start is refused on it (execute.py).
+# Once nothing is left to do (no transfer, no trial, the outbox empty), the task ends and the
+# seam lets go of itself (Ota.release): at 64 KB the heap has no room for an idle seam.
 import json
 import os
 import sys
@@ -33,10 +36,10 @@ def _exists(path):
 
 
 def _unload():
-    # Loaded from /lib (a MicroPython image without the frozen package): give the heap back.
-    for name in [n for n in sys.modules if n.startswith("lanterne_ota")]:
-        if getattr(sys.modules[name], "__file__", "").startswith("/lib/"):
-            del sys.modules[name]
+    # The OTA package goes back to the heap once used: frozen into the image (its bytecode in
+    # flash) or on /lib, each imported module's dict and functions are objects in RAM.
+    for name in [n for n in sys.modules if n.split(".")[0] == "lanterne_ota"]:
+        del sys.modules[name]
 
 
 class Ota:
@@ -49,8 +52,11 @@ class Ota:
         self.progress = None
         self.reboot_from = None
         self.event_sent = False
-        if app.link is not None:
-            app.link.updates(None, 0)  # the link's OTA frames, before any goes out (link.py)
+        # the link's OTA frames, before any goes out (link.py); a link without an update
+        # channel (LoRaWAN) carries none: what would go is dropped (_send)
+        self.link = app.link if app.link is not None and hasattr(app.link, "updates") else None
+        if self.link is not None:
+            self.link.updates(None, 0)
         self.checking = bool(info.get("trial") or info.get("unhealthy"))
         self.fw_checking = False
         if info.get("fw_trial"):
@@ -94,12 +100,12 @@ class Ota:
     def _send(self, kind, payload, retain):
         # The updater's send: into the outbox, for the uplink task. A request needs the link up
         # now (the updater asks again later); a progress record waits for it, the newest kept.
-        link = self.app.link
+        link = self.link
         if kind == "req":
             if link is None or not link.up:
                 raise OSError("link down")
             self.req = payload
-        else:
+        elif link is not None:
             self.progress = self.last = payload
         self.app.uplink_due.set()
 
@@ -143,7 +149,28 @@ class Ota:
             self.step()
             if self.updater is not None and self.updater.reboot_due:
                 await self._reboot()
+            if self.idle():
+                self.release()
+                return
             await asyncio.sleep_ms(20 if self.updater is not None else 1000)
+
+    def release(self):
+        # Nothing left to do: the app keeps the status field only, and this module goes back to
+        # the heap (the ota_start command loads it again, execute.py).
+        doc = self.status()
+        doc.pop("update", None)
+        self.app.ota_info = doc
+        type(self.app).ota = None  # (on the class: app.py, App.ota)
+        sys.modules.pop("lanterne.ota", None)
+        try:
+            delattr(sys.modules["lanterne"], "ota")
+        except (KeyError, AttributeError):
+            pass
+
+    def idle(self):
+        """Nothing to do: no transfer, no trial to watch, nothing left to send."""
+        return (self.updater is None and not self.checking and self.failure is None and self.progress is None
+                and self.req is None and (self.event_sent or not self.info.get("event")))  # fmt: skip
 
     async def _reboot(self):
         # The release is written and verified: once its "trial" record went out (or after
@@ -171,7 +198,7 @@ class Ota:
             self.event_sent = True
         u = self.updater
         if u is not None:
-            link = self.app.link
+            link = self.link
             if u.active and not self.channel and link is not None:
                 from lanterne_ota.updater import MAX_MESSAGE
 
@@ -233,7 +260,7 @@ class Ota:
         line = firmware.confirm(st, store)
         self.checking = self.fw_checking = False
         self.info["fw_trial"] = None
-        self.info["image"] = st["fw"]
+        self.info["image"] = {"release": st["fw"]["n"], "version": st["fw"]["ver"]}
         self.app.log("ota: " + line)
         self._send("progress", json.dumps({"state": "committed", "release": t["ver"], "n": t["n"], "image": True}), True)
         self.app.ask_status()
@@ -260,6 +287,7 @@ class Ota:
         if self.info.get("image") or self.info.get("fw_trial"):
             from lanterne_ota import firmware
 
-            doc["image"] = {"label": firmware.running_label(), "trial": bool(self.info.get("fw_trial"))}
-            doc["image"].update({"release": (self.info.get("image") or {}).get("n"), "version": (self.info.get("image") or {}).get("ver")})
+            img = self.info.get("image") or {}
+            doc["image"] = {"label": firmware.running_label(), "trial": bool(self.info.get("fw_trial")),
+                            "release": img.get("release"), "version": img.get("version")}  # fmt: skip
         return doc

@@ -6,6 +6,7 @@
 #   ed25519   signature verification (RFC 8032), SHA-512 included
 #   delta     rebuilding a block of the new image from the running slot's bytes and literals
 #   updater   the transfer: fetch, verify and write the inactive slot, resumable, throttled
+#   start     what main.py calls when the application cannot start or crashes
 #   safe      safe mode: MQTT and updates only, when no release runs
 # Nothing here is imported in normal operation: only at boot, during an update or in safe mode.
 

@@ -178,11 +178,14 @@ def _decide(st, cause, rom):
 
 
 def select():
-    """Pick and mount this boot's library slot. Returns a one-line summary (also printed)."""
+    """Pick and mount this boot's library slot (a one-line summary is printed). Returns what the
+    application is to know of it (state.boot_info: main.py hands it to lanterne.app.main), or None
+    when nothing is mounted: no ROMFS partition (the library runs from /lib), no library, or
+    safe mode."""
     try:
         rom = S.Rom()
     except (OSError, ImportError, AttributeError):
-        return "no ROMFS partition: the library runs from /lib"
+        return None
     store = S.Store()
     st = store.load()
     changed = False
@@ -190,7 +193,7 @@ def select():
         st = _adopt(rom)
         if st is None:
             log("no library: slot A holds no ROMFS image (provision the board)")
-            return "no library"
+            return None
         changed = True
     _finish_commit(st)
     cause = _reset_cause()
@@ -227,11 +230,16 @@ def select():
         store.save(st)
     if slot is None:
         log("safe mode: %s" % st.get("safe"))
-        return "safe mode"
+        return None
     if trial:
         _arm_watchdog()
-    # What stays (the mount, its view of the slot, sys.path's entries) goes in at the bottom of a
-    # clean heap, not above this function's garbage: holes there would split the application's heap.
+    s = st["slots"][slot]
+    log("%s verified (sha %s)%s" % (S.describe(st, slot), s["sha"][:16], ", on trial boot %d" % trial["boots"] if trial else ""))
+    info = S.boot_info(st)
+    # What stays (the application's info, the mount, its view of the slot, sys.path's entries)
+    # goes in at the bottom of a clean heap, not above this function's garbage: holes there would
+    # split the application's heap.
+    st = s = trial = store = None
     import gc
 
     gc.collect()
@@ -241,10 +249,7 @@ def select():
         i = p.index("/lib") if "/lib" in p else len(p)
         p.insert(i, "/rom/lib")
         p.insert(i, "/rom")
-    s = st["slots"][slot]
-    line = "%s verified (sha %s)%s" % (S.describe(st, slot), s["sha"][:16], ", on trial boot %d" % trial["boots"] if trial else "")
-    log(line)
-    return line
+    return info
 
 
 def record(reason):

@@ -211,39 +211,34 @@ def running_slot(st):
     return t["slot"] if t else st["active"]
 
 
-def boot_info():
-    """For the application, at start: {"slot", "release", "version", "pending", ...}, what runs
-    and whether its OTA seam (lanterne/ota.py) is needed (an update to resume, a trial, a
-    rollback or a crash to report). Read from the state the boot selector left. On the Lanterne
-    image this package is frozen and already loaded by boot.py: asking costs no heap; loaded
-    from /lib (stock MicroPython), it is dropped again before returning."""
-    st = Store().load()
+def boot_info(st=None):
+    """For the application, at start: from the slot state `st` (as the boot selector left it; None:
+    read it). When the OTA seam (lanterne/ota.py) is needed (an update to resume, a release or a
+    MicroPython image on trial, a rollback or a crash streak to report): {"pending": True, "slot",
+    "release", "version", "trial", "fw_trial", "image", "event", "unhealthy"}. Otherwise the
+    status's "ota" field itself, all that a board that is not updating keeps: {"slot", "release"},
+    and "image" (the MicroPython image an update put there). The boot selector hands it to the
+    application through main.py (boot.select); an application started otherwise asks here."""
+    if st is None:
+        st = Store().load()
     try:
         os.stat("ota/job.json")
         job = True
     except OSError:
         job = False
-    if not st:
-        info = {"slot": None, "release": None, "version": None, "pending": job}
-    else:
+    info = {"slot": None, "release": None}
+    if job:
+        info.update({"pending": True, "version": None})
+    elif st:
         t = st.get("trial")
         slot = t["slot"] if t else st.get("active", 0)
         s = (st.get("slots") or [None, None])[slot]
-        fw_trial = st.get("fw_trial")
-        info = {
-            "slot": "AB"[slot],
-            "release": s["n"] if s else None,
-            "version": s["ver"] if s else None,
-            "trial": bool(t),
-            "fw_trial": fw_trial,  # a MicroPython image on trial (second tier)
-            "image": st.get("fw"),  # the MicroPython image an update put there, confirmed
-            "pending": bool(t or fw_trial or st.get("event") or st.get("unhealthy") or job),
-            "event": st.get("event"),
-            "unhealthy": st.get("unhealthy", 0),
-        }
-    import sys
-
-    for name in [n for n in sys.modules if n.startswith("lanterne_ota")]:
-        if getattr(sys.modules[name], "__file__", "").startswith("/lib/"):
-            del sys.modules[name]
+        info = {"slot": "AB"[slot], "release": s["n"] if s else None}
+        fw = st.get("fw")  # the MicroPython image an update put there, confirmed
+        if fw:
+            info["image"] = {"label": fw.get("label"), "trial": False, "release": fw["n"], "version": fw["ver"]}
+        fw_trial = st.get("fw_trial")  # a MicroPython image on trial (second tier)
+        if t or fw_trial or st.get("event") or st.get("unhealthy"):
+            info.update({"pending": True, "version": s["ver"] if s else None, "trial": bool(t), "fw_trial": fw_trial,
+                         "event": st.get("event"), "unhealthy": st.get("unhealthy", 0)})  # fmt: skip
     return info

@@ -83,7 +83,7 @@ def rom_heap_overhead() -> int:
     digest = hashlib.sha256()
     for p in sorted(ROM.glob("*.py")):
         digest.update(p.read_bytes())
-    digest.update(frozen.digest().encode())  # the image's frozen package loads with the ROM
+    digest.update(frozen.digest().encode())  # the image's frozen package: its buffer and names are the ROM's
     binary = Path(micropython_binary())
     digest.update(f"{binary.resolve()}:{binary.stat().st_size}".encode())
     key = digest.hexdigest()[:16]
@@ -436,7 +436,7 @@ class VirtualBoard:
             env["LANTERNE_ROMFS_OFFSET"] = str(self.romfs[1])
             env["LANTERNE_ROMFS_BYTES"] = str(self.romfs[2])
             # the Lanterne image (the one with a ROMFS partition) freezes the OTA package
-            env["LANTERNE_FROZEN"] = str(frozen.frozen_dir())
+            env["LANTERNE_FROZEN_IMAGE"] = str(frozen.image())
             env["LANTERNE_FROZEN_MODULES"] = " ".join(frozen.modules())
         if self.rom is not None:  # the raw SPI flash, for esp32.Partition (rom/esp32.py)
             env["LANTERNE_SPI_FLASH"] = str(self.spi_flash.path)

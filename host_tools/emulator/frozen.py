@@ -2,12 +2,21 @@
 
 The Lanterne image (boards/micropython/LANTERNE_ESP32, manifest.py) freezes the OTA package
 into the firmware: on the chip its bytecode runs from flash and its names are in the image's
-static qstr pool, so a boot, an update or safe mode takes no heap for its code and interns no
-new names (late qstr-pool growth needs one large contiguous block, which a fragmented heap may
-not have). A virtual board with a ROMFS partition runs that image: its ROM loads the package
-(compiled here with mpy-cross, cached by source hash) before the firmware starts, as part of
-the image, so the heap it takes is the ROM's (measured by `rom_heap_overhead()`), not the
-firmware's, and its names are interned while the heap is still empty.
+static qstr pool, so its code takes no heap and interns no new names (late qstr-pool growth
+needs one large contiguous block, which a fragmented heap may not have). Importing one of its
+modules still costs heap: the module, its globals dict, its functions and classes are objects
+in RAM, until the module is dropped from sys.modules.
+
+A virtual board with a ROMFS partition runs that image. Its ROM (rom/_board.py) models it so:
+- the package, compiled here with mpy-cross (cached by source hash), is a VfsRom image
+  (`image()`) that the ROM reads into a buffer of its own at boot and mounts at `/.frozen`,
+  on sys.path right after `.frozen`: an import runs in place, bytecode and constants taking
+  no heap, as frozen code does (VfsRom still allocates each function's small raw-code record,
+  which frozen code keeps in flash: a few bytes per function more than the chip, never less);
+- the ROM imports every module once and drops it again before the firmware starts: the names
+  stay interned, in the ROM's share of the heap as the image's static qstrs are, and the
+  firmware pays for what it imports, as on the chip (`rom_heap_overhead()` measures the ROM's
+  share: the buffer and the names, not the modules).
 
 Boards without a ROMFS partition run stock MicroPython: nothing frozen; the firmware's copy
 of the package on the filesystem (/lib/lanterne_ota) is used instead.
@@ -64,4 +73,22 @@ def frozen_dir() -> Path:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def image() -> Path:
+    """The compiled package as a VfsRom image (lanterne_ota/*.mpy), built once per source version."""
+    out = BUILD / f"frozen-{digest()}.romfs"
+    if out.exists():
+        return out
+    from mpremote.romfs import VfsRomWriter
+
+    writer = VfsRomWriter()
+    writer.opendir(PACKAGE)
+    for p in sorted((frozen_dir() / PACKAGE).glob("*.mpy")):
+        writer.mkfile(p.name, p.read_bytes())
+    writer.closedir()
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(writer.finalise())
+    os.replace(tmp, out)
     return out

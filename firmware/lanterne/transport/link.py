@@ -27,7 +27,9 @@
 #   on_downlink(frame)          given at construction, called on the loop with the bytes of
 #                               each downlink meant for this board (a command frame).
 #
-# Over-the-air updates (lanterne/ota.py) use the same link, opened only while an update needs it:
+# Over-the-air updates (lanterne/ota.py). Optional: a link that carries them has an updates()
+# method (MQTT does); one without it (LoRaWAN: boards that talk only LoRaWAN are updated over
+# USB) has none, and the app refuses an ota_start command on it, saying why (execute.py).
 #   link.updates(on_update, nbytes)
 #                               opens the update channel: from then on each message the back
 #                               office sends on it (MQTT .../ota/data) is given to
@@ -41,8 +43,8 @@
 #   await link.send(OTA_PROGRESS, payload)   an update's progress record (MQTT: retained JSON
 #                               on .../ota/progress, QoS 1)
 #                               Both go through the app's one sending task like every frame.
-#                               (A link without updates keeps the base class's updates(): its
-#                               channel never delivers anything.)
+# Nothing of it is allocated until an update needs it: a board that is not updating carries no
+# more state than one without OTA (the 64 KB heap has no room to spare).
 import random
 import time
 
@@ -93,6 +95,8 @@ class Flag:
 
 
 class Link:
+    on_update = None  # the update channel's receiver while it is open (links with updates())
+
     def __init__(self, on_downlink):
         self.on_downlink = on_downlink
         self.state = OFFLINE
@@ -101,10 +105,6 @@ class Link:
         self.failures = 0
         self.connects = 0
         self.next_try = time.ticks_ms()
-        self.on_update = None  # the update channel's receiver while it is open (updates())
-
-    def updates(self, on_update, nbytes):
-        self.on_update = on_update
 
     def due(self):
         return time.ticks_diff(time.ticks_ms(), self.next_try) >= 0

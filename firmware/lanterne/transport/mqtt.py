@@ -23,14 +23,17 @@ import socket
 from micropython import const
 
 from lanterne import netio
-from lanterne.transport.link import CONNECTING, OFFLINE, OTA_PROGRESS, OTA_REQ, READINGS, STATUS, Flag, Link
+from lanterne.transport.link import CONNECTING, OFFLINE, READINGS, STATUS, Flag, Link
 
 _TOPIC_ROOT = "lanterne/v1"
 TIMEOUT_MS = const(5000)  # every network wait: TCP connect, each TLS round trip, each answer
 FRAME_MAX = const(242)  # the codec's frame (the largest EU868 LoRaWAN payload): fine for MQTT
 TX_MAX = const(192)  # a packet's header, and its payload too when it fits (a short ack does)
 RX_MAX = const(384)  # incoming packets: a command is at most 200 bytes (commands.MAX_FRAME) + topic
-_KINDS = ("up", "status", "ack", "ota/req", "ota/progress")  # by frame kind (link.py)
+# link.OTA_REQ and link.OTA_PROGRESS, as constants of this module: imported, each would be one
+# more entry in its globals, for every board, updating or not
+_OTA_REQ = const(3)
+_OTA_PROGRESS = const(4)
 
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
@@ -124,6 +127,11 @@ def parse_broker(url):
 
 
 class MqttLink(Link):
+    # The update channel's state, set on the instance only once an update opens it (updates()):
+    # until then a board carries nothing for it (its instance dict stays the size it was).
+    _ota = None  # (ota/req, ota/progress, ota/data) topics
+    _ota_sub = False  # ota/data subscribed on this connection
+
     def __init__(self, cfg, on_downlink):
         Link.__init__(self, on_downlink)
         self.cfg = cfg
@@ -131,8 +139,6 @@ class MqttLink(Link):
         base = "%s/%s/%s/" % (_TOPIC_ROOT, cfg["site"], cfg["device"])
         # by frame kind (READINGS, STATUS, ACK), then the command topic
         self._topic = ((base + "up").encode(), (base + "status").encode(), (base + "ack").encode(), (base + "cmd").encode())
-        self._ota = None  # (ota/req, ota/progress, ota/data) once an update opened its channel
-        self._ota_sub = False  # ota/data subscribed on this connection
         self.tls_heap = None  # heap the TLS session took (bytes), measured at each connect
         self._tx = bytearray(TX_MAX)
         self._rx = memoryview(bytearray(RX_MAX))
@@ -158,9 +164,9 @@ class MqttLink(Link):
         """Open (or with None close) the update channel: messages on ota/data of up to `nbytes`
         go to on_update. Subscribed before the next frame goes out (send()), on each connection."""
         self.on_update = on_update
-        if self._ota is None:
-            base = self._topic[3][:-3] + b"ota/"
-            self._ota = (base + b"req", base + b"progress", base + b"data")
+        if self._ota is None:  # (str constants: each bytes constant is an object on the heap)
+            base = self._topic[3][:-3].decode()
+            self._ota = ((base + "ota/req").encode(), (base + "ota/progress").encode(), (base + "ota/data").encode())
         n = RX_MAX
         if on_update is not None:
             # a PUBLISH: fixed header (<= 5 bytes), topic (2 + its length), packet id (2), payload
@@ -278,7 +284,8 @@ class MqttLink(Link):
         if not await netio.writable(s, TIMEOUT_MS):
             raise OSError(errno.ETIMEDOUT)
         self._have = self._skip = self._ping = 0
-        self._ota_sub = False
+        if self._ota_sub:
+            self._ota_sub = False
         if self.on_update is None and len(self._rx) != RX_MAX:
             self._rx = memoryview(bytearray(RX_MAX))
         self._acks_due.clear()
@@ -349,16 +356,16 @@ class MqttLink(Link):
         if isinstance(payload, str):
             payload = payload.encode()
         self._pid = pid = self._pid % 65535 + 1
-        qos = 0 if kind == OTA_REQ else 1
-        topic = self._ota[kind - OTA_REQ] if kind >= OTA_REQ else self._topic[kind]  # (updates() named _ota)
-        n = publish_header(self._tx, topic, len(payload), pid, qos, kind == STATUS or kind == OTA_PROGRESS)
+        qos = 0 if kind == _OTA_REQ else 1
+        topic = self._ota[kind - _OTA_REQ] if kind >= _OTA_REQ else self._topic[kind]  # (updates() named _ota)
+        n = publish_header(self._tx, topic, len(payload), pid, qos, kind == STATUS or kind == _OTA_PROGRESS)
         try:
             if not qos:
                 await self._write(self._tx, n, payload)
                 return True
             return await self._request(n, payload, _PUBACK << 16 | pid) == 0
         except OSError as e:
-            self._lost("%s publish: %r" % (_KINDS[kind], e))
+            self._lost("%s publish: %r" % (("up", "status", "ack", "ota/req", "ota/progress")[kind], e))
             return False
 
     async def _request(self, n, payload, want):

@@ -76,6 +76,7 @@ def signed(tmp_path_factory):
 
 def test_a_host_signed_manifest_verifies_on_the_board(signed, tmp_path):
     keys, image, manifest, _meta = signed
+    slot_bytes = boards.load("esp32-devkitc").romfs_bytes // 2
     (tmp_path / "m.bin").write_bytes(manifest)
     good = keys.trusted()[0].hex()
     code = f"""
@@ -99,14 +100,15 @@ out["unknown_key"] = refused(lambda: m.check_signature([bytes(32)]))
 out["truncated"] = refused(lambda: M.Manifest(raw[:-1]))
 out["not_a_manifest"] = refused(lambda: M.Manifest(b"x" * 200))
 t = m.check_target
-out["ok"] = refused(lambda: t((6, 3, 2), (1, 29, 0), 131072, 4))
-out["native_elsewhere"] = refused(lambda: t((6, 1, 2), (1, 29, 0), 131072, 4))
-out["mpy7"] = refused(lambda: t((7, 0, 2), (1, 30, 0), 131072, 4))
-out["old_micropython"] = refused(lambda: t((6, 3, 2), (1, 24, 1), 131072, 4))
-out["too_big"] = refused(lambda: t((6, 3, 2), (1, 29, 0), 1024, 4))
-out["same"] = refused(lambda: t((6, 3, 2), (1, 29, 0), 131072, 5))
-out["downgrade"] = refused(lambda: t((6, 3, 2), (1, 29, 0), 131072, 9))
-out["forced"] = refused(lambda: t((6, 3, 2), (1, 29, 0), 131072, 9, True))
+slot = {slot_bytes}  # a library slot: half the board's ROMFS partition
+out["ok"] = refused(lambda: t((6, 3, 2), (1, 29, 0), slot, 4))
+out["native_elsewhere"] = refused(lambda: t((6, 1, 2), (1, 29, 0), slot, 4))
+out["mpy7"] = refused(lambda: t((7, 0, 2), (1, 30, 0), slot, 4))
+out["old_micropython"] = refused(lambda: t((6, 3, 2), (1, 24, 1), slot, 4))
+out["too_big"] = refused(lambda: t((6, 3, 2), (1, 29, 0), {len(image) - 1}, 4))
+out["same"] = refused(lambda: t((6, 3, 2), (1, 29, 0), slot, 5))
+out["downgrade"] = refused(lambda: t((6, 3, 2), (1, 29, 0), slot, 9))
+out["forced"] = refused(lambda: t((6, 3, 2), (1, 29, 0), slot, 9, True))
 print(json.dumps(out))
 """
     cp, mp = parity.both(code, heapsize=HEAP)

@@ -183,8 +183,9 @@ class Ota:
         import asyncio
         import machine
 
-        if self.app.link is not None:
-            self.app.link.close()
+        if self.link is not None:
+            self.link.last_error = "closed: rebooting into the release's trial"  # (said once, link_task)
+            self.link.close()
         await asyncio.sleep_ms(200)
         machine.reset()
 

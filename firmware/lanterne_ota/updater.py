@@ -234,7 +234,16 @@ class Updater:
         keys = S.load_keys()
         if not keys:
             raise Refused(NO_KEYS, "no trusted release keys on this board (ota/keys.json)")
-        m.check_signature(keys)
+        # The verification allocates about a megabyte of short-lived big integers: with the app's
+        # collection every 2 KB allocated (app.GC_EVERY) it would run hundreds of collections (a
+        # second here, holding the loop). Collections on demand only, while it runs: a full heap
+        # still collects before it fails.
+        every = gc.threshold()
+        gc.threshold(-1)
+        try:
+            m.check_signature(keys)
+        finally:
+            gc.threshold(every)
         st = self.store.load() or S.fresh()
         if m.counter != self.job["counter"]:
             raise M.ManifestError(M.DIGEST_MISMATCH, "the manifest is release %d, the command said %d" % (m.counter, self.job["counter"]))

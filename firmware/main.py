@@ -8,6 +8,7 @@ try:
 
     _app.main(_ota)  # (what boot.py's slot selector found)
 except Exception as _e:  # noqa: KeyboardInterrupt and SystemExit go to the REPL
+    _app = _app is not None  # (the module let go: a crash may have left the heap full)
     import lanterne_ota.start
 
     lanterne_ota.start.failed(_e, _app)

@@ -6,11 +6,17 @@
 import sys
 
 
-def failed(e, app):
-    """main.py: the application crashed (`app`, its module, was imported), or `import lanterne.app`
-    failed (`app` is None)."""
+def failed(e, imported):
+    """main.py: the application crashed (`imported`: lanterne.app was), or `import lanterne.app`
+    failed. The application's modules are dropped first: a crash out of memory leaves a full heap,
+    and recording it must not fail the same way (the board would stay in the REPL)."""
     sys.print_exception(e)
-    if app is None:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("lanterne", "umqtt")]:
+        del sys.modules[name]
+    import gc
+
+    gc.collect()
+    if not imported:
         return no_app(e)
     from lanterne_ota import boot
 

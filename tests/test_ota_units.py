@@ -337,3 +337,38 @@ print(json.dumps([n, used, first.hex(), bytes(buf[:4]).hex()]))
     seq, state = struct.unpack_from("<I20sI", data, 0xD000)[0::2]  # set_boot wrote otadata
     assert (seq, state) == (2, 0)
     assert used < 1024, f"{used} bytes of the board's heap to erase and write 4 KB of flash"
+
+
+def test_ota_start_on_a_link_without_updates_is_refused_with_its_reason():
+    # The update channel is optional in the link contract (LoRaWAN has none): ota_start is refused
+    # at once, saying why, and nothing of the OTA seam is loaded. The MQTT link has the channel.
+    # (The link is MicroPython's: its Flag is built on asyncio's core.)
+    code = """
+import json
+import sys
+from lanterne import commands as cmd
+from lanterne import execute
+from lanterne.transport.link import Link
+from lanterne.transport.mqtt import MqttLink
+
+class App:
+    ota = None
+    ota_info = {"slot": "A", "release": 1}
+    def __init__(self):
+        self.link = Link(lambda frame: None)
+        self.cfg = {"transport": "lorawan"}
+        self.assets = None
+        self.lines = []
+    def log(self, line):
+        self.lines.append(line)
+
+app = App()
+code, data = execute.run(app, cmd.OTA_START, {"counter": 2, "force": False, "digest": bytes(32)})
+print(json.dumps({"code": code, "data": data.decode(), "lines": app.lines, "seam": "lanterne.ota" in sys.modules,
+                  "ota": app.ota, "mqtt_has_channel": hasattr(MqttLink, "updates"), "link_has_channel": hasattr(Link, "updates")}))
+"""
+    mp = unix_port.run_json(code)
+    assert mp["code"] == 9 and mp["data"] == "no update channel"  # commands.REFUSED
+    assert mp["lines"] == ["ota: refused: no update channel on the lorawan link: update this board over USB (lanterne provision)"]
+    assert mp["seam"] is False and mp["ota"] is None
+    assert mp["mqtt_has_channel"] is True and mp["link_has_channel"] is False

@@ -1,6 +1,6 @@
 # Lanterne link: the one interface the application sends and receives through. MQTT over IP
-# implements it (transport/mqtt.py); a LoRaWAN AT modem is next. The app's uplink, ack and
-# status loops are written once against it.
+# implements it (transport/mqtt.py), and so does a LoRaWAN AT modem (transport/lorawan.py). The
+# app's uplink, ack and status loops are written once against it.
 #
 # The contract. Every method either returns at once or is a coroutine that lets the asyncio
 # loop run while it waits, and every wait has its own bound: no link ever holds the loop.
@@ -26,6 +26,9 @@
 #                               what the app and its status report.
 #   on_downlink(frame)          given at construction, called on the loop with the bytes of
 #                               each downlink meant for this board (a command frame).
+#   link.ack_frame(ack, key)    the frame to send as the ACK of a command, from the ack
+#                               commands.py made (MQTT: that frame; LoRaWAN: the compact ack).
+#   link.name, link.where       the app's fault key ("mqtt", "lorawan") and what it connects to.
 import random
 import time
 
@@ -88,6 +91,9 @@ class Link:
 
     def fits(self, kind, nbytes):
         return True
+
+    def ack_frame(self, ack, key):
+        return ack
 
     def _came_up(self):
         self.state = ONLINE

@@ -122,10 +122,13 @@ def parse_broker(url):
 
 
 class MqttLink(Link):
+    name = "mqtt"  # the app's fault key for this link
+
     def __init__(self, cfg, on_downlink):
         Link.__init__(self, on_downlink)
         self.cfg = cfg
         self.host, self.port, self.tls = parse_broker(cfg["broker"])
+        self.where = "%s:%d" % (self.host, self.port)
         base = "%s/%s/%s/" % (_TOPIC_ROOT, cfg["site"], cfg["device"])
         # by frame kind (READINGS, STATUS, ACK), then the command topic
         self._topic = ((base + "up").encode(), (base + "status").encode(), (base + "ack").encode(), (base + "cmd").encode())

@@ -79,7 +79,8 @@ def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mos
             # two join requests go unanswered; the third is accepted: one join on the network server
             h.wait_for(r"connected to the LoRaWAN network as Lamp_North", timeout=90)
             console = h.console()
-            assert console.count("lorawan: join failed (JOIN_FAILED_RX_TIMEOUT)") == 2, console[-2000:]
+            failed = re.findall(r"^\[lanterne\] lorawan: join failed \(JOIN_FAILED_RX_TIMEOUT\)\r?$", console, re.M)
+            assert len(failed) == 2, console[-2000:]
             assert ns.counts["joins"] == 1
             # readings decode through both integrations, the same ones
             wait(lambda: len(events(cs, "reading")) >= 3 and len(events(tts, "reading")) >= 3, 60, "readings over both integrations")
@@ -150,3 +151,31 @@ def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_64k(
             assert statuses and statuses[-1]["backlog"] < target
         finally:
             svc.stop()
+
+
+def loaded_modules(h):
+    """The firmware's modules in memory: the app stopped with Ctrl-C, asked at its REPL."""
+    h.write_serial(b"\x03")
+    h.wait_for(">>> ")
+    for _ in range(3):  # (a line typed while the REPL still prints its banner may be cut: ask again)
+        since = h.console_offset()
+        h.write_serial(b"import sys; print('MODS', ' '.join(sorted(m for m in sys.modules if m.startswith('lanterne'))))\r")
+        mods = h.wait_for(r"MODS ([^\r\n]*)", since=since).group(1).decode().split()
+        if "lanterne.app" in mods:
+            break
+        time.sleep(0.5)
+    return mods
+
+
+def test_each_board_loads_only_its_own_transport(virtual_boards, mosquitto):
+    ident = identity("bin-only")
+    lora, mqtt = virtual_boards(1, board="esp32-rak3172", config=board_config("bin-only", ident))[0], \
+        virtual_boards(1, config={"device": "lamp-only", "site": "t", "broker": mosquitto.url})[0]
+    lora.wait_for(r"lorawan: join|connected to the LoRaWAN", timeout=40)  # (no gateway in range: it tries)
+    mqtt.wait_for(r"connected to 127\.0\.0\.1", timeout=40)
+    on_lora, on_mqtt = loaded_modules(lora), loaded_modules(mqtt)
+    assert "lanterne.transport.lorawan" in on_lora and "lanterne.delivery" in on_lora
+    assert "lanterne.transport.mqtt" not in on_lora and "lanterne.netio" not in on_lora
+    assert "lanterne.transport.mqtt" in on_mqtt
+    assert not [m for m in on_mqtt if m in ("lanterne.transport.lorawan", "lanterne.transport.at", "lanterne.transport.airtime",
+                                            "lanterne.delivery", "lanterne.ledger")]

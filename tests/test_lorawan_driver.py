@@ -250,14 +250,16 @@ async def main():
     out["absent"] = await link.connect()
     out["absent_ms"] = time.ticks_diff(time.ticks_ms(), t)
     out["absent_why"] = link.last_error
-    m = Modem(join_busy=1)
+    m = Modem(join_busy=2)
     link, _ = link_for(m)
     out["join_busy"] = await link.connect()
     out["join_busy_why"] = link.last_error
     out["failures_kept"] = json.loads(open(STATE).read())
     link, _ = link_for(m)  # a reboot: the backoff goes on from the failures kept
-    out["failures_after_reboot"] = link.failures
+    await link.connect()
+    out["failures_after_reboot"] = json.loads(open(STATE).read())["join_failures"]
     out["join"] = await link.connect()
+    out["failures_after_join"] = json.loads(open(STATE).read())["join_failures"]
     # silence: no downlink for silence_ms -> LinkCheckReq on the next uplinks; 3 unanswered -> join again
     link.silence_ms = 100
     await asyncio.sleep_ms(150)
@@ -279,8 +281,8 @@ asyncio.run(main())
     assert got["absent"] is False and got["absent_ms"] < 1000
     assert got["absent_why"] == "lorawan: modem not answering (no reply to AT within 150 ms)"
     assert got["join_busy"] is False and got["join_busy_why"] == "lorawan: join refused by the duty cycle (Restricted_Wait_300_ms)"
-    assert got["failures_kept"] == {"join_failures": 1} and got["failures_after_reboot"] == 1
-    assert got["join"] is True
+    assert got["failures_kept"] == {"join_failures": 1} and got["failures_after_reboot"] == 2
+    assert got["join"] is True and got["failures_after_join"] == 0
     assert got["sends"] == [True, True, True] and got["linkchecks"] == 3
     assert got["down_after_silence"] and "3 link checks unanswered: joining again" in got["silence_why"]
     assert got["rejoin"] is True and got["rejoined"] == ["AT+JOIN=1:0:8:1"]

@@ -154,6 +154,7 @@ class App:
             self.link = LorawanLink(self.cfg, uart, self.on_downlink, why)
             outbox = LedgerDelivery(self.store, self.cfg["device"], self._command_key, self.faults, bool(self.cfg["lorawan_confirmed"]))
             self.link.on_ledger = outbox.ledger
+            self.link.app_faults = self.faults
             # the status JSON is too costly in airtime (docs/lorawan.md): it goes to the console
             self.no_uplink = "LoRaWAN: the status stays on the board"
         if LorawanLink is None:
@@ -199,14 +200,16 @@ class App:
         self.status_due = True
         self.uplink_due.set()
 
-    def status(self, state="online"):
+    def status(self, state="online", out=None):
+        # The status as JSON text, or written to the stream `out` (the console: no string of it
+        # all is made, which a fragmented 64 KB heap may not have room for in one piece).
         self.status_at = time.ticks_ms()
         self.status_seen = self._status_key()
         gc.collect()
         faults = dict(self.faults)
         faults.update(self.assets.faults())
         st = self.store
-        return json.dumps(
+        return (json.dumps if out is None else lambda d: json.dump(d, out))(
             {
                 "state": state,
                 "device": self.cfg["device"],
@@ -449,7 +452,11 @@ class App:
             return
         if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
             if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
-                self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
+                import sys
+
+                print("[lanterne] status not sent (%s): " % self.no_uplink, end="")
+                self.status(out=sys.stdout)
+                print()
             else:
                 self.ask_status()
 

@@ -16,8 +16,6 @@
 # them missing), the seqs to send again ([first, end] ranges), the next seq never sent. On flash:
 # the last verified ledger (ledger.bin, 50 bytes at most): its counter refuses a replay after a
 # reboot, and what it acknowledged beyond `next` is not sent again.
-from lanterne import ledger as _ledger
-
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -88,10 +86,22 @@ class LedgerDelivery:
         try:
             with open(ledger_file, "rb") as f:
                 frame = f.read()
-            self.last = _ledger.parse(key(), device, frame, 0)
+            self.last = self._parse(frame, 0)
             self.counter = self.last.counter
         except Exception:  # none yet, damaged, or signed with a key since rotated: no ledger
             pass
+
+    def _parse(self, frame, last):
+        # lanterne.ledger, loaded for the moment it takes (ledgers come a few times a day; the
+        # Ledger kept holds on to its class only)
+        import sys
+
+        from lanterne import ledger
+
+        try:
+            return ledger.parse(self.key(), self.device, frame, last)
+        finally:
+            sys.modules.pop("lanterne.ledger", None)
 
     @property
     def pending(self):
@@ -180,8 +190,8 @@ class LedgerDelivery:
     def ledger(self, frame):
         """A downlink on FPort 12: verify it, free what it acknowledges, queue what it misses."""
         try:
-            got = _ledger.parse(self.key(), self.device, frame, self.counter)
-        except _ledger.LedgerError as e:
+            got = self._parse(frame, self.counter)
+        except Exception as e:  # LedgerError: bad tag, replay, malformed
             self.refused += 1
             self.faults["ledger"] = "ledger refused: %s" % (e,)
             return False

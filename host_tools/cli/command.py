@@ -98,8 +98,11 @@ def run(args):
     try:
         res = client.send(rec.site, args.device, key, counter, action.opcode, params, timeout=args.timeout)
     except TimeoutError as exc:
-        gap = transport_gap(rec.config.get("transport") or board_transport(boards.load(rec.board)))
+        transport = rec.config.get("transport") or board_transport(boards.load(rec.board))
+        gap = transport_gap(transport)
         hint = (f"{args.device} ({rec.board}): {gap}" if gap
+                else f"{args.device} ({rec.board}) is a LoRaWAN device: its commands go as downlinks through the network"
+                     " server (the uplink service's send_command, docs/lorawan.md), not over this broker" if transport == "lorawan"
                 else "is the device online? `lanterne monitor` shows it")
         raise CommandError(str(exc), hint=hint) from None
     finally:

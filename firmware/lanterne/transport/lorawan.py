@@ -27,7 +27,6 @@
 #               unanswered in a row and the board joins again.
 # Every failure (no answer, busy, a reset banner, garbage, a lost session) is a reason in
 # last_error (the app shows it as a fault); nothing here raises out of the link.
-import random
 import time
 
 import asyncio
@@ -35,7 +34,7 @@ from micropython import const
 
 from lanterne.transport import airtime
 from lanterne.transport.at import RESET, TIMEOUT, AtPort
-from lanterne.transport.link import ACK, CONNECTING, OFFLINE, READINGS, STATUS, Link
+from lanterne.transport.link import CONNECTING, OFFLINE, READINGS, STATUS, Link
 
 FPORT_BASE = const(100)  # readings: FPort 100 + the codec frame's format version
 FPORT_COMMAND = const(10)
@@ -46,22 +45,19 @@ JOIN_WAIT_MS = const(12000)  # +EVT:JOINED / JOIN_FAILED_* after OK: RX2 of the 
 TX_WAIT_MS = const(10000)  # +EVT:TX_DONE after OK: airtime (2.8 s at most, SF12) + RX2 at 2 s + its window
 BUSY_RETRIES = const(3)  # AT_BUSY_ERROR without a duty-cycle wait: the previous uplink's windows are still open
 BUSY_PAUSE_MS = const(700)
-JOIN_BASE_MS = const(8000)  # join backoff: 4-8 s, 8-16 s, ... (full jitter over the upper half)
-JOIN_CAP_MS = const(3600000)  # ... at most an hour apart
-JOIN_SPREAD_MS = const(4000)  # the first join after boot waits a random part of this x 2^(failures kept on flash)
 SILENCE_MS = const(21600000)  # 6 h without any downlink: ask for a link check
 LINKCHECKS = const(3)  # that many unanswered link checks in a row: join again
 STATE_FILE = "lorawan.json"
 _HEX = b"0123456789abcdef"
 _TX_MAX = const(64)  # the piece of an AT+SEND line written at once
-_UPLINKS = const(0)  # counts[]
-_DOWNLINKS = const(1)
-_JOINS = const(2)
-_FAULTS = const(3)
-_F_RESET = const(1)  # _flags: the modem printed its banner (it restarted)
-_F_REJOIN = const(2)  # join at the next connect even if the module holds a session
-_F_SPREAD = const(4)  # the first join since boot is still to wait its random spread
-_F_CHANGED = const(8)  # _setting() wrote something
+C_UPLINKS = const(0)  # counts[]
+C_DOWNLINKS = const(1)
+C_JOINS = const(2)
+C_FAULTS = const(3)
+F_RESET = const(1)  # _flags: the modem printed its banner (it restarted)
+F_REJOIN = const(2)  # join at the next connect even if the module holds a session
+F_SPREAD = const(4)  # the first join since boot is still to wait its random spread
+F_CHANGED = const(8)  # _setting() wrote something
 
 
 def open_uart(board):
@@ -75,6 +71,17 @@ def open_uart(board):
         return uart, None
     except Exception as e:  # a board file without the bus, a UART that will not open
         return None, "lorawan: no UART for the modem: %r" % (e,)
+
+
+def _unload(name):
+    import sys
+
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition(".")
+    try:
+        delattr(sys.modules[parent], child)
+    except (KeyError, AttributeError):
+        pass
 
 
 def _hex_ok(s):
@@ -106,6 +113,7 @@ class LorawanLink(Link):
             self.state_file = state_file
         self.cfg = cfg
         self.on_ledger = None
+        self.app_faults = None  # the app's fault dict: what leaves the link up is shown there as "lorawan_tx"
         self.at = AtPort(uart, self._line) if uart is not None else None
         self.last_error = uart_error
         self.budget = airtime.Budget(cfg["lorawan_airtime_s"] * 1000)
@@ -119,27 +127,9 @@ class LorawanLink(Link):
         self._heard = 0  # _mono of the last downlink (or the join)
         self._misses = 0  # link checks unanswered in a row
         self._evt = None  # the event awaited: JOINED / JOIN_FAILED_* or TX_DONE / SEND_CONFIRMED_*
-        self._flags = _F_SPREAD
+        self._flags = F_SPREAD
         self._tx = bytearray(_TX_MAX)
-        self.failures = self._file_failures = self._load_failures()
-
-    # -- state kept on flash ---------------------------------------------------------------------
-    def _load_failures(self):
-        try:
-            import json
-
-            with open(self.state_file) as f:
-                return int(json.loads(f.read())["join_failures"])
-        except Exception:  # none yet, or damaged: start from no failure
-            return 0
-
-    def _save_failures(self):
-        try:
-            from lanterne.flashfile import write_atomic
-
-            write_atomic(self.state_file, '{"join_failures": %d}' % self.failures)
-        except OSError:
-            pass  # the backoff still works; only its memory across a reboot is lost
+        self.failures = self._file_failures = -1  # join failures kept on flash: read at the first connect
 
     def now(self):
         t = time.ticks_ms()
@@ -152,7 +142,10 @@ class LorawanLink(Link):
         n = airtime.max_payload(self.dr, self.fopts)
         if kind != READINGS:
             return n
-        if self.budget.wait_ms(self.now(), airtime.uplink_ms(1, self.dr, self.fopts)):
+        wait = self.budget.wait_ms(self.now(), airtime.uplink_ms(1, self.dr, self.fopts))
+        if wait:
+            if wait < 0:
+                self._fault("lorawan: airtime budget: the daily cap of %d s is used up" % (self.budget.cap_ms // 1000))
             return 0  # nothing can go now: no frame is built
         return n + 1  # the codec frame's version byte goes in the FPort
 
@@ -170,30 +163,41 @@ class LorawanLink(Link):
         from lanterne.ledger import build_ack
 
         counter = (ack[1] << 24) | (ack[2] << 16) | (ack[3] << 8) | ack[4]
-        return build_ack(key, self.cfg["device"], counter, ack[5], ack[6], ack[7 : len(ack) - 12])
+        try:
+            return build_ack(key, self.cfg["device"], counter, ack[5], ack[6], ack[7 : len(ack) - 12])
+        finally:
+            _unload("lanterne.ledger")  # acks are rare
 
     async def connect(self, hello=None):
         """One attempt to come up (hello: unused, the status does not go over LoRaWAN)."""
         self.state = CONNECTING
+        # the bring-up's code (settings, identity, join, the backoff kept on flash) is loaded for
+        # the attempt only: connects are rare, and the heap is tight at 64 KB
+        from lanterne.transport import lorawan_join as j
+
         try:
-            why = await self._bring_up()
+            why = await j.bring_up(self)
         except Exception as e:  # a bug or a driver error: a fault, never up the stack
             why = "lorawan: %r" % (e,)
-        if why is None:
-            self._came_up()
-            self._heard = self.now()
-            self._misses = 0
-            self.fopts = 0
-            if self._file_failures:
-                self._file_failures = 0
-                self._save_failures()
-            await self._read_dr()
-            return True
-        if why == "spread":
-            self.state = OFFLINE
+        try:
+            if why is None:
+                self._came_up()
+                self._heard = self.now()
+                self._misses = 0
+                self.fopts = 0
+                j.keep_failures(self)
+                await self._read_dr()
+                return True
+            if why == "spread":
+                self.state = OFFLINE
+                return False
+            self._went_down(why)
+            if why.startswith("lorawan: join"):
+                j.join_backoff(self)
             return False
-        self._went_down(why)
-        return False
+        finally:
+            del j
+            _unload("lanterne.transport.lorawan_join")
 
     async def send(self, kind, payload):
         if not self.up or self.at is None:
@@ -215,127 +219,28 @@ class LorawanLink(Link):
         await asyncio.sleep_ms(200)
         if self.at is not None:
             self.at.pump()
-        if self._flags & _F_RESET and self.up:
+        if self._flags & F_RESET and self.up:
             self._lost("the modem restarted")
-        self._flags &= ~_F_RESET
+        self._flags &= ~F_RESET
 
     def close(self):
         self.state = OFFLINE
         self.up = False
 
-    def status(self):
-        """What the link knows, for the console and the back office's tools."""
-        now = self.now()
-        c = self.counts
-        return {
-            "dr": self.dr,
-            "rssi": self.rx[0] if self.rx else None,
-            "snr": self.rx[1] if self.rx else None,
-            "uplinks": c[_UPLINKS],
-            "downlinks": c[_DOWNLINKS],
-            "joins": c[_JOINS],
-            "faults": c[_FAULTS],
-            "airtime_ms_24h": self.budget.used_ms(now),
-            "airtime_cap_ms": self.budget.cap_ms,
-            "modem_noise": self.at.noise if self.at else 0,
-            "modem_resets": self.at.resets if self.at else 0,
-            "last_fault": self.last_fault,
-        }
-
     # -- coming up -------------------------------------------------------------------------------
-    def _went_down(self, why):
-        join = why.startswith("lorawan: join")
-        Link._went_down(self, why)
-        if join:
-            # Joins back off further than a reconnect (a join request is airtime, and the network's
-            # answer slots are shared): 4-8 s, 8-16 s ... up to an hour, jittered; kept on flash.
-            self._file_failures = self.failures
-            self._save_failures()
-            cap = min(JOIN_CAP_MS, JOIN_BASE_MS << min(self.failures - 1, 12))
-            self.next_try = time.ticks_add(time.ticks_ms(), cap // 2 + random.getrandbits(22) % (cap // 2 + 1))
-
     def _fault(self, why):
         # A failure that leaves the link up (busy, refused, over budget, a bad downlink): counted,
         # kept for the status, and on the console when it changes.
-        self.counts[_FAULTS] += 1
+        self.counts[C_FAULTS] += 1
         if why != self.last_fault:
             print("[lanterne] " + why)
         self.last_fault = why
+        if self.app_faults is not None:
+            self.app_faults["lorawan_tx"] = why  # until an uplink goes through
 
     def _lost(self, why):
         if self.up:
             self._went_down("lorawan: " + why)
-
-    async def _setting(self, name, want):
-        # AT+<name>=? then AT+<name>=<want> when it differs; None when done, else why not.
-        at = self.at
-        v = await at.query(name, self.cmd_ms)
-        if v is None:
-            return "AT+%s=?: %s" % (name.decode(), at.status or "no answer")
-        if v.upper() == want.upper():
-            return None
-        st = await at.command(b"AT+" + name + b"=" + want.encode(), self.cmd_ms)
-        if st != "OK":
-            return "AT+%s=%s: %s" % (name.decode(), want if name != b"APPKEY" else "<key>", st or "no answer")
-        self._flags |= _F_CHANGED
-        return None
-
-    async def _bring_up(self):
-        if self.at is None:
-            return self.last_error or "lorawan: no UART"
-        at = self.at
-        self._flags &= ~_F_RESET
-        st = await at.command(b"AT", self.cmd_ms)
-        if st != "OK":  # a banner or noise may take the first answer: once more
-            st = await at.command(b"AT", self.cmd_ms)
-        if st != "OK":
-            return "lorawan: modem not answering (%s)" % (st or "no reply to AT within %d ms" % self.cmd_ms)
-        c = self.cfg
-        for name, want in ((b"NWM", "1"), (b"NJM", "1"), (b"CLASS", "A"), (b"BAND", "4"), (b"ADR", "1"), (b"CFM", "1" if c["lorawan_confirmed"] else "0")):
-            why = await self._setting(name, want)
-            if why:
-                return "lorawan: " + why
-        self._flags &= ~_F_CHANGED
-        if c["lorawan_deveui"] and c["lorawan_appkey"]:
-            for name, want in ((b"DEVEUI", c["lorawan_deveui"]), (b"APPEUI", c["lorawan_joineui"] or "0000000000000000"), (b"APPKEY", c["lorawan_appkey"])):
-                why = await self._setting(name, want)
-                if why:
-                    return "lorawan: " + why
-        identity_changed = self._flags & _F_CHANGED
-        njs = await at.query(b"NJS", self.cmd_ms)
-        if njs is None:
-            return "lorawan: AT+NJS=?: %s" % (at.status or "no answer")
-        if njs == "1" and not identity_changed and not self._flags & _F_REJOIN:
-            self._flags &= ~_F_RESET  # (a restart seen while checking: the module kept its session anyway)
-            return None  # the module kept its session: no join, no airtime, the frame counters go on
-        if self._flags & _F_SPREAD:
-            # The first join since boot waits a random part of a spread that doubles with the
-            # failures kept on flash: boards powered up together do not join together.
-            self._flags &= ~_F_SPREAD
-            spread = min(JOIN_CAP_MS, JOIN_SPREAD_MS << min(self.failures, 12))
-            wait = random.getrandbits(22) % spread
-            self.next_try = time.ticks_add(time.ticks_ms(), wait)
-            self.last_error = "lorawan: joining in %d ms (random spread after boot)" % wait
-            return "spread"
-        self._evt = None
-        st = await at.command(b"AT+JOIN=1:0:8:1", self.cmd_ms)
-        if st == "AT_BUSY_ERROR" and at.wait_ms:
-            self.budget.closed_for(self.now(), at.wait_ms)
-            return "lorawan: join refused by the duty cycle (Restricted_Wait_%d_ms)" % at.wait_ms
-        if st != "OK":
-            return "lorawan: join: AT+JOIN: %s" % (st or "no answer")
-        t0 = time.ticks_ms()
-        while self._evt is None and time.ticks_diff(time.ticks_ms(), t0) < self.join_ms:
-            await asyncio.sleep_ms(50)
-            at.pump()
-        evt = self._evt
-        self.counts[_JOINS] += 1
-        if evt == "JOINED":
-            self._flags &= ~(_F_REJOIN | _F_RESET)
-            return None
-        if evt is None:
-            return "lorawan: join: no JOINED or JOIN_FAILED within %d ms" % self.join_ms
-        return "lorawan: join failed (%s)" % evt
 
     async def _read_dr(self):
         v = await self.at.query(b"DR", self.cmd_ms)
@@ -355,8 +260,10 @@ class LorawanLink(Link):
         now = self.now()
         wait = self.budget.wait_ms(now, air)
         if wait:
-            # over the budget: the caller tries again later (never a tight loop: this waits a little)
-            self._fault("lorawan: airtime budget: %s" % ("daily cap reached" if wait < 0 else "duty cycle, %d ms" % wait))
+            # over the budget: the caller tries again later (never a tight loop: this waits a little).
+            # The duty cycle's pause is how LoRaWAN works; the day's cap reached is worth a fault.
+            if wait < 0:
+                self._fault("lorawan: airtime budget: the daily cap of %d s is used up" % (self.budget.cap_ms // 1000))
             await asyncio.sleep_ms(1000 if wait < 0 or wait > 1000 else wait)
             return False
         if now - self._heard > self.silence_ms and not self.fopts:
@@ -369,7 +276,7 @@ class LorawanLink(Link):
         for _ in range(BUSY_RETRIES):
             self._evt = None
             st = await at.command(self._write_send, self.cmd_ms, cmd)
-            if self._flags & _F_RESET:  # its banner came with the answer (a reply cut short: "AT_")
+            if self._flags & F_RESET:  # its banner came with the answer (a reply cut short: "AT_")
                 st = RESET
             if st == "OK":
                 break
@@ -381,7 +288,7 @@ class LorawanLink(Link):
                 await asyncio.sleep_ms(BUSY_PAUSE_MS)
                 continue
             if st == "AT_NO_NETWORK_JOINED":
-                self._flags |= _F_REJOIN
+                self._flags |= F_REJOIN
                 self._lost("the modem has no session (AT_NO_NETWORK_JOINED): joining again")
                 return False
             if st == "AT_PARAM_ERROR":
@@ -397,24 +304,26 @@ class LorawanLink(Link):
             self._fault("lorawan: AT+SEND: modem busy %d times" % BUSY_RETRIES)
             return False
         self.budget.record(self.now(), air)
-        self.counts[_UPLINKS] += 1
+        self.counts[C_UPLINKS] += 1
         t0 = time.ticks_ms()
         while self._evt is None and time.ticks_diff(time.ticks_ms(), t0) < self.tx_ms:
             await asyncio.sleep_ms(50)
             at.pump()
-            if self._flags & _F_RESET:
+            if self._flags & F_RESET:
                 break
         evt = self._evt
         if evt is None:
-            self._lost("AT+SEND: %s" % ("the modem restarted" if self._flags & _F_RESET else "no TX_DONE within %d ms" % self.tx_ms))
+            self._lost("AT+SEND: %s" % ("the modem restarted" if self._flags & F_RESET else "no TX_DONE within %d ms" % self.tx_ms))
             return False
         await self._read_dr()
         taken = True
+        if self.app_faults is not None:
+            self.app_faults.pop("lorawan_tx", None)
         if self.cfg["lorawan_confirmed"] and evt != "SEND_CONFIRMED_OK":
             self._fault("lorawan: confirmed uplink not acknowledged (%s)" % evt)
             taken = False
         if self._misses >= LINKCHECKS:
-            self._flags |= _F_REJOIN
+            self._flags |= F_REJOIN
             self._misses = 0
             self._lost("no downlink for %d s and %d link checks unanswered: joining again" % (self.silence_ms // 1000, LINKCHECKS))
         return taken
@@ -444,7 +353,7 @@ class LorawanLink(Link):
     # -- what the modem says on its own ----------------------------------------------------------
     def _line(self, text):
         if text == RESET:
-            self._flags |= _F_RESET
+            self._flags |= F_RESET
             return
         ev = text[5:]  # after "+EVT:"
         if ev.startswith("RX_"):
@@ -478,7 +387,7 @@ class LorawanLink(Link):
         import binascii
 
         frame = binascii.unhexlify(parts[6])
-        self.counts[_DOWNLINKS] += 1
+        self.counts[C_DOWNLINKS] += 1
         self.rx = (rssi, snr)
         self._heard = self.now()
         self._misses = 0

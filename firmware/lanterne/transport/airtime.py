@@ -49,8 +49,8 @@ def uplink_ms(payload_len, dr, fopts=0):
 
 
 class Budget:
-    """Whether an uplink may go now: the sub-band's duty cycle (a transmission of T closes it for
-    T x (1/duty - 1)) and a cap on airtime in any 24 hours (hourly buckets). The modem enforces the
+    """Whether an uplink may go now: the sub-band's duty cycle (a transmission of T starting at t
+    keeps it closed until t + T / duty: T on air, then T x (1/duty - 1) off) and a cap on airtime in any 24 hours (hourly buckets). The modem enforces the
     duty cycle too; this keeps the board from asking for what it would refuse, and the cap is the
     board's alone (The Things Network's fair use: 30 s a day)."""
 
@@ -85,7 +85,7 @@ class Budget:
             self.hours[i] = 0
         self.hours[i] += airtime_ms
         self.total_ms += airtime_ms
-        self.free_at = now + airtime_ms * (1000 - self.duty) // self.duty
+        self.free_at = now + airtime_ms * 1000 // self.duty  # the transmission, then 99 x its length off
 
     def closed_for(self, now, wait_ms):
         # The modem said the duty cycle forbids every channel for wait_ms (Restricted_Wait_<n>_ms).

@@ -13,15 +13,15 @@ import re
 import time
 
 import pytest
+from conftest import lanterne
 
 from host_tools import boards
 from host_tools.backoffice.uplinks import LoraDevice, UplinkService
 from host_tools.codec import lns_json as J
 from host_tools.emulator.network_server import Device, NetworkServer
-from host_tools.runtime import firmware_module
+from host_tools.fleet.registry import Registry
 
 pytestmark = pytest.mark.integration
-commands = firmware_module("commands")
 SPEED = 5.0  # the modem's clock runs 5x (join accept after ~1.2 s instead of 6 s)
 
 
@@ -66,7 +66,12 @@ def events(svc, kind):
 
 def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mosquitto, tmp_path):
     name = "Lamp_North"
-    ident = identity(name)
+    registry = tmp_path / "fleet.sqlite"
+    with Registry(registry) as reg:  # the registry generates its LoRaWAN identity, as provisioning does
+        reg.add_or_update(name, site="north", board="esp32-rak3172", config={"transport": "lorawan", "sample_period_s": 5},
+                          lorawan=True)
+        ident = {"dev_eui": reg.secret(name, "lorawan_deveui"), "app_key": reg.secret(name, "lorawan_appkey"),
+                 "command_key": reg.secret(name, "command_key")}
     dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
     key = bytes.fromhex(ident["command_key"])
     lora = LoraDevice(name, ident["dev_eui"].lower(), key)
@@ -87,14 +92,15 @@ def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mos
             first = events(cs, "reading")[0]["reading"]
             assert first["seq"] == 0 and "temperature" in first and "lamp" in first
             assert [e["reading"] for e in events(tts, "reading")][:3] == [e["reading"] for e in events(cs, "reading")][:3]
-            # a signed dim command, queued through ChirpStack's downlink topic, goes down after the next uplink
-            level = 35 if duty_percent(h) != 35 else 60
-            frame = commands.build(key, name, 1000, commands.SET_LAMP, {"level": level, "ramp_s": 0, "duration_min": 10})
-            cs.send_command(name, frame)
-            wait(lambda: duty_percent(h) == level, 60, f"lamp at {level} %")
-            (ack,) = wait(lambda: events(cs, "ack"), 60, "the compact ack")
-            assert (ack["counter"], ack["opcode"], ack["status"]) == (1000, commands.SET_LAMP, commands.OK)
-            assert not events(cs, "bad_ack")  # (the TTS-side service sent no command: the ack is nothing it expects)
+            # a signed dim command, as an operator types it: queued through ChirpStack's downlink topic, it goes
+            # down after the next uplink (class A); the lamp follows; the compact ack comes up and verifies
+            for integration, level in (("chirpstack", 35), ("tts", 60)):
+                r = lanterne("command", name, "dim", level, "--broker", mosquitto.url, "--registry", registry,
+                             "--lorawan", integration, timeout=150)
+                assert r.returncode == 0, r.stdout + r.stderr
+                assert f"dim queued on the network server ({integration}:" in r.stdout and "class A" in r.stdout
+                assert re.search(rf"^{name}: dim ok \(counter \d+, \d+ ms\)$", r.stdout, re.M), r.stdout
+                wait(lambda: duty_percent(h) == level, 10, f"lamp at {level} %")  # noqa: B023
             assert ns.counts["joins"] == 1  # the session held throughout
             assert "MemoryError" not in h.console() and "(restarted)" not in h.console()
         finally:

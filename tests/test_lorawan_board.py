@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
-from conftest import lanterne
+from conftest import LANTERNE, lanterne
 
 from host_tools import boards
 from host_tools.backoffice.uplinks import LoraDevice, UplinkService
@@ -94,6 +95,8 @@ def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mos
             assert [e["reading"] for e in events(tts, "reading")][:3] == [e["reading"] for e in events(cs, "reading")][:3]
             # a signed dim command, as an operator types it: queued through ChirpStack's downlink topic, it goes
             # down after the next uplink (class A); the lamp follows; the compact ack comes up and verifies
+            monitor = subprocess.Popen([*LANTERNE, "monitor", "--broker", mosquitto.url, "--registry", registry, "--lorawan",
+                                        "chirpstack", "--json", "--duration", "30"], stdout=subprocess.PIPE, text=True)
             for integration, level in (("chirpstack", 35), ("tts", 60)):
                 r = lanterne("command", name, "dim", level, "--broker", mosquitto.url, "--registry", registry,
                              "--lorawan", integration, timeout=150)
@@ -101,6 +104,11 @@ def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mos
                 assert f"dim queued on the network server ({integration}:" in r.stdout and "class A" in r.stdout
                 assert re.search(rf"^{name}: dim ok \(counter \d+, \d+ ms\)$", r.stdout, re.M), r.stdout
                 wait(lambda: duty_percent(h) == level, 10, f"lamp at {level} %")  # noqa: B023
+            # the monitor saw the LoRaWAN device's radio figures through the integration
+            (row,) = [d for d in json.loads(monitor.communicate(timeout=60)[0]) if d["device"] == name]
+            st = row["lorawan"]
+            assert (st["rssi"], st["snr"], st["dr"]) == (-95, 7, 5) and st["fcnt"] > 0 and st["readings"] > 0
+            assert 0 < st["airtime_today_s"] < 30 and st["missing"] == 0
             assert ns.counts["joins"] == 1  # the session held throughout
             assert "MemoryError" not in h.console() and "(restarted)" not in h.console()
         finally:

@@ -169,8 +169,15 @@ def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_64k(
 
 def loaded_modules(h):
     """The firmware's modules in memory: the app stopped with Ctrl-C, asked at its REPL."""
-    h.write_serial(b"\x03")
-    h.wait_for(">>> ")
+    since = h.console_offset()
+    for _ in range(3):  # Ctrl-C until the app stops with KeyboardInterrupt
+        h.write_serial(b"\x03")
+        try:
+            h.wait_for("KeyboardInterrupt", since=since, timeout=5)
+            break
+        except TimeoutError:
+            pass
+    h.wait_for(">>> ", since=since)
     for _ in range(3):  # (a line typed while the REPL still prints its banner may be cut: ask again)
         since = h.console_offset()
         h.write_serial(b"import sys; print('MODS', ' '.join(sorted(m for m in sys.modules if m.startswith('lanterne'))))\r")

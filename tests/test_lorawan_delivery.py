@@ -1,5 +1,5 @@
 """The board's side of LoRaWAN delivery, pure firmware modules: the airtime budget (transport/airtime.py),
-the store's reads for a link that learns later what arrived (Store.read, Store.ack_below), and the delivery
+the store read and committed for a link that learns later what arrived (delivery.store_read, store_ack_below), and the delivery
 ledger applied by the board (delivery.py) against the back office's own ledger logic over two simulated days
 of lossy uplinks."""
 
@@ -58,21 +58,22 @@ print(json.dumps(out))
 def test_store_reads_around_what_is_acknowledged_and_frees_below_a_seq(tmp_path):
     code = """
 import json
+from lanterne.delivery import store_ack_below, store_read
 from lanterne.store import Store
 def run(folder):
     s = Store(folder + "/st", capacity_bytes=16384, segment_bytes=4096)
     for i in range(40):
         s.append(bytes([i + 1]) * 30)
-    out = {"read": [q for q, _ in s.read(5, 12, budget=1000)], "budget": [q for q, _ in s.read(0, 40, budget=100)],
-           "max": [q for q, _ in s.read(30, 99, max_records=3)]}
+    out = {"read": [q for q, _ in store_read(s, 5, 12, budget=1000)], "budget": [q for q, _ in store_read(s, 0, 40, budget=100)],
+           "max": [q for q, _ in store_read(s, 30, 99, max_records=3)]}
     s.ack([(20,), (21,), (22,)])  # a run past the head: [20, 23) acknowledged
-    out["around"] = [q for q, _ in s.read(18, 26, budget=2000)]
-    out["below"] = s.ack_below(21)  # 0..20; 20 was acknowledged already
-    out["head"], out["pending"] = s.head, s.pending
-    out["after"] = [q for q, _ in s.read(0, 26, budget=2000)]
+    out["around"] = [q for q, _ in store_read(s, 18, 26, budget=2000)]
+    out["below"] = store_ack_below(s, 21)  # 0..20; 20 was acknowledged already
+    out["head"], out["pending"] = s._head, s.pending
+    out["after"] = [q for q, _ in store_read(s, 0, 26, budget=2000)]
     s.close()
     again = Store(folder + "/st", capacity_bytes=16384, segment_bytes=4096)  # after a reboot
-    out["reboot"] = [again.head, again.pending, [q for q, _ in again.read(0, 25, budget=2000)]]
+    out["reboot"] = [again._head, again.pending, [q for q, _ in store_read(again, 0, 25, budget=2000)]]
     return out
 """
     got = both_on_flash(code, "run(folder)", tmp_path)
@@ -115,7 +116,7 @@ def simulate(seed, loss=0.2, days=2, per_day=10, sample_min=5, uplink_min=15, fr
             dl.ledger(queued)
             queued = None
             # the board never frees what the back office does not have
-            freed_early += [s for s in range(st.head) if s >= back.next_seq and s not in back._have]
+            freed_early += [s for s in range(st._head) if s >= back.next_seq and s not in back._have]
         if rng.random() < loss:
             continue
         for s, _ in batch:
@@ -127,7 +128,7 @@ def simulate(seed, loss=0.2, days=2, per_day=10, sample_min=5, uplink_min=15, fr
             counter += 1
             times.append(t)
             queued = ledger.build(KEY, "bin-1", counter, *summary)
-    return {"arrived": arrived, "next": back.next_seq, "head": st.head, "appended": st.next_seq, "times": times,
+    return {"arrived": arrived, "next": back.next_seq, "head": st._head, "appended": st.next_seq, "times": times,
             "freed_early": freed_early, "faults": faults, "duplicates": dl.resent}
 
 
@@ -157,10 +158,53 @@ def test_a_forged_or_replayed_ledger_frees_nothing(tmp_path):
     dl = delivery.LedgerDelivery(st, "bin-1", lambda: KEY, faults, ledger_file=str(tmp_path / "ledger.bin"))
     dl.taken(dl.peek(max_records=10))
     forged = ledger.build(bytes(32), "bin-1", 5, 10, 0)
-    assert dl.ledger(forged) is False and st.head == 0 and "ledger refused: ledger tag does not verify" in faults["ledger"]
+    assert dl.ledger(forged) is False and st._head == 0 and "ledger refused: ledger tag does not verify" in faults["ledger"]
     good = ledger.build(KEY, "bin-1", 5, 6, 0)
-    assert dl.ledger(good) is True and st.head == 6 and "ledger" not in faults
-    assert dl.ledger(good) is False and "not above 5" in faults["ledger"] and st.head == 6  # replayed
+    assert dl.ledger(good) is True and st._head == 6 and "ledger" not in faults
+    assert dl.ledger(good) is False and "not above 5" in faults["ledger"] and st._head == 6  # replayed
     # after a reboot the counter is remembered (ledger.bin): the same frame is still a replay
     again = delivery.LedgerDelivery(st, "bin-1", lambda: KEY, faults, ledger_file=str(tmp_path / "ledger.bin"))
     assert again.ledger(good) is False and again.counter == 5
+
+
+def test_the_uplink_step_over_lorawan_commits_only_on_a_ledger(tmp_path):
+    # The uplink step (lanterne/uplink.py) with the delivery ledger in front of the store, as a LoRaWAN
+    # board runs it: a frame the link put on air commits nothing; the ledger does; a lost one goes again.
+    import asyncio
+
+    codec = firmware_module("codec")
+    reading = firmware_module("reading")
+    uplink = firmware_module("uplink")
+    st = store_mod.Store(str(tmp_path / "store"), capacity_bytes=65536)
+    packer, r = reading.RecordPacker(), codec.new_reading()
+    for i in range(6):
+        r[codec.TEMPERATURE] = 150 + i
+        st.append(packer.pack(r, 1000 + i, 1, False))
+    faults = {}
+    dl = delivery.LedgerDelivery(st, "bin-1", lambda: KEY, faults, ledger_file=str(tmp_path / "ledger.bin"))
+    up = uplink.Uplink(dl, faults, batch_max=3)
+
+    class Link:
+        sent = []
+
+        def max_frame(self, kind):
+            return 52  # DR0's 51 bytes + the version byte the FPort carries
+
+        def fits(self, kind, n):
+            return True
+
+        async def send(self, kind, frame):
+            self.sent.append(bytes(frame))
+            return True
+
+    link = Link()
+    n1 = asyncio.run(up.send(link, 1010, 1, False))
+    n2 = asyncio.run(up.send(link, 1010, 1, False))
+    assert (n1, n2) == (3, 3) and st._head == 0 and st.pending == 6 and dl.pending == 0  # on air, nothing committed
+    assert asyncio.run(up.send(link, 1010, 1, False)) == 0  # nothing new to send: no frame
+    # the back office got the second frame only: seqs 3..5; its ledger lists 0..2 missing
+    dl.ledger(ledger.build(KEY, "bin-1", 1, 0, 6, 6, [(0, 3)]))
+    assert st._head == 0 and dl.pending == 3
+    assert asyncio.run(up.send(link, 1020, 1, False)) == 3  # sent again
+    dl.ledger(ledger.build(KEY, "bin-1", 2, 6, 0))
+    assert st._head == 6 and st.pending == 0 and dl.pending == 0 and len(link.sent) == 3

@@ -44,6 +44,15 @@ def _unload(name):
         pass
 
 
+def _print_json(doc):
+    # A dict as one JSON line on the console, a field at a time.
+    sep = "{"
+    for k in doc:
+        print(sep + json.dumps(k) + ": " + json.dumps(doc[k]), end="")
+        sep = ", "
+    print("}")
+
+
 def _bump_boot_count(path="boot.count"):
     n = 0
     try:
@@ -200,16 +209,17 @@ class App:
         self.status_due = True
         self.uplink_due.set()
 
-    def status(self, state="online", out=None):
-        # The status as JSON text, or written to the stream `out` (the console: no string of it
-        # all is made, which a fragmented 64 KB heap may not have room for in one piece).
+    def status(self, state="online", console=False):
+        # The status as JSON text; or printed on the console field by field (no string of it all
+        # is made, which a fragmented 64 KB heap may not have room for in one piece; print, not a
+        # stream write: a console that is busy may take a write only in part).
         self.status_at = time.ticks_ms()
         self.status_seen = self._status_key()
         gc.collect()
         faults = dict(self.faults)
         faults.update(self.assets.faults())
         st = self.store
-        return (json.dumps if out is None else lambda d: json.dump(d, out))(
+        return (_print_json if console else json.dumps)(
             {
                 "state": state,
                 "device": self.cfg["device"],
@@ -452,11 +462,8 @@ class App:
             return
         if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
             if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
-                import sys
-
                 print("[lanterne] status not sent (%s): " % self.no_uplink, end="")
-                self.status(out=sys.stdout)
-                print()
+                self.status(console=True)
             else:
                 self.ask_status()
 

@@ -29,6 +29,49 @@ MAX_INFLIGHT = const(48)
 MAX_RESEND = const(16)
 
 
+# -- the store, read and committed the way this link needs (lanterne/store.py's own cursors: kept
+# here, not in store.py, which a 100 KB heap must still compile from source) -----------------------
+def store_read(st, start, stop, budget=1024, max_records=0):
+    # Kept records with start <= seq < stop (neither acknowledged nor dropped), ascending, within
+    # budget and max_records as Store.peek(); marks nothing. Reads with the store's third cursor.
+    out = []
+    if start < st._head:
+        start = st._head
+    if stop > st._next:
+        stop = st._next
+    if st._split < st._fresh and start < st._fresh and stop > st._split:
+        # [split, fresh) is acknowledged: read around it
+        if start < st._split:
+            st._collect(2, start, st._split, budget, 0, max_records, out, True)
+            budget -= st._used
+            if max_records and len(out) >= max_records:
+                return out
+        start = st._fresh
+    if start < stop and (budget > 0 or not out):
+        st._collect(2, start, stop, budget, 0, max_records - len(out) if max_records else 0, out, not out)
+    return out
+
+
+def store_ack_below(st, seq):
+    # Commit every record below seq (a ledger's `next`); how many that committed. One ack-log
+    # entry, as Store.ack().
+    if seq > st._next:
+        seq = st._next
+    if seq <= st._head:
+        return 0
+    n = seq - st._head
+    if st._split < st._fresh:
+        n -= max(0, min(seq, st._fresh) - st._split)
+    st._head = seq
+    st._normalize()
+    try:
+        st._log_state(False)
+        st._delete_acked()
+    except OSError as e:
+        st._fault(e)
+    return n
+
+
 def _add(ranges, a, b, cap):
     # Add [a, b) to sorted, disjoint `ranges` ([first, end] lists), merging; at most cap ranges
     # (beyond it the highest range is dropped: those readings go when a later ledger asks again).
@@ -106,7 +149,7 @@ class LedgerDelivery:
     @property
     def pending(self):
         st = self.store
-        start = self.sent_upto if self.sent_upto > st.head else st.head
+        start = self.sent_upto if self.sent_upto > st._head else st._head
         n = st.next_seq - start
         for a, b in self.resend:
             n += b - a
@@ -117,7 +160,7 @@ class LedgerDelivery:
 
     def peek(self, budget=1024, max_records=0):
         st = self.store
-        head = st.head
+        head = st._head
         out = []
         i = 0
         while i < len(self.resend) and (not max_records or len(out) < max_records) and budget > 0:
@@ -125,7 +168,7 @@ class LedgerDelivery:
             if b <= head:
                 self.resend.pop(i)
                 continue
-            got = st.read(a, b, budget, max_records - len(out) if max_records else 0)
+            got = store_read(st, a, b, budget, max_records - len(out) if max_records else 0)
             if not got:
                 self.resend.pop(i)  # nothing kept there any more (acknowledged, dropped by overflow)
                 continue
@@ -146,7 +189,7 @@ class LedgerDelivery:
             return out
         start = self.sent_upto if self.sent_upto > head else head
         while start < st.next_seq:
-            got = st.read(start, st.next_seq, budget, room)
+            got = store_read(st, start, st.next_seq, budget, room)
             if not got:
                 start = st.next_seq  # nothing kept there (acknowledged, or damaged and stepped over)
                 break
@@ -205,7 +248,7 @@ class LedgerDelivery:
         self.last = got
         self.ledgers += 1
         st = self.store
-        st.ack_below(got.next_seq)
+        store_ack_below(st, got.next_seq)
         # The uplink that carried the highest seq the back office has: whatever went in it or
         # before it and is not acknowledged was lost on the way.
         cut = -1
@@ -226,7 +269,7 @@ class LedgerDelivery:
                 else:
                     keep.append([s, s + 1, u])
         self.inflight = keep
-        head = st.head
+        head = st._head
         end = st.next_seq
         for first, n in got.ranges:
             a = first if first > head else head

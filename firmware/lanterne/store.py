@@ -184,11 +184,6 @@ class Store:
         return self._next
 
     @property
-    def head(self):
-        # Every record below it is acknowledged (or dropped).
-        return self._head
-
-    @property
     def pending(self):
         # Records appended and neither acknowledged nor dropped.
         return (self._split - self._head) + (self._next - self._fresh)
@@ -277,46 +272,6 @@ class Store:
                 self._collect(1, end, self._next, budget - used, overhead, room, fresh, not (out or fresh))
         out.extend(fresh)
         return out
-
-    def read(self, start, stop, budget=1024, max_records=0):
-        # Kept records with start <= seq < stop (neither acknowledged nor dropped), ascending,
-        # within budget and max_records as peek(); marks nothing. For a link that sends before
-        # it learns what arrived (LoRaWAN: lanterne/delivery.py picks the seqs).
-        out = []
-        if start < self._head:
-            start = self._head
-        if stop > self._next:
-            stop = self._next
-        if self._split < self._fresh and start < self._fresh and stop > self._split:
-            # [split, fresh) is acknowledged: read around it
-            if start < self._split:
-                self._collect(2, start, self._split, budget, 0, max_records, out, True)
-                budget -= self._used
-                if max_records and len(out) >= max_records:
-                    return out
-            start = self._fresh
-        if start < stop and (budget > 0 or not out):
-            self._collect(2, start, stop, budget, 0, max_records - len(out) if max_records else 0, out, not out)
-        return out
-
-    def ack_below(self, seq):
-        # Commit every record below seq (a LoRaWAN delivery ledger's `next`); how many that
-        # committed. One ack-log entry, as ack().
-        if seq > self._next:
-            seq = self._next
-        if seq <= self._head:
-            return 0
-        n = seq - self._head
-        if self._split < self._fresh:
-            n -= max(0, min(seq, self._fresh) - self._split)
-        self._head = seq
-        self._normalize()
-        try:
-            self._log_state(False)
-            self._delete_acked()
-        except OSError as e:
-            self._fault(e)
-        return n
 
     def ack(self, batch):
         # Commit a batch from peek() as delivered; return how many records that committed.

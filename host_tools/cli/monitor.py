@@ -66,9 +66,9 @@ def run(args):
         user, password = reg.backoffice_credentials()
         configs = {d.id: d.config for d in reg.devices()}
         if args.lorawan:
-            from host_tools.backoffice.lorawan_fleet import uplink_devices
-
             import dataclasses
+
+            from host_tools.backoffice.lorawan_fleet import uplink_devices
 
             # the watch starts mid-stream: what came before the first uplink it sees is not "missing"
             lora_devices = [dataclasses.replace(d, first_seq=None) for d in uplink_devices(reg)]

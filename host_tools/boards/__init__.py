@@ -239,6 +239,10 @@ def load_file(path: str | Path) -> Board:
         raise BoardError(f"{path}: no such board file") from None
     except json.JSONDecodeError as exc:
         raise BoardError(f"{path.name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise BoardError(f"{path.name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except RecursionError:
+        raise BoardError(f"{path.name}: JSON nested too deeply") from None
     validate(data, path)
     return Board(data["name"], path, data)
 

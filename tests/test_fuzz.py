@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from host_tools.reliability import fuzz
+from host_tools.reliability import fuzz, fuzz_unix
 
 _DIR = Path(tempfile.mkdtemp(prefix="lanterne-test-fuzz-"))
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,8 +93,8 @@ def test_a_broken_promise_is_reported_with_its_input(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_the_firmware_parsers_on_the_unix_port():
-    done = fuzz.run_unix_port(fuzz.UNIX_TARGETS, 400, log=lambda m: None, skip_known=True)
-    assert done == {t: 400 for t in fuzz.UNIX_TARGETS}
+    done = fuzz_unix.run_unix_port(fuzz_unix.UNIX_TARGETS, 400, log=lambda m: None, skip_known=True)
+    assert done == {t: 400 for t in fuzz_unix.UNIX_TARGETS}
 
 
 def test_long_run_command_counts_its_cases(capsys):

@@ -73,62 +73,6 @@ class SoakBoard:
     memory_errors: int = 0
 
 
-class _Host:
-    """Host CPU and memory, sampled every few seconds from /proc (the whole machine: the boards,
-    the broker, the bridge and whatever else it runs)."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s = every_s
-        self.busy: list[float] = []
-        self.mem_used: list[int] = []
-        self.load: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-host", daemon=True)
-
-    @staticmethod
-    def _cpu() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return sum(v) - idle, sum(v)
-
-    @staticmethod
-    def _mem() -> tuple[int, int]:
-        info = {}
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                info[k] = int(v.split()[0])
-        return info["MemTotal"] - info.get("MemAvailable", info["MemFree"]), info["MemTotal"]
-
-    def _run(self) -> None:
-        last = self._cpu()
-        while not self._stop.wait(self.every_s):
-            now = self._cpu()
-            if now[1] > last[1]:
-                self.busy.append(100.0 * (now[0] - last[0]) / (now[1] - last[1]))
-            last = now
-            self.mem_used.append(self._mem()[0])
-            self.load.append(os.getloadavg()[0])
-
-    def start(self) -> _Host:
-        self._thread.start()
-        return self
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join(10)
-        total = self._mem()[1]
-        return {
-            "cpus": os.cpu_count(),
-            "cpu_busy_mean_pct": round(sum(self.busy) / len(self.busy), 1) if self.busy else None,
-            "cpu_busy_peak_pct": round(max(self.busy), 1) if self.busy else None,
-            "load_peak": round(max(self.load), 2) if self.load else None,
-            "mem_used_peak_mb": max(self.mem_used) // 1024 if self.mem_used else None,
-            "mem_total_mb": total // 1024,
-        }
-
-
 class Campaign:
     def __init__(self, boards: int, minutes: float, profile: Profile, seed: int = 1, workdir: str | Path | None = None,
                  log=print):
@@ -374,7 +318,7 @@ class Campaign:
                                                  keys, counters, random.Random(self.seed * 13))
             stack.callback(stream.close)
             plan = schedule(self.profile, [b.kind for b in self.boards], self.minutes, random.Random(self.seed))
-            host = _Host().start()
+            host = soak_ledger.HostLoad().start()
             stop = threading.Event()
             t0 = time.monotonic()
             end = t0 + self.minutes * 60
@@ -424,7 +368,7 @@ class Campaign:
             self.timings["drain"] = round(time.monotonic() - t, 1)
             self._read_consoles()
             self.stop_backoffice()
-            ledger = self._ledger(stores, office, stream, never, plan, host.stop())
+            ledger = soak_ledger.build(self, stores, office, stream, never, plan, host.stop())
             for device, c in stream.counters.items():
                 reg.set_command_counter(device, c)
         ledger["timings_s"]["total"] = round(time.monotonic() - t_start, 1)
@@ -474,70 +418,3 @@ class Campaign:
             if all({s for s in seqs.get(d, ()) if s < st["next_seq"]} == set(range(st["next_seq"])) for d, st in stores.items()):
                 return
             time.sleep(2)
-
-    # -- the ledger --------------------------------------------------------------------------------
-    def _ledger(self, stores, office, stream, never, plan, host) -> dict:
-        from host_tools.codec.decoder import decode
-
-        db_seqs, db_rows = self._db_seqs()
-        wire: dict[str, dict[int, set]] = {}
-        wire_copies = 0
-        heap: dict[str, int] = {}
-        for m in office.matching("lanterne/v1/*/*/up"):
-            device = m.topic.split("/")[3]
-            try:
-                frame = decode(m.payload)
-            except Exception:
-                continue
-            for r in frame["readings"]:
-                content = json.dumps({k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}, sort_keys=True)
-                seqs = wire.setdefault(device, {})
-                if r["seq"] in seqs:
-                    wire_copies += 1
-                seqs.setdefault(r["seq"], set()).add(content)
-        by_device = {b.device: b for b in self.boards}
-        for m in office.matching("lanterne/v1/*/*/status"):
-            with contextlib.suppress(ValueError):
-                doc = json.loads(m.payload)
-                d = doc.get("device")
-                if d in by_device and isinstance(doc.get("heap_alloc"), int):
-                    heap[d] = max(heap.get(d, 0), doc["heap_alloc"])
-        ledger: dict = {
-            "boards": self.n, "minutes": self.minutes, "profile": self.profile.name, "seed": self.seed,
-            "fleet": {k: sum(1 for b in self.boards if b.kind == k) for k in sorted({b.kind for b in self.boards})},
-            "boards_tls": sum(b.tls for b in self.boards),
-        }
-        ledger.update(soak_ledger.readings(stores, db_seqs, db_rows, wire))
-        ledger["readings_duplicated_on_wire"] = wire_copies
-        ledger["readings_duplicates_dropped_by_bridge"] = self.bridge_duplicates
-        ledger["readings_still_on_boards"] = sum(
-            len(set(st["pending"]) - set(db_seqs.get(d, ()))) for d, st in stores.items())
-        ledger.update(stream.outcome({b.device: b.executed for b in self.boards}))
-        let_in = sorted({name for r in self.probe_results for name, v in r.items() if v})
-        ledger["probe_rounds"] = len(self.probe_results)
-        ledger["probes_run"] = sum(len(r) for r in self.probe_results)
-        ledger["probes_let_in"] = let_in
-        ledger["unauthorised_accepted"] = sum(sum(bool(v) for v in r.values()) for r in self.probe_results)
-        unexpected = {b.device: sum(k in ("wdt", "panic") for k in b.handle.board.reset_log) for b in self.boards}
-        ledger["unexpected_resets"] = sum(unexpected.values())
-        ledger["crash_loops"] = sum(1 for n in unexpected.values() if n >= 3)
-        ledger["boards_with_task_restarted"] = sum(1 for b in self.boards if b.task_restarted)
-        ledger["memory_errors"] = sum(b.memory_errors for b in self.boards)
-        ledger["console_bytes_unread"] = sum(b.console_lost for b in self.boards)
-        ledger["boards_never_online"] = never
-        ledger["heap_peak_bytes"] = {d: by_device[d].handle.board.esp32_heap(v) for d, v in sorted(heap.items())}
-        peak_kind: dict[str, int] = {}
-        for d, v in ledger["heap_peak_bytes"].items():
-            k = by_device[d].kind
-            peak_kind[k] = max(peak_kind.get(k, 0), int(v))
-        ledger["heap_peak_by_kind"] = peak_kind
-        ledger["heap_scale"] = sorted({b.handle.board.heap_scale() for b in self.boards})
-        ledger["faults_injected"] = dict(sorted(self.injected.items()))
-        ledger["faults_planned"] = len(plan)
-        ledger["power_cuts_during_write"] = sum(1 for p in plan if p.arg.get("during_write"))
-        ledger["host"] = host
-        ledger["timings_s"] = dict(self.timings)
-        ledger["harness_errors"] = self.errors
-        ledger["ok"] = not soak_ledger.verdict(ledger)
-        return ledger
-

@@ -19,8 +19,11 @@ Counted so that it cannot flatter:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import threading
 
 from host_tools.runtime.paths import FIRMWARE
 
@@ -123,3 +126,138 @@ def format_ledger(ledger: dict) -> str:
     bad = verdict(ledger)
     add("RESULT: " + ("PASS (nothing lost, nothing run twice, no one let in)" if not bad else "FAIL: " + "; ".join(bad)))
     return "\n".join(w)
+
+
+class HostLoad:
+    """Host CPU and memory, sampled every few seconds from /proc (the whole machine: the boards,
+    the broker, the bridge and whatever else it runs)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
+        self.busy: list[float] = []
+        self.mem_used: list[int] = []
+        self.load: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-host", daemon=True)
+
+    @staticmethod
+    def _cpu() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v) - idle, sum(v)
+
+    @staticmethod
+    def _mem() -> tuple[int, int]:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                info[k] = int(v.split()[0])
+        return info["MemTotal"] - info.get("MemAvailable", info["MemFree"]), info["MemTotal"]
+
+    def _run(self) -> None:
+        last = self._cpu()
+        while not self._stop.wait(self.every_s):
+            now = self._cpu()
+            if now[1] > last[1]:
+                self.busy.append(100.0 * (now[0] - last[0]) / (now[1] - last[1]))
+            last = now
+            self.mem_used.append(self._mem()[0])
+            self.load.append(os.getloadavg()[0])
+
+    def start(self) -> HostLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(10)
+        total = self._mem()[1]
+        return {
+            "cpus": os.cpu_count(),
+            "cpu_busy_mean_pct": round(sum(self.busy) / len(self.busy), 1) if self.busy else None,
+            "cpu_busy_peak_pct": round(max(self.busy), 1) if self.busy else None,
+            "load_peak": round(max(self.load), 2) if self.load else None,
+            "mem_used_peak_mb": max(self.mem_used) // 1024 if self.mem_used else None,
+            "mem_total_mb": total // 1024,
+        }
+
+
+def build(campaign, stores, office, stream, never, plan, host) -> dict:
+    """The ledger of a finished `soak.Campaign` (see the module docstring for how each figure is counted)."""
+    from host_tools.codec.decoder import decode
+
+    db_seqs, db_rows = campaign._db_seqs()
+    wire: dict[str, dict[int, set]] = {}
+    wire_copies = 0
+    heap: dict[str, int] = {}
+    for m in office.matching("lanterne/v1/*/*/up"):
+        device = m.topic.split("/")[3]
+        try:
+            frame = decode(m.payload)
+        except Exception:
+            continue
+        for r in frame["readings"]:
+            content = json.dumps({k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}, sort_keys=True)
+            seqs = wire.setdefault(device, {})
+            if r["seq"] in seqs:
+                wire_copies += 1
+            seqs.setdefault(r["seq"], set()).add(content)
+    by_device = {b.device: b for b in campaign.boards}
+    for m in office.matching("lanterne/v1/*/*/status"):
+        with contextlib.suppress(ValueError):
+            doc = json.loads(m.payload)
+            d = doc.get("device")
+            if d in by_device and isinstance(doc.get("heap_alloc"), int):
+                heap[d] = max(heap.get(d, 0), doc["heap_alloc"])
+    ledger: dict = {
+        "boards": campaign.n, "minutes": campaign.minutes, "profile": campaign.profile.name, "seed": campaign.seed,
+        "fleet": {k: sum(1 for b in campaign.boards if b.kind == k) for k in sorted({b.kind for b in campaign.boards})},
+        "boards_tls": sum(b.tls for b in campaign.boards),
+    }
+    ledger.update(readings(stores, db_seqs, db_rows, wire))
+    ledger["readings_duplicated_on_wire"] = wire_copies
+    ledger["readings_duplicates_dropped_by_bridge"] = campaign.bridge_duplicates
+    ledger["readings_still_on_boards"] = sum(
+        len(set(st["pending"]) - set(db_seqs.get(d, ()))) for d, st in stores.items())
+    # Each lost reading, with where it was last seen: on the wire (the broker had it, the database
+    # does not), still in the board's store when it was stopped, or nowhere after the board.
+    lost = []
+    for d, st in stores.items():
+        have = set(db_seqs.get(d, ()))
+        for seq in range(st["next_seq"]):
+            if seq not in have and len(lost) < 200:
+                lost.append({"device": d, "seq": seq, "on_wire": seq in wire.get(d, {}),
+                             "in_store_at_stop": seq in st["pending"]})
+    ledger["lost_readings"] = lost
+    ledger["fault_log"] = [{"at_s": p.at_s, "kind": p.kind, "device": None if p.board is None else campaign.boards[p.board].device,
+                            "duration_s": p.duration_s, **p.arg} for p in plan]
+    ledger.update(stream.outcome({b.device: b.executed for b in campaign.boards}))
+    let_in = sorted({name for r in campaign.probe_results for name, v in r.items() if v})
+    ledger["probe_rounds"] = len(campaign.probe_results)
+    ledger["probes_run"] = sum(len(r) for r in campaign.probe_results)
+    ledger["probes_let_in"] = let_in
+    ledger["unauthorised_accepted"] = sum(sum(bool(v) for v in r.values()) for r in campaign.probe_results)
+    unexpected = {b.device: sum(k in ("wdt", "panic") for k in b.handle.board.reset_log) for b in campaign.boards}
+    ledger["unexpected_resets"] = sum(unexpected.values())
+    ledger["crash_loops"] = sum(1 for n in unexpected.values() if n >= 3)
+    ledger["boards_with_task_restarted"] = sum(1 for b in campaign.boards if b.task_restarted)
+    ledger["memory_errors"] = sum(b.memory_errors for b in campaign.boards)
+    ledger["console_bytes_unread"] = sum(b.console_lost for b in campaign.boards)
+    ledger["boards_never_online"] = never
+    ledger["heap_peak_bytes"] = {d: by_device[d].handle.board.esp32_heap(v) for d, v in sorted(heap.items())}
+    peak_kind: dict[str, int] = {}
+    for d, v in ledger["heap_peak_bytes"].items():
+        k = by_device[d].kind
+        peak_kind[k] = max(peak_kind.get(k, 0), int(v))
+    ledger["heap_peak_by_kind"] = peak_kind
+    ledger["heap_scale"] = sorted({b.handle.board.heap_scale() for b in campaign.boards})
+    ledger["faults_injected"] = dict(sorted(campaign.injected.items()))
+    ledger["faults_planned"] = len(plan)
+    ledger["power_cuts_during_write"] = sum(1 for p in plan if p.arg.get("during_write"))
+    ledger["host"] = host
+    ledger["timings_s"] = dict(campaign.timings)
+    ledger["harness_errors"] = campaign.errors
+    ledger["ok"] = not verdict(ledger)
+    return ledger

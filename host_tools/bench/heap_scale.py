@@ -83,8 +83,8 @@ def _version(binary: str) -> str:
 
 
 def _bits(binary: str) -> int:
-    out = subprocess.run([binary, "-c", "import sys; print(sys.maxsize.bit_length() + 1)"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run([binary, "-c", "import sys; print(64 if sys.maxsize > 2**32 else 32)"], capture_output=True,
+                         text=True, timeout=30)
     return int(out.stdout.strip())
 
 

@@ -33,7 +33,10 @@ import csv
 import json
 import os
 import random
+import select
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -71,6 +74,47 @@ class SoakBoard:
     executed: list[int] = field(default_factory=list)
     task_restarted: int = 0
     memory_errors: int = 0
+
+
+class _PollSelect:
+    """`select.select` for paho-mqtt, over poll(). select() cannot watch a descriptor numbered 1024
+    or above (FD_SETSIZE), and a soak process holds thousands (each board's pty, pipes, HAL and
+    proxy sockets): paho's loop would take the ValueError for a lost connection, forever, and a
+    client made after the fleet (the back office's, a probe's) would never connect, a probe would
+    look refused. The rest of `select` is the module's own."""
+
+    def __getattr__(self, name):
+        return getattr(select, name)
+
+    @staticmethod
+    def select(rlist, wlist, xlist, timeout=None):
+        poller = select.poll()
+        masks: dict[int, int] = {}
+        objects: dict[tuple[int, int], object] = {}
+        for objs, bit in ((rlist, select.POLLIN), (wlist, select.POLLOUT)):
+            for o in objs:
+                fd = o if isinstance(o, int) else o.fileno()
+                if fd < 0:
+                    raise ValueError("file descriptor cannot be a negative integer")
+                masks[fd] = masks.get(fd, 0) | bit
+                objects[(fd, bit)] = o
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
+        r, w = [], []
+        for fd, ev in ready:
+            if (fd, select.POLLIN) in objects and ev & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                r.append(objects[(fd, select.POLLIN)])
+            if (fd, select.POLLOUT) in objects and ev & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+                w.append(objects[(fd, select.POLLOUT)])
+        return r, w, []
+
+
+def _paho_without_fd_limit() -> None:
+    import paho.mqtt.client as paho_client
+
+    if not isinstance(paho_client.select, _PollSelect):
+        paho_client.select = _PollSelect()
 
 
 class Campaign:
@@ -112,8 +156,7 @@ class Campaign:
             flash.mkdir(parents=True)
             b = SoakBoard(i, kind, device, bk.site, board, flash, board.data.get("flash", {}).get("fs_bytes", 2 << 20), i in tls)
             b.world = World(seed=self.seed * 1000 + i)
-            upstream = ("127.0.0.1", self.broker_tls_port if b.tls else self.broker_port)
-            b.proxy = FaultProxy(*upstream, world=b.world).start()
+            b.proxy = FaultProxy("127.0.0.1", 0, world=b.world).start()  # its broker: once the broker's ports are chosen
             b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world)
             b.expected_boots = 1
             self.boards.append(b)
@@ -129,6 +172,15 @@ class Campaign:
                 url = f"mqtts://localhost:{b.proxy.port}" if b.tls else f"mqtt://127.0.0.1:{b.proxy.port}"
                 w.writerow([b.handle.port, b.board.name, b.device, b.site, url, ca_file if b.tls else "",
                             p.sample_period_s, p.status_period_s, p.keepalive_s])
+
+    def _provision(self, csv_path: Path, *flags: str) -> None:
+        # `lanterne provision --fleet` in its own process, as an installer runs it (and with the few
+        # file descriptors such a process has: pyserial's select() cannot watch one above 1023,
+        # which this process, holding the whole fleet, passes).
+        r = subprocess.run([sys.executable, "-m", "host_tools.cli", "provision", "--fleet", str(csv_path),
+                            "--registry", str(self.reg_path), *flags], capture_output=True, text=True, timeout=600 + 5 * self.n)
+        if r.returncode:
+            raise SoakError(f"lanterne provision --fleet {' '.join(flags)} failed: {(r.stderr or r.stdout)[-3000:]}")
 
     def _broker(self, work: Path, reg, pki: dict):
         from host_tools.backoffice.brokers import SystemMosquitto
@@ -146,7 +198,7 @@ class Campaign:
 
         user, password = self.office_credentials
         cfg = BridgeConfig(broker=f"mqtt://127.0.0.1:{self.broker_port}", db=str(self.db_path), registry=str(self.reg_path),
-                           username=user, password=password, http=None, client_id="soak-bridge",
+                           username=user, password=password, http=None, client_id="soak-bridge", group=self.profile.bridge_group,
                            log=lambda msg: None)
         for _attempt in range(30):  # the broker may be on its way back from a fault
             try:
@@ -264,30 +316,35 @@ class Campaign:
         from host_tools.backoffice.brokers import Mosquitto, free_port
         from host_tools.backoffice.watcher import Watcher
         from host_tools.emulator.supervisor import Emulator
-        from host_tools.fleet.fleet_csv import provision_fleet
         from host_tools.fleet.registry import Registry
 
         t_start = time.monotonic()
+        _paho_without_fd_limit()
         with contextlib.ExitStack() as stack:
             work = Path(self.workdir) if self.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lanterne-soak-")))
             work.mkdir(parents=True, exist_ok=True)
             self.reg_path, self.db_path = work / "fleet.sqlite", work / "bridge.sqlite"
-            self.broker_port, self.broker_tls_port = free_port(), free_port()
             pki = tls_mod.write_test_pki(work / "pki")
             rogue_pki = tls_mod.write_test_pki(work / "rogue-pki")  # another CA: the impostor's
             emu = stack.enter_context(Emulator())
             stack.callback(lambda: [b.proxy.close() for b in self.boards if b.proxy])
             self.say(f"soak: {self.n} boards, {self.minutes} min, profile {self.profile.name}, seed {self.seed}, in {work}")
             self._fleet(work, emu)
+            # The broker's ports, chosen now that every board and proxy holds its own (a port chosen
+            # earlier could be taken by one of them before the broker binds it).
+            self.broker_port = free_port()
+            self.broker_tls_port = free_port()
+            while self.broker_tls_port == self.broker_port:
+                self.broker_tls_port = free_port()
+            for b in self.boards:
+                b.proxy.upstream = ("127.0.0.1", self.broker_tls_port if b.tls else self.broker_port)
             self.timings["boards_started"] = round(time.monotonic() - t_start, 1)
             # Register, broker files, broker, bridge; then provision over serial.
             csv_path = work / "fleet.csv"
             self._csv(csv_path, pki["cafile"])
+            self._provision(csv_path, "--register-only")
             reg = Registry(self.reg_path)
             stack.callback(reg.close)
-            rep = provision_fleet(csv_path, registry=reg, register_only=True)
-            if not rep.ok:
-                raise SoakError("registering the fleet failed: " + "; ".join(r.error or "" for r in rep.failed))
             self.office_credentials = reg.backoffice_credentials()
             self.passwords = {b.device: reg.secret(b.device, "mqtt_password") for b in self.boards}
             keys = {b.device: reg.command_key(b.device) for b in self.boards}
@@ -295,14 +352,18 @@ class Campaign:
             self.broker = self._broker(work, reg, pki)
             stack.callback(lambda: self.broker.stop())
             office_user, office_pw = self.office_credentials
-            office = stack.enter_context(Watcher(f"mqtt://127.0.0.1:{self.broker_port}", ["lanterne/#"],
-                                                 username=office_user, password=office_pw))
+            for attempt in range(5):  # a loaded machine may take more than the watcher's 10 s to answer
+                try:
+                    office = stack.enter_context(Watcher(f"mqtt://127.0.0.1:{self.broker_port}", ["lanterne/#"],
+                                                         username=office_user, password=office_pw))
+                    break
+                except TimeoutError:
+                    if attempt == 4:
+                        raise SoakError("the back office could not subscribe on the broker") from None
             self.start_backoffice()
             stack.callback(self.stop_backoffice)
             t = time.monotonic()
-            rep = provision_fleet(csv_path, registry=reg, wait_status=False, jobs=min(32, self.n))
-            if not rep.ok:
-                raise SoakError("provisioning failed: " + "; ".join(r.error or "" for r in rep.failed))
+            self._provision(csv_path, "--no-wait", "--jobs", str(min(32, self.n)))
             self.timings["provisioned"] = round(time.monotonic() - t, 1)
             for b in self.boards:
                 b.expected_boots += 1  # provisioning resets the board

@@ -111,6 +111,10 @@ _SHORT = {
     "probes_every_min": 1,
     "settle_s": 10,
     "drain_s": 90,
+    # The bridge's shared-subscription group (`lanterne bridge --group`), or null: plain subscriptions.
+    # Null by default here: on Mosquitto 2.0 a shared subscription does not survive a broker crash
+    # (docs/reliability.md, "Findings"), and the campaign measures the rest of the system through it.
+    "bridge_group": None,
 }
 
 _FULL = {
@@ -158,6 +162,7 @@ class Profile:
     probes_every_min: float
     settle_s: float
     drain_s: float
+    bridge_group: str | None = None
     source: str = ""
 
     def to_json(self) -> dict:
@@ -194,6 +199,8 @@ def load_profile(spec: str) -> Profile:
         raise ProfileError(f"{where}: field 'tls_share' must be between 0 and 1 (got {data['tls_share']})")
     if data["sample_period_s"] < 1 or data["status_period_s"] < 10:
         raise ProfileError(f"{where}: sample_period_s must be >= 1 and status_period_s >= 10 (the firmware's limits)")
+    if data["bridge_group"] is not None and not isinstance(data["bridge_group"], str):
+        raise ProfileError(f"{where}: field 'bridge_group' must be a name or null")
     mix = data["board_mix"]
     if not isinstance(mix, dict) or not mix:
         raise ProfileError(f"{where}: field 'board_mix' must map board kinds to weights")

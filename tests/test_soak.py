@@ -19,7 +19,7 @@ from conftest import lanterne
 from host_tools.reliability import soak_ledger, soak_security
 from host_tools.reliability.soak_profile import FAULTS, ProfileError, load_profile, schedule
 
-BOARDS, MINUTES = 20, 1.5
+BOARDS, MINUTES = 20, 1.25
 
 
 @pytest.mark.integration
@@ -39,7 +39,7 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert set(ledger["fleet"]) == {"wifi-lamp", "ethernet-bollard", "envstation"} and ledger["boards_tls"] >= 1
     assert ledger["boards_never_online"] == []
     # every reading every board counted in its own store reached the back office's database
-    assert ledger["readings_sampled"] >= BOARDS * 40  # a reading every 2 s for 90 s and more
+    assert ledger["readings_sampled"] >= BOARDS * 35  # a reading every 2 s for 75 s and more
     assert ledger["readings_delivered"] == ledger["readings_sampled"]
     assert ledger["readings_lost"] == ledger["readings_duplicated_after_dedup"] == 0
     # the commands: each answered, none run twice; every kind of attack sent, none accepted

@@ -198,7 +198,7 @@ def validate(data: Any, path: Path) -> dict:
         if not isinstance(bus, dict) or bus.get("kind") not in BUS_KINDS:
             raise _err(path, f"buses.{name}.kind", f"must be one of {', '.join(BUS_KINDS)}")
         _check_part_pins(path, f"buses.{name}", bus, used)
-    if net["kind"] == "lorawan" and net.get("bus") not in data["buses"]:
+    if net["kind"] == "lorawan" and (not isinstance(net.get("bus"), str) or net["bus"] not in data["buses"]):
         raise _err(path, "network.bus", f"names no bus of this board ({', '.join(data['buses'])})")
     _check_part_pins(path, "network", {k: v for k, v in net.items() if k != "phy_addr"}, used)
     for group, types in (("sensors", SENSOR_TYPES), ("actuators", ACTUATOR_TYPES)):
@@ -207,7 +207,7 @@ def validate(data: Any, path: Path) -> dict:
             if not isinstance(part, dict) or part.get("type") not in types:
                 raise _err(path, f"{prefix}.type", f"must be one of {', '.join(types)}")
             bus = part.get("bus")
-            if bus is not None and bus not in data["buses"]:
+            if bus is not None and (not isinstance(bus, str) or bus not in data["buses"]):
                 raise _err(path, f"{prefix}.bus", f"names no bus of this board ({', '.join(data['buses'])})")
             addr = part.get("address")
             if addr is not None and not (isinstance(addr, int) and 0x08 <= addr <= 0x77):

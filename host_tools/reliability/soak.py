@@ -363,7 +363,7 @@ class Campaign:
             self.start_backoffice()
             stack.callback(self.stop_backoffice)
             t = time.monotonic()
-            self._provision(csv_path, "--no-wait", "--jobs", str(min(32, self.n)))
+            self._provision(csv_path, "--no-wait", "--jobs", str(min(16, self.n)))
             self.timings["provisioned"] = round(time.monotonic() - t, 1)
             for b in self.boards:
                 b.expected_boots += 1  # provisioning resets the board

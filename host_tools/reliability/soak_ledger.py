@@ -91,7 +91,8 @@ def format_ledger(ledger: dict) -> str:
     w = []
     add = w.append
     add(f"soak ledger: {ledger['boards']} boards, {ledger['minutes']} min, profile {ledger['profile']}, seed {ledger['seed']}")
-    add(f"  fleet: {', '.join(f'{n} {k}' for k, n in ledger['fleet'].items())}; {ledger['boards_tls']} on TLS")
+    add(f"  fleet: {', '.join(f'{n} {k}' for k, n in ledger['fleet'].items())}; {ledger['boards_tls']} on TLS; "
+        f"bridge subscriptions: {'shared, group ' + ledger['bridge_group'] if ledger.get('bridge_group') else 'plain'}")
     add("readings (sampled = the boards' own store counters)")
     for k in ("readings_sampled", "readings_delivered", "readings_lost", "readings_dropped_by_store",
               "readings_duplicated_on_wire", "readings_duplicated_after_dedup", "readings_conflicting_on_wire"):
@@ -215,6 +216,7 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
         "boards": campaign.n, "minutes": campaign.minutes, "profile": campaign.profile.name, "seed": campaign.seed,
         "fleet": {k: sum(1 for b in campaign.boards if b.kind == k) for k in sorted({b.kind for b in campaign.boards})},
         "boards_tls": sum(b.tls for b in campaign.boards),
+        "bridge_group": campaign.profile.bridge_group,
     }
     ledger.update(readings(stores, db_seqs, db_rows, wire))
     ledger["readings_duplicated_on_wire"] = wire_copies

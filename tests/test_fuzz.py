@@ -149,3 +149,18 @@ def test_a_board_json_that_is_not_an_object_is_refused(tmp_path):
     (tmp_path / "board.json").write_text("[1, 2]")
     board, error = boardinfo.load(str(tmp_path / "board.json"))
     assert isinstance(board, dict) and error and "board.json" in error
+
+
+# -- host bugs the fuzzers found, fixed ---------------------------------------------------------------
+def test_a_board_file_that_is_not_utf8_or_names_a_bus_oddly_is_refused_with_its_field(tmp_path):
+    from host_tools import boards
+
+    seed = fuzz._seed_board()
+    f = tmp_path / "odd.json"
+    f.write_bytes(json.dumps(seed).encode().replace(b"esp32-devkitc", b"esp32-d\xe9vkitc", 1))
+    with pytest.raises(boards.BoardError, match=r"odd.json: not UTF-8 text \(byte 0xe9"):
+        boards.load_file(f)
+    seed["sensors"][0]["bus"] = {}
+    f.write_text(json.dumps(seed))
+    with pytest.raises(boards.BoardError, match=r"sensors\[0\]\.bus.*names no bus"):
+        boards.load_file(f)

@@ -319,8 +319,8 @@ def probe_broker(url: str, tls_port: int | None, devices: list[tuple[str, str, s
         out["device_login_refused_unexpectedly"] = True  # the probe could not run: reported, not passed
         return out
     marker = f"soak-probe-{time.time_ns()}".encode()
-    got: list[bytes] = []
-    c.on_message = lambda client, userdata, m: got.append(bytes(m.payload))
+    got: list[tuple[str, bytes]] = []
+    c.on_message = lambda client, userdata, m: got.append((m.topic, bytes(m.payload)))
     c.subscribe([(f"lanterne/v1/{site_b}/{dev_b}/cmd", 1), ("lanterne/#", 1)])
     targets = {
         "publish_other_device_up": f"lanterne/v1/{site_b}/{dev_b}/up",
@@ -338,8 +338,9 @@ def probe_broker(url: str, tls_port: int | None, devices: list[tuple[str, str, s
     seen = {bytes(m.payload) for m in office.messages[-5000:]}
     for name in targets:
         out[name] = marker + name.encode() in seen
-    out["subscribe_other_device_cmd"] = marker + b"read" in got
-    out["subscribe_everything"] = any(p != marker + b"read" and not p.startswith(marker) for p in got)
+    own_cmd = f"lanterne/v1/{site_a}/{dev_a}/cmd"  # the one topic the device may read
+    out["subscribe_other_device_cmd"] = any(p == marker + b"read" for _t, p in got)
+    out["subscribe_everything"] = any(t != own_cmd for t, _p in got)
     c.loop_stop()
     c.disconnect()
     # Raw packets: none may get a successful CONNACK, and the broker must go on serving.

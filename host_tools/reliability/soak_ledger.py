@@ -12,7 +12,9 @@ Counted so that it cannot flatter:
   also leaves a seq gap: such a reading is then counted twice, which over-states, never hides).
 - `readings_duplicated_after_dedup`: rows in the database beyond one per (device, seq), plus
   (device, seq) pairs that arrived on the wire with two different contents (a seq reused after
-  a power cut: de-duplication would keep one and silently drop the other reading).
+  a power cut: de-duplication would keep one and silently drop the other reading); what the uplink
+  adds to a reading (its age, the clock_unsynced flag of a reading resent after a reboot) is left
+  out of that comparison.
 - `readings_duplicated_on_wire`: copies the back office received and de-duplicated (resends after
   a lost PUBACK, broker redeliveries): expected, and shown.
 """
@@ -95,8 +97,9 @@ def format_ledger(ledger: dict) -> str:
         f"bridge subscriptions: {'shared, group ' + ledger['bridge_group'] if ledger.get('bridge_group') else 'plain'}")
     add("readings (sampled = the boards' own store counters)")
     for k in ("readings_sampled", "readings_delivered", "readings_lost", "readings_dropped_by_store",
-              "readings_duplicated_on_wire", "readings_duplicated_after_dedup", "readings_conflicting_on_wire"):
-        add(f"  {k:<36} {ledger[k]:>9}")
+              "readings_duplicated_on_wire", "readings_resent_with_other_metadata", "readings_duplicated_after_dedup",
+              "readings_conflicting_on_wire"):
+        add(f"  {k:<36} {ledger.get(k, 0):>9}")
     add("commands")
     for k in ("commands_sent", "commands_acked", "commands_executed", "commands_retried", "commands_acked_as_replay",
               "commands_never_acked", "commands_double_executed"):
@@ -191,6 +194,8 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
 
     db_seqs, db_rows = campaign._db_seqs()
     wire: dict[str, dict[int, set]] = {}
+    raw: dict[tuple[str, int], set] = {}
+    resent_unsynced: set = set()  # copies whose only difference is the uplink's metadata
     wire_copies = 0
     heap: dict[str, int] = {}
     for m in office.matching("lanterne/v1/*/*/up"):
@@ -200,10 +205,19 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
         except Exception:
             continue
         for r in frame["readings"]:
-            content = json.dumps({k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}, sort_keys=True)
+            # What the board measured, without what the uplink adds: the age, and the clock_unsynced
+            # flag a reading sent again after a reboot gets when its age can no longer be known
+            # (lanterne/reading.py, unpack); the same reading, so not a conflict.
+            kept = {k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}
+            if isinstance(kept.get("status"), list):
+                kept["status"] = [f for f in kept["status"] if f != "clock_unsynced"]
+            content = json.dumps(kept, sort_keys=True)
             seqs = wire.setdefault(device, {})
             if r["seq"] in seqs:
                 wire_copies += 1
+                if json.dumps({k: v for k, v in r.items() if k not in ("seq", "age")}, sort_keys=True) not in raw.get((device, r["seq"]), ()):
+                    resent_unsynced.add((device, r["seq"]))
+            raw.setdefault((device, r["seq"]), set()).add(json.dumps({k: v for k, v in r.items() if k not in ("seq", "age")}, sort_keys=True))
             seqs.setdefault(r["seq"], set()).add(content)
     by_device = {b.device: b for b in campaign.boards}
     for m in office.matching("lanterne/v1/*/*/status"):
@@ -220,6 +234,10 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     }
     ledger.update(readings(stores, db_seqs, db_rows, wire))
     ledger["readings_duplicated_on_wire"] = wire_copies
+    ledger["readings_resent_with_other_metadata"] = len(resent_unsynced - {
+        (d, q) for d, seqs in wire.items() for q, c in seqs.items() if len(c) > 1})
+    ledger["conflicts"] = [{"device": d, "seq": q, "contents": sorted(c)} for d, seqs in wire.items()
+                           for q, c in seqs.items() if len(c) > 1][:20]
     ledger["readings_duplicates_dropped_by_bridge"] = campaign.bridge_duplicates
     ledger["readings_still_on_boards"] = sum(
         len(set(st["pending"]) - set(db_seqs.get(d, ()))) for d, st in stores.items())

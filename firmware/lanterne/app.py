@@ -190,7 +190,7 @@ class App:
             # they arrived (lanterne/delivery.py, docs/lorawan.md)
             uart, why = open_uart(self.board)
             self.link = LorawanLink(self.cfg, uart, self.on_downlink, why)
-            outbox = LedgerDelivery(self.store, self.cfg["device"], self._command_key, self.faults, bool(self.cfg["lorawan_confirmed"]))
+            outbox = LedgerDelivery(self.store, self.cfg["device"], lambda: self.commands.verifier.key, self.faults, bool(self.cfg["lorawan_confirmed"]))
             self.link.on_ledger = outbox.ledger
             self.link.app_faults = self.faults
             # the status JSON is too costly in airtime (docs/lorawan.md): it goes to the console
@@ -201,9 +201,6 @@ class App:
             # LoRaWAN batches by airtime, so its frames are always full: 12 readings fill the largest
             # (DR4-5, 222 bytes) well enough, and 24 reusable readings would not fit a 64 KB heap
             self.uplink = Uplink(outbox, self.faults, batch_max=12)
-
-    def _command_key(self):
-        return self.commands.verifier.key
 
     # -- time ---------------------------------------------------------------------
     def now(self):
@@ -407,7 +404,8 @@ class App:
             ack, line = self.commands.handle(frame)
             self.log(line)
             if ack is not None:
-                self.acks.append(self.link.ack_frame(ack, key) if self.link else ack)
+                f = getattr(self.link, "ack_frame", None)  # (LoRaWAN's compact ack; MQTT sends it whole)
+                self.acks.append(f(ack, key) if f else ack)
 
     def execute(self, opcode, args):
         # What an authenticated command does (lanterne/execute.py), loaded for the moment it runs:
@@ -467,7 +465,7 @@ class App:
                 await asyncio.sleep_ms(100)
             elif await self._connect():
                 self.faults.pop(link.name, None)
-                self.log("connected to %s as %s" % (link.where, self.cfg["device"]))
+                self.log("connected to %s as %s" % (getattr(link, "where", None) or "%s:%d" % (link.host, link.port), self.cfg["device"]))
                 self.status_due = False
                 self.status_sent += 1  # field setup hook: the online status went with the connection
                 if self.ota:

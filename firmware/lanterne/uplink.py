@@ -28,7 +28,6 @@ class Uplink:
     # (lanterne/delivery.py: LoRaWAN), which commits a frame's readings in its own `taken`.
     def __init__(self, store, faults, budget=FRAME_BUDGET, batch_max=BATCH_MAX):
         self.store = store
-        self.taken = getattr(store, "taken", store.ack)
         self.faults = faults
         self.budget = budget
         self.batch_max = batch_max
@@ -93,5 +92,5 @@ class Uplink:
             return -1
         if not await link.send(_READINGS, frame):
             return -1
-        self.taken(carried)
+        getattr(self.store, "taken", self.store.ack)(carried)  # (no bound method kept: heap)
         return len(carried)

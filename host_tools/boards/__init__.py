@@ -198,7 +198,7 @@ def validate(data: Any, path: Path) -> dict:
         if not isinstance(bus, dict) or bus.get("kind") not in BUS_KINDS:
             raise _err(path, f"buses.{name}.kind", f"must be one of {', '.join(BUS_KINDS)}")
         _check_part_pins(path, f"buses.{name}", bus, used)
-    if net["kind"] == "lorawan" and net.get("bus") not in data["buses"]:
+    if net["kind"] == "lorawan" and (not isinstance(net.get("bus"), str) or net["bus"] not in data["buses"]):
         raise _err(path, "network.bus", f"names no bus of this board ({', '.join(data['buses'])})")
     _check_part_pins(path, "network", {k: v for k, v in net.items() if k != "phy_addr"}, used)
     for group, types in (("sensors", SENSOR_TYPES), ("actuators", ACTUATOR_TYPES)):
@@ -207,7 +207,7 @@ def validate(data: Any, path: Path) -> dict:
             if not isinstance(part, dict) or part.get("type") not in types:
                 raise _err(path, f"{prefix}.type", f"must be one of {', '.join(types)}")
             bus = part.get("bus")
-            if bus is not None and bus not in data["buses"]:
+            if bus is not None and (not isinstance(bus, str) or bus not in data["buses"]):
                 raise _err(path, f"{prefix}.bus", f"names no bus of this board ({', '.join(data['buses'])})")
             addr = part.get("address")
             if addr is not None and not (isinstance(addr, int) and 0x08 <= addr <= 0x77):
@@ -239,6 +239,10 @@ def load_file(path: str | Path) -> Board:
         raise BoardError(f"{path}: no such board file") from None
     except json.JSONDecodeError as exc:
         raise BoardError(f"{path.name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise BoardError(f"{path.name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except RecursionError:
+        raise BoardError(f"{path.name}: JSON nested too deeply") from None
     validate(data, path)
     return Board(data["name"], path, data)
 

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("emulate", "serve one virtual board on a pty (MicroPython unix port + HAL shims)"),
     "world": ("world", "read or change the simulated world of a running virtual board"),
     "bench": ("bench", "run benchmarks and print a table per benchmark (or JSON)"),
+    "soak": ("soak", "fleet soak and chaos campaign: faults, commands, attacks, probes; the ledger of what was lost"),
 }
 
 

@@ -45,8 +45,9 @@
 #                               Both go through the app's one sending task like every frame.
 # Nothing of it is allocated until an update needs it: a board that is not updating carries no
 # more state than one without OTA (the 64 KB heap has no room to spare).
-#   link.ack_frame(ack, key)    the frame to send as the ACK of a command, from the ack
-#                               commands.py made (MQTT: that frame; LoRaWAN: the compact ack).
+#   link.ack_frame(ack, key)    optional: the frame to send as the ACK of a command, from the
+#                               ack commands.py made (LoRaWAN: the compact ack); without it
+#                               (MQTT) the ack goes as it is.
 #   link.name, link.where       the app's fault key ("mqtt", "lorawan") and what it connects to.
 import random
 import time
@@ -114,9 +115,6 @@ class Link:
 
     def fits(self, kind, nbytes):
         return True
-
-    def ack_frame(self, ack, key):
-        return ack
 
     def _came_up(self):
         self.state = ONLINE

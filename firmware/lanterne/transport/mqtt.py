@@ -137,7 +137,6 @@ class MqttLink(Link):
         Link.__init__(self, on_downlink)
         self.cfg = cfg
         self.host, self.port, self.tls = parse_broker(cfg["broker"])
-        self.where = "%s:%d" % (self.host, self.port)
         base = "%s/%s/%s/" % (_TOPIC_ROOT, cfg["site"], cfg["device"])
         # by frame kind (READINGS, STATUS, ACK), then the command topic
         self._topic = ((base + "up").encode(), (base + "status").encode(), (base + "ack").encode(), (base + "cmd").encode())

@@ -1,0 +1,137 @@
+"""The fleet soak's short profile, as `make test` runs it: 20 virtual boards of three board files,
+provisioned as a fleet over their serial ports, Mosquitto with the generated password/ACL files and
+a TLS listener, the bridge, 90 s of seeded faults, commands and attacks, the security probes, then
+the drain and the ledger (printed). Nothing lost, nothing run twice, no one let in.
+
+It takes ~2.5-3 minutes of wall time on a 2-core machine (the ledger prints its timings). The
+counting itself is checked apart, on made-up stores and consoles, so that a ledger that would hide a
+loss, a double execution or an accepted attack fails here too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import lanterne
+
+from host_tools.reliability import soak_ledger, soak_security
+from host_tools.reliability.soak_profile import FAULTS, ProfileError, load_profile, schedule
+
+BOARDS, MINUTES = 20, 1.25
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, capsys):
+    out = tmp_path / "ledger.json"
+    r = lanterne("soak", "--boards", BOARDS, "--minutes", MINUTES, "--profile", "short", "--seed", 7,
+                 "--out", out, timeout=540)
+    with capsys.disabled():
+        print("\n" + r.stdout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ledger = json.loads(out.read_text())
+    assert ledger["ok"] and "RESULT: PASS" in r.stdout
+    # the fleet as asked: three board files, part of it on TLS, every board online
+    assert ledger["boards"] == BOARDS and ledger["minutes"] == MINUTES
+    assert set(ledger["fleet"]) == {"wifi-lamp", "ethernet-bollard", "envstation"} and ledger["boards_tls"] >= 1
+    assert ledger["boards_never_online"] == []
+    # every reading every board counted in its own store reached the back office's database
+    assert ledger["readings_sampled"] >= BOARDS * 35  # a reading every 2 s for 75 s and more
+    assert ledger["readings_delivered"] == ledger["readings_sampled"]
+    assert ledger["readings_lost"] == ledger["readings_duplicated_after_dedup"] == 0
+    # the commands: each answered, none run twice; every kind of attack sent, none accepted
+    assert ledger["commands_sent"] >= 20 and ledger["commands_never_acked"] == 0
+    assert ledger["commands_double_executed"] == 0
+    assert {"forged", "replay", "cross_device", "malformed"} <= {k.replace("_unsent", "") for k in ledger["attacks_sent"]}
+    assert ledger["forged_accepted"] == ledger["replayed_accepted"] == ledger["cross_device_accepted"] == 0
+    # the probes ran (no credentials, wrong password, outside the topic tree, raw packets, TLS) and none got in
+    assert ledger["probe_rounds"] >= 1 and ledger["probes_run"] >= 18
+    assert ledger["unauthorised_accepted"] == 0 and ledger["probes_let_in"] == []
+    # every fault kind of the profile hit the fleet; no board crashed in a loop or lost a task
+    assert set(ledger["faults_injected"]) == set(load_profile("short").faults)
+    assert ledger["crash_loops"] == 0 and ledger["boards_with_task_restarted"] == 0 and ledger["memory_errors"] == 0
+    assert len(ledger["heap_peak_bytes"]) == BOARDS
+    assert ledger["host"]["mem_used_peak_mb"] > 0 and ledger["harness_errors"] == []
+
+
+# -- the counting, on made-up figures: a ledger that hides anything fails here -----------------------
+def test_a_reading_missing_from_the_database_is_lost_even_if_the_board_has_newer_ones():
+    stores = {"a": {"next_seq": 5, "dropped": 0, "pending": []}, "b": {"next_seq": 3, "dropped": 0, "pending": []}}
+    got = soak_ledger.readings(stores, {"a": [0, 1, 3, 4, 7], "b": [0, 1, 2]}, 8, {})
+    assert got["readings_sampled"] == 8 and got["readings_delivered"] == 7 and got["readings_lost"] == 1
+    assert got["boards_with_losses"] == {"a": 1}
+    assert soak_ledger.verdict({**got, "readings_lost": 1}) == ["readings_lost = 1"]
+
+
+def test_readings_the_store_dropped_count_as_sampled_and_lost():
+    got = soak_ledger.readings({"a": {"next_seq": 4, "dropped": 2, "pending": []}}, {"a": [0, 1, 2, 3]}, 4, {})
+    assert got["readings_sampled"] == 6 and got["readings_lost"] == 2 and got["readings_dropped_by_store"] == 2
+
+
+def test_one_seq_with_two_contents_on_the_wire_is_a_duplicate_after_dedup():
+    wire = {"a": {0: {'{"t": 1}'}, 1: {'{"t": 2}', '{"t": 3}'}}}
+    got = soak_ledger.readings({"a": {"next_seq": 2, "dropped": 0, "pending": []}}, {"a": [0, 1]}, 2, wire)
+    assert got["readings_duplicated_after_dedup"] == 1 and got["readings_lost"] == 0
+
+
+def test_read_store_counts_what_the_firmware_store_handed_out(tmp_path):
+    from host_tools.runtime import firmware_module
+
+    store = firmware_module("store")
+    s = store.Store(str(tmp_path / "store"))
+    for i in range(5):
+        s.append(bytes([2, i]))
+    s.ack(s.peek(1024, max_records=3))
+    s.close()
+    assert soak_ledger.read_store(tmp_path) == {"next_seq": 5, "dropped": 0, "pending": [3, 4]}
+
+
+class _Stream(soak_security.CommandStream):
+    def __init__(self, sent):  # no broker: only the bookkeeping
+        self.log = soak_security.CommandLog(sent)
+
+
+def test_executions_are_read_from_the_board_console_and_matched_to_what_was_sent():
+    console = (b"[lanterne] command 100 set_lamp: ok\r\n[lanterne] command redelivered: acked again, not executed\r\n"
+               b"[lanterne] command 101 refused: replay (counter 101 <= 101)\r\n[lanterne] command 100 set_lamp: ok\r\n"
+               b"[lanterne] command 20000200 request_status: ok\r\n[lanterne] command 7 refused: bad_tag (x)\r\n")
+    assert soak_security.executions(console) == [100, 100, 20000200]
+    S = soak_security.Sent
+    stream = _Stream([S("a", 100, "legit", b"", acked=True), S("a", 20000200, "forged", b""), S("b", 5, "legit", b"")])
+    got = stream.outcome({"a": soak_security.executions(console), "b": []})
+    assert got["commands_double_executed"] == 1 and got["forged_accepted"] == 1
+    assert got["commands_sent"] == 2 and got["commands_executed"] == 1 and got["commands_never_acked"] == 1
+    # the same double run, when that frame was also replayed on purpose, is an accepted replay
+    stream = _Stream([S("a", 100, "legit", b""), S("a", 100, "replay", b"")])
+    assert stream.outcome({"a": [100, 100]})["replayed_accepted"] == 1
+    # an execution nobody sent (a cross-device frame run by its victim) is counted against us
+    stream = _Stream([S("b", 10000300, "cross_device", b"")])
+    assert stream.outcome({"b": [10000300]})["cross_device_accepted"] == 1
+
+
+def test_the_schedule_is_seeded_and_puts_one_fault_at_a_time_on_a_board():
+    p = load_profile("short")
+    kinds = ["wifi-lamp"] * 10
+    a = schedule(p, kinds, 3, random.Random(5))
+    assert [(x.at_s, x.kind, x.board) for x in a] == [(x.at_s, x.kind, x.board) for x in schedule(p, kinds, 3, random.Random(5))]
+    assert {x.kind for x in a} == set(p.faults)
+    for board in range(10):
+        spans = sorted((x.at_s, x.at_s + x.duration_s) for x in a if x.board == board)
+        assert all(b_end <= a_start for (_s, b_end), (a_start, _e) in zip(spans, spans[1:], strict=False))
+    fleet = sorted((x.at_s, x.at_s + x.duration_s) for x in a if FAULTS[x.kind].scope == "fleet")
+    assert all(e <= s for (_a, e), (s, _b) in zip(fleet, fleet[1:], strict=False))
+
+
+def test_a_bad_profile_is_refused_with_the_field(tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"faults": {"power_cutt": {"per_min": 1, "duration_s": [1, 2]}}}))
+    with pytest.raises(ProfileError, match="unknown fault kind 'power_cutt'"):
+        load_profile(str(f))
+    f.write_text(json.dumps({"tls_share": 2}))
+    with pytest.raises(ProfileError, match="tls_share"):
+        load_profile(str(f))
+    r = lanterne("soak", "--boards", 4, "--minutes", 1, "--profile", f)
+    assert r.returncode == 1 and "tls_share" in r.stderr and "hint:" in r.stderr

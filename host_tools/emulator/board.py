@@ -571,6 +571,7 @@ class VirtualBoard:
 
     def on_booted(self, alloc: int, free: int) -> None:
         self.booted_alloc, self.booted_free = alloc, free
+        self.sleep.booted(self.proc.pid if self.proc else None)
         self.booted_event.set()
 
     def on_reset_request(self, kind: str, arg: int) -> None:
@@ -580,6 +581,8 @@ class VirtualBoard:
         self._pending_reset = ("deepsleep" if kind == "deepsleep" else "software", arg)
         self._wdt_timeout = self._wdt_deadline = None  # a chip reset stops the watchdog
         proc = self.proc
+        if kind == "deepsleep":
+            self.sleep.requested(proc.pid if proc else None)
         if proc and proc.returncode is None:
             self._end_for_reset(proc)
 

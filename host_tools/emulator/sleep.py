@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 
 RTC_POWER_ON_EPOCH = 946684800  # what the ESP32's RTC reads at power-on: 2000-01-01, Unix seconds
@@ -36,6 +37,20 @@ RTC_GPIOS = frozenset((0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 
 #: reset kinds after which the RTC domain kept its power (memory and clock kept)
 RTC_KEPT = frozenset(("deepsleep", "software", "wdt", "panic", "soft-friendly", "soft-raw"))
 _POLL_S = 0.01  # how often a sleeping board's wake pins are looked at (and on every world change)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time a process's threads have used (Linux schedstat, ns resolution); 0 when unknown."""
+    if pid is None:
+        return 0.0
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return total / 1e9
 
 
 class DeepSleep:
@@ -52,6 +67,11 @@ class DeepSleep:
         self.asleep_since: float | None = None  # host monotonic time the current sleep began
         self.slept_world_s = 0.0  # world seconds spent asleep, all sleeps
         self.awake_real_s = 0.0  # host seconds between boot and sleep, all wakes (a benchmark reads it)
+        #: one entry per sleep entered: {"wall_s": host seconds from the ROM's BOOTED to the sleep
+        #: request (what the firmware did: boot.py, main.py), "cpu_s": CPU time the interpreter
+        #: used meanwhile} (lanterne bench battery turns them into ESP32 awake times)
+        self.wake_log: list[dict] = []
+        self._booted: tuple[float, float] | None = None  # (monotonic, cpu seconds) at BOOTED
         self._task: asyncio.Task | None = None
         self._changed: asyncio.Event | None = None
 
@@ -99,6 +119,18 @@ class DeepSleep:
         """The RTC domain lost power (supply cut, EN pressed): its memory and its clock are gone."""
         self.rtc_memory = b""
         self.rtc_offset_ms = None
+
+    # -- what each wake cost ------------------------------------------------------------
+    def booted(self, pid: int | None) -> None:
+        """The ROM is up (BOOTED): the firmware's share of this wake starts now."""
+        self._booted = (time.monotonic(), cpu_seconds(pid))
+
+    def requested(self, pid: int | None) -> None:
+        """The firmware asked for deep sleep: what this wake cost since BOOTED."""
+        if self._booted is not None:
+            t0, c0 = self._booted
+            self.wake_log.append({"wall_s": time.monotonic() - t0, "cpu_s": max(0.0, cpu_seconds(pid) - c0)})
+        self._booted = None
 
     # -- sleeping ---------------------------------------------------------------------
     @property

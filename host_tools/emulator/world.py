@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "lorawan_dr": -1.0,  # >= 0: the network moves the module to this data rate (then back to -1)
     "lorawan_tx_done_first": False,  # TX_DONE / SEND_CONFIRMED_* before the RX event instead of after
     "button": False,  # the board's button (board file: setup_button) held down
+    "alarm": False,  # the board's alarm switch (board file: alarm; a bin's lid open or the bin tilted)
     "pm1_ugm3": 6.0,  # particulate matter a reference instrument would measure
     "pm25_ugm3": 11.0,
     "pm10_ugm3": 18.0,

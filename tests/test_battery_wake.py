@@ -11,22 +11,18 @@ import time
 
 import pytest
 
-from host_tools import boards
 from host_tools.backoffice.watcher import Watcher
 from host_tools.codec.decoder import decode
+from host_tools.reliability.battery_week import wifi_variant
 from host_tools.runtime.paths import FIRMWARE
 
 pytestmark = pytest.mark.integration
 
 
 def wifi_bin_board(tmp_path):
-    """The battery bin with the ESP32's own Wi-Fi as its link instead of the RAK3172."""
-    data = json.loads(boards.load("esp32-rak3172-bin").path.read_text())
-    data["name"] = "esp32-bin-wifi"
-    data["network"] = {"kind": "wlan"}
-    data["buses"] = {}
+    """The battery bin with the ESP32's own Wi-Fi as its link instead of the RAK3172, as a board file."""
     path = tmp_path / "esp32-bin-wifi.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(wifi_variant().data))
     return str(path)
 
 

@@ -211,7 +211,7 @@ class Wake:
 
     async def run(self):
         st = self.st
-        now = self.now()
+        now = self.t_wake = self.now()
         self.build()
         alarm = self.alarm_level()
         alarm_changed = alarm != st.alarm
@@ -308,7 +308,7 @@ class Wake:
                     break
                 self.sent += n
                 if n:
-                    self.st.last_send = self.now()
+                    self.st.last_send = self.t_wake  # the period counts from this wake's grid time, not from when the link came up
                 listen_until = time.ticks_add(time.ticks_ms(), LISTEN_MS)
                 continue
             if time.ticks_diff(listen_until, time.ticks_ms()) <= 0:
@@ -414,24 +414,6 @@ def _read_acks():
             return [bytes.fromhex(line) for line in f.read().split("\n") if line]
     except (OSError, ValueError):
         return []
-
-
-def battery(board_file="board.json", config_file="config.json"):
-    """Whether this board runs on a battery: config.json's `power` when set, else the board file's
-    power.supply. Read cheaply: after a deep-sleep wake, RTC memory holding our state says so."""
-    if machine.reset_cause() == _DEEPSLEEP_RESET and State.load(machine.RTC().memory()) is not None:
-        return True
-    import json
-
-    for path, pick in ((config_file, lambda d: d.get("power")), (board_file, lambda d: d.get("power", {}).get("supply"))):
-        try:
-            with open(path) as f:
-                v = pick(json.loads(f.read()))
-        except (OSError, ValueError, AttributeError):
-            v = None
-        if v in ("battery", "mains"):
-            return v == "battery"
-    return False
 
 
 def run():

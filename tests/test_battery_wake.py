@@ -41,6 +41,7 @@ def test_state_round_trips_and_a_damaged_one_is_refused():
     assert struct.calcsize(wake._FMT) == wake._LEN
     st = wake.State(7, 1_800_000_000, 600, 3600)
     st.flags, st.unsent, st.alarm, st.wakes = wake.F_SYNCED, 5, 1, 99
+    st.extra = bytes(range(40))  # the link's own state rides along
     data = st.pack()
     back = wake.State.load(data)
     assert vars(back) == vars(st)
@@ -49,6 +50,7 @@ def test_state_round_trips_and_a_damaged_one_is_refused():
         bad[i] ^= 0x10
         assert wake.State.load(bytes(bad)) is None
     assert wake.State.load(b"") is None
+    assert wake.State.load(data[:-1]) is None and wake.State.load(data + b"\0") is None  # cut short, or longer
     # the cadence: a late wake keeps the grid, missed periods are skipped
     assert wake.next_after(1000, 600, 999) == 1000
     assert wake.next_after(1000, 600, 1000) == 1600

@@ -10,7 +10,7 @@
 #           each uplink) -> state to RTC memory -> machine.deepsleep until the next sample.
 #
 # What survives the sleep, and where:
-#   RTC memory (this module's State, 42 bytes, CRC-checked): the schedule (next sample), the
+#   RTC memory (this module's State, 44 bytes + the link's state, CRC-checked): the schedule (next sample), the
 #     batching state (when the last frame went, readings appended since), when the last status
 #     and clock sync were, the run number of the board's clock (boot), the alarm level last
 #     reported, whether the clock is synced, whether the LoRaWAN session is up.
@@ -37,9 +37,11 @@ except ImportError:  # CPython: State, next_after and send_due are pure (tests r
 _MAGIC = const(0x4C42)
 _VERSION = const(1)
 # magic, version, flags, boot, wakes, next sample, last send, last status, last sync (board clock,
-# seconds), unsent readings, alarm level last sent, sample period, send period, CRC-16
+# seconds), unsent readings, alarm level last sent, sample period, send period, length of what
+# follows (the link's own state: extra), then extra, then a CRC-16 over all of it
 _FMT = "<HBBIIiiiiHBxIIH"
-_LEN = const(42)
+_LEN = const(42)  # the header
+_EXTRA_MAX = const(1900)  # RTC memory is 2048 bytes
 F_SYNCED = const(1)  # the board's clock was set from NTP (or the network) and has run on since
 F_JOINED = const(2)  # the LoRaWAN session is up (the modem keeps it in its NVM)
 _EXT0_WAKE = const(2)
@@ -76,28 +78,34 @@ class State:
         self.alarm = 0
         self.sample_period = sample_period
         self.send_period = send_period
+        self.extra = b""  # the link's state across sleeps (LoRaWAN: what is in flight, lanterne/delivery.py)
 
     @classmethod
     def load(cls, data):
         # The state in `data` (RTC memory), or None: empty, not ours, another version, damaged.
-        if len(data) != _LEN:
+        if len(data) < _LEN + 2:
             return None
-        v = struct.unpack(_FMT, data)
-        if v[0] != _MAGIC or v[1] != _VERSION or v[-1] != _crc(data, _LEN - 2):
+        v = struct.unpack_from(_FMT, data, 0)
+        n = len(data)
+        if v[0] != _MAGIC or v[1] != _VERSION or n != _LEN + v[13] + 2 or data[n - 2] | data[n - 1] << 8 != _crc(data, n - 2):
             return None
         s = cls(v[3], 0, v[11], v[12])
+        s.extra = bytes(data[_LEN : n - 2])
         s.flags, s.wakes, s.next_sample, s.last_send, s.last_status, s.last_sync, s.unsent, s.alarm = (
             v[2], v[4], v[5], v[6], v[7], v[8], v[9], v[10])
         return s
 
     def pack(self):
-        buf = bytearray(_LEN)
+        extra = self.extra if len(self.extra) <= _EXTRA_MAX else b""  # too much: the link starts afresh
+        n = _LEN + len(extra)
+        buf = bytearray(n + 2)
         struct.pack_into(_FMT, buf, 0, _MAGIC, _VERSION, self.flags, self.boot, self.wakes, self.next_sample,
                          self.last_send, self.last_status, self.last_sync, self.unsent, self.alarm,
-                         self.sample_period, self.send_period, 0)
-        c = _crc(buf, _LEN - 2)
-        buf[_LEN - 2] = c & 0xFF
-        buf[_LEN - 1] = c >> 8
+                         self.sample_period, self.send_period, len(extra))
+        buf[_LEN:n] = extra
+        c = _crc(buf, n)
+        buf[n] = c & 0xFF
+        buf[n + 1] = c >> 8
         return bytes(buf)
 
 

@@ -117,6 +117,33 @@ def next_after(due, period, now):
     return due + ((now - due) // period + 1) * period
 
 
+def pack_outbox(o):
+    # LoRaWAN's delivery state (lanterne/delivery.py keeps it in RAM; a deep sleep loses RAM): what
+    # went in which uplink and is not acknowledged yet, what to send again, where "never sent"
+    # starts. Without it every wake would send again everything the last ledger did not list.
+    inflight = o.inflight[-48:]
+    resend = o.resend[:16]
+    out = bytearray(struct.pack("<IIBB", o.sent_upto, o.uplink, len(inflight), len(resend)))
+    for a, b, u in inflight:
+        out += struct.pack("<III", a, b, u)
+    for a, b in resend:
+        out += struct.pack("<II", a, b)
+    return bytes(out)
+
+
+def unpack_outbox(o, data):
+    # The state pack_outbox kept, back into a fresh delivery object; nothing (a cold start's) leaves
+    # it as built: the readings the last ledger did not list go again, the back office drops repeats.
+    if len(data) < 10:
+        return
+    sent_upto, uplink, ni, nr = struct.unpack_from("<IIBB", data, 0)
+    if len(data) != 10 + 12 * ni + 8 * nr:
+        return
+    o.sent_upto, o.uplink = sent_upto, uplink
+    o.inflight = [list(struct.unpack_from("<III", data, 10 + 12 * i)) for i in range(ni)]
+    o.resend = [list(struct.unpack_from("<II", data, 10 + 12 * ni + 8 * i)) for i in range(nr)]
+
+
 def send_due(st, now, pending, alarm_changed, cold, acks, status_due):
     # The batching policy: is a frame to go in this wake?
     if cold or alarm_changed or acks or status_due:
@@ -163,6 +190,10 @@ class Wake:
         self.acks = _read_acks()
         self.assets = None
         self.store = None
+        self.link = None
+        self.outbox = None  # what the uplink step sends from: the store, or LoRaWAN's delivery ledger in front of it
+        self.commands = None
+        self.cmd_queue = []
 
     # -- what lanterne.execute uses of the App -------------------------------------------
     def now(self):
@@ -194,6 +225,26 @@ class Wake:
         for kind, err in self.assets.errors.items():
             self.faults[kind] = err
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
+        self.outbox = self.store
+        if self.cfg["transport"] == "lorawan":
+            try:
+                from lanterne.delivery import LedgerDelivery
+            except ImportError:
+                return
+            # unconfirmed uplinks: readings stay in the store until a delivery ledger says they arrived
+            self.outbox = LedgerDelivery(self.store, self.cfg["device"], self._command_key, self.faults,
+                                         bool(self.cfg.get("lorawan_confirmed")))
+            unpack_outbox(self.outbox, self.st.extra)
+
+    def _handler(self):
+        if self.commands is None:
+            from lanterne.control import CommandHandler
+
+            self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
+        return self.commands
+
+    def _command_key(self):
+        return self._handler().verifier.key
 
     async def sample(self, alarm):
         from lanterne import codec
@@ -232,7 +283,7 @@ class Wake:
         # of its own only when no frame went for longer than the send period either
         status_due = self.cold or now - st.last_status >= self.status_period
         status_late = self.cold or now - st.last_status >= max(self.status_period, st.send_period)
-        pending = self.store.pending
+        pending = self.outbox.pending
         kind = "sample"
         if send_due(st, now, pending, alarm_changed, self.cold, self.acks, status_late):
             kind = "send"
@@ -240,7 +291,9 @@ class Wake:
                 st.alarm = alarm
         self.log("wake %d (%s%s): %s, seq %d, backlog %d, next sample in %d s" % (
             st.wakes, "cold" if self.cold else "deepsleep", ", alarm" if self.woke_by_alarm else "", kind, sampled,
-            self.store.pending, st.next_sample - self.now()))
+            self.outbox.pending, st.next_sample - self.now()))
+        if self.outbox is not self.store:
+            st.extra = pack_outbox(self.outbox)
         return kind
 
     # -- sending -------------------------------------------------------------------------
@@ -256,11 +309,15 @@ class Wake:
             link.clean = False  # the broker keeps the subscription and queues commands while the board sleeps
             return link
         try:
-            from lanterne.transport.lorawan import LorawanLink
+            from lanterne.transport.lorawan import LorawanLink, open_uart
         except ImportError:
             self.faults["transport"] = "transport %s: not available in this firmware yet" % t
             return None
-        return LorawanLink(self.cfg, self.board, self.on_downlink)
+        uart, why = open_uart(self.board)
+        link = LorawanLink(self.cfg, uart, self.on_downlink, why)  # no join while the modem keeps its session
+        if self.outbox is not self.store:
+            link.on_ledger = self.outbox.ledger
+        return link
 
     async def send(self, status_due):
         # Bring the link up, send acks, a status when due, then the readings frame by frame (each
@@ -268,8 +325,7 @@ class Wake:
         link = self._link()
         if link is None:
             return False
-        self.commands = None
-        self.cmd_queue = []
+        self.link = link
         if self.cfg["transport"] == "mqtt":
             from lanterne.net import Network
 
@@ -291,7 +347,7 @@ class Wake:
         from lanterne.uplink import Uplink
         from lanterne.transport.link import ACK, STATUS
 
-        uplink = Uplink(self.store, self.faults)
+        uplink = Uplink(self.outbox, self.faults)
         ok = True
         listen_until = time.ticks_add(time.ticks_ms(), LISTEN_MS)
         while link.up:
@@ -309,7 +365,7 @@ class Wake:
                     continue
                 ok = False
                 break
-            if self.store.pending:
+            if self.outbox.pending:
                 n = await uplink.send(link, self.now(), self.st.boot, self.clock_synced)
                 if n < 0:
                     ok = False
@@ -322,7 +378,7 @@ class Wake:
             if time.ticks_diff(listen_until, time.ticks_ms()) <= 0:
                 break
             await link.maintain()  # lets the link's reader take a queued command (~200 ms)
-        self.st.unsent = self.store.pending
+        self.st.unsent = self.outbox.pending
         self.handle_commands()
         self._save_acks()
         disconnect = getattr(link, "disconnect", None)
@@ -330,7 +386,7 @@ class Wake:
             await disconnect()
         else:
             link.close()
-        return ok and not self.store.pending
+        return ok and not self.outbox.pending
 
     async def sync_clock(self):
         from lanterne import netio
@@ -351,14 +407,13 @@ class Wake:
 
     def handle_commands(self):
         while self.cmd_queue:
-            if self.commands is None:
-                from lanterne.control import CommandHandler
-
-                self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
-            ack, line = self.commands.handle(self.cmd_queue.pop(0))
+            handler = self._handler()
+            key = handler.verifier.key  # the ack's key (a rotate_key is acked with the old one)
+            ack, line = handler.handle(self.cmd_queue.pop(0))
             self.log(line)
             if ack is not None:
-                self.acks.append(ack)
+                frame = getattr(self.link, "ack_frame", None)  # LoRaWAN sends a compact ack
+                self.acks.append(frame(ack, key) if frame else ack)
 
     def execute(self, opcode, args):
         from lanterne import execute

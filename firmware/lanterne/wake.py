@@ -53,6 +53,8 @@ _F_UNSYNCED = const(512)
 BATCH_FULL = const(12)  # readings waiting that make a send due whatever the period (half a frame's worth)
 SYNC_EVERY_S = const(86400)  # NTP at most once a day on a send wake (the RTC drifts ~1-2 s/day)
 WIFI_TIMEOUT_MS = const(10000)
+CONNECT_ATTEMPTS = const(3)
+CONNECT_WAIT_MS = const(10000)  # the longest wait between two attempts in one wake
 LISTEN_MS = const(500)  # after the last frame, how long the link stays up for commands still coming
 ACKS_FILE = "acks.pending"
 
@@ -335,7 +337,7 @@ class Wake:
                 return False
             if not self.clock_synced or self.now() - self.st.last_sync >= SYNC_EVERY_S:
                 await self.sync_clock()
-        if not await link.connect(self.status_payload):
+        if not await self.connect(link):
             self.faults["link"] = link.last_error
             self.log("link: %s" % link.last_error)
             self._save_acks()
@@ -387,6 +389,21 @@ class Wake:
         else:
             link.close()
         return ok and not self.outbox.pending
+
+    async def connect(self, link):
+        # A few attempts, waiting out what the link asks between them (LoRaWAN: the first join's
+        # random spread after a cold start; a retry's backoff) when that is short; else the next
+        # send wake tries again (a LoRaWAN board whose modem kept its session does not join at all).
+        import asyncio
+
+        for attempt in range(CONNECT_ATTEMPTS):
+            if await link.connect(self.status_payload):
+                return True
+            wait = time.ticks_diff(link.next_try, time.ticks_ms())
+            if attempt == CONNECT_ATTEMPTS - 1 or wait > CONNECT_WAIT_MS:
+                return False
+            await asyncio.sleep_ms(wait if wait > 0 else 0)
+        return False
 
     async def sync_clock(self):
         from lanterne import netio

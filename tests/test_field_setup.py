@@ -291,3 +291,39 @@ def test_the_button_held_at_power_up_opens_setup_mode_and_only_then(virtual_boar
     assert "setup mode" not in console and "setup button held" not in console
     assert n.world.access_point() is None and n.http_url() is None
     assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]
+
+
+@pytest.mark.integration
+def test_a_poe_board_serves_setup_mode_on_its_ethernet_link_behind_the_label_password(virtual_boards, tmp_path,
+                                                                                    mosquitto):
+    # A PoE cabinet gateway has no access point to hide behind: the page is on the site's wired
+    # network, so opening a session takes the passphrase printed on the label, and the window after
+    # provisioning never opens it there (only the button does).
+    cred = firmware_module("setup_credentials")
+    config = {"site": "field", "broker": mosquitto.url, "setup_key": KEY, "setup_window_min": 10,
+              "sample_period_s": 1, "status_period_s": 5}
+    # fresh from provisioning, with a window left: on Ethernet it does not open setup mode
+    (w,) = virtual_boards(1, board="olimex-esp32-poe", config=dict(config, device="poe-2"))
+    w.wait_for(r"\[lanterne\] connected", timeout=40)
+    time.sleep(6)
+    assert "setup mode" not in w.console() and w.http_url() is None
+    # the button held at power-up: setup mode on the wired link, no access point
+    (h,) = virtual_boards(1, board="olimex-esp32-poe", config=dict(config, device="poe-1"), world_values={"button": True})
+    h.wait_for("setup button held: restarting into setup mode", timeout=30)
+    h.wait_for(r"setup mode \(button\): http://[0-9.]+/ on Ethernet", timeout=40, since=h.console_offset() - 2000)
+    h.world.set(button=False)
+    url = h.http_url(timeout=5)
+    assert url and h.world.access_point() is None
+    assert call(url, "/api/session", {})[0] == 403
+    status, doc = call(url, "/api/session", {"password": "wrong-pass-word-here"})
+    assert status == 403 and "label" in doc["error"]
+    status, doc = call(url, "/api/session", {"password": cred.passphrase("poe-1", KEY).upper()})
+    assert status == 200 and len(doc["token"]) == 32 and doc["device"] == "poe-1"
+    status, state = call(url, "/api/state", token=doc["token"])
+    assert status == 200 and KEY not in json.dumps(state)
+    # five wrong passwords in a row lock the session door for a minute, the right one included
+    for _ in range(5):
+        assert call(url, "/api/session", {"password": "x"})[0] == 403
+    assert call(url, "/api/session", {"password": cred.passphrase("poe-1", KEY)})[0] == 429
+    console = h.console()
+    assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]

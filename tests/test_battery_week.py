@@ -22,3 +22,22 @@ def test_six_hours_every_reading_delivered_once_through_an_alarm_and_a_power_cut
     # batched: a frame an hour (send_period_s), plus the cold starts and the alarm's two edges
     assert 6 <= rep["send_wakes"] <= 12, rep
     assert rep["alarm_uplink_s"] is not None and rep["alarm_uplink_s"] < 5
+
+
+def _lorawan_firmware() -> bool:
+    from host_tools.runtime.paths import FIRMWARE
+
+    return (FIRMWARE / "lanterne" / "transport" / "lorawan.py").exists()
+
+
+@pytest.mark.skipif(not _lorawan_firmware(), reason="the firmware's LoRaWAN link is not in this build")
+def test_six_hours_over_lorawan_one_join_every_reading_once():
+    # The battery bin itself: the RAK3172 twin, the network server, the uplink service and its
+    # delivery ledger on the world's clock. The modem keeps its session across wakes and the power
+    # cut: one join for the whole run.
+    rep = run(days=0.25, period_s=600, speedup=100_000.0, transport="lorawan", cut_at=0.6, alarm_at=0.3)
+    assert rep["joins"] == 1, rep
+    assert rep["readings_missing"] == 0 and rep["readings_duplicated"] == 0, rep
+    assert rep["readings_delivered"] + rep["readings_in_store_not_sent"] == rep["readings_stored"] >= 36
+    assert rep["cold_starts"] == 2 and rep["rtc_wakes"] >= 34
+    assert rep["alarm_uplink_s"] is not None and rep["alarm_uplink_s"] < 5

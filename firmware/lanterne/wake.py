@@ -291,6 +291,8 @@ class Wake:
             kind = "send"
             if await self.send(status_due):
                 st.alarm = alarm
+            else:
+                st.last_send = now  # no link now: the next try waits a send period (an alarm still goes at once)
         self.log("wake %d (%s%s): %s, seq %d, backlog %d, next sample in %d s" % (
             st.wakes, "cold" if self.cold else "deepsleep", ", alarm" if self.woke_by_alarm else "", kind, sampled,
             self.outbox.pending, st.next_sample - self.now()))

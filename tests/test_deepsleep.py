@@ -22,7 +22,7 @@ import json, machine, esp32, time, sys
 rtc = machine.RTC()
 mem = rtc.memory()
 print("BOOT " + json.dumps({"cause": machine.reset_cause(), "wake": machine.wake_reason(),
-      "mem": mem.decode(), "t": time.time(), "rtc": list(rtc.datetime()[:7]),
+      "mem": mem.decode(), "t": time.mktime(tuple(rtc.datetime()[i] for i in (0, 1, 2, 4, 5, 6)) + (0, 0)), "rtc": list(rtc.datetime()[:7]),
       "heap_marker": "heap_marker" in globals()}))
 n = int(mem or b"0")
 if n < {wakes}:

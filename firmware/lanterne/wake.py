@@ -199,7 +199,9 @@ class Wake:
 
     # -- what lanterne.execute uses of the App -------------------------------------------
     def now(self):
-        return int(time.time())
+        # The RTC's clock: it runs on through deep sleep (on the ESP32 time.time() is the same clock)
+        d = self.rtc.datetime()
+        return int(time.mktime((d[0], d[1], d[2], d[4], d[5], d[6], 0, 0)))
 
     def now_utc(self):
         return self.now() if self.clock_synced else None
@@ -411,10 +413,25 @@ class Wake:
         from lanterne import netio
 
         try:
-            netio.set_rtc(await netio.ntp_query())
+            t = await netio.ntp_query()
+            before = self.now()
+            netio.set_rtc(t)
         except Exception as e:
             self.faults["clock"] = "clock: not synced (%s)" % (e,)
             return
+        jump = self.now() - before
+        if jump > 2 or jump < -2:
+            # the clock moved (an RTC counting from 2000 after a cold start): the schedule moves with
+            # it, and the readings taken on the old clock become another run's (their age unknown,
+            # flagged clock_unsynced, rather than wrong)
+            from lanterne.flashfile import bump_counter
+
+            st = self.st
+            st.next_sample += jump
+            st.last_send += jump
+            st.last_status += jump
+            self.t_wake += jump
+            st.boot = bump_counter("boot.count")
         self.clock_synced = True
         self.st.flags |= F_SYNCED
         self.st.last_sync = self.now()

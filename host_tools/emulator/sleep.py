@@ -18,7 +18,7 @@ EXT0_WAKE = PIN_WAKE = 2), or any/all of a set of RTC pins (`esp32.wake_on_ext1`
 - The world clock may run faster than real time while the board sleeps: the world quantity
   `sleep_speedup` (1 .. 1e6; `lanterne world --port P set sleep_speedup=1000`). A sleep of
   `ms` takes `ms / sleep_speedup` of real time and the world clock (`World.now()`, what NTP
-  serves) and the board's own clock (`time.time()`) move on by the whole `ms`
+  serves) and the board's RTC move on by the whole `ms`
   (`World.advance`). An alarm pin during such a sleep wakes the board at once; the world
   time that passed is the real time times the speedup. Awake, the board runs in real time.
 """

@@ -23,7 +23,6 @@ import ntptime
 import socket
 import _esp32os
 import _esp32sys
-import _esp32time
 
 try:
     import ssl
@@ -35,7 +34,6 @@ if _romfs.SIZE:  # the ROMFS build (its image has the romfs partition); stock Mi
 # What user code imports as sys and os says what an ESP32 says: sys.platform, os.uname().
 sys.modules["sys"] = _esp32sys
 sys.modules["os"] = _esp32os
-sys.modules["time"] = sys.modules["utime"] = _esp32time  # its clock counts deep sleep too
 _ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
 
 EXIT_SOFT_FRIENDLY = 80

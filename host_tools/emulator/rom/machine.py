@@ -2,7 +2,7 @@
 # server, which routes it to the simulated parts wired on this board (see the board file).
 import os
 import sys
-import _esp32time as time  # the board's clock: counts deep sleep too
+import time
 import _hal
 import _irqpoll
 import micropython
@@ -529,10 +529,13 @@ class WDT:
         _hal.call("FEED")
 
 
-# The RTC's clock, once set: its offset from the board's clock (time.time()), ms. Kept across
+# The RTC's clock: its offset from the host's clock (time.time()) and the sleep's, ms. Kept across
 # deep sleep and the resets that leave the RTC domain powered (the emulator hands it on), lost
 # with the power. Its user memory likewise (RTC.memory(), 2 KB as MICROPY_HW_RTC_USER_MEM_MAX).
 _rtc_base = [int(os.getenv("LANTERNE_RTC_OFFSET_MS") or "0")]
+# The RTC counts the time the board spent in deep sleep, also what the world fast-forwarded
+# (sleep_speedup, host_tools/emulator/sleep.py); time.time() here stays the host's clock.
+_CLOCK_AHEAD = float(os.getenv("LANTERNE_CLOCK_AHEAD") or "0")
 _rtc_memory = [bytes.fromhex(os.getenv("LANTERNE_RTC_MEMORY") or "")]
 _RTC_MEMORY_MAX = const(2048)
 
@@ -572,7 +575,7 @@ class RTC:
             self.datetime(datetime)
 
     def _now(self):
-        return int(time.time() + _rtc_base[0] / 1000)
+        return int(time.time() + _CLOCK_AHEAD + _rtc_base[0] / 1000)
 
     def datetime(self, dt=None):
         if dt is None:
@@ -580,7 +583,7 @@ class RTC:
         self.set_epoch(_days_from_civil(dt[0], dt[1], dt[2]) * 86400 + dt[4] * 3600 + dt[5] * 60 + dt[6])
 
     def set_epoch(self, secs):
-        _rtc_base[0] = int((int(secs) - time.time()) * 1000)
+        _rtc_base[0] = int((int(secs) - time.time() - _CLOCK_AHEAD) * 1000)
         _hal.call("RTCCLK %d" % _rtc_base[0])
 
     def memory(self, data=None):

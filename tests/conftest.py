@@ -81,12 +81,13 @@ _counter = itertools.count()
 def virtual_boards(emulator, tmp_path):
     """Factory: `virtual_boards(n, board="esp32-devkitc", config=None, firmware=True, files=None)`.
 
-    The firmware goes on as the factory programs it: the compiled library in the board's ROMFS
-    partition (romfs=False: on the filesystem under /lib)."""
+    The firmware goes on as the factory programs it: the compiled library in slot A of the board's
+    ROMFS partition (romfs=False: on the filesystem under /lib); `image` programs a built release's
+    ROMFS image instead, `trusted_keys` the release keys the board trusts (docs/ota.md)."""
     made = []
 
     def start(n=1, board="esp32-devkitc", config=None, firmware=True, files=None, world_values=None, power_on=True,
-              romfs=True, **kw):
+              romfs=True, image=None, trusted_keys=None, **kw):
         from host_tools.emulator.world import World
 
         b = boards.load(board)
@@ -98,7 +99,7 @@ def virtual_boards(emulator, tmp_path):
             if firmware:
                 cfg = dict(config or {})
                 cfg.setdefault("device", f"dev-{i}")
-                deploy.copy_to_flash(b, cfg, flash, romfs=romfs)
+                deploy.copy_to_flash(b, cfg, flash, romfs=romfs, image=image, trusted_keys=trusted_keys)
             for name, data in (files or {}).items():
                 p = flash / name
                 p.parent.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,14 @@ CASES = {
     "rotate_key 15 bytes": (cmd.ROTATE_KEY, bytes(15), MALFORMED, None),
     "rotate_key 17 bytes": (cmd.ROTATE_KEY, bytes(17), MALFORMED, None),
     "opcode 0x00": (0x00, b"", "unknown_command", None),
-    "opcode 0x0a": (0x0A, b"", "unknown_command", None),
+    "ota_start 37 bytes": (cmd.OTA_START, struct.pack(">IB", 2**32 - 1, 1) + bytes(range(32)), OK,
+                           {"counter": 2**32 - 1, "force": True, "digest": bytes(range(32)).hex()}),
+    "ota_start flags 0": (cmd.OTA_START, struct.pack(">IB", 7, 0) + bytes(32), OK,
+                          {"counter": 7, "force": False, "digest": bytes(32).hex()}),
+    "ota_start flags 2": (cmd.OTA_START, struct.pack(">IB", 7, 2) + bytes(32), BAD, None),
+    "ota_start 36 bytes": (cmd.OTA_START, struct.pack(">IB", 7, 0) + bytes(31), MALFORMED, None),
+    "ota_start 38 bytes": (cmd.OTA_START, struct.pack(">IB", 7, 0) + bytes(33), MALFORMED, None),
+    "opcode 0x0b": (0x0B, b"", "unknown_command", None),
     "opcode 0xff": (0xFF, b"\x01", "unknown_command", None),
     # the whole frame: 200 bytes at most (header 10 + arguments + tag 12)
     "frame of 200 bytes": (cmd.SET_CONFIG, config(b"lat", 1, bytes([172]) + b"a" * 172), OK,
@@ -169,6 +176,21 @@ def test_counter_window_ends(last, counter, reason):
     assert answer(v, signed(cmd.REQUEST_STATUS, b"", counter))[0] == reason
 
 
+def test_the_last_frame_again_is_a_redelivery_only_once_acked():
+    # The window's top: the board records a command's counter before executing it (a power cut
+    # must not run it twice) and its ack after. Between the two the same frame has no ack to send
+    # again: a replay, never a redelivery answered with nothing. Once acked, the ack again.
+    v = cmd.Verifier(DEVICE, KEY, 9)
+    f = signed(cmd.REQUEST_STATUS, b"", 10)
+    v.check(f)
+    v.accept(f, 10, None)
+    assert answer(v, f) == ("replay", None)
+    v.last_ack = ack = v.ack(10, cmd.REQUEST_STATUS, cmd.OK)
+    with pytest.raises(cmd.CommandError) as e:
+        v.check(f)
+    assert e.value.reason == cmd.OK and e.value.ack == ack
+
+
 def test_the_same_answers_on_the_unix_port():
     frames = {name: signed(op, raw).hex() for name, (op, raw, _, _) in CASES.items()}
     code = (
@@ -210,7 +232,9 @@ MESSAGES = {
     "set_config type 3": "set_config value type 3",
     "set_config key not UTF-8": "arguments do not decode",
     "rotate_key 15 bytes": "rotate_key takes a 16-byte nonce",
-    "opcode 0x0a": "opcode 0x0a",
+    "ota_start flags 2": "ota_start flags 0x02 (bit 0: force)",
+    "ota_start 36 bytes": "ota_start takes 37 argument bytes, got 36",
+    "opcode 0x0b": "opcode 0x0b",
     "frame of 201 bytes": "frame of 201 bytes is over 200",
 }
 MESSAGE_EXTRA = {

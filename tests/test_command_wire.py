@@ -77,6 +77,9 @@ ROUND_TRIPS = [
     (cmd.SET_CONFIG, {"key": "lon", "value": -0.5}, {"key": "lon", "value": -0.5}),
     (cmd.SET_CONFIG, {"key": "lat", "value": "45.7"}, {"key": "lat", "value": "45.7"}),
     (cmd.ROTATE_KEY, {"nonce": bytes(range(16))}, {"nonce": bytes(range(16))}),
+    (cmd.OTA_START, {"counter": 42, "digest": bytes(range(32))}, {"counter": 42, "force": False, "digest": bytes(range(32))}),
+    (cmd.OTA_START, {"counter": 2**32 - 1, "force": True, "digest": bytes(32)},
+     {"counter": 2**32 - 1, "force": True, "digest": bytes(32)}),
 ]
 
 

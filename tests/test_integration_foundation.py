@@ -26,7 +26,7 @@ def test_deploy_with_mpremote_status_on_mosquitto_power_cut_and_reboot(virtual_b
         # unmodified mpremote: romfs deploy stage.romfs + fs cp ... + reset
         out = deploy.mpremote_copy(h.port, stage, reset=True)
         assert "ROMFS image deployed" in out
-        assert not (h.flash / "lib").exists() and (h.flash / "main.py").exists()  # the library runs from ROMFS
+        assert not (h.flash / "lib" / "lanterne").exists() and (h.flash / "main.py").exists()  # the library runs from ROMFS
         status = w.wait_for("lanterne/v1/itest/lamp-0042/status", timeout=30)[-1]
         doc = json.loads(status.payload)
         with Watcher(mosquitto.url, ["lanterne/v1/itest/+/status"]) as late:

@@ -76,7 +76,7 @@ def test_monitor_in_a_pipe_says_when_the_next_reading_and_status_come(virtual_bo
     assert proc.returncode == 0, err
     header, *rows = [line for line in out.splitlines() if not line.startswith("#")]
     assert header.split() == ["device", "site", "state", "last", "seen", "last", "reading", "next", "reading", "next", "status",
-                              "backlog", "faults", "firmware"]
+                              "backlog", "faults", "firmware", "update"]
     (row,) = [r for r in rows if r.startswith(device + " ")]  # the whole id, though the line is wider than 80
     assert len(row) > 80 and "lyon" in row and "online" in row
     # No period set on this board: the firmware's defaults, a reading a minute, a status every 5 minutes.

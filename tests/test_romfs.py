@@ -44,8 +44,9 @@ def test_library_imports_in_place_from_romfs(virtual_boards):
     assert rom_file == "/rom/lib/lanterne/store.mpy" and fs_file == "/lib/lanterne/store.mpy"
     # Its bytecode and constants stay in flash: only the module's objects take heap.
     assert rom_cost < 0.6 * fs_cost, (rom_cost, fs_cost)
-    assert not (rom.flash / "lib").exists()
-    # The technician's view: the partition and its image.
+    # On the filesystem only the OTA package, which no release may replace (docs/ota.md).
+    assert sorted(p.name for p in (rom.flash / "lib").iterdir()) == ["lanterne_ota"]
+    # The technician's view: the partition (two 192 KiB library slots) and its image in slot A.
     q = mpremote(rom.port, "romfs", "query").stdout
     assert "ROMFS0 partition has size 393216 bytes (96 blocks of 4096 bytes each)" in q and "ROMFS image size" in q
 
@@ -107,9 +108,11 @@ def test_romfs_write_cut_short_leaves_no_half_image(virtual_boards, mosquitto, t
     link.close(restart=False)
     since = h.console_offset()
     h.power_on()
-    # No mix of the old image and the new: no valid image at all, and the board says what it misses.
+    # No mix of the old image and the new: no valid image at all, and the board says what it misses;
+    # it stays reachable in safe mode (MQTT and updates only, docs/ota.md), and mpremote still
+    # interrupts it for the REPL.
     h.wait_for("ImportError: no module named 'lanterne", since=since, timeout=20)
-    h.wait_for(">>> ", since=since, timeout=20)
+    h.wait_for(r"\[safe\] safe mode \(slot A failed its hash check\)", since=since, timeout=20)
     assert "Not a valid ROMFS" in mpremote(h.port, "romfs", "query").stdout
     # Provisioning puts it right.
     reg = Registry(tmp_path / "fleet.sqlite")

@@ -51,7 +51,28 @@ def _bump_boot_count(path="boot.count"):
 
 
 class App:
-    def __init__(self):
+    # The OTA seam (lanterne/ota.py) while an update, a trial or a report needs it, else None. Set
+    # on the class (App.ota = ...; one App per board): the instance's attribute table holds 37
+    # entries, and a 38th would grow it to 47 (a new 752-byte table, in one piece, on a 64 KB heap).
+    ota = None
+
+    def __init__(self, ota_info=None):
+        # OTA hook: which slot and release run, and whether an update, a trial or a rollback
+        # needs the OTA seam (below): what the boot selector found, from main.py (boot.py), else
+        # read here (lanterne_ota.state.boot_info), the OTA package dropped again at once. A board
+        # with nothing pending keeps only its status field.
+        if ota_info is None:
+            try:
+                from lanterne_ota.state import boot_info
+
+                ota_info = boot_info()
+            except ImportError:  # (a firmware without the OTA package)
+                ota_info = {"slot": None, "release": None}
+            boot_info = None
+            _unload("lanterne_ota.state")
+            _unload("lanterne_ota")
+            gc.collect()
+        self.ota_info = ota_info
         # config, boardinfo and field are needed at boot only: dropped once the app is built,
         # their heap goes back to the board (set_config imports config again, for the moment
         # it takes).
@@ -101,14 +122,22 @@ class App:
         # the lamp's dimming curve (the energy meter's), read while config is loaded
         from lanterne import config
 
-        self.lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
+        lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
         del config
         if self.setup_via is None:  # (setup mode uses them all)
             for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
                 _unload(name)
-        self._build()
+        self._build(lamp_curve)  # (a local: the App's attribute table is full, see App.ota)
+        # Over-the-air updates: which slot and release run is kept; the OTA seam (lanterne/ota.py)
+        # is loaded only when an update, a trial or a rollback report needs it (the ota_start
+        # command loads it otherwise, execute.py), and the OTA code (lanterne_ota) only while used;
+        # the seam lets go of itself once it has nothing left to do (Ota.release).
+        if self.ota_info.get("pending"):
+            from lanterne import ota
 
-    def _build(self):
+            App.ota = ota.Ota(self, self.ota_info)
+
+    def _build(self, lamp_curve):
         # All the code this board runs is imported first, then the objects are built: importing
         # a module may grow MicroPython's qstr pool, each new pool twice the last and in one
         # piece, which the heap still has before it fills with objects (assets.load_drivers).
@@ -127,7 +156,7 @@ class App:
             from lanterne.transport.mqtt import MqttLink
         load_drivers(self.board)
         gc.collect()
-        self.assets = Assets(self.board, self.cfg, self.lamp_curve)
+        self.assets = Assets(self.board, self.cfg, lamp_curve)
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
@@ -208,6 +237,8 @@ class App:
                 "setup": self.setup.summary() if self.setup else None,
                 "env": self.assets.extra.status() if self.assets.extra else None,
                 "energy": self.assets.energy.status() if self.assets.energy else None,  # the lamp's counters
+                # OTA hook: the library slot and release running (an update, a trial, a rollback)
+                "ota": self.ota.status() if self.ota else self.ota_info,
             }
         )
 
@@ -258,6 +289,8 @@ class App:
             else:
                 self.faults.pop("store", None)
                 self.uplink_due.set()
+                if self.ota:
+                    self.ota.sampled()  # a trial's health: sensors read
             # Sleep out the period a second at a time: a period changed by command applies at once.
             while True:
                 left = self.sample_period * 1000 - time.ticks_diff(time.ticks_ms(), t0)
@@ -276,12 +309,13 @@ class App:
             if n < 0:
                 return  # the link went down on the way, or over its airtime budget: later
             self.sent += n
-            if self.cmd_queue or self.acks or self.status_due:
+            if self.cmd_queue or self.acks or self.status_due or (self.ota and self.ota.frame()):
                 return  # those go first
 
     async def uplink_task(self):
         # Everything the board sends goes through here, one frame at a time: the acks of the
-        # commands received first, then the status when due, then readings.
+        # commands received first, then the status when due, then an update's progress record and
+        # request (lanterne/ota.py), then readings.
         link = self.link
         while True:
             self.handle_commands()  # commands run as they arrive, whatever the link does
@@ -294,8 +328,16 @@ class App:
                     if await link.send(STATUS, self.status_payload()):
                         self.status_due = False
                         self.status_sent += 1  # field setup hook: the link took it (MQTT: PUBACK)
+                        if self.ota:
+                            self.ota.status_sent()  # a trial's health: a status went out
                     else:
                         self.status_not_sent()
+                    continue
+                f = self.ota.frame() if self.ota else None
+                if f is not None:
+                    if await link.send(f[0], f[1]):
+                        self.ota.sent(f[0], f[1])
+                    f = None
                     continue
                 if self.store.pending:
                     await self.drain()
@@ -382,6 +424,8 @@ class App:
                 self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
                 self.status_due = False
                 self.status_sent += 1  # field setup hook: the online status went with the connection
+                if self.ota:
+                    self.ota.status_sent()  # a trial's health: a status went out
                 self.uplink_due.set()  # what waited for the link
                 was_up = True
             else:
@@ -512,6 +556,8 @@ class App:
             ]
         elif self.cfg["transport"] != "mqtt":
             self.log(self.faults["transport"])
+        if self.ota is not None:  # an update to resume, a trial, a rollback to report
+            tasks.append(self.guard("ota", self.ota.run))
         await asyncio.gather(*tasks, *self.assets.tasks())
 
     async def setup_task(self):
@@ -538,14 +584,16 @@ class App:
             except Exception as e:
                 self.faults["task_" + name] = "%s task failed: %r (restarted)" % (name, e)
                 self.log(self.faults["task_" + name])
+                if self.ota:
+                    self.ota.task_failed(name, e)  # on trial: rolls the release back
                 import sys
 
                 sys.print_exception(e)
                 await asyncio.sleep_ms(1000)
 
 
-def main():
-    app = App()
+def main(ota_info=None):
+    app = App(ota_info)
     try:
         asyncio.run(app.run())
     except KeyboardInterrupt:

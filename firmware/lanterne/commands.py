@@ -36,6 +36,7 @@ REQUEST_STATUS = const(0x06)  # -
 REBOOT = const(0x07)  # delay_s u8
 SET_CONFIG = const(0x08)  # key_len u8, key, type u8 (0 int i32, 1 str, 2 float as milli i32), value
 ROTATE_KEY = const(0x09)  # nonce 16 bytes: new key = HMAC(old key, "LNTK" + nonce)
+OTA_START = const(0x0A)  # counter u32, flags u8 (bit 0: force a downgrade), manifest SHA-256 (32)
 
 NAMES = {
     SET_LAMP: "set_lamp",
@@ -47,6 +48,7 @@ NAMES = {
     REBOOT: "reboot",
     SET_CONFIG: "set_config",
     ROTATE_KEY: "rotate_key",
+    OTA_START: "ota_start",
 }
 
 # ack status / nack reason codes
@@ -163,6 +165,11 @@ def encode_args(opcode, args):
         if len(nonce) != 16:
             raise CommandError(BAD_ARGUMENT, "nonce must be 16 bytes")
         return nonce
+    if opcode == OTA_START:
+        digest = bytes(a["digest"])
+        if len(digest) != 32:
+            raise CommandError(BAD_ARGUMENT, "manifest digest must be 32 bytes")
+        return struct.pack(">IB", a["counter"], 1 if a.get("force") else 0) + digest
     return bytes(a.get("raw", b""))
 
 
@@ -269,6 +276,13 @@ def decode_args(opcode, a):
             if n != 16:
                 raise CommandError(MALFORMED, "rotate_key takes a 16-byte nonce")
             return {"nonce": bytes(a)}
+        if opcode == OTA_START:
+            if n != 37:
+                raise CommandError(MALFORMED, "ota_start takes 37 argument bytes, got %d" % n)
+            counter, flags = struct.unpack(">IB", a[:5])
+            if flags > 1:
+                raise CommandError(BAD_ARGUMENT, "ota_start flags 0x%02x (bit 0: force)" % flags)
+            return {"counter": counter, "force": bool(flags & 1), "digest": bytes(a[5:])}
     except (ValueError, UnicodeError):
         raise CommandError(MALFORMED, "arguments do not decode")
     raise CommandError(UNKNOWN_COMMAND, "opcode 0x%02x" % opcode)

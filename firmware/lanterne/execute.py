@@ -1,6 +1,6 @@
 # Lanterne command execution: what an authenticated command does on this board (the lamp, its
-# profile, the bollard, periods and config, a status, a reboot). control.py has checked the
-# frame (signature, counter, bounds) and acks the result. The app loads this module for the
+# profile, the bollard, periods and config, a status, a reboot, an over-the-air update).
+# control.py has checked the frame (signature, counter, bounds) and acks the result. The app loads this module for the
 # moment a command runs and drops it after: commands are rare, the heap is small.
 import time
 
@@ -53,7 +53,31 @@ def run(app, opcode, args):
     if opcode == cmd.REBOOT:
         app.reboot_at = time.ticks_add(time.ticks_ms(), max(1, args["delay_s"]) * 1000)
         return cmd.OK, b""
+    if opcode == cmd.OTA_START:
+        return ota_start(app, args)
     return cmd.UNKNOWN_COMMAND, b""
+
+
+def ota_start(app, args):
+    """Accepted means the transfer started; its outcome goes to ota/progress and the status.
+    The OTA seam (lanterne/ota.py) is loaded here when nothing loaded it at boot, with its task.
+    Refused at once, the reason in the console and in the ack's data, on a board whose link has
+    no update channel (link.py: LoRaWAN; a board with no link runs no command anyway)."""
+    if app.link is None or not hasattr(app.link, "updates"):
+        why = "no update channel on the %s link: update this board over USB (lanterne provision)" % app.cfg["transport"]
+        app.log("ota: refused: " + why)
+        return cmd.REFUSED, b"no update channel"
+    if app.ota is None:
+        import asyncio
+
+        from lanterne import ota
+
+        type(app).ota = ota.Ota(app, app.ota_info)  # (on the class: app.py, App.ota)
+        asyncio.create_task(app.guard("ota", app.ota.run))
+    ok, line = app.ota.start(args)
+    app.log("ota: " + line)
+    return (cmd.OK if ok else cmd.REFUSED), b""
+
 
 def set_config(app, key, value):
     """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""

@@ -29,7 +29,8 @@ PERIOD_FIELDS = ("sample_period_s", "status_period_s")
 SHOWN = (("temperature", "°C", 1), ("humidity", "%", 1), ("illuminance", "lx", None), ("fill", "%", 0),
          ("lamp", "%", 0), ("voltage", "V", 2), ("pm2_5", " PM2.5", 0), ("pm10", " PM10", 0), ("laeq", " dB(A)", 1),
          ("lamax", " dB(A) max", 1), ("energy", " Wh", 0), ("burning_hours", " h lit", 2))
-COLUMNS = ["device", "site", "state", "last seen", "last reading", "next reading", "next status", "backlog", "faults", "firmware"]
+COLUMNS = ["device", "site", "state", "last seen", "last reading", "next reading", "next status", "backlog", "faults", "firmware",
+           "update"]  # fmt: skip
 
 
 def default_periods() -> dict[str, int]:
@@ -69,7 +70,18 @@ class FleetView:
 
     def feed(self, topic: str, payload: bytes, t: float | None = None, retain: bool = False) -> None:
         parts = topic.split("/")
-        if len(parts) != 5 or parts[0] != "lanterne" or parts[1] != "v1":
+        if parts[:2] != ["lanterne", "v1"] or len(parts) not in (5, 6):
+            return
+        if len(parts) == 6:  # lanterne/v1/{site}/{device}/ota/progress: an update's progress
+            if parts[4:] == ["ota", "progress"]:
+                try:
+                    doc = json.loads(payload)
+                except ValueError:
+                    return
+                with self._lock:
+                    d = self.devices.setdefault(parts[3], {"device": parts[3], "site": parts[2], "readings": 0, "bad_frames": 0})
+                    d["update"] = doc
+                    d.setdefault("last_seen", t or time.time())
             return
         _, _, site, device, kind = parts
         t = t or time.time()
@@ -152,9 +164,23 @@ class FleetView:
                     str(st.get("backlog", "-")),
                     "; ".join(st.get("faults", [])) or "-",
                     st.get("fw", "?"),
+                    update_text(d.get("update")),
                 ]
             )
         return out
+
+
+def update_text(doc: dict | None) -> str:
+    """An update's progress record as the monitor shows it: "transfer 8/16 (0.2.0)", "committed 0.2.0"."""
+    if not doc:
+        return "-"
+    state = doc.get("state", "?")
+    rel = doc.get("release") or doc.get("from") or ""
+    if state == "transfer" and "total" in doc:
+        return f"transfer {doc.get('done', 0)}/{doc['total']} ({rel})"
+    if state in ("refused", "rolled_back"):
+        return f"{state.replace('_', ' ')} {rel}: {doc.get('reason', '?')}"
+    return f"{state} {rel}".strip()
 
 
 def _due(in_s: float | None, exact: bool, period: int) -> str:

@@ -62,6 +62,7 @@ class BootCheck:
     idf_version: str | None = None
     app_offset: int | None = None
     app_size: int | None = None
+    app_label: str | None = None
     reason: str | None = None
     message: str | None = None
     partitions: tuple[Partition, ...] = ()
@@ -216,7 +217,9 @@ def _app_descriptor(read: Callable[[int, int], bytes], image: _Image) -> dict | 
 _FLASH_MODES = {0: "QIO", 1: "QOUT", 2: "DIO", 3: "DOUT"}
 
 
-def boot_check(read: Callable[[int, int], bytes], flash_size: int) -> BootCheck:
+def boot_check(read: Callable[[int, int], bytes], flash_size: int, write_sector=None) -> BootCheck:
+    """`write_sector(offset, data)`: erase and program a 4 KiB sector (the bootloader's otadata
+    updates on a board with OTA app partitions, `host_tools.boards.otadata`); None: look only."""
     log: list[str] = []
     clock = iter(range(29, 10_000, 7))
 
@@ -272,18 +275,18 @@ def boot_check(read: Callable[[int, int], bytes], flash_size: int) -> BootCheck:
                 ("boot: Failed to verify partition table", "boot: load partition table error!"),
             )
 
-    # 3. It boots the factory app (or ota_0 when there is no factory partition).
-    apps = [p for p in partitions if p.type == 0 and p.subtype == 0x00] or [
-        p for p in partitions if p.type == 0 and p.subtype == 0x10
-    ]
-    if not apps:
+    # 3. It boots the app otadata selects (with rollback), else the factory app, else ota_0.
+    from host_tools.boards import otadata
+
+    app, ota_log = otadata.select(read, write_sector, partitions)
+    log.extend(ota_log)
+    if app is None:
         return fail(
             "boot: No bootable app partitions in the partition table",
             "the partition table has no app partition",
             partitions,
         )
-    app = apps[0]
-    slot = "Factory app partition" if app.subtype == 0 else "OTA app partition slot 0"
+    slot = "Factory app partition" if app.subtype == 0 else f"OTA app partition slot {app.subtype - 0x10}"
     try:
         image = _read_image(read, app.offset, app.size, verify_hash=True)
     except _ImageError as exc:
@@ -301,6 +304,7 @@ def boot_check(read: Callable[[int, int], bytes], flash_size: int) -> BootCheck:
         idf_version=desc.get("idf_version"),
         app_offset=app.offset,
         app_size=image.length,
+        app_label=app.label,
         partitions=partitions,
         log=tuple(log),
     )
@@ -342,3 +346,26 @@ def partition_table(rows) -> bytes:
         table += struct.pack("<HBBII16sI", 0x50AA, ptype, subtype, offset, size, label.encode(), 0)
     table += b"\xeb\xeb" + b"\xff" * 14 + hashlib.md5(table).digest()
     return bytes(table.ljust(PARTITION_TABLE_MAX, b"\xff"))
+
+
+def app_image(data: bytes) -> tuple[bytes, dict]:
+    """(the app image, its descriptor) of a firmware file: an app image (ESP-IDF's micropython.bin),
+    or a whole flash image written at 0x1000 (micropython.org's .bin: bootloader, partition table,
+    the app at 0x10000). Raises ValueError when it holds no checked app image."""
+    # (flash address the file starts at, flash address of the app): an app image is at 0x10000.
+    for file_at, app_at in ((0x10000, 0x10000), (BOOTLOADER_OFFSET, 0x10000)):
+        start = app_at - file_at
+        if len(data) <= start or data[start] != IMAGE_MAGIC:
+            continue
+
+        def read(off: int, length: int, file_at=file_at) -> bytes:
+            return data[off - file_at : off - file_at + length].ljust(length, b"\xff")
+
+        try:
+            image = _read_image(read, app_at, len(data) - start, verify_hash=True)
+        except _ImageError:
+            continue
+        desc = _app_descriptor(read, image)
+        if desc:
+            return data[start : start + image.length], desc
+    raise ValueError("no app image with an app descriptor at its start or at 0xF000 (is it an ESP32 firmware file?)")

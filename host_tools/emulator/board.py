@@ -40,7 +40,7 @@ import tty
 from pathlib import Path
 
 from host_tools import boards as boards_mod
-from host_tools.emulator import ROM
+from host_tools.emulator import ROM, frozen
 from host_tools.emulator.devices.parts import Parts
 from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.netsim import NtpServer
@@ -84,6 +84,7 @@ def rom_heap_overhead() -> int:
     digest = hashlib.sha256()
     for p in sorted(ROM.glob("*.py")):
         digest.update(p.read_bytes())
+    digest.update(frozen.digest().encode())  # the image's frozen package: its buffer and names are the ROM's
     binary = Path(micropython_binary())
     digest.update(f"{binary.resolve()}:{binary.stat().st_size}".encode())
     key = digest.hexdigest()[:16]
@@ -206,6 +207,7 @@ class VirtualBoard:
         # needs `lanterne flash` before MicroPython runs. Without it the board comes with
         # MicroPython already flashed (the usual case for firmware tests).
         self.rom = None
+        self.running_app: str | None = None
         self.download_mode = False
         image = Path(flash_image) if flash_image else self.flash.parent / (self.flash.name + ".flash.bin")
         if blank or flash_image or image.exists():
@@ -283,6 +285,7 @@ class VirtualBoard:
                 self.reset_log.append("no-firmware")
                 return
             self._wipe_erased_filesystem(check)
+            self.running_app = check.app_label  # what the bootloader chose (otadata, rollback)
             parts = [p for p in getattr(check, "partitions", ()) if getattr(p, "label", "") == "romfs"]
             self.romfs = (self.spi_flash.path, parts[0].offset, parts[0].size) if parts else None
         else:
@@ -372,17 +375,22 @@ class VirtualBoard:
         return self._heap_scale
 
     def _romfs_valid(self) -> bool:
+        # A valid image at the start of either half: Lanterne keeps two library slots in the
+        # partition (docs/ota.md), and the firmware runs from whichever one its boot selects.
         from mpremote.romfs import VfsRomWriter
 
         if not self.romfs:
             return False
-        path, offset, _size = self.romfs
+        path, offset, size = self.romfs
         try:
             with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(3) == VfsRomWriter.ROMFS_HEADER
+                for at in (0, size // 2):
+                    f.seek(offset + at)
+                    if f.read(3) == VfsRomWriter.ROMFS_HEADER:
+                        return True
         except OSError:
-            return False
+            pass
+        return False
 
     def esp32_heap(self, alloc: int) -> int:
         """A `gc.mem_alloc()` the firmware reported on this board, in ESP32-equivalent bytes."""
@@ -438,6 +446,12 @@ class VirtualBoard:
             env["LANTERNE_ROMFS"] = str(self.romfs[0])
             env["LANTERNE_ROMFS_OFFSET"] = str(self.romfs[1])
             env["LANTERNE_ROMFS_BYTES"] = str(self.romfs[2])
+            # the Lanterne image (the one with a ROMFS partition) freezes the OTA package
+            env["LANTERNE_FROZEN_IMAGE"] = str(frozen.image())
+            env["LANTERNE_FROZEN_MODULES"] = " ".join(frozen.modules())
+        if self.rom is not None:  # the raw SPI flash, for esp32.Partition (rom/esp32.py)
+            env["LANTERNE_SPI_FLASH"] = str(self.spi_flash.path)
+            env["LANTERNE_RUNNING_APP"] = self.running_app or ""
         self._tasks.append(asyncio.create_task(self._run_interpreter(env)))
 
     def _last_cause(self) -> int:

@@ -46,6 +46,21 @@ def romfs_partitions(romfs_bytes: int) -> tuple:
     )
 
 
+def ota_partitions(romfs_bytes: int) -> tuple:
+    """The Lanterne build's OTA variant (boards/micropython/LANTERNE_ESP32/partitions-ota-romfs.csv):
+    otadata, two 1.5 MiB app slots, the ROMFS partition, the filesystem in what is left of 4 MiB."""
+    romfs_at = 0x10000 + 2 * 0x180000
+    return (
+        ("nvs", 1, 0x02, 0x9000, 0x4000),
+        ("otadata", 1, 0x00, 0xD000, 0x2000),
+        ("phy_init", 1, 0x01, 0xF000, 0x1000),
+        ("ota_0", 0, 0x10, 0x10000, 0x180000),
+        ("ota_1", 0, 0x11, 0x190000, 0x180000),
+        ("romfs", 1, 0x8F, romfs_at, romfs_bytes),
+        ("vfs", 1, 0x81, romfs_at + romfs_bytes, 0x400000 - romfs_at - romfs_bytes),
+    )
+
+
 IDF_VERSION = "v5.4.1"
 BUILD_DATE = ("Jan 10 2026", "12:00:00")
 
@@ -79,7 +94,7 @@ def _bootloader(idf_version: str) -> bytes:
 
 
 
-def _app(version: str, board: str, idf_version: str) -> bytes:
+def _app(version: str, board: str, idf_version: str, code_seed: str | None = None) -> bytes:
     date, time = BUILD_DATE
     elf_sha = hashlib.sha256(f"micropython {version} {board}".encode()).digest()
     desc = struct.pack(
@@ -89,39 +104,45 @@ def _app(version: str, board: str, idf_version: str) -> bytes:
     )  # fmt: skip
     banner = f"MicroPython {version} on 2026-01-10; Generic ESP32 module with ESP32\0".encode()
     rodata = desc + banner + SIMULATED_MARKER + b"\0"
-    drom = rodata + _filler(f"{version}-drom", 0x2B5A0 - len(rodata))
+    seed = code_seed or version  # images built from the same code differ only in their descriptor
+    drom = rodata + _filler(f"{seed}-drom", 0x2B5A0 - len(rodata))
     # Layout of an ESP-IDF app as esptool elf2image writes it: DROM first (with the app
     # descriptor), RAM segments filling up to the 64 KiB boundary where IROM's data must
     # start (flash offset = vaddr mod 64 KiB), then IROM, then the rest of IRAM.
     segments = [
         (0x3F400020, drom),
-        (0x3FFBDB60, _filler(f"{version}-dram", 0x4A70)),
-        (0x40080000, _filler(f"{version}-iram0", 0xFFD8)),
-        (0x400D0020, _filler(f"{version}-irom", 0x12C4F8)),
-        (0x4008FFD8, _filler(f"{version}-iram1", 0xD0F8)),
+        (0x3FFBDB60, _filler(f"{seed}-dram", 0x4A70)),
+        (0x40080000, _filler(f"{seed}-iram0", 0xFFD8)),
+        (0x400D0020, _filler(f"{seed}-irom", 0x12C4F8)),
+        (0x4008FFD8, _filler(f"{seed}-iram1", 0xD0F8)),
     ]
     return write_image(segments, entry=0x40081F3C)
 
 
-def micropython_image_name(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0) -> str:
+def micropython_image_name(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0, ota: bool = False) -> str:
     if romfs_bytes:
-        board = f"{ROMFS_BOARD}{romfs_bytes // 1024}K"
+        board = f"{ROMFS_BOARD}{romfs_bytes // 1024}K" + ("-OTA" if ota else "")
     return f"{board}-20260110-{version}.bin"  # micropython.org's naming: BOARD-DATE-VERSION.bin
 
 
-def build_micropython_image(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0) -> bytes:
+def build_micropython_image(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0,
+                            ota: bool = False, code_seed: str | None = None) -> bytes:
     """A MicroPython ESP32 firmware .bin as micropython.org ships it (written at 0x1000).
 
     Offset 0: 2nd-stage bootloader; +0x7000: partition table (0x8000 absolute);
     +0xF000: the app (0x10000 absolute) with an esp_app_desc_t saying project
     "micropython" and `version`. Cached in build/ under micropython.org's file name.
-    With `romfs_bytes`, the Lanterne build: a "romfs" partition of that size below "vfs".
+    With `romfs_bytes`, the Lanterne build: a "romfs" partition of that size below "vfs"; with
+    `ota` too, its OTA variant (otadata, ota_0, ota_1). `code_seed`: the code bytes of another
+    version (an image rebuilt with only its version changed), for firmware-update tests.
     """
-    path = BUILD / "firmware" / micropython_image_name(version, board, romfs_bytes)
-    parts = romfs_partitions(romfs_bytes) if romfs_bytes else MICROPYTHON_PARTITIONS
+    path = BUILD / "firmware" / micropython_image_name(version, board, romfs_bytes, ota)
+    if code_seed:
+        path = path.with_name(path.stem + f"-code-{code_seed}.bin")
+    parts = (ota_partitions(romfs_bytes) if ota else romfs_partitions(romfs_bytes)) if romfs_bytes else MICROPYTHON_PARTITIONS
     image = bytearray(_bootloader(IDF_VERSION).ljust(PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSET, b"\xff"))
     image += partition_table(parts).ljust(0x10000 - PARTITION_TABLE_OFFSET, b"\xff")
-    image += _app(version, board, IDF_VERSION)
+    image += _app(version, board, IDF_VERSION, code_seed)
     # Building takes ~20 ms: rebuild every time, rewrite the cached file only if it differs.
     if not path.exists() or path.read_bytes() != image:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +152,11 @@ def build_micropython_image(version: str = "v1.29.0", board: str = "ESP32_GENERI
     return bytes(image)
 
 
-def micropython_image_path(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0) -> Path:
+def micropython_image_path(version: str = "v1.29.0", board: str = "ESP32_GENERIC", romfs_bytes: int = 0,
+                           ota: bool = False, code_seed: str | None = None) -> Path:
     """The cached image file (built on first use)."""
-    build_micropython_image(version, board, romfs_bytes)
-    return BUILD / "firmware" / micropython_image_name(version, board, romfs_bytes)
+    build_micropython_image(version, board, romfs_bytes, ota, code_seed)
+    path = BUILD / "firmware" / micropython_image_name(version, board, romfs_bytes, ota)
+    return path.with_name(path.stem + f"-code-{code_seed}.bin") if code_seed else path
 
 

@@ -145,8 +145,9 @@ class SimulatedFlash:
         return self.read(offset, length).count(0xFF) == length
 
     def boot_check(self) -> BootCheck:
-        """What the ESP32 ROM and the 2nd-stage bootloader would find at power-on."""
-        return boot_check(self.read, self.size)
+        """What the ESP32 ROM and the 2nd-stage bootloader find at power-on (and what the
+        bootloader writes: the otadata state of an image on trial, a rollback)."""
+        return boot_check(self.read, self.size, self.program)
 
 
 # ----------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _walk(d):
             print(repr(('D', p, 0, '')))
             _walk(p)
         else:
-            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') or p.startswith('/rom/') else '')))
+            print(repr(('F', p, e[3] if len(e) > 3 else os.stat(p)[6], _h(p) if d == '/' or p.startswith('/lib/') or p.startswith('/rom/') or p == '/ota/keys.json' else '')))
 def _mv(a, b):
     try:
         os.rename(a, b)
@@ -310,6 +310,15 @@ class BoardLink:
             "checking the ROMFS partition",
         )
         return out.decode().strip()
+
+    def reset_ota_state(self) -> None:
+        """Forget the over-the-air update state (NVS key "ota" of namespace "lanterne", the transfer
+        files): the boot selector then adopts slot A of the ROMFS partition as it is."""
+        self.exec(
+            "try:\n import esp32\n _n = esp32.NVS('lanterne')\n _n.erase_key('ota')\n _n.commit()\nexcept Exception:\n pass\n"
+            "for _p in ('ota/job.json', 'ota/pending.man', 'ota/state.json'):\n try:\n  os.remove(_p)\n except OSError:\n  pass",
+            "resetting the update state",
+        )
 
     def hashes(self, paths: list[str]) -> dict[str, str]:
         out = self.exec(f"for _p in {paths!r}:\n print(repr((_p, _h(_p))))", "checking what it received").decode()

@@ -9,6 +9,11 @@ format, the library under /rom when the board has a ROMFS partition.
 `MpyCross` runs mpy-cross (one compile path for everything, cached by source hash);
 `romfs_image()` writes a VfsRom image.
 
+The ROMFS partition holds two library slots (A, B: docs/ota.md); provisioning and the factory
+write slot A. What stays on the filesystem whatever the slots hold: boot.py, main.py, the OTA
+package `lanterne_ota` (boot selector, verifier, updater, safe mode: no release can break it),
+board.json, config.json. Each ROMFS image carries `release.json` (version, release counter).
+
 Besides provisioning's raw-REPL link, two ways to put an image on a board:
 `copy_to_flash()` drops it straight into a virtual board's flash folder (fleets,
 benchmarks, as a factory would program it), and `mpremote_copy()` sends a `stage()`d
@@ -45,6 +50,8 @@ def firmware_files() -> dict[str, bytes]:
     for pattern in ("*.py", "*.html"):  # the package's modules and the setup page it serves
         for p in sorted((FIRMWARE / "lanterne").rglob(pattern)):
             files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
+    for p in sorted((FIRMWARE / "lanterne_ota").rglob("*.py")):  # the OTA package (filesystem)
+        files["lib/" + p.relative_to(FIRMWARE).as_posix()] = p.read_bytes()
     for p in sorted((FIRMWARE / "lib").rglob("*.py")):  # compatibility modules (ussl)
         files["lib/" + p.relative_to(FIRMWARE / "lib").as_posix()] = p.read_bytes()
     if not MPYLIB.exists():
@@ -141,6 +148,26 @@ def _write_tree(files: dict[str, bytes], dest: Path) -> None:
 
 ROMFS_DIR = "lib/"  # what goes into the ROMFS partition (as /rom/lib/...): the compiled library
 ROM_DATA = (".mpy", ".html")  # and the library's data files, read in place from flash (the setup page)
+FS_PACKAGES = ("lib/lanterne_ota/",)  # compiled, but kept on the filesystem: outside the slots
+RELEASE_FILE = "release.json"  # in every ROMFS image: {"version": ..., "counter": ...}
+
+
+def firmware_version(source: Path | None = None) -> str:
+    """`lanterne.__version__` of a firmware source tree (default: this checkout's)."""
+    text = ((source or FIRMWARE) / "lanterne" / "__init__.py").read_text()
+    m = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", text, re.M)
+    if not m:
+        raise ProvisionError(f"no __version__ in {(source or FIRMWARE) / 'lanterne' / '__init__.py'}")
+    return m.group(1)
+
+
+def release_file(version: str, counter: int) -> bytes:
+    return json.dumps({"version": version, "counter": counter}, sort_keys=True).encode()
+
+
+def in_romfs(rel: str) -> bool:
+    """A path of the library that belongs in a slot (not the filesystem's OTA package)."""
+    return rel.startswith(ROMFS_DIR) and not rel.startswith(FS_PACKAGES)
 
 
 def romfs_image(files: dict[str, bytes]) -> bytes:
@@ -173,25 +200,40 @@ def romfs_image(files: dict[str, bytes]) -> bytes:
     return writer.finalise()
 
 
-def split_romfs(files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+def split_romfs(
+    files: dict[str, bytes], version: str | None = None, counter: int = 0
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(what goes into the ROMFS image, what goes onto the filesystem): .mpy modules in ROM
     run in place (a native-code module compiled without -march stays source there, beside its
-    package), the library's pages are read in place; boot.py, main.py, board.json and
-    config.json stay on the read-write filesystem."""
+    package), the library's pages are read in place; boot.py, main.py, the OTA package,
+    board.json and config.json stay on the read-write filesystem. The image gets its
+    release.json (version, release counter: 0 outside releases)."""
     rom = {
         rel: data
         for rel, data in files.items()
-        if rel.startswith(ROMFS_DIR) and (rel.endswith(ROM_DATA) or (rel.endswith(".py") and native_code(data)))
+        if in_romfs(rel) and (rel.endswith(ROM_DATA) or (rel.endswith(".py") and native_code(data)))
     }
-    return rom, {rel: data for rel, data in files.items() if rel not in rom}
+    fs = {rel: data for rel, data in files.items() if rel not in rom}
+    rom[RELEASE_FILE] = release_file(version or firmware_version(), counter)
+    return rom, fs
 
 
 def copy_to_flash(
-    board: boards.Board, config: dict | None, flash_dir: str | Path, *, mpy: bool = True, romfs: bool = True
+    board: boards.Board,
+    config: dict | None,
+    flash_dir: str | Path,
+    *,
+    mpy: bool = True,
+    romfs: bool = True,
+    image: bytes | None = None,
+    trusted_keys: list[bytes] | None = None,
 ) -> None:
     """Put the firmware on a virtual board's flash as the factory would program it: with a ROMFS
-    partition the compiled library goes into it (in place, no heap), the rest onto the filesystem;
-    without one (or romfs=False), everything onto the filesystem under /lib."""
+    partition the compiled library goes into its slot A (in place, no heap), the rest onto the
+    filesystem; without one (or romfs=False), everything onto the filesystem under /lib.
+
+    `image`: a ROMFS image to program instead of this checkout's library (a built release);
+    `trusted_keys`: the release signing keys the board trusts (ota/keys.json)."""
     flash_dir = Path(flash_dir)
     size = board.romfs_bytes
     if not (romfs and mpy and size):
@@ -201,15 +243,24 @@ def copy_to_flash(
         return
     # A virtual board runs this host's unix port: native-code modules are compiled for it.
     rom, fs = split_romfs(image_files(board, config, mpy=True, march=host_arch()))
-    image = romfs_image(rom)
-    if len(image) > size:
-        raise ProvisionError(f"the ROMFS image is {len(image)} bytes: more than the board's {size}-byte partition")
+    image = image if image is not None else romfs_image(rom)
+    if len(image) > size // 2:
+        raise ProvisionError(f"the ROMFS image is {len(image)} bytes: more than a slot of the board's {size}-byte partition")
+    if trusted_keys:
+        fs[OTA_KEYS_FILE] = trusted_keys_file(trusted_keys)
     _write_tree(fs, flash_dir)
-    # beside the folder, where the virtual board keeps the partition: the image, then erased flash
+    # beside the folder, where the virtual board keeps the partition: slot A, then erased flash
     boards.romfs_path(flash_dir).write_bytes(image + b"\xff" * (size - len(image)))
     for rel in rom:  # copies an earlier /lib layout left
         for old in (flash_dir / rel, flash_dir / (rel[:-4] + ".py")):
             old.unlink(missing_ok=True)
+
+
+OTA_KEYS_FILE = "ota/keys.json"  # the release signing keys a board trusts (public keys only)
+
+
+def trusted_keys_file(keys: list[bytes]) -> bytes:
+    return json.dumps({"keys": [bytes(k).hex() for k in keys]}).encode()
 
 
 def mpremote_copy(port: str, stage_dir: str | Path, *, reset: bool = True, timeout: float = 120) -> str:
@@ -325,14 +376,17 @@ def build_image(board: boards.Board, cross: MpyCross, march: str = "", romfs: bo
     files = image_files(board, None, mpy=False)  # sources: compiled here, for this board's format
     image = {}
     for rel, data in files.items():
+        rom = romfs and in_romfs(rel)  # the OTA package stays on the filesystem
         if rel.startswith("lib/") and rel.endswith(".py") and native_code(data) and not march:
-            image[("/rom/" if romfs else "/") + rel] = data  # machine code needs the board's architecture
+            image[("/rom/" if rom else "/") + rel] = data  # machine code needs the board's architecture
         elif rel.startswith("lib/") and rel.endswith(".py"):
-            image[("/rom/" if romfs else "/") + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
-        elif romfs and rel.startswith("lib/") and rel.endswith(ROM_DATA):
+            image[("/rom/" if rom else "/") + rel[:-3] + ".mpy"] = cross.compile(data, rel[len("lib/"):], march)
+        elif rom and rel.endswith(ROM_DATA):
             image["/rom/" + rel] = data
         else:
             image["/" + rel] = data
+    if romfs:
+        image[ROM_DIR + "/" + RELEASE_FILE] = release_file(firmware_version(), 0)
     return image
 
 

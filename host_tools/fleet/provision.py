@@ -43,6 +43,7 @@ from host_tools.fleet.config import (
     transport_gap,
 )
 from host_tools.fleet.deploy import (
+    OTA_KEYS_FILE,
     ROM_DIR,
     MpyCross,
     _image,
@@ -52,6 +53,7 @@ from host_tools.fleet.deploy import (
     rom_part,
     romfs_image,
     sha256_hex,
+    trusted_keys_file,
 )
 from host_tools.fleet.first_status import StatusWaiter, diagnose
 from host_tools.fleet.registry import DEFAULT_PATH, RESERVED_IDS, SECRET_FIELDS, Registry, RegistryError
@@ -259,6 +261,8 @@ def provision(
     status_waiter: StatusWaiter | None = None,
     images: dict | None = None,
     log: Callable[[str], None] | None = None,
+    trusted_keys: list[bytes] | None = None,
+    release_store=None,
 ) -> ProvisionReport:
     """Provision one board; see the module docstring. Raises `ProvisionError`.
 
@@ -274,6 +278,7 @@ def provision(
         return run_request(
             req, reg, wait_status=wait_status, replace=replace, status_timeout=status_timeout,
             connect_timeout=connect_timeout, mpy_cross=mpy_cross, status_waiter=status_waiter, images=images, log=log,
+            trusted_keys=trusted_keys, release_store=release_store,
         )
     finally:
         if reg is not registry:
@@ -319,7 +324,12 @@ def run_request(
     status_waiter: StatusWaiter | None = None,
     images: dict | None = None,
     log: Callable[[str], None] | None = None,
+    trusted_keys: list[bytes] | None = None,
+    release_store=None,
 ) -> ProvisionReport:
+    """`trusted_keys`: the release signing keys the board trusts (ota/keys.json); `release_store`
+    (a host_tools.fleet.release.store.ReleaseStore): keeps the ROMFS image written, so the first
+    over-the-air update of this board can be a delta against it."""
     say = log or (lambda msg: None)
     t0 = time.monotonic()
     check_port(req)
@@ -362,6 +372,8 @@ def run_request(
                     full[name] = reg.secret(req.device, name)
             check_config(full, SECRET_FIELDS)
             image["/config.json"] = config_bytes(full)
+            if trusted_keys:
+                image["/" + OTA_KEYS_FILE] = trusted_keys_file(trusted_keys)
             files = manifest(image)
             rep.firmware_hash = firmware_hash(files)
 
@@ -440,6 +452,11 @@ def run_request(
                         hint="check the cable (or lower the port's noise) and provision again",
                     )
                 rep.files_sent = sorted(sent_rom)
+                # Slot A holds this image now: forget the slot state (an earlier update's slot B, a
+                # trial, a transfer), so that the boot selector adopts slot A as written (docs/ota.md).
+                link.reset_ota_state()
+                if release_store is not None:
+                    release_store.add_image(rom_image)
             # 3. Into place, config.json last; stale files, then their emptied folders.
             link.commit([(p + TMP_SUFFIX, p) for p in changed], stale, old_dirs)
             rep.files_sent, rep.files_removed = rep.files_sent + changed, stale

@@ -26,6 +26,25 @@
 #                               what the app and its status report.
 #   on_downlink(frame)          given at construction, called on the loop with the bytes of
 #                               each downlink meant for this board (a command frame).
+#
+# Over-the-air updates (lanterne/ota.py). Optional: a link that carries them has an updates()
+# method (MQTT does); one without it (LoRaWAN: boards that talk only LoRaWAN are updated over
+# USB) has none, and the app refuses an ota_start command on it, saying why (execute.py).
+#   link.updates(on_update, nbytes)
+#                               opens the update channel: from then on each message the back
+#                               office sends on it (MQTT .../ota/data) is given to
+#                               on_update(bytes), on the loop, if at most `nbytes` long (MQTT:
+#                               subscribed to on each connection before its next frame goes
+#                               out, and the receive buffer grown to take such a message).
+#                               link.updates(None, 0) closes it and gives the buffer back; it
+#                               is also what a sender of OTA frames calls first (no channel).
+#   await link.send(OTA_REQ, payload)        an update's request (MQTT .../ota/req, QoS 0:
+#                               True once written; the updater asks again if no answer comes)
+#   await link.send(OTA_PROGRESS, payload)   an update's progress record (MQTT: retained JSON
+#                               on .../ota/progress, QoS 1)
+#                               Both go through the app's one sending task like every frame.
+# Nothing of it is allocated until an update needs it: a board that is not updating carries no
+# more state than one without OTA (the 64 KB heap has no room to spare).
 import random
 import time
 
@@ -35,6 +54,8 @@ from micropython import const
 READINGS = const(0)  # a codec frame of readings (MQTT .../up; LoRaWAN FPort 102)
 STATUS = const(1)  # the board's status (MQTT: retained JSON on .../status)
 ACK = const(2)  # a signed command result (MQTT .../ack)
+OTA_REQ = const(3)  # an update's request (MQTT .../ota/req)
+OTA_PROGRESS = const(4)  # an update's progress record (MQTT: retained JSON on .../ota/progress)
 
 OFFLINE = const(0)
 CONNECTING = const(1)
@@ -74,6 +95,8 @@ class Flag:
 
 
 class Link:
+    on_update = None  # the update channel's receiver while it is open (links with updates())
+
     def __init__(self, on_downlink):
         self.on_downlink = on_downlink
         self.state = OFFLINE

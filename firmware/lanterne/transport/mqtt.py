@@ -13,7 +13,8 @@
 # small blocking writes and reads its answers inline, which cannot be awaited; tests check these
 # packets byte for byte against umqtt.simple's. Once the CONNACK is in, a reader task owns the
 # socket's read side: it notes PINGRESPs, hands each PUBLISH on our command topic to on_downlink
-# (and PUBACKs it), and wakes the one publish in flight when its PUBACK arrives.
+# (and each on ota/data to on_update while an update runs), PUBACKs them, and wakes the one
+# publish in flight when its PUBACK arrives.
 import errno
 import time
 
@@ -29,6 +30,10 @@ TIMEOUT_MS = const(5000)  # every network wait: TCP connect, each TLS round trip
 FRAME_MAX = const(242)  # the codec's frame (the largest EU868 LoRaWAN payload): fine for MQTT
 TX_MAX = const(192)  # a packet's header, and its payload too when it fits (a short ack does)
 RX_MAX = const(384)  # incoming packets: a command is at most 200 bytes (commands.MAX_FRAME) + topic
+# link.OTA_REQ and link.OTA_PROGRESS, as constants of this module: imported, each would be one
+# more entry in its globals, for every board, updating or not
+_OTA_REQ = const(3)
+_OTA_PROGRESS = const(4)
 
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
@@ -124,6 +129,11 @@ def parse_broker(url):
 
 
 class MqttLink(Link):
+    # The update channel's state, set on the instance only once an update opens it (updates()):
+    # until then a board carries nothing for it (its instance dict stays the size it was).
+    _ota = None  # (ota/req, ota/progress, ota/data) topics
+    _ota_sub = False  # ota/data subscribed on this connection
+
     def __init__(self, cfg, on_downlink):
         Link.__init__(self, on_downlink)
         self.cfg = cfg
@@ -152,6 +162,24 @@ class MqttLink(Link):
 
     def max_frame(self, kind):
         return FRAME_MAX if kind == READINGS else 65535
+
+    def updates(self, on_update, nbytes):
+        """Open (or with None close) the update channel: messages on ota/data of up to `nbytes`
+        go to on_update. Subscribed before the next frame goes out (send()), on each connection."""
+        self.on_update = on_update
+        if self._ota is None:  # (str constants: each bytes constant is an object on the heap)
+            base = self._topic[3][:-3].decode()
+            self._ota = ((base + "ota/req").encode(), (base + "ota/progress").encode(), (base + "ota/data").encode())
+        n = RX_MAX
+        if on_update is not None:
+            # a PUBLISH: fixed header (<= 5 bytes), topic (2 + its length), packet id (2), payload
+            n = max(RX_MAX, nbytes + len(self._ota[2]) + 9)
+        # The receive buffer at n bytes, what it holds kept (left as it is while it holds more:
+        # the next connection starts empty and sizes it again, _open)
+        if n != len(self._rx) and self._have <= n:
+            rx = memoryview(bytearray(n))
+            rx[: self._have] = self._rx[: self._have]
+            self._rx = rx
 
     async def connect(self, hello):
         """One attempt: DNS, TCP, TLS, CONNECT/CONNACK, SUBSCRIBE/SUBACK, then `hello()` as the
@@ -205,9 +233,20 @@ class MqttLink(Link):
         return True
 
     async def send(self, kind, payload):
-        """Publish one frame with QoS 1; True once its PUBACK is in."""
+        """Publish one frame with QoS 1 (an update's request: QoS 0); True once its PUBACK is in
+        (QoS 0: once written)."""
         if not self.up:
             return False
+        if self.on_update is not None and not self._ota_sub:
+            try:
+                self._pid = self._pid % 65535 + 1
+                rc = await self._request(subscribe_packet(self._tx, self._ota[2], self._pid, 1), None, _SUBACK << 16 | self._pid)
+            except OSError as e:
+                self._lost("ota/data subscribe: %r" % (e,))
+                return False
+            if rc & 0x80:  # the broker's ACL: no update can arrive; the updater's requests time out
+                print("[lanterne] mqtt: subscription to ota/data refused (code %d)" % rc)
+            self._ota_sub = True
         return await self._publish(kind, payload)
 
     async def maintain(self):
@@ -258,6 +297,10 @@ class MqttLink(Link):
         if not await netio.writable(s, TIMEOUT_MS):
             raise OSError(errno.ETIMEDOUT)
         self._have = self._skip = self._ping = 0
+        if self._ota_sub:
+            self._ota_sub = False
+        if self.on_update is None and len(self._rx) != RX_MAX:
+            self._rx = memoryview(bytearray(RX_MAX))
         self._acks_due.clear()
         self._last_tx = time.ticks_ms()
         if not self.tls:
@@ -326,11 +369,16 @@ class MqttLink(Link):
         if isinstance(payload, str):
             payload = payload.encode()
         self._pid = pid = self._pid % 65535 + 1
-        n = publish_header(self._tx, self._topic[kind], len(payload), pid, 1, kind == STATUS)
+        qos = 0 if kind == _OTA_REQ else 1
+        topic = self._ota[kind - _OTA_REQ] if kind >= _OTA_REQ else self._topic[kind]  # (updates() named _ota)
+        n = publish_header(self._tx, topic, len(payload), pid, qos, kind == STATUS or kind == _OTA_PROGRESS)
         try:
+            if not qos:
+                await self._write(self._tx, n, payload)
+                return True
             return await self._request(n, payload, _PUBACK << 16 | pid) == 0
         except OSError as e:
-            self._lost("%s publish: %r" % (("up", "status", "ack")[kind], e))
+            self._lost("%s publish: %r" % (("up", "status", "ack", "ota/req", "ota/progress")[kind], e))
             return False
 
     async def _request(self, n, payload, want):
@@ -425,6 +473,7 @@ class MqttLink(Link):
         # Read everything the socket has (a TLS record may hold several packets: nothing may be
         # left in the TLS layer) and handle each complete packet. False when the peer closed.
         rx = self._rx
+        cap = len(rx)
         while True:
             k = self._sock.readinto(rx[self._have :])
             if k is None:
@@ -450,12 +499,12 @@ class MqttLink(Link):
                             raise OSError("mqtt: malformed remaining length")
                         break  # the header is not all in yet
                     k = i + rem
-                    if k > RX_MAX:
+                    if k > cap:
                         if rx[0] & 0xF6 > _PUBLISH:  # a PUBLISH with QoS: ack it, or it comes again forever
-                            if self._have < i + 2 or self._have < i + 4 + (rx[i] << 8 | rx[i + 1]) <= RX_MAX:
+                            if self._have < i + 2 or self._have < i + 4 + (rx[i] << 8 | rx[i + 1]) <= cap:
                                 break  # its packet id is not in yet
                             p = i + 2 + (rx[i] << 8 | rx[i + 1])
-                            if p + 2 <= RX_MAX:
+                            if p + 2 <= cap:
                                 self._acks_due.append(rx[p] << 8 | rx[p + 1])
                         print("[lanterne] mqtt: dropped a %d-byte packet (type 0x%02x): too large" % (k, rx[0]))
                         self._skip = k
@@ -482,13 +531,16 @@ class MqttLink(Link):
             # Only our own command topic is ever a command (some brokers have delivered other
             # topics to a subscriber: never treat those as commands).
             c = self._topic[3]
-            mine = p - t == len(c)
-            j = 0
-            while mine and j < len(c):
-                mine = rx[t + j] == c[j]
-                j += 1
-            if mine:
-                self.on_downlink(bytes(rx[p + (2 if qos else 0) : i + rem]))
+            for f in (self.on_downlink, self.on_update):
+                mine = f is not None and p - t == len(c)
+                j = 0
+                while mine and j < len(c):
+                    mine = rx[t + j] == c[j]
+                    j += 1
+                if mine:
+                    f(bytes(rx[p + (2 if qos else 0) : i + rem]))
+                    break
+                c = self._ota and self._ota[2]
             else:
                 print("[lanterne] ignored a message on %s: not our command topic" % bytes(rx[t:p]))
             if qos == 1:

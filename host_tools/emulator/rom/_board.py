@@ -34,6 +34,41 @@ if _romfs.SIZE:  # the ROMFS build (its image has the romfs partition); stock Mi
 # What user code imports as sys and os says what an ESP32 says: sys.platform, os.uname().
 sys.modules["sys"] = _esp32sys
 sys.modules["os"] = _esp32os
+
+
+_frozen = None  # the image's frozen package: a VfsRom image in a buffer of the ROM's, at /.frozen
+_FROZEN_AT = "/.frozen"
+
+
+def _load_frozen():
+    # The Lanterne image freezes the OTA package (host_tools/emulator/frozen.py). Its compiled
+    # modules, a VfsRom image, are read into a buffer of the ROM's and mounted, so an import runs
+    # in place as frozen code does; each module is imported once and dropped again, so its names
+    # are interned now, as the image's static qstrs (the ROM's share of the heap), and the
+    # firmware pays for the modules it imports, as it does on the chip.
+    global _frozen
+    path = os.getenv("LANTERNE_FROZEN_IMAGE")
+    if not path:
+        return
+    import vfs
+
+    _frozen = bytearray(os.stat(path)[6])
+    with open(path, "rb") as f:
+        f.readinto(_frozen)
+    vfs.mount(vfs.VfsRom(_frozen), _FROZEN_AT)
+    saved = sys.path[:]
+    sys.path[:] = [_FROZEN_AT]
+    try:
+        for name in (os.getenv("LANTERNE_FROZEN_MODULES") or "").split():
+            __import__(name)
+    finally:
+        sys.path[:] = saved
+        for name in [n for n in sys.modules if n.split(".")[0] == "lanterne_ota"]:
+            del sys.modules[name]
+    gc.collect()
+
+
+_load_frozen()
 _ROM_MODULES = set(sys.modules)  # what the ROM itself loaded: the rest is the user's
 
 EXIT_SOFT_FRIENDLY = 80
@@ -77,6 +112,8 @@ def _mount():
     sys.path.clear()
     sys.path.append("")
     sys.path.append(".frozen")
+    if _frozen is not None:  # the image's frozen package (the chip finds it under ".frozen")
+        sys.path.append(_FROZEN_AT)
     _romfs.mount(sys.path)
     sys.path.append("/lib")
 

@@ -32,7 +32,7 @@ class Partition(bytearray):
         if op == 5:
             return BLOCK
         if op == 6:
-            self._program(arg * BLOCK, b"\xff" * BLOCK, erase=True)
+            self._program(arg * BLOCK, None, BLOCK, erase=True)
             return 0
         return None
 
@@ -47,22 +47,27 @@ class Partition(bytearray):
         # (the extended block protocol) the bytes are programmed as they are.
         if offset is None:
             for b in range(block, block + (len(buf) + BLOCK - 1) // BLOCK):
-                self._program(b * BLOCK, b"\xff" * BLOCK, erase=True)
+                self._program(b * BLOCK, None, BLOCK, erase=True)
             offset = 0
-        self._program(block * BLOCK + offset, bytes(buf))
+        self._program(block * BLOCK + offset, buf, len(buf))
 
-    def _program(self, at, data, erase=False):
-        # NOR flash: erase sets every bit; a write can only clear bits (new = old & data).
-        if at < 0 or at + len(data) > SIZE:
+    def _program(self, at, data, n, erase=False):
+        # NOR flash: erase sets every bit; a write can only clear bits (new = old & data). Done in
+        # place, without a copy: on the chip esp_partition_write takes none of the MicroPython
+        # heap, so the flash model must not either.
+        if at < 0 or at + n > SIZE:
             raise OSError(EINVAL)
-        if not erase:
-            data = bytes(a & b for a, b in zip(memoryview(self)[at : at + len(data)], data))
+        if erase:
+            for i in range(at, at + n):
+                self[i] = 0xFF
+        else:
+            for i in range(n):
+                self[at + i] &= data[i]
         import _hal  # the flash file is on the host: after boot "/" is the board's filesystem
 
         with _hal.posix().open(_PATH, "r+b") as f:
             f.seek(_OFFSET + at)
-            f.write(data)
-        self[at : at + len(data)] = data
+            f.write(memoryview(self)[at : at + n])
 
 
 gc.collect()

@@ -87,14 +87,18 @@ def test_command_and_monitor_with_registry_keys(virtual_boards, tmp_path):
         assert r.returncode == 0 and "matches the registry" in r.stdout, r.stdout + r.stderr
 
 
-def test_a_command_to_a_lorawan_board_that_times_out_says_why(tmp_path, mosquitto):
+def test_a_command_that_times_out_says_why_and_a_lorawan_one_goes_through_the_network_server(tmp_path, mosquitto):
     reg_path = tmp_path / "fleet.sqlite"
     for device, board in (("bin-1", "esp32-rak3172"), ("lamp-1", "esp32-devkitc")):
         r = lanterne("provision", "--register-only", "--device", device, "--board", board, "--registry", reg_path)
         assert r.returncode == 0, r.stderr
+    # a LoRaWAN board's command goes through the network server's integration, as a class-A downlink
     r = lanterne("command", "bin-1", "status", "--timeout", "1", "--broker", mosquitto.url, "--registry", reg_path)
     assert r.returncode == 1
-    assert r.stderr.splitlines()[1] == ("  hint: bin-1 (esp32-rak3172): the LoRaWAN transport is not in the firmware"
-                                        " yet: the board samples and stores its readings but cannot send them or receive commands")
+    assert "bin-1: status queued on the network server (chirpstack: application/" in r.stdout and "class A" in r.stdout
+    assert r.stderr.splitlines()[0] == "lanterne command: error: no ack from bin-1 for command " + r.stderr.split("command ")[1].split()[0] + \
+        " within 1 s (0 uplinks from it meanwhile)"
+    assert r.stderr.splitlines()[1] == ("  hint: bin-1 is a LoRaWAN device: is it joined and sending (`lanterne uplinks`)?"
+                                        " The downlink stays queued on the network server until its next uplink")
     r = lanterne("command", "lamp-1", "status", "--timeout", "1", "--broker", mosquitto.url, "--registry", reg_path)
     assert r.returncode == 1 and r.stderr.splitlines()[1] == "  hint: is the device online? `lanterne monitor` shows it"

@@ -121,10 +121,14 @@ def test_the_first_status_says_what_the_lamp_does(virtual_boards, mosquitto, utc
 
 
 def test_a_board_that_cannot_deliver_says_so_with_its_status(virtual_boards):
-    # LoRaWAN is not in this firmware yet: the board's status, with the fault, goes to its console.
+    # A LoRaWAN board whose modem does not answer: its status (which LoRaWAN never carries: too
+    # much airtime) goes to its console, with the fault and its reason; the board keeps sampling.
     cfg = {"device": "bin-lora", "site": "lora", "transport": "lorawan", "lorawan_deveui": "02" * 8,
-           "lorawan_appkey": "ab" * 16}
-    (h,) = virtual_boards(1, board="esp32-rak3172", config=cfg)
-    m = h.wait_for(r"status not sent \(transport lorawan: not available in this firmware yet\): (\{.*\})", timeout=30)
+           "lorawan_appkey": "ab" * 16, "sample_period_s": 1}
+    (h,) = virtual_boards(1, board="esp32-rak3172", config=cfg, power_on=False)
+    h.world.inject("lorawan", "missing")
+    h.power_on()
+    m = h.wait_for(r"status not sent \(LoRaWAN: the status stays on the board\): (\{.*lorawan: modem not answering.*\})", timeout=40)
     doc = json.loads(m.group(1))
-    assert doc["device"] == "bin-lora" and "transport lorawan: not available in this firmware yet" in doc["faults"]
+    assert doc["device"] == "bin-lora" and doc["backlog"] > 0
+    assert "lorawan: modem not answering (no reply to AT within 1500 ms)" in doc["faults"]

@@ -249,16 +249,18 @@ def test_the_plan_and_the_result_count_the_same_files(board, mosquitto, tmp_path
     assert "the ROMFS image (" in r.stdout and "files) unchanged" in r.stdout
 
 
-def test_provisioning_a_lorawan_board_warns_it_cannot_deliver_yet(virtual_boards, tmp_path):
+def test_provisioning_a_lorawan_board_gives_it_its_lorawan_identity(virtual_boards, tmp_path):
     (h,) = virtual_boards(1, board="esp32-rak3172", firmware=False)
     h.wait_for(">>> ")
-    r = lanterne("provision", "--port", h.port, "--board", "esp32-rak3172", "--device", "bin-9", cwd=tmp_path)
+    r = lanterne("provision", "--port", h.port, "--board", "esp32-rak3172", "--device", "bin-9", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert ("  warning: bin-9: the LoRaWAN transport is not in the firmware yet: the board samples and stores its"
-            " readings but cannot send them or receive commands") in r.stdout.splitlines()
-    r = lanterne("provision", "--port", h.port, "--device", "bin-9", "--json", cwd=tmp_path)
-    assert json.loads(r.stdout)["warnings"] == ["bin-9: the LoRaWAN transport is not in the firmware yet: the board"
-                                                " samples and stores its readings but cannot send them or receive commands"]
+    assert json.loads(r.stdout)["warnings"] == []  # the LoRaWAN transport is in the firmware
+    cfg = json.loads((h.flash / "config.json").read_text())
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        eui, key = reg.secret("bin-9", "lorawan_deveui"), reg.secret("bin-9", "lorawan_appkey")
+    # what the firmware writes to the modem over AT at its first connect (transport/lorawan.py)
+    assert (cfg["transport"], cfg["lorawan_deveui"], cfg["lorawan_appkey"]) == ("lorawan", eui, key)
+    assert len(eui) == 16 and len(key) == 32
 
 
 def test_verify_shows_what_config_json_holds_and_what_to_run(board, mosquitto, tmp_path):

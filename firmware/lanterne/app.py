@@ -44,6 +44,15 @@ def _unload(name):
         pass
 
 
+def _print_json(doc):
+    # A dict as one JSON line on the console, a field at a time.
+    sep = "{"
+    for k in doc:
+        print(sep + json.dumps(k) + ": " + json.dumps(doc[k]), end="")
+        sep = ", "
+    print("}")
+
+
 def _bump_boot_count(path="boot.count"):
     from lanterne.flashfile import bump_counter  # (a battery board's cold start counts with it too)
 
@@ -106,7 +115,7 @@ class App:
         self.cmd_queue = []
         self.acks = []
         self.reboot_at = None
-        self.no_uplink = None  # why nothing can be sent (no transport, no broker): statuses go to the console
+        self.no_uplink = None  # why no status can be sent (no broker, LoRaWAN): statuses go to the console
         self.sent = 0
         self.lag_max = 0  # the loop's worst lateness since the last status (ms)
         self.lag_max_boot = 0  # ... since boot
@@ -147,9 +156,11 @@ class App:
         from lanterne.store import Store
         from lanterne.uplink import Uplink
 
-        MqttLink = None
-        if self.cfg["transport"] != "mqtt":
-            self.no_uplink = self.faults["transport"] = "transport %s: not available in this firmware yet" % self.cfg["transport"]
+        # One transport's code only: a LoRaWAN board never loads MQTT's, nor an MQTT board LoRaWAN's.
+        MqttLink = LorawanLink = None
+        if self.cfg["transport"] == "lorawan":
+            from lanterne.delivery import LedgerDelivery
+            from lanterne.transport.lorawan import LorawanLink, open_uart
         elif not self.cfg["broker"]:
             self.no_uplink = self.faults["broker"] = "config: no broker configured: offline, readings kept in the store"
         else:
@@ -160,10 +171,29 @@ class App:
         self.store = Store("store", capacity_bytes=self.cfg["store_bytes"])
         self.packer = RecordPacker()
         self.reading = codec.new_reading()
-        self.uplink = Uplink(self.store, self.faults)
         self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
+        outbox = self.store
         if MqttLink is not None:
             self.link = MqttLink(self.cfg, self.on_downlink)
+        elif LorawanLink is not None:
+            # unconfirmed uplinks: the readings stay in the store until the delivery ledger says
+            # they arrived (lanterne/delivery.py, docs/lorawan.md)
+            uart, why = open_uart(self.board)
+            self.link = LorawanLink(self.cfg, uart, self.on_downlink, why)
+            outbox = LedgerDelivery(self.store, self.cfg["device"], self._command_key, self.faults, bool(self.cfg["lorawan_confirmed"]))
+            self.link.on_ledger = outbox.ledger
+            self.link.app_faults = self.faults
+            # the status JSON is too costly in airtime (docs/lorawan.md): it goes to the console
+            self.no_uplink = "LoRaWAN: the status stays on the board"
+        if LorawanLink is None:
+            self.uplink = Uplink(outbox, self.faults)
+        else:
+            # LoRaWAN batches by airtime, so its frames are always full: 12 readings fill the largest
+            # (DR4-5, 222 bytes) well enough, and 24 reusable readings would not fit a 64 KB heap
+            self.uplink = Uplink(outbox, self.faults, batch_max=12)
+
+    def _command_key(self):
+        return self.commands.verifier.key
 
     # -- time ---------------------------------------------------------------------
     def now(self):
@@ -198,14 +228,17 @@ class App:
         self.status_due = True
         self.uplink_due.set()
 
-    def status(self, state="online"):
+    def status(self, state="online", console=False):
+        # The status as JSON text; or printed on the console field by field (no string of it all
+        # is made, which a fragmented 64 KB heap may not have room for in one piece; print, not a
+        # stream write: a console that is busy may take a write only in part).
         self.status_at = time.ticks_ms()
         self.status_seen = self._status_key()
         gc.collect()
         faults = dict(self.faults)
         faults.update(self.assets.faults())
         st = self.store
-        return json.dumps(
+        return (_print_json if console else json.dumps)(
             {
                 "state": state,
                 "device": self.cfg["device"],
@@ -304,7 +337,8 @@ class App:
         (MQTT: its PUBACK; lanterne.uplink: only the readings a frame carried). A frame the link
         did not take stays in the store and goes again."""
         link = self.link
-        while link.up and self.store.pending:
+        outbox = self.uplink.store  # the store, or LoRaWAN's delivery ledger in front of it
+        while link.up and outbox.pending:
             n = await self.uplink.send(link, self.now(), self.boot, self.clock_synced)
             if n < 0:
                 return  # the link went down on the way, or over its airtime budget: later
@@ -339,9 +373,9 @@ class App:
                         self.ota.sent(f[0], f[1])
                     f = None
                     continue
-                if self.store.pending:
+                if self.uplink.store.pending:
                     await self.drain()
-                    if self.store.pending and link.up:
+                    if self.uplink.store.pending and link.up:
                         await asyncio.sleep_ms(1000)  # the link would not take more now
                     continue
             await self.uplink_due.wait()
@@ -359,10 +393,11 @@ class App:
     def handle_commands(self):
         while self.cmd_queue:
             frame = self.cmd_queue.pop(0)
+            key = self.commands.verifier.key  # the ack's key (a rotate_key is acked with the old one)
             ack, line = self.commands.handle(frame)
             self.log(line)
             if ack is not None:
-                self.acks.append(ack)
+                self.acks.append(self.link.ack_frame(ack, key) if self.link else ack)
 
     def execute(self, opcode, args):
         # What an authenticated command does (lanterne/execute.py), loaded for the moment it runs:
@@ -383,12 +418,13 @@ class App:
         # the clock: NTP at boot, then hourly, every 10 s while it fails (the lamp profile follows
         # its photocell meanwhile). Every wait here is bounded and lets the loop run.
         link = self.link
-        if not self.net.start():
+        ip = link.name != "lorawan"  # LoRaWAN: no IP network, no NTP (readings carry their age)
+        if ip and not self.net.start():
             self.no_uplink = self.faults["network"] = self.net.error
             self.log(self.net.error)
             return
         was_up = net_was_up = False
-        clock_due = time.ticks_ms()
+        clock_due = time.ticks_ms() if ip else None
         while True:
             if self.reboot_at is not None and time.ticks_diff(time.ticks_ms(), self.reboot_at) >= 0:
                 self.log("rebooting on command")
@@ -396,7 +432,7 @@ class App:
                     self.assets.energy.save()  # the lamp's counters lose nothing to a reboot
                 link.close()
                 machine.reset()
-            if not self.net.up():
+            if ip and not self.net.up():
                 if net_was_up:
                     self.log("link down")
                 net_was_up = was_up = False
@@ -406,11 +442,11 @@ class App:
                 continue
             net_was_up = True
             if was_up and not link.up:
-                self.faults["mqtt"] = link.last_error
+                self.faults[link.name] = link.last_error
                 self.log(link.last_error)
             was_up = link.up
             b = self.assets.bollard
-            if time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
+            if clock_due is not None and time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
                 clock_due = time.ticks_add(time.ticks_ms(), 3600000 if await self.sync_clock() else 10000)
             elif link.up:
                 await link.maintain()
@@ -420,8 +456,8 @@ class App:
                 # presence interrupt's handler; moves only start on a command, over an up link)
                 await asyncio.sleep_ms(100)
             elif await self._connect():
-                self.faults.pop("mqtt", None)
-                self.log("connected to %s:%d as %s" % (link.host, link.port, self.cfg["device"]))
+                self.faults.pop(link.name, None)
+                self.log("connected to %s as %s" % (link.where, self.cfg["device"]))
                 self.status_due = False
                 self.status_sent += 1  # field setup hook: the online status went with the connection
                 if self.ota:
@@ -430,7 +466,7 @@ class App:
                 was_up = True
             else:
                 self.status_not_sent()
-                self.faults["mqtt"] = link.last_error
+                self.faults[link.name] = link.last_error
                 self.log(link.last_error)
 
     async def _connect(self):
@@ -460,7 +496,8 @@ class App:
             return
         if since >= self.status_period * 1000 or self._status_key() != self.status_seen:
             if self.no_uplink:  # nothing can deliver it: the console is where someone may see it
-                self.log("status not sent (%s): %s" % (self.no_uplink, self.status()))
+                print("[lanterne] status not sent (%s): " % self.no_uplink, end="")
+                self.status(console=True)
             else:
                 self.ask_status()
 
@@ -554,8 +591,6 @@ class App:
                 self.guard("link", self.link_task),
                 self.guard("uplink", self.uplink_task),
             ]
-        elif self.cfg["transport"] != "mqtt":
-            self.log(self.faults["transport"])
         if self.ota is not None:  # an update to resume, a trial, a rollback to report
             tasks.append(self.guard("ota", self.ota.run))
         await asyncio.gather(*tasks, *self.assets.tasks())

@@ -48,6 +48,11 @@ def _key_hex(v):
         return "must be 32 lowercase hex digits"
 
 
+def _eui_hex(v):
+    if v and (len(v) != 16 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+        return "must be 16 hex digits"
+
+
 def _pm_period(v):
     if v != 0 and not 40 <= v <= 86400:
         return "must be 0 (fan always on) or 40..86400 s (30 s warm-up + 10 s measurement)"
@@ -117,6 +122,12 @@ SCHEMA = {
     "command_key": (str, "", None),
     "lorawan_deveui": (str, "", None),
     "lorawan_appkey": (str, "", None),
+    # LoRaWAN (transport/lorawan.py, docs/lorawan.md): the JoinEUI (AppEUI; empty: all zeros), the
+    # board's airtime cap in any 24 hours (The Things Network's fair use: 30 s), confirmed uplinks
+    # (1: each readings frame committed on the network's ACK instead of the delivery ledger)
+    "lorawan_joineui": (str, "", _eui_hex),
+    "lorawan_airtime_s": (int, 30, _range(1, 3600)),
+    "lorawan_confirmed": (int, 0, _range(0, 1)),
     "timezone_min": (int, 60, _range(-720, 840)),
     # -- field setup hook (lanterne/setup_mode.py): the asset the board is mounted on, set on
     # site; the secret the setup access point's name and passphrase derive from; how long the

@@ -165,8 +165,8 @@ class Store:
         self._rbuf = bytearray(MAX_RECORD + 2)  # one frame being read
         self._ebuf = bytearray(_ENTRY_FULL + _FRAME)  # one ack-log entry
         self._small = bytearray(2)
-        # Resume points of the drain cursors: seq, segment base, offset; backlog then fresh.
-        self._hints = [-1, -1, 0, -1, -1, 0]
+        # Resume points of the drain cursors: seq, segment base, offset; backlog, fresh, read().
+        self._hints = [-1, -1, 0, -1, -1, 0, -1, -1, 0]
         self._file = None  # newest segment, open for append
         self._appendable = False  # the newest segment may take more frames
         self._size = 0  # bytes in the newest segment
@@ -537,7 +537,7 @@ class Store:
                     self._seal()  # new frames go to a new segment, past the damage
                 if s < seq:
                     s = seq
-                if got or start != (self._fresh if cursor else self._head):
+                if got or cursor > 1 or start != (self._fresh if cursor else self._head):
                     seq = s
                     break
                 self.corrupt += end - s

@@ -1,7 +1,7 @@
 # Lanterne uplink step: peek the store, pack one codec frame, hand it to the link, and commit in
 # the store exactly the readings that frame carried, only once the link said it took the frame
 # (transport/link.py's contract: `await link.send(READINGS, frame)` is True after the MQTT
-# PUBACK; False when the link went down on the way). Pure: the link is the object the app holds,
+# PUBACK; False when the link went down on the way; LoRaWAN commits later, lanterne/delivery.py). Pure: the link is the object the app holds,
 # so the same code runs on the board, the unix port and CPython, and tests hand it a fake link.
 from lanterne import codec
 from lanterne.reading import RECORD_LEN, unpack
@@ -24,8 +24,11 @@ class Uplink:
     # (one or two while the link keeps up, up to batch_max through a backlog: 24 readings are
     # 4.6 KB of heap on the 64-bit port that a board sending live readings does without);
     # faults: the app's fault dict ("record" is set when a stored record is unreadable).
+    # store: the store (MQTT), or what stands in for it where delivery is learnt later
+    # (lanterne/delivery.py: LoRaWAN), which commits a frame's readings in its own `taken`.
     def __init__(self, store, faults, budget=FRAME_BUDGET, batch_max=BATCH_MAX):
         self.store = store
+        self.taken = getattr(store, "taken", store.ack)
         self.faults = faults
         self.budget = budget
         self.batch_max = batch_max
@@ -79,7 +82,10 @@ class Uplink:
         # Send one frame; how many readings it committed: 0 when there was nothing to send now,
         # -1 when the link did not take the frame (down on the way, or over its airtime budget):
         # nothing committed, the readings go again.
-        nxt = self.next_frame(now, boot, synced, link.max_frame(_READINGS))
+        budget = link.max_frame(_READINGS)
+        if not budget:
+            return -1  # the link takes nothing now (LoRaWAN: the airtime budget is closed)
+        nxt = self.next_frame(now, boot, synced, budget)
         if nxt is None:
             return 0
         frame, carried = nxt
@@ -87,5 +93,5 @@ class Uplink:
             return -1
         if not await link.send(_READINGS, frame):
             return -1
-        self.store.ack(carried)
+        self.taken(carried)
         return len(carried)

@@ -2,7 +2,7 @@
 
 It subscribes to a network server's MQTT integration (ChirpStack v4 or The Things Stack v3,
 host_tools/codec/lns_json.py), and for each uplink of a known device:
-- FPort 102: decodes the readings frame (host_tools/codec, docs/payload.md), gives each reading its
+- FPort 102 (103 with extension fields): decodes the readings frame (host_tools/codec, docs/payload.md), gives each reading its
   full seq back and drops the ones seen before (host_tools/codec/seq.py), records them in the
   device's delivery ledger and hands the new ones on (`events`, or the `on_event` callback) in seq
   order within the frame;
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from host_tools.backoffice.command_client import next_counter
 from host_tools.backoffice.delivery_ledger import DAY_S, DeliveryLedger, LedgerBudget
-from host_tools.codec import PayloadError, decode
+from host_tools.codec import FPORT, FPORT_V3, PayloadError, decode
 from host_tools.codec import lns_json as J
 from host_tools.codec import lorawan_radio as R
 from host_tools.codec.lns_devices import tts_id
@@ -116,9 +116,9 @@ class UplinkService:
             sf = R.EU868_DR_SF.get(up.dr, 12)
             st.airtime.append((now, up.airtime_s or R.time_on_air_s(R.LORAWAN_OVERHEAD + len(up.data), sf)))
             name = st.info.device
-            if up.fport == 102:
+            if up.fport in (FPORT, FPORT_V3):  # format 2, or 3 (extension fields: a lamp's energy ...)
                 try:
-                    decoded = decode(up.data, fport=102)
+                    decoded = decode(up.data, fport=up.fport)
                 except PayloadError as exc:
                     self.emit({"event": "bad_payload", "device": name, "fcnt": up.fcnt, "error": str(exc)})
                     return
@@ -158,6 +158,22 @@ class UplinkService:
         self.emit({"event": "ledger", "device": st.info.device, "next": summary[0], "span": summary[1],
                    "seen": summary[2], "missing": summary[3], "bytes": len(frame), "time": now})
         return True
+
+    def send_command(self, device: str, frame: bytes) -> dict:
+        """Queue a signed command frame (docs/commands.md) for `device` as a downlink on FPort 10; its
+        compact ack (FPort 11) is matched when it comes up. Class A: the network server holds the
+        downlink until the device's next uplink opens its receive windows."""
+        with self._lock:
+            st = self.by_name.get(device)
+            if st is None:
+                raise KeyError(f"{device}: not a device of this uplink service")
+            frame = bytes(frame)
+            counter, opcode = int.from_bytes(frame[5:9], "big"), frame[9]
+            st.in_flight[counter] = opcode
+        self.send_downlink(st.info, self.ledger.FPORT_COMMAND, frame)
+        event = {"event": "command_queued", "device": st.info.device, "counter": counter, "opcode": opcode, "bytes": len(frame)}
+        self.emit(event)
+        return event
 
     def send_downlink(self, dev: LoraDevice, fport: int, data: bytes) -> None:
         topic, msg = downlink_message(self.integration, self.app, dev, fport, data)

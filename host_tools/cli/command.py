@@ -45,7 +45,11 @@ def configure(p):
     p.add_argument("--registry", default="fleet.sqlite", help="fleet registry file (default ./fleet.sqlite)")
     p.add_argument("--ramp", type=int, default=0, help="dim: ramp time in seconds")
     p.add_argument("--duration", type=int, default=0, help="dim: minutes before the profile resumes (0: until told)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the ack (default 10; a LoRaWAN device: 3 sampling periods + 60)")
+    p.add_argument("--lorawan", choices=("chirpstack", "tts"), default="chirpstack",
+                   help="a LoRaWAN device: the network server's MQTT integration on --broker (default chirpstack)")
+    p.add_argument("--lorawan-application", metavar="ID", help="ChirpStack application id / TTS application (default: the emulated network server's)")
+    p.add_argument("--lorawan-tenant", metavar="T", help="TTS tenant (default: the emulated network server's)")
     p.add_argument("--tls-ca", help="CA file for mqtts://")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -55,8 +59,8 @@ def run(args):
 
     from host_tools import boards
     from host_tools.backoffice.actions import ACTIONS, ActionError, config_change, parse
-    from host_tools.backoffice.command_client import CommandClient, cmd, next_counter
-    from host_tools.fleet.config import board_transport, transport_gap
+    from host_tools.backoffice.command_client import cmd, next_counter
+    from host_tools.fleet.config import board_transport
     from host_tools.fleet.registry import Registry, RegistryError
 
     if args.device in ACTIONS and args.action not in ACTIONS:  # the device was left out: `lanterne command dim 40`
@@ -91,19 +95,11 @@ def run(args):
     user, password = reg.backoffice_credentials()
     counter = next_counter(reg.command_counter(args.device))
     reg.set_command_counter(args.device, counter)  # used up even if the ack never comes
-    try:
-        client = CommandClient(args.broker, username=user, password=password, tls_ca=args.tls_ca)
-    except (OSError, TimeoutError) as exc:
-        raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker and the network") from None
-    try:
-        res = client.send(rec.site, args.device, key, counter, action.opcode, params, timeout=args.timeout)
-    except TimeoutError as exc:
-        gap = transport_gap(rec.config.get("transport") or board_transport(boards.load(rec.board)))
-        hint = (f"{args.device} ({rec.board}): {gap}" if gap
-                else "is the device online? `lanterne monitor` shows it")
-        raise CommandError(str(exc), hint=hint) from None
-    finally:
-        client.close()
+    transport = rec.config.get("transport") or board_transport(boards.load(rec.board))
+    if transport == "lorawan":
+        res = _send_lorawan(args, reg, rec, counter, action, params, user, password)
+    else:
+        res = _send_mqtt(args, rec, key, counter, action, params, user, password, transport)
     if res.ok:
         if action.opcode == cmd.ROTATE_KEY:
             reg.set_secret(args.device, "command_key", cmd.rotated_key(key, params["nonce"]).hex())
@@ -123,3 +119,59 @@ def run(args):
     else:
         print(f"{args.device}: {action.word} {res.reason} (counter {res.counter}, {res.rtt_ms:.0f} ms)")
     return 0 if res.ok else 1
+
+
+def _send_mqtt(args, rec, key, counter, action, params, user, password, transport):
+    from host_tools.backoffice.command_client import CommandClient
+    from host_tools.fleet.config import transport_gap
+
+    try:
+        client = CommandClient(args.broker, username=user, password=password, tls_ca=args.tls_ca)
+    except (OSError, TimeoutError) as exc:
+        raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker and the network") from None
+    try:
+        return client.send(rec.site, args.device, key, counter, action.opcode, params, timeout=args.timeout or 10.0)
+    except TimeoutError as exc:
+        gap = transport_gap(transport)
+        hint = f"{args.device} ({rec.board}): {gap}" if gap else "is the device online? `lanterne monitor` shows it"
+        raise CommandError(str(exc), hint=hint) from None
+    finally:
+        client.close()
+
+
+def _send_lorawan(args, reg, rec, counter, action, params, user, password):
+    # Queued on the network server as a class-A downlink: it goes after the device's next uplink.
+    from host_tools.backoffice.lorawan_command import LorawanCommandClient
+    from host_tools.backoffice.lorawan_fleet import uplink_devices
+    from host_tools.codec import lns_json as J
+
+    try:
+        (dev,) = uplink_devices(reg, [args.device])
+    except KeyError as exc:
+        raise CommandError(str(exc).strip("'\""), hint="provision it on a LoRaWAN board (esp32-rak3172)") from None
+    app = J.Application()
+    if args.lorawan_application:
+        app.application_id = app.tts_application = args.lorawan_application
+    if args.lorawan_tenant:
+        app.tts_tenant = args.lorawan_tenant
+    period = int(rec.config.get("sample_period_s") or 60)
+    timeout = args.timeout or 3 * period + 60
+    try:
+        client = LorawanCommandClient(args.broker, args.lorawan, app, username=user, password=password, tls_ca=args.tls_ca)
+    except (OSError, TimeoutError) as exc:
+        raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker and the network") from None
+
+    def queued(topic, n):
+        if not args.json:
+            print(f"{args.device}: {action.word} queued on the network server ({args.lorawan}: {topic}, {n} bytes on FPort 10);"
+                  f" class A: it goes down after the board's next uplink (it samples every {period} s, and its airtime"
+                  f" budget may hold an uplink back), its ack comes up in the one after; waiting up to {timeout:.0f} s",
+                  flush=True)
+
+    try:
+        return client.send(dev, counter, action.opcode, params, timeout=timeout, on_queued=queued)
+    except TimeoutError as exc:
+        raise CommandError(str(exc), hint=f"{args.device} is a LoRaWAN device: is it joined and sending (`lanterne uplinks`)?"
+                           " The downlink stays queued on the network server until its next uplink") from None
+    finally:
+        client.close()

@@ -7,7 +7,10 @@
    registry, config.json), then waiting for its first status;
 4. readings flowing, decoded as they arrive;
 5. a signed dim command to the street light, its signed ack and the lamp's PWM duty;
-6. the monitor table of the fleet.
+6. the LoRaWAN board (RAK3172 twin, gateways and network server on the same broker): its
+   readings through the ChirpStack integration and `lanterne uplinks`' decoder, and a signed
+   command queued as a class-A downlink, with its compact ack;
+7. the monitor table of the fleet.
 """
 
 from __future__ import annotations
@@ -51,6 +54,55 @@ def _short(payload: bytes) -> str:
         return payload.hex()
 
 
+def _lorawan_back_office(url, registry, say):
+    """The network server (ChirpStack integration) and the uplink service for the fleet's LoRaWAN devices."""
+    from host_tools.backoffice.lorawan_fleet import identities, uplink_devices
+    from host_tools.backoffice.uplinks import UplinkService
+    from host_tools.emulator.network_server import Device, NetworkServer
+
+    ns = NetworkServer(url, [Device(i.dev_eui, i.app_key, i.device, i.join_eui) for i in identities(registry)],
+                       integrations=("chirpstack",)).start()
+
+    def on_event(e):
+        if e["event"] == "reading":
+            r = e["reading"]
+            fields = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("status",))
+            say("lorawan uplinks", f"{e['device']} reading (FCnt {e.get('fcnt', 0)}): {fields}")
+        elif e["event"] in ("ack", "ledger", "command_queued"):
+            say("lorawan uplinks", f"{e['device']} {e['event']}: " + " ".join(f"{k}={v}" for k, v in e.items() if k not in ("event", "device")))
+
+    svc = UplinkService(uplink_devices(registry), integration="chirpstack", broker_url=url, on_event=on_event).start()
+    say("lorawan", f"network server (ChirpStack v4 integration) and uplink service on {url}")
+    return ns, svc
+
+
+def _lorawan_command(svc, registry, devices, say, timeout_s=60.0):
+    """A signed set_period (sample every 10 s) to each LoRaWAN board, as a class-A downlink; its compact ack."""
+    from host_tools.backoffice.command_client import next_counter
+    from host_tools.runtime import firmware_module
+
+    commands = firmware_module("commands")
+    for device in devices:
+        deadline = time.monotonic() + timeout_s
+        while not [e for e in svc.events if e["event"] == "reading" and e["device"] == device] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        counter = next_counter(registry.command_counter(device))
+        registry.set_command_counter(device, counter)
+        frame = commands.build(registry.command_key(device), device, counter, commands.SET_PERIOD, {"what": "sample", "seconds": 10})
+        t = time.monotonic()
+        svc.send_command(device, frame)
+        say("back office", f"set_period {device} sample 10 s: queued as a downlink (class A: it goes after the board's next uplink)")
+        while time.monotonic() < deadline:
+            acks = [e for e in svc.events if e["event"] == "ack" and e["device"] == device and e["counter"] == counter]
+            if acks:
+                reason = commands.REASONS.get(acks[0]["status"], acks[0]["status"])
+                say("back office", f"set_period {device}: ack {reason} after {time.monotonic() - t:.1f} s (compact LoRaWAN ack, verified)")
+                break
+            time.sleep(0.2)
+        else:
+            say("back office", f"set_period {device}: no ack within {timeout_s:.0f} s")
+
+
 def run(args):
     from host_tools.backoffice.brokers import BrokerError, EmbeddedBroker
     from host_tools.backoffice.command_client import CommandClient, next_counter
@@ -58,6 +110,7 @@ def run(args):
     from host_tools.backoffice.watcher import Watcher
     from host_tools.emulator.control import VirtualControl
     from host_tools.emulator.supervisor import Emulator
+    from host_tools.emulator.world import World
     from host_tools.fleet import ProvisionError
     from host_tools.fleet.flash import FlashError, flash
     from host_tools.fleet.provision import provision
@@ -91,11 +144,17 @@ def run(args):
     watcher = Watcher(url, ["lanterne/#"], on_message=on_message)
     emu = Emulator()
     handles = {}
+    lora = None  # (network server, uplink service) once a LoRaWAN board is provisioned
     try:
         for i, name in enumerate(boards.names()):
             board = boards.load(name)
             device = f"demo-{i + 1:02d}"
-            h = emu.add_board(board, base / name / "flash", port_path=base / name / "tty", blank=True)
+            radio = {}
+            if board.data["network"]["kind"] == "lorawan":
+                # its modem twin's gateways publish on the broker; the module's clock runs 5x (join
+                # windows of 1.2 s), and the network has moved it to DR5 (a gateway nearby)
+                radio = {"radio": url, "world": World(lorawan_speedup=5.0, lorawan_dr=5)}
+            h = emu.add_board(board, base / name / "flash", port_path=base / name / "tty", blank=True, **radio)
             handles[name] = (device, h)
             say(name, f"factory-fresh virtual board on {h.port}")
             try:
@@ -107,8 +166,10 @@ def run(args):
                     extra={"sample_period_s": args.sample_period, "status_period_s": 30},
                 )
                 say(name, f"provisioned: {prov.summary(warnings=False)}")
-                for warning in prov.warnings:  # the LoRaWAN board: it stores, but cannot deliver yet
+                for warning in prov.warnings:
                     say(name, f"warning: {warning}")
+                if radio and lora is None:
+                    lora = _lorawan_back_office(url, registry, say)
             except (FlashError, ProvisionError) as exc:
                 say(name, f"setup failed: {exc}")
         # a signed command to the street light, and its ack
@@ -127,6 +188,8 @@ def run(args):
                 say("back office", f"command failed: {exc}")
             finally:
                 client.close()
+        if lora:
+            _lorawan_command(lora[1], registry, [d for d, _ in handles.values() if d in lora[1].by_name], say)
         time.sleep(3)
         from rich.console import Console
         from rich.table import Table
@@ -143,6 +206,9 @@ def run(args):
     except KeyboardInterrupt:
         pass
     finally:
+        if lora:
+            lora[1].stop()
+            lora[0].stop()
         emu.close()
         watcher.close()
         registry.close()

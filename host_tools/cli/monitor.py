@@ -1,4 +1,4 @@
-"""`lanterne monitor [--broker URL] [--json] [--duration S] [--every S] [--capture FILE]`: the fleet, live.
+"""`lanterne monitor [--broker URL] [--json] [--duration S] [--every S] [--capture FILE] [--lorawan chirpstack|tts]`: the fleet, live.
 
 Subscribes to every device's status and readings (lanterne/v1/#) and shows, per device:
 state, last seen, last decoded reading, when the next reading and the next status are due
@@ -9,6 +9,11 @@ watch ends (and every --every seconds meanwhile). With --json it prints one JSON
 the fleet after --duration seconds (default 5), for scripts.
 With --capture it also appends every message to FILE, one JSON line each (receive time, topic,
 payload in hex): the input of `lanterne energy`.
+With --lorawan it also reads the network server's MQTT integration (ChirpStack or TTS) on the same
+broker, passively (it sends no ledger), and shows the registry's LoRaWAN devices in a table of their
+own: last uplink, RSSI, SNR, data rate, FCnt, airtime used in the last 24 h, readings, and what the
+back office knows to be missing (the board's own backlog is on its console: LoRaWAN does not carry
+the status).
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ def configure(p):
                    help="piped or redirected: also print the table every S seconds (default: once, when the watch ends)")
     p.add_argument("--tls-ca", help="CA file for mqtts://")
     p.add_argument("--capture", metavar="FILE", help="append every message to FILE as a JSON line (for lanterne energy)")
+    p.add_argument("--lorawan", choices=("chirpstack", "tts"),
+                   help="also show the registry's LoRaWAN devices from this network-server integration on --broker")
+
+LORAWAN_COLUMNS = ["device", "last uplink", "RSSI dBm", "SNR dB", "DR", "FCnt", "airtime 24 h (s)", "readings", "missing",
+                   "duplicates"]
+
+
+def _lorawan_rows(svc) -> list[list[str]]:
+    rows = []
+    for name, st in sorted(svc.stats().items()):
+        seen = f"{time.time() - st['time']:.0f} s ago" if st.get("time") else "never"
+        rows.append([name, seen, *(str(st.get(k, "-")) for k in ("rssi", "snr", "dr", "fcnt")), f"{st['airtime_today_s']:.2f}",
+                     str(st["readings"]), str(st["missing"]), str(st["duplicates"])])
+    return rows
 
 
 def run(args):
@@ -39,13 +58,32 @@ def run(args):
 
     user = password = None
     configs = {}
+    lora_devices = []
     if os.path.exists(args.registry):
         from host_tools.fleet.registry import Registry
 
         reg = Registry(args.registry)
         user, password = reg.backoffice_credentials()
         configs = {d.id: d.config for d in reg.devices()}
+        if args.lorawan:
+            import dataclasses
+
+            from host_tools.backoffice.lorawan_fleet import uplink_devices
+
+            # the watch starts mid-stream: what came before the first uplink it sees is not "missing"
+            lora_devices = [dataclasses.replace(d, first_seq=None) for d in uplink_devices(reg)]
         reg.close()
+    svc = None
+    if args.lorawan:
+        if not lora_devices:
+            raise CommandError(f"--lorawan: no LoRaWAN device in the registry {args.registry}")
+        from host_tools.backoffice.uplinks import UplinkService
+
+        try:  # passive: its ledger downlinks go nowhere
+            svc = UplinkService(lora_devices, integration=args.lorawan, broker_url=args.broker,
+                                publish=lambda topic, msg: None).start()
+        except (OSError, ConnectionError) as exc:
+            raise CommandError(f"cannot reach the broker {args.broker}: {exc}", hint="check --broker") from None
     view = FleetView(configs)
     capture = None
     if args.capture:
@@ -73,12 +111,15 @@ def run(args):
     try:
         if args.json:
             time.sleep(duration)
-            print(json.dumps(view.snapshot(), indent=1))
+            fleet = view.snapshot()
+            if svc is not None:
+                fleet += [{"device": name, "transport": "lorawan", "lorawan": st} for name, st in sorted(svc.stats().items())]
+            print(json.dumps(fleet, indent=1))
             return 0
         if not sys.stdout.isatty():
-            _plain(view, end, args.every, plain_table)
+            _plain(view, end, args.every, plain_table, svc)
             return 0
-        from rich.console import Console
+        from rich.console import Console, Group
         from rich.live import Live
         from rich.table import Table
 
@@ -88,7 +129,14 @@ def run(args):
                 t.add_column(c)
             for row in view.rows():
                 t.add_row(*row)
-            return t
+            if svc is None:
+                return t
+            lt = Table(title=f"LoRaWAN devices ({args.lorawan} integration)")
+            for c in LORAWAN_COLUMNS:
+                lt.add_column(c)
+            for row in _lorawan_rows(svc):
+                lt.add_row(*row)
+            return Group(t, lt)
 
         with Live(render(), console=Console(), refresh_per_second=2) as live:
             while end is None or time.monotonic() < end:
@@ -98,16 +146,20 @@ def run(args):
         pass
     finally:
         w.close()
+        if svc is not None:
+            svc.stop()
         if capture is not None:
             capture.close()
     return 0
 
 
-def _plain(view, end, every, plain_table):
+def _plain(view, end, every, plain_table, svc=None):
     """Piped or redirected: whole cells, no colours, no redrawing; printed at the end (Ctrl-C too)."""
     def show():
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}")
         print(plain_table(view.rows()), flush=True)
+        if svc is not None:
+            print(plain_table(_lorawan_rows(svc), LORAWAN_COLUMNS), flush=True)
 
     next_print = time.monotonic() + every if every > 0 else None
     try:

@@ -35,8 +35,8 @@ class Patch:
 PATCHES = (
     Patch(
         "ack before publish", "firmware/lanterne/uplink.py",
-        '        if not await link.send(_READINGS, frame):\n            return -1\n        self.store.ack(carried)\n',
-        '        self.store.ack(carried)\n        if not await link.send(_READINGS, frame):\n            return -1\n',
+        '        if not await link.send(_READINGS, frame):\n            return -1\n        self.taken(carried)\n',
+        '        self.taken(carried)\n        if not await link.send(_READINGS, frame):\n            return -1\n',
         ("tests/test_uplink.py",),
         "readings committed that never reached the broker",
     ),

@@ -1,6 +1,6 @@
 # Lanterne link: the one interface the application sends and receives through. MQTT over IP
-# implements it (transport/mqtt.py); a LoRaWAN AT modem is next. The app's uplink, ack and
-# status loops are written once against it.
+# implements it (transport/mqtt.py), and so does a LoRaWAN AT modem (transport/lorawan.py). The
+# app's uplink, ack and status loops are written once against it.
 #
 # The contract. Every method either returns at once or is a coroutine that lets the asyncio
 # loop run while it waits, and every wait has its own bound: no link ever holds the loop.
@@ -45,6 +45,9 @@
 #                               Both go through the app's one sending task like every frame.
 # Nothing of it is allocated until an update needs it: a board that is not updating carries no
 # more state than one without OTA (the 64 KB heap has no room to spare).
+#   link.ack_frame(ack, key)    the frame to send as the ACK of a command, from the ack
+#                               commands.py made (MQTT: that frame; LoRaWAN: the compact ack).
+#   link.name, link.where       the app's fault key ("mqtt", "lorawan") and what it connects to.
 import random
 import time
 
@@ -111,6 +114,9 @@ class Link:
 
     def fits(self, kind, nbytes):
         return True
+
+    def ack_frame(self, ack, key):
+        return ack
 
     def _came_up(self):
         self.state = ONLINE

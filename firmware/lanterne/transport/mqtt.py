@@ -129,6 +129,7 @@ def parse_broker(url):
 
 
 class MqttLink(Link):
+    name = "mqtt"  # the app's fault key for this link
     # The update channel's state, set on the instance only once an update opens it (updates()):
     # until then a board carries nothing for it (its instance dict stays the size it was).
     _ota = None  # (ota/req, ota/progress, ota/data) topics
@@ -138,6 +139,7 @@ class MqttLink(Link):
         Link.__init__(self, on_downlink)
         self.cfg = cfg
         self.host, self.port, self.tls = parse_broker(cfg["broker"])
+        self.where = "%s:%d" % (self.host, self.port)
         base = "%s/%s/%s/" % (_TOPIC_ROOT, cfg["site"], cfg["device"])
         # by frame kind (READINGS, STATUS, ACK), then the command topic
         self._topic = ((base + "up").encode(), (base + "status").encode(), (base + "ack").encode(), (base + "cmd").encode())

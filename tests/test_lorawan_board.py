@@ -1,0 +1,202 @@
+"""A LoRaWAN virtual board end to end: the firmware's AT driver (firmware/lanterne/transport/lorawan.py) on
+the board's UART, the RAK3172 twin, gateways and the emulated network server on Mosquitto, the back
+office's uplink service over the ChirpStack and The Things Stack integrations. What a city's LoRaWAN
+engineer checks: the board joins (after injected failures), its readings decode on the host, a signed
+command arrives as a class-A downlink and is obeyed, its compact ack verifies, and with uplinks lost
+every reading still arrives exactly once, the delivery ledger spending no more downlinks than allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from conftest import LANTERNE, lanterne
+
+from host_tools import boards
+from host_tools.backoffice.uplinks import LoraDevice, UplinkService
+from host_tools.codec import lns_json as J
+from host_tools.emulator.network_server import Device, NetworkServer
+from host_tools.fleet.registry import Registry
+
+pytestmark = pytest.mark.integration
+SPEED = 5.0  # the modem's clock runs 5x (join accept after ~1.2 s instead of 6 s)
+
+
+def lamp_board(tmp_path):
+    """The RAK3172 board with a street light's lamp output (a LoRaWAN street light)."""
+    data = json.loads(json.dumps(boards.load("esp32-rak3172").data))
+    data["name"] = "esp32-rak3172-lamp"
+    data["actuators"] = json.loads(json.dumps(boards.load("esp32-devkitc").data["actuators"]))
+    path = tmp_path / "esp32-rak3172-lamp.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def identity(name):
+    return {"dev_eui": os.urandom(8).hex().upper(), "app_key": os.urandom(16).hex().upper(), "command_key": os.urandom(32).hex()}
+
+
+def board_config(name, ident, **extra):
+    return dict({"device": name, "site": "north", "transport": "lorawan", "lorawan_deveui": ident["dev_eui"],
+                 "lorawan_appkey": ident["app_key"], "command_key": ident["command_key"], "sample_period_s": 5,
+                 "watchdog_ms": 0}, **extra)
+
+
+def wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def duty_percent(h):
+    p = h.world.pwm(25)
+    return 0 if p is None else round(p["duty_u16"] * 100 / 65535)
+
+
+def events(svc, kind):
+    return [e for e in svc.events if e["event"] == kind]
+
+
+def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mosquitto, tmp_path):
+    name = "Lamp_North"
+    registry = tmp_path / "fleet.sqlite"
+    with Registry(registry) as reg:  # the registry generates its LoRaWAN identity, as provisioning does
+        reg.add_or_update(name, site="north", board="esp32-rak3172", config={"transport": "lorawan", "sample_period_s": 5},
+                          lorawan=True)
+        ident = {"dev_eui": reg.secret(name, "lorawan_deveui"), "app_key": reg.secret(name, "lorawan_appkey"),
+                 "command_key": reg.secret(name, "command_key")}
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    key = bytes.fromhex(ident["command_key"])
+    lora = LoraDevice(name, ident["dev_eui"].lower(), key)
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack", "tts"), app=J.Application()) as ns:
+        cs = UplinkService([lora], integration="chirpstack", broker_url=mosquitto.url).start()
+        tts = UplinkService([lora], integration="tts", broker_url=mosquitto.url).start()
+        try:
+            (h,) = virtual_boards(1, board=lamp_board(tmp_path), config=board_config(name, ident), radio=mosquitto.url,
+                                  world_values={"lorawan_speedup": SPEED, "lorawan_join_failures": 2, "lorawan_dr": 5})
+            # two join requests go unanswered; the third is accepted: one join on the network server
+            h.wait_for(r"connected to the LoRaWAN network as Lamp_North", timeout=90)
+            console = h.console()
+            failed = re.findall(r"^\[lanterne\] lorawan: join failed \(JOIN_FAILED_RX_TIMEOUT\)\r?$", console, re.M)
+            assert len(failed) == 2, console[-2000:]
+            assert ns.counts["joins"] == 1
+            # readings decode through both integrations, the same ones
+            wait(lambda: len(events(cs, "reading")) >= 3 and len(events(tts, "reading")) >= 3, 60, "readings over both integrations")
+            first = events(cs, "reading")[0]["reading"]
+            assert first["seq"] == 0 and "temperature" in first and "lamp" in first
+            assert [e["reading"] for e in events(tts, "reading")][:3] == [e["reading"] for e in events(cs, "reading")][:3]
+            # a signed dim command, as an operator types it: queued through ChirpStack's downlink topic, it goes
+            # down after the next uplink (class A); the lamp follows; the compact ack comes up and verifies
+            monitor = subprocess.Popen([*LANTERNE, "monitor", "--broker", mosquitto.url, "--registry", registry, "--lorawan",
+                                        "chirpstack", "--json", "--duration", "30"], stdout=subprocess.PIPE, text=True)
+            for integration, level in (("chirpstack", 35), ("tts", 60)):
+                r = lanterne("command", name, "dim", level, "--broker", mosquitto.url, "--registry", registry,
+                             "--lorawan", integration, timeout=150)
+                assert r.returncode == 0, r.stdout + r.stderr
+                assert f"dim queued on the network server ({integration}:" in r.stdout and "class A" in r.stdout
+                assert re.search(rf"^{name}: dim ok \(counter \d+, \d+ ms\)$", r.stdout, re.M), r.stdout
+                wait(lambda: duty_percent(h) == level, 10, f"lamp at {level} %")  # noqa: B023
+            # the monitor saw the LoRaWAN device's radio figures through the integration
+            (row,) = [d for d in json.loads(monitor.communicate(timeout=60)[0]) if d["device"] == name]
+            st = row["lorawan"]
+            assert (st["rssi"], st["snr"], st["dr"]) == (-95, 7, 5) and st["fcnt"] > 0 and st["readings"] > 0
+            assert 0 < st["airtime_today_s"] < 30 and st["missing"] == 0
+            assert ns.counts["joins"] == 1  # the session held throughout
+            assert "MemoryError" not in h.console() and "(restarted)" not in h.console()
+        finally:
+            cs.stop()
+            tts.stop()
+
+
+def modem_twin(h):
+    (twin,) = [p for p in h.board.parts.parts if getattr(p, "name", None) == "lorawan"]
+    return twin
+
+
+DAY_SCALE = 1200.0  # the uplink service's clock runs 1200x: a simulated day in 72 s
+LEDGERS_PER_DAY = 10
+
+
+def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_64k(virtual_boards, mosquitto, tmp_path):
+    name = "Bin_Loss"
+    ident = identity(name)
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    key = bytes.fromhex(ident["command_key"])
+    t0, m0 = time.time(), time.monotonic()
+    clock = lambda: t0 + (time.monotonic() - m0) * DAY_SCALE  # noqa: E731
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), key)], integration="chirpstack",
+                            ledger_per_day=LEDGERS_PER_DAY, broker_url=mosquitto.url, clock=clock).start()
+        try:
+            # 20 % of uplinks lost; the modem's line noisy, two busy refusals, one reset in the middle of a command
+            (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=3, status_period_s=20),
+                                  radio=mosquitto.url, board_heap=64 * 1024,
+                                  world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.2,
+                                                "lorawan_garbage": 0.05, "lorawan_busy_refusals": 2})
+            h.wait_for(r"connected to the LoRaWAN network", timeout=60)
+            twin = modem_twin(h)
+            h.world.set(lorawan_resets=1)
+            lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
+            wait(lambda: len(lost()) >= 2, 150, "two uplinks lost")
+            target = max(e["reading"]["seq"] for e in events(svc, "reading")) + 3
+            # every reading up to there arrives, those of the lost uplinks sent again after a ledger listed them
+            wait(lambda: svc.stats()[name]["next_seq"] >= target, 150, f"every reading up to seq {target}")
+            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+            assert sorted(s for s in seqs if s < target) == list(range(target))  # each exactly once
+            assert len(seqs) == len(set(seqs))
+            assert seqs != sorted(seqs)  # some came late: sent again after the loss
+            # the ledger spends no more downlinks than allowed, in any 24 hours of the service's clock
+            times = [e["time"] for e in events(svc, "ledger")]
+            assert len(times) >= 2
+            assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
+            # the board freed what the ledgers acknowledged, and survived the faults at 64 KB
+            console = h.console()
+            assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
+            assert "lorawan: AT+SEND: the modem restarted" in console or twin.world.get("lorawan_resets") == 0
+            statuses = [json.loads(m) for m in re.findall(r"status not sent \(LoRaWAN: the status stays on the board\): (\{.*\})", console)]
+            assert statuses and statuses[-1]["backlog"] < target
+        finally:
+            svc.stop()
+
+
+def loaded_modules(h):
+    """The firmware's modules in memory: the app stopped with Ctrl-C, asked at its REPL."""
+    since = h.console_offset()
+    for _ in range(3):  # Ctrl-C until the app stops with KeyboardInterrupt
+        h.write_serial(b"\x03")
+        try:
+            h.wait_for("KeyboardInterrupt", since=since, timeout=5)
+            break
+        except TimeoutError:
+            pass
+    h.wait_for(">>> ", since=since)
+    for _ in range(3):  # (a line typed while the REPL still prints its banner may be cut: ask again)
+        since = h.console_offset()
+        h.write_serial(b"import sys; print('MODS', ' '.join(sorted(m for m in sys.modules if m.startswith('lanterne'))))\r")
+        mods = h.wait_for(r"MODS ([^\r\n]*)", since=since).group(1).decode().split()
+        if "lanterne.app" in mods:
+            break
+        time.sleep(0.5)
+    return mods
+
+
+def test_each_board_loads_only_its_own_transport(virtual_boards, mosquitto):
+    ident = identity("bin-only")
+    lora, mqtt = virtual_boards(1, board="esp32-rak3172", config=board_config("bin-only", ident))[0], \
+        virtual_boards(1, config={"device": "lamp-only", "site": "t", "broker": mosquitto.url})[0]
+    lora.wait_for(r"lorawan: join|connected to the LoRaWAN", timeout=40)  # (no gateway in range: it tries)
+    mqtt.wait_for(r"connected to 127\.0\.0\.1", timeout=40)
+    on_lora, on_mqtt = loaded_modules(lora), loaded_modules(mqtt)
+    assert "lanterne.transport.lorawan" in on_lora and "lanterne.delivery" in on_lora
+    assert "lanterne.transport.mqtt" not in on_lora and "lanterne.netio" not in on_lora
+    assert "lanterne.transport.mqtt" in on_mqtt
+    assert not [m for m in on_mqtt if m in ("lanterne.transport.lorawan", "lanterne.transport.at", "lanterne.transport.airtime",
+                                            "lanterne.delivery", "lanterne.ledger")]

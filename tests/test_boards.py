@@ -70,6 +70,7 @@ def test_cli_lists_and_validates(tmp_path, capsys):
     # The LoRaWAN board is offered like the others: its transport is in the firmware, no board has a note.
     assert "esp32-rak3172" in out
     assert [line for line in out.splitlines() if line.startswith("note:")] == []
+    assert "battery 8.5 Ah" in out  # the battery bin says what it runs on
     bad = _write(tmp_path, lambda d: d["actuators"][0].update(pwm=36))
     assert main(["boards", "--check", str(bad)]) == 1
     err = capsys.readouterr().err

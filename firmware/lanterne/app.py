@@ -54,19 +54,9 @@ def _print_json(doc):
 
 
 def _bump_boot_count(path="boot.count"):
-    n = 0
-    try:
-        with open(path) as f:
-            n = int(f.read())
-    except (OSError, ValueError):
-        pass
-    n += 1
-    try:
-        with open(path, "w") as f:
-            f.write(str(n))
-    except OSError:
-        pass
-    return n
+    from lanterne.flashfile import bump_counter  # (a battery board's cold start counts with it too)
+
+    return bump_counter(path)
 
 
 class App:

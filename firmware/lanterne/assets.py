@@ -111,7 +111,8 @@ class Assets:
             from lanterne.sensors.fill_level import UltrasonicFillLevel
 
             self.fill = UltrasonicFillLevel(
-                Pin(spec["trigger"], Pin.OUT), Pin(spec["echo"], Pin.IN), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"]
+                Pin(spec["trigger"], Pin.OUT), Pin(spec["echo"], Pin.IN), empty_mm=cfg["bin_empty_mm"], full_mm=cfg["bin_full_mm"],
+                samples=spec.get("samples", 9), gap_ms=spec.get("gap_ms", 60),  # fewer, closer pings on a battery
             )
             return "fill"
         elif kind == "ultrasonic_uart":

@@ -80,7 +80,7 @@ REASONS = {
 
 # Config keys a command may set, and their range (see config.SCHEMA for the meaning).
 CONFIG_ALLOW = ("sample_period_s", "status_period_s", "keepalive_s", "bin_empty_mm", "bin_full_mm", "lat", "lon", "timezone_min",
-                "pm_period_s", "pm_kappa_milli", "sound_offset_db")
+                "pm_period_s", "pm_kappa_milli", "sound_offset_db", "send_period_s")
 
 
 class CommandError(Exception):

@@ -109,6 +109,10 @@ SCHEMA = {
     "keepalive_s": (int, 60, _range(10, 3600)),
     "status_period_s": (int, 300, _range(5, 86400)),
     "sample_period_s": (int, 60, _range(1, 86400)),
+    # power (docs/battery.md): "" = the board file's power.supply; "battery": deep sleep between
+    # readings (lanterne/wake.py), a frame sent when the oldest unsent reading is send_period_s old
+    "power": (str, "", _choice("", "mains", "battery")),
+    "send_period_s": (int, 3600, _range(60, 86400)),
     "lat": (float, 0.0, _range(-90, 90)),
     "lon": (float, 0.0, _range(-180, 180)),
     "bin_empty_mm": (int, 1200, _range(50, 5000)),

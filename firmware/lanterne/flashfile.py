@@ -4,6 +4,23 @@
 import os
 
 
+def bump_counter(path):
+    """The number in `path` plus one, written back (0 when missing or unreadable): the boot count."""
+    n = 0
+    try:
+        with open(path) as f:
+            n = int(f.read())
+    except (OSError, ValueError):
+        pass
+    n += 1
+    try:
+        with open(path, "w") as f:
+            f.write(str(n))
+    except OSError:
+        pass
+    return n
+
+
 def write_atomic(path, text):
     """Write `text` to `path` through path.tmp renamed over it: a power cut leaves the old file or the new.
 

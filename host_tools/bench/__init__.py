@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "bridge": ("host_tools.bench.bridge", "back-office bridge readings/s into SQLite and PostgreSQL, two instances, NGSI-LD entities/s"),
     "energy": ("host_tools.bench.energy", "lamp energy meter: heap and qstr cost on a board, tick/save cost, flash wear"),
     "ota": ("host_tools.bench.ota", "over-the-air updates: wire bytes (delta, full), transfer time, heap, Ed25519 verify, rollback"),
+    "battery": ("host_tools.bench.battery", "battery bin: awake time per wake (virtual board, ESP32 estimate), charge a day, battery years"),
     "mutation": ("host_tools.bench.mutation", "mutation testing: kill rate per module of the commands, store, codec, drain and decoders"),
 }
 

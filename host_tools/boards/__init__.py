@@ -20,6 +20,7 @@ ESP32_GPIOS = set(range(0, 40)) - {20, 24, 28, 29, 30, 31}
 ESP32_FLASH_PINS = {6, 7, 8, 9, 10, 11}  # wired to the SPI flash on WROOM modules
 ESP32_INPUT_ONLY = {34, 35, 36, 37, 38, 39}
 ESP32_ADC1 = {32, 33, 34, 35, 36, 37, 38, 39}  # ADC2 is unusable while Wi-Fi runs
+RTC_GPIOS = {0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39}  # can wake it from deep sleep
 
 # The heap the firmware is held to, out of a board's `heap_bytes`, with its library in the ROMFS
 # partition as `lanterne provision` writes it (tests/test_romfs.py, `lanterne bench heap`).
@@ -51,6 +52,8 @@ TOP_FIELDS = {
     "actuators": list,
     "status_led": (int, type(None)),
     "setup_button": (int, type(None)),
+    "alarm": dict,
+    "power": dict,
 }
 REQUIRED = ("name", "chip", "heap_bytes", "network", "buses", "sensors", "actuators")
 
@@ -168,6 +171,35 @@ def _check_environment_part(path, prefix, part: dict, buses: dict):
         _number(path, f"{prefix}.ibuf", part.get("ibuf", 16384), 4096, 65536, int)
 
 
+# The power section (docs/battery.md): how the board is supplied and, on a battery, the energy
+# model's inputs. Currents in mA, times in ms; each must be given for a battery board.
+POWER_SUPPLIES = ("mains", "battery")
+BATTERY_CURRENTS = ("esp32_active", "esp32_deep_sleep", "esp32_wifi", "modem_sleep", "modem_tx", "modem_rx",
+                    "sensor_active", "regulator_quiescent")
+BATTERY_TIMINGS = ("esp32_boot", "wifi_connect", "sensor_per_ping")
+
+
+def _check_power(path, power: dict):
+    supply = power.get("supply")
+    if supply not in POWER_SUPPLIES:
+        raise _err(path, "power.supply", f"must be one of {', '.join(POWER_SUPPLIES)}, got {supply!r}")
+    if supply != "battery":
+        return
+    bat = power.get("battery")
+    if not isinstance(bat, dict):
+        raise _err(path, "power.battery", "a battery board says what its cell is: capacity_mah, nominal_v, self_discharge_pct_per_year")
+    _number(path, "power.battery.capacity_mah", bat.get("capacity_mah"), 1, 1_000_000)
+    _number(path, "power.battery.nominal_v", bat.get("nominal_v"), 0.5, 60)
+    _number(path, "power.battery.self_discharge_pct_per_year", bat.get("self_discharge_pct_per_year"), 0, 50)
+    for group, keys, high in (("currents_ma", BATTERY_CURRENTS, 2000), ("timing_ms", BATTERY_TIMINGS, 600_000)):
+        values = power.get(group)
+        if not isinstance(values, dict):
+            raise _err(path, f"power.{group}", f"missing: give {', '.join(keys)}")
+        for key in keys:
+            _number(path, f"power.{group}.{key}", values.get(key), 0, high)
+    _number(path, "power.esp32_mhz", power.get("esp32_mhz"), 80, 240)
+
+
 def validate(data: Any, path: Path) -> dict:
     if not isinstance(data, dict):
         raise BoardError(f"{path.name}: a board file is a JSON object")
@@ -228,6 +260,20 @@ def validate(data: Any, path: Path) -> dict:
         _check_pin(path, "setup_button", button, "input")
         if button in used:
             raise _err(path, "setup_button", f"GPIO{button} is already used by '{used[button]}'")
+        used[button] = "setup_button"
+    alarm = data.get("alarm")
+    if alarm is not None:
+        # A switch that wakes the board from deep sleep (lid, tilt): an RTC GPIO (ext0 wake source).
+        _check_pin(path, "alarm.pin", alarm.get("pin"), "input")
+        if alarm["pin"] not in RTC_GPIOS:
+            raise _err(path, "alarm.pin", f"GPIO{alarm['pin']} cannot wake the ESP32 from deep sleep (RTC GPIOs: "
+                       f"{', '.join(map(str, sorted(RTC_GPIOS)))})")
+        if alarm["pin"] in used:
+            raise _err(path, "alarm.pin", f"GPIO{alarm['pin']} is already used by '{used[alarm['pin']]}'")
+        if alarm.get("active", "high") not in ("high", "low"):
+            raise _err(path, "alarm.active", f"must be high or low, got {alarm.get('active')!r}")
+    if "power" in data:
+        _check_power(path, data["power"])
     return data
 
 

@@ -21,18 +21,22 @@ def run(args):
         return 0
     from host_tools.fleet.config import board_transport, transport_gap
 
-    rows = [("board", "network", "board heap", "parts")]
+    rows = [("board", "network", "power", "board heap", "parts")]
     notes = []
     for name in boards.names():
         b = boards.load(name)
         parts = ", ".join(p["type"] for p in b.data["sensors"] + b.data["actuators"])
-        rows.append((name, b.data["network"]["kind"], f"{b.heap_bytes // 1024} KiB", parts))
+        power = b.data.get("power", {})
+        supply = power.get("supply", "mains")
+        if supply == "battery":
+            supply = f"battery {power['battery']['capacity_mah'] / 1000:g} Ah"
+        rows.append((name, b.data["network"]["kind"], supply, f"{b.heap_bytes // 1024} KiB", parts))
         gap = transport_gap(board_transport(b))
         if gap:
             notes.append(f"note: {name}: {gap}")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
     print(
         "\nboard heap: the MicroPython heap the board has (a WROVER board's is in its PSRAM). Without PSRAM the firmware"
         f" needs {boards.FIRMWARE_HEAP_BYTES // 1024} KiB of it, its library running in place from the ROMFS partition as"

@@ -44,6 +44,7 @@ from host_tools.emulator import ROM, frozen
 from host_tools.emulator.devices.parts import Parts
 from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.netsim import NtpServer
+from host_tools.emulator.sleep import DeepSleep
 from host_tools.emulator.world import World
 from host_tools.runtime.paths import BUILD, micropython_binary
 
@@ -191,6 +192,8 @@ class VirtualBoard:
         self.listening: dict[tuple[str, int], int] = {}  # (board ip, port) -> loopback port on the host
         self.dropped_input = 0
         self._pending_reset: tuple[str, int] | None = None
+        self.sleep = DeepSleep(self)  # the RTC domain: memory, clock, wake sources; deep sleeps (sleep.py)
+        self._started_at = time.monotonic()  # when the running interpreter started
         self._wdt_timeout: float | None = None
         self._wdt_deadline: float | None = None
         self._tasks: list[asyncio.Task] = []
@@ -243,6 +246,7 @@ class VirtualBoard:
 
     async def close(self) -> None:
         self._closing = True
+        self.sleep.cancel()
         for t in self._tasks:
             t.cancel()
         await self._kill()
@@ -328,14 +332,18 @@ class VirtualBoard:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.hard_reset("power")))
 
     async def power_cut(self) -> None:
-        """The supply drops now: the interpreter dies mid-instruction; the flash stays as it is."""
+        """The supply drops now: the interpreter dies mid-instruction (or the sleep ends); the flash
+        stays as it is, RTC memory and the RTC clock are lost."""
         self.powered = False
         self._wdt_timeout = self._wdt_deadline = None
+        self.sleep.cancel()
+        self.sleep.lose()
         await self._kill()
 
     async def hard_reset(self, kind: str = "hard") -> None:
         """The EN (reset) line: a fresh interpreter, machine.reset_cause() per `kind`."""
         self.powered = True
+        self.sleep.cancel()
         await self._kill()
         self._wdt_timeout = self._wdt_deadline = None
         if self.download_mode:
@@ -347,6 +355,7 @@ class VirtualBoard:
     async def _kill(self) -> None:
         proc = self.proc
         self.proc = None
+        self._pending_reset = None  # a reset or sleep the dying interpreter asked for is moot
         self.executing = False
         self._radio_off()
         if proc and proc.returncode is None:
@@ -413,6 +422,7 @@ class VirtualBoard:
         self.boots += 1
         self._heap_scale = HEAP_SCALE_ROMFS if self._romfs_valid() else HEAP_SCALE
         self.booted_event.clear()
+        self._started_at = time.monotonic()
         self.reset_log.append(kind)
         if kind in ROM_BOOT_LINES:
             self._emit(("\r\n" + ROM_BOOT_LINES[kind] + "\r\n").encode())
@@ -430,6 +440,7 @@ class VirtualBoard:
             "LANTERNE_RESET_CAUSE": str(RESET_CAUSE.get(kind, self._last_cause())),
             "LANTERNE_SERIAL": self.serial,
             "LANTERNE_NTP_PORT": str(self.ntp.port if self.ntp else 0),
+            **self.sleep.env(kind),  # RTC memory and clock (kept or lost by this reset), wake reason
         }
         if self.romfs:
             env["LANTERNE_ROMFS"] = str(self.romfs[0])
@@ -473,9 +484,12 @@ class VirtualBoard:
         self.proc = None
         self.executing = False
         if self._pending_reset:
-            kind, _arg = self._pending_reset
+            kind, arg = self._pending_reset
             self._pending_reset = None
-            self._boot(kind)
+            if kind == "deepsleep":
+                self.sleep.start(arg, awake_s=time.monotonic() - self._started_at)  # boots again on waking
+            else:
+                self._boot(kind)
         elif code == EXIT_SOFT_FRIENDLY:
             self._start_interpreter("soft-friendly")
         elif code == EXIT_SOFT_RAW:
@@ -571,18 +585,25 @@ class VirtualBoard:
 
     def on_booted(self, alloc: int, free: int) -> None:
         self.booted_alloc, self.booted_free = alloc, free
+        self.sleep.booted(self.proc.pid if self.proc else None)
         self.booted_event.set()
 
     def on_reset_request(self, kind: str, arg: int) -> None:
+        # machine.reset() or machine.deepsleep(ms): the CPU stops at once (what it printed is in
+        # the pipe already); a deep sleep then runs on the host (sleep.py) until a wake source
+        # boots the board again with DEEPSLEEP_RESET.
         self._pending_reset = ("deepsleep" if kind == "deepsleep" else "software", arg)
         self._wdt_timeout = self._wdt_deadline = None  # a chip reset stops the watchdog
         proc = self.proc
+        if kind == "deepsleep":
+            self.sleep.requested(proc.pid if proc else None)
         if proc and proc.returncode is None:
-            if kind == "deepsleep" and arg > 0:
-                asyncio.get_running_loop().call_later(arg / 1000.0, self._end_for_reset, proc)
-                self._emit(b"")
-            else:
-                self._end_for_reset(proc)
+            self._end_for_reset(proc)
+
+    def wake_from_sleep(self) -> None:
+        """A wake source fired (sleep.py): the chip boots again from its ROM."""
+        if self.powered and not self._closing and self.proc is None:
+            self._boot("deepsleep")
 
     def _end_for_reset(self, proc) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -20,7 +20,11 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     CLOCK                    the world's wall clock, Unix seconds (what NTP serves)
     EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
-    RESET hard|deepsleep ms  the firmware asked for a hard reset
+    RESET hard|deepsleep ms  the firmware asked for a hard reset / to sleep ms (0: until a wake pin)
+    RTCMEM hex|-             RTC memory now holds these bytes (kept across deep sleep, sleep.py)
+    RTCCLK offset_ms         the RTC was set: its time minus the board's clock, ms
+    WAKE ext0 pin level|-    deep-sleep wake sources (esp32.wake_on_ext0 / wake_on_ext1)
+    WAKE ext1 pinmask level
     IRQ pin trigger          pin interrupt: 1 rising, 2 falling, 3 both, 4/5 on reaching low/high
                              (once, not repeatedly), 0 off (machine.Pin.irq)
     EVENTS                   this connection becomes the board's interrupt channel: from now on
@@ -272,6 +276,9 @@ def handle(board: HalClient, line: str) -> str:
         if op == "RESET":
             board.on_reset_request(args[0], int(args[1]) if len(args) > 1 else 0)
             return "OK"
+        if op in ("RTCMEM", "RTCCLK", "WAKE"):
+            sleep = getattr(board, "sleep", None)  # (a StandaloneHal keeps no RTC domain: nothing outlives its script)
+            return "OK" if sleep is None else sleep.request(op, args)
         return f"E {errno.ENOSYS}"
     except Nack:
         return f"E {errno.ENODEV}"

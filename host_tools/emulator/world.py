@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "clock_offset_s": 0.0,  # the world's wall clock (what NTP serves) = host clock + this
     "rssi_dbm": -67.0,  # Wi-Fi signal the board sees
     "net_delay_s": 2.0,  # how long a "slow" broker / "slow_tls" handshake holds each chunk
+    "sleep_speedup": 1.0,  # the world clock runs this many times faster while the board is in deep sleep (sleep.py)
     # LoRaWAN modem twin and its radio (host_tools/emulator/devices/lorawan_modem.py): counts are used up
     "lorawan_speedup": 1.0,  # the modem's clock runs this many times faster than the host's
     "lorawan_gateways": 1.0,  # gateways in range (each publishes every uplink it hears)
@@ -55,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "lorawan_dr": -1.0,  # >= 0: the network moves the module to this data rate (then back to -1)
     "lorawan_tx_done_first": False,  # TX_DONE / SEND_CONFIRMED_* before the RX event instead of after
     "button": False,  # the board's button (board file: setup_button) held down
+    "alarm": False,  # the board's alarm switch (board file: alarm; a bin's lid open or the bin tilted)
     "pm1_ugm3": 6.0,  # particulate matter a reference instrument would measure
     "pm25_ugm3": 11.0,
     "pm10_ugm3": 18.0,
@@ -79,6 +81,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "clock_offset_s": (-1e10, 1e10),
     "rssi_dbm": (-130.0, 0.0),
     "net_delay_s": (0.0, 600.0),  # a slow broker's hold per chunk
+    "sleep_speedup": (1.0, 1_000_000.0),
     "lorawan_speedup": (0.001, 1_000_000.0),
     "lorawan_gateways": (0.0, 100.0),
     "lorawan_rssi_dbm": (-150.0, 0.0),
@@ -167,6 +170,7 @@ class World:
         self._listeners: list = []
         self.rng = random.Random(seed)
         self.started = time.monotonic()
+        self.slept_ahead_s = 0.0  # how far deep sleeps at sleep_speedup moved the clock ahead of the host's
         self.set(**values)
 
     # -- physical quantities -------------------------------------------------
@@ -187,11 +191,19 @@ class World:
 
     def now(self) -> float:
         """The world's wall clock, Unix seconds (what an NTP server tells the board)."""
-        return time.time() + self._values["clock_offset_s"]
+        return time.time() + self._values["clock_offset_s"] + self.slept_ahead_s
 
     def set_clock(self, unix_seconds: float) -> None:
         """Make the world's wall clock read `unix_seconds` now (boards see it at their next NTP sync)."""
-        self.set(clock_offset_s=unix_seconds - time.time())
+        self.set(clock_offset_s=unix_seconds - time.time() - self.slept_ahead_s)
+
+    def advance(self, seconds: float) -> None:
+        """Time passes faster than the host's: the world clock (and the clock of a board that slept
+        through it, sleep.py) moves `seconds` ahead at once. Only ever forwards."""
+        if seconds > 0:
+            with self._lock:
+                self.slept_ahead_s += seconds
+            self._notify("advance", {"slept_ahead_s": self.slept_ahead_s})
 
     def values(self) -> dict[str, Any]:
         with self._lock:
@@ -307,12 +319,14 @@ class World:
             }
 
     def snapshot(self) -> dict[str, Any]:
-        return {"values": self.values(), "faults": self.faults(), "outputs": self.outputs(), "parts": self.parts()}
+        return {"values": self.values(), "faults": self.faults(), "outputs": self.outputs(), "parts": self.parts(),
+                "slept_ahead_s": self.slept_ahead_s}
 
     def subscribe(self, fn) -> None:
         """Call `fn(what, values)` after every change: ("set", {quantity: value}), ("fault",
         {part: kind}), ("clear", {part: None}), ("pin", {pin: level}) when an output changes,
-        ("pwm", {pin: duty_u16 or None}) at every PWM write. Called on the thread that made it."""
+        ("pwm", {pin: duty_u16 or None}) at every PWM write, ("advance", {"slept_ahead_s": total})
+        when a deep sleep moved the clock ahead. Called on the thread that made it."""
         with self._lock:
             self._listeners.append(fn)
 

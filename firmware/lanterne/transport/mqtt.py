@@ -67,9 +67,11 @@ def _put_header(buf, first, remaining):
             return i
 
 
-def connect_packet(client_id, keepalive, will_topic=None, will=None, will_qos=0, will_retain=False, user=None, password=None):
-    """CONNECT (clean session): a bytearray of its own (once per connection; credentials may be long)."""
-    flags = 0x02
+def connect_packet(client_id, keepalive, will_topic=None, will=None, will_qos=0, will_retain=False, user=None, password=None,
+                   clean=True):
+    """CONNECT: a bytearray of its own (once per connection; credentials may be long). clean=False:
+    the broker keeps the session (subscription, QoS 1 commands queued while the board sleeps)."""
+    flags = 0x02 if clean else 0
     n = 10 + 2 + len(client_id)
     if will_topic:
         flags |= 0x04 | will_qos << 3 | (0x20 if will_retain else 0)
@@ -157,6 +159,7 @@ class MqttLink(Link):
         self._puback = bytearray(b"\x40\x02\x00\x00")  # the reader's own buffer
         self._last_tx = 0
         self._ping = 0  # when the PINGREQ in flight went out (0: none)
+        self.clean = True  # False on a battery board (lanterne/wake.py): commands wait at the broker while it sleeps
 
     def max_frame(self, kind):
         return FRAME_MAX if kind == READINGS else 65535
@@ -200,6 +203,7 @@ class MqttLink(Link):
                 True,
                 c["mqtt_user"].encode() or None,
                 c["mqtt_password"].encode() or None,
+                self.clean,
             )
             # with TLS this write drives the handshake, waiting on the server's flights
             rc = await self._request(0, packet, _CONNACK << 16)
@@ -260,6 +264,15 @@ class MqttLink(Link):
                 await self._write(_PINGREQ, 2)
             except OSError as e:
                 self._lost("ping: %r" % (e,))
+
+    async def disconnect(self):
+        """DISCONNECT, then close: the broker drops the last will (a battery board going to sleep is not offline)."""
+        if self.up:
+            try:
+                await self._write(b"\xe0\x00", 2)
+            except OSError:
+                pass
+        self.close()
 
     def close(self):
         """Drop the connection now (no DISCONNECT: the broker publishes the last will)."""

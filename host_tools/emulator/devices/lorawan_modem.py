@@ -13,7 +13,8 @@ and the session (DevAddr, session keys, both frame counters) survive the ESP32's
 cuts and the emulator's restarts, as the module's own flash keeps them.
 
 Time: the modem runs on its own clock, `lorawan_speedup` times faster than the host's (world
-quantity, default 1), so tests need not wait out 5-second join windows. Nothing runs between UART
+quantity, default 1), so tests need not wait out 5-second join windows; and it moves ahead with
+the world when the board's deep sleep fast-forwards it (`sleep_speedup`, host_tools/emulator/sleep.py). Nothing runs between UART
 polls: each read or write first plays the events whose time has come.
 
 World quantities (set with `lanterne world set`, counts are used up one per event):
@@ -78,6 +79,17 @@ class ModemTwin:
         self.last_confirm_ok = False  # AT+CFS=?
         self.airtime_total_s = 0.0
         self.log: list[dict] = []  # every frame on air, both ways (tests read it)
+        self._ahead = float(getattr(world, "slept_ahead_s", 0.0))
+        world.subscribe(self._on_world)
+
+    def _on_world(self, what, values) -> None:
+        # The board slept through time the world fast-forwarded (deep sleep at sleep_speedup): the
+        # module lived through it too, asleep (its duty-cycle waits and windows ran out meanwhile).
+        if what == "advance":
+            with self._lock:
+                ahead = float(values["slept_ahead_s"])
+                self._modem0 += ahead - self._ahead
+                self._ahead = ahead
 
     def attach_board(self, flash: Path, radio: str | None) -> None:
         """Keep the NVM beside the board's flash folder; reach the gateways through the broker `radio`."""

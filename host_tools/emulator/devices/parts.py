@@ -85,6 +85,11 @@ class Parts:
             from host_tools.emulator.devices.button import Button
 
             self.add(Button(world, int(board_data["setup_button"])))
+        if board_data.get("alarm") is not None:
+            from host_tools.emulator.devices.button import AlarmSwitch
+
+            alarm = board_data["alarm"]
+            self.add(AlarmSwitch(world, int(alarm["pin"]), alarm.get("active", "high")))
 
     def add(self, part, spec: dict | None = None) -> None:
         spec = spec or {}

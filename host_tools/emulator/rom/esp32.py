@@ -17,12 +17,33 @@ def raw_temperature():
     return mcu_temperature() * 9 // 5 + 32
 
 
+# Deep-sleep wake sources (only the RTC GPIOs can wake the ESP32 from deep sleep): the emulator
+# watches them while the board sleeps (host_tools/emulator/sleep.py). machine.wake_reason() then
+# says which fired: machine.EXT0_WAKE (= PIN_WAKE), EXT1_WAKE or TIMER_WAKE.
+_RTC_GPIOS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39)
+
+
+def _wake_pin(pin):
+    n = pin if isinstance(pin, int) else getattr(pin, "_id", -1)
+    if n not in _RTC_GPIOS:
+        raise ValueError("invalid pin for wake")
+    return n
+
+
 def wake_on_ext0(pin, level):
-    pass
+    # pin None: ext0 off; level WAKEUP_ANY_HIGH (True, 1) or WAKEUP_ALL_LOW (False, 0)
+    if pin is None:
+        _hal.call("WAKE ext0 -")
+        return
+    _hal.call("WAKE ext0 %d %d" % (_wake_pin(pin), 1 if level else 0))
 
 
 def wake_on_ext1(pins, level):
-    pass
+    # pins None or (): ext1 off; level WAKEUP_ANY_HIGH (any pin high) or WAKEUP_ALL_LOW (all low)
+    mask = 0
+    for p in pins or ():
+        mask |= 1 << _wake_pin(p)
+    _hal.call("WAKE ext1 %d %d" % (mask, 1 if level else 0))
 
 
 def idf_heap_info(capabilities):

@@ -17,8 +17,20 @@ HARD_RESET = const(2)
 WDT_RESET = const(3)
 DEEPSLEEP_RESET = const(4)
 SOFT_RESET = const(5)
+# machine.wake_reason() (ESP-IDF's esp_sleep_wakeup_cause_t): 0 after any boot but a deep-sleep wake
+PIN_WAKE = const(2)
+EXT0_WAKE = const(2)
+EXT1_WAKE = const(3)
+TIMER_WAKE = const(4)
+TOUCHPAD_WAKE = const(5)
+ULP_WAKE = const(6)
+# sleep modes a pin interrupt may wake (Pin.irq(wake=...))
+IDLE = const(1)
+SLEEP = const(2)
+DEEPSLEEP = const(4)
 
 _RESET_CAUSE = int(os.getenv("LANTERNE_RESET_CAUSE") or "1")
+_WAKE_REASON = int(os.getenv("LANTERNE_WAKE_REASON") or "0")
 _FREQ = [160000000]
 _ENODEV = const(19)
 _ETIMEDOUT = const(110)
@@ -40,7 +52,16 @@ def soft_reset():
     raise SystemExit
 
 
+def wake_reason():
+    return _WAKE_REASON
+
+
 def deepsleep(ms=0):
+    # The CPU and its RAM power down: the emulator ends this interpreter at once and boots a new
+    # one when the time has passed on the world clock or a wake pin reached its level (ms 0: only
+    # a wake pin or a reset). RTC memory and the RTC clock are kept. Never returns.
+    if ms < 0:
+        raise ValueError("negative sleep time")
     _hal.call("RESET deepsleep %d" % ms)
     while True:
         time.sleep(1)
@@ -221,6 +242,14 @@ class Pin:
         # As the esp32 port: handler (called with the pin), trigger (IRQ_RISING | IRQ_FALLING),
         # wake; no `hard`: the handler is always scheduled (micropython.schedule) and runs on
         # the interpreter's thread between two bytecodes, as soon as the edge reaches it.
+        # wake=DEEPSLEEP with trigger WAKE_LOW/WAKE_HIGH arms the pin as the ext0 wake source.
+        if wake is not None and wake & DEEPSLEEP:
+            if trigger not in (self.WAKE_LOW, self.WAKE_HIGH):
+                raise ValueError("bad trigger for wake")
+            import esp32
+
+            esp32.wake_on_ext0(self, 1 if trigger == self.WAKE_HIGH else 0)
+            wake = None
         if handler is not _UNSET or trigger != 3 or wake is not None:
             if handler is _UNSET or handler is None:
                 handler, trigger = None, 0
@@ -500,7 +529,15 @@ class WDT:
         _hal.call("FEED")
 
 
-_rtc_base = [None]  # (Unix seconds at set, ticks_ms at set) once the clock was set
+# The RTC's clock: its offset from the host's clock (time.time()) and the sleep's, ms. Kept across
+# deep sleep and the resets that leave the RTC domain powered (the emulator hands it on), lost
+# with the power. Its user memory likewise (RTC.memory(), 2 KB as MICROPY_HW_RTC_USER_MEM_MAX).
+_rtc_base = [int(os.getenv("LANTERNE_RTC_OFFSET_MS") or "0")]
+# The RTC counts the time the board spent in deep sleep, also what the world fast-forwarded
+# (sleep_speedup, host_tools/emulator/sleep.py); time.time() here stays the host's clock.
+_CLOCK_AHEAD = float(os.getenv("LANTERNE_CLOCK_AHEAD") or "0")
+_rtc_memory = [bytes.fromhex(os.getenv("LANTERNE_RTC_MEMORY") or "")]
+_RTC_MEMORY_MAX = const(2048)
 
 
 def _days_from_civil(y, m, d):
@@ -527,8 +564,8 @@ def _civil(secs):
 
 
 class RTC:
-    # Counts from 2000-01-01 after power-on until set (ntptime.settime(), datetime()).
-    _BOOT = 946684800
+    # Counts from 2000-01-01 at power-on until set (ntptime.settime(), datetime()), and on
+    # through deep sleep and soft resets (the emulator hands its offset to each interpreter).
 
     def __init__(self, id=0):
         pass
@@ -538,10 +575,7 @@ class RTC:
             self.datetime(datetime)
 
     def _now(self):
-        if _rtc_base[0] is None:
-            return self._BOOT + time.ticks_ms() // 1000 - _BOOT_S
-        epoch, ticks = _rtc_base[0]
-        return epoch + time.ticks_diff(time.ticks_ms(), ticks) // 1000
+        return int(time.time() + _CLOCK_AHEAD + _rtc_base[0] / 1000)
 
     def datetime(self, dt=None):
         if dt is None:
@@ -549,16 +583,19 @@ class RTC:
         self.set_epoch(_days_from_civil(dt[0], dt[1], dt[2]) * 86400 + dt[4] * 3600 + dt[5] * 60 + dt[6])
 
     def set_epoch(self, secs):
-        _rtc_base[0] = (int(secs), time.ticks_ms())
+        _rtc_base[0] = int((int(secs) - time.time() - _CLOCK_AHEAD) * 1000)
+        _hal.call("RTCCLK %d" % _rtc_base[0])
 
     def memory(self, data=None):
-        return b"" if data is None else None
+        # Bytes kept in RTC slow memory: they survive deep sleep and soft resets, not a power cut.
+        if data is None:
+            return _rtc_memory[0]
+        data = bytes(data)
+        if len(data) > _RTC_MEMORY_MAX:
+            raise ValueError("buffer too long")
+        _hal.call("RTCMEM %s" % (data.hex() or "-"))
+        _rtc_memory[0] = data
 
-    def synced(self):
-        return _rtc_base[0] is not None
-
-
-_BOOT_S = time.ticks_ms() // 1000
 
 
 class Timer:

@@ -181,7 +181,7 @@ def loaded_modules(h):
     for _ in range(3):  # (a line typed while the REPL still prints its banner may be cut: ask again)
         since = h.console_offset()
         h.write_serial(b"import sys; print('MODS', ' '.join(sorted(m for m in sys.modules if m.startswith('lanterne'))))\r")
-        mods = h.wait_for(r"MODS ([^\r\n]*)", since=since).group(1).decode().split()
+        mods = h.wait_for(r"MODS ([^\r\n]*)\r?\n", since=since).group(1).decode().split()  # (the whole line)
         if "lanterne.app" in mods:
             break
         time.sleep(0.5)

@@ -64,6 +64,7 @@ class App:
     # on the class (App.ota = ...; one App per board): the instance's attribute table holds 37
     # entries, and a 38th would grow it to 47 (a new 752-byte table, in one piece, on a 64 KB heap).
     ota = None
+    _status_doc = None  # the status's dict, kept once made (status())
 
     def __init__(self, ota_info=None):
         # OTA hook: which slot and release run, and whether an update, a trial or a rollback
@@ -235,42 +236,45 @@ class App:
         faults = dict(self.faults)
         faults.update(self.assets.faults())
         st = self.store
-        return (_print_json if console else json.dumps)(
-            {
-                "state": state,
-                "device": self.cfg["device"],
-                "board": self.board.get("name"),
-                "fw": __version__,
-                "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
-                "reset_cause": self.reset_cause,
-                "boot": self.boot,
-                "heap_free": gc.mem_free(),
-                "heap_alloc": gc.mem_alloc(),
-                "backlog": st.pending,
-                "dropped": st.dropped,
-                "sent": self.sent,
-                "sample_period_s": self.sample_period,
-                "status_period_s": self.status_period,
-                "faults": sorted(faults.values()),
-                "rssi": self.net.rssi(),
-                "clock": self.clock_synced,
-                "lamp": self.assets.lamp.level if self.assets.lamp else None,
-                "lamp_reason": self.assets.profile.reason if self.assets.profile else None,
-                "bollard": self.assets.bollard.state if self.assets.bollard else None,
-                "interlock_trips": self.assets.bollard.interlock_trips if self.assets.bollard else None,
-                "cmd_counter": self.commands.verifier.last_counter,
-                "tls_heap": getattr(self.link, "tls_heap", None) if self.link else None,
-                "loop_lag_max_ms": self.lag_max,
-                "loop_lag_max_ms_boot": self.lag_max_boot,
-                # field setup hook: on-site changes (field.json) and the setup page, if up
-                "field": self.field,
-                "setup": self.setup.summary() if self.setup else None,
-                "env": self.assets.extra.status() if self.assets.extra else None,
-                "energy": self.assets.energy.status() if self.assets.energy else None,  # the lamp's counters
-                # OTA hook: the library slot and release running (an update, a trial, a rollback)
-                "ota": self.ota.status() if self.ota else self.ota_info,
-            }
-        )
+        # One dict for every status, made at the first one and kept (on the class: the instance's
+        # attribute table is full, see App.ota): a table of ~30 entries is one 480-byte block, which
+        # a fragmented 64 KB heap may no longer have in one piece hours later.
+        d = App._status_doc
+        if d is None:
+            d = App._status_doc = {}
+        d["state"] = state
+        d["device"] = self.cfg["device"]
+        d["board"] = self.board.get("name")
+        d["fw"] = __version__
+        d["uptime_s"] = time.ticks_diff(time.ticks_ms(), self.started) // 1000
+        d["reset_cause"] = self.reset_cause
+        d["boot"] = self.boot
+        d["heap_free"] = gc.mem_free()
+        d["heap_alloc"] = gc.mem_alloc()
+        d["backlog"] = st.pending
+        d["dropped"] = st.dropped
+        d["sent"] = self.sent
+        d["sample_period_s"] = self.sample_period
+        d["status_period_s"] = self.status_period
+        d["faults"] = sorted(faults.values())
+        d["rssi"] = self.net.rssi()
+        d["clock"] = self.clock_synced
+        d["lamp"] = self.assets.lamp.level if self.assets.lamp else None
+        d["lamp_reason"] = self.assets.profile.reason if self.assets.profile else None
+        d["bollard"] = self.assets.bollard.state if self.assets.bollard else None
+        d["interlock_trips"] = self.assets.bollard.interlock_trips if self.assets.bollard else None
+        d["cmd_counter"] = self.commands.verifier.last_counter
+        d["tls_heap"] = getattr(self.link, "tls_heap", None) if self.link else None
+        d["loop_lag_max_ms"] = self.lag_max
+        d["loop_lag_max_ms_boot"] = self.lag_max_boot
+        # field setup hook: on-site changes (field.json) and the setup page, if up
+        d["field"] = self.field
+        d["setup"] = self.setup.summary() if self.setup else None
+        d["env"] = self.assets.extra.status() if self.assets.extra else None
+        d["energy"] = self.assets.energy.status() if self.assets.energy else None  # the lamp's counters
+        # OTA hook: the library slot and release running (an update, a trial, a rollback)
+        d["ota"] = self.ota.status() if self.ota else self.ota_info
+        return (_print_json if console else json.dumps)(d)
 
     def status_payload(self):
         # The status to send now; its loop-lag window restarts (given back if the send fails).

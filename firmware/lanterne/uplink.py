@@ -34,6 +34,11 @@ class Uplink:
         self.encoder = codec.Encoder(budget)
         self.batch = [codec.new_reading()]
 
+    def taken(self, carried):
+        # commit what a frame carried: the store's ack, or the LoRaWAN ledger's own `taken` (a method,
+        # not a bound method kept per instance: the 64 KB heap)
+        getattr(self.store, "taken", self.store.ack)(carried)
+
     def _readings(self, n):
         # At least one reusable reading, at most n: a heap too full for more gives smaller frames.
         b = self.batch
@@ -92,5 +97,5 @@ class Uplink:
             return -1
         if not await link.send(_READINGS, frame):
             return -1
-        getattr(self.store, "taken", self.store.ack)(carried)  # (no bound method kept: heap)
+        self.taken(carried)
         return len(carried)

@@ -60,7 +60,7 @@ def test_no_config_at_all_says_so_and_tries_no_broker(virtual_boards):
     h.wait_for(r"NOT PROVISIONED: no broker in its config, this board stays OFFLINE", timeout=30)
     h.wait_for(r"config.json: missing, and config.lkg.json is missing: not provisioned, no broker to connect to")
     # It keeps sampling into its store, and its status goes to the console.
-    m = h.wait_for(r"status not sent \(config: no broker configured: offline, readings kept in the store\): (\{.*\})",
+    m = h.wait_for(r"status not sent \(config: no broker configured: offline, readings kept in the store\): (\{.*\})\r?\n",
                    timeout=30)
     doc = json.loads(m.group(1))
     assert doc["backlog"] >= 1 and doc["device"] == "unprovisioned"

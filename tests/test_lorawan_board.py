@@ -165,15 +165,21 @@ def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_the_
             assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
             assert "lorawan: AT+SEND: the modem restarted" in console or twin.world.get("lorawan_resets") == 0
             statuses = [json.loads(m) for m in re.findall(r"status not sent \(LoRaWAN: the status stays on the board\): (\{.*\})", console)]
-            assert statuses and statuses[-1]["backlog"] < target
+            assert statuses and statuses[-1]["dropped"] == 0
+            # the store on the board's flash, read at its REPL once the app is stopped: the ledgers freed
+            # readings, and never more than had arrived
+            delivered = len(set(e["reading"]["seq"] for e in events(svc, "reading")))
+            sampled, pending, dropped = store_counts(h)
+            assert dropped == 0
+            assert 0 < sampled - pending <= delivered, (sampled, pending, delivered)
         finally:
             svc.stop()
 
 
-def loaded_modules(h):
-    """The firmware's modules in memory: the app stopped with Ctrl-C, asked at its REPL."""
+def stop_app(h):
+    """Ctrl-C until the app stops with KeyboardInterrupt and the REPL prompts."""
     since = h.console_offset()
-    for _ in range(3):  # Ctrl-C until the app stops with KeyboardInterrupt
+    for _ in range(3):
         h.write_serial(b"\x03")
         try:
             h.wait_for("KeyboardInterrupt", since=since, timeout=5)
@@ -181,14 +187,35 @@ def loaded_modules(h):
         except TimeoutError:
             pass
     h.wait_for(">>> ", since=since)
-    for _ in range(3):  # (a line typed while the REPL still prints its banner may be cut: ask again)
+
+
+def ask(h, expr, tag, done=lambda got: True):
+    """Print `expr` at the board's REPL after a tag; the rest of that line (asked again when a line
+    typed while the REPL still prints its banner was cut)."""
+    for _ in range(3):
         since = h.console_offset()
-        h.write_serial(b"import sys; print('MODS', ' '.join(sorted(m for m in sys.modules if m.startswith('lanterne'))))\r")
-        mods = h.wait_for(r"MODS ([^\r\n]*)\r?\n", since=since).group(1).decode().split()  # (the whole line)
-        if "lanterne.app" in mods:
-            break
+        h.write_serial(f"print('{tag}', {expr})\r".encode())
+        got = h.wait_for(tag.encode() + rb" ([^\r\n]*)\r?\n", since=since).group(1).decode()  # (the whole line)
+        if done(got):
+            return got
         time.sleep(0.5)
-    return mods
+    return got
+
+
+def store_counts(h):
+    """(readings sampled, still on flash, dropped): the board's store as recovered from its flash."""
+    stop_app(h)
+    got = ask(h, "(lambda s: '%d %d %d' % (s.next_seq, s.pending, s.dropped))(__import__('lanterne.store').store.Store('store'))",
+              "STORE", lambda got: len(got.split()) == 3)
+    return tuple(int(v) for v in got.split())
+
+
+def loaded_modules(h):
+    """The firmware's modules in memory: the app stopped with Ctrl-C, asked at its REPL."""
+    stop_app(h)
+    got = ask(h, "' '.join(sorted(m for m in __import__('sys').modules if m.startswith('lanterne')))", "MODS",
+              lambda got: "lanterne.app" in got.split())
+    return got.split()
 
 
 def test_each_board_loads_only_its_own_transport(virtual_boards, mosquitto):

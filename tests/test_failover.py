@@ -29,9 +29,11 @@ from host_tools.fleet.registry import Registry
 pytestmark = pytest.mark.integration
 BOARD = "olimex-esp32-poe-rak3172"
 SPEED = 5.0  # the modem's clock (join accept after ~1.2 s)
-# The smallest heap (ESP32 KB) this run passes at, both transports loaded and used: measured by running
-# it at smaller ones (docs/benchmarks.md, "heap"); held here so that it cannot creep.
-FLOOR_KB = 75
+# The heap (ESP32 KB) this run is held to, both transports loaded and used. Measured by running it at
+# smaller heaps: 74 KB met a MemoryError, 75 KB passed (77 and 80 too); held at 76 (one KB for the
+# fragmentation that varies with timing) so that it cannot creep. The MQTT and LoRaWAN boards' floor
+# is 66 KB (docs/benchmarks.md, "heap"); the dual board has 100 KB (its board file).
+FLOOR_KB = 76
 FAULTS = {"temperature_fault", "humidity_fault", "pressure_fault"}  # the BME280 gone: an alarm reading
 
 

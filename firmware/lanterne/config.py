@@ -105,7 +105,7 @@ SCHEMA = {
     "ca_cert": (str, "", None),
     "wifi_ssid": (str, "", None),
     "wifi_key": (str, "", None),
-    "transport": (str, "mqtt", _choice("mqtt", "lorawan")),
+    "transport": (str, "mqtt", _choice("mqtt", "lorawan", "failover")),  # failover: MQTT, and LoRaWAN while it is down (transport/failover.py)
     "keepalive_s": (int, 60, _range(10, 3600)),
     "status_period_s": (int, 300, _range(5, 86400)),
     "sample_period_s": (int, 60, _range(1, 86400)),

@@ -23,7 +23,6 @@ from lanterne import commands as cmd
 from lanterne.net import Network
 from lanterne.transport.link import ACK, READINGS, STATUS, Flag
 
-RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
 CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 GC_EVERY = 2048  # bytes allocated between two automatic collections
@@ -68,6 +67,9 @@ class App:
     _status_doc = None  # the status's dict, kept once made (status())
 
     def __init__(self, ota_info=None):
+        # Collect after every few KB allocated from the start (run() keeps it): boot's garbage left
+        # to pile up until the heap is full would scatter the objects built here across it.
+        gc.threshold(GC_EVERY)
         # OTA hook: which slot and release run, and whether an update, a trial or a rollback
         # needs the OTA seam (below): what the boot selector found, from main.py (boot.py), else
         # read here (lanterne_ota.state.boot_info), the OTA package dropped again at once. A board
@@ -104,7 +106,9 @@ class App:
             self.faults["board"] = board_error
         self.started = time.ticks_ms()
         self.boot = _bump_boot_count()
-        self.reset_cause = RESET_CAUSES.get(machine.reset_cause(), "unknown")
+        # machine.reset_cause() 1..5 (a tuple read once: a module-level dict would stay on the heap)
+        c = machine.reset_cause()
+        self.reset_cause = ("power_on", "hard_reset", "watchdog", "deepsleep", "soft_reset")[c - 1] if 1 <= c <= 5 else "unknown"
         self.net = Network(self.board, self.cfg)
         self.link = None
         self.wdt = None

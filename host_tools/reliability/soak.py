@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools import boards
-from host_tools.reliability import soak_faults, soak_ledger, soak_security
+from host_tools.reliability import soak_faults, soak_ledger, soak_lorawan, soak_security
 from host_tools.reliability.soak_profile import BOARD_KINDS, FAULTS, Profile, fleet_kinds, schedule
 
 TASK_RESTARTED = "(restarted)"
@@ -74,6 +74,11 @@ class SoakBoard:
     executed: list[int] = field(default_factory=list)
     task_restarted: int = 0
     memory_errors: int = 0
+    heap_peak: int = 0  # LoRaWAN boards: from the statuses they log (they stay on the board)
+
+    @property
+    def lorawan(self) -> bool:
+        return BOARD_KINDS[self.kind].transport == "lorawan"
 
 
 class _PollSelect:
@@ -138,6 +143,7 @@ class Campaign:
         self.injected: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self.probe_results: list[dict[str, bool]] = []
+        self.lora = None  # soak_lorawan.LoraSide, when the fleet has LoRaWAN boards
 
     # -- set-up ------------------------------------------------------------------------------
     def _fleet(self, work: Path, emu) -> None:
@@ -156,8 +162,11 @@ class Campaign:
             flash.mkdir(parents=True)
             b = SoakBoard(i, kind, device, bk.site, board, flash, board.data.get("flash", {}).get("fs_bytes", 2 << 20), i in tls)
             b.world = World(seed=self.seed * 1000 + i)
+            if bk.transport == "lorawan":
+                b.world.set(**soak_lorawan.LORA_WORLD)  # its gateway radio: pointed at the broker once it runs
             b.proxy = FaultProxy("127.0.0.1", 0, world=b.world).start()  # its broker: once the broker's ports are chosen
-            b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world)
+            b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world,
+                                     log_path=work / "boards" / device / "console.log")
             b.expected_boots = 1
             self.boards.append(b)
         for b in self.boards:
@@ -171,7 +180,7 @@ class Campaign:
             for b in self.boards:
                 url = f"mqtts://localhost:{b.proxy.port}" if b.tls else f"mqtt://127.0.0.1:{b.proxy.port}"
                 w.writerow([b.handle.port, b.board.name, b.device, b.site, url, ca_file if b.tls else "",
-                            p.sample_period_s, p.status_period_s, p.keepalive_s])
+                            max(p.sample_period_s, BOARD_KINDS[b.kind].min_sample_period_s), p.status_period_s, p.keepalive_s])
 
     def _provision(self, csv_path: Path, *flags: str) -> None:
         # `lanterne provision --fleet` in its own process, as an installer runs it (and with the few
@@ -191,6 +200,8 @@ class Campaign:
                "listen": Listener(self.broker_tls_port, "127.0.0.1")}
         paths = write_broker_files(reg, work / "broker", owner=owner, listen=Listener(self.broker_port, "127.0.0.1"), tls=tls,
                                    persistence_dir=work / "broker" / "persistence")
+        self.lns_password = os.urandom(12).hex()
+        soak_lorawan.broker_users(paths, self.lns_password)
         return SystemMosquitto(paths["mosquitto_conf"], self.broker_port).start()
 
     def start_backoffice(self) -> None:
@@ -247,7 +258,7 @@ class Campaign:
             t.start()
             threads.append(t)
 
-    def _commands(self, stream, end: float, stop: threading.Event) -> None:
+    def _commands(self, streams, end: float, stop: threading.Event) -> None:
         rate = (self.profile.commands_per_min + self.profile.attacks_per_min) / 60
         if rate <= 0:
             return
@@ -255,6 +266,7 @@ class Campaign:
         rng = random.Random(self.seed * 31)
         while not stop.wait(rng.expovariate(rate)) and time.monotonic() < end:
             try:
+                stream = soak_lorawan.pick_stream(streams, rng)
                 if rng.random() < legit_share:
                     stream.legit()
                 else:
@@ -300,6 +312,8 @@ class Campaign:
             cut = text.rfind("\n") + 1
             whole, b.console_carry = text[:cut], text[cut:]
             b.executed += soak_security.executions(whole.encode())
+            if b.lorawan:
+                b.heap_peak = max(b.heap_peak, soak_lorawan.logged_heap(whole))
             b.task_restarted += whole.count(TASK_RESTARTED)
             b.memory_errors += whole.count("MemoryError")
 
@@ -362,12 +376,16 @@ class Campaign:
                         raise SoakError("the back office could not subscribe on the broker") from None
             self.start_backoffice()
             stack.callback(self.stop_backoffice)
+            lora_boards = [b for b in self.boards if b.lorawan]
+            if lora_boards:  # the network server, its gateways and the uplink service, on the same broker
+                self.lora = soak_lorawan.LoraSide(lora_boards, reg, self.broker_port, self.lns_password).start()
+                stack.callback(self.lora.stop)
             t = time.monotonic()
             self._provision(csv_path, "--no-wait", "--jobs", str(min(16, self.n)))
             self.timings["provisioned"] = round(time.monotonic() - t, 1)
             for b in self.boards:
                 b.expected_boots += 1  # provisioning resets the board
-            never = self._wait_online(office, [b.device for b in self.boards], 120 + self.n)
+            never = self._wait_online(office, [b.device for b in self.boards], 120 + self.n)  # (LoRaWAN: a reading)
             self.timings["online"] = round(time.monotonic() - t, 1)
             # The impostor broker for the TLS probe, and the chaos window.
             rogue = stack.enter_context(Mosquitto(tls={"cafile": rogue_pki["cafile"], "certfile": rogue_pki["certfile"],
@@ -375,9 +393,13 @@ class Campaign:
             rogue_watcher = stack.enter_context(Watcher(rogue.url, ["#"]))
             devices = {b.device: {"site": b.site, "lamp": bool(b.board.actuators("lamp"))} for b in self.boards
                        if BOARD_KINDS[b.kind].transport == "mqtt"}
-            stream = soak_security.CommandStream(f"mqtt://127.0.0.1:{self.broker_port}", office_user, office_pw, devices,
-                                                 keys, counters, random.Random(self.seed * 13))
-            stack.callback(stream.close)
+            streams = [soak_security.CommandStream(f"mqtt://127.0.0.1:{self.broker_port}", office_user, office_pw, devices,
+                                                   keys, counters, random.Random(self.seed * 13))]
+            stack.callback(streams[0].close)
+            if self.lora:
+                streams.append(soak_lorawan.LoraCommands(self.lora, {b.device: {"site": b.site, "lamp": False} for b in lora_boards},
+                                                         keys, counters, random.Random(self.seed * 19)))
+            stream = soak_lorawan.Streams(streams)
             plan = schedule(self.profile, [b.kind for b in self.boards], self.minutes, random.Random(self.seed))
             host = soak_ledger.HostLoad().start()
             stop = threading.Event()
@@ -386,7 +408,7 @@ class Campaign:
             fault_threads: list[threading.Thread] = []
             workers = [
                 threading.Thread(target=self._faults, args=(plan, t0, stop, fault_threads), daemon=True),
-                threading.Thread(target=self._commands, args=(stream, end - self.profile.settle_s / 2, stop), daemon=True),
+                threading.Thread(target=self._commands, args=(streams, end - self.profile.settle_s / 2, stop), daemon=True),
                 threading.Thread(target=self._probes, args=(office, rogue, rogue_watcher, rogue_pki["cafile"], t0, end, stop),
                                  daemon=True),
                 threading.Thread(target=self._consoles, args=(stop,), daemon=True),
@@ -408,6 +430,8 @@ class Campaign:
             for b in self.boards:
                 b.world.clear()
                 b.world.set(link_up=True, clock_offset_s=0.0)
+                if b.lorawan:
+                    b.world.set(lorawan_uplink_loss=0.0, lorawan_join_failures=0.0)
                 (b.flash / soak_faults.FILL_NAME).unlink(missing_ok=True)
                 b.handle.power_on()
             if self.bridge is None:
@@ -442,6 +466,8 @@ class Campaign:
         while left and time.monotonic() < end:
             for m in office.matching("lanterne/v1/*/*/status", lambda m: b'"online"' in m.payload):
                 left.discard(m.topic.split("/")[3])
+            if self.lora is not None:  # a LoRaWAN board is online once a reading of it came through the uplink service
+                left -= {d for d, seqs in self.lora.delivered()[0].items() if seqs}
             time.sleep(0.5)
         return sorted(left)
 
@@ -457,7 +483,7 @@ class Campaign:
                         doc = json.loads(m.payload)
                         if doc.get("backlog") == 0:
                             empty.add(doc.get("device"))
-            if all(b.device in empty for b in self.boards):
+            if all(b.device in empty for b in self.boards if not b.lorawan):  # (LoRaWAN: checked by _wait_delivered)
                 return
             time.sleep(1)
 
@@ -470,7 +496,13 @@ class Campaign:
         out: dict[str, list[int]] = {}
         for device, seq in rows:
             out.setdefault(device, []).append(seq)
-        return out, len(rows)
+        n = len(rows)
+        if self.lora is not None:  # the LoRaWAN boards' readings: what the uplink service handed on after de-duplication
+            got, events = self.lora.delivered()
+            for device, seqs in got.items():
+                out.setdefault(device, []).extend(seqs)
+            n += events
+        return out, n
 
     def _wait_delivered(self, stores: dict[str, dict], timeout: float) -> None:
         end = time.monotonic() + timeout

@@ -121,6 +121,13 @@ def format_ledger(ledger: dict) -> str:
     add(f"faults injected ({sum(ledger['faults_injected'].values())} of {ledger['faults_planned']} planned; "
         f"{ledger['power_cuts_during_write']} power cuts caught a store write): "
         + ", ".join(f"{k} {v}" for k, v in sorted(ledger["faults_injected"].items())))
+    lw = ledger.get("lorawan")
+    if lw:
+        add(f"lorawan ({lw['boards']} boards, network server and uplink service on the broker): uplinks {lw['uplinks_sent']}, "
+            f"lost in the air {lw['uplinks_lost_in_the_air']}, join requests unanswered {lw['join_requests_unanswered']}, "
+            f"joins {lw['network_server_joins']}, ledger downlinks {lw['ledgers_sent']}, "
+            f"duplicates dropped by the uplink service {lw['duplicates_dropped_by_uplink_service']}; "
+            f"commands {json.dumps(ledger.get('commands_lorawan', {}))}")
     h = ledger["host"]
     add(f"host: {h['cpus']} CPUs, CPU busy mean {h['cpu_busy_mean_pct']} % peak {h['cpu_busy_peak_pct']} %, "
         f"load peak {h['load_peak']}, memory used peak {h['mem_used_peak_mb']} MB of {h['mem_total_mb']} MB")
@@ -266,6 +273,9 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     ledger["memory_errors"] = sum(b.memory_errors for b in campaign.boards)
     ledger["console_bytes_unread"] = sum(b.console_lost for b in campaign.boards)
     ledger["boards_never_online"] = never
+    for b in campaign.boards:  # LoRaWAN boards log their statuses (airtime): read from their consoles
+        if b.heap_peak:
+            heap[b.device] = max(heap.get(b.device, 0), b.heap_peak)
     ledger["heap_peak_bytes"] = {d: by_device[d].handle.board.esp32_heap(v) for d, v in sorted(heap.items())}
     peak_kind: dict[str, int] = {}
     for d, v in ledger["heap_peak_bytes"].items():
@@ -274,6 +284,8 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     ledger["heap_peak_by_kind"] = peak_kind
     ledger["heap_scale"] = sorted({b.handle.board.heap_scale() for b in campaign.boards})
     ledger["faults_injected"] = dict(sorted(campaign.injected.items()))
+    if campaign.lora is not None:
+        ledger["lorawan"] = campaign.lora.figures()
     ledger["faults_planned"] = len(plan)
     ledger["power_cuts_during_write"] = sum(1 for p in plan if p.arg.get("during_write"))
     ledger["host"] = host

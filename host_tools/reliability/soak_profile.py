@@ -49,8 +49,9 @@ class FaultKind:
 FAULTS: dict[str, FaultKind] = {
     f.name: f
     for f in (
-        FaultKind("power_cut", "board", "power cut at a random instant, power back after the duration"),
-        FaultKind("power_cut_flash_write", "board", "power cut the moment the board's store grows (a flash write under way)"),
+        FaultKind("power_cut", "board", "power cut at a random instant, power back after the duration", ("mqtt", "lorawan")),
+        FaultKind("power_cut_flash_write", "board", "power cut the moment the board's store grows (a flash write under way)",
+                  ("mqtt", "lorawan")),
         FaultKind("link_flap", "board", "Wi-Fi / Ethernet link down for the duration"),
         FaultKind("proxy_stall", "board", "the TCP proxy to the broker swallows everything (both ways) for the duration"),
         FaultKind("proxy_cut", "board", "the TCP proxy cuts the open connection silently (half-open) for the duration"),
@@ -59,6 +60,10 @@ FAULTS: dict[str, FaultKind] = {
         FaultKind("clock_jump", "board", "the wall clock NTP serves steps forward or back (hours to days), then back"),
         FaultKind("ntp_silent", "board", "NTP never answers for the duration"),
         FaultKind("full_flash", "board", "the filesystem filled up to the store's reserve for the duration", ("mqtt", "lorawan")),
+        FaultKind("lorawan_uplink_loss", "board", "a share (20-60 %) of the board's uplinks reaches no gateway for the duration",
+                  ("lorawan",)),
+        FaultKind("lorawan_join_failure", "board", "the board's power cut and its module's session lost; the network leaves "
+                  "the next 1-2 join requests unanswered; power back after the duration", ("lorawan",)),
         FaultKind("broker_restart", "fleet", "Mosquitto stopped (SIGTERM, it saves its state) and started again"),
         FaultKind("broker_kill", "fleet", "Mosquitto killed (SIGKILL), down for the duration, started again"),
         FaultKind("backoffice_restart", "fleet", "the bridge stopped (committing what it took), down for the duration, started again"),
@@ -70,9 +75,14 @@ FAULTS: dict[str, FaultKind] = {
 class BoardKind:
     name: str
     board: str  # board file (boards/NAME.json)
-    transport: str  # "mqtt" (Wi-Fi or Ethernet); "lorawan" once the firmware sends over it
+    transport: str  # "mqtt" (Wi-Fi or Ethernet) or "lorawan" (modem twin, network server, uplink service)
     tls: bool = True  # may be among the fleet's mqtts:// boards
     site: str = "soak"
+    # The shortest sample period the board is given, whatever the profile's: a LoRaWAN board's 1 %
+    # duty cycle keeps its sub-band closed 99x the airtime of each uplink (a full DR5 frame: ~37 s),
+    # so it cannot carry a reading every 2 s; what it samples must fit what it may send.
+    min_sample_period_s: int = 1
+    command_weight: float = 1.0  # its share of the command stream per board (class A: one downlink per uplink)
 
 
 BOARD_KINDS: dict[str, BoardKind] = {
@@ -81,6 +91,8 @@ BOARD_KINDS: dict[str, BoardKind] = {
         BoardKind("wifi-lamp", "esp32-devkitc", "mqtt"),  # street light: BME280, BH1750, supply, lamp PWM
         BoardKind("ethernet-bollard", "olimex-esp32-poe", "mqtt"),  # Ethernet: fill level, bollard relay
         BoardKind("envstation", "esp32-envstation", "mqtt"),  # PM sensor, microphone, 2 MB PSRAM heap
+        BoardKind("lorawan-sensor", "esp32-rak3172", "lorawan", tls=False, min_sample_period_s=10,
+                  command_weight=0.25),  # RAK3172 modem: BME280, BH1750, supply
     )
 }
 
@@ -90,7 +102,7 @@ _SHORT = {
     "status_period_s": 20,
     "keepalive_s": 10,
     "tls_share": 0.25,
-    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1},
+    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 0.6},
     "faults": {
         "power_cut": {"per_min": 8, "duration_s": [0.5, 4]},
         "power_cut_flash_write": {"per_min": 4, "duration_s": [0.5, 3]},
@@ -102,6 +114,8 @@ _SHORT = {
         "clock_jump": {"per_min": 3, "duration_s": [5, 15]},
         "ntp_silent": {"per_min": 2, "duration_s": [5, 15]},
         "full_flash": {"per_min": 2, "duration_s": [5, 15]},
+        "lorawan_uplink_loss": {"per_min": 1, "duration_s": [10, 30]},
+        "lorawan_join_failure": {"per_min": 0.5, "duration_s": [0.5, 2]},
         "broker_restart": {"per_min": 0.6, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.6, "duration_s": [1, 3]},
         "backoffice_restart": {"per_min": 0.6, "duration_s": [1, 5]},
@@ -120,6 +134,7 @@ _SHORT = {
 _FULL = {
     **_SHORT,
     "name": "full",
+    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 1},
     "sample_period_s": 10,
     "status_period_s": 60,
     "keepalive_s": 15,
@@ -134,6 +149,8 @@ _FULL = {
         "clock_jump": {"per_min": 1, "duration_s": [30, 600]},
         "ntp_silent": {"per_min": 0.5, "duration_s": [30, 600]},
         "full_flash": {"per_min": 0.5, "duration_s": [30, 300]},
+        "lorawan_uplink_loss": {"per_min": 0.5, "duration_s": [30, 300]},
+        "lorawan_join_failure": {"per_min": 0.2, "duration_s": [1, 20]},
         "broker_restart": {"per_min": 0.1, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.1, "duration_s": [2, 20]},
         "backoffice_restart": {"per_min": 0.15, "duration_s": [2, 60]},

@@ -1,0 +1,270 @@
+"""The soak's LoRaWAN side: the boards of a `lorawan` kind (soak_profile.BOARD_KINDS) reach the
+back office through their modem twin, the gateways, the emulated network server and the uplink
+service (host_tools/backoffice/uplinks.py), all on the soak's Mosquitto, as a city runs them.
+
+- `broker_users(...)`: the network server's own login (gateways, network server and uplink
+  service use it) added to the broker's generated password and ACL files: its topics are the
+  gateway bridge's (`eu868/...`) and ChirpStack's integration (`application/...`), nothing of the
+  boards' MQTT tree.
+- `LoraSide`: starts the network server (ChirpStack integration) and the uplink service with the
+  fleet's LoRaWAN identities from the registry, keeps the readings the uplink service handed on
+  after its de-duplication (the figure the ledger counts as delivered), and points each board's
+  gateway radio at the broker.
+- `LoraCommands`: the command stream (soak_security.CommandStream's bookkeeping) as class-A
+  downlinks: a legitimate command queued through the uplink service (`send_command`), its compact
+  ack matched there, resent with the same frame while unanswered; forged, replayed, cross-device
+  and malformed frames queued on FPort 10 as an attacker holding the integration's access would.
+
+The uplink service's ledger clock runs `LEDGER_CLOCK_SCALE` times the wall clock, so the ten
+delivery-ledger downlinks it may send in 24 hours (the default budget) come every ~14 s of the run
+instead of every 2.4 hours: a soak of minutes then exercises the ledger (frees, resends of lost
+uplinks) as a day of service does. It is in the ledger (`lorawan.ledger_clock_scale`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import threading
+import time
+
+from host_tools.backoffice.command_client import cmd as commands
+from host_tools.reliability import soak_security
+
+LNS_USER = "soak-lns"
+LEDGER_CLOCK_SCALE = 600.0
+LEDGERS_PER_DAY = 10
+MODEM_SPEEDUP = 5.0  # the modem's clock (join accept in ~1.2 s instead of 6 s)
+LORA_WORLD = {"lorawan_speedup": MODEM_SPEEDUP, "lorawan_dr": 5}
+RETRY_AFTER_S = 60.0  # a class-A command waits for the board's next uplinks (duty cycle: tens of seconds apart)
+
+
+def broker_users(paths: dict, password: str) -> None:
+    """Give the network server's login to the broker: one line in the password file, one block in the ACL."""
+    from host_tools.fleet.broker_files import hash_password
+
+    with open(paths["password_file"], "a") as f:
+        f.write(f"{LNS_USER}:{hash_password(password)}\n")
+    with open(paths["acl_file"], "a") as f:
+        f.write(f"\n# the LoRaWAN network server, its gateways and the uplink service\nuser {LNS_USER}\n"
+                "topic readwrite eu868/#\ntopic readwrite application/#\n")
+
+
+def modem(board_handle):
+    (twin,) = [p for p in board_handle.board.parts.parts if getattr(p, "name", None) == "lorawan"]
+    return twin
+
+
+class LoraSide:
+    def __init__(self, boards, reg, broker_port: int, password: str):
+        from host_tools.backoffice.uplinks import LoraDevice
+        from host_tools.emulator.network_server import Device
+
+        self.boards = boards
+        self.url = f"mqtt://{LNS_USER}:{password}@127.0.0.1:{broker_port}"
+        self.ns_devices, self.lora_devices = [], []
+        for b in boards:
+            eui, appkey = reg.secret(b.device, "lorawan_deveui"), reg.secret(b.device, "lorawan_appkey")
+            self.ns_devices.append(Device(dev_eui=eui, app_key=appkey, name=b.device))
+            self.lora_devices.append(LoraDevice(b.device, eui.lower(), reg.command_key(b.device)))
+        self.lock = threading.Lock()
+        self.seqs: dict[str, list[int]] = {b.device: [] for b in boards}
+        self.acks: dict[tuple[str, int], int] = {}
+        self.ack_event = threading.Condition(self.lock)
+        self.ns = self.svc = None
+        t0, m0 = time.time(), time.monotonic()
+        self.clock = lambda: t0 + (time.monotonic() - m0) * LEDGER_CLOCK_SCALE
+
+    def _on_event(self, e: dict) -> None:
+        with self.lock:
+            if e["event"] == "reading" and "seq" in e["reading"]:
+                self.seqs.setdefault(e["device"], []).append(e["reading"]["seq"])
+            elif e["event"] == "ack":
+                self.acks[(e["device"], e["counter"])] = e["status"]
+                self.ack_event.notify_all()
+
+    def start(self) -> LoraSide:
+        from host_tools.backoffice.uplinks import UplinkService
+        from host_tools.emulator.network_server import NetworkServer
+
+        self.ns = NetworkServer(self.url, self.ns_devices, integrations=("chirpstack",)).start()
+        self.svc = UplinkService(self.lora_devices, integration="chirpstack", broker_url=self.url, clock=self.clock,
+                                 ledger_per_day=LEDGERS_PER_DAY, on_event=self._on_event).start()
+        for b in self.boards:
+            modem(b.handle).radio.broker_url = self.url
+        return self
+
+    def stop(self) -> None:
+        for part in (self.svc, self.ns):
+            if part is not None:
+                part.stop()
+
+    def delivered(self) -> tuple[dict[str, list[int]], int]:
+        """device -> seqs the uplink service handed on (one per event), and how many events."""
+        with self.lock:
+            return {d: list(v) for d, v in self.seqs.items()}, sum(len(v) for v in self.seqs.values())
+
+    def figures(self) -> dict:
+        """What the ledger shows of the LoRaWAN side: network server counts, the service's duplicates, the modems' logs."""
+        stats = self.svc.stats() if self.svc else {}
+        ups = lost = joins_failed = downs = 0
+        for b in self.boards:
+            log = modem(b.handle).log
+            ups += sum(1 for e in log if e["dir"] == "up" and e["kind"] == "data")
+            lost += sum(1 for e in log if e["dir"] == "up" and e["kind"] == "data" and e.get("lost"))
+            joins_failed += sum(1 for e in log if e["dir"] == "up" and e["kind"] == "join" and e.get("lost"))
+            downs += sum(1 for e in log if e["dir"] == "down")
+        return {
+            "boards": len(self.boards),
+            "uplinks_sent": ups, "uplinks_lost_in_the_air": lost, "join_requests_unanswered": joins_failed,
+            "downlinks_heard": downs,
+            "network_server_joins": self.ns.counts.get("joins", 0) if self.ns else 0,
+            "network_server_dropped": dict(self.ns.dropped) if self.ns else {},
+            "duplicates_dropped_by_uplink_service": sum(s.get("duplicates", 0) for s in stats.values()),
+            "ledgers_sent": sum(st.ledgers_sent for st in self.svc.devices.values()) if self.svc else 0,
+            "ledger_clock_scale": LEDGER_CLOCK_SCALE,
+            "ledgers_per_day": LEDGERS_PER_DAY,
+            "modem_speedup": MODEM_SPEEDUP,
+        }
+
+
+class LoraCommands(soak_security.CommandStream):
+    """Commands and attacks to the LoRaWAN boards, as downlinks (see the module docstring)."""
+
+    def __init__(self, side: LoraSide, devices: dict[str, dict], keys: dict[str, bytes], counters: dict[str, int], rng):
+        self.side = side
+        self.devices = devices
+        self.keys = keys
+        self.counters = dict(counters)
+        self.rng = rng
+        self.log = soak_security.CommandLog()
+        self._executed_frames = []
+        self._threads = []
+        self._lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.info = {d.device: d for d in side.lora_devices}
+
+    def _publish(self, device: str, frame: bytes) -> None:
+        self.side.svc.send_downlink(self.info[device], self.side.svc.ledger.FPORT_COMMAND, frame)
+
+    def _send_and_retry(self, s, opcode: int) -> None:
+        while True:
+            self.side.svc.send_command(s.device, s.frame)
+            end = time.monotonic() + RETRY_AFTER_S
+            with self.side.ack_event:
+                while (s.device, s.counter) not in self.side.acks and not self.stopped.is_set():
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.side.ack_event.wait(min(left, 1.0))
+                status = self.side.acks.get((s.device, s.counter))
+            if status is not None:
+                s.acked = True
+                s.status = commands.REASONS.get(status, str(status))
+                if status in (commands.OK, commands.REFUSED):
+                    with self._lock:
+                        self._executed_frames.append(s)
+                return
+            if self.stopped.is_set():
+                return
+            s.retried += 1
+
+    def close(self) -> None:
+        pass
+
+    def late_acks(self) -> None:
+        """Acks the uplink service matched after a command's waiter gave up (the drain's last uplinks)."""
+        with self.side.lock:
+            for s in self.log.sent:
+                status = self.side.acks.get((s.device, s.counter))
+                if s.kind == "legit" and not s.acked and status is not None:
+                    s.acked, s.status = True, commands.REASONS.get(status, str(status))
+
+
+class Streams:
+    """The MQTT and LoRaWAN command streams as one: joined, counted and their counters kept together."""
+
+    def __init__(self, streams):
+        self.streams = streams
+
+    def join(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        threads = [threading.Thread(target=st.join, args=(max(0.0, end - time.monotonic()),), daemon=True) for st in self.streams]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for st in self.streams:
+            for d, c in st.counters.items():
+                out[d] = max(out.get(d, 0), c)
+        return out
+
+    def outcome(self, executed: dict[str, list[int]]) -> dict:
+        for st in self.streams:
+            if isinstance(st, LoraCommands):
+                st.late_acks()
+        whole = soak_security.CommandStream.__new__(soak_security.CommandStream)
+        whole.log = soak_security.CommandLog([s for st in self.streams for s in st.log.sent])
+        got = soak_security.CommandStream.outcome(whole, executed)
+        if len(self.streams) > 1:
+            lora = self.streams[1].log.sent
+            got["commands_lorawan"] = {"sent": sum(s.kind == "legit" for s in lora),
+                                       "acked": sum(s.kind == "legit" and s.acked for s in lora),
+                                       "attacks": sum(s.kind != "legit" for s in lora)}
+        return got
+
+
+def pick_stream(streams, rng: random.Random):
+    """A stream, in proportion to the devices it serves (a LoRaWAN board's weighted by its kind's command_weight)."""
+    from host_tools.reliability.soak_profile import BOARD_KINDS
+
+    live = [s for s in streams if s.devices]
+    weight = [len(s.devices) * (BOARD_KINDS["lorawan-sensor"].command_weight if isinstance(s, LoraCommands) else 1.0)
+              for s in live]
+    return rng.choices(live, weights=weight)[0]
+
+
+_LOGGED_STATUS = re.compile(r"status not sent \(LoRaWAN[^)]*\): (\{[^\r\n]*\})")
+
+
+def logged_heap(console: str) -> int:
+    """The highest heap_alloc among the statuses a LoRaWAN board logged (they are not sent: airtime)."""
+    peak = 0
+    for m in _LOGGED_STATUS.finditer(console):
+        with contextlib.suppress(ValueError):
+            v = json.loads(m.group(1)).get("heap_alloc")
+            if isinstance(v, int):
+                peak = max(peak, v)
+    return peak
+
+
+def join_failure(ctx, p, rng):
+    """Injector: the board's power cut, and its module's session lost with it (as after a module
+    reset to factory settings, or a network server that forgot the device): at power-on the board
+    must join again, and the network leaves its next 1-2 join requests unanswered (the twin's
+    `lorawan_join_failures`). Nothing it stored may be lost meanwhile."""
+    b = ctx.boards[p.board]
+    n = rng.randint(1, 2)
+    b.handle.power_cut()
+    b.expected_boots += 1
+    twin = modem(b.handle)
+    twin.nvm["session"] = None
+    twin.save()
+    b.world.set(lorawan_join_failures=float(n))
+    p.arg["join_failures"] = n
+    return b.handle.power_on
+
+
+def uplink_loss(ctx, p, rng):
+    """Injector: a share of the board's uplinks reaches no gateway for the duration."""
+    w = ctx.boards[p.board].world
+    share = round(rng.uniform(0.2, 0.6), 2)
+    w.set(lorawan_uplink_loss=share)
+    p.arg["loss"] = share
+    return lambda: w.set(lorawan_uplink_loss=0.0)

@@ -34,12 +34,14 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ledger = json.loads(out.read_text())
     assert ledger["ok"] and "RESULT: PASS" in r.stdout
-    # the fleet as asked: three board files, part of it on TLS, every board online
+    # the fleet as asked: five board files (two LoRaWAN boards and a battery LoRaWAN bin in deep sleep among
+    # them), part of it on TLS, every board online
     assert ledger["boards"] == BOARDS and ledger["minutes"] == MINUTES
-    assert set(ledger["fleet"]) == {"wifi-lamp", "ethernet-bollard", "envstation"} and ledger["boards_tls"] >= 1
+    assert ledger["fleet"] == {"wifi-lamp": 8, "ethernet-bollard": 6, "envstation": 3, "lorawan-sensor": 2, "battery-bin": 1}
+    assert ledger["boards_tls"] >= 1
     assert ledger["boards_never_online"] == []
     # every reading every board counted in its own store reached the back office's database
-    assert ledger["readings_sampled"] >= BOARDS * 35  # a reading every 2 s for 75 s and more
+    assert ledger["readings_sampled"] >= 17 * 35 + 2 * 7 + 5  # a reading every 2 s (LoRaWAN: 10 s; the bin: ~10 s) for 75 s and more
     assert ledger["readings_delivered"] == ledger["readings_sampled"]
     assert ledger["readings_lost"] == ledger["readings_duplicated_after_dedup"] == 0
     # the commands: each answered, none run twice; every kind of attack sent, none accepted
@@ -50,10 +52,15 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     # the probes ran (no credentials, wrong password, outside the topic tree, raw packets, TLS) and none got in
     assert ledger["probe_rounds"] >= 1 and ledger["probes_run"] >= 18
     assert ledger["unauthorised_accepted"] == 0 and ledger["probes_let_in"] == []
+    # the LoRaWAN boards: through the network server and the uplink service, a join refused after a lost
+    # session, downlink commands acked (the attacks among those counted above)
+    lw = ledger["lorawan"]
+    assert lw["boards"] == 3 and lw["uplinks_sent"] >= 10 and lw["join_requests_unanswered"] >= 1 and lw["ledgers_sent"] >= 2
+    assert ledger["commands_lorawan"]["sent"] >= 1 and ledger["commands_lorawan"]["acked"] == ledger["commands_lorawan"]["sent"]
     # every fault kind of the profile hit the fleet; no board crashed in a loop or lost a task
     assert set(ledger["faults_injected"]) == set(load_profile("short").faults)
     assert ledger["crash_loops"] == 0 and ledger["boards_with_task_restarted"] == 0 and ledger["memory_errors"] == 0
-    assert len(ledger["heap_peak_bytes"]) == BOARDS
+    assert len(ledger["heap_peak_bytes"]) == BOARDS - 1  # (the bin logs a status once a day)
     assert ledger["host"]["mem_used_peak_mb"] > 0 and ledger["harness_errors"] == []
 
 

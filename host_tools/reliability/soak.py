@@ -164,6 +164,7 @@ class Campaign:
             b.world = World(seed=self.seed * 1000 + i)
             if bk.transport == "lorawan":
                 b.world.set(**soak_lorawan.LORA_WORLD)  # its gateway radio: pointed at the broker once it runs
+            b.world.set(**bk.world)
             b.proxy = FaultProxy("127.0.0.1", 0, world=b.world).start()  # its broker: once the broker's ports are chosen
             b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world,
                                      log_path=work / "boards" / device / "console.log")
@@ -176,11 +177,16 @@ class Campaign:
         p = self.profile
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["port", "board", "device", "site", "broker", "ca_cert", "sample_period_s", "status_period_s", "keepalive_s"])
+            own = sorted({k for bk in BOARD_KINDS.values() for k in bk.config} - {"sample_period_s", "status_period_s"})
+            w.writerow(["port", "board", "device", "site", "broker", "ca_cert", "sample_period_s", "status_period_s", "keepalive_s",
+                        *own])
             for b in self.boards:
+                bk = BOARD_KINDS[b.kind]
                 url = f"mqtts://localhost:{b.proxy.port}" if b.tls else f"mqtt://127.0.0.1:{b.proxy.port}"
                 w.writerow([b.handle.port, b.board.name, b.device, b.site, url, ca_file if b.tls else "",
-                            max(p.sample_period_s, BOARD_KINDS[b.kind].min_sample_period_s), p.status_period_s, p.keepalive_s])
+                            bk.config.get("sample_period_s", max(p.sample_period_s, bk.min_sample_period_s)),
+                            bk.config.get("status_period_s", p.status_period_s), p.keepalive_s,
+                            *(bk.config.get(k, "") for k in own)])
 
     def _provision(self, csv_path: Path, *flags: str) -> None:
         # `lanterne provision --fleet` in its own process, as an installer runs it (and with the few
@@ -397,7 +403,8 @@ class Campaign:
                                                    keys, counters, random.Random(self.seed * 13))]
             stack.callback(streams[0].close)
             if self.lora:
-                streams.append(soak_lorawan.LoraCommands(self.lora, {b.device: {"site": b.site, "lamp": False} for b in lora_boards},
+                streams.append(soak_lorawan.LoraCommands(self.lora, {b.device: {"site": b.site, "lamp": False} for b in lora_boards
+                                                                     if BOARD_KINDS[b.kind].command_weight > 0},
                                                          keys, counters, random.Random(self.seed * 19)))
             stream = soak_lorawan.Streams(streams)
             plan = schedule(self.profile, [b.kind for b in self.boards], self.minutes, random.Random(self.seed))

@@ -50,6 +50,16 @@ def read_store(flash) -> dict:
         s.close()
 
 
+def reading_content(r: dict) -> str:
+    """What the board measured, without what the uplink adds: the age, and the clock_unsynced flag a
+    reading sent again after a reboot gets when its age can no longer be known (lanterne/reading.py,
+    unpack); two copies with the same content are the same reading, so not a conflict."""
+    kept = {k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}
+    if isinstance(kept.get("status"), list):
+        kept["status"] = [f for f in kept["status"] if f != "clock_unsynced"]
+    return json.dumps(kept, sort_keys=True)
+
+
 def readings(stores: dict[str, dict], db_seqs: dict[str, list[int]], db_rows: int, wire: dict[str, dict[int, set]]) -> dict:
     """Reading figures. `stores`: device -> read_store(); `db_seqs`: device -> seqs in the database
     (one per row); `db_rows`: rows in the readings table; `wire`: device -> seq -> set of contents seen."""
@@ -212,13 +222,7 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
         except Exception:
             continue
         for r in frame["readings"]:
-            # What the board measured, without what the uplink adds: the age, and the clock_unsynced
-            # flag a reading sent again after a reboot gets when its age can no longer be known
-            # (lanterne/reading.py, unpack); the same reading, so not a conflict.
-            kept = {k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}
-            if isinstance(kept.get("status"), list):
-                kept["status"] = [f for f in kept["status"] if f != "clock_unsynced"]
-            content = json.dumps(kept, sort_keys=True)
+            content = reading_content(r)
             seqs = wire.setdefault(device, {})
             if r["seq"] in seqs:
                 wire_copies += 1
@@ -226,6 +230,11 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
                     resent_unsynced.add((device, r["seq"]))
             raw.setdefault((device, r["seq"]), set()).add(json.dumps({k: v for k, v in r.items() if k not in ("seq", "age")}, sort_keys=True))
             seqs.setdefault(r["seq"], set()).add(content)
+    if campaign.lora is not None:  # the LoRaWAN boards' readings as the uplink service received them, before its dedup
+        for device, seqs in campaign.lora.wire().items():
+            for seq, copies in seqs.items():
+                wire.setdefault(device, {})[seq] = set(copies)
+                wire_copies += sum(copies.values()) - 1
     by_device = {b.device: b for b in campaign.boards}
     for m in office.matching("lanterne/v1/*/*/status"):
         with contextlib.suppress(ValueError):

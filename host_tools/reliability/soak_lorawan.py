@@ -38,7 +38,8 @@ LEDGER_CLOCK_SCALE = 600.0
 LEDGERS_PER_DAY = 10
 MODEM_SPEEDUP = 5.0  # the modem's clock (join accept in ~1.2 s instead of 6 s)
 LORA_WORLD = {"lorawan_speedup": MODEM_SPEEDUP, "lorawan_dr": 5}
-RETRY_AFTER_S = 60.0  # a class-A command waits for the board's next uplinks (duty cycle: tens of seconds apart)
+RETRY_AFTER_S = 30.0  # a class-A command waits for the board's next uplinks (duty cycle: tens of seconds apart)
+DRAIN_EXTRA_S = 60.0  # a class-A command still unanswered at the drain gets this much longer than an MQTT one
 
 
 def broker_users(paths: dict, password: str) -> None:
@@ -74,6 +75,8 @@ class LoraSide:
         self.acks: dict[tuple[str, int], int] = {}
         self.ack_event = threading.Condition(self.lock)
         self.ns = self.svc = None
+        self._wire: dict[str, dict[int, dict[str, int]]] = {}  # device -> full seq -> content -> copies received
+        self._trackers: dict[str, object] = {}
         t0, m0 = time.time(), time.monotonic()
         self.clock = lambda: t0 + (time.monotonic() - m0) * LEDGER_CLOCK_SCALE
 
@@ -92,9 +95,45 @@ class LoraSide:
         self.ns = NetworkServer(self.url, self.ns_devices, integrations=("chirpstack",)).start()
         self.svc = UplinkService(self.lora_devices, integration="chirpstack", broker_url=self.url, clock=self.clock,
                                  ledger_per_day=LEDGERS_PER_DAY, on_event=self._on_event).start()
+        handle = self.svc.handle
+
+        def tapped(up):  # every uplink the service takes, seen before its de-duplication
+            self._tap(up)
+            handle(up)
+
+        self.svc.handle = tapped
         for b in self.boards:
             modem(b.handle).radio.broker_url = self.url
         return self
+
+    def _tap(self, up) -> None:
+        from host_tools.codec import FPORT, FPORT_V3, PayloadError, decode
+        from host_tools.codec.seq import SeqTracker
+        from host_tools.reliability.soak_ledger import reading_content
+
+        if up.fport not in (FPORT, FPORT_V3):
+            return
+        try:
+            frame = decode(up.data, fport=up.fport)
+        except PayloadError:
+            return
+        with self.lock:
+            st = self.svc.devices.get(up.dev_eui.lower()) if self.svc else None
+            if st is None:
+                return
+            device = st.info.device
+            tracker = self._trackers.setdefault(device, SeqTracker())
+            for r in frame["readings"]:
+                if "seq" in r:
+                    full, _new = tracker.accept(r["seq"])
+                    copies = self._wire.setdefault(device, {}).setdefault(full, {})
+                    c = reading_content(r)
+                    copies[c] = copies.get(c, 0) + 1
+
+    def wire(self) -> dict[str, dict[int, dict[str, int]]]:
+        """device -> full seq -> {content: copies}: every reading copy the uplink service received."""
+        with self.lock:
+            return {d: {q: dict(c) for q, c in seqs.items()} for d, seqs in self._wire.items()}
 
     def stop(self) -> None:
         for part in (self.svc, self.ns):
@@ -190,8 +229,8 @@ class Streams:
         self.streams = streams
 
     def join(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        threads = [threading.Thread(target=st.join, args=(max(0.0, end - time.monotonic()),), daemon=True) for st in self.streams]
+        threads = [threading.Thread(target=st.join, args=(timeout + (DRAIN_EXTRA_S if isinstance(st, LoraCommands) else 0.0),),
+                                    daemon=True) for st in self.streams]
         for t in threads:
             t.start()
         for t in threads:
@@ -264,7 +303,7 @@ def join_failure(ctx, p, rng):
 def uplink_loss(ctx, p, rng):
     """Injector: a share of the board's uplinks reaches no gateway for the duration."""
     w = ctx.boards[p.board].world
-    share = round(rng.uniform(0.2, 0.6), 2)
+    share = round(rng.uniform(0.5, 0.9), 2)
     w.set(lorawan_uplink_loss=share)
     p.arg["loss"] = share
     return lambda: w.set(lorawan_uplink_loss=0.0)

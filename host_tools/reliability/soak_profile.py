@@ -60,7 +60,7 @@ FAULTS: dict[str, FaultKind] = {
         FaultKind("clock_jump", "board", "the wall clock NTP serves steps forward or back (hours to days), then back"),
         FaultKind("ntp_silent", "board", "NTP never answers for the duration"),
         FaultKind("full_flash", "board", "the filesystem filled up to the store's reserve for the duration", ("mqtt", "lorawan")),
-        FaultKind("lorawan_uplink_loss", "board", "a share (20-60 %) of the board's uplinks reaches no gateway for the duration",
+        FaultKind("lorawan_uplink_loss", "board", "a share (50-90 %) of the board's uplinks reaches no gateway for the duration",
                   ("lorawan",)),
         FaultKind("lorawan_join_failure", "board", "the board's power cut and its module's session lost; the network leaves "
                   "the next 1-2 join requests unanswered; power back after the duration", ("lorawan",)),
@@ -83,6 +83,10 @@ class BoardKind:
     # so it cannot carry a reading every 2 s; what it samples must fit what it may send.
     min_sample_period_s: int = 1
     command_weight: float = 1.0  # its share of the command stream per board (class A: one downlink per uplink)
+    # A battery board (power: battery in its board file) sleeps between readings: its periods are its
+    # own (world seconds), its world's clock runs `sleep_speedup` times faster while it sleeps.
+    config: dict = field(default_factory=dict)  # config fields of its own (over the profile's)
+    world: dict = field(default_factory=dict)  # world quantities it starts with
 
 
 BOARD_KINDS: dict[str, BoardKind] = {
@@ -92,7 +96,14 @@ BOARD_KINDS: dict[str, BoardKind] = {
         BoardKind("ethernet-bollard", "olimex-esp32-poe", "mqtt"),  # Ethernet: fill level, bollard relay
         BoardKind("envstation", "esp32-envstation", "mqtt"),  # PM sensor, microphone, 2 MB PSRAM heap
         BoardKind("lorawan-sensor", "esp32-rak3172", "lorawan", tls=False, min_sample_period_s=10,
-                  command_weight=0.25),  # RAK3172 modem: BME280, BH1750, supply
+                  command_weight=0.5),  # RAK3172 modem: BME280, BH1750, supply
+        # Battery waste bin: RAK3172, ultrasonic fill level, lid alarm, deep sleep between readings. A
+        # reading every 10 min and a frame when the oldest unsent one is 10 min old, its clock 60x while
+        # it sleeps: a reading every ~10 s of the run. No commands (it listens only after a send wake).
+        BoardKind("battery-bin", "esp32-rak3172-bin", "lorawan", tls=False, command_weight=0.0,
+                  config={"sample_period_s": 600, "send_period_s": 600, "status_period_s": 86400, "bin_empty_mm": 1200,
+                          "bin_full_mm": 200},
+                  world={"sleep_speedup": 60.0, "distance_mm": 900.0}),
     )
 }
 
@@ -102,7 +113,7 @@ _SHORT = {
     "status_period_s": 20,
     "keepalive_s": 10,
     "tls_share": 0.25,
-    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 0.6},
+    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 0.6, "battery-bin": 0.4},
     "faults": {
         "power_cut": {"per_min": 8, "duration_s": [0.5, 4]},
         "power_cut_flash_write": {"per_min": 4, "duration_s": [0.5, 3]},
@@ -114,7 +125,7 @@ _SHORT = {
         "clock_jump": {"per_min": 3, "duration_s": [5, 15]},
         "ntp_silent": {"per_min": 2, "duration_s": [5, 15]},
         "full_flash": {"per_min": 2, "duration_s": [5, 15]},
-        "lorawan_uplink_loss": {"per_min": 1, "duration_s": [10, 30]},
+        "lorawan_uplink_loss": {"per_min": 1, "duration_s": [20, 40]},
         "lorawan_join_failure": {"per_min": 0.5, "duration_s": [0.5, 2]},
         "broker_restart": {"per_min": 0.6, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.6, "duration_s": [1, 3]},
@@ -134,7 +145,7 @@ _SHORT = {
 _FULL = {
     **_SHORT,
     "name": "full",
-    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 1},
+    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 1, "battery-bin": 1},
     "sample_period_s": 10,
     "status_period_s": 60,
     "keepalive_s": 15,

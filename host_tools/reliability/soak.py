@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools import boards
-from host_tools.reliability import soak_faults, soak_ledger, soak_lorawan, soak_security
+from host_tools.reliability import soak_faults, soak_ledger, soak_lorawan, soak_ota, soak_security
 from host_tools.reliability.soak_profile import BOARD_KINDS, FAULTS, Profile, fleet_kinds, schedule
 
 TASK_RESTARTED = "(restarted)"
@@ -144,6 +144,7 @@ class Campaign:
         self.timings: dict[str, float] = {}
         self.probe_results: list[dict[str, bool]] = []
         self.lora = None  # soak_lorawan.LoraSide, when the fleet has LoRaWAN boards
+        self.ota = None  # soak_ota.OtaWave, when the profile updates part of the fleet
 
     # -- set-up ------------------------------------------------------------------------------
     def _fleet(self, work: Path, emu) -> None:
@@ -387,7 +388,8 @@ class Campaign:
                 self.lora = soak_lorawan.LoraSide(lora_boards, reg, self.broker_port, self.lns_password).start()
                 stack.callback(self.lora.stop)
             t = time.monotonic()
-            self._provision(csv_path, "--no-wait", "--jobs", str(min(16, self.n)))
+            ota_flags = soak_ota.prepare(work) if self.profile.ota_share > 0 else []
+            self._provision(csv_path, "--no-wait", "--jobs", str(min(16, self.n)), *ota_flags)
             self.timings["provisioned"] = round(time.monotonic() - t, 1)
             for b in self.boards:
                 b.expected_boots += 1  # provisioning resets the board
@@ -407,6 +409,11 @@ class Campaign:
                                                                      if BOARD_KINDS[b.kind].command_weight > 0},
                                                          keys, counters, random.Random(self.seed * 19)))
             stream = soak_lorawan.Streams(streams)
+            mqtt_devices = sorted(devices)
+            if self.profile.ota_share > 0 and mqtt_devices:
+                rng = random.Random(self.seed * 23)
+                targets = rng.sample(mqtt_devices, max(1, round(self.profile.ota_share * len(mqtt_devices))))
+                self.ota = soak_ota.OtaWave(self, work, sorted(targets), streams[0].log, rng)
             plan = schedule(self.profile, [b.kind for b in self.boards], self.minutes, random.Random(self.seed))
             host = soak_ledger.HostLoad().start()
             stop = threading.Event()
@@ -420,6 +427,8 @@ class Campaign:
                                  daemon=True),
                 threading.Thread(target=self._consoles, args=(stop,), daemon=True),
             ]
+            if self.ota is not None:
+                workers.append(threading.Thread(target=self.ota.run, args=(t0, end - self.profile.settle_s, stop), daemon=True))
             for w in workers:
                 w.start()
             self.say(f"soak: chaos for {self.minutes} min: {len(plan)} faults planned, "
@@ -452,15 +461,21 @@ class Campaign:
                 b.handle.power_cut()
             self._read_consoles()
             stores = {b.device: soak_ledger.read_store(b.flash) for b in self.boards}
+            back_on = time.time()
             for b in self.boards:
                 b.world.set(link_up=True)
                 b.handle.power_on()
                 b.expected_boots += 1
             self._wait_delivered(stores, self.profile.drain_s)
+            if self.ota is not None:  # every MQTT board back, on some release: none bricked
+                soak_ota.wait_statuses(office, back_on, [b.device for b in self.boards if not b.lorawan], 60)
             self.timings["drain"] = round(time.monotonic() - t, 1)
             self._read_consoles()
             self.stop_backoffice()
             ledger = soak_ledger.build(self, stores, office, stream, never, plan, host.stop())
+            if self.ota is not None:
+                ledger["ota"] = self.ota.figures(office, back_on)
+                ledger["ok"] = not soak_ledger.verdict(ledger)
             for device, c in stream.counters.items():
                 reg.set_command_counter(device, c)
         ledger["timings_s"]["total"] = round(time.monotonic() - t_start, 1)

@@ -93,6 +93,11 @@ def verdict(ledger: dict) -> list[str]:
     bad = [f"{k} = {ledger[k]}" for k in MUST_BE_ZERO if ledger.get(k)]
     if ledger.get("boards_never_online"):
         bad.append(f"boards never online: {', '.join(ledger['boards_never_online'])}")
+    ota = ledger.get("ota") or {}
+    if ota.get("bricked"):
+        bad.append(f"boards not back after the update wave: {', '.join(ota['bricked'])}")
+    if ota.get("errors"):
+        bad.append(f"ota rollout errors: {len(ota['errors'])}")
     if ledger.get("harness_errors"):
         bad.append(f"harness errors: {len(ledger['harness_errors'])}")
     return bad
@@ -128,7 +133,8 @@ def format_ledger(ledger: dict) -> str:
     if peak:
         add("  heap peak (ESP32-equivalent bytes, by board kind): "
             + ", ".join(f"{k} {v}" for k, v in sorted(ledger["heap_peak_by_kind"].items())))
-    add(f"faults injected ({sum(ledger['faults_injected'].values())} of {ledger['faults_planned']} planned; "
+    add(f"faults injected ({sum(ledger['faults_injected'].values())}: {ledger['faults_planned']} planned, "
+        f"{ledger['faults_injected'].get('power_cut_during_ota', 0)} on updating boards; "
         f"{ledger['power_cuts_during_write']} power cuts caught a store write): "
         + ", ".join(f"{k} {v}" for k, v in sorted(ledger["faults_injected"].items())))
     lw = ledger.get("lorawan")
@@ -138,6 +144,12 @@ def format_ledger(ledger: dict) -> str:
             f"joins {lw['network_server_joins']}, ledger downlinks {lw['ledgers_sent']}, "
             f"duplicates dropped by the uplink service {lw['duplicates_dropped_by_uplink_service']}; "
             f"commands {json.dumps(ledger.get('commands_lorawan', {}))}")
+    ota = ledger.get("ota")
+    if ota:
+        add(f"ota: release {ota['release']} ({ota['version']}) rolled out to {ota['boards_targeted']} boards mid-run, "
+            f"{ota['start_commands_sent']} start commands, committed on {ota['committed']}, "
+            f"{len(ota['power_cuts_during_update'])} power cuts during an update; boards by release at the end "
+            f"{json.dumps(ota['boards_ended_on_release'])}; bricked {len(ota['bricked'])}")
     h = ledger["host"]
     add(f"host: {h['cpus']} CPUs, CPU busy mean {h['cpu_busy_mean_pct']} % peak {h['cpu_busy_peak_pct']} %, "
         f"load peak {h['load_peak']}, memory used peak {h['mem_used_peak_mb']} MB of {h['mem_total_mb']} MB")

@@ -10,6 +10,7 @@ A profile is data (a built-in name, `short` or `full`, or a JSON file of the sam
      "commands_per_min": 30,                    # the back office's legitimate commands
      "attacks_per_min": 10,                     # forged, replayed, cross-device, malformed
      "probes_every_min": 10,                    # the security probes (at least once a run)
+     "ota_share": 0.25,                         # share of the MQTT boards updated over the air mid-run (soak_ota)
      "drain_s": 300}                            # how long the fleet gets to deliver at the end
 
 Faults are drawn up front from the seed (`schedule`; every kind with a rate at least once a
@@ -140,6 +141,9 @@ _SHORT = {
     # Null by default here: on Mosquitto 2.0 a shared subscription does not survive a broker crash
     # (docs/reliability.md, "Findings"), and the campaign measures the rest of the system through it.
     "bridge_group": None,
+    # Share of the MQTT boards a signed release is rolled out to, a quarter into the chaos window
+    # (soak_ota; 0: no update).
+    "ota_share": 0.12,
 }
 
 _FULL = {
@@ -171,6 +175,7 @@ _FULL = {
     "probes_every_min": 10,
     "settle_s": 30,
     "drain_s": 300,
+    "ota_share": 0.2,
 }
 
 PROFILES = {"short": _SHORT, "full": _FULL}
@@ -191,6 +196,7 @@ class Profile:
     settle_s: float
     drain_s: float
     bridge_group: str | None = None
+    ota_share: float = 0.0
     source: str = ""
 
     def to_json(self) -> dict:
@@ -198,7 +204,7 @@ class Profile:
 
 
 _NUMBERS = ("sample_period_s", "status_period_s", "keepalive_s", "tls_share", "commands_per_min", "attacks_per_min",
-            "probes_every_min", "settle_s", "drain_s")
+            "probes_every_min", "settle_s", "drain_s", "ota_share")
 
 
 def load_profile(spec: str) -> Profile:
@@ -223,8 +229,9 @@ def load_profile(spec: str) -> Profile:
         v = data[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ProfileError(f"{where}: field {key!r} must be a number >= 0 (got {v!r})")
-    if not 0 <= data["tls_share"] <= 1:
-        raise ProfileError(f"{where}: field 'tls_share' must be between 0 and 1 (got {data['tls_share']})")
+    for key in ("tls_share", "ota_share"):
+        if not 0 <= data[key] <= 1:
+            raise ProfileError(f"{where}: field {key!r} must be between 0 and 1 (got {data[key]})")
     if data["sample_period_s"] < 1 or data["status_period_s"] < 10:
         raise ProfileError(f"{where}: sample_period_s must be >= 1 and status_period_s >= 10 (the firmware's limits)")
     if data["bridge_group"] is not None and not isinstance(data["bridge_group"], str):

@@ -6,7 +6,9 @@ with a ledger at the end that says what was sampled, what arrived, what was lost
 What runs (nothing mocked that a city runs for real):
 1. N virtual boards of the profile's board kinds (soak_profile.BOARD_KINDS), each a blank
    MicroPython board with its own flash, world and `FaultProxy` to the broker; a share of them
-   (`tls_share`) reaches the broker over TLS (the city's own CA).
+   (`tls_share`) reaches the broker over TLS (the city's own CA). LoRaWAN boards (battery bins in
+   deep sleep among them) reach the back office through their modem twin, the gateways, the
+   network server and the uplink service on the same broker (soak_lorawan).
 2. The fleet registered from a CSV (`lanterne provision --fleet --register-only`), the broker's
    password, ACL and conf written from the registry (`lanterne broker-files`), Mosquitto started
    on that conf (as Debian's service starts it), the bridge (`lanterne bridge`: SQLite, persistent
@@ -15,13 +17,15 @@ What runs (nothing mocked that a city runs for real):
    per-device secrets) and awaited online on the broker.
 3. The chaos window: faults at seeded instants (soak_profile.schedule, soak_faults.INJECTORS), the
    back office's commands and the attacks on the command path (soak_security.CommandStream), the
-   security probes (soak_security.probe_broker, probe_rogue_broker), host CPU and memory sampled.
+   security probes (soak_security.probe_broker, probe_rogue_broker), host CPU and memory sampled;
+   with the profile's `ota_share`, a signed update rolled out to part of the fleet (soak_ota).
 4. The drain: every fault cleared, the fleet given `drain_s` to empty its stores; then every link
    down, every board powered off, each store read from its flash (soak_ledger.read_store: the
    board's own counters), the boards powered on again and given `drain_s` more to deliver what
-   their stores still held. Every seq below a board's count must then be in the bridge's database.
+   their stores still held. Every seq below a board's count must then be in the bridge's database
+   (a LoRaWAN board's: handed on by the uplink service).
 5. The ledger (soak_ledger), also written as JSON; `ok` is False when anything was lost,
-   duplicated after de-duplication, run twice or let in, or a board ended in a crash loop.
+   duplicated after de-duplication, run twice or let in, or a board ended in a crash loop or bricked.
 
 Used by `lanterne soak` (host_tools/cli/soak.py) and tests/test_soak.py (the short profile).
 """
@@ -33,7 +37,6 @@ import csv
 import json
 import os
 import random
-import select
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +48,7 @@ from pathlib import Path
 
 from host_tools import boards
 from host_tools.reliability import soak_faults, soak_ledger, soak_lorawan, soak_ota, soak_security
+from host_tools.reliability.soak_fds import paho_without_fd_limit
 from host_tools.reliability.soak_profile import BOARD_KINDS, FAULTS, Profile, fleet_kinds, schedule
 
 TASK_RESTARTED = "(restarted)"
@@ -79,47 +83,6 @@ class SoakBoard:
     @property
     def lorawan(self) -> bool:
         return BOARD_KINDS[self.kind].transport == "lorawan"
-
-
-class _PollSelect:
-    """`select.select` for paho-mqtt, over poll(). select() cannot watch a descriptor numbered 1024
-    or above (FD_SETSIZE), and a soak process holds thousands (each board's pty, pipes, HAL and
-    proxy sockets): paho's loop would take the ValueError for a lost connection, forever, and a
-    client made after the fleet (the back office's, a probe's) would never connect, a probe would
-    look refused. The rest of `select` is the module's own."""
-
-    def __getattr__(self, name):
-        return getattr(select, name)
-
-    @staticmethod
-    def select(rlist, wlist, xlist, timeout=None):
-        poller = select.poll()
-        masks: dict[int, int] = {}
-        objects: dict[tuple[int, int], object] = {}
-        for objs, bit in ((rlist, select.POLLIN), (wlist, select.POLLOUT)):
-            for o in objs:
-                fd = o if isinstance(o, int) else o.fileno()
-                if fd < 0:
-                    raise ValueError("file descriptor cannot be a negative integer")
-                masks[fd] = masks.get(fd, 0) | bit
-                objects[(fd, bit)] = o
-        for fd, mask in masks.items():
-            poller.register(fd, mask)
-        ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
-        r, w = [], []
-        for fd, ev in ready:
-            if (fd, select.POLLIN) in objects and ev & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                r.append(objects[(fd, select.POLLIN)])
-            if (fd, select.POLLOUT) in objects and ev & (select.POLLOUT | select.POLLERR | select.POLLHUP):
-                w.append(objects[(fd, select.POLLOUT)])
-        return r, w, []
-
-
-def _paho_without_fd_limit() -> None:
-    import paho.mqtt.client as paho_client
-
-    if not isinstance(paho_client.select, _PollSelect):
-        paho_client.select = _PollSelect()
 
 
 class Campaign:
@@ -340,7 +303,7 @@ class Campaign:
         from host_tools.fleet.registry import Registry
 
         t_start = time.monotonic()
-        _paho_without_fd_limit()
+        paho_without_fd_limit()
         with contextlib.ExitStack() as stack:
             work = Path(self.workdir) if self.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lanterne-soak-")))
             work.mkdir(parents=True, exist_ok=True)

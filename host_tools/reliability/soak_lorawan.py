@@ -186,6 +186,9 @@ class LoraCommands(soak_security.CommandStream):
         self.info = {d.device: d for d in side.lora_devices}
 
     def _publish(self, device: str, frame: bytes) -> None:
+        client = self.side.svc._client
+        if client is None or not client.is_connected():  # the broker down (a fault): it reaches no board
+            raise RuntimeError("the uplink service is not connected to the broker")
         self.side.svc.send_downlink(self.info[device], self.side.svc.ledger.FPORT_COMMAND, frame)
 
     def _send_and_retry(self, s, opcode: int) -> None:

@@ -207,3 +207,11 @@ def test_a_lorawan_status_logged_on_the_console_gives_the_boards_heap():
                '[lanterne] status not sent (LoRaWAN: the status stays on the board): {"heap_alloc": 603168}\r\n'
                '[lanterne] status not sent (LoRaWAN: the status stays on the board): {"heap_al')  # (cut: skipped)
     assert soak_lorawan.logged_heap(console) == 603168
+
+
+def test_the_lorawan_services_take_their_broker_login_from_the_url():
+    from host_tools.emulator.lorawan_gateway import _broker_address, broker_login
+
+    url = "mqtt://soak-lns:p%40ss%3Aword@127.0.0.1:18830"
+    assert broker_login(url) == ("soak-lns", "p@ss:word") and _broker_address(url) == ("127.0.0.1", 18830)
+    assert broker_login("mqtt://127.0.0.1:1883") is None

@@ -51,7 +51,7 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert {"forged", "replay", "cross_device", "malformed"} <= {k.replace("_unsent", "") for k in ledger["attacks_sent"]}
     assert ledger["forged_accepted"] == ledger["replayed_accepted"] == ledger["cross_device_accepted"] == 0
     # the probes ran (no credentials, wrong password, outside the topic tree, raw packets, TLS) and none got in
-    assert ledger["probe_rounds"] >= 1 and ledger["probes_run"] >= 18
+    assert ledger["probe_rounds"] >= 1 and ledger["probes_run"] >= 24  # (5 of them on the LoRaWAN side's topics)
     assert ledger["unauthorised_accepted"] == 0 and ledger["probes_let_in"] == []
     # the LoRaWAN boards: through the network server and the uplink service, a join refused after a lost
     # session, downlink commands acked (the attacks among those counted above)

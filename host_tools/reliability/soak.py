@@ -6,9 +6,8 @@ with a ledger at the end that says what was sampled, what arrived, what was lost
 What runs (nothing mocked that a city runs for real):
 1. N virtual boards of the profile's board kinds (soak_profile.BOARD_KINDS), each a blank
    MicroPython board with its own flash, world and `FaultProxy` to the broker; a share of them
-   (`tls_share`) reaches the broker over TLS (the city's own CA). LoRaWAN boards (battery bins in
-   deep sleep among them) reach the back office through their modem twin, the gateways, the
-   network server and the uplink service on the same broker (soak_lorawan).
+   (`tls_share`) reaches the broker over TLS (the city's own CA). LoRaWAN boards (battery bins too)
+   reach the back office through their modem twin, gateways, network server, uplink service (soak_lorawan).
 2. The fleet registered from a CSV (`lanterne provision --fleet --register-only`), the broker's
    password, ACL and conf written from the registry (`lanterne broker-files`), Mosquitto started
    on that conf (as Debian's service starts it), the bridge (`lanterne bridge`: SQLite, persistent
@@ -260,6 +259,9 @@ class Campaign:
                         b = rng.choice(tls_boards)
                         res.update(soak_security.probe_rogue_broker(b, rogue, rogue_watcher,
                                                                     ("127.0.0.1", self.broker_tls_port)))
+                    if self.lora is not None:  # the LoRaWAN side's topics, from both sides of the ACL
+                        m = rng.choice([(b.site, b.device, self.passwords[b.device]) for b in self.boards if not b.lorawan])
+                        res.update(soak_lorawan.probe(self.lora, self.broker_port, m, office))
                     self.probe_results.append(res)
                 except Exception as exc:
                     self.errors.append(f"probe round: {type(exc).__name__}: {exc}")

@@ -310,3 +310,55 @@ def uplink_loss(ctx, p, rng):
     w.set(lorawan_uplink_loss=share)
     p.arg["loss"] = share
     return lambda: w.set(lorawan_uplink_loss=0.0)
+
+
+def probe(side: LoraSide, port: int, device: tuple[str, str, str], office) -> dict[str, bool]:
+    """The LoRaWAN side's probes; {probe: let in}. An MQTT device's credentials (`device`: site, id,
+    password) must not queue a downlink to a LoRaWAN board, pose as a gateway or read the network
+    server's integration; the network server's own login must not reach the boards' MQTT tree
+    (`office`, the back office's watcher on `lanterne/#`, sees what got through)."""
+    from host_tools.codec import lns_json as J
+    from host_tools.emulator.lorawan_gateway import GATEWAY_IDS, REGION
+    from host_tools.reliability.soak_security import _paho_connect
+
+    out: dict[str, bool] = {}
+    site, dev, pw = device
+    lora = side.lora_devices[0]
+    app = side.svc.app
+    user, password = LNS_USER, side.url.split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    marker = f"soak-lns-probe-{time.time_ns()}"
+    ok, lns = _paho_connect("127.0.0.1", port, user, password)
+    if not ok:
+        return {"lns_login_refused_unexpectedly": True}  # the probe could not run: reported, not passed
+    seen: list[bytes] = []
+    lns.on_message = lambda client, userdata, m: seen.append(bytes(m.payload))
+    lns.subscribe([(J.chirpstack_topic(app, lora.dev_eui, "command/down"), 1), (f"{REGION}/gateway/+/event/up", 1),
+                   (J.chirpstack_topic(app, lora.dev_eui, "event/up"), 1)])
+    ok, c = _paho_connect("127.0.0.1", port, dev, pw)
+    if not ok:
+        lns.loop_stop()
+        lns.disconnect()
+        return {"device_login_refused_unexpectedly": True}
+    got: list[bytes] = []
+    c.on_message = lambda client, userdata, m: got.append(bytes(m.payload))
+    c.subscribe([(f"application/{app.application_id}/#", 1), (f"{REGION}/#", 1)])
+    time.sleep(0.5)
+    targets = {
+        "device_queues_lorawan_downlink": J.chirpstack_topic(app, lora.dev_eui, "command/down"),
+        "device_poses_as_gateway": f"{REGION}/gateway/{GATEWAY_IDS[0]}/event/up",
+    }
+    for name, topic in targets.items():
+        c.publish(topic, json.dumps({"probe": marker + name}), qos=1)
+    lns.publish(f"lanterne/v1/{site}/{dev}/cmd", (marker + "lns_commands_mqtt_board").encode(), qos=1)
+    lns.publish(J.chirpstack_topic(app, lora.dev_eui, "event/up"), json.dumps({"probe": marker + "read"}), qos=1)
+    time.sleep(2.0)
+    for name in targets:
+        out[name] = any((marker + name).encode() in p for p in seen)
+    out["device_reads_lorawan_integration"] = any(marker.encode() in p for p in got)
+    # the control: the network server's login saw its own publish, so a probe that saw nothing looked
+    out["lorawan_probe_blind"] = not any((marker + "read").encode() in p for p in seen)
+    out["lns_commands_mqtt_board"] = any(m.payload == (marker + "lns_commands_mqtt_board").encode() for m in office.messages[-5000:])
+    for client in (c, lns):
+        client.loop_stop()
+        client.disconnect()
+    return out

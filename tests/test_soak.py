@@ -153,6 +153,13 @@ def test_a_bad_profile_is_refused_with_the_field(tmp_path):
     f.write_text(json.dumps({"tls_share": 2}))
     with pytest.raises(ProfileError, match="tls_share"):
         load_profile(str(f))
+    g = tmp_path / "q.json"
+    g.write_text(json.dumps({"ota_share": 1.5}))
+    with pytest.raises(ProfileError, match="'ota_share' must be between 0 and 1"):
+        load_profile(str(g))
+    g.write_text(json.dumps({"board_mix": {"lorawan-bin": 1}}))
+    with pytest.raises(ProfileError, match="unknown board kind 'lorawan-bin'; known: .*lorawan-sensor, battery-bin"):
+        load_profile(str(g))
     r = lanterne("soak", "--boards", 4, "--minutes", 1, "--profile", f)
     assert r.returncode == 1 and "tls_share" in r.stderr and "hint:" in r.stderr
 

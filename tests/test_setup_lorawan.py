@@ -1,0 +1,127 @@
+"""The setup page's link test on a LoRaWAN board (firmware/lanterne/setup_lorawan.py): the RAK3172 twin,
+the emulated network server and the back office's uplink service on Mosquitto, the board in setup mode.
+What an installer sees: a join that fails (failures injected with `lanterne world`), a modem that does
+not answer, then a join, a test uplink the network answers and the back office reports, the duty cycle
+refusing a test too soon with its wait, and the session kept (no new join) at the next test; the board
+sampling throughout. The same button pressed in Chromium on a phone-sized page."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import lanterne
+from test_field_setup import KEY, call
+from test_lorawan_board import SPEED, board_config, events, identity, wait
+
+from host_tools.backoffice.uplinks import LoraDevice, UplinkService
+from host_tools.codec import lns_json as J
+from host_tools.emulator.network_server import Device, NetworkServer
+
+pytestmark = pytest.mark.integration
+CONTROLS = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_controls():
+    yield
+    while CONTROLS:
+        CONTROLS.pop().stop()
+
+
+def link_test(url, token, timeout=60):
+    """POST /api/link, then GET /api/link every half second until it is done, as the page does."""
+    status, r = call(url, "/api/link", {}, token)
+    assert status == 200 and r["transport"] == "lorawan", r
+    deadline = time.monotonic() + timeout
+    while r["running"]:
+        assert time.monotonic() < deadline, r
+        time.sleep(0.5)
+        status, r = call(url, "/api/link", token=token)
+        assert status == 200, r
+    return r
+
+
+def world(h, *args):
+    r = lanterne("world", "--port", h.port, *args)
+    assert r.returncode == 0, r.stderr
+
+
+def start(virtual_boards, mosquitto, name, ident, **world_values):
+    cfg = board_config(name, ident, setup_key=KEY, setup_window_min=10, sample_period_s=120)
+    (h,) = virtual_boards(1, board="esp32-rak3172", config=cfg, radio=mosquitto.url,
+                          world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, **world_values})
+    # the control socket `lanterne emulate` serves, so that `lanterne world --port` reaches this board
+    from host_tools.emulator.control import ControlServer
+
+    ctl = ControlServer(h, h.port + ".ctl")
+    ctl.start()
+    CONTROLS.append(ctl)
+    h.wait_for(r"setup mode \(provisioned\)", timeout=60)
+    url = h.http_url(timeout=5)
+    status, doc = call(url, "/api/session", {})
+    assert status == 200, doc
+    return h, url, doc["token"]
+
+
+def test_link_test_on_a_lorawan_board_join_failures_no_modem_then_joined_and_answered(virtual_boards, mosquitto):
+    name = "Env_Setup"
+    ident = identity(name)
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()) as ns:
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
+                            integration="chirpstack", broker_url=mosquitto.url).start()
+        try:
+            # every join request goes unanswered: the test says the join failed, and why
+            h, url, token = start(virtual_boards, mosquitto, name, ident, lorawan_join_failures=1000)
+            assert call(url, "/api/link", token=token)[0] == 404  # nothing started yet
+            r = link_test(url, token)
+            assert (r["ok"], r["joined"], r["reason"]) == (False, False, "join failed"), r
+            assert r["error"] == "lorawan: join failed (JOIN_FAILED_RX_TIMEOUT)" and r["devaddr"] is None
+            assert ns.counts["joins"] == 0
+
+            # the modem does not answer at all
+            world(h, "set", "lorawan_join_failures=0")
+            world(h, "fault", "lorawan", "missing")
+            r = link_test(url, token)
+            assert (r["ok"], r["joined"], r["reason"]) == (False, False, "no modem"), r
+            assert r["error"].startswith("lorawan: modem not answering"), r
+
+            # the modem back: joined now, the test uplink answered by the network (LinkCheckAns)
+            world(h, "clear", "lorawan")
+            r = link_test(url, token)
+            assert (r["ok"], r["joined"], r["join"], r["confirmed"]) == (True, True, "joined now", True), json.dumps(r) + h.console()[-3000:]
+            assert ns.counts["joins"] == 1
+            (session,) = ns.sessions.values()
+            assert r["devaddr"] == f"{session.dev_addr:08X}", r  # the address the network gave it
+            assert (r["dr"], r["sf"], r["gateways"], r["rssi"], r["snr"]) == (5, 7, 1, -95, 7), r
+            assert 0 < r["airtime_ms"] < 100 and r["airtime_day_s"] > 0 and r["airtime_cap_s"] == 30, r
+            assert r["margin_db"] > 0 and r["error"] is None, r
+            # the back office knows it for a link test, not a reading
+            tests = wait(lambda: events(svc, "link_test"), 20, "the link test at the uplink service")
+            assert tests[0]["device"] == name and tests[0]["rssi"] == -95 and tests[0]["dr"] == 5
+            first = tests[0]["number"]
+
+            # the reading waiting since boot goes next (after the test, which went first), closing the
+            # sub-band again; a test now is refused with the wait, and nothing is sent
+            readings = wait(lambda: events(svc, "reading"), 30, "the reading kept since boot")
+            assert readings[0]["reading"]["seq"] == 0  # the test frame took no seq
+            r = link_test(url, token)
+            assert (r["ok"], r["joined"], r["join"], r["reason"]) == (False, True, "session kept", "duty cycle"), r
+            assert r["wait_s"] >= 1 and "try again" in r["error"], r
+            time.sleep(r["wait_s"] + 1.0)
+            assert len(events(svc, "link_test")) == 1
+
+            # after the wait: the session the modem holds, no new join
+            r = link_test(url, token)
+            assert (r["ok"], r["joined"], r["join"], r["confirmed"]) == (True, True, "session kept", True), json.dumps(r) + h.console()[-3000:]
+            assert ns.counts["joins"] == 1
+            tests = wait(lambda: len(events(svc, "link_test")) == 2 and events(svc, "link_test"), 20, "the second link test")
+            assert tests[1]["number"] > first and tests[1]["fcnt"] > tests[0]["fcnt"]
+
+            assert not events(svc, "bad_payload") and ns.counts["joins"] == 1
+            console = h.console()
+            assert "MemoryError" not in console and "Traceback" not in console and "(restarted)" not in console, console[-2000:]
+        finally:
+            svc.stop()

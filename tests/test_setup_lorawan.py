@@ -8,12 +8,14 @@ sampling throughout. The same button pressed in Chromium on a phone-sized page."
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 from conftest import lanterne
 from test_field_setup import KEY, call
 from test_lorawan_board import SPEED, board_config, events, identity, wait
+from test_setup_page_browser import ARTIFACTS, phone  # noqa: F401 (the phone fixture)
 
 from host_tools.backoffice.uplinks import LoraDevice, UplinkService
 from host_tools.codec import lns_json as J
@@ -123,5 +125,40 @@ def test_link_test_on_a_lorawan_board_join_failures_no_modem_then_joined_and_ans
             assert not events(svc, "bad_payload") and ns.counts["joins"] == 1
             console = h.console()
             assert "MemoryError" not in console and "Traceback" not in console and "(restarted)" not in console, console[-2000:]
+        finally:
+            svc.stop()
+
+
+def test_installer_tests_the_lorawan_link_from_a_phone(virtual_boards, mosquitto, phone):  # noqa: F811
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = "Env_Phone"
+    ident = identity(name)
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()) as ns:
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
+                            integration="chirpstack", broker_url=mosquitto.url).start()
+        try:
+            h, url, _token = start(virtual_boards, mosquitto, name, ident)
+            page = phone
+            page.goto(url)
+            page.wait_for_selector("#readings dt")
+            assert page.inner_text("#link-now").startswith("LORAWAN: ")
+            page.click("#link-test")
+            page.wait_for_selector("#link-msg.ok", timeout=60000)
+            text = page.inner_text("#link-msg")
+            (session,) = ns.sessions.values()
+            assert re.search(r"^(Joined the network|Session kept \(no new join\)), DevAddr %08X\. " % session.dev_addr, text), text
+            assert "Test uplink sent at DR5 (SF7), " in text and " ms on air." in text, text
+            assert re.search(r"The network answered: heard by 1 gateway, margin \d+ dB\. RSSI -95 dBm, SNR 7 dB\.", text), text
+            assert re.search(r"Airtime in the last 24 h: 0\.\d s of 30 s\.$", text), text
+            page.evaluate("document.getElementById('link-msg').parentElement.scrollIntoView()")
+            page.screenshot(path=str(ARTIFACTS / "setup-page-lorawan-link.png"), clip={"x": 0, "y": 0, "width": 390, "height": 400})
+            wait(lambda: events(svc, "link_test"), 20, "the link test at the uplink service")
+            # pressed again at once: the duty cycle refuses it, and the page says how long to wait
+            page.click("#link-test")
+            page.wait_for_selector("#link-msg.warn", timeout=30000)
+            assert re.search(r"Not sent: the duty cycle allows the next uplink in \d+ s: try again then\.", page.inner_text("#link-msg"))
+            assert ns.counts["joins"] == 1 and len(events(svc, "link_test")) == 1
+            assert "MemoryError" not in h.console() and "Traceback" not in h.console()
         finally:
             svc.stop()

@@ -7,8 +7,9 @@
 # asked for now (the reconnect backoff and the boot's random spread are skipped: one installer,
 # one press, one attempt); the uplink goes in the uplink task's turn (App.uplink_task: one frame
 # at a time on the modem), on FPort 13, never as readings: the readings' seq and the delivery
-# ledger are not touched. The airtime budget decides first: closed (duty cycle, daily cap), the
-# test is refused with the wait, and nothing is sent.
+# ledger are not touched. The airtime budget decides first: the duty cycle reopening within 20 s
+# (the previous uplink's pause) is waited out, in that turn; closed for longer, or the daily cap
+# used up, the test is refused with the wait, and nothing is sent.
 #
 # The test uplink (FPort 13): byte 0 version = 1, byte 1 the test's number since boot (mod 256).
 # The LinkCheckReq (AT+LINKCHECK=1) makes the network answer in the uplink's receive windows
@@ -26,6 +27,7 @@ FPORT_TEST = const(13)
 VERSION = const(1)
 _CONNECT_MS = const(45000)  # a connect: up to 14 AT commands (1.5 s each at worst) + a join's 12 s
 _TURN_MS = const(30000)  # the uplink task's turn: DevAddr, LinkCheck, AT+SEND (3 busy retries), TX_DONE's 10 s, DR
+_WAIT_MAX_MS = const(20000)  # a closed duty cycle that reopens within this is waited out; beyond, refused
 _ANSWER_MS = const(1500)  # the link check's answer, when TX_DONE came first
 
 _number = 0  # tests since boot (the frame's byte 1)
@@ -59,6 +61,7 @@ class LinkTest:
         self.error = None
         self.reason = None
         self.wait_s = None
+        self.waited_s = 0  # the duty cycle's short wait, waited out before sending
         self._taken = False  # the uplink task's turn has begun
         self._done = False  # ... and is over
         self._forward = None
@@ -73,7 +76,7 @@ class LinkTest:
             "confirmed": self.check is not None, "gateways": None, "margin_db": None,
             "rssi": None, "snr": None, "airtime_ms": self.air_ms,
             "airtime_day_s": b.used_ms(link.now()) / 1000, "airtime_cap_s": b.cap_ms // 1000,
-            "error": self.error, "reason": self.reason, "wait_s": self.wait_s,
+            "error": self.error, "reason": self.reason, "wait_s": self.wait_s, "waited_s": self.waited_s,
         }
         if self.check is not None:
             d["margin_db"], d["gateways"], d["rssi"], d["snr"] = self.check
@@ -168,10 +171,19 @@ class LinkTest:
                 self._fail("airtime cap", "the daily airtime cap of %d s is used up: test again when the last 24 hours have room"
                            % (link.budget.cap_ms // 1000), 3600)
                 return
-            if wait > 0:
+            if wait > _WAIT_MAX_MS:
                 w = (wait + 999) // 1000
                 self._fail("duty cycle", "the duty cycle allows the next uplink in %d s: try again then" % w, w)
                 return
+            if wait > 0:
+                # a short wait (the previous uplink's): waited out in this turn, so the readings
+                # queued behind do not take the sub-band first when it reopens
+                self.stage = "waiting"
+                self.wait_s = (wait + 999) // 1000
+                await asyncio.sleep_ms(wait + 20)
+                self.waited_s = self.wait_s
+                self.wait_s = None
+                self.stage = "sending"
             v = await at.query(b"DEVADDR", link.cmd_ms)
             if v is not None and len(v) == 8 and v != "00000000":
                 self.devaddr = v.upper()

@@ -32,6 +32,23 @@ def _stop_controls():
         CONTROLS.pop().stop()
 
 
+def test_the_uplink_service_reports_link_tests_and_refuses_malformed_ones():
+    key = bytes(range(32))
+    svc = UplinkService([LoraDevice("bin-7", "00aa00aa00aa00aa", key)], publish=lambda topic, msg: None)
+    up = dict(dev_eui="00aa00aa00aa00aa", device="bin-7", fport=13, dr=3, rssi=-117, snr=-4.5, gateways=2)
+    svc.handle(J.Uplink(fcnt=5, data=bytes([1, 4]), **up))
+    svc.handle(J.Uplink(fcnt=6, data=bytes([2, 4]), **up))
+    svc.handle(J.Uplink(fcnt=7, data=bytes([1]), **up))
+    (ev,) = [e for e in svc.events if e["event"] == "link_test"]
+    assert {k: ev[k] for k in ("device", "number", "fcnt", "rssi", "snr", "dr", "gateways")} == {
+        "device": "bin-7", "number": 4, "fcnt": 5, "rssi": -117, "snr": -4.5, "dr": 3, "gateways": 2}
+    bad = [e["error"] for e in svc.events if e["event"] == "bad_payload"]
+    assert bad == ["link test frame of 2 bytes, version 02: not version 1", "link test frame of 1 bytes, version 01: not version 1"]
+    # not readings: nothing entered the delivery ledger (it still acknowledges nothing, misses nothing)
+    st = svc.by_name["bin-7"]
+    assert st.readings == 0 and st.uplinks == 3 and st.ledger.next_seq == 0 and st.ledger.gaps() == []
+
+
 def link_test(url, token, timeout=60):
     """POST /api/link, then GET /api/link every half second until it is done, as the page does."""
     status, r = call(url, "/api/link", {}, token)
@@ -151,6 +168,7 @@ def test_installer_tests_the_lorawan_link_from_a_phone(virtual_boards, mosquitto
             assert "Test uplink sent at DR0 (SF12), 1319 ms on air." in text, text
             assert re.search(r"The network answered: heard by 1 gateway, margin \d+ dB\. RSSI -95 dBm, SNR 7 dB\.", text), text
             assert re.search(r"Airtime in the last 24 h: 1\.3 s of 30 s\.$", text), text
+            page.locator("#link-now", has_text=re.compile(r"^LORAWAN: connected$")).wait_for(timeout=5000)
             page.evaluate("document.getElementById('link-msg').parentElement.scrollIntoView()")
             page.screenshot(path=str(ARTIFACTS / "setup-page-lorawan-link.png"), clip={"x": 0, "y": 0, "width": 390, "height": 400})
             wait(lambda: events(svc, "link_test"), 20, "the link test at the uplink service")

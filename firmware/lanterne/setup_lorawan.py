@@ -41,8 +41,10 @@ def _reason(why):
         return "no modem"
     if "duty cycle" in why or "BUSY" in why or "busy" in why:
         return "busy"
-    if "join" in why:
+    if why.startswith("lorawan: join"):
         return "join failed"
+    if "no session" in why:
+        return "session lost"  # the next press joins again
     return "error"
 
 
@@ -151,7 +153,13 @@ class LinkTest:
             if link.state == CONNECTING:
                 seen = True
             elif link.state == OFFLINE and (seen or link.last_error is not before):
-                break
+                if link.last_error is None or "random spread" not in link.last_error:
+                    break
+                # an attempt begun before this test held back for the boot's spread: once more, now
+                before = link.last_error
+                seen = False
+                link._flags &= ~F_SPREAD
+                link.next_try = time.ticks_ms()
         why = link.last_error
         if link.state == CONNECTING or why is before or why is None:
             why = "lorawan: no outcome of the join within %d s" % (_CONNECT_MS // 1000)

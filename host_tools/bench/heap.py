@@ -15,9 +15,11 @@ it measures, with TLS off, on one real Mosquitto:
   page's server and access point up beside the sampling loop and the link, the page's state
   asked for every second (`heap_setup_mode_bytes_<board>`, `runs_in_setup_mode_<board>`);
 - on a mains LoRaWAN board (the modem twin, the emulated network server on the same Mosquitto),
-  setup mode at the board's heap and at the LoRaWAN floor (66 KB), before and after the page's
-  link test ran (`heap_setup_mode_bytes_<board>_<KB>k`, `heap_setup_link_test_bytes_<board>_<KB>k`,
-  `runs_in_setup_mode_<board>_<KB>k`); its status stays on the board, so the console's is read.
+  setup mode at the board's heap, before and after the page's link test ran
+  (`heap_setup_mode_bytes_<board>`, `heap_setup_link_test_bytes_<board>`, `runs_in_setup_mode_<board>`),
+  and without --quick the smallest heap it runs in with the test, bisected from the LoRaWAN
+  floor of normal operation (66 KB) in 4 KB steps (`heap_setup_mode_min_bytes_<board>`); its
+  status stays on the board, so the console's is read.
 Heaps are ESP32-equivalent bytes: this 64-bit port's bytes, less the ROM's own share, divided
 by the layout's measured scale (docs/emulator.md, "Heap"). Run with LANTERNE_MICROPYTHON set to
 a 32-bit unix port and LANTERNE_HEAP_SCALE=1.0 to measure 32-bit bytes directly.
@@ -244,18 +246,29 @@ def run(quick: bool = False) -> BenchResult:
                 rows.append([f"{name} in setup mode (page served)", "romfs", board.heap_bytes // 1024,
                              "yes" if ok_setup else f"NO ({why_setup})", steady_setup if steady_setup is not None else "-",
                              "-", "-"])
-        # LoRaWAN: setup mode with the link test, at the board's heap and at the LoRaWAN floor
+        # LoRaWAN: setup mode with the link test at the board's heap, and (full run) the smallest heap
+        # it runs in, against the LoRaWAN floor of normal operation
         for name in [b for b in boards.names() if _lorawan_mains(boards.load(b))][: 1 if quick else None]:
             board = boards.load(name)
-            for heap in (None, LORAWAN_FLOOR):
-                ok, steady, tested, why = trial.setup_mode_lorawan(board, heap, window)
-                kb = board.heap_bytes // 1024 if heap is None else heap // 1024
-                metrics[f"heap_setup_mode_bytes_{name}_{kb}k"] = steady
-                metrics[f"heap_setup_link_test_bytes_{name}_{kb}k"] = tested
-                metrics[f"runs_in_setup_mode_{name}_{kb}k"] = ok
-                rows.append([f"{name} in setup mode (page served, link test run)", "romfs", kb, "yes" if ok else f"NO ({why})",
-                             f"{steady if steady is not None else '-'} / {tested if tested is not None else '-'} with the test",
-                             "-", "-"])
+            ok, steady, tested, why = trial.setup_mode_lorawan(board, None, window)
+            metrics[f"heap_setup_mode_bytes_{name}"] = steady
+            metrics[f"heap_setup_link_test_bytes_{name}"] = tested
+            metrics[f"runs_in_setup_mode_{name}"] = ok
+            smallest = None
+            if not quick and ok:
+                lo, hi = LORAWAN_FLOOR // 4096, board.heap_bytes // 4096
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if trial.setup_mode_lorawan(board, mid * 4096, window)[0]:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                smallest = hi * 4096
+                metrics[f"heap_setup_mode_min_bytes_{name}"] = smallest
+            rows.append([f"{name} in setup mode (page served, link test run)", "romfs", board.heap_bytes // 1024,
+                         "yes" if ok else f"NO ({why})",
+                         f"{steady if steady is not None else '-'} / {tested if tested is not None else '-'} after the test",
+                         smallest if smallest is not None else "-", "-"])
         first = names[0]
         metrics["heap_min_bytes"] = metrics[f"heap_min_bytes_{first}_romfs"]
         metrics["runs_at_64k_heap"] = all(v for k, v in metrics.items() if k.startswith("runs_at_64k_heap_") and k.endswith("_romfs"))

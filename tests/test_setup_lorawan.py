@@ -67,9 +67,11 @@ def world(h, *args):
     assert r.returncode == 0, r.stderr
 
 
-def start(virtual_boards, mosquitto, name, ident, **world_values):
+def start(virtual_boards, mosquitto, name, ident, *world_args, **world_values):
+    """The board in setup mode (the window after provisioning), `lanterne world ARGS` run on it before
+    it powers up: (handle, page URL, session token)."""
     cfg = board_config(name, ident, setup_key=KEY, setup_window_min=10, sample_period_s=120)
-    (h,) = virtual_boards(1, board="esp32-rak3172", config=cfg, radio=mosquitto.url,
+    (h,) = virtual_boards(1, board="esp32-rak3172", config=cfg, radio=mosquitto.url, power_on=False,
                           world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, **world_values})
     # the control socket `lanterne emulate` serves, so that `lanterne world --port` reaches this board
     from host_tools.emulator.control import ControlServer
@@ -77,6 +79,9 @@ def start(virtual_boards, mosquitto, name, ident, **world_values):
     ctl = ControlServer(h, h.port + ".ctl")
     ctl.start()
     CONTROLS.append(ctl)
+    for args in world_args:
+        world(h, *args)
+    h.power_on()
     h.wait_for(r"setup mode \(provisioned\)", timeout=60)
     url = h.http_url(timeout=5)
     status, doc = call(url, "/api/session", {})
@@ -92,23 +97,23 @@ def test_link_test_on_a_lorawan_board_join_failures_no_modem_then_joined_and_ans
         svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
                             integration="chirpstack", broker_url=mosquitto.url).start()
         try:
-            # every join request goes unanswered: the test says the join failed, and why
-            h, url, token = start(virtual_boards, mosquitto, name, ident, lorawan_join_failures=1000)
+            # the modem does not answer at all (absent, unpowered, miswired)
+            h, url, token = start(virtual_boards, mosquitto, name, ident, ("fault", "lorawan", "missing"),
+                                  ("set", "lorawan_join_failures=1000"))
             assert call(url, "/api/link", token=token)[0] == 404  # nothing started yet
             r = link_test(url, token)
+            assert (r["ok"], r["joined"], r["reason"]) == (False, False, "no modem"), r
+            assert r["error"] == "lorawan: modem not answering (no reply to AT within 1500 ms)" and r["devaddr"] is None, r
+
+            # the modem back, but every join request goes unanswered: the test says the join failed, and why
+            world(h, "clear", "lorawan")
+            r = link_test(url, token)
             assert (r["ok"], r["joined"], r["reason"]) == (False, False, "join failed"), r
-            assert r["error"] == "lorawan: join failed (JOIN_FAILED_RX_TIMEOUT)" and r["devaddr"] is None
+            assert r["error"] == "lorawan: join failed (JOIN_FAILED_RX_TIMEOUT)" and r["devaddr"] is None, r
             assert ns.counts["joins"] == 0
 
-            # the modem does not answer at all
+            # the network in range: joined now, the test uplink answered by the network (LinkCheckAns)
             world(h, "set", "lorawan_join_failures=0")
-            world(h, "fault", "lorawan", "missing")
-            r = link_test(url, token)
-            assert (r["ok"], r["joined"], r["reason"]) == (False, False, "no modem"), r
-            assert r["error"].startswith("lorawan: modem not answering"), r
-
-            # the modem back: joined now, the test uplink answered by the network (LinkCheckAns)
-            world(h, "clear", "lorawan")
             r = link_test(url, token)
             assert (r["ok"], r["joined"], r["join"], r["confirmed"]) == (True, True, "joined now", True), json.dumps(r) + h.console()[-3000:]
             assert ns.counts["joins"] == 1

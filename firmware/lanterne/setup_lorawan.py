@@ -206,6 +206,7 @@ class LinkTest:
             air = airtime.uplink_ms(len(frame), link.dr, link.fopts)
             self._forward = at.on_line
             at.on_line = self._line
+            fault = link.last_fault
             try:
                 self.sent = await link._send(FPORT_TEST, frame, 0)
                 if self.sent:
@@ -217,7 +218,7 @@ class LinkTest:
             finally:
                 at.on_line = self._forward
             if not self.sent:
-                why = link.last_error if not link.up else link.last_fault
+                why = link.last_error if not link.up else (link.last_fault if link.last_fault is not fault else None)
                 w = at.wait_ms // 1000 + 1 if why and "Restricted_Wait" in why else None
                 self._fail((_reason(why) or "not sent") if w is None else "duty cycle", why or "the test uplink was not sent", w)
         finally:

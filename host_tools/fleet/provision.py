@@ -108,12 +108,12 @@ class Request:
 
     @property
     def lorawan(self) -> bool:
-        return self.board.data["network"]["kind"] == "lorawan"
+        return self.board.data["network"]["kind"] == "lorawan" or bool(self.board.data.get("lorawan"))
 
     @property
     def mqtt(self) -> bool:
         """The board reports over MQTT, so its first status can be awaited on the broker."""
-        return self.config.get("transport", "mqtt") == "mqtt"
+        return self.config.get("transport", "mqtt") in ("mqtt", "failover")
 
 
 @dataclass
@@ -217,7 +217,7 @@ def make_request(
     config.setdefault("site", "default")
     config.setdefault("broker", DEFAULT_BROKER)
     if board_transport(board_obj) != "mqtt":
-        config.setdefault("transport", board_transport(board_obj))  # no IP link on this board
+        config.setdefault("transport", board_transport(board_obj))  # no IP link, or a LoRaWAN modem beside it
     config["device"] = device
     config["mqtt_user"] = device
     if ca_cert:

@@ -61,11 +61,12 @@ F_CHANGED = const(8)  # _setting() wrote something
 
 
 def open_uart(board):
-    """(machine.UART on the board file's network bus, None) or (None, why)."""
+    """(machine.UART on the board file's network bus, or its `lorawan` modem's beside an IP link,
+    None) or (None, why)."""
     try:
         import machine
 
-        net = board["network"]
+        net = board.get("lorawan") or board["network"]
         spec = board["buses"][net["bus"]]
         uart = machine.UART(spec["id"], baudrate=spec.get("baudrate", 115200), tx=spec["tx"], rx=spec["rx"], timeout=0, rxbuf=1024)
         return uart, None

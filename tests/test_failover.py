@@ -202,5 +202,6 @@ def test_a_reading_that_came_over_both_paths_is_one_row_in_the_bridge(mosquitto,
     rows = db.rows("readings", order_by="seq")
     assert [(r["seq"], r["source"]) for r in rows] == [(s, "lorawan" if s in (3, 4, 5, 6) else "mqtt") for s in range(9)]
     assert final["readings"] == 9 and final["duplicates"] == 4
-    assert db.count("bad_frames") == 0
+    # nothing of ours refused (the session's broker carries other tests' devices too)
+    assert [b for b in db.rows("bad_frames") if name in b["topic"] or dev_eui in b["topic"].lower()] == []
     db.close()

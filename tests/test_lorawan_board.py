@@ -205,7 +205,8 @@ def ask(h, expr, tag, done=lambda got: True):
 def store_counts(h):
     """(readings sampled, still on flash, dropped): the board's store as recovered from its flash."""
     stop_app(h)
-    got = ask(h, "(lambda s: '%d %d %d' % (s.next_seq, s.pending, s.dropped))(__import__('lanterne.store').store.Store('store'))",
+    # (the stopped app's objects collected first: the store's buffers need the room)
+    got = ask(h, "__import__('gc').collect() or (lambda s: '%d %d %d' % (s.next_seq, s.pending, s.dropped))(__import__('lanterne.store').store.Store('store'))",
               "STORE", lambda got: len(got.split()) == 3)
     return tuple(int(v) for v in got.split())
 

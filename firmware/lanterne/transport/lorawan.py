@@ -58,6 +58,7 @@ F_RESET = const(1)  # _flags: the modem printed its banner (it restarted)
 F_REJOIN = const(2)  # join at the next connect even if the module holds a session
 F_SPREAD = const(4)  # the first join since boot is still to wait its random spread
 F_CHANGED = const(8)  # _setting() wrote something
+F_MARKED = const(16)  # the state file asks for a join (provisioning wrote a new identity): cleared once up
 
 
 def open_uart(board):

@@ -9,8 +9,13 @@ LORA_PACKET := lora-packet@0.9.3
 
 .PHONY: test demo venv deps mosquitto postgresql chromium lint bench mutation clean
 
+# Three pytest workers (most tests wait on virtual boards, not on the CPU), then the tests that load
+# the whole machine (a fleet soak, a mutation campaign) alone; both always run, either failing fails.
+TEST_WORKERS ?= 3
 test: venv deps mosquitto postgresql chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not solo"; a=$$?; \
+	$(PY) -m pytest -q -m solo; b=$$?; \
+	test $$a -eq 0 && test $$b -eq 0
 
 demo: venv deps
 	$(VENV)/bin/lanterne demo

@@ -3,8 +3,8 @@ longer with `python -m host_tools.reliability.fuzz --cases N` (docs/reliability.
 
 Each target's promise is checked on inputs hypothesis draws (raw bytes, and the fuzzer's own
 mutations of valid seeds driven by hypothesis' random), on CPython, and on the MicroPython unix port
-for the firmware's parsers. Inputs that hit the two firmware bugs the fuzzers found (below) are left
-out of the bounded runs; each bug has its own failing test, marked xfail(strict) until it is fixed.
+for the firmware's parsers. The firmware bugs the fuzzers found (below) are fixed, each with its own
+test; a bug found and not fixed at once goes in fuzz.KNOWN_BUGS, its test marked xfail(strict).
 Together: ~20 s.
 """
 
@@ -85,8 +85,12 @@ def test_a_broken_promise_is_reported_with_its_input(monkeypatch, capsys):
     with pytest.raises(fuzz.FuzzFailure, match="raised KeyError"):
         fuzz.check_http_request(fuzz._seed_requests()[0])
     monkeypatch.undo()
-    # ... and the long-run command stops on it with the case and the input (a known firmware bug here)
-    assert fuzz.main(["--cases", "500", "board_info"]) == 1
+    # ... and the long-run command stops on it with the case and the input (boardinfo.load broken here)
+    def load(path):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(firmware_module("boardinfo"), "load", load)
+    assert fuzz.main(["--cases", "50", "board_info"]) == 1
     err = capsys.readouterr().err
     assert "FAIL: board_info case" in err and "input (hex): " in err
 
@@ -103,8 +107,8 @@ def test_long_run_command_counts_its_cases(capsys):
     assert "http_request: 200 cases" in out and "lns_json: 200 cases" in out
 
 
-# -- firmware bugs the fuzzers found (firmware/ is not this change's to edit: reported) ----------------
-@pytest.mark.xfail(strict=True, reason="firmware bug: config.load raises UnicodeError on a config.json that is not UTF-8")
+# -- firmware bugs the fuzzers found, fixed ----------------
+
 @pytest.mark.parametrize("interpreter", ["cpython", "micropython"])
 def test_a_config_json_that_is_not_utf8_falls_back_instead_of_raising(interpreter, tmp_path):
     # A corrupted config.json (a flipped bit, a latin-1 site name copied by hand) must give the
@@ -127,7 +131,7 @@ def test_a_config_json_that_is_not_utf8_falls_back_instead_of_raising(interprete
     assert "RAISED" not in out and "config.json" in out
 
 
-@pytest.mark.xfail(strict=True, reason="firmware bug: config.load raises TypeError on a key that is not a string")
+
 def test_a_config_json_with_a_number_as_key_falls_back_instead_of_raising(tmp_path):
     # MicroPython's json module accepts {"device": "x", 2: 3} (CPython's refuses it); config.validate
     # then sorts the keys, str against int, and config.load raises: the board does not start.
@@ -141,7 +145,7 @@ def test_a_config_json_with_a_number_as_key_falls_back_instead_of_raising(tmp_pa
     assert "RAISED" not in out and "config.json" in out
 
 
-@pytest.mark.xfail(strict=True, reason="firmware bug: boardinfo.load returns a board.json that is not a JSON object")
+
 def test_a_board_json_that_is_not_an_object_is_refused(tmp_path):
     from host_tools.runtime import firmware_module
 

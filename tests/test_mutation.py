@@ -42,6 +42,7 @@ def test_each_bug_the_audit_found_is_now_caught(audit, name):
     assert audit[name] == "caught", f"{name}: {audit[name]} (stale: the patch no longer applies; update it)"
 
 
+@pytest.mark.solo  # two pytest processes per mutant, busy the whole time
 @pytest.mark.timeout(900)  # about 2 minutes alone; a loaded shared machine can take several times that
 def test_a_sample_of_mutants_on_the_commit_and_command_paths_is_killed(tmp_path):
     proc = python("-m", "host_tools.reliability.mutation", *SAMPLE_MODULES, "--sample", str(SAMPLE_PER_MODULE),

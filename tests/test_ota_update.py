@@ -312,7 +312,9 @@ def test_provisioning_sets_the_trusted_keys_and_a_later_provisioning_resets_the_
     assert v.ok, v.lines()
     assert k.registry.get("ota-prov").state == f"release {r2.counter}"
     # Provisioning again puts this checkout's firmware in slot A and forgets slot B's release.
-    again = provision(h.port, None, "ota-prov", registry=k.registry, trusted_keys=k.keys.trusted(), release_store=k.store)
+    # (the board is restarting from verify's session: its boot verifies a slot, slow on a loaded machine)
+    again = provision(h.port, None, "ota-prov", registry=k.registry, trusted_keys=k.keys.trusted(), release_store=k.store,
+                      connect_timeout=15)
     assert again.status["ota"] == {"slot": "A", "release": 0} and again.status["fw"] == "0.1.0"
     state = ota_state(h)
     assert state["active"] == 0 and state["slots"][1] is None and state["trial"] is None

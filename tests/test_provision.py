@@ -258,7 +258,7 @@ def test_provisioning_a_lorawan_board_gives_it_its_lorawan_identity(virtual_boar
     cfg = json.loads((h.flash / "config.json").read_text())
     with Registry(tmp_path / "fleet.sqlite") as reg:
         eui, key = reg.secret("bin-9", "lorawan_deveui"), reg.secret("bin-9", "lorawan_appkey")
-    # what the firmware writes to the modem over AT at its first connect (transport/lorawan.py)
+    # what provisioning wrote to the modem (test_provision_modem.py), and what the firmware checks it against at each connect
     assert (cfg["transport"], cfg["lorawan_deveui"], cfg["lorawan_appkey"]) == ("lorawan", eui, key)
     assert len(eui) == 16 and len(key) == 32
 

@@ -77,7 +77,7 @@ def test_firmware_runs_at_a_64k_heap(virtual_boards, mosquitto):
     cfg = {"device": "small-heap", "site": "heap", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 5}
     with Watcher(mosquitto.url, ["lanterne/v1/heap/small-heap/#"]) as w:
         (h,) = virtual_boards(1, config=cfg, board_heap=FLOOR_KB * 1024)
-        statuses = w.wait_for("lanterne/v1/heap/small-heap/status", lambda m: b'"online"' in m.payload, count=3, timeout=40)
+        statuses = w.wait_for("lanterne/v1/heap/small-heap/status", lambda m: b'"online"' in m.payload, count=3, timeout=90)
         ups = w.matching("lanterne/v1/heap/small-heap/up")
     console = h.console()
     assert "MemoryError" not in console and "(restarted)" not in console, console[-2000:]

@@ -25,6 +25,7 @@ BOARDS, MINUTES = 20, 1.25
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.solo  # 20 boards, a broker and the bridge: the machine is theirs
 @pytest.mark.timeout(600)
 def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, capsys):
     out = tmp_path / "ledger.json"

@@ -28,6 +28,7 @@ CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 GC_EVERY = 2048  # bytes allocated between two automatic collections
 TICK_MS = const(100)  # the actuator task's period: the loop's heartbeat
+_ALARM_FLAGS = const(0x0DFF)  # transport.failover.ALARM_FLAGS: the status bits that make a reading an alarm
 _MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
 
 
@@ -158,14 +159,18 @@ class App:
         from lanterne.uplink import Uplink
 
         # One transport's code only: a LoRaWAN board never loads MQTT's, nor an MQTT board LoRaWAN's.
-        MqttLink = LorawanLink = None
-        if self.cfg["transport"] == "lorawan":
+        # A failover board (an IP link and a LoRaWAN modem) loads both, and transport/failover.py.
+        MqttLink = LorawanLink = Failover = None
+        transport = self.cfg["transport"]
+        if transport != "mqtt" and self.cfg["broker"] or transport == "lorawan":
             from lanterne.delivery import LedgerDelivery
             from lanterne.transport.lorawan import LorawanLink, open_uart
-        elif not self.cfg["broker"]:
+        if transport != "lorawan" and not self.cfg["broker"]:
             self.no_uplink = self.faults["broker"] = "config: no broker configured: offline, readings kept in the store"
-        else:
+        elif transport != "lorawan":
             from lanterne.transport.mqtt import MqttLink
+        if transport == "failover" and MqttLink is not None:
+            from lanterne.transport.failover import Failover
         load_drivers(self.board)
         gc.collect()
         self.assets = Assets(self.board, self.cfg, lamp_curve)
@@ -174,7 +179,16 @@ class App:
         self.reading = codec.new_reading()
         self.commands = CommandHandler(self.cfg["device"], self.cfg["command_key"], self.execute)
         outbox = self.store
-        if MqttLink is not None:
+        if Failover is not None:
+            # MQTT while it is up, LoRaWAN while it is not: one object is the link and the outbox
+            # (the link a frame goes over decides how it is committed: transport/failover.py)
+            uart, why = open_uart(self.board)
+            lora = LorawanLink(self.cfg, uart, self.on_downlink, why)
+            delivery = LedgerDelivery(self.store, self.cfg["device"], lambda: self.commands.verifier.key, self.faults, bool(self.cfg["lorawan_confirmed"]))
+            lora.on_ledger = delivery.ledger
+            lora.app_faults = self.faults
+            self.link = outbox = Failover(MqttLink(self.cfg, self.on_downlink), lora, self.store, delivery, self.net, self.faults, self.uplink_due.set)
+        elif MqttLink is not None:
             self.link = MqttLink(self.cfg, self.on_downlink)
         elif LorawanLink is not None:
             # unconfirmed uplinks: the readings stay in the store until the delivery ledger says
@@ -303,6 +317,7 @@ class App:
         from lanterne.assets import F_CONFIG, F_OVERFLOW, F_UNSYNCED
 
         r = self.reading
+        alarm = getattr(self.link, "alarm", None)  # failover: alarm readings go first over LoRaWAN
         while True:
             t0 = time.ticks_ms()
             flags = await self.assets.sample(r)
@@ -322,6 +337,8 @@ class App:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
+                if alarm is not None and flags & _ALARM_FLAGS:
+                    alarm(seq)
                 self.uplink_due.set()
                 if self.ota:
                     self.ota.sampled()  # a trial's health: sensors read
@@ -358,6 +375,13 @@ class App:
                 if self.acks:
                     if await link.send(ACK, self.acks[0]):
                         self.acks.pop(0)
+                    continue
+                s = self.setup  # field setup hook: the page's LoRaWAN link test sends in this task's turn
+                if s is not None and s.turn is not None:
+                    t = s.turn
+                    s.turn = None
+                    await t(link)
+                    t = None
                     continue
                 if self.status_due:
                     if await link.send(STATUS, self.status_payload()):
@@ -421,10 +445,12 @@ class App:
         # its photocell meanwhile). Every wait here is bounded and lets the loop run.
         link = self.link
         ip = link.name != "lorawan"  # LoRaWAN: no IP network, no NTP (readings carry their age)
+        lora_too = getattr(link, "lora", None) is not None  # failover: LoRaWAN whatever the IP link does
         if ip and not self.net.start():
             self.no_uplink = self.faults["network"] = self.net.error
             self.log(self.net.error)
-            return
+            if not lora_too:
+                return
         was_up = net_was_up = False
         clock_due = time.ticks_ms() if ip else None
         while True:
@@ -434,7 +460,7 @@ class App:
                     self.assets.energy.save()  # the lamp's counters lose nothing to a reboot
                 link.close()
                 machine.reset()
-            if ip and not self.net.up():
+            if ip and not lora_too and not self.net.up():
                 if net_was_up:
                     self.log("link down")
                 net_was_up = was_up = False
@@ -448,7 +474,7 @@ class App:
                 self.log(link.last_error)
             was_up = link.up
             b = self.assets.bollard
-            if clock_due is not None and time.ticks_diff(time.ticks_ms(), clock_due) >= 0:
+            if clock_due is not None and time.ticks_diff(time.ticks_ms(), clock_due) >= 0 and (not lora_too or self.net.up()):
                 clock_due = time.ticks_add(time.ticks_ms(), 3600000 if await self.sync_clock() else 10000)
             elif link.up:
                 await link.maintain()

@@ -9,12 +9,12 @@ def load(path=BOARD_FILE):
     """Return (board dict, error or None). A missing file gives a minimal Wi-Fi board."""
     try:
         with open(path) as f:
-            return json.loads(f.read()), None
+            board = json.loads(f.read())
+        if isinstance(board, dict):
+            return board, None
+        why = "must be a JSON object"
     except OSError:
-        return {"name": "unknown", "network": {"kind": "wlan"}, "buses": {}, "sensors": [], "actuators": []}, (
-            "%s: missing" % path
-        )
-    except ValueError as e:
-        return {"name": "unknown", "network": {"kind": "wlan"}, "buses": {}, "sensors": [], "actuators": []}, (
-            "%s: not valid JSON (%s)" % (path, e)
-        )
+        why = "missing"
+    except ValueError as e:  # (UnicodeError too: not UTF-8 text)
+        why = "not valid JSON (%s)" % (e,)
+    return {"name": "unknown", "network": {"kind": "wlan"}, "buses": {}, "sensors": [], "actuators": []}, "%s: %s" % (path, why)

@@ -105,7 +105,7 @@ SCHEMA = {
     "ca_cert": (str, "", None),
     "wifi_ssid": (str, "", None),
     "wifi_key": (str, "", None),
-    "transport": (str, "mqtt", _choice("mqtt", "lorawan")),
+    "transport": (str, "mqtt", _choice("mqtt", "lorawan", "failover")),  # failover: MQTT, and LoRaWAN while it is down (transport/failover.py)
     "keepalive_s": (int, 60, _range(10, 3600)),
     "status_period_s": (int, 300, _range(5, 86400)),
     "sample_period_s": (int, 60, _range(1, 86400)),
@@ -161,7 +161,11 @@ def validate(data, source=CONFIG_FILE, base=None):
     if not isinstance(data, dict):
         return cfg, ["%s: must be a JSON object" % source]
     # Sorted: dict order differs between MicroPython and CPython, the error list must not.
-    for key in sorted(data):
+    # (MicroPython's json takes a number as a key, {"device": "x", 2: 3}: named, never sorted with text.)
+    for key in data:
+        if not isinstance(key, str):
+            errors.append("%s: field %r: a field name must be text" % (source, key))
+    for key in sorted(k for k in data if isinstance(k, str)):
         if key not in SCHEMA:
             errors.append("%s: field '%s': unknown field" % (source, key))
     for key in sorted(SCHEMA):
@@ -193,6 +197,8 @@ def _read(path):
             text = f.read()
     except OSError:
         return None, None, "missing"
+    except ValueError:  # UnicodeError: a flipped bit, a name typed in another encoding
+        return None, None, "not UTF-8 text"
     try:
         return text, json.loads(text), None
     except ValueError as e:

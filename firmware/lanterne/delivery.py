@@ -119,6 +119,7 @@ class LedgerDelivery:
         self.ledger_file = ledger_file
         self.inflight = []
         self.resend = []
+        self.early = []  # seqs at or above sent_upto that went out ahead of their turn (failover's alarms)
         self.sent_upto = 0  # below it (and at or above the store's head) every seq went out once since boot
         self.uplink = 0  # uplinks taken since boot
         self.last = None  # the last verified ledger
@@ -194,13 +195,36 @@ class LedgerDelivery:
                 start = st.next_seq  # nothing kept there (acknowledged, or damaged and stepped over)
                 break
             for item in got:
-                if not self._acked(item[0]):  # (acknowledged by the ledger kept on flash: not again)
-                    out.append(item)
+                if self._acked(item[0]):  # (acknowledged by the ledger kept on flash: not again)
+                    continue
+                if self.early and item[0] in self.early:
+                    self.early.remove(item[0])  # gone ahead of its turn already
+                    continue
+                out.append(item)
             if len(out) > n0:
                 return out
             start = got[-1][0] + 1  # all of it acknowledged already: look past it
         self.sent_upto = start
         return out
+
+    def restart(self):
+        # Forget what was sent: every kept reading not acknowledged by the last ledger goes again
+        # (a failover board, when the readings move between its links: transport/failover.py).
+        self.inflight = []
+        self.resend = []
+        self.early = []
+        self.sent_upto = 0
+
+    def sent(self, seq):
+        # Whether seq went out since the last restart and no ledger listed it missing since.
+        if seq in self.early:
+            return True
+        if seq < self.sent_upto:
+            for a, b in self.resend:
+                if a <= seq < b:
+                    return False
+            return True
+        return False
 
     def ack(self, batch):
         # A record skipped for good (unreadable, too large): committed, never sent.
@@ -210,8 +234,9 @@ class LedgerDelivery:
                 self.sent_upto = item[0] + 1
         return self.store.ack(batch)
 
-    def taken(self, batch):
-        # The link put a frame with these readings on air.
+    def taken(self, batch, early=False):
+        # The link put a frame with these readings on air. early: readings sent ahead of their
+        # turn (failover's alarms): the next-in-order cursor stays, they are skipped when it passes.
         if self.confirmed:
             return self.ack(batch)
         u = self.uplink
@@ -220,7 +245,10 @@ class LedgerDelivery:
         for item in batch:
             s = item[0]
             _remove(self.resend, s)
-            if s >= self.sent_upto:
+            if early:
+                if s >= self.sent_upto and s not in self.early:
+                    self.early.append(s)
+            elif s >= self.sent_upto:
                 self.sent_upto = s + 1
             if inflight and inflight[-1][2] == u and inflight[-1][1] == s:
                 inflight[-1][1] = s + 1
@@ -249,11 +277,13 @@ class LedgerDelivery:
         self.ledgers += 1
         st = self.store
         store_ack_below(st, got.next_seq)
-        # The uplink that carried the highest seq the back office has: whatever went in it or
-        # before it and is not acknowledged was lost on the way.
+        # The last uplink that carried a seq the back office has (the highest seq it has, or one
+        # it acknowledges: readings sent ahead of their turn make the seqs of successive uplinks
+        # go down as well as up): whatever went in it or before it and is not acknowledged was
+        # lost on the way.
         cut = -1
         for a, b, u in self.inflight:
-            if a <= got.highest < b:
+            if u > cut and (a <= got.highest < b or got.acknowledged(a) or got.acknowledged(b - 1)):
                 cut = u
         keep = []
         for r in self.inflight:

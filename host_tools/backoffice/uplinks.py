@@ -7,6 +7,8 @@ host_tools/codec/lns_json.py), and for each uplink of a known device:
   device's delivery ledger and hands the new ones on (`events`, or the `on_event` callback) in seq
   order within the frame;
 - FPort 11: checks a compact command ack against the commands in flight (firmware/lanterne/ledger.py);
+- FPort 13: a link test an installer ran from the board's setup page (firmware/lanterne/setup_lorawan.py):
+  reported as a `link_test` event with how the network heard it; it carries no reading;
 - keeps the radio figures the monitor shows (RSSI, SNR, DR, FCnt, airtime used today);
 - after any uplink, sends the device a signed ledger downlink (FPort 12) when the budget allows
   (host_tools/backoffice/delivery_ledger.py): the network server holds it and delivers it after the
@@ -33,6 +35,7 @@ from host_tools.codec.seq import SeqTracker
 from host_tools.runtime import firmware_module
 
 INTEGRATIONS = ("chirpstack", "tts")
+FPORT_LINK_TEST = 13  # version 1, the test's number since the board's boot (docs/lorawan.md)
 
 
 @dataclass
@@ -136,6 +139,13 @@ class UplinkService:
                 for r in sorted(fresh, key=lambda r: r.get("seq", -1)):
                     st.readings += 1
                     self.emit({"event": "reading", "device": name, "reading": r, "fcnt": up.fcnt})
+            elif up.fport == FPORT_LINK_TEST:
+                if len(up.data) != 2 or up.data[0] != 1:
+                    self.emit({"event": "bad_payload", "device": name, "fcnt": up.fcnt,
+                               "error": f"link test frame of {len(up.data)} bytes, version {up.data[:1].hex() or '-'}: not version 1"})
+                else:
+                    self.emit({"event": "link_test", "device": name, "number": up.data[1], "fcnt": up.fcnt, "rssi": up.rssi,
+                               "snr": up.snr, "dr": up.dr, "gateways": up.gateways, "time": now})
             elif up.fport == self.ledger.FPORT_ACK:
                 got = self.ledger.parse_ack(st.info.command_key, name, up.data, st.in_flight)
                 if got is None:

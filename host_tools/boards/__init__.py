@@ -47,6 +47,7 @@ TOP_FIELDS = {
     "idf_heap_bytes": int,
     "micropython": str,
     "network": dict,
+    "lorawan": dict,  # a LoRaWAN modem beside an IP link (MQTT with LoRaWAN failover): modem, bus, region
     "buses": dict,
     "sensors": list,
     "actuators": list,
@@ -233,6 +234,15 @@ def validate(data: Any, path: Path) -> dict:
     if net["kind"] == "lorawan" and (not isinstance(net.get("bus"), str) or net["bus"] not in data["buses"]):
         raise _err(path, "network.bus", f"names no bus of this board ({', '.join(data['buses'])})")
     _check_part_pins(path, "network", {k: v for k, v in net.items() if k != "phy_addr"}, used)
+    modem = data.get("lorawan")
+    if modem is not None:
+        if net["kind"] == "lorawan":
+            raise _err(path, "lorawan", "the board's network is already its LoRaWAN modem: a second modem is not supported")
+        if not isinstance(modem.get("bus"), str) or modem["bus"] not in data["buses"] or data["buses"][modem["bus"]]["kind"] != "uart":
+            raise _err(path, "lorawan.bus", f"names no UART of this board ({', '.join(data['buses'])})")
+        if modem.get("modem", "rak3172") != "rak3172":
+            raise _err(path, "lorawan.modem", f"unsupported modem {modem.get('modem')!r} (supported: rak3172)")
+        _check_part_pins(path, "lorawan", modem, used)
     for group, types in (("sensors", SENSOR_TYPES), ("actuators", ACTUATOR_TYPES)):
         for i, part in enumerate(data[group]):
             prefix = f"{group}[{i}]"

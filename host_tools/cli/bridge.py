@@ -24,8 +24,9 @@ def configure(p):
     p.add_argument("--db", default="bridge.sqlite",
                    help="database: an SQLite file (default ./bridge.sqlite) or postgresql://USER@HOST:PORT/DB")
     p.add_argument("--registry", default="fleet.sqlite", help="fleet registry (default ./fleet.sqlite)")
-    p.add_argument("--group", default="lanterne-bridge",
-                   help="shared-subscription group: instances with the same group split the load ('' for none)")
+    p.add_argument("--group", default="",
+                   help="shared-subscription group: instances with the same group split the load (default: none, "
+                        "plain subscriptions, which a crashed Mosquitto 2.0 restores; docs/bridge.md, Scale-out)")
     p.add_argument("--client-id", help="MQTT client id, one per instance, stable across restarts "
                                        "(default lanterne-bridge-HOSTNAME)")
     p.add_argument("--username", help="MQTT user (default: the registry's back-office role)")

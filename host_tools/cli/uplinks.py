@@ -46,7 +46,7 @@ def run(args):
         app.application_id = app.tts_application = args.application
 
     def show(event):
-        if args.json or event["event"] in ("reading", "ledger", "ack", "bad_payload", "bad_ack"):
+        if args.json or event["event"] in ("reading", "ledger", "ack", "link_test", "bad_payload", "bad_ack"):
             print(json.dumps(event), flush=True)
 
     stop = threading.Event()

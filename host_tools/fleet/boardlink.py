@@ -213,11 +213,18 @@ class BoardLink:
             )
         t.in_raw_repl = True
 
-    def exec(self, code: str, what: str = "") -> bytes:
+    def exec(self, code: str, what: str = "", timeout: float | None = None) -> bytes:
+        """Run `code` in the raw REPL; its output. `timeout`: the longest silence allowed (mpremote's
+        default, 10 s, when None)."""
         from mpremote.transport import TransportError, TransportExecError
 
         try:
-            return self.transport.exec(code)
+            if timeout is None:
+                return self.transport.exec(code)
+            out, err = self.transport.exec_raw(code, timeout=timeout)
+            if err:
+                raise TransportExecError(out, err.decode("utf-8", "replace"))
+            return out
         except TransportExecError as exc:
             raise ProvisionError(
                 f"board error{' ' + what if what else ''}: {_one_line(exc.error_output)}",

@@ -40,8 +40,11 @@ def firmware_config():
 
 
 def board_transport(board) -> str:
-    """The transport a board's firmware uses unless its config says otherwise: LoRaWAN on a LoRaWAN modem, else MQTT."""
-    return "lorawan" if board.data["network"]["kind"] == "lorawan" else "mqtt"
+    """The transport a board's firmware uses unless its config says otherwise: LoRaWAN on a LoRaWAN modem, MQTT
+    with LoRaWAN failover on a board with both an IP link and a modem (its `lorawan` field), else MQTT."""
+    if board.data["network"]["kind"] == "lorawan":
+        return "lorawan"
+    return "failover" if board.data.get("lorawan") else "mqtt"
 
 
 def delivering_transports() -> tuple[str, ...]:
@@ -59,7 +62,7 @@ def transport_gap(transport: str) -> str | None:
     """Why a board on `transport` cannot deliver yet (one sentence), or None when it can."""
     if transport in delivering_transports():
         return None
-    name = {"lorawan": "LoRaWAN"}.get(transport, transport)
+    name = {"lorawan": "LoRaWAN", "failover": "MQTT with LoRaWAN failover"}.get(transport, transport)
     return (f"the {name} transport is not in the firmware yet: the board samples and stores its readings"
             " but cannot send them or receive commands")
 

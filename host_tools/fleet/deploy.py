@@ -34,6 +34,7 @@ from pathlib import Path
 
 from host_tools import boards
 from host_tools.fleet import ProvisionError
+from host_tools.fleet.boardlink import TMP_SUFFIX
 from host_tools.runtime.paths import FIRMWARE, MPYLIB
 
 ROM_DIR = "/rom"  # the ROMFS partition's mount point: written as one image (blocks that differ)
@@ -423,3 +424,32 @@ def firmware_hash(files: dict[str, str]) -> str:
         if path != "/config.json":
             h.update(f"{path}\0{digest}\n".encode())
     return h.hexdigest()
+
+
+# -- what provisioning removes from a board (and verify reports as extra) ---------------------------
+APP_DIR = "/lib/lanterne"  # owned by the firmware: files here that the image lacks are removed
+
+
+def managed_extra(path: str, image: dict[str, bytes] | dict[str, str]) -> bool:
+    """A file on the board that the firmware owns but the image lacks: stale, shadowing, or left mid-write."""
+    if path in image:
+        return False
+    if path.endswith(TMP_SUFFIX):
+        return True
+    if path.endswith(".py") and path[:-3] + ".mpy" in image:
+        return True  # MicroPython imports x.py before x.mpy: an old source would shadow the new build
+    if path.startswith("/lib/") and ROM_DIR + (path[:-3] + ".mpy" if path.endswith(".py") else path) in image:
+        # An old copy of a module the ROM now has: /rom/lib comes first in sys.path, so it is dead
+        # weight, until the ROM is lost (a write cut short) and it runs beside the new main.py.
+        return True
+    if path.startswith(ROM_DIR + "/"):
+        return any(p.startswith(ROM_DIR + "/") for p in image)  # the ROM holds only the image's files
+    return path.startswith(APP_DIR + "/")
+
+
+def stale_dirs(dirs: set[str], image: dict[str, bytes] | dict[str, str]) -> list[str]:
+    """Folders under /lib that held the library before it moved to ROMFS (a package the ROM now
+    has, and every folder below it), deepest first: removed once emptied."""
+    roots = {d for d in dirs if d.startswith("/lib/") and any(p.startswith(ROM_DIR + d + "/") for p in image)}
+    found = {d for d in dirs if any(d == r or d.startswith(r + "/") for r in roots)}
+    return sorted(found, key=lambda d: (-d.count("/"), d))

@@ -125,6 +125,7 @@ def provision_fleet(
     on_row: Callable[[RowResult], None] | None = None,
     trusted_keys: list[bytes] | None = None,
     release_store=None,
+    skip_modem: bool = False,
 ) -> FleetReport:
     """Provision every row of a fleet CSV, in parallel across ports; a bad row never stops the others.
 
@@ -232,7 +233,7 @@ def provision_fleet(
             rep = run_request(
                 req, reg, wait_status=wait_status, replace=replace, status_timeout=status_timeout,
                 connect_timeout=connect_timeout, mpy_cross=cross, status_waiter=waiters.get(req.broker), images=images,
-                trusted_keys=trusted_keys, release_store=release_store,
+                trusted_keys=trusted_keys, release_store=release_store, skip_modem=skip_modem,
             )
             row = RowResult(req.line, req.device, req.port, True, report=rep)
         except ProvisionError as exc:

@@ -14,6 +14,8 @@
    a temp file checked by hash on the board; then writes the ROMFS blocks that differ
    (header block last, read back by hash); then renames the temp files into place,
    config.json last, and removes stale firmware files and the folders they emptied;
+   on a board whose firmware drives a LoRaWAN modem, writes the modem's settings and identity
+   over AT and reads them back (`modem`);
 5. hard-resets the board and waits for its first live retained status on the broker
    (device id and board must match), reading the board's console meanwhile so that a
    refusal (bad credentials, unreachable broker) is reported in its own words.
@@ -48,42 +50,18 @@ from host_tools.fleet.deploy import (
     MpyCross,
     _image,
     firmware_hash,
+    managed_extra,
     manifest,
     parse_mpy,
     rom_part,
     romfs_image,
     sha256_hex,
+    stale_dirs,
     trusted_keys_file,
 )
 from host_tools.fleet.first_status import StatusWaiter, diagnose
+from host_tools.fleet.modem import ModemReport, modem_spec, uses_modem, write_modem
 from host_tools.fleet.registry import DEFAULT_PATH, RESERVED_IDS, SECRET_FIELDS, Registry, RegistryError
-
-APP_DIR = "/lib/lanterne"  # owned by the firmware: files here that the image lacks are removed
-
-
-def managed_extra(path: str, image: dict[str, bytes] | dict[str, str]) -> bool:
-    """A file on the board that the firmware owns but the image lacks: stale, shadowing, or left mid-write."""
-    if path in image:
-        return False
-    if path.endswith(TMP_SUFFIX):
-        return True
-    if path.endswith(".py") and path[:-3] + ".mpy" in image:
-        return True  # MicroPython imports x.py before x.mpy: an old source would shadow the new build
-    if path.startswith("/lib/") and ROM_DIR + (path[:-3] + ".mpy" if path.endswith(".py") else path) in image:
-        # An old copy of a module the ROM now has: /rom/lib comes first in sys.path, so it is dead
-        # weight, until the ROM is lost (a write cut short) and it runs beside the new main.py.
-        return True
-    if path.startswith(ROM_DIR + "/"):
-        return any(p.startswith(ROM_DIR + "/") for p in image)  # the ROM holds only the image's files
-    return path.startswith(APP_DIR + "/")
-
-
-def stale_dirs(dirs: set[str], image: dict[str, bytes] | dict[str, str]) -> list[str]:
-    """Folders under /lib that held the library before it moved to ROMFS (a package the ROM now
-    has, and every folder below it), deepest first: removed once emptied."""
-    roots = {d for d in dirs if d.startswith("/lib/") and any(p.startswith(ROM_DIR + d + "/") for p in image)}
-    found = {d for d in dirs if any(d == r or d.startswith(r + "/") for r in roots)}
-    return sorted(found, key=lambda d: (-d.count("/"), d))
 
 
 @dataclass
@@ -108,12 +86,12 @@ class Request:
 
     @property
     def lorawan(self) -> bool:
-        return self.board.data["network"]["kind"] == "lorawan"
+        return self.board.data["network"]["kind"] == "lorawan" or bool(self.board.data.get("lorawan"))
 
     @property
     def mqtt(self) -> bool:
         """The board reports over MQTT, so its first status can be awaited on the broker."""
-        return self.config.get("transport", "mqtt") == "mqtt"
+        return self.config.get("transport", "mqtt") in ("mqtt", "failover")
 
 
 @dataclass
@@ -136,6 +114,7 @@ class ProvisionReport:
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # provisioned, but a user must know (a transport not there yet)
+    modem: ModemReport | None = None  # a LoRaWAN board's modem, as written and read back
 
     def summary(self, warnings: bool = True) -> str:
         # Files counted as the plan counts them: every file of the image, the ROMFS image's all when it is written.
@@ -151,6 +130,7 @@ class ProvisionReport:
             f"{self.device} on {self.port}: {sent}, {self.files_unchanged} unchanged"
             + (f", {len(self.files_removed)} stale removed" if self.files_removed else "")
             + f"; {state} in {self.seconds:.1f} s"
+            + (f"\n  {self.modem.summary()}" if self.modem else "")
             + "".join(f"\n  warning: {w}" for w in (self.warnings if warnings else ()))
         )
 
@@ -163,6 +143,7 @@ class ProvisionReport:
             "romfs_blocks": self.romfs_blocks,
             "firmware_hash": self.firmware_hash, "status": self.status, "seconds": round(self.seconds, 3),
             "phases": {k: round(v, 3) for k, v in self.phases.items()}, "warnings": self.warnings,
+            "modem": self.modem.to_json() if self.modem else None,
         }
 
 
@@ -217,7 +198,7 @@ def make_request(
     config.setdefault("site", "default")
     config.setdefault("broker", DEFAULT_BROKER)
     if board_transport(board_obj) != "mqtt":
-        config.setdefault("transport", board_transport(board_obj))  # no IP link on this board
+        config.setdefault("transport", board_transport(board_obj))  # no IP link, or a LoRaWAN modem beside it
     config["device"] = device
     config["mqtt_user"] = device
     if ca_cert:
@@ -263,6 +244,7 @@ def provision(
     log: Callable[[str], None] | None = None,
     trusted_keys: list[bytes] | None = None,
     release_store=None,
+    skip_modem: bool = False,
 ) -> ProvisionReport:
     """Provision one board; see the module docstring. Raises `ProvisionError`.
 
@@ -278,7 +260,7 @@ def provision(
         return run_request(
             req, reg, wait_status=wait_status, replace=replace, status_timeout=status_timeout,
             connect_timeout=connect_timeout, mpy_cross=mpy_cross, status_waiter=status_waiter, images=images, log=log,
-            trusted_keys=trusted_keys, release_store=release_store,
+            trusted_keys=trusted_keys, release_store=release_store, skip_modem=skip_modem,
         )
     finally:
         if reg is not registry:
@@ -326,10 +308,12 @@ def run_request(
     log: Callable[[str], None] | None = None,
     trusted_keys: list[bytes] | None = None,
     release_store=None,
+    skip_modem: bool = False,
 ) -> ProvisionReport:
     """`trusted_keys`: the release signing keys the board trusts (ota/keys.json); `release_store`
     (a host_tools.fleet.release.store.ReleaseStore): keeps the ROMFS image written, so the first
-    over-the-air update of this board can be a delta against it."""
+    over-the-air update of this board can be a delta against it. `skip_modem`: leave a LoRaWAN
+    modem's identity to the firmware's first connect (a modem not fitted yet), with a warning."""
     say = log or (lambda msg: None)
     t0 = time.monotonic()
     check_port(req)
@@ -464,6 +448,20 @@ def run_request(
             reg.add_or_update(
                 req.device, port=req.port, hw_id=info.hw_id or None, firmware_hash=rep.firmware_hash, files=files, state="provisioned"
             )
+            if uses_modem(req.board.data, full):  # the files are in place; the modem now (fleet/modem.py)
+                if skip_modem:
+                    spec = modem_spec(req.board.data)
+                    rep.modem = ModemReport(f"{spec.get('modem', 'rak3172')} on {spec['bus']}", skipped=True)
+                    rep.warnings.append(f"{req.device}: LoRaWAN modem not checked (--skip-modem): the firmware writes its"
+                                        " identity at its first connect")
+                else:
+                    t3 = time.monotonic()
+                    try:
+                        rep.modem = write_modem(link, req.device, req.board.data, full, say)
+                    except ProvisionError:
+                        reg.add_or_update(req.device, state="modem-unwritten")
+                        raise
+                    rep.phases["modem"] = time.monotonic() - t3
             say("resetting the board")
             t2 = time.monotonic()
             link.hard_reset()

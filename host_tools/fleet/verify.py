@@ -30,8 +30,7 @@ from host_tools import boards
 from host_tools.fleet import ProvisionError
 from host_tools.fleet.boardlink import BoardLink
 from host_tools.fleet.config import firmware_config
-from host_tools.fleet.deploy import MpyCross, build_image, firmware_hash, manifest, parse_mpy
-from host_tools.fleet.provision import managed_extra
+from host_tools.fleet.deploy import MpyCross, build_image, firmware_hash, managed_extra, manifest, parse_mpy
 from host_tools.fleet.registry import DEFAULT_PATH, SECRET_FIELDS, Registry
 from host_tools.runtime import firmware_module
 

@@ -187,30 +187,11 @@ def check_at_twin(data: bytes, folder: Path | None = None) -> None:
                 raise FuzzFailure(f"the AT twin answered a line that is not printable text: {line[:80]!r}")
 
 
-# -- firmware bugs these fuzzers found, not fixed yet (tests/test_fuzz.py holds a failing test for each) --
-def _not_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return False
-    except UnicodeError:
-        return True
-
-
-def _json_not_object(data: bytes) -> bool:
-    try:
-        return not isinstance(json.loads(data), dict)
-    except (ValueError, RecursionError):
-        return False
-
-
-KNOWN_BUGS = {
-    # config.load raises UnicodeError on a config.json that is not UTF-8 (its read is outside the try);
-    # on MicroPython also TypeError on an object with a non-string key, which MicroPython's json module
-    # accepts ({"device": "x", 2: 3}): validate() sorts the keys (UNIX_SCRIPT's known() has that case)
-    "config_json": _not_utf8,
-    # boardinfo.load returns any JSON value: a board.json holding a list, a number ... reaches the app
-    "board_info": _json_not_object,
-}
+# -- firmware bugs these fuzzers found and not fixed yet: none today. The three found so far (config.load
+# on a config.json that is not UTF-8 or has a number as a key, boardinfo.load on a board.json that is not
+# an object) are fixed, each with its test in tests/test_fuzz.py. A bug found and not fixed at once is
+# listed here (target -> predicate on the input), so `--skip-known` can draw past it meanwhile.
+KNOWN_BUGS: dict = {}
 
 
 def known_bug(target: str, data: bytes) -> bool:

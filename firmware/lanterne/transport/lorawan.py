@@ -58,14 +58,16 @@ F_RESET = const(1)  # _flags: the modem printed its banner (it restarted)
 F_REJOIN = const(2)  # join at the next connect even if the module holds a session
 F_SPREAD = const(4)  # the first join since boot is still to wait its random spread
 F_CHANGED = const(8)  # _setting() wrote something
+F_MARKED = const(16)  # the state file asks for a join (provisioning wrote a new identity): cleared once up
 
 
 def open_uart(board):
-    """(machine.UART on the board file's network bus, None) or (None, why)."""
+    """(machine.UART on the board file's network bus, or its `lorawan` modem's beside an IP link,
+    None) or (None, why)."""
     try:
         import machine
 
-        net = board["network"]
+        net = board.get("lorawan") or board["network"]
         spec = board["buses"][net["bus"]]
         uart = machine.UART(spec["id"], baudrate=spec.get("baudrate", 115200), tx=spec["tx"], rx=spec["rx"], timeout=0, rxbuf=1024)
         return uart, None

@@ -1,13 +1,14 @@
 # Lanterne LoRaWAN bring-up (transport/lorawan.py loads it for one connect() and drops it):
 # the modem answers, its settings and identity are checked and written only where they differ,
-# no join while it holds a session, else one join; the join backoff and its count kept on flash.
+# no join while it holds a session (unless provisioning marked the state file: a new identity),
+# else one join; the join backoff and its count kept on flash.
 import random
 import time
 
 import asyncio
 from micropython import const
 
-from lanterne.transport.lorawan import F_CHANGED, F_REJOIN, F_RESET, F_SPREAD, C_JOINS
+from lanterne.transport.lorawan import F_CHANGED, F_MARKED, F_REJOIN, F_RESET, F_SPREAD, C_JOINS
 
 JOIN_BASE_MS = const(8000)  # join backoff: 4-8 s, 8-16 s, ... (full jitter over the upper half)
 JOIN_CAP_MS = const(3600000)  # ... at most an hour apart
@@ -19,7 +20,12 @@ def _load_failures(link):
         import json
 
         with open(link.state_file) as f:
-            return int(json.loads(f.read())["join_failures"])
+            st = json.loads(f.read())
+        if st.get("rejoin"):
+            # provisioning wrote a new identity to a module that holds a session (fleet/modem.py):
+            # join with it, even though the module says it is joined; the mark goes once joined
+            link._flags |= F_REJOIN | F_MARKED
+        return int(st["join_failures"])
     except Exception:  # none yet, or damaged: start from no failure
         return 0
 
@@ -28,15 +34,17 @@ def _save_failures(link):
     try:
         from lanterne.flashfile import write_atomic
 
-        write_atomic(link.state_file, '{"join_failures": %d}' % link.failures)
+        # (the mark stays until a join went through: a failed or refused join keeps it)
+        write_atomic(link.state_file, '{"join_failures": %d%s}' % (link.failures, ', "rejoin": 1' if link._flags & F_MARKED else ""))
     except OSError:
         pass  # the backoff still works; only its memory across a reboot is lost
     link._file_failures = link.failures
 
 
 def keep_failures(link):
-    # Came up: no failure to remember any more.
-    if link._file_failures:
+    # Came up (joined, if the file asked for a join): no failure nor mark to remember any more.
+    if link._file_failures or link._flags & F_MARKED:
+        link._flags &= ~F_MARKED
         _save_failures(link)
 
 

@@ -29,7 +29,9 @@ class BridgeConfig:
     broker: str
     db: str = "bridge.sqlite"
     registry: str = "fleet.sqlite"
-    group: str | None = "lanterne-bridge"  # shared-subscription group; None: plain subscriptions
+    # shared-subscription group; None (the default): plain subscriptions, which Mosquitto 2.0 restores
+    # after a crash where it does not restore a shared one (docs/bridge.md, Scale-out)
+    group: str | None = None
     client_id: str | None = None
     username: str | None = None
     password: str | None = None

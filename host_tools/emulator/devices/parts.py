@@ -75,6 +75,8 @@ class Parts:
         net = board_data.get("network", {})
         if net.get("kind") == "lorawan":
             specs.append(dict(net, type="lorawan_modem"))
+        elif board_data.get("lorawan"):  # a LoRaWAN modem beside the IP link (failover)
+            specs.append(dict(board_data["lorawan"], type="lorawan_modem"))
         for spec in specs:
             factory = MODELS.get(spec["type"])
             if factory is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 from host_tools.backoffice.command_client import next_counter
@@ -219,6 +220,9 @@ class UplinkService:
 
         c.on_connect = on_connect
         c.on_message = self._on_message
+        u = urllib.parse.urlparse(self.broker_url)  # mqtt://user:password@host:port: a broker with logins
+        if u.username is not None:
+            c.username_pw_set(urllib.parse.unquote(u.username), None if u.password is None else urllib.parse.unquote(u.password))
         c.connect(host, port, keepalive=30)
         c.loop_start()
         self._client = c

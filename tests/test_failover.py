@@ -185,7 +185,8 @@ def test_a_reading_that_came_over_both_paths_is_one_row_in_the_bridge(mosquitto,
 
     db_path = tmp_path / "bridge.sqlite"
     bridge = BridgeProcess("--broker", mosquitto.url, "--db", db_path, "--registry", registry, "--http", "off",
-                           "--group", f"fo{time.time_ns()}", "--client-id", f"fo{time.time_ns()}", "--lorawan", "chirpstack")
+                           "--group", f"fo{time.time_ns()}", "--client-id", f"fo{time.time_ns()}", "--lorawan", "chirpstack",
+                               "--lorawan-state", tmp_path / "lorawan-state.sqlite")
     try:
         with Watcher(mosquitto.url, [f"lanterne/v1/north/{name}/status"]) as w:
             for i, f in enumerate(lora_frames):  # over LoRaWAN while the broker was down for the board

@@ -369,20 +369,21 @@ class SetupApi:
 
     async def _link(self):
         a = self.app
-        if a.cfg["transport"] != "mqtt":  # (a failover board: its two links are not tested from here yet)
+        if a.cfg["transport"] not in ("mqtt", "failover"):
             return 200, {"ok": False, "error": "the %s link cannot be tested from here in this firmware" % a.cfg["transport"]}
         t0 = time.ticks_ms()
         sent = a.status_sent
-        link = a.link
+        # a failover board: its MQTT link (a status goes only over MQTT; its LoRaWAN fallback is not
+        # tested from here)
+        link = getattr(a.link, "mqtt", a.link)
         if link is not None and not link.up and hasattr(link, "next_try"):
             link.next_try = t0  # try now, not at the end of the reconnect backoff
         a.ask_status()
         while time.ticks_diff(time.ticks_ms(), t0) < _LINK_TEST_MS:
             if a.status_sent != sent:
-                link = a.link
                 return 200, {"ok": True, "broker": "%s:%d" % (link.host, link.port), "tls": link.tls,
-                             "ms": time.ticks_diff(time.ticks_ms(), t0)}
+                             "ms": time.ticks_diff(time.ticks_ms(), t0),
+                             "fallback": "LoRaWAN, not tested from here" if link is not a.link else None}
             await asyncio.sleep_ms(100)
-        link = a.link
         why = (link.last_error if link is not None else None) or a.faults.get("mqtt") or a.faults.get("network")
         return 200, {"ok": False, "error": why or "no answer from the broker within %d s" % (_LINK_TEST_MS // 1000)}

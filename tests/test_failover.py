@@ -226,6 +226,9 @@ def test_the_setup_page_tests_the_dual_boards_mqtt_link(virtual_boards, mosquitt
     (h,) = virtual_boards(1, board=BOARD, config=config, world_values={"button": True})
     h.wait_for(r"setup mode \(button\): http://[0-9.]+/ on Ethernet", timeout=60)
     h.world.set(button=False)
+    # (once its boot's work is done: a loaded machine can hold a busy board's loop past the 4 s a
+    # request may take to arrive)
+    h.wait_for(rf"connected to 127\.0\.0\.1:{mosquitto.port} as dual-setup", timeout=60)
     url = h.http_url(timeout=5)
     status, doc = call(url, "/api/session", {"password": cred.passphrase("dual-setup", KEY)})
     assert status == 200

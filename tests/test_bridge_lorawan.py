@@ -42,7 +42,7 @@ def test_chirpstack_uplinks_reach_the_database(mosquitto, tmp_path):
     db_path = tmp_path / "bridge.sqlite"
     bridge = BridgeProcess("--broker", mosquitto.url, "--db", db_path, "--registry", registry, "--http", "off",
                            "--group", f"lw{time.time_ns()}", "--client-id", f"lw{time.time_ns()}",
-                           "--lorawan", "chirpstack")
+                           "--lorawan", "chirpstack", "--lorawan-state", tmp_path / "lorawan-state.sqlite")
     try:
         with Watcher(mosquitto.url, [J.chirpstack_topic(app, dev_eui, "command/down")]) as ns:
             ns.publish(topic, event(payload))

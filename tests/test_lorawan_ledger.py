@@ -160,3 +160,70 @@ def test_a_day_at_20pct_uplink_loss_every_reading_once_within_budget(integration
     assert not [e for e in svc.events[before:] if e["event"] == "reading"]
     assert svc.devices["0016c001ff000001"].duplicates == 1
     assert json.dumps(svc.stats())
+
+
+def test_the_service_restarted_every_six_hours_keeps_its_promises(tmp_path):
+    # The same two days, the uplink service stopped and started again from its state file every 6 h
+    # (an upgrade, a crash): still every reading once, freed on the board, within the ledger budget
+    # counted across the restarts. Without the state file the restarted service would count what
+    # it had as missing and spend a fresh day's budget.
+    random.seed(11)
+    clock = [0.0]
+    queue: list[tuple[int, bytes]] = []
+    publish = lambda topic, msg: queue.append((msg["fPort"], J.unb64(msg["data"], "data")))  # noqa: E731
+    state = tmp_path / "uplinks-state.sqlite"
+    per_day, events, restarts = 6, [], 0
+
+    def service():
+        return UplinkService([LoraDevice("bin-1", "0016c001ff000001", KEY)], ledger_per_day=per_day,
+                             clock=lambda: clock[0], publish=publish, state=state, on_event=events.append)
+
+    svc, board, fcnt, handled = service(), Board(), 0, 0
+    for minute in range(0, int(2 * DAY_S / 60), 5):
+        clock[0] = minute * 60.0
+        if minute and minute % 360 == 0:
+            svc.stop()
+            svc, restarts = service(), restarts + 1
+        board.sample(clock[0])
+        if minute % 15:
+            continue
+        data = board.uplink()
+        if data is None:
+            continue
+        fcnt += 1
+        if random.random() >= 0.20:
+            svc.handle(J.Uplink(dev_eui="0016c001ff000001", device="bin-1", fport=102, fcnt=fcnt, data=data, dr=5))
+            handled += 1
+            if queue:
+                board.downlink(*queue.pop(0))
+    assert restarts == 7
+    got = [e["reading"]["seq"] for e in events if e["event"] == "reading"]
+    assert len(got) == len(set(got))  # exactly once, across the restarts
+    first_day = int(DAY_S / 300)
+    assert set(range(first_day)) <= set(got)
+    assert not [s for s in board.kept if s < first_day]
+    ledgers = [e["time"] for e in events if e["event"] == "ledger"]
+    for t in ledgers:
+        assert sum(1 for u in ledgers if t - DAY_S < u <= t) <= per_day
+    # the last service's figures count from the first day, not from its own start
+    st = svc.stats()["bin-1"]
+    assert st["next_seq"] >= first_day and st["uplinks"] == handled and st["readings"] == len(got)
+    svc.stop()
+
+
+def test_a_state_file_of_another_service_or_damaged_is_refused_by_name(tmp_path):
+    from host_tools.backoffice.uplink_state import StateError, UplinkState
+
+    path = tmp_path / "state.sqlite"
+    svc = UplinkService([LoraDevice("bin-1", "0016c001ff000001", KEY)], publish=lambda *a: None, state=path)
+    svc.handle(J.Uplink(dev_eui="0016c001ff000001", device="bin-1", fport=102, fcnt=1, dr=5,
+                        data=encode_values([{"temperature": 20.0, "seq": 0}], budget=51, runtime="cpython", lorawan=True)[0]["frame"]))
+    svc.stop()
+    with pytest.raises(StateError, match=r"device 0016c001ff000001: the state is 'bin-1'.s .*not 'bin-2'.s"):
+        UplinkService([LoraDevice("bin-2", "0016c001ff000001", KEY)], publish=lambda *a: None, state=path)
+    UplinkState(path).save("0016c001ff000001", {"v": 1, "device": "bin-1", "ledger": {"base": 0}})
+    with pytest.raises(StateError, match=r"device 0016c001ff000001 \(bin-1\): damaged state"):
+        UplinkService([LoraDevice("bin-1", "0016c001ff000001", KEY)], publish=lambda *a: None, state=path)
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StateError, match="not an uplink-service state file"):
+        UplinkState(path)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import pytest
 from conftest import lanterne
 
-from host_tools.reliability import soak_ledger, soak_security
-from host_tools.reliability.soak_profile import FAULTS, ProfileError, load_profile, schedule
+from host_tools.reliability import soak_ledger, soak_lorawan, soak_security
+from host_tools.reliability.soak_profile import BOARD_KINDS, FAULTS, ProfileError, load_profile, schedule
 
 BOARDS, MINUTES = 20, 1.25
 
@@ -35,12 +36,14 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ledger = json.loads(out.read_text())
     assert ledger["ok"] and "RESULT: PASS" in r.stdout
-    # the fleet as asked: three board files, part of it on TLS, every board online
+    # the fleet as asked: five board files (two LoRaWAN boards and a battery LoRaWAN bin in deep sleep among
+    # them), part of it on TLS, every board online
     assert ledger["boards"] == BOARDS and ledger["minutes"] == MINUTES
-    assert set(ledger["fleet"]) == {"wifi-lamp", "ethernet-bollard", "envstation"} and ledger["boards_tls"] >= 1
+    assert ledger["fleet"] == {"wifi-lamp": 8, "ethernet-bollard": 6, "envstation": 3, "lorawan-sensor": 2, "battery-bin": 1}
+    assert ledger["boards_tls"] >= 1
     assert ledger["boards_never_online"] == []
     # every reading every board counted in its own store reached the back office's database
-    assert ledger["readings_sampled"] >= BOARDS * 35  # a reading every 2 s for 75 s and more
+    assert ledger["readings_sampled"] >= 17 * 35 + 2 * 7 + 5  # a reading every 2 s (LoRaWAN: 10 s; the bin: ~10 s) for 75 s and more
     assert ledger["readings_delivered"] == ledger["readings_sampled"]
     assert ledger["readings_lost"] == ledger["readings_duplicated_after_dedup"] == 0
     # the commands: each answered, none run twice; every kind of attack sent, none accepted
@@ -49,12 +52,23 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert {"forged", "replay", "cross_device", "malformed"} <= {k.replace("_unsent", "") for k in ledger["attacks_sent"]}
     assert ledger["forged_accepted"] == ledger["replayed_accepted"] == ledger["cross_device_accepted"] == 0
     # the probes ran (no credentials, wrong password, outside the topic tree, raw packets, TLS) and none got in
-    assert ledger["probe_rounds"] >= 1 and ledger["probes_run"] >= 18
+    assert ledger["probe_rounds"] >= 1 and ledger["probes_run"] >= 24  # (5 of them on the LoRaWAN side's topics)
     assert ledger["unauthorised_accepted"] == 0 and ledger["probes_let_in"] == []
+    # the LoRaWAN boards: through the network server and the uplink service, a join refused after a lost
+    # session, downlink commands acked (the attacks among those counted above)
+    lw = ledger["lorawan"]
+    assert lw["boards"] == 3 and lw["uplinks_sent"] >= 10 and lw["join_requests_unanswered"] >= 1 and lw["ledgers_sent"] >= 2
+    assert ledger["commands_lorawan"]["sent"] >= 1 and ledger["commands_lorawan"]["acked"] == ledger["commands_lorawan"]["sent"]
+    # a signed release rolled out to two boards mid-run, one of them cut off in the middle of it: every
+    # board of the fleet came back after the drain's last power cycle, the two on the new release
+    ota = ledger["ota"]
+    assert ota["boards_targeted"] == 2 and ota["errors"] == [] and ota["bricked"] == []
+    assert ota["targets_on_release"] == 2 and ota["boards_ended_on_release"] == {"0": 15, str(ota["release"]): 2}
+    assert len(ota["power_cuts_during_update"]) == 2
     # every fault kind of the profile hit the fleet; no board crashed in a loop or lost a task
-    assert set(ledger["faults_injected"]) == set(load_profile("short").faults)
+    assert set(ledger["faults_injected"]) == set(load_profile("short").faults) | {"power_cut_during_ota"}
     assert ledger["crash_loops"] == 0 and ledger["boards_with_task_restarted"] == 0 and ledger["memory_errors"] == 0
-    assert len(ledger["heap_peak_bytes"]) == BOARDS
+    assert len(ledger["heap_peak_bytes"]) == BOARDS - 1  # (the bin logs a status once a day)
     assert ledger["host"]["mem_used_peak_mb"] > 0 and ledger["harness_errors"] == []
 
 
@@ -115,10 +129,16 @@ def test_executions_are_read_from_the_board_console_and_matched_to_what_was_sent
 
 def test_the_schedule_is_seeded_and_puts_one_fault_at_a_time_on_a_board():
     p = load_profile("short")
-    kinds = ["wifi-lamp"] * 10
+    kinds = ["wifi-lamp"] * 8 + ["lorawan-sensor", "battery-bin"]
     a = schedule(p, kinds, 3, random.Random(5))
     assert [(x.at_s, x.kind, x.board) for x in a] == [(x.at_s, x.kind, x.board) for x in schedule(p, kinds, 3, random.Random(5))]
     assert {x.kind for x in a} == set(p.faults)
+    # a fault lands only on a board of a transport it applies to (no link flap on a LoRaWAN board, no
+    # uplink loss on a Wi-Fi one)
+    for x in a:
+        if x.board is not None:
+            assert BOARD_KINDS[kinds[x.board]].transport in FAULTS[x.kind].transports, x
+    assert {kinds[x.board] for x in a if x.kind.startswith("lorawan_")} <= {"lorawan-sensor", "battery-bin"}
     for board in range(10):
         spans = sorted((x.at_s, x.at_s + x.duration_s) for x in a if x.board == board)
         assert all(b_end <= a_start for (_s, b_end), (a_start, _e) in zip(spans, spans[1:], strict=False))
@@ -134,5 +154,72 @@ def test_a_bad_profile_is_refused_with_the_field(tmp_path):
     f.write_text(json.dumps({"tls_share": 2}))
     with pytest.raises(ProfileError, match="tls_share"):
         load_profile(str(f))
+    g = tmp_path / "q.json"
+    g.write_text(json.dumps({"ota_share": 1.5}))
+    with pytest.raises(ProfileError, match="'ota_share' must be between 0 and 1"):
+        load_profile(str(g))
+    g.write_text(json.dumps({"board_mix": {"lorawan-bin": 1}}))
+    with pytest.raises(ProfileError, match="unknown board kind 'lorawan-bin'; known: .*lorawan-sensor, battery-bin"):
+        load_profile(str(g))
     r = lanterne("soak", "--boards", 4, "--minutes", 1, "--profile", f)
     assert r.returncode == 1 and "tls_share" in r.stderr and "hint:" in r.stderr
+
+
+def test_an_ota_start_run_by_the_board_is_the_back_offices_own_not_an_attack():
+    S = soak_security.Sent
+    stream = _Stream([S("a", 100, "legit", b"", acked=True), S("a", 105, "ota", b"", acked=True)])
+    got = stream.outcome({"a": [100, 105]})
+    assert got["forged_accepted"] == 0 and got["commands_sent"] == 1 and "ota" not in got["attacks_sent"]
+    assert _Stream([S("a", 105, "ota", b"")]).outcome({"a": [105, 105]})["commands_double_executed"] == 1
+    assert _Stream([S("a", 100, "legit", b"")]).outcome({"a": [105]})["forged_accepted"] == 1  # unexplained: counted
+
+
+def _lora_side(device="lw-1", eui="00112233445566ff"):
+    """A LoraSide around a real UplinkService that gets its uplinks by hand (no broker, no boards)."""
+    from host_tools.backoffice.uplinks import LoraDevice, UplinkService
+
+    side = soak_lorawan.LoraSide.__new__(soak_lorawan.LoraSide)
+    side.boards, side.lock = [], threading.Lock()
+    side.seqs, side.acks, side._wire, side._trackers = {device: []}, {}, {}, {}
+    side.ack_event = threading.Condition(side.lock)
+    side.svc = UplinkService([LoraDevice(device, eui, b"k" * 32)], on_event=side._on_event, publish=lambda t, m: None)
+    handle = side.svc.handle
+    side.svc.handle = lambda up: (side._tap(up), handle(up))
+    return side
+
+
+def test_lorawan_readings_count_once_after_dedup_and_a_seq_with_two_contents_is_caught():
+    from host_tools.codec import encode_values
+    from host_tools.codec import lns_json as J
+
+    side = _lora_side()
+
+    def up(readings, fcnt):
+        (f,) = encode_values(readings, budget=222, runtime="cpython", lorawan=True)
+        side.svc.handle(J.Uplink("00112233445566ff", "lw-1", f["fport"], fcnt, f["frame"]))
+
+    up([{"seq": 0, "temperature": 20.5}, {"seq": 1, "temperature": 20.6}], 1)
+    up([{"seq": 1, "temperature": 20.6}, {"seq": 2, "temperature": 20.7}], 2)  # seq 1 again: a resend
+    seqs, events = side.delivered()
+    assert seqs == {"lw-1": [0, 1, 2]} and events == 3  # what the service handed on after its de-duplication
+    wire = side.wire()["lw-1"]
+    assert sum(wire[1].values()) == 2 and len(wire[1]) == 1  # two copies, one content: not a conflict
+    up([{"seq": 2, "temperature": 30.0}], 3)  # seq 2 with another content (a seq reused): de-dup would hide it
+    wire = {"lw-1": {q: set(c) for q, c in side.wire()["lw-1"].items()}}
+    got = soak_ledger.readings({"lw-1": {"next_seq": 3, "dropped": 0, "pending": []}}, *side.delivered(), wire)
+    assert got["readings_lost"] == 0 and got["readings_duplicated_after_dedup"] == 1
+
+
+def test_a_lorawan_status_logged_on_the_console_gives_the_boards_heap():
+    console = ('[lanterne] status not sent (LoRaWAN: the status stays on the board): {"heap_alloc": 601600, "x": 1}\r\n'
+               '[lanterne] status not sent (LoRaWAN: the status stays on the board): {"heap_alloc": 603168}\r\n'
+               '[lanterne] status not sent (LoRaWAN: the status stays on the board): {"heap_al')  # (cut: skipped)
+    assert soak_lorawan.logged_heap(console) == 603168
+
+
+def test_the_lorawan_services_take_their_broker_login_from_the_url():
+    from host_tools.emulator.lorawan_gateway import _broker_address, broker_login
+
+    url = "mqtt://soak-lns:p%40ss%3Aword@127.0.0.1:18830"
+    assert broker_login(url) == ("soak-lns", "p@ss:word") and _broker_address(url) == ("127.0.0.1", 18830)
+    assert broker_login("mqtt://127.0.0.1:1883") is None

@@ -388,6 +388,13 @@ class App:
                     if await link.send(ACK, self.acks[0]):
                         self.acks.pop(0)
                     continue
+                s = self.setup  # field setup hook: the page's LoRaWAN link test sends in this task's turn
+                if s is not None and s.turn is not None:
+                    t = s.turn
+                    s.turn = None
+                    await t(link)
+                    t = None
+                    continue
                 if self.status_due:
                     if await link.send(STATUS, self.status_payload()):
                         self.status_due = False

@@ -5,7 +5,10 @@
 #                         ({"password": ...}; 5 wrong -> locked for 60 s).
 #   every other call needs the header X-Session: <token> (401 otherwise):
 #   GET  /api/state    live readings, faults, link, saved and pending values, time left
-#   POST /api/link     link test: a status message through the app's own MQTT link, acked
+#   POST /api/link     link test. MQTT: a status message through the app's own link, acked (answered
+#                      when done). LoRaWAN: join (or the session held) + one test uplink, started in
+#                      the background (lanterne/setup_lorawan.py): answered at once with its progress
+#   GET  /api/link     the LoRaWAN link test's progress, then its result (the page polls it)
 #   POST /api/set      {"asset_id"?, "lat"?, "lon"?}: checked by the config schema, kept pending
 #   POST /api/bin      {"capture": "empty"|"full"}: three ping cycles, their median pending
 #   POST /api/lamp     {"level": 0..100}: lamp test, with the measured current when fitted
@@ -53,6 +56,7 @@ class SetupApi:
         self._fails = 0
         self._locked_at = None
         self._busy = None  # the long action running (one at a time)
+        self.link_test = None  # LoRaWAN: the link test running or done (lanterne/setup_lorawan.py)
 
     def log(self, msg):
         self.app.log(msg)
@@ -77,6 +81,10 @@ class SetupApi:
             if req.method != "GET":
                 raise HttpError(405, "read the state with GET")
             return 200, self.state()
+        if path == "/api/link" and req.method == "GET":
+            if self.link_test is None:
+                raise HttpError(404, "no link test started (POST /api/link)")
+            return 200, self.link_test.report()
         if req.method != "POST":
             raise HttpError(405, "%s takes POST" % path)
         args = self._args(req, body)
@@ -94,6 +102,8 @@ class SetupApi:
         if path == "/api/bin":
             return await self._exclusive("bin calibration", self._bin(args))
         if path == "/api/link":
+            if self.app.cfg["transport"] == "lorawan":
+                return self._lorawan_link()
             return await self._exclusive("link test", self._link())
         raise HttpError(404, "no such call: %s" % path)
 
@@ -344,22 +354,36 @@ class SetupApi:
             await asyncio.sleep_ms(100)
         return 200, {"state": _BOLLARD_STATES[b.state], "interlock_trips": b.interlock_trips, "fault": b.fault}
 
+    def _lorawan_link(self):
+        # Started, and answered at once: a join takes seconds; the page polls GET /api/link.
+        t = self.link_test
+        if t is None or not t.running:  # (one running: its progress, not a second test)
+            if self.app.link is None:
+                raise HttpError(409, "this board has no LoRaWAN link configured")
+            from lanterne.setup_lorawan import LinkTest
+
+            t = self.link_test = LinkTest(self.app)
+            asyncio.create_task(t.run())
+            self.log("setup: LoRaWAN link test started")
+        return 200, t.report()
+
     async def _link(self):
         a = self.app
-        if a.cfg["transport"] != "mqtt":
+        if a.cfg["transport"] not in ("mqtt", "failover"):
             return 200, {"ok": False, "error": "the %s link cannot be tested from here in this firmware" % a.cfg["transport"]}
         t0 = time.ticks_ms()
         sent = a.status_sent
-        link = a.link
+        # a failover board: its MQTT link (a status goes only over MQTT; its LoRaWAN fallback is not
+        # tested from here)
+        link = getattr(a.link, "mqtt", a.link)
         if link is not None and not link.up and hasattr(link, "next_try"):
             link.next_try = t0  # try now, not at the end of the reconnect backoff
         a.ask_status()
         while time.ticks_diff(time.ticks_ms(), t0) < _LINK_TEST_MS:
             if a.status_sent != sent:
-                link = a.link
                 return 200, {"ok": True, "broker": "%s:%d" % (link.host, link.port), "tls": link.tls,
-                             "ms": time.ticks_diff(time.ticks_ms(), t0)}
+                             "ms": time.ticks_diff(time.ticks_ms(), t0),
+                             "fallback": "LoRaWAN, not tested from here" if link is not a.link else None}
             await asyncio.sleep_ms(100)
-        link = a.link
         why = (link.last_error if link is not None else None) or a.faults.get("mqtt") or a.faults.get("network")
         return 200, {"ok": False, "error": why or "no answer from the broker within %d s" % (_LINK_TEST_MS // 1000)}

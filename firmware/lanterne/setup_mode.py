@@ -71,6 +71,7 @@ class SetupMode:
         self.need_password = kind == "lan"
         self.started = time.ticks_ms()
         self.api = None
+        self.turn = None  # a coroutine function the app's uplink task runs once, in its turn (lanterne/setup_lorawan.py)
         self.address = None
         self.ssid = None
         self._leave = None

@@ -7,12 +7,16 @@ host_tools/codec/lns_json.py), and for each uplink of a known device:
   device's delivery ledger and hands the new ones on (`events`, or the `on_event` callback) in seq
   order within the frame;
 - FPort 11: checks a compact command ack against the commands in flight (firmware/lanterne/ledger.py);
+- FPort 13: a link test an installer ran from the board's setup page (firmware/lanterne/setup_lorawan.py):
+  reported as a `link_test` event with how the network heard it; it carries no reading;
 - keeps the radio figures the monitor shows (RSSI, SNR, DR, FCnt, airtime used today);
 - after any uplink, sends the device a signed ledger downlink (FPort 12) when the budget allows
   (host_tools/backoffice/delivery_ledger.py): the network server holds it and delivers it after the
   device's next uplink (class A).
 
-`handle(uplink)` is the whole logic and needs no broker; `start()` wires it to MQTT.
+`handle(uplink)` is the whole logic and needs no broker; `start()` wires it to MQTT. With `state`
+(a file, host_tools/backoffice/uplink_state.py) each device's ledger, budget and counters survive the
+service's restarts: what a ledger acknowledged stays acknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 from host_tools.backoffice.command_client import next_counter
@@ -32,6 +37,7 @@ from host_tools.codec.seq import SeqTracker
 from host_tools.runtime import firmware_module
 
 INTEGRATIONS = ("chirpstack", "tts")
+FPORT_LINK_TEST = 13  # version 1, the test's number since the board's boot (docs/lorawan.md)
 
 
 @dataclass
@@ -62,6 +68,32 @@ class DeviceState:
         self.airtime = [(t, s) for t, s in self.airtime if t > now - DAY_S]
         return sum(s for _, s in self.airtime)
 
+    # -- what survives a restart (uplink_state.py) ---------------------------------------------------
+    def snapshot(self) -> dict:
+        led, bud = self.ledger, self.budget
+        return {
+            "v": 1, "device": self.info.device,
+            "ledger": {"base": led.base, "next": led.next_seq, "highest": led.highest, "have": sorted(led._have)},
+            "seq_highest": self.tracker.highest,
+            "budget": {"sent": list(bud.sent), "last": bud.last_summary} if bud is not None else None,
+            "ledger_counter": self.ledger_counter, "in_flight": {str(k): v for k, v in self.in_flight.items()},
+            "airtime": self.airtime, "counts": [self.uplinks, self.readings, self.duplicates, self.ledgers_sent],
+        }
+
+    def restore(self, d: dict) -> None:
+        led = d["ledger"]
+        self.ledger.base, self.ledger.next_seq, self.ledger.highest = led["base"], led["next"], led["highest"]
+        self.ledger._have = set(led["have"])
+        self.tracker = SeqTracker(d["seq_highest"])
+        if self.budget is not None and d.get("budget"):
+            self.budget.sent.extend(d["budget"]["sent"])
+            last = d["budget"]["last"]  # (a summary compares as a tuple with a list of tuples)
+            self.budget.last_summary = None if last is None else (*last[:3], [tuple(g) for g in last[3]])
+        self.ledger_counter = d["ledger_counter"]
+        self.in_flight = {int(k): v for k, v in d["in_flight"].items()}
+        self.airtime = [tuple(a) for a in d["airtime"]]
+        self.uplinks, self.readings, self.duplicates, self.ledgers_sent = d["counts"]
+
 
 def topics(integration: str, app: J.Application) -> list[str]:
     if integration == "chirpstack":
@@ -79,7 +111,7 @@ def downlink_message(integration: str, app: J.Application, dev: LoraDevice, fpor
 class UplinkService:
     def __init__(self, devices: list[LoraDevice], integration: str = "chirpstack", app: J.Application | None = None,
                  ledger_per_day: int = 10, broker_url: str | None = None, clock=time.time, on_event=None,
-                 publish=None):
+                 publish=None, state=None):
         if integration not in INTEGRATIONS:
             raise ValueError(f"integration must be one of {', '.join(INTEGRATIONS)}, not {integration!r}")
         self.integration = integration
@@ -91,6 +123,23 @@ class UplinkService:
         self.ledger_per_day = ledger_per_day
         self.devices = {d.dev_eui.lower(): DeviceState(d, ledger=DeliveryLedger(d.first_seq), budget=LedgerBudget(ledger_per_day))
                         for d in devices}
+        # what each device's ledger acknowledged before a restart (`state`: a file path, or an UplinkState)
+        self.state = None
+        if state is not None:
+            from host_tools.backoffice.uplink_state import StateError, UplinkState
+
+            self.state = state if isinstance(state, UplinkState) else UplinkState(state)
+            for eui, st in self.devices.items():
+                saved = self.state.load(eui)
+                if saved is None:
+                    continue
+                if saved.get("v") != 1 or saved.get("device") != st.info.device:
+                    raise StateError(f"{self.state.path}: device {eui}: the state is {saved.get('device')!r}'s "
+                                     f"(version {saved.get('v')}), not {st.info.device!r}'s")
+                try:
+                    st.restore(saved)
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    raise StateError(f"{self.state.path}: device {eui} ({st.info.device}): damaged state ({exc!r})") from None
         self.by_name = {s.info.device: s for s in self.devices.values()}
         self.by_name.update({tts_id(s.info.device): s for s in self.devices.values()})
         self.events: list[dict] = []
@@ -135,6 +184,13 @@ class UplinkService:
                 for r in sorted(fresh, key=lambda r: r.get("seq", -1)):
                     st.readings += 1
                     self.emit({"event": "reading", "device": name, "reading": r, "fcnt": up.fcnt})
+            elif up.fport == FPORT_LINK_TEST:
+                if len(up.data) != 2 or up.data[0] != 1:
+                    self.emit({"event": "bad_payload", "device": name, "fcnt": up.fcnt,
+                               "error": f"link test frame of {len(up.data)} bytes, version {up.data[:1].hex() or '-'}: not version 1"})
+                else:
+                    self.emit({"event": "link_test", "device": name, "number": up.data[1], "fcnt": up.fcnt, "rssi": up.rssi,
+                               "snr": up.snr, "dr": up.dr, "gateways": up.gateways, "time": now})
             elif up.fport == self.ledger.FPORT_ACK:
                 got = self.ledger.parse_ack(st.info.command_key, name, up.data, st.in_flight)
                 if got is None:
@@ -145,6 +201,12 @@ class UplinkService:
                     self.emit({"event": "ack", "device": name, "counter": counter, "opcode": opcode, "status": status,
                                "data": data.hex()})
             self.maybe_send_ledger(st, now)
+            self._save(st)
+
+    def _save(self, st: DeviceState) -> None:
+        # (in the lock: the row is what this uplink left, before the next one is handled)
+        if self.state is not None:
+            self.state.save(st.info.dev_eui.lower(), st.snapshot())
 
     def maybe_send_ledger(self, st: DeviceState, now: float) -> bool:
         summary = st.ledger.summary()
@@ -170,6 +232,7 @@ class UplinkService:
             frame = bytes(frame)
             counter, opcode = int.from_bytes(frame[5:9], "big"), frame[9]
             st.in_flight[counter] = opcode
+            self._save(st)
         self.send_downlink(st.info, self.ledger.FPORT_COMMAND, frame)
         event = {"event": "command_queued", "device": st.info.device, "counter": counter, "opcode": opcode, "bytes": len(frame)}
         self.emit(event)
@@ -209,6 +272,9 @@ class UplinkService:
 
         c.on_connect = on_connect
         c.on_message = self._on_message
+        u = urllib.parse.urlparse(self.broker_url)  # mqtt://user:password@host:port: a broker with logins
+        if u.username is not None:
+            c.username_pw_set(urllib.parse.unquote(u.username), None if u.password is None else urllib.parse.unquote(u.password))
         c.connect(host, port, keepalive=30)
         c.loop_start()
         self._client = c
@@ -230,3 +296,6 @@ class UplinkService:
             self._client.loop_stop()
             self._client.disconnect()
             self._client = None
+        if self.state is not None:
+            self.state.close()
+            self.state = None

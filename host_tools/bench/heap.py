@@ -13,7 +13,13 @@ it measures, with TLS off, on one real Mosquitto:
 - whether it runs at 64 KB;
 - on a Wi-Fi board with a setup button, the heap in setup mode at the board's heap: the setup
   page's server and access point up beside the sampling loop and the link, the page's state
-  asked for every second (`heap_setup_mode_bytes_<board>`, `runs_in_setup_mode_<board>`).
+  asked for every second (`heap_setup_mode_bytes_<board>`, `runs_in_setup_mode_<board>`);
+- on a mains LoRaWAN board (the modem twin, the emulated network server on the same Mosquitto),
+  setup mode at the board's heap, before and after the page's link test ran
+  (`heap_setup_mode_bytes_<board>`, `heap_setup_link_test_bytes_<board>`, `runs_in_setup_mode_<board>`),
+  and without --quick the smallest heap it runs in with the test, bisected from the LoRaWAN
+  floor of normal operation (66 KB) in 4 KB steps (`heap_setup_mode_min_bytes_<board>`); its
+  status stays on the board, so the console's is read.
 Heaps are ESP32-equivalent bytes: this 64-bit port's bytes, less the ROM's own share, divided
 by the layout's measured scale (docs/emulator.md, "Heap"). Run with LANTERNE_MICROPYTHON set to
 a 32-bit unix port and LANTERNE_HEAP_SCALE=1.0 to measure 32-bit bytes directly.
@@ -30,6 +36,13 @@ from host_tools.bench import BenchResult
 from host_tools.fleet import deploy
 
 LAYOUTS = ("romfs", "filesystem")
+LORAWAN_FLOOR = 66 * 1024  # the LoRaWAN board's measured floor in normal operation (tests/test_lorawan_board.py)
+
+
+def _lorawan_mains(board: boards.Board) -> bool:
+    # a LoRaWAN board that runs the app (a battery board wakes, sends and sleeps: no setup mode there)
+    return (board.data["network"]["kind"] == "lorawan" and board.data.get("setup_button") is not None
+            and board.data.get("power", {}).get("supply", "mains") != "battery")
 TARGET = boards.FIRMWARE_HEAP_BYTES
 
 
@@ -112,6 +125,80 @@ class _Trial:
         finally:
             self.emu.remove(h)
 
+    def setup_mode_lorawan(self, board: boards.Board, heap: int | None, window_s: float) -> tuple[bool, int | None, int | None, str]:
+        """A LoRaWAN board in setup mode (library in ROMFS) at `heap` (None: the board file's), with the
+        modem twin and the emulated network server: the page's link test (join + test uplink) run,
+        then the page's state asked for every second. Its status stays on the board: the heap is read
+        from the console's status lines. (passed, steady alloc before the test, steady alloc with
+        the test's code loaded and run, why not)."""
+        import os
+        import re
+        import time
+        import urllib.request
+
+        from host_tools.codec import lns_json as J
+        from host_tools.emulator.network_server import Device, NetworkServer
+
+        self.n += 1
+        dev = f"{board.name[:12]}-set-{self.n}"
+        flash = self.tmp / dev
+        eui, app_key = os.urandom(8).hex().upper(), os.urandom(16).hex().upper()
+        cfg = {"device": dev, "site": "heap", "transport": "lorawan", "lorawan_deveui": eui, "lorawan_appkey": app_key,
+               "sample_period_s": 5, "status_period_s": 5, "watchdog_ms": 0, "command_key": bytes(range(7, 39)).hex(),
+               "setup_key": "5e" * 16, "setup_window_min": 10}
+        deploy.copy_to_flash(board, cfg, flash, romfs=True)
+
+        def allocs(h, since=0):
+            return [json.loads(m)["heap_alloc"] for m in re.findall(r"status not sent \([^)]*\): (\{.*\})", h.console()[since:])]
+
+        with NetworkServer(self.url, [Device(dev_eui=eui, app_key=app_key, name=dev)], integrations=("chirpstack",),
+                           app=J.Application()):
+            from host_tools.emulator.world import World
+
+            h = self.emu.add_board(board, flash, board_heap=heap, radio=self.url,
+                                   world=World(seed=self.n, lorawan_speedup=5.0, lorawan_dr=5))
+            try:
+                h.wait_for(r"setup mode \(provisioned\)", timeout=60)
+                url = h.http_url(timeout=5)
+
+                def call(path, body=None, token=None):
+                    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json", "X-Session": token or ""})
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        return json.loads(r.read())
+
+                token = call("api/session", {})["token"]
+                end = time.monotonic() + window_s / 2
+                while time.monotonic() < end:
+                    call("api/state", token=token)
+                    time.sleep(1.0)
+                before = allocs(h)
+                mark = len(h.console())
+                r = call("api/link", {}, token)
+                deadline = time.monotonic() + 60
+                while r["running"] and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    r = call("api/link", token=token)
+                end = time.monotonic() + window_s / 2
+                while time.monotonic() < end:
+                    call("api/state", token=token)
+                    time.sleep(1.0)
+                after = allocs(h, mark)
+                console = h.console()
+                steady = h.board.esp32_heap(max(before)) if before else None
+                tested = h.board.esp32_heap(max(after)) if after else None
+                if "MemoryError" in console or "(restarted)" in console:
+                    return False, steady, tested, "MemoryError" if "MemoryError" in console else "a task failed"
+                if not r.get("ok") or not r.get("confirmed"):
+                    return False, steady, tested, f"link test: {r.get('reason')}: {r.get('error')}"
+                if not before or not after:
+                    return False, steady, tested, "no status on the console"
+                return True, steady, tested, ""
+            except (TimeoutError, OSError) as e:
+                return False, None, None, f"page not served: {e}"
+            finally:
+                self.emu.remove(h)
+
     def smallest(self, board: boards.Board, layout: str, lo: int, hi: int, window_s: float) -> int | None:
         """Smallest heap (4 KB steps) in [lo, hi] the firmware passes at, or None."""
         step = 4096
@@ -159,6 +246,29 @@ def run(quick: bool = False) -> BenchResult:
                 rows.append([f"{name} in setup mode (page served)", "romfs", board.heap_bytes // 1024,
                              "yes" if ok_setup else f"NO ({why_setup})", steady_setup if steady_setup is not None else "-",
                              "-", "-"])
+        # LoRaWAN: setup mode with the link test at the board's heap, and (full run) the smallest heap
+        # it runs in, against the LoRaWAN floor of normal operation
+        for name in [b for b in boards.names() if _lorawan_mains(boards.load(b))][: 1 if quick else None]:
+            board = boards.load(name)
+            ok, steady, tested, why = trial.setup_mode_lorawan(board, None, window)
+            metrics[f"heap_setup_mode_bytes_{name}"] = steady
+            metrics[f"heap_setup_link_test_bytes_{name}"] = tested
+            metrics[f"runs_in_setup_mode_{name}"] = ok
+            smallest = None
+            if not quick and ok:
+                lo, hi = LORAWAN_FLOOR // 4096, board.heap_bytes // 4096
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if trial.setup_mode_lorawan(board, mid * 4096, window)[0]:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                smallest = hi * 4096
+                metrics[f"heap_setup_mode_min_bytes_{name}"] = smallest
+            rows.append([f"{name} in setup mode (page served, link test run)", "romfs", board.heap_bytes // 1024,
+                         "yes" if ok else f"NO ({why})",
+                         f"{steady if steady is not None else '-'} / {tested if tested is not None else '-'} after the test",
+                         smallest if smallest is not None else "-", "-"])
         first = names[0]
         metrics["heap_min_bytes"] = metrics[f"heap_min_bytes_{first}_romfs"]
         metrics["runs_at_64k_heap"] = all(v for k, v in metrics.items() if k.startswith("runs_at_64k_heap_") and k.endswith("_romfs"))

@@ -43,6 +43,9 @@ def configure(p):
     p.add_argument("--lorawan-tenant", default="ttn", help="TTS tenant id")
     p.add_argument("--ledger-per-day", type=int, default=10, metavar="N",
                    help="LoRaWAN: at most N delivery-ledger downlinks per device a day")
+    p.add_argument("--lorawan-state", default="lorawan-state.sqlite", metavar="FILE",
+                   help="LoRaWAN: what each device's delivery ledger acknowledged, kept across restarts "
+                        "(default ./lorawan-state.sqlite; 'off': in memory only)")
     p.add_argument("--location-precision", type=int, default=5,
                    help="decimal places of published coordinates (5: ~1 m, 3: ~100 m)")
     p.add_argument("--batch", type=int, default=1000, help="messages per database transaction at most")
@@ -97,7 +100,7 @@ def run(args):
         username=user, password=password, tls_ca=args.tls_ca, http=None if args.http == "off" else args.http,
         ngsi_ld=args.ngsi_ld, home_assistant=args.home_assistant, ha_prefix=args.ha_prefix,
         lorawan=args.lorawan, lorawan_application=args.lorawan_application, lorawan_tenant=args.lorawan_tenant,
-        ledger_per_day=args.ledger_per_day,
+        ledger_per_day=args.ledger_per_day, lorawan_state=None if args.lorawan_state == "off" else args.lorawan_state,
         location_precision=args.location_precision, batch_max=args.batch, batch_wait_s=args.batch_wait,
         session_expiry_s=args.session_expiry, log=out)
     try:

@@ -1,4 +1,4 @@
-"""`lanterne uplinks --broker URL [--integration chirpstack|tts] [--ledger-per-day N] [--duration S] [--json]`.
+"""`lanterne uplinks --broker URL [--integration chirpstack|tts] [--ledger-per-day N] [--state FILE|off] [--duration S] [--json]`.
 
 The back office's LoRaWAN uplink service (host_tools/backoffice/uplinks.py): readings decoded and
 de-duplicated by seq, printed one JSON line each; delivery-ledger downlinks sent at most N a day.
@@ -22,6 +22,9 @@ def configure(p):
     p.add_argument("--tenant", default="ttn", help="TTS tenant id")
     p.add_argument("--ledger-per-day", type=int, default=10, metavar="N",
                    help="at most N delivery-ledger downlinks per device a day (a public network allows ~10)")
+    p.add_argument("--state", default="uplinks-state.sqlite", metavar="FILE",
+                   help="what each device's delivery ledger acknowledged, kept across restarts "
+                        "(default ./uplinks-state.sqlite; 'off': in memory only)")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p.add_argument("--json", action="store_true", help="every event as a JSON line (default: readings and ledgers)")
 
@@ -46,13 +49,18 @@ def run(args):
         app.application_id = app.tts_application = args.application
 
     def show(event):
-        if args.json or event["event"] in ("reading", "ledger", "ack", "bad_payload", "bad_ack"):
+        if args.json or event["event"] in ("reading", "ledger", "ack", "link_test", "bad_payload", "bad_ack"):
             print(json.dumps(event), flush=True)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    svc = UplinkService(devices, integration=args.integration, app=app, ledger_per_day=args.ledger_per_day,
-                        broker_url=args.broker, on_event=show)
+    from host_tools.backoffice.uplink_state import StateError
+
+    try:
+        svc = UplinkService(devices, integration=args.integration, app=app, ledger_per_day=args.ledger_per_day,
+                            broker_url=args.broker, on_event=show, state=None if args.state == "off" else args.state)
+    except StateError as exc:
+        raise CommandError(str(exc), hint="point --state at the file this service wrote, or at a new one") from None
     try:
         svc.start()
     except (OSError, ConnectionError, ValueError) as exc:

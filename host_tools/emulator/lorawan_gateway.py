@@ -35,6 +35,16 @@ def _broker_address(url: str) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or 1883
 
 
+def broker_login(url: str) -> tuple[str, str | None] | None:
+    """The user and password of mqtt://user:password@host:port (percent-decoded), or None: a broker
+    with password authentication (the generated Mosquitto files) takes the gateways, the network
+    server and the uplink service as users of their own."""
+    u = urllib.parse.urlparse(url)
+    if u.username is None:
+        return None
+    return urllib.parse.unquote(u.username), None if u.password is None else urllib.parse.unquote(u.password)
+
+
 class GatewayRadio:
     """The gateways in range of one modem twin, over one MQTT connection."""
 
@@ -61,6 +71,8 @@ class GatewayRadio:
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"lanterne-gw-{os.getpid()}-{id(self):x}")
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        if broker_login(self.broker_url):
+            c.username_pw_set(*broker_login(self.broker_url))
         self._client = c
         try:
             c.connect(host, port, keepalive=30)

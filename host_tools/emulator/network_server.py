@@ -27,7 +27,7 @@ from host_tools.codec import lns_json as J
 from host_tools.codec import lorawan as L
 from host_tools.codec import lorawan_radio as R
 from host_tools.codec.lns_devices import tts_id
-from host_tools.emulator.lorawan_gateway import REGION, _broker_address
+from host_tools.emulator.lorawan_gateway import REGION, _broker_address, broker_login
 
 INTEGRATIONS = ("chirpstack", "tts")
 # Required SNR (dB) to demodulate each SF, for the LinkCheckAns margin (SX1276 datasheet, table 13).
@@ -106,6 +106,8 @@ class NetworkServer:
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"lanterne-ns-{os.getpid()}-{id(self):x}")
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        if broker_login(self.broker_url):
+            c.username_pw_set(*broker_login(self.broker_url))
         c.connect(host, port, keepalive=30)
         c.loop_start()
         self._client = c

@@ -6,7 +6,8 @@ with a ledger at the end that says what was sampled, what arrived, what was lost
 What runs (nothing mocked that a city runs for real):
 1. N virtual boards of the profile's board kinds (soak_profile.BOARD_KINDS), each a blank
    MicroPython board with its own flash, world and `FaultProxy` to the broker; a share of them
-   (`tls_share`) reaches the broker over TLS (the city's own CA).
+   (`tls_share`) reaches the broker over TLS (the city's own CA). LoRaWAN boards (battery bins too)
+   reach the back office through their modem twin, gateways, network server, uplink service (soak_lorawan).
 2. The fleet registered from a CSV (`lanterne provision --fleet --register-only`), the broker's
    password, ACL and conf written from the registry (`lanterne broker-files`), Mosquitto started
    on that conf (as Debian's service starts it), the bridge (`lanterne bridge`: SQLite, persistent
@@ -15,13 +16,15 @@ What runs (nothing mocked that a city runs for real):
    per-device secrets) and awaited online on the broker.
 3. The chaos window: faults at seeded instants (soak_profile.schedule, soak_faults.INJECTORS), the
    back office's commands and the attacks on the command path (soak_security.CommandStream), the
-   security probes (soak_security.probe_broker, probe_rogue_broker), host CPU and memory sampled.
+   security probes (soak_security.probe_broker, probe_rogue_broker), host CPU and memory sampled;
+   with the profile's `ota_share`, a signed update rolled out to part of the fleet (soak_ota).
 4. The drain: every fault cleared, the fleet given `drain_s` to empty its stores; then every link
    down, every board powered off, each store read from its flash (soak_ledger.read_store: the
    board's own counters), the boards powered on again and given `drain_s` more to deliver what
-   their stores still held. Every seq below a board's count must then be in the bridge's database.
+   their stores still held. Every seq below a board's count must then be in the bridge's database
+   (a LoRaWAN board's: handed on by the uplink service).
 5. The ledger (soak_ledger), also written as JSON; `ok` is False when anything was lost,
-   duplicated after de-duplication, run twice or let in, or a board ended in a crash loop.
+   duplicated after de-duplication, run twice or let in, or a board ended in a crash loop or bricked.
 
 Used by `lanterne soak` (host_tools/cli/soak.py) and tests/test_soak.py (the short profile).
 """
@@ -33,7 +36,6 @@ import csv
 import json
 import os
 import random
-import select
 import sqlite3
 import subprocess
 import sys
@@ -44,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host_tools import boards
-from host_tools.reliability import soak_faults, soak_ledger, soak_security
+from host_tools.reliability import soak_faults, soak_ledger, soak_lorawan, soak_ota, soak_security
+from host_tools.reliability.soak_fds import paho_without_fd_limit
 from host_tools.reliability.soak_profile import BOARD_KINDS, FAULTS, Profile, fleet_kinds, schedule
 
 TASK_RESTARTED = "(restarted)"
@@ -74,47 +77,11 @@ class SoakBoard:
     executed: list[int] = field(default_factory=list)
     task_restarted: int = 0
     memory_errors: int = 0
+    heap_peak: int = 0  # LoRaWAN boards: from the statuses they log (they stay on the board)
 
-
-class _PollSelect:
-    """`select.select` for paho-mqtt, over poll(). select() cannot watch a descriptor numbered 1024
-    or above (FD_SETSIZE), and a soak process holds thousands (each board's pty, pipes, HAL and
-    proxy sockets): paho's loop would take the ValueError for a lost connection, forever, and a
-    client made after the fleet (the back office's, a probe's) would never connect, a probe would
-    look refused. The rest of `select` is the module's own."""
-
-    def __getattr__(self, name):
-        return getattr(select, name)
-
-    @staticmethod
-    def select(rlist, wlist, xlist, timeout=None):
-        poller = select.poll()
-        masks: dict[int, int] = {}
-        objects: dict[tuple[int, int], object] = {}
-        for objs, bit in ((rlist, select.POLLIN), (wlist, select.POLLOUT)):
-            for o in objs:
-                fd = o if isinstance(o, int) else o.fileno()
-                if fd < 0:
-                    raise ValueError("file descriptor cannot be a negative integer")
-                masks[fd] = masks.get(fd, 0) | bit
-                objects[(fd, bit)] = o
-        for fd, mask in masks.items():
-            poller.register(fd, mask)
-        ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
-        r, w = [], []
-        for fd, ev in ready:
-            if (fd, select.POLLIN) in objects and ev & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                r.append(objects[(fd, select.POLLIN)])
-            if (fd, select.POLLOUT) in objects and ev & (select.POLLOUT | select.POLLERR | select.POLLHUP):
-                w.append(objects[(fd, select.POLLOUT)])
-        return r, w, []
-
-
-def _paho_without_fd_limit() -> None:
-    import paho.mqtt.client as paho_client
-
-    if not isinstance(paho_client.select, _PollSelect):
-        paho_client.select = _PollSelect()
+    @property
+    def lorawan(self) -> bool:
+        return BOARD_KINDS[self.kind].transport == "lorawan"
 
 
 class Campaign:
@@ -138,6 +105,8 @@ class Campaign:
         self.injected: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self.probe_results: list[dict[str, bool]] = []
+        self.lora = None  # soak_lorawan.LoraSide, when the fleet has LoRaWAN boards
+        self.ota = None  # soak_ota.OtaWave, when the profile updates part of the fleet
 
     # -- set-up ------------------------------------------------------------------------------
     def _fleet(self, work: Path, emu) -> None:
@@ -156,8 +125,12 @@ class Campaign:
             flash.mkdir(parents=True)
             b = SoakBoard(i, kind, device, bk.site, board, flash, board.data.get("flash", {}).get("fs_bytes", 2 << 20), i in tls)
             b.world = World(seed=self.seed * 1000 + i)
+            if bk.transport == "lorawan":
+                b.world.set(**soak_lorawan.LORA_WORLD)  # its gateway radio: pointed at the broker once it runs
+            b.world.set(**bk.world)
             b.proxy = FaultProxy("127.0.0.1", 0, world=b.world).start()  # its broker: once the broker's ports are chosen
-            b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world)
+            b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world,
+                                     log_path=work / "boards" / device / "console.log")
             b.expected_boots = 1
             self.boards.append(b)
         for b in self.boards:
@@ -167,11 +140,16 @@ class Campaign:
         p = self.profile
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["port", "board", "device", "site", "broker", "ca_cert", "sample_period_s", "status_period_s", "keepalive_s"])
+            own = sorted({k for bk in BOARD_KINDS.values() for k in bk.config} - {"sample_period_s", "status_period_s"})
+            w.writerow(["port", "board", "device", "site", "broker", "ca_cert", "sample_period_s", "status_period_s", "keepalive_s",
+                        *own])
             for b in self.boards:
+                bk = BOARD_KINDS[b.kind]
                 url = f"mqtts://localhost:{b.proxy.port}" if b.tls else f"mqtt://127.0.0.1:{b.proxy.port}"
                 w.writerow([b.handle.port, b.board.name, b.device, b.site, url, ca_file if b.tls else "",
-                            p.sample_period_s, p.status_period_s, p.keepalive_s])
+                            bk.config.get("sample_period_s", max(p.sample_period_s, bk.min_sample_period_s)),
+                            bk.config.get("status_period_s", p.status_period_s), p.keepalive_s,
+                            *(bk.config.get(k, "") for k in own)])
 
     def _provision(self, csv_path: Path, *flags: str) -> None:
         # `lanterne provision --fleet` in its own process, as an installer runs it (and with the few
@@ -191,6 +169,8 @@ class Campaign:
                "listen": Listener(self.broker_tls_port, "127.0.0.1")}
         paths = write_broker_files(reg, work / "broker", owner=owner, listen=Listener(self.broker_port, "127.0.0.1"), tls=tls,
                                    persistence_dir=work / "broker" / "persistence")
+        self.lns_password = os.urandom(12).hex()
+        soak_lorawan.broker_users(paths, self.lns_password)
         return SystemMosquitto(paths["mosquitto_conf"], self.broker_port).start()
 
     def start_backoffice(self) -> None:
@@ -247,7 +227,7 @@ class Campaign:
             t.start()
             threads.append(t)
 
-    def _commands(self, stream, end: float, stop: threading.Event) -> None:
+    def _commands(self, streams, end: float, stop: threading.Event) -> None:
         rate = (self.profile.commands_per_min + self.profile.attacks_per_min) / 60
         if rate <= 0:
             return
@@ -255,6 +235,7 @@ class Campaign:
         rng = random.Random(self.seed * 31)
         while not stop.wait(rng.expovariate(rate)) and time.monotonic() < end:
             try:
+                stream = soak_lorawan.pick_stream(streams, rng)
                 if rng.random() < legit_share:
                     stream.legit()
                 else:
@@ -278,6 +259,9 @@ class Campaign:
                         b = rng.choice(tls_boards)
                         res.update(soak_security.probe_rogue_broker(b, rogue, rogue_watcher,
                                                                     ("127.0.0.1", self.broker_tls_port)))
+                    if self.lora is not None:  # the LoRaWAN side's topics, from both sides of the ACL
+                        m = rng.choice([(b.site, b.device, self.passwords[b.device]) for b in self.boards if not b.lorawan])
+                        res.update(soak_lorawan.probe(self.lora, self.broker_port, m, office))
                     self.probe_results.append(res)
                 except Exception as exc:
                     self.errors.append(f"probe round: {type(exc).__name__}: {exc}")
@@ -300,6 +284,8 @@ class Campaign:
             cut = text.rfind("\n") + 1
             whole, b.console_carry = text[:cut], text[cut:]
             b.executed += soak_security.executions(whole.encode())
+            if b.lorawan:
+                b.heap_peak = max(b.heap_peak, soak_lorawan.logged_heap(whole))
             b.task_restarted += whole.count(TASK_RESTARTED)
             b.memory_errors += whole.count("MemoryError")
 
@@ -319,7 +305,7 @@ class Campaign:
         from host_tools.fleet.registry import Registry
 
         t_start = time.monotonic()
-        _paho_without_fd_limit()
+        paho_without_fd_limit()
         with contextlib.ExitStack() as stack:
             work = Path(self.workdir) if self.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lanterne-soak-")))
             work.mkdir(parents=True, exist_ok=True)
@@ -362,12 +348,17 @@ class Campaign:
                         raise SoakError("the back office could not subscribe on the broker") from None
             self.start_backoffice()
             stack.callback(self.stop_backoffice)
+            lora_boards = [b for b in self.boards if b.lorawan]
+            if lora_boards:  # the network server, its gateways and the uplink service, on the same broker
+                self.lora = soak_lorawan.LoraSide(lora_boards, reg, self.broker_port, self.lns_password).start()
+                stack.callback(self.lora.stop)
             t = time.monotonic()
-            self._provision(csv_path, "--no-wait", "--jobs", str(min(16, self.n)))
+            ota_flags = soak_ota.prepare(work) if self.profile.ota_share > 0 else []
+            self._provision(csv_path, "--no-wait", "--jobs", str(min(16, self.n)), *ota_flags)
             self.timings["provisioned"] = round(time.monotonic() - t, 1)
             for b in self.boards:
                 b.expected_boots += 1  # provisioning resets the board
-            never = self._wait_online(office, [b.device for b in self.boards], 120 + self.n)
+            never = self._wait_online(office, [b.device for b in self.boards], 120 + self.n)  # (LoRaWAN: a reading)
             self.timings["online"] = round(time.monotonic() - t, 1)
             # The impostor broker for the TLS probe, and the chaos window.
             rogue = stack.enter_context(Mosquitto(tls={"cafile": rogue_pki["cafile"], "certfile": rogue_pki["certfile"],
@@ -375,9 +366,19 @@ class Campaign:
             rogue_watcher = stack.enter_context(Watcher(rogue.url, ["#"]))
             devices = {b.device: {"site": b.site, "lamp": bool(b.board.actuators("lamp"))} for b in self.boards
                        if BOARD_KINDS[b.kind].transport == "mqtt"}
-            stream = soak_security.CommandStream(f"mqtt://127.0.0.1:{self.broker_port}", office_user, office_pw, devices,
-                                                 keys, counters, random.Random(self.seed * 13))
-            stack.callback(stream.close)
+            streams = [soak_security.CommandStream(f"mqtt://127.0.0.1:{self.broker_port}", office_user, office_pw, devices,
+                                                   keys, counters, random.Random(self.seed * 13))]
+            stack.callback(streams[0].close)
+            if self.lora:
+                streams.append(soak_lorawan.LoraCommands(self.lora, {b.device: {"site": b.site, "lamp": False} for b in lora_boards
+                                                                     if BOARD_KINDS[b.kind].command_weight > 0},
+                                                         keys, counters, random.Random(self.seed * 19)))
+            stream = soak_lorawan.Streams(streams)
+            mqtt_devices = sorted(devices)
+            if self.profile.ota_share > 0 and mqtt_devices:
+                rng = random.Random(self.seed * 23)
+                targets = rng.sample(mqtt_devices, max(1, round(self.profile.ota_share * len(mqtt_devices))))
+                self.ota = soak_ota.OtaWave(self, work, sorted(targets), streams[0].log, rng)
             plan = schedule(self.profile, [b.kind for b in self.boards], self.minutes, random.Random(self.seed))
             host = soak_ledger.HostLoad().start()
             stop = threading.Event()
@@ -386,11 +387,13 @@ class Campaign:
             fault_threads: list[threading.Thread] = []
             workers = [
                 threading.Thread(target=self._faults, args=(plan, t0, stop, fault_threads), daemon=True),
-                threading.Thread(target=self._commands, args=(stream, end - self.profile.settle_s / 2, stop), daemon=True),
+                threading.Thread(target=self._commands, args=(streams, end - self.profile.settle_s / 2, stop), daemon=True),
                 threading.Thread(target=self._probes, args=(office, rogue, rogue_watcher, rogue_pki["cafile"], t0, end, stop),
                                  daemon=True),
                 threading.Thread(target=self._consoles, args=(stop,), daemon=True),
             ]
+            if self.ota is not None:
+                workers.append(threading.Thread(target=self.ota.run, args=(t0, end - self.profile.settle_s, stop), daemon=True))
             for w in workers:
                 w.start()
             self.say(f"soak: chaos for {self.minutes} min: {len(plan)} faults planned, "
@@ -408,6 +411,8 @@ class Campaign:
             for b in self.boards:
                 b.world.clear()
                 b.world.set(link_up=True, clock_offset_s=0.0)
+                if b.lorawan:
+                    b.world.set(lorawan_uplink_loss=0.0, lorawan_join_failures=0.0)
                 (b.flash / soak_faults.FILL_NAME).unlink(missing_ok=True)
                 b.handle.power_on()
             if self.bridge is None:
@@ -421,15 +426,21 @@ class Campaign:
                 b.handle.power_cut()
             self._read_consoles()
             stores = {b.device: soak_ledger.read_store(b.flash) for b in self.boards}
+            back_on = time.time()
             for b in self.boards:
                 b.world.set(link_up=True)
                 b.handle.power_on()
                 b.expected_boots += 1
             self._wait_delivered(stores, self.profile.drain_s)
+            if self.ota is not None:  # every MQTT board back, on some release: none bricked
+                soak_ota.wait_statuses(office, back_on, [b.device for b in self.boards if not b.lorawan], 60)
             self.timings["drain"] = round(time.monotonic() - t, 1)
             self._read_consoles()
             self.stop_backoffice()
             ledger = soak_ledger.build(self, stores, office, stream, never, plan, host.stop())
+            if self.ota is not None:
+                ledger["ota"] = self.ota.figures(office, back_on)
+                ledger["ok"] = not soak_ledger.verdict(ledger)
             for device, c in stream.counters.items():
                 reg.set_command_counter(device, c)
         ledger["timings_s"]["total"] = round(time.monotonic() - t_start, 1)
@@ -442,6 +453,8 @@ class Campaign:
         while left and time.monotonic() < end:
             for m in office.matching("lanterne/v1/*/*/status", lambda m: b'"online"' in m.payload):
                 left.discard(m.topic.split("/")[3])
+            if self.lora is not None:  # a LoRaWAN board is online once a reading of it came through the uplink service
+                left -= {d for d, seqs in self.lora.delivered()[0].items() if seqs}
             time.sleep(0.5)
         return sorted(left)
 
@@ -457,7 +470,7 @@ class Campaign:
                         doc = json.loads(m.payload)
                         if doc.get("backlog") == 0:
                             empty.add(doc.get("device"))
-            if all(b.device in empty for b in self.boards):
+            if all(b.device in empty for b in self.boards if not b.lorawan):  # (LoRaWAN: checked by _wait_delivered)
                 return
             time.sleep(1)
 
@@ -470,7 +483,13 @@ class Campaign:
         out: dict[str, list[int]] = {}
         for device, seq in rows:
             out.setdefault(device, []).append(seq)
-        return out, len(rows)
+        n = len(rows)
+        if self.lora is not None:  # the LoRaWAN boards' readings: what the uplink service handed on after de-duplication
+            got, events = self.lora.delivered()
+            for device, seqs in got.items():
+                out.setdefault(device, []).extend(seqs)
+            n += events
+        return out, n
 
     def _wait_delivered(self, stores: dict[str, dict], timeout: float) -> None:
         end = time.monotonic() + timeout

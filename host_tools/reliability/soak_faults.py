@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from host_tools.reliability import soak_lorawan
+
 FILL_NAME = "soak-fill.bin"  # the file that fills a board's flash (full_flash)
 KEEP_BLOCKS = 9  # what full_flash leaves free, in 4 KiB blocks: the store's reserve (4) + a segment (1) + 4
 WRITE_WATCH_S = 8.0  # how long power_cut_flash_write waits for the store to write
@@ -163,4 +165,6 @@ INJECTORS = {
     "broker_restart": _broker_restart,
     "broker_kill": _broker_kill,
     "backoffice_restart": _backoffice_restart,
+    "lorawan_uplink_loss": soak_lorawan.uplink_loss,
+    "lorawan_join_failure": soak_lorawan.join_failure,
 }

@@ -50,6 +50,16 @@ def read_store(flash) -> dict:
         s.close()
 
 
+def reading_content(r: dict) -> str:
+    """What the board measured, without what the uplink adds: the age, and the clock_unsynced flag a
+    reading sent again after a reboot gets when its age can no longer be known (lanterne/reading.py,
+    unpack); two copies with the same content are the same reading, so not a conflict."""
+    kept = {k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}
+    if isinstance(kept.get("status"), list):
+        kept["status"] = [f for f in kept["status"] if f != "clock_unsynced"]
+    return json.dumps(kept, sort_keys=True)
+
+
 def readings(stores: dict[str, dict], db_seqs: dict[str, list[int]], db_rows: int, wire: dict[str, dict[int, set]]) -> dict:
     """Reading figures. `stores`: device -> read_store(); `db_seqs`: device -> seqs in the database
     (one per row); `db_rows`: rows in the readings table; `wire`: device -> seq -> set of contents seen."""
@@ -83,6 +93,11 @@ def verdict(ledger: dict) -> list[str]:
     bad = [f"{k} = {ledger[k]}" for k in MUST_BE_ZERO if ledger.get(k)]
     if ledger.get("boards_never_online"):
         bad.append(f"boards never online: {', '.join(ledger['boards_never_online'])}")
+    ota = ledger.get("ota") or {}
+    if ota.get("bricked"):
+        bad.append(f"boards not back after the update wave: {', '.join(ota['bricked'])}")
+    if ota.get("errors"):
+        bad.append(f"ota rollout errors: {len(ota['errors'])}")
     if ledger.get("harness_errors"):
         bad.append(f"harness errors: {len(ledger['harness_errors'])}")
     return bad
@@ -118,9 +133,23 @@ def format_ledger(ledger: dict) -> str:
     if peak:
         add("  heap peak (ESP32-equivalent bytes, by board kind): "
             + ", ".join(f"{k} {v}" for k, v in sorted(ledger["heap_peak_by_kind"].items())))
-    add(f"faults injected ({sum(ledger['faults_injected'].values())} of {ledger['faults_planned']} planned; "
+    add(f"faults injected ({sum(ledger['faults_injected'].values())}: {ledger['faults_planned']} planned, "
+        f"{ledger['faults_injected'].get('power_cut_during_ota', 0)} on updating boards; "
         f"{ledger['power_cuts_during_write']} power cuts caught a store write): "
         + ", ".join(f"{k} {v}" for k, v in sorted(ledger["faults_injected"].items())))
+    lw = ledger.get("lorawan")
+    if lw:
+        add(f"lorawan ({lw['boards']} boards, network server and uplink service on the broker): uplinks {lw['uplinks_sent']}, "
+            f"lost in the air {lw['uplinks_lost_in_the_air']}, join requests unanswered {lw['join_requests_unanswered']}, "
+            f"joins {lw['network_server_joins']}, ledger downlinks {lw['ledgers_sent']}, "
+            f"duplicates dropped by the uplink service {lw['duplicates_dropped_by_uplink_service']}; "
+            f"commands {json.dumps(ledger.get('commands_lorawan', {}))}")
+    ota = ledger.get("ota")
+    if ota:
+        add(f"ota: release {ota['release']} ({ota['version']}) rolled out to {ota['boards_targeted']} boards mid-run, "
+            f"{ota['start_commands_sent']} start commands, committed on {ota['committed']}, "
+            f"{len(ota['power_cuts_during_update'])} power cuts during an update; boards by release at the end "
+            f"{json.dumps(ota['boards_ended_on_release'])}; bricked {len(ota['bricked'])}")
     h = ledger["host"]
     add(f"host: {h['cpus']} CPUs, CPU busy mean {h['cpu_busy_mean_pct']} % peak {h['cpu_busy_peak_pct']} %, "
         f"load peak {h['load_peak']}, memory used peak {h['mem_used_peak_mb']} MB of {h['mem_total_mb']} MB")
@@ -205,13 +234,7 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
         except Exception:
             continue
         for r in frame["readings"]:
-            # What the board measured, without what the uplink adds: the age, and the clock_unsynced
-            # flag a reading sent again after a reboot gets when its age can no longer be known
-            # (lanterne/reading.py, unpack); the same reading, so not a conflict.
-            kept = {k: v for k, v in r.items() if k not in ("seq", "age", "time", "sampled_at")}
-            if isinstance(kept.get("status"), list):
-                kept["status"] = [f for f in kept["status"] if f != "clock_unsynced"]
-            content = json.dumps(kept, sort_keys=True)
+            content = reading_content(r)
             seqs = wire.setdefault(device, {})
             if r["seq"] in seqs:
                 wire_copies += 1
@@ -219,6 +242,11 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
                     resent_unsynced.add((device, r["seq"]))
             raw.setdefault((device, r["seq"]), set()).add(json.dumps({k: v for k, v in r.items() if k not in ("seq", "age")}, sort_keys=True))
             seqs.setdefault(r["seq"], set()).add(content)
+    if campaign.lora is not None:  # the LoRaWAN boards' readings as the uplink service received them, before its dedup
+        for device, seqs in campaign.lora.wire().items():
+            for seq, copies in seqs.items():
+                wire.setdefault(device, {})[seq] = set(copies)
+                wire_copies += sum(copies.values()) - 1
     by_device = {b.device: b for b in campaign.boards}
     for m in office.matching("lanterne/v1/*/*/status"):
         with contextlib.suppress(ValueError):
@@ -266,6 +294,9 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     ledger["memory_errors"] = sum(b.memory_errors for b in campaign.boards)
     ledger["console_bytes_unread"] = sum(b.console_lost for b in campaign.boards)
     ledger["boards_never_online"] = never
+    for b in campaign.boards:  # LoRaWAN boards log their statuses (airtime): read from their consoles
+        if b.heap_peak:
+            heap[b.device] = max(heap.get(b.device, 0), b.heap_peak)
     ledger["heap_peak_bytes"] = {d: by_device[d].handle.board.esp32_heap(v) for d, v in sorted(heap.items())}
     peak_kind: dict[str, int] = {}
     for d, v in ledger["heap_peak_bytes"].items():
@@ -274,6 +305,8 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     ledger["heap_peak_by_kind"] = peak_kind
     ledger["heap_scale"] = sorted({b.handle.board.heap_scale() for b in campaign.boards})
     ledger["faults_injected"] = dict(sorted(campaign.injected.items()))
+    if campaign.lora is not None:
+        ledger["lorawan"] = campaign.lora.figures()
     ledger["faults_planned"] = len(plan)
     ledger["power_cuts_during_write"] = sum(1 for p in plan if p.arg.get("during_write"))
     ledger["host"] = host

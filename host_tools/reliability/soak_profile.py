@@ -10,6 +10,7 @@ A profile is data (a built-in name, `short` or `full`, or a JSON file of the sam
      "commands_per_min": 30,                    # the back office's legitimate commands
      "attacks_per_min": 10,                     # forged, replayed, cross-device, malformed
      "probes_every_min": 10,                    # the security probes (at least once a run)
+     "ota_share": 0.25,                         # share of the MQTT boards updated over the air mid-run (soak_ota)
      "drain_s": 300}                            # how long the fleet gets to deliver at the end
 
 Faults are drawn up front from the seed (`schedule`; every kind with a rate at least once a
@@ -49,8 +50,9 @@ class FaultKind:
 FAULTS: dict[str, FaultKind] = {
     f.name: f
     for f in (
-        FaultKind("power_cut", "board", "power cut at a random instant, power back after the duration"),
-        FaultKind("power_cut_flash_write", "board", "power cut the moment the board's store grows (a flash write under way)"),
+        FaultKind("power_cut", "board", "power cut at a random instant, power back after the duration", ("mqtt", "lorawan")),
+        FaultKind("power_cut_flash_write", "board", "power cut the moment the board's store grows (a flash write under way)",
+                  ("mqtt", "lorawan")),
         FaultKind("link_flap", "board", "Wi-Fi / Ethernet link down for the duration"),
         FaultKind("proxy_stall", "board", "the TCP proxy to the broker swallows everything (both ways) for the duration"),
         FaultKind("proxy_cut", "board", "the TCP proxy cuts the open connection silently (half-open) for the duration"),
@@ -59,6 +61,10 @@ FAULTS: dict[str, FaultKind] = {
         FaultKind("clock_jump", "board", "the wall clock NTP serves steps forward or back (hours to days), then back"),
         FaultKind("ntp_silent", "board", "NTP never answers for the duration"),
         FaultKind("full_flash", "board", "the filesystem filled up to the store's reserve for the duration", ("mqtt", "lorawan")),
+        FaultKind("lorawan_uplink_loss", "board", "a share (50-90 %) of the board's uplinks reaches no gateway for the duration",
+                  ("lorawan",)),
+        FaultKind("lorawan_join_failure", "board", "the board's power cut and its module's session lost; the network leaves "
+                  "the next 1-2 join requests unanswered; power back after the duration", ("lorawan",)),
         FaultKind("broker_restart", "fleet", "Mosquitto stopped (SIGTERM, it saves its state) and started again"),
         FaultKind("broker_kill", "fleet", "Mosquitto killed (SIGKILL), down for the duration, started again"),
         FaultKind("backoffice_restart", "fleet", "the bridge stopped (committing what it took), down for the duration, started again"),
@@ -70,9 +76,18 @@ FAULTS: dict[str, FaultKind] = {
 class BoardKind:
     name: str
     board: str  # board file (boards/NAME.json)
-    transport: str  # "mqtt" (Wi-Fi or Ethernet); "lorawan" once the firmware sends over it
+    transport: str  # "mqtt" (Wi-Fi or Ethernet) or "lorawan" (modem twin, network server, uplink service)
     tls: bool = True  # may be among the fleet's mqtts:// boards
     site: str = "soak"
+    # The shortest sample period the board is given, whatever the profile's: a LoRaWAN board's 1 %
+    # duty cycle keeps its sub-band closed 99x the airtime of each uplink (a full DR5 frame: ~37 s),
+    # so it cannot carry a reading every 2 s; what it samples must fit what it may send.
+    min_sample_period_s: int = 1
+    command_weight: float = 1.0  # its share of the command stream per board (class A: one downlink per uplink)
+    # A battery board (power: battery in its board file) sleeps between readings: its periods are its
+    # own (world seconds), its world's clock runs `sleep_speedup` times faster while it sleeps.
+    config: dict = field(default_factory=dict)  # config fields of its own (over the profile's)
+    world: dict = field(default_factory=dict)  # world quantities it starts with
 
 
 BOARD_KINDS: dict[str, BoardKind] = {
@@ -81,6 +96,15 @@ BOARD_KINDS: dict[str, BoardKind] = {
         BoardKind("wifi-lamp", "esp32-devkitc", "mqtt"),  # street light: BME280, BH1750, supply, lamp PWM
         BoardKind("ethernet-bollard", "olimex-esp32-poe", "mqtt"),  # Ethernet: fill level, bollard relay
         BoardKind("envstation", "esp32-envstation", "mqtt"),  # PM sensor, microphone, 2 MB PSRAM heap
+        BoardKind("lorawan-sensor", "esp32-rak3172", "lorawan", tls=False, min_sample_period_s=10,
+                  command_weight=0.5),  # RAK3172 modem: BME280, BH1750, supply
+        # Battery waste bin: RAK3172, ultrasonic fill level, lid alarm, deep sleep between readings. A
+        # reading every 10 min and a frame when the oldest unsent one is 10 min old, its clock 60x while
+        # it sleeps: a reading every ~10 s of the run. No commands (it listens only after a send wake).
+        BoardKind("battery-bin", "esp32-rak3172-bin", "lorawan", tls=False, command_weight=0.0,
+                  config={"sample_period_s": 600, "send_period_s": 600, "status_period_s": 86400, "bin_empty_mm": 1200,
+                          "bin_full_mm": 200},
+                  world={"sleep_speedup": 60.0, "distance_mm": 900.0}),
     )
 }
 
@@ -90,7 +114,7 @@ _SHORT = {
     "status_period_s": 20,
     "keepalive_s": 10,
     "tls_share": 0.25,
-    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1},
+    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 0.6, "battery-bin": 0.4},
     "faults": {
         "power_cut": {"per_min": 8, "duration_s": [0.5, 4]},
         "power_cut_flash_write": {"per_min": 4, "duration_s": [0.5, 3]},
@@ -102,6 +126,8 @@ _SHORT = {
         "clock_jump": {"per_min": 3, "duration_s": [5, 15]},
         "ntp_silent": {"per_min": 2, "duration_s": [5, 15]},
         "full_flash": {"per_min": 2, "duration_s": [5, 15]},
+        "lorawan_uplink_loss": {"per_min": 1, "duration_s": [20, 40]},
+        "lorawan_join_failure": {"per_min": 0.5, "duration_s": [0.5, 2]},
         "broker_restart": {"per_min": 0.6, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.6, "duration_s": [1, 3]},
         "backoffice_restart": {"per_min": 0.6, "duration_s": [1, 5]},
@@ -115,11 +141,15 @@ _SHORT = {
     # Null by default here: on Mosquitto 2.0 a shared subscription does not survive a broker crash
     # (docs/reliability.md, "Findings"), and the campaign measures the rest of the system through it.
     "bridge_group": None,
+    # Share of the MQTT boards a signed release is rolled out to, a quarter into the chaos window
+    # (soak_ota; 0: no update).
+    "ota_share": 0.12,
 }
 
 _FULL = {
     **_SHORT,
     "name": "full",
+    "board_mix": {"wifi-lamp": 3, "ethernet-bollard": 2, "envstation": 1, "lorawan-sensor": 1, "battery-bin": 1},
     "sample_period_s": 10,
     "status_period_s": 60,
     "keepalive_s": 15,
@@ -134,6 +164,8 @@ _FULL = {
         "clock_jump": {"per_min": 1, "duration_s": [30, 600]},
         "ntp_silent": {"per_min": 0.5, "duration_s": [30, 600]},
         "full_flash": {"per_min": 0.5, "duration_s": [30, 300]},
+        "lorawan_uplink_loss": {"per_min": 0.5, "duration_s": [30, 300]},
+        "lorawan_join_failure": {"per_min": 0.2, "duration_s": [1, 20]},
         "broker_restart": {"per_min": 0.1, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.1, "duration_s": [2, 20]},
         "backoffice_restart": {"per_min": 0.15, "duration_s": [2, 60]},
@@ -143,6 +175,7 @@ _FULL = {
     "probes_every_min": 10,
     "settle_s": 30,
     "drain_s": 300,
+    "ota_share": 0.2,
 }
 
 PROFILES = {"short": _SHORT, "full": _FULL}
@@ -163,6 +196,7 @@ class Profile:
     settle_s: float
     drain_s: float
     bridge_group: str | None = None
+    ota_share: float = 0.0
     source: str = ""
 
     def to_json(self) -> dict:
@@ -170,7 +204,7 @@ class Profile:
 
 
 _NUMBERS = ("sample_period_s", "status_period_s", "keepalive_s", "tls_share", "commands_per_min", "attacks_per_min",
-            "probes_every_min", "settle_s", "drain_s")
+            "probes_every_min", "settle_s", "drain_s", "ota_share")
 
 
 def load_profile(spec: str) -> Profile:
@@ -195,8 +229,9 @@ def load_profile(spec: str) -> Profile:
         v = data[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ProfileError(f"{where}: field {key!r} must be a number >= 0 (got {v!r})")
-    if not 0 <= data["tls_share"] <= 1:
-        raise ProfileError(f"{where}: field 'tls_share' must be between 0 and 1 (got {data['tls_share']})")
+    for key in ("tls_share", "ota_share"):
+        if not 0 <= data[key] <= 1:
+            raise ProfileError(f"{where}: field {key!r} must be between 0 and 1 (got {data[key]})")
     if data["sample_period_s"] < 1 or data["status_period_s"] < 10:
         raise ProfileError(f"{where}: sample_period_s must be >= 1 and status_period_s >= 10 (the firmware's limits)")
     if data["bridge_group"] is not None and not isinstance(data["bridge_group"], str):

@@ -183,7 +183,8 @@ class CommandStream:
 
     def outcome(self, executed: dict[str, list[int]]) -> dict:
         """The ledger's command figures, given each device's executed counters (`executions`)."""
-        legit = {(s.device, s.counter) for s in self.log.sent if s.kind == "legit"}
+        # (an OTA start command, kind "ota", is the back office's own too: its run is explained, not an attack)
+        legit = {(s.device, s.counter) for s in self.log.sent if s.kind in ("legit", "ota")}
         replayed = {(s.device, s.counter) for s in self.log.sent if s.kind == "replay"}
         attack_kind = {(s.device, s.counter): s.kind for s in self.log.sent if s.kind in ("forged", "cross_device")}
         runs: dict[tuple[str, int], int] = {}
@@ -205,6 +206,7 @@ class CommandStream:
         for s in self.log.sent:
             sent_by[s.kind] = sent_by.get(s.kind, 0) + 1
         legit_sent = [s for s in self.log.sent if s.kind == "legit"]
+        legit = {(s.device, s.counter) for s in legit_sent}
         return {
             "commands_sent": len(legit_sent),
             "commands_acked": sum(s.acked for s in legit_sent),
@@ -213,7 +215,7 @@ class CommandStream:
             "commands_never_acked": sum(not s.acked for s in legit_sent),
             "commands_acked_as_replay": sum(s.status == "replay" for s in legit_sent),
             "commands_double_executed": double,
-            "attacks_sent": {k: v for k, v in sorted(sent_by.items()) if k != "legit"},
+            "attacks_sent": {k: v for k, v in sorted(sent_by.items()) if k not in ("legit", "ota")},
             "forged_accepted": accepted["forged"] + accepted["malformed_or_unexplained"],
             "replayed_accepted": replay_ok,
             "cross_device_accepted": accepted["cross_device"],

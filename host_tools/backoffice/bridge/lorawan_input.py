@@ -29,7 +29,7 @@ def _time(text: str, fallback: float) -> float:
 
 
 class LorawanInput:
-    def __init__(self, bridge, integration: str, app: J.Application, ledger_per_day: int = 10):
+    def __init__(self, bridge, integration: str, app: J.Application, ledger_per_day: int = 10, state: str | None = None):
         from host_tools.backoffice.lorawan_fleet import uplink_devices
         from host_tools.fleet.registry import Registry
 
@@ -38,7 +38,7 @@ class LorawanInput:
         self.bridge = bridge
         self.integration = integration
         self.service = uplinks.UplinkService(
-            devices, integration=integration, app=app, ledger_per_day=ledger_per_day, on_event=self._event,
+            devices, integration=integration, app=app, ledger_per_day=ledger_per_day, on_event=self._event, state=state,
             publish=lambda topic, msg: bridge.input.publish(topic, json.dumps(msg)))
         self.topics = tuple(uplinks.topics(integration, app))
         self._prefix = tuple(t.split("+")[0] for t in self.topics)

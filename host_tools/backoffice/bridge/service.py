@@ -43,6 +43,7 @@ class BridgeConfig:
     lorawan: str | None = None  # chirpstack / tts: the network server's MQTT integration on the same broker
     lorawan_application: str | None = None
     lorawan_tenant: str = "ttn"
+    lorawan_state: str | None = None  # the uplink service's state file (uplink_state.py); None: in memory only
     ledger_per_day: int = 10
     location_precision: int = 5
     batch_max: int = 1000  # messages per transaction
@@ -73,7 +74,7 @@ class Bridge:
             app = Application(tts_tenant=cfg.lorawan_tenant)
             if cfg.lorawan_application:
                 app.application_id = app.tts_application = cfg.lorawan_application
-            self.lorawan = LorawanInput(self, cfg.lorawan, app, cfg.ledger_per_day)
+            self.lorawan = LorawanInput(self, cfg.lorawan, app, cfg.ledger_per_day, cfg.lorawan_state)
             extra = extra + self.lorawan.topics
         self.input = MqttInput(cfg.broker, client_id=cfg.client_id, group=cfg.group, username=cfg.username,
                                password=cfg.password, tls_ca=cfg.tls_ca, extra_topics=extra,

@@ -23,7 +23,6 @@ from lanterne import commands as cmd
 from lanterne.net import Network
 from lanterne.transport.link import ACK, READINGS, STATUS, Flag
 
-RESET_CAUSES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deepsleep", 5: "soft_reset"}
 CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 GC_EVERY = 2048  # bytes allocated between two automatic collections
@@ -65,9 +64,22 @@ class App:
     # on the class (App.ota = ...; one App per board): the instance's attribute table holds 37
     # entries, and a 38th would grow it to 47 (a new 752-byte table, in one piece, on a 64 KB heap).
     ota = None
-    _status_doc = None  # the status's dict, kept once made (status())
+    # The status's dict (status()), every key at once: made with the class, at import while the
+    # heap is whole, in one piece of exactly its size (a dict filled key by key at the first status
+    # grows through seven tables to a 37-entry one, in the tightest moment of the boot: the
+    # connection's). On the class: the instance's attribute table is full (above).
+    _status_doc = {
+        "state": None, "device": None, "board": None, "fw": None, "uptime_s": None, "reset_cause": None, "boot": None,
+        "heap_free": None, "heap_alloc": None, "backlog": None, "dropped": None, "sent": None, "sample_period_s": None,
+        "status_period_s": None, "faults": None, "rssi": None, "clock": None, "lamp": None, "lamp_reason": None,
+        "bollard": None, "interlock_trips": None, "cmd_counter": None, "tls_heap": None, "loop_lag_max_ms": None,
+        "loop_lag_max_ms_boot": None, "field": None, "setup": None, "env": None, "energy": None, "ota": None,
+    }  # fmt: skip
 
     def __init__(self, ota_info=None):
+        # Collect after every few KB allocated from the start (run() keeps it): boot's garbage left
+        # to pile up until the heap is full would scatter the objects built here across it.
+        gc.threshold(GC_EVERY)
         # OTA hook: which slot and release run, and whether an update, a trial or a rollback
         # needs the OTA seam (below): what the boot selector found, from main.py (boot.py), else
         # read here (lanterne_ota.state.boot_info), the OTA package dropped again at once. A board
@@ -104,7 +116,9 @@ class App:
             self.faults["board"] = board_error
         self.started = time.ticks_ms()
         self.boot = _bump_boot_count()
-        self.reset_cause = RESET_CAUSES.get(machine.reset_cause(), "unknown")
+        # machine.reset_cause() 1..5 (a tuple read once: a module-level dict would stay on the heap)
+        c = machine.reset_cause()
+        self.reset_cause = ("power_on", "hard_reset", "watchdog", "deepsleep", "soft_reset")[c - 1] if 1 <= c <= 5 else "unknown"
         self.net = Network(self.board, self.cfg)
         self.link = None
         self.wdt = None
@@ -250,12 +264,10 @@ class App:
         faults = dict(self.faults)
         faults.update(self.assets.faults())
         st = self.store
-        # One dict for every status, made at the first one and kept (on the class: the instance's
-        # attribute table is full, see App.ota): a table of ~30 entries is one 480-byte block, which
-        # a fragmented 64 KB heap may no longer have in one piece hours later.
+        # One dict for every status, made with the class (App._status_doc): a table of ~30 entries
+        # is one block of ~500 bytes, which a fragmented 64 KB heap may no longer have in one piece
+        # hours later.
         d = App._status_doc
-        if d is None:
-            d = App._status_doc = {}
         d["state"] = state
         d["device"] = self.cfg["device"]
         d["board"] = self.board.get("name")

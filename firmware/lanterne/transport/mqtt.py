@@ -368,7 +368,9 @@ class MqttLink(Link):
         # One QoS 1 PUBLISH, True once its PUBACK is in (one at a time: the app's uplink task,
         # or connect() before the link is up)
         if isinstance(payload, str):
-            payload = payload.encode()
+            # its UTF-8 bytes in place (MicroPython's memoryview takes a str; its len counts bytes):
+            # a status is ~700 bytes that encode() would copy into one more block of that size
+            payload = memoryview(payload)
         self._pid = pid = self._pid % 65535 + 1
         qos = 0 if kind == _OTA_REQ else 1
         topic = self._ota[kind - _OTA_REQ] if kind >= _OTA_REQ else self._topic[kind]  # (updates() named _ota)

@@ -113,6 +113,8 @@ class Modem:
             if self.nvm["LINKCHECK"] != "0":
                 self.nvm["LINKCHECK"] = "0"
                 events.append("+EVT:LINKCHECK:1:0:0:0:0")
+            if self.nvm["CFM"] == "1":  # a confirmed uplink: the network's ACK, or none after the retries
+                events.append("+EVT:SEND_CONFIRMED_FAILED(8)" if self.take("cfm_fail") else "+EVT:SEND_CONFIRMED_OK")
             if self.take("no_tx_done"):
                 return
             return self.emit(*events, delay=20)
@@ -238,6 +240,28 @@ asyncio.run(main())
     assert got["lost"] is False and "AT_NO_NETWORK_JOINED" in got["lost_why"]
     assert got["reconnect"] is True and got["joins"] == 1
     assert got["no_tx_done"] is False and got["no_tx_done_ms"] < 1500 and "no TX_DONE within 400 ms" in got["no_tx_done_why"]
+
+
+def test_confirmed_uplinks_are_taken_only_when_the_network_acknowledged_them(tmp_path):
+    # lorawan_confirmed: the module is set to confirmed uplinks (AT+CFM=1), and a frame counts as taken
+    # (its readings committed: lanterne/delivery.py) only on +EVT:SEND_CONFIRMED_OK; a confirmed uplink
+    # the network never acknowledged is not taken, and says so.
+    got = run_modem(tmp_path, r"""
+async def main():
+    m = Modem(joined=True, cfm_fail=1)
+    link, got = link_for(m, lorawan_confirmed=1)
+    out = {"up": await link.connect(), "cfm": m.nvm["CFM"]}
+    frame = b"\x02" + bytes(range(20))
+    out["failed"] = await link.send(READINGS, frame)
+    out["failed_fault"] = link.last_fault
+    await asyncio.sleep_ms(450)
+    out["ok"] = await link.send(READINGS, frame)
+    print(json.dumps(out))
+asyncio.run(main())
+""")
+    assert got["up"] is True and got["cfm"] == "1"
+    assert got["failed"] is False and got["failed_fault"] == "lorawan: confirmed uplink not acknowledged (SEND_CONFIRMED_FAILED)"
+    assert got["ok"] is True
 
 
 def test_absent_modem_busy_join_and_silence(tmp_path):

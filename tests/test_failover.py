@@ -16,6 +16,7 @@ import time
 
 import paho.mqtt.client as paho
 import pytest
+from test_lorawan_board import wait
 
 from host_tools.backoffice.bridge.database import Database
 from host_tools.backoffice.bridge.devices import Directory
@@ -35,16 +36,6 @@ SPEED = 5.0  # the modem's clock (join accept after ~1.2 s)
 # is 66 KB (docs/benchmarks.md, "heap"); the dual board has 100 KB (its board file).
 FLOOR_KB = 76
 FAULTS = {"temperature_fault", "humidity_fault", "pressure_fault"}  # the BME280 gone: an alarm reading
-
-
-def wait(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def max_seq(office):

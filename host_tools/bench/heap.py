@@ -27,6 +27,7 @@ a 32-bit unix port and LANTERNE_HEAP_SCALE=1.0 to measure 32-bit bytes directly.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -50,6 +51,15 @@ def _cfg(url: str, device: str) -> dict:
     return {"device": device, "site": "heap", "broker": url, "sample_period_s": 1, "status_period_s": 5,
             "keepalive_s": 60, "watchdog_ms": 0, "command_key": bytes(range(7, 39)).hex()}
 
+
+def _setup_api(url, path, body=None, token=None):
+    """One call to a board's setup API (docs/field.md): its JSON answer."""
+    import urllib.request
+
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", "X-Session": token or ""})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
 
 class _Trial:
     def __init__(self, emu, watcher, url: str, tmp: Path):
@@ -88,7 +98,6 @@ class _Trial:
         loop and the link, a phone asking for the page's state every second; (passed, steady alloc,
         why not)."""
         import time
-        import urllib.request
 
         self.n += 1
         dev = f"{board.name[:12]}-set-{self.n}"
@@ -100,12 +109,7 @@ class _Trial:
             h.wait_for(r"setup mode \(provisioned\)", timeout=40)
             url = h.http_url(timeout=5)
 
-            def call(path, body=None, token=None):
-                req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json", "X-Session": token or ""})
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    return json.loads(r.read())
-
+            call = functools.partial(_setup_api, url)
             token = call("api/session", {})["token"]
             since = len(self.w.matching(f"lanterne/v1/heap/{dev}/status"))
             end = time.monotonic() + window_s
@@ -134,7 +138,6 @@ class _Trial:
         import os
         import re
         import time
-        import urllib.request
 
         from host_tools.codec import lns_json as J
         from host_tools.emulator.network_server import Device, NetworkServer
@@ -161,12 +164,7 @@ class _Trial:
                 h.wait_for(r"setup mode \(provisioned\)", timeout=60)
                 url = h.http_url(timeout=5)
 
-                def call(path, body=None, token=None):
-                    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
-                                                 headers={"Content-Type": "application/json", "X-Session": token or ""})
-                    with urllib.request.urlopen(req, timeout=10) as r:
-                        return json.loads(r.read())
-
+                call = functools.partial(_setup_api, url)
                 token = call("api/session", {})["token"]
                 end = time.monotonic() + window_s / 2
                 while time.monotonic() < end:

@@ -258,12 +258,13 @@ def test_field_changes_are_reported_then_accepted(virtual_boards, tmp_path, mosq
     token = call(url, "/api/session", {})[1]["token"]
     assert call(url, "/api/set", {"asset_id": "LP-7", "lat": 45.75, "lon": 4.85}, token)[0] == 200
     assert call(url, "/api/save", {}, token)[1]["saved"] == ["asset_id", "lat", "lon"]
-    rep = verify(h.port, reg, check_checkout=False)
+    # (the board restarts on its saved config: on a loaded machine it may take more than 5 s to answer)
+    rep = verify(h.port, reg, check_checkout=False, connect_timeout=20)
     assert not rep.ok and rep.config == [] and [d.field for d in rep.field_changes] == ["asset_id", "lat", "lon"]
     assert "not accepted yet" in rep.lines()[0] and "lanterne registry accept acc-1" in "\n".join(rep.lines())
     r = lanterne("registry", "accept", "acc-1", "--registry", reg_path)
     assert r.returncode == 0 and "'LP-7'" in r.stdout, r.stderr
-    rep = verify(h.port, Registry(reg_path), check_checkout=False)
+    rep = verify(h.port, Registry(reg_path), check_checkout=False, connect_timeout=20)
     assert rep.ok, rep.lines()
     assert any("accepted into the registry" in n for n in rep.notes)
     assert Registry(reg_path).get("acc-1").config["asset_id"] == "LP-7"

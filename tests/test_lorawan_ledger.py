@@ -112,6 +112,32 @@ class Board:
         self.resend = [s for s in self.resend if s in self.kept]
 
 
+def play_two_days(service, clock, queue, restart_min=None):
+    """Two days of a bin: a reading every 5 min, an uplink every 15, 20 % of uplinks reaching no
+    gateway, what the service queued delivered in the RX1 of the next uplink heard (class A). The
+    service is `service()`, stopped and made again every `restart_min` minutes if given.
+    Returns (the last service, the board, uplinks sent, uplinks heard, restarts)."""
+    svc, board, fcnt, handled, restarts = service(), Board(), 0, 0, 0
+    for minute in range(0, int(2 * DAY_S / 60), 5):
+        clock[0] = minute * 60.0
+        if restart_min and minute and minute % restart_min == 0:
+            svc.stop()
+            svc, restarts = service(), restarts + 1
+        board.sample(clock[0])
+        if minute % 15:
+            continue
+        data = board.uplink()
+        if data is None:
+            continue
+        fcnt += 1
+        if random.random() >= 0.20:
+            svc.handle(J.Uplink(dev_eui="0016c001ff000001", device="bin-1", fport=102, fcnt=fcnt, data=data, dr=5))
+            handled += 1
+            if queue:
+                board.downlink(*queue.pop(0))
+    return svc, board, fcnt, handled, restarts
+
+
 @pytest.mark.parametrize("integration", ["chirpstack", "tts"])
 def test_a_day_at_20pct_uplink_loss_every_reading_once_within_budget(integration):
     random.seed(7)
@@ -127,23 +153,9 @@ def test_a_day_at_20pct_uplink_loss_every_reading_once_within_budget(integration
             queue.extend((d["f_port"], J.unb64(d["frm_payload"], "p")) for d in msg["downlinks"])
 
     per_day = 6
-    svc = UplinkService([LoraDevice("bin-1", "0016c001ff000001", KEY)], integration=integration,
-                        ledger_per_day=per_day, clock=lambda: clock[0], publish=publish)
-    board = Board()
-    fcnt = 0
-    for minute in range(0, int(2 * DAY_S / 60), 5):  # two days, a reading every 5 min, an uplink every 15
-        clock[0] = minute * 60.0
-        board.sample(clock[0])
-        if minute % 15:
-            continue
-        data = board.uplink()
-        if data is None:
-            continue
-        fcnt += 1
-        if random.random() >= 0.20:  # 20 % of uplinks reach no gateway
-            svc.handle(J.Uplink(dev_eui="0016c001ff000001", device="bin-1", fport=102, fcnt=fcnt, data=data, dr=5))
-            if queue:  # class A: what is queued goes down in this uplink's RX1
-                board.downlink(*queue.pop(0))
+    svc, board, fcnt, _, _ = play_two_days(
+        lambda: UplinkService([LoraDevice("bin-1", "0016c001ff000001", KEY)], integration=integration,
+                              ledger_per_day=per_day, clock=lambda: clock[0], publish=publish), clock, queue)
     got = [e["reading"]["seq"] for e in svc.events if e["event"] == "reading"]
     assert len(got) == len(set(got))  # exactly once
     first_day = int(DAY_S / 300)
@@ -172,30 +184,13 @@ def test_the_service_restarted_every_six_hours_keeps_its_promises(tmp_path):
     queue: list[tuple[int, bytes]] = []
     publish = lambda topic, msg: queue.append((msg["fPort"], J.unb64(msg["data"], "data")))  # noqa: E731
     state = tmp_path / "uplinks-state.sqlite"
-    per_day, events, restarts = 6, [], 0
+    per_day, events = 6, []
 
     def service():
         return UplinkService([LoraDevice("bin-1", "0016c001ff000001", KEY)], ledger_per_day=per_day,
                              clock=lambda: clock[0], publish=publish, state=state, on_event=events.append)
 
-    svc, board, fcnt, handled = service(), Board(), 0, 0
-    for minute in range(0, int(2 * DAY_S / 60), 5):
-        clock[0] = minute * 60.0
-        if minute and minute % 360 == 0:
-            svc.stop()
-            svc, restarts = service(), restarts + 1
-        board.sample(clock[0])
-        if minute % 15:
-            continue
-        data = board.uplink()
-        if data is None:
-            continue
-        fcnt += 1
-        if random.random() >= 0.20:
-            svc.handle(J.Uplink(dev_eui="0016c001ff000001", device="bin-1", fport=102, fcnt=fcnt, data=data, dr=5))
-            handled += 1
-            if queue:
-                board.downlink(*queue.pop(0))
+    svc, board, fcnt, handled, restarts = play_two_days(service, clock, queue, restart_min=360)
     assert restarts == 7
     got = [e["reading"]["seq"] for e in events if e["event"] == "reading"]
     assert len(got) == len(set(got))  # exactly once, across the restarts

@@ -174,6 +174,16 @@ def test_an_ota_start_run_by_the_board_is_the_back_offices_own_not_an_attack():
     assert _Stream([S("a", 100, "legit", b"")]).outcome({"a": [105]})["forged_accepted"] == 1  # unexplained: counted
 
 
+def test_a_devices_update_blocks_read_during_an_ota_wave_are_not_a_leak_but_another_devices_are():
+    # A CI soak once reported "LET IN: subscribe_everything": the probe, logged in as a board that
+    # an OTA wave was reaching, received that board's own update blocks (its ACL allows them).
+    own = "lanterne/v1/north/lamp-1/"
+    assert soak_security.read_outside_own_tree("north", "lamp-1", [own + "cmd", own + "ota/data"]) == ""
+    leak = soak_security.read_outside_own_tree("north", "lamp-1", [own + "ota/data", "lanterne/v1/north/lamp-2/ota/data",
+                                                                    "lanterne/v1/north/lamp-2/up"])
+    assert leak == "lanterne/v1/north/lamp-2/ota/data lanterne/v1/north/lamp-2/up"
+
+
 def _lora_side(device="lw-1", eui="00112233445566ff"):
     """A LoraSide around a real UplinkService that gets its uplinks by hand (no broker, no boards)."""
     from host_tools.backoffice.uplinks import LoraDevice, UplinkService

@@ -282,7 +282,7 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     ledger["fault_log"] = [{"at_s": p.at_s, "kind": p.kind, "device": None if p.board is None else campaign.boards[p.board].device,
                             "duration_s": p.duration_s, **p.arg} for p in plan]
     ledger.update(stream.outcome({b.device: b.executed for b in campaign.boards}))
-    let_in = sorted({name for r in campaign.probe_results for name, v in r.items() if v})
+    let_in = sorted({name if v is True else f"{name} ({v})" for r in campaign.probe_results for name, v in r.items() if v})
     ledger["probe_rounds"] = len(campaign.probe_results)
     ledger["probes_run"] = sum(len(r) for r in campaign.probe_results)
     ledger["probes_let_in"] = let_in

@@ -34,6 +34,7 @@ import paho.mqtt.client as paho
 
 from host_tools.backoffice.command_client import CommandClient, next_counter
 from host_tools.backoffice.command_client import cmd as commands
+from host_tools.fleet.broker_files import DEVICE_SUBSCRIBES, device_topics
 from host_tools.fleet.config import parse_broker_url
 
 EXECUTED = re.compile(rb"\[lanterne\] command (\d+) ([a-z_]+): ([a-z_]+)\r?$", re.M)
@@ -296,10 +297,19 @@ def _paho_connect(host, port, user=None, password=None, tls_ca=None, timeout=5.0
     return True, c
 
 
+def read_outside_own_tree(site: str, device: str, topics: list[str]) -> str:
+    """The topics a device's subscription to `lanterne/#` received that its ACL does not let it read
+    (space-separated, "" when none). It may read its commands, and its update blocks while an OTA
+    wave reaches it: an update rolled out mid-soak is not a leak."""
+    own = device_topics(site, device)
+    readable = {own[name] for name in DEVICE_SUBSCRIBES}
+    return " ".join(sorted({t for t in topics if t not in readable}))
+
+
 def probe_broker(url: str, tls_port: int | None, devices: list[tuple[str, str, str]], office, wrong_ca: str | None,
-                 rng) -> dict[str, bool]:
-    """The broker-side probes; {probe: let in}. `devices`: (site, id, password) of two or more
-    devices; `office`: the back office's Watcher on `lanterne/#` (it sees what the broker let through)."""
+                 rng) -> dict[str, bool | str]:
+    """The broker-side probes; {probe: let in} (a non-empty string: let in, with the evidence).
+    `devices`: (site, id, password) of two or more devices; `office`: the back office's Watcher on `lanterne/#` (it sees what the broker let through)."""
     host, port, _ = parse_broker_url(url)
     out: dict[str, bool] = {}
     (site_a, dev_a, pw_a), (site_b, dev_b, _pw_b) = rng.sample(devices, 2)
@@ -340,9 +350,8 @@ def probe_broker(url: str, tls_port: int | None, devices: list[tuple[str, str, s
     seen = {bytes(m.payload) for m in office.messages[-5000:]}
     for name in targets:
         out[name] = marker + name.encode() in seen
-    own_cmd = f"lanterne/v1/{site_a}/{dev_a}/cmd"  # the one topic the device may read
     out["subscribe_other_device_cmd"] = any(p == marker + b"read" for _t, p in got)
-    out["subscribe_everything"] = any(t != own_cmd for t, _p in got)
+    out["subscribe_everything"] = read_outside_own_tree(site_a, dev_a, [t for t, _p in got])
     c.loop_stop()
     c.disconnect()
     # Raw packets: none may get a successful CONNACK, and the broker must go on serving.

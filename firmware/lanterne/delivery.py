@@ -198,14 +198,26 @@ class LedgerDelivery:
                 if self._acked(item[0]):  # (acknowledged by the ledger kept on flash: not again)
                     continue
                 if self.early and item[0] in self.early:
-                    self.early.remove(item[0])  # gone ahead of its turn already
-                    continue
+                    continue  # gone ahead of its turn already (forgotten once the cursor passes it)
                 out.append(item)
             if len(out) > n0:
                 return out
             start = got[-1][0] + 1  # all of it acknowledged already: look past it
-        self.sent_upto = start
+        self._advance(start)
         return out
+
+    def _advance(self, upto):
+        # The in-order cursor moves to `upto`: the early readings it passed are behind it now.
+        # (A peek that skips an early reading may end before it, at the frame's budget: the
+        # reading stays early until the cursor is past it, or it would go a second time.)
+        self.sent_upto = upto
+        e = self.early
+        i = 0
+        while i < len(e):
+            if e[i] < upto:
+                e.pop(i)
+            else:
+                i += 1
 
     def restart(self):
         # Forget what was sent: every kept reading not acknowledged by the last ledger goes again
@@ -231,7 +243,7 @@ class LedgerDelivery:
         for item in batch:
             _remove(self.resend, item[0])
             if item[0] >= self.sent_upto:
-                self.sent_upto = item[0] + 1
+                self._advance(item[0] + 1)
         return self.store.ack(batch)
 
     def taken(self, batch, early=False):
@@ -249,7 +261,7 @@ class LedgerDelivery:
                 if s >= self.sent_upto and s not in self.early:
                     self.early.append(s)
             elif s >= self.sent_upto:
-                self.sent_upto = s + 1
+                self._advance(s + 1)
             if inflight and inflight[-1][2] == u and inflight[-1][1] == s:
                 inflight[-1][1] = s + 1
             else:

@@ -8,8 +8,10 @@ The firmware store (firmware/lanterne/store.py) runs in a real MicroPython unix-
 process on a flash folder, as on the virtual board. The process appends readings and drains
 them to a host-side receiver over its stdin/stdout (the "uplink"): it prints a line after
 each append returns, prints every batch it sends, and acknowledges a batch in the store
-only after the receiver answered "K" (a PUBACK). The harness SIGKILLs the process after a
-random, seeded delay — the same fault as the virtual board's power cut: the interpreter
+only after the receiver answered "K" (a PUBACK). The harness SIGKILLs the process at a seeded
+random point (one in five during boot and recovery, by the time boots take; the others after a
+random number of the store's operations and a random instant within the next, so that a slow
+host still cuts a working store) — the same fault as the virtual board's power cut: the interpreter
 dies, the flash folder stays as it was — optionally damages the tail of the newest segment
 or of the ack log the way a cut in the middle of a flash write would (a torn frame), and
 starts it again on the same folder. After the last cut, one clean run drains everything.
@@ -237,12 +239,22 @@ class _Receiver:
         self.phase = "booting"
         self.up_at: float | None = None  # when the store was up in this run
         self.final_line: list[int] | None = None
+        self.lines = 0  # lines read in this run since the store was up
+        self.seen = threading.Condition()
 
     def new_run(self, first: int) -> None:
         self.last_index = first - 1
         self.pending_ack = []
         self.phase = "booting"  # until the store is up: boot, import, recovery
         self.up_at = None
+        with self.seen:
+            self.lines = 0
+
+    def wait_working(self, lines: int, timeout: float) -> None:
+        """Until the store is up and has done `lines` more things (appends, batches, acks), or
+        `timeout` s: cuts aimed at a working store land on its work, however fast the host."""
+        with self.seen:
+            self.seen.wait_for(lambda: self.up_at is not None and self.lines >= lines, timeout)
 
     def problem(self, text: str) -> None:
         if len(self.report.problems) < 200:
@@ -262,8 +274,13 @@ class _Receiver:
                 continue
             kind = parts[0]
             self.phase = {"S": "running", "A": "appending", "B": "acking", "K": "draining"}.get(kind, kind)
-            if kind == "S":
-                self.up_at = time.monotonic()
+            with self.seen:
+                if kind == "S":
+                    self.up_at = time.monotonic()
+                    self.lines = 0
+                else:
+                    self.lines += 1
+                self.seen.notify_all()
             if kind == "A":
                 seq, index = int(parts[1]), int(parts[2])
                 self.last_index = index
@@ -343,7 +360,7 @@ def run_powercuts(
     capacity: int = 131072,
     segment: int | None = None,
     fs_blocks: int = 64,
-    max_delay: float = 0.06,
+    max_delay: float = 0.01,
     tear_rate: float = 0.3,
     ack_rate: float = 0.9,
     outage_rate: float = 0.2,
@@ -402,13 +419,16 @@ def run_powercuts(
                     proc.kill()
                     receiver.problem("final drain did not finish within 120 s")
             else:
-                # One cut in five aimed at boot and recovery, the rest while the store works.
+                # One cut in five aimed at boot and recovery (by the time boots take here), the
+                # rest while the store works: after a random number of its operations, then a
+                # random instant within the next (by the count, not the clock: a loaded host runs
+                # the child slower, and the cuts must still land on appends, not on an idle store).
                 up = sorted(boot)[len(boot) // 2] if boot else 0.03
                 if rng.random() < 0.2:
-                    delay = rng.uniform(0, up * 1.1)
+                    time.sleep(rng.uniform(0, up * 1.1))
                 else:
-                    delay = up + rng.uniform(0, max_delay)
-                time.sleep(delay)
+                    receiver.wait_working(rng.randint(0, 12), timeout=30)
+                    time.sleep(rng.uniform(0, max_delay))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
             reader.join(timeout=30)

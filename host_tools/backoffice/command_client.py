@@ -44,9 +44,11 @@ def topics(site: str, device: str) -> dict[str, str]:
 class CommandClient:
     """One MQTT connection for sending commands to many devices and collecting their acks."""
 
-    def __init__(self, url: str, username: str | None = None, password: str | None = None, tls_ca: str | None = None):
+    def __init__(self, url: str, username: str | None = None, password: str | None = None, tls_ca: str | None = None,
+                 timeout: float = 10.0):
         from host_tools.backoffice.watcher import Watcher
 
+        self.timeout = timeout  # how long send() waits for an ack unless told otherwise
         self._waiters: dict[tuple[str, int], tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._keys: dict[str, bytes] = {}
@@ -72,7 +74,7 @@ class CommandClient:
             waiter[0].set()
 
     def send(self, site: str, device: str, key: bytes, counter: int, action: str | int, args: dict | None = None,
-             timeout: float = 10.0, frame: bytes | None = None) -> AckResult:
+             timeout: float | None = None, frame: bytes | None = None) -> AckResult:
         opcode = ACTIONS[action].opcode if isinstance(action, str) else action  # a word of `lanterne command`
         self._keys[device] = key
         if frame is None:
@@ -84,6 +86,8 @@ class CommandClient:
         t0 = time.perf_counter()
         try:
             self.watcher.publish(topics(site, device)["cmd"], frame, qos=1)
+            if timeout is None:
+                timeout = self.timeout
             if not ev.wait(timeout):
                 raise TimeoutError(f"no ack from {device} for command {counter} within {timeout} s")
         finally:

@@ -236,6 +236,55 @@ def test_boot_selector_decisions():
     assert boot._decide(st, boot.WDT_RESET, None)[0] is None and "3 crashes in a row" in st["safe"]
 
 
+def test_a_commit_installs_the_release_keys_and_drops_its_manifest(tmp_path, monkeypatch):
+    """boot.finish_commit, as the commit calls it and as the next boot does after a power cut
+    between the state and the keys: a committed release's keys installed, a manifest a transfer
+    owns or a trial waits on kept, one of a release that rolled back dropped."""
+    boot, state, man = ota_module("boot"), ota_module("state"), ota_module("manifest")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ota").mkdir()
+    ks = KeyStore(tmp_path / "keys")
+    ks.new("1")
+    ks.new("2")
+    image = bytes(range(256)) * 20
+    lib, _ = sign(image, "0.2.0", 2, ks, mpy=(6, 3, 0))
+    fw, _ = sign(image, "v1.29.1", 3, ks, mpy=(0, 0, 0), micropython=(0, 0, 0), flags=man.FIRMWARE, block=32768)
+    old = ["11" * 32]
+    both = [k.hex() for k in ks.trusted()]
+
+    def put(manifest, job=False):
+        (tmp_path / "ota" / "keys.json").write_text(json.dumps({"keys": old}))
+        (tmp_path / "ota" / "pending.man").write_bytes(manifest)
+        job_file = tmp_path / "ota" / "job.json"
+        job_file.write_text("{}") if job else job_file.unlink(missing_ok=True)
+
+    def after(st):
+        boot.finish_commit(st)
+        keys = json.loads((tmp_path / "ota" / "keys.json").read_text())["keys"]
+        return keys, (tmp_path / "ota" / "pending.man").exists()
+
+    sha = hashlib.sha256(image).hexdigest()
+    committed = state.fresh()
+    committed["slots"] = [{"n": 1, "len": 9, "sha": "aa", "ver": "0.1.0"}, {"n": 2, "len": len(image), "sha": sha, "ver": "0.2.0"}]
+    committed["active"] = 1
+    put(lib)
+    assert after(committed) == (both, False)  # installed, manifest dropped
+    put(lib, job=True)
+    assert after(committed) == (old, True)  # a transfer owns it (a forced push of the same release)
+    on_trial = dict(committed, active=0, trial={"slot": 1, "boots": 1})
+    put(lib)
+    assert after(on_trial) == (old, True)  # its trial decides
+    rolled_back = dict(committed, active=0, slots=[committed["slots"][0], None], failed=2)
+    put(lib)
+    assert after(rolled_back) == (old, False)  # taught nothing, dropped
+    # A MicroPython image's release: on trial, kept; confirmed, its keys; rolled back, dropped.
+    put(fw)
+    assert after(dict(committed, fw_trial={"label": "ota_1", "n": 3, "ver": "v1.29.1", "from": "ota_0"})) == (old, True)
+    assert after(dict(committed, fw={"n": 3, "ver": "v1.29.1", "label": "ota_1"})) == (both, False)
+    put(fw)
+    assert after(dict(committed, fw={"n": 2, "ver": "v1.29.0", "label": "ota_0"})) == (old, False)
+
+
 def test_signing_keys_are_owner_only_and_rotate(tmp_path):
     ks = KeyStore(tmp_path / "keys")
     first = ks.new("2026")

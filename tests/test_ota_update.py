@@ -11,6 +11,7 @@ that crashes at start-up and one that hangs an import rolled back with config an
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -65,7 +66,7 @@ def test_update_over_mqtt_new_version_in_the_status(releases, virtual_boards, mo
         assert slot_bytes(h, 0) == slot_a
         state = ota_state(h)
         assert state["active"] == 1 and state["slots"][0]["n"] == 1 and state["slots"][1]["n"] == 2
-        # A delta: the module that changed, not the image (the image is ~63 KB).
+        # A delta: the module that changed, not the image (the image is ~171 KB).
         progress = [json.loads(m.payload) for m in w.matching(f"lanterne/v1/{SITE}/ota-1/ota/progress")]
         trial = [p for p in progress if p["state"] == "trial"][-1]
         assert trial["bytes"] < 8000 and trial["total"] == r2.meta["blocks"]
@@ -366,14 +367,25 @@ def test_a_micropython_image_update_confirms_or_rolls_back(releases, emulator, m
     from host_tools.emulator.rombootloader import SimulatedFlash
     from host_tools.fleet.provision import provision
     from host_tools.fleet.release.build import build_firmware_release
+    from host_tools.fleet.release.keys import KeyStore
 
     k, _r1, _r2, _r3 = releases
     v0 = build_micropython_image("v1.29.0", romfs_bytes=393216, ota=True)
     (tmp_path / "v1.bin").write_bytes(build_micropython_image("v1.29.1", romfs_bytes=393216, ota=True, code_seed="v1.29.0"))
     (tmp_path / "v2.bin").write_bytes(build_micropython_image("v1.29.2", romfs_bytes=393216, ota=True, code_seed="v1.29.0"))
     k.store.add_image(app_image(v0)[0])  # the image the boards were flashed with: updates are deltas
-    fw1 = build_firmware_release(k.store, k.keys, tmp_path / "v1.bin")
-    fw2 = build_firmware_release(k.store, k.keys, tmp_path / "v2.bin")
+    # A key rotation carried by image releases: fw1 (signed by the kit's key) lists a second key,
+    # fw2 a third one; a board installs a release's keys only when the release is confirmed.
+    rotating = KeyStore(tmp_path / "rotating-keys")
+    rotating.path.mkdir(mode=0o700)
+    for p in k.keys.path.iterdir():
+        shutil.copy2(p, rotating.path / p.name)
+    rotating.new("second")
+    fw1 = build_firmware_release(k.store, rotating, tmp_path / "v1.bin")
+    rotating.new("third")
+    fw2 = build_firmware_release(k.store, rotating, tmp_path / "v2.bin")
+    assert fw1.meta["key_id"] == fw2.meta["key_id"] == k.keys.keys()[0].key_id
+    assert len(fw1.meta["trusted_keys"]) == 2 and len(fw2.meta["trusted_keys"]) == 3
     assert fw1.meta["kind"] == "firmware" and fw1.version == "v1.29.1"
     # The factory writes the OTA variant's image; provisioning puts the library in slot A.
     from host_tools import boards as boards_mod
@@ -418,6 +430,9 @@ def _image_update(h, k, fw1, fw2, board_file, mosquitto, otadata, provision):
         assert res.state == "committed", (res.reason, h.console()[-2000:])
         assert stats.base is not None and stats.wire_bytes < 60000  # a delta of a 1.5 MB image
         assert h.board.running_app == "ota_1" and state() == (2, otadata.VALID)
+        # Confirmed: the board trusts the keys the image release listed, and dropped its manifest.
+        assert json.loads((h.flash / "ota" / "keys.json").read_text())["keys"] == fw1.meta["trusted_keys"]
+        assert not (h.flash / "ota" / "pending.man").exists()
         st = w.wait_for(f"lanterne/v1/{SITE}/ota-image/status", lambda m: b'"ota_1"' in m.payload and b'"trial": false' in m.payload,
                         timeout=30)  # fmt: skip
         assert json.loads(st[-1].payload)["ota"]["image"]["version"] == "v1.29.1"
@@ -445,3 +460,5 @@ def _image_update(h, k, fw1, fw2, board_file, mosquitto, otadata, provision):
         assert h.board.running_app == "ota_1"
         es = otadata.entries(h.board.spi_flash.read, ota)
         assert {e["seq"]: e["state"] for e in es} == {2: otadata.VALID, 3: otadata.ABORTED}
+        # The image that rolled back taught the board nothing: still fw1's keys.
+        assert json.loads((h.flash / "ota" / "keys.json").read_text())["keys"] == fw1.meta["trusted_keys"]

@@ -98,23 +98,52 @@ def _umount():
         pass
 
 
-def _finish_commit(st):
-    # The commit writes the state first, then the new keys, then drops the manifest: a power cut
-    # in between leaves the manifest of the release now active, whose keys are installed here.
-    try:
-        from lanterne_ota import MANIFEST_FILE
-        from lanterne_ota.manifest import Manifest
+def finish_commit(st):
+    """Install the trusted keys of the release `st` says was committed, then drop its manifest.
 
+    A commit (a library slot's or a MicroPython image's) writes the state first, then the keys,
+    then drops the manifest: a power cut in between leaves the manifest of the release now
+    committed, whose keys are installed here at the next boot. A manifest that no transfer owns
+    (no job) and no trial waits on is that of a release that rolled back or was refused: dropped."""
+    import os
+
+    from lanterne_ota import JOB_FILE, MANIFEST_FILE
+
+    try:
+        os.stat(JOB_FILE)
+        return  # a transfer under way owns the manifest
+    except OSError:
+        pass
+    try:
         with open(MANIFEST_FILE, "rb") as f:
-            m = Manifest(f.read())
-    except Exception:
+            raw = f.read()
+    except OSError:
         return
-    active = st["slots"][st["active"]]
-    if st.get("trial") is None and active and m.counter == active["n"] and S.hexs(m.image_sha) == active["sha"]:
+    from lanterne_ota import manifest as M
+
+    try:
+        m = M.Manifest(raw)
+    except Exception:
+        m = None
+    raw = None
+    done = False
+    if m is None:
+        pass
+    elif m.flags & M.FIRMWARE:  # a MicroPython image (second tier)
+        if st.get("fw_trial"):
+            return  # its trial decides
+        fw = st.get("fw")
+        done = fw is not None and m.counter == fw["n"]
+    else:
+        if st.get("trial"):
+            return
+        active = st["slots"][st["active"]]
+        done = bool(active) and m.counter == active["n"] and S.hexs(m.image_sha) == active["sha"]
+    if done:
         if m.keys:
             S.save_keys(m.keys)
-        S.remove(MANIFEST_FILE)
-        log("commit of %s completed (keys %s)" % (active["ver"], "installed" if m.keys else "kept"))
+        log("commit of %s completed (keys %s)" % (m.version, "installed" if m.keys else "kept"))
+    S.remove(MANIFEST_FILE)
 
 
 def _rollback_event(st, bad, good, reason):
@@ -195,7 +224,7 @@ def select():
             log("no library: slot A holds no ROMFS image (provision the board)")
             return None
         changed = True
-    _finish_commit(st)
+    finish_commit(st)
     cause = _reset_cause()
     slot, ch = _decide(st, cause, rom)
     changed = changed or ch
@@ -294,7 +323,7 @@ def confirm():
         st["unhealthy"] = 0
         st["failed"] = 0
         store.save(st)  # committed: from here on a power cut keeps this release
-        _finish_commit(st)  # then its keys, then drop its manifest
+        finish_commit(st)  # then its keys, then drop its manifest
         return "committed " + S.describe(st, st["active"])
     if st.get("unhealthy"):
         st["unhealthy"] = 0

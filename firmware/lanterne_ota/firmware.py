@@ -131,5 +131,8 @@ def confirm(st, store):
     t = st["fw_trial"]
     st["fw"] = {"n": t["n"], "ver": t["ver"], "label": t["label"]}
     st["fw_trial"] = None
-    store.save(st)
+    store.save(st)  # committed: then the release's trusted keys, then its manifest dropped
+    from lanterne_ota.boot import finish_commit
+
+    finish_commit(st)
     return "MicroPython image %s confirmed in %s" % (t["ver"], t["label"])

@@ -418,9 +418,7 @@ class Updater:
             st["trial"] = {"slot": t, "boots": 0}
         st["event"] = None
         self.store.save(st)
-        S.remove(JOB_FILE)
-        if fw:
-            S.remove(MANIFEST_FILE)  # (a library release's manifest stays until its commit: its keys)
+        S.remove(JOB_FILE)  # the manifest stays until the commit (boot.finish_commit): its keys
         self.job = None
         self._progress("trial", release=m.version, n=m.counter)
         self.reboot_due = True

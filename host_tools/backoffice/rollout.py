@@ -10,7 +10,9 @@ to update, at least one), then the rest, `--wave` devices at a time (default: al
 device that fails (refused, rolled back, timed out) halts the rollout: no further wave starts;
 the devices already updated keep the release (each board rolls itself back if it is bad). The
 state is kept in `<releases>/rollouts/<counter>.json`; `--resume` continues a halted or
-interrupted rollout with the devices not yet done. Devices already running the release are
+interrupted rollout with the devices not yet done: those never started, and those that did not
+answer or did not finish in time (tried again); not those that committed, nor those that refused
+the release or rolled it back (they stay in the report as failed). Devices already running the release are
 skipped, and so are LoRaWAN-only boards (updated over USB: no OTA over LoRaWAN's airtime).
 """
 
@@ -32,6 +34,7 @@ from host_tools.fleet.release.store import Release, ReleaseStore
 
 OTA_START = 0x0A
 FINAL = ("committed", "refused", "rolled_back", "timeout", "no_ack", "offline")
+VERDICTS = ("refused", "rolled_back")  # the board judged the release: a resume does not ask it again
 
 
 @dataclass
@@ -240,8 +243,12 @@ class Rollout:
         if previous and previous.get("halted") and not resume:
             raise ReleaseError(f"the rollout of {self.release} was halted: {previous['halted']}",
                                hint="look at the failed devices, then pass --resume to continue (or build a fixed release)")  # fmt: skip
-        done = {d for d, r in (previous or {}).get("devices", {}).items() if r.get("state") in ("committed", "skipped")}
-        failed = {d for d, r in (previous or {}).get("devices", {}).items() if r.get("state") not in ("committed", "skipped", "pending")}
+        before = (previous or {}).get("devices", {})
+        done = {d for d, r in before.items() if r.get("state") in ("committed", "skipped")}
+        # A board that refused the release or rolled it back said what it thinks of it: not asked
+        # again (it would refuse a release that failed its trial there). One that did not answer
+        # or ran out of time (switched off, out of coverage) is not done: a resume tries it again.
+        failed = {d for d, r in before.items() if r.get("state") in VERDICTS}
         self.settle()
         todo = [d for d in devices if d not in done and d not in failed]
         for d in devices:

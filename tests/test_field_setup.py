@@ -15,7 +15,7 @@ from conftest import lanterne
 
 from host_tools import boards
 from host_tools.runtime import firmware_module
-from host_tools.runtime.parity import both
+from host_tools.runtime.parity import both, both_on_flash
 
 KEY = "00112233445566778899aabbccddeeff"
 
@@ -139,6 +139,23 @@ def test_what_a_status_on_the_broker_tells_of_field_changes(tmp_path):
         assert ok and "(asset_id; 2 save(s)) accepted into the registry" in text
         st = field_status(reg, "lo-1", None)
         assert not st.ok and "LoRaWAN board sends no status" in st.state_text()
+
+
+def test_a_field_the_back_office_sets_again_is_no_longer_a_field_change(tmp_path):
+    code = """
+import json
+from lanterne import field
+def run(folder):
+    p = folder + "/field.json"
+    field.record({"asset_id": "LP-7", "lat": 45.75}, p)
+    a = field.forget("lat", p)
+    b = field.forget("lon", p)  # never changed on site: the record as it was
+    c = field.forget("asset_id", p)  # the last one: no record left
+    return [a, b, c, field.load(p), field.digest({"asset_id": "LP-7"})]
+"""
+    a, b, c, left, digest = both_on_flash(code, "run(folder)", tmp_path)
+    assert a == {"n": 1, "hash": digest, "fields": {"asset_id": "LP-7"}} and b == a
+    assert c is None and left is None
 
 
 # -- the label -------------------------------------------------------------------------------
@@ -425,9 +442,9 @@ def test_field_changes_reach_the_registry_from_the_statuses_on_the_broker(virtua
             reg.add_or_update(dev, site="field", board="esp32-devkitc", config=dict(common, device=dev))
         reg.add_or_update("lora-1", site="field", board="esp32-rak3172", lorawan=True,
                           config={"device": "lora-1", "site": "field", "transport": "lorawan"})
-        keys = {dev: reg.secret(dev, "setup_key") for dev in ("mq-1", "mq-2")}
+        keys = {dev: {k: reg.secret(dev, k) for k in ("setup_key", "command_key")} for dev in ("mq-1", "mq-2")}
     with Watcher(mosquitto.url, ["lanterne/v1/field/+/status"]) as w:
-        boards_up = [virtual_boards(1, config=dict(common, device=dev, setup_key=keys[dev]))[0] for dev in ("mq-1", "mq-2")]
+        boards_up = [virtual_boards(1, config=dict(common, device=dev, **keys[dev]))[0] for dev in ("mq-1", "mq-2")]
         h = boards_up[0]
         h.wait_for(r"setup mode \(provisioned\)", timeout=40)
         url = h.http_url(timeout=5)
@@ -463,6 +480,22 @@ def test_field_changes_reach_the_registry_from_the_statuses_on_the_broker(virtua
     doc = {d["device"]: d for d in json.loads(r.stdout)["devices"]}
     assert doc["mq-1"]["ok"] and doc["mq-1"]["accepted"] and doc["mq-1"]["field_changes"] == []
     assert "field changes made on site (asset_id, lat, lon; 1 save(s)) accepted into the registry" in doc["mq-1"]["state"]
+    # on site again, lat changed once more; the back office sets its own value back by command: the
+    # board's status no longer names lat, so it is no longer a field change
+    with Watcher(mosquitto.url, ["lanterne/v1/field/mq-1/status"]) as w:
+        assert call(url, "/api/set", {"lat": 46.0}, token)[0] == 200
+        assert call(url, "/api/save", {}, token)[1]["saved"] == ["lat"]
+        w.wait_for("lanterne/v1/field/mq-1/status", lambda m: (json.loads(m.payload).get("field") or {}).get("n") == 2)
+        r = lanterne("verify", "--broker", mosquitto.url, "mq-1", "--registry", reg_path)
+        assert r.returncode == 1 and "mq-1 (site field, online status): 1 field change(s) made on site" in r.stdout, r.stdout
+        assert "'lat': board 46.0, registry 45.75" in r.stdout
+        r = lanterne("command", "mq-1", "set-config", "lat", "45.75", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        w.wait_for("lanterne/v1/field/mq-1/status",
+                   lambda m: (json.loads(m.payload).get("field") or {}).get("fields") == {"asset_id": "LP-7", "lon": 4.85})
+    r = lanterne("verify", "--broker", mosquitto.url, "mq-1", "--registry", reg_path)
+    assert r.returncode == 0, r.stdout
+    assert "matches the registry; field changes made on site (asset_id, lon; 2 save(s)) the registry's values already" in r.stdout
     # what the broker cannot tell, said so
     r = lanterne("verify", "--broker", mosquitto.url, "lora-1", "--registry", reg_path, "--wait", 1)
     assert r.returncode == 1 and "a LoRaWAN board sends no status; read them over serial: lanterne verify --port PORT" in r.stdout
@@ -486,3 +519,40 @@ def test_field_changes_reach_the_registry_from_the_statuses_on_the_broker(virtua
         assert reg.field_changes("mq-gone") == (None, None) and "lat" not in reg.get("mq-gone").config
     for b in boards_up:
         assert "Traceback" not in b.console(), b.console()[-2000:]
+
+
+@pytest.mark.integration
+def test_in_normal_operation_a_field_set_again_by_command_leaves_the_status_field_record(virtual_boards, tmp_path, mosquitto):
+    # A board back in normal operation (its setup window over) with two fields changed on site:
+    # the back office sets one again by command, and the board's next status no longer names it.
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.fleet.registry import Registry
+
+    field = firmware_module("field")
+    reg_path = tmp_path / "fleet.sqlite"
+    with Registry(reg_path) as reg:
+        reg.add_or_update("nf-1", site="field", board="esp32-devkitc", config={"device": "nf-1", "site": "field"})
+        key = reg.secret("nf-1", "command_key")
+    cfg = {"device": "nf-1", "site": "field", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 5, "command_key": key}
+    (h,) = virtual_boards(1, config=cfg, power_on=False)
+    saved = {"lat": 46.0, "asset_id": "LP-9"}
+    (h.flash / "setup.json").write_text(json.dumps({"config": field.config_hash(str(h.flash / "config.json")), "used_s": 0}))
+    (h.flash / "field.json").write_text(json.dumps({"n": 1, "hash": field.digest(saved), "fields": saved}))
+    topic = "lanterne/v1/field/nf-1/status"
+    with Watcher(mosquitto.url, [topic]) as w:
+        h.power_on()
+        w.wait_for(topic, lambda m: (json.loads(m.payload).get("field") or {}).get("fields") == saved, timeout=60)
+        r = lanterne("command", "nf-1", "set-config", "lat", "45.5", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (st,) = w.wait_for(topic, lambda m: (json.loads(m.payload).get("field") or {}).get("fields") == {"asset_id": "LP-9"},
+                           timeout=30)[-1:]
+        assert json.loads(st.payload)["faults"] == []
+        # a field the installer never changed: the record stays as it is
+        r = lanterne("command", "nf-1", "set-config", "lon", "4.5", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((h.flash / "field.json").read_text())["fields"] == {"asset_id": "LP-9"}
+    r = lanterne("verify", "--broker", mosquitto.url, "nf-1", "--registry", reg_path)
+    assert r.returncode == 1 and "1 field change(s) made on site" in r.stdout and "'asset_id': board 'LP-9'" in r.stdout
+    assert "'lat'" not in r.stdout
+    console = h.console()
+    assert "Traceback" not in console and "MemoryError" not in console and "setup mode" not in console, console[-2000:]

@@ -104,9 +104,9 @@ def set_config(app, key, value):
     if f and key in (f.get("fields") or {}):
         # An installer had changed it on site: the back office's value is in effect now, so it is
         # no longer a field change, and the status says so at once (lanterne/field.py).
-        from lanterne import field
-
         try:
+            from lanterne import field
+
             app.field = field.forget(key)
         except (OSError, MemoryError):
             pass  # (a full flash, no heap for the module: the record stays as it was; the config change stands)

@@ -15,7 +15,7 @@ from conftest import lanterne
 
 from host_tools import boards
 from host_tools.runtime import firmware_module
-from host_tools.runtime.parity import both
+from host_tools.runtime.parity import both, both_on_flash
 
 KEY = "00112233445566778899aabbccddeeff"
 
@@ -103,6 +103,61 @@ print(json.dumps(out))
     assert cp[3] == [90000, "the setup window after provisioning is over"]
 
 
+def test_what_a_status_on_the_broker_tells_of_field_changes(tmp_path):
+    # Each kind of status the back office may find retained for a device, read against the registry.
+    from host_tools.fleet.field_status import field_status
+    from host_tools.fleet.registry import Registry
+
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        reg.add_or_update("st-1", site="s", board="esp32-devkitc", config={"device": "st-1", "asset_id": "A"})
+        reg.add_or_update("lo-1", site="s", board="esp32-rak3172", config={"device": "lo-1", "transport": "lorawan"}, lorawan=True)
+
+        def status(payload):
+            st = field_status(reg, "st-1", None if payload is None else json.dumps(payload).encode())
+            return st.ok, st.known, st.state_text()
+
+        rec = {"n": 2, "hash": "abcd", "fields": {"asset_id": "B"}}
+        assert status(None) == (False, False, status(None)[2]) and "no status on the broker" in status(None)[2]
+        ok, known, text = status({"state": "offline"})  # the last will
+        assert (ok, known) == (False, False) and "the board is offline" in text
+        ok, known, text = status({"state": "online", "device": "st-1", "faults": ["status: out of memory"]})  # a short status
+        assert (ok, known) == (False, False) and "carries no field record" in text
+        assert status({"state": "online", "field": None}) == (True, True, "matches the registry; no field changes made on site")
+        st = field_status(reg, "st-1", b"\xffnot json")
+        assert not st.ok and "not a JSON object" in st.state_text()
+        for bad, why in (([1], "not a JSON object"), ({"fields": {}}, "not a field record"),
+                         ({"n": 1, "hash": "x", "fields": {"asset_id": 'A"B'}}, "field record refused"),
+                         ({"n": 1, "hash": "x", "fields": {"wifi_key": "k"}}, "cannot change: wifi_key")):
+            ok, known, text = status({"state": "online", "field": bad})
+            assert not ok and why in text, text
+        assert reg.field_changes("st-1") == (None, None)  # nothing refused was recorded
+        ok, known, text = status({"state": "online", "field": rec})
+        assert (ok, known) == (False, True) and text == "1 field change(s) made on site, not accepted yet"
+        assert reg.field_changes("st-1")[0] == rec
+        reg.accept_field_changes("st-1", ("asset_id",))
+        ok, known, text = status({"state": "online", "field": rec})
+        assert ok and "(asset_id; 2 save(s)) accepted into the registry" in text
+        st = field_status(reg, "lo-1", None)
+        assert not st.ok and "LoRaWAN board sends no status" in st.state_text()
+
+
+def test_a_field_the_back_office_sets_again_is_no_longer_a_field_change(tmp_path):
+    code = """
+import json
+from lanterne import field
+def run(folder):
+    p = folder + "/field.json"
+    field.record({"asset_id": "LP-7", "lat": 45.75}, p)
+    a = field.forget("lat", p)
+    b = field.forget("lon", p)  # never changed on site: the record as it was
+    c = field.forget("asset_id", p)  # the last one: no record left
+    return [a, b, c, field.load(p), field.digest({"asset_id": "LP-7"})]
+"""
+    a, b, c, left, digest = both_on_flash(code, "run(folder)", tmp_path)
+    assert a == {"n": 1, "hash": digest, "fields": {"asset_id": "LP-7"}} and b == a
+    assert c is None and left is None
+
+
 # -- the label -------------------------------------------------------------------------------
 def test_label_qr_codes_join_the_board_wifi_and_open_its_page(tmp_path):
     import zxingcpp
@@ -155,6 +210,13 @@ def setup_board(virtual_boards, tmp_path, mosquitto, device, **cfg):
     (h,) = virtual_boards(1, board=_board_file(tmp_path), config=config)
     h.wait_for(r"setup mode \(provisioned\)", timeout=40)
     return h, h.http_url(timeout=5)
+
+
+def ap_settings(device: str) -> dict:
+    """The access point a board in setup mode must open, as a phone finds it: the label's name and
+    passphrase (derived from the setup key) and WPA2-PSK (ESP-IDF's WIFI_AUTH_WPA2_PSK, 3)."""
+    cred = firmware_module("setup_credentials")
+    return {"ssid": cred.ssid(device, KEY), "authmode": 3, "key": cred.passphrase(device, KEY)}
 
 
 def raw(url, data: bytes, timeout=10.0) -> bytes:
@@ -282,7 +344,7 @@ def test_the_button_held_at_power_up_opens_setup_mode_and_only_then(virtual_boar
     h.wait_for(r"setup mode \(button\)", timeout=40, since=h.console_offset() - 2000)
     h.world.set(button=False)
     url = h.http_url(timeout=5)
-    assert url and h.world.access_point() is not None
+    assert url and h.world.access_point() == ap_settings("btn-1")
     assert call(url, "/api/state")[0] == 401  # the page is up and asks for a session
     # Not held: the board comes up normally, with no access point and no page.
     (n,) = virtual_boards(1, config=dict(config, device="btn-2"))
@@ -328,3 +390,169 @@ def test_a_poe_board_serves_setup_mode_on_its_ethernet_link_behind_the_label_pas
     assert call(url, "/api/session", {"password": cred.passphrase("poe-1", KEY)})[0] == 429
     console = h.console()
     assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]
+
+
+@pytest.mark.integration
+def test_setup_mode_opens_the_labels_access_point_and_leaves_at_the_end_of_its_window(virtual_boards, tmp_path, mosquitto):
+    # The window after provisioning (config: setup_window_min) is counted across power cycles: this
+    # board already spent 50 s of its one minute before a power cut, so it has 10 s left at this boot.
+    from host_tools.backoffice.watcher import Watcher
+
+    field = firmware_module("field")
+    config = {"device": "win-1", "site": "field", "broker": mosquitto.url, "setup_key": KEY, "setup_window_min": 1,
+              "sample_period_s": 1, "status_period_s": 5}
+    (h,) = virtual_boards(1, config=config, power_on=False)
+    used = {"config": field.config_hash(str(h.flash / "config.json")), "used_s": 50}
+    (h.flash / "setup.json").write_text(json.dumps(used))
+    with Watcher(mosquitto.url, ["lanterne/v1/field/win-1/up"]) as w:
+        h.power_on()
+        h.wait_for(r"setup mode \(provisioned\): http://192\.168\.4\.1/ on Wi-Fi lanterne-win-1, 0 min at most", timeout=40)
+        # the access point a phone finds: the label's name and passphrase, WPA2
+        assert h.world.access_point() == ap_settings("win-1")
+        assert h.http_url(timeout=5)
+        ended = h.wait_for(r"setup mode ended: (.*) \(", timeout=40).group(1)
+        assert ended == b"the setup window after provisioning is over"
+        h.wait_for("restarting into normal operation", timeout=10)
+        # normal operation: the next boot connects, with no access point and no page, and sends readings
+        after = h.console_offset()
+        h.wait_for(r"\[lanterne\] connected", timeout=40, since=after)
+        before = len(w.messages)
+        w.wait_for("lanterne/v1/field/win-1/up", lambda m: True, count=before + 3, timeout=30)
+        time.sleep(6)  # past the 5 s the button is watched for
+    console = h.console()
+    assert "setup mode (" not in console[after:]
+    assert h.world.access_point() is None and h.http_url() is None
+    assert json.loads((h.flash / "setup.json").read_text())["used_s"] == 60  # used up: not again at the next boot
+    assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]
+
+
+@pytest.mark.integration
+def test_field_changes_reach_the_registry_from_the_statuses_on_the_broker(virtual_boards, tmp_path, mosquitto):
+    # An operator with no serial cable: the fleet's field changes, read from the statuses the
+    # broker keeps, then accepted. Two boards up (one changed on site, one not), one registered
+    # board that never came up and a LoRaWAN board (it sends no status).
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.fleet.registry import Registry
+
+    reg_path = tmp_path / "fleet.sqlite"
+    common = {"site": "field", "broker": mosquitto.url, "setup_window_min": 10, "sample_period_s": 5, "status_period_s": 60,
+              "asset_id": "LP-1"}
+    with Registry(reg_path) as reg:
+        for dev in ("mq-1", "mq-2", "mq-gone"):
+            reg.add_or_update(dev, site="field", board="esp32-devkitc", config=dict(common, device=dev))
+        reg.add_or_update("lora-1", site="field", board="esp32-rak3172", lorawan=True,
+                          config={"device": "lora-1", "site": "field", "transport": "lorawan"})
+        keys = {dev: {k: reg.secret(dev, k) for k in ("setup_key", "command_key")} for dev in ("mq-1", "mq-2")}
+    with Watcher(mosquitto.url, ["lanterne/v1/field/+/status"]) as w:
+        boards_up = [virtual_boards(1, config=dict(common, device=dev, **keys[dev]))[0] for dev in ("mq-1", "mq-2")]
+        h = boards_up[0]
+        h.wait_for(r"setup mode \(provisioned\)", timeout=40)
+        url = h.http_url(timeout=5)
+        token = call(url, "/api/session", {})[1]["token"]
+        assert call(url, "/api/set", {"asset_id": "LP-7", "lat": 45.75, "lon": 4.85}, token)[0] == 200
+        assert call(url, "/api/save", {}, token)[1]["saved"] == ["asset_id", "lat", "lon"]
+        w.wait_for("lanterne/v1/field/mq-1/status", lambda m: json.loads(m.payload).get("field"), timeout=30)
+        w.wait_for("lanterne/v1/field/mq-2/status", lambda m: json.loads(m.payload).get("state") == "online", timeout=40)
+    # the whole fleet, from the broker only
+    r = lanterne("verify", "--broker", mosquitto.url, "--registry", reg_path, "--wait", 2)
+    assert r.returncode == 1, r.stderr
+    out = r.stdout
+    assert "mq-1 (site field, online status): 3 field change(s) made on site, not accepted yet" in out, out
+    assert "field change (setup page): 'asset_id': board 'LP-7', registry 'LP-1'" in out
+    assert "'lat': board 45.75, registry 0.0" in out and "'lon': board 4.85" in out
+    assert f"run: lanterne registry accept mq-1 --registry {reg_path} (intended: adopt it)" in out
+    assert "mq-2 (site field, online status): matches the registry; no field changes made on site" in out
+    assert "mq-gone (site field, no status): field changes unknown: no status on the broker" in out
+    assert "not read: lora-1: LoRaWAN boards send no status" in out and "lora-1 (" not in out
+    with Registry(reg_path) as reg:  # recorded, not adopted yet
+        seen, accepted = reg.field_changes("mq-1")
+        assert seen["fields"] == {"asset_id": "LP-7", "lat": 45.75, "lon": 4.85} and accepted is None
+        assert reg.get("mq-1").config["asset_id"] == "LP-1"
+    # accepted from the broker, then verified as the registry's
+    r = lanterne("registry", "accept", "mq-1", "--broker", mosquitto.url, "--registry", reg_path)
+    assert r.returncode == 0, r.stderr
+    assert "asset_id: 'LP-1' -> 'LP-7'" in r.stdout and "mq-1: field changes accepted (1 save(s)" in r.stdout
+    with Registry(reg_path) as reg:
+        cfg = reg.get("mq-1").config
+        assert (cfg["asset_id"], cfg["lat"], cfg["lon"]) == ("LP-7", 45.75, 4.85)
+    r = lanterne("verify", "--broker", mosquitto.url, "mq-1", "mq-2", "--registry", reg_path, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = {d["device"]: d for d in json.loads(r.stdout)["devices"]}
+    assert doc["mq-1"]["ok"] and doc["mq-1"]["accepted"] and doc["mq-1"]["field_changes"] == []
+    assert "field changes made on site (asset_id, lat, lon; 1 save(s)) accepted into the registry" in doc["mq-1"]["state"]
+    # on site again, lat changed once more; the back office sets its own value back by command: the
+    # board's status no longer names lat, so it is no longer a field change
+    with Watcher(mosquitto.url, ["lanterne/v1/field/mq-1/status"]) as w:
+        assert call(url, "/api/set", {"lat": 46.0}, token)[0] == 200
+        assert call(url, "/api/save", {}, token)[1]["saved"] == ["lat"]
+        w.wait_for("lanterne/v1/field/mq-1/status", lambda m: (json.loads(m.payload).get("field") or {}).get("n") == 2)
+        r = lanterne("verify", "--broker", mosquitto.url, "mq-1", "--registry", reg_path)
+        assert r.returncode == 1 and "mq-1 (site field, online status): 1 field change(s) made on site" in r.stdout, r.stdout
+        assert "'lat': board 46.0, registry 45.75" in r.stdout
+        r = lanterne("command", "mq-1", "set-config", "lat", "45.75", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        w.wait_for("lanterne/v1/field/mq-1/status",
+                   lambda m: (json.loads(m.payload).get("field") or {}).get("fields") == {"asset_id": "LP-7", "lon": 4.85})
+    r = lanterne("verify", "--broker", mosquitto.url, "mq-1", "--registry", reg_path)
+    assert r.returncode == 0, r.stdout
+    assert "matches the registry; field changes made on site (asset_id, lon; 2 save(s)) the registry's values already" in r.stdout
+    # what the broker cannot tell, said so
+    r = lanterne("verify", "--broker", mosquitto.url, "lora-1", "--registry", reg_path, "--wait", 1)
+    assert r.returncode == 1 and "a LoRaWAN board sends no status; read them over serial: lanterne verify --port PORT" in r.stdout
+    r = lanterne("registry", "accept", "lora-1", "--broker", mosquitto.url, "--registry", reg_path, "--wait", 1)
+    assert r.returncode == 1 and "sends no status" in r.stderr
+    r = lanterne("registry", "accept", "mq-2", "--broker", mosquitto.url, "--registry", reg_path)
+    assert r.returncode == 1 and "no field changes were made on site: nothing to accept" in r.stderr
+    # a field record the setup page could not have written is refused, and nothing is recorded
+    with Watcher(mosquitto.url, ["lanterne/v1/field/mq-gone/status"]) as w:
+        w.publish("lanterne/v1/field/mq-gone/status", json.dumps(
+            {"state": "online", "device": "mq-gone", "field": {"n": 1, "hash": "00", "fields": {"lat": 95.0}}}).encode(), retain=True)
+        r = lanterne("verify", "--broker", mosquitto.url, "mq-gone", "--registry", reg_path)
+        assert r.returncode == 1 and "field record refused: field 'lat': must be between -90 and 90" in r.stdout, r.stdout
+        w.publish("lanterne/v1/field/mq-gone/status", json.dumps(
+            {"state": "online", "device": "mq-gone", "field": {"n": 1, "hash": "00", "fields": {"command_key": "00"}}}).encode(),
+            retain=True)
+        r = lanterne("registry", "accept", "mq-gone", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 1 and "names fields the setup page cannot change: command_key" in r.stderr, r.stderr
+        w.publish("lanterne/v1/field/mq-gone/status", b"", retain=True)  # (the retained status cleared)
+    with Registry(reg_path) as reg:
+        assert reg.field_changes("mq-gone") == (None, None) and "lat" not in reg.get("mq-gone").config
+    for b in boards_up:
+        assert "Traceback" not in b.console(), b.console()[-2000:]
+
+
+@pytest.mark.integration
+def test_in_normal_operation_a_field_set_again_by_command_leaves_the_status_field_record(virtual_boards, tmp_path, mosquitto):
+    # A board back in normal operation (its setup window over) with two fields changed on site:
+    # the back office sets one again by command, and the board's next status no longer names it.
+    from host_tools.backoffice.watcher import Watcher
+    from host_tools.fleet.registry import Registry
+
+    field = firmware_module("field")
+    reg_path = tmp_path / "fleet.sqlite"
+    with Registry(reg_path) as reg:
+        reg.add_or_update("nf-1", site="field", board="esp32-devkitc", config={"device": "nf-1", "site": "field"})
+        key = reg.secret("nf-1", "command_key")
+    cfg = {"device": "nf-1", "site": "field", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 5, "command_key": key}
+    (h,) = virtual_boards(1, config=cfg, power_on=False)
+    saved = {"lat": 46.0, "asset_id": "LP-9"}
+    (h.flash / "setup.json").write_text(json.dumps({"config": field.config_hash(str(h.flash / "config.json")), "used_s": 0}))
+    (h.flash / "field.json").write_text(json.dumps({"n": 1, "hash": field.digest(saved), "fields": saved}))
+    topic = "lanterne/v1/field/nf-1/status"
+    with Watcher(mosquitto.url, [topic]) as w:
+        h.power_on()
+        w.wait_for(topic, lambda m: (json.loads(m.payload).get("field") or {}).get("fields") == saved, timeout=60)
+        r = lanterne("command", "nf-1", "set-config", "lat", "45.5", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (st,) = w.wait_for(topic, lambda m: (json.loads(m.payload).get("field") or {}).get("fields") == {"asset_id": "LP-9"},
+                           timeout=30)[-1:]
+        assert json.loads(st.payload)["faults"] == []
+        # a field the installer never changed: the record stays as it is
+        r = lanterne("command", "nf-1", "set-config", "lon", "4.5", "--broker", mosquitto.url, "--registry", reg_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((h.flash / "field.json").read_text())["fields"] == {"asset_id": "LP-9"}
+    r = lanterne("verify", "--broker", mosquitto.url, "nf-1", "--registry", reg_path)
+    assert r.returncode == 1 and "1 field change(s) made on site" in r.stdout and "'asset_id': board 'LP-9'" in r.stdout
+    assert "'lat'" not in r.stdout
+    console = h.console()
+    assert "Traceback" not in console and "MemoryError" not in console and "setup mode" not in console, console[-2000:]

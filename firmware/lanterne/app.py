@@ -447,8 +447,10 @@ class App:
         finally:
             del execute
             _unload("lanterne.execute")
-            if self.setup is None:  # (set_config loaded it; setup mode keeps it)
+            if self.setup is None:  # (set_config loaded them; setup mode keeps them)
                 _unload("lanterne.config")
+                _unload("lanterne.field")
+                _unload("lanterne.setup_button")
 
     # -- link ------------------------------------------------------------------------
     async def link_task(self):

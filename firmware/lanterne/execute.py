@@ -100,4 +100,15 @@ def set_config(app, key, value):
         app.assets.fill.calibrate(app.cfg["bin_empty_mm"], app.cfg["bin_full_mm"])
     if app.assets.extra is not None:
         app.assets.extra.reconfigure(key, app.cfg)
+    f = getattr(app, "field", None)
+    if f and key in (f.get("fields") or {}):
+        # An installer had changed it on site: the back office's value is in effect now, so it is
+        # no longer a field change, and the status says so at once (lanterne/field.py).
+        try:
+            from lanterne import field
+
+            app.field = field.forget(key)
+        except (OSError, MemoryError):
+            pass  # (a full flash, no heap for the module: the record stays as it was; the config change stands)
+        app.ask_status()
     return cmd.OK, b""

@@ -1,10 +1,12 @@
 # Lanterne field changes: what an installer changed on site through the setup page.
 #
 # field.json = {"n": saves so far, "hash": 16 hex digits over the changed fields and values,
-#               "fields": {field: value as saved}}: every field ever changed on site since the
-# last provisioning, with its latest value. The status carries it, so the back office and the
-# registry learn what changed (`lanterne verify` shows it, `lanterne registry accept` adopts it).
-# A fresh provisioning (a config.json the board did not write itself) clears it.
+#               "fields": {field: value as saved}}: every field changed on site since the last
+# provisioning and still in effect, with its latest value. The status carries it, so the back
+# office and the registry learn what changed (`lanterne verify` shows it, over serial or from the
+# status on the broker; `lanterne registry accept` adopts it). A fresh provisioning (a config.json
+# the board did not write itself) clears it; a field the back office sets again by command
+# (set-config) leaves it (forget), as the installer's value is no longer the one in effect.
 #
 # The setup boot decision is here too (setup_entry), so that a normal boot imports nothing of
 # setup mode (lanterne/setup_mode.py) but this small module, and drops it once the app is built
@@ -63,6 +65,24 @@ def record(changed, path=FIELD_FILE):
     for k in changed:
         fields[k] = changed[k]
     new = {"n": int(doc.get("n", 0)) + 1, "hash": digest(fields), "fields": fields}
+    _write(path, new)
+    return new
+
+
+def forget(key, path=FIELD_FILE):
+    """The back office set `key` again (a command): the value saved on site is no longer the one
+    in effect, so it is no longer a field change. Returns the record left (None: none left)."""
+    doc = load(path)
+    fields = (doc or {}).get("fields") or {}
+    if key not in fields:
+        return doc
+    del fields[key]
+    if not fields:
+        import os
+
+        os.remove(path)
+        return None
+    new = {"n": int(doc.get("n", 0)), "hash": digest(fields), "fields": fields}
     _write(path, new)
     return new
 

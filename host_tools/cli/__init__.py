@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "boards": ("boards", "list and validate the board files"),
     "flash": ("flash", "flash MicroPython onto a board with esptool: detect, erase, write, verify"),
     "provision": ("provision", "provision a board or a fleet (CSV): .mpy firmware, secrets, config, first status"),
-    "verify": ("verify", "read a board back and report its drift from the fleet registry"),
+    "verify": ("verify", "read a board back and report its drift from the registry; --broker: a fleet's field changes"),
     "label": ("label", "print a board's setup label: QR codes to join its setup Wi-Fi and open its page"),
     "registry": ("registry", "adopt what an installer changed on site (setup page) into the fleet registry"),
     "broker-files": ("broker_files", "write the broker's password and ACL files and a mosquitto.conf, from the fleet registry"),

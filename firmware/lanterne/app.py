@@ -150,7 +150,7 @@ class App:
         lamp_curve = config.parse_curve(self.cfg["lamp_curve"])
         del config
         if self.setup_via is None:  # (setup mode uses them all)
-            for name in ("lanterne.field", "lanterne.config", "lanterne.boardinfo"):
+            for name in ("lanterne.field", "lanterne.config", "lanterne.config_fields", "lanterne.boardinfo"):
                 _unload(name)
         self._build(lamp_curve)  # (a local: the App's attribute table is full, see App.ota)
         # Over-the-air updates: which slot and release run is kept; the OTA seam (lanterne/ota.py)
@@ -449,6 +449,7 @@ class App:
             _unload("lanterne.execute")
             if self.setup is None:  # (set_config loaded them; setup mode keeps them)
                 _unload("lanterne.config")
+                _unload("lanterne.config_fields")
                 _unload("lanterne.field")
                 _unload("lanterne.setup_button")
 

@@ -80,20 +80,31 @@ def ota_start(app, args):
 
 
 def set_config(app, key, value):
-    """Validate with the config schema, then write config.json (and its last known good) atomically; refuse otherwise."""
-    from lanterne import config
+    """Check with the config schema, then write config.json (and its last known good) atomically;
+    refuse otherwise. One field is checked, against the config the board runs on (the rest of it
+    was checked when it was loaded): at the board's smallest heap there is no room to validate the
+    whole file again, nor for config.py (config_fields.py holds the schema and the file's writer)."""
+    from lanterne import config_fields as config
 
+    value, why = config.field_value(key, value)
+    c = app.cfg
+    if why is None and key in ("bin_empty_mm", "bin_full_mm"):
+        full = value if key == "bin_full_mm" else c["bin_full_mm"]
+        empty = value if key == "bin_empty_mm" else c["bin_empty_mm"]
+        if full >= empty:
+            why = "bin_full_mm must be less than bin_empty_mm"
+    if why:
+        app.log("config %s=%r refused: %s" % (key, value, why))
+        return cmd.BAD_ARGUMENT, b""
     data = config.file_data()
     data[key] = value
-    cfg, errors = config.validate(data)
-    if any("'%s'" % key in e for e in errors):
-        app.log("config %s=%r refused: %s" % (key, value, "; ".join(e for e in errors if "'%s'" % key in e)))
-        return cmd.BAD_ARGUMENT, b""
     try:
-        config.save(data)
+        # the last known good too when the board runs on a config.json without errors
+        config.write(data, not app.config_errors)
     except OSError as e:
         return cmd.FAILED, b""
-    app.cfg[key] = cfg[key]
+    data = None
+    app.cfg[key] = value
     app.sample_period = app.cfg["sample_period_s"]
     app.status_period = app.cfg["status_period_s"]
     if app.assets.fill is not None and key in ("bin_empty_mm", "bin_full_mm"):

@@ -158,8 +158,9 @@ def number_range(action: Action, arg: Arg, args: dict | None = None) -> tuple[in
 def config_range(key: str) -> tuple[int, int] | None:
     """The whole numbers the firmware's config schema accepts for `key` on its own (rules between
     fields, such as bin_full_mm < bin_empty_mm, are checked against the device's config in `parse`)."""
-    kind, _default, check = firmware_config().SCHEMA[key]
-    return _interval(lambda v: check is None or check(float(v) if kind is float else v) is None)
+    config = firmware_config()
+    kind = config.SCHEMA[key][0]
+    return _interval(lambda v: config.check(key, float(v) if kind is float else v) is None)
 
 
 def _span(r: tuple[int, int] | None, unit: str = "") -> str:

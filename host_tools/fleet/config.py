@@ -8,35 +8,25 @@ schema's type; `parse_broker_url` reads the `broker` field's mqtt:// or mqtts://
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import threading
 import urllib.parse
 
 from host_tools.fleet import ProvisionError
 from host_tools.fleet.registry import SECRET_FIELDS
+from host_tools.runtime import firmware_module
 from host_tools.runtime.paths import FIRMWARE
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 # The provisioning flags and the config fields they set.
 FLAG_FIELDS = ("site", "lat", "lon", "bin_empty_mm", "bin_full_mm", "broker")
 
-_schema_lock = threading.Lock()
-_schema_module = None
 
 
 def firmware_config():
-    """firmware/lanterne/config.py loaded as a standalone module (it only imports json)."""
-    global _schema_module
-    with _schema_lock:
-        if _schema_module is None:
-            spec = importlib.util.spec_from_file_location("lanterne_firmware_config", FIRMWARE / "lanterne" / "config.py")
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            _schema_module = mod
-    return _schema_module
+    """firmware/lanterne/config.py, the board's own module (its schema: lanterne/config_fields.py)."""
+    return firmware_module("config")
 
 
 def board_transport(board) -> str:

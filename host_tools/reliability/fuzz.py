@@ -62,11 +62,11 @@ def check_config_json(data: bytes, folder: Path) -> None:
     defaults = config.defaults()
     if set(cfg) != set(defaults):
         raise FuzzFailure(f"config.load returned other fields than the schema's: {sorted(set(cfg) ^ set(defaults))}")
-    for key, (kind, default, check) in config.SCHEMA.items():
+    for key, (kind, default, _check) in config.SCHEMA.items():
         v = cfg[key]
         if v == default:
             continue
-        if not isinstance(v, kind) or isinstance(v, bool) or (check and check(v)):
+        if not isinstance(v, kind) or isinstance(v, bool) or config.check(key, v):
             raise FuzzFailure(f"config.load kept field {key!r} = {v!r}, which its schema refuses")
     if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
         raise FuzzFailure("config.load's errors are not a list of strings")

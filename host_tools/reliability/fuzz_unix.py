@@ -69,9 +69,9 @@ def t_config(i, data):
         fail("config_json", i, data, repr(e))
     d = config.defaults()
     for k in config.SCHEMA:
-        kind, default, check = config.SCHEMA[k]
+        kind, default, _check = config.SCHEMA[k]
         v = cfg[k]
-        if v != default and (not isinstance(v, kind) or isinstance(v, bool) or (check and check(v))):
+        if v != default and (not isinstance(v, kind) or isinstance(v, bool) or config.check(k, v)):
             fail("config_json", i, data, "kept a refused value for " + k)
 def t_board(i, data):
     with open(TMP + "/board.json", "wb") as f:

@@ -25,6 +25,9 @@
 #   fits()      airtime.Budget: the sub-band's 1 % duty cycle and the daily cap (config).
 #   silence     no downlink for SILENCE_MS: the next uplinks carry a LinkCheckReq; LINKCHECKS
 #               unanswered in a row and the board joins again.
+#   deep sleep  a battery wake keeps the budget and the silence detection in RTC memory
+#               (transport/lorawan_state.py, loaded by lanterne/wake.py); a mains board's reboot
+#               starts them afresh (docs/lorawan.md, "Across reboots and deep sleep").
 # Every failure (no answer, busy, a reset banner, garbage, a lost session) is a reason in
 # last_error (the app shows it as a fault); nothing here raises out of the link.
 import time
@@ -126,7 +129,7 @@ class LorawanLink(Link):
         self.last_fault = None  # the last failure that did not take the link down (busy, refused)
         self._mono = 0  # ms since the link was made, never wrapping (ticks_ms does)
         self._tick = time.ticks_ms()
-        self._heard = 0  # _mono of the last downlink (or the join)
+        self._heard = 0  # _mono of the last downlink (or the join); a session the module kept does not reset it
         self._misses = 0  # link checks unanswered in a row
         self._evt = None  # the event awaited: JOINED / JOIN_FAILED_* or TX_DONE / SEND_CONFIRMED_*
         self._flags = F_SPREAD
@@ -184,9 +187,7 @@ class LorawanLink(Link):
         try:
             if why is None:
                 self._came_up()
-                self._heard = self.now()
-                self._misses = 0
-                self.fopts = 0
+                self.fopts = 0  # (a LinkCheckReq the modem still holds is asked for again when due)
                 j.keep_failures(self)
                 await self._read_dr()
                 return True

@@ -400,6 +400,9 @@ class Wake:
             if time.ticks_diff(listen_until, time.ticks_ms()) <= 0:
                 break
             await link.maintain()  # lets the link's reader take a queued command (~200 ms)
+        if not link.up and link.last_error:  # went down on the way (LoRaWAN: a lost session found)
+            self.faults["link"] = link.last_error
+            self.log("link: %s" % link.last_error)
         self.st.unsent = self.outbox.pending
         self.handle_commands()
         self._save_acks()

@@ -92,8 +92,9 @@ def resume(link, data, wall_s):
     """A fresh LorawanLink continues from a kept state (True), or starts cold (False)."""
     import time
 
-    from lanterne.transport.lorawan import F_REJOIN, F_SPREAD
+    from lanterne.transport.lorawan import F_KEPT, F_REJOIN, F_SPREAD
 
+    link._flags |= F_KEPT  # connect() leaves the silence alone: a session the module kept is no downlink
     got = restore(link.budget, data, wall_s) if data else None
     if got is None:
         cold(link.budget, link.now())

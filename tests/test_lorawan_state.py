@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
-
 from host_tools.runtime import unix_port
 from host_tools.runtime.paths import FIRMWARE
 from tests.test_lorawan_driver import HEAP, MODEM

@@ -63,6 +63,8 @@ now6 = S.restore(b6, again, 1000600)[0]
 out["used_repacked"] = b6.used_ms(now6)
 # refused: another version, cut short, nothing
 out["refused"] = [S.restore(airtime.Budget(1), x, 0) is None for x in (b"\x02" + data[1:], data[:-1], b"")]
+# a wake may skip the modem when not even one byte at DR5 fits the cap: 8.5 s spent
+out["spent"] = [S.cap_spent(data, 1000600, cap) for cap in (30000, 8547, 8546)] + [S.cap_spent(data, 1000000 + 90000, 8500), S.cap_spent(b"", 0, 1)]
 # cold (a power cut): half the cap counted in the current hour, for 24 hours
 c = airtime.Budget(30000)
 S.cold(c, 12345)
@@ -88,6 +90,8 @@ def _check_round_trip(got: dict) -> None:
     assert got["used_25_h_later"] == 0 and got["wait_25_h_later"] == 0
     assert got["used_repacked"] == got["used_before"]
     assert got["refused"] == [True, True, True]
+    # room left: 30 s, or exactly the 47 ms of a 1-byte uplink at DR5; 1 ms short; a day later; no state
+    assert got["spent"] == [False, False, True, False, False]
     assert got["cold_used"] == 15000 and got["cold_used_23h"] == 15000 and got["cold_used_24h"] == 0
     assert got["cold_wait"] == 0 and got["cold_wait_over"] == -1
 

@@ -299,7 +299,11 @@ class Wake:
         kind = "sample"
         if send_due(st, now, pending, alarm_changed, self.cold, self.acks, status_late):
             kind = "send"
-            if await self.send(status_due):
+            if self._cap_spent(now):
+                # LoRaWAN over its daily airtime cap: not even the smallest uplink may go, so the modem
+                # is not woken to be refused; the readings wait in the store, the schedule goes on
+                kind = "held"
+            elif await self.send(status_due):
                 st.alarm = alarm
             else:
                 st.last_send = now  # no link now: the next try waits a send period (an alarm still goes at once)
@@ -316,6 +320,13 @@ class Wake:
         return kind
 
     # -- sending -------------------------------------------------------------------------
+    def _cap_spent(self, now):
+        if self.cfg["transport"] != "lorawan" or not self.st.link:
+            return False
+        from lanterne.transport import lorawan_state
+
+        return lorawan_state.cap_spent(self.st.link, now, self.cfg["lorawan_airtime_s"] * 1000)
+
     def _link(self):
         t = self.cfg["transport"]
         if t == "mqtt":

@@ -74,6 +74,16 @@ def restore(budget, data, wall_s):
     return v[2] + elapsed * 1000, v[2] - v[4], v[5], bool(v[6] & R_REJOIN)
 
 
+def cap_spent(data, wall_s, cap_ms):
+    """Whether a kept state says the daily cap (`cap_ms`) leaves no room now for even the smallest
+    uplink (one byte at DR5): a battery wake need not wake the modem to learn it. False when unsure."""
+    from lanterne.transport import airtime
+
+    b = airtime.Budget(cap_ms)
+    got = restore(b, data, wall_s)
+    return got is not None and b.wait_ms(got[0], airtime.uplink_ms(1, 5)) < 0
+
+
 def cold(budget, now):
     # No state: half of the daily cap counted as spent in the hour before (see the header).
     h = now // _HOUR_MS

@@ -146,7 +146,8 @@ def test_a_bin_over_its_daily_cap_waits_for_the_day_to_roll_and_loses_nothing():
     # and nothing is lost or sent twice: every reading arrived once, or is still in the store
     assert rep["missing"] == [] and rep["duplicated"] == 0 and rep["dropped"] == 0, rep
     assert rep["stored"] >= 60 and rep["delivered"] + rep["in_store"] == rep["stored"], rep
-    assert rep["delivered"] > len([1 for u in ups if u[0] < resumed]), rep  # some of the backlog after the roll
+    # the backlog went once the day rolled: the first day's uplinks carried a reading or two each
+    assert rep["delivered"] >= 2 * len(first) + 25, (rep, first)
 
 
 def test_a_bin_whose_session_the_network_lost_joins_again_after_the_silence():

@@ -1,8 +1,9 @@
 # Lanterne LoRaWAN link state across a deep sleep (docs/lorawan.md, "Across deep sleep"): what the
 # airtime budget (the daily cap's hourly buckets, when the sub-band reopens) and the silence
 # detection (time since the last downlink, link checks unanswered, a join asked for) need, packed
-# in 67 bytes that lanterne/wake.py keeps in RTC memory. Loaded on a battery board's send wakes
-# only. keep()/resume() work on a LorawanLink; pack()/restore() are pure (CPython runs them too).
+# in 67 bytes that lanterne/wake.py keeps in RTC memory. Loaded on a battery board's wakes that
+# have a frame due (never on a sample-only wake, nor on a mains board). keep()/resume() work on a
+# LorawanLink; pack(), restore(), cap_spent() and cold() are pure (CPython runs them too).
 #
 # The link's clock (LorawanLink.now(): ms since the link was made) starts again at every wake. The
 # state is packed relative to the start of the oldest hour the daily cap still counts, with the

@@ -41,7 +41,8 @@ def test_state_round_trips_and_a_damaged_one_is_refused():
     assert struct.calcsize(wake._FMT) == wake._LEN
     st = wake.State(7, 1_800_000_000, 600, 3600)
     st.flags, st.unsent, st.alarm, st.wakes = wake.F_SYNCED, 5, 1, 99
-    st.extra = bytes(range(40))  # the link's own state rides along
+    st.link = bytes(range(100, 167))  # the link's own state rides along (LoRaWAN: airtime, silence)
+    st.extra = bytes(range(40))  # and the delivery state
     data = st.pack()
     back = wake.State.load(data)
     assert vars(back) == vars(st)
@@ -51,6 +52,10 @@ def test_state_round_trips_and_a_damaged_one_is_refused():
         assert wake.State.load(bytes(bad)) is None
     assert wake.State.load(b"") is None
     assert wake.State.load(data[:-1]) is None and wake.State.load(data + b"\0") is None  # cut short, or longer
+    assert len(data) == 42 + 67 + 40 + 2
+    assert data[:3] == b"BL\x02"  # what lanterne/power.py recognises after a deep-sleep wake
+    st.link = b""
+    assert wake.State.load(st.pack()).extra == st.extra  # no link state: the delivery state still found
     # the cadence: a late wake keeps the grid, missed periods are skipped
     assert wake.next_after(1000, 600, 999) == 1000
     assert wake.next_after(1000, 600, 1000) == 1600

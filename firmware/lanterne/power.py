@@ -4,7 +4,7 @@
 import machine
 
 _DEEPSLEEP_RESET = 4
-_STATE_HEAD = b"BL\x01"  # lanterne.wake.State in RTC memory: magic 0x4C42 (little-endian), version 1
+_STATE_HEAD = b"BL\x02"  # lanterne.wake.State in RTC memory: magic 0x4C42 (little-endian), version 2
 
 
 def _setting(path, board):

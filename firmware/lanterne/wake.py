@@ -13,14 +13,17 @@
 #   RTC memory (this module's State, 44 bytes + the link's state, CRC-checked): the schedule (next sample), the
 #     batching state (when the last frame went, readings appended since), when the last status
 #     and clock sync were, the run number of the board's clock (boot), the alarm level last
-#     reported, whether the clock is synced, whether the LoRaWAN session is up.
+#     reported, whether the clock is synced, whether the LoRaWAN session is up; over LoRaWAN
+#     also the airtime budget and the silence detection (67 bytes, transport/lorawan_state.py)
+#     and the delivery ledger's bookkeeping (pack_outbox, at most 714 bytes).
 #   flash: the readings (store/), the command counter and key (cmdstate.json), acks not yet
 #     delivered (acks.pending), config.json, boot.count.
 #   The modem's own NVM: the LoRaWAN session (DevAddr, keys, frame counters).
 # RTC memory lost (a power cut, EN, a new battery): a cold start. The next boot number is taken
 # (readings of the old run keep their sampling times only if the clock was synced), the board
 # samples and sends at once, and the schedule starts again from now. Nothing stored is lost: the
-# store, the command counter and the pending acks are on flash.
+# store, the command counter and the pending acks are on flash. A LoRaWAN link starts with half
+# its daily airtime cap counted as spent (it cannot know what it sent before the cut).
 import struct
 import time
 
@@ -35,13 +38,14 @@ except ImportError:  # CPython: State, next_after and send_due are pure (tests r
 
 
 _MAGIC = const(0x4C42)
-_VERSION = const(1)
+_VERSION = const(2)  # (lanterne/power.py reads the magic and this byte)
 # magic, version, flags, boot, wakes, next sample, last send, last status, last sync (board clock,
-# seconds), unsent readings, alarm level last sent, sample period, send period, length of what
-# follows (the link's own state: extra), then extra, then a CRC-16 over all of it
-_FMT = "<HBBIIiiiiHBxIIH"
+# seconds), unsent readings, alarm level last sent, length of the link's state (link), sample
+# period, send period, length of the delivery state (extra); then link, then extra, then a CRC-16
+# over all of it
+_FMT = "<HBBIIiiiiHBBIIH"
 _LEN = const(42)  # the header
-_EXTRA_MAX = const(1900)  # RTC memory is 2048 bytes
+_EXTRA_MAX = const(1900)  # RTC memory is 2048 bytes: the link's state and extra together at most
 F_SYNCED = const(1)  # the board's clock was set from NTP (or the network) and has run on since
 F_JOINED = const(2)  # the LoRaWAN session is up (the modem keeps it in its NVM)
 _EXT0_WAKE = const(2)
@@ -80,7 +84,8 @@ class State:
         self.alarm = 0
         self.sample_period = sample_period
         self.send_period = send_period
-        self.extra = b""  # the link's state across sleeps (LoRaWAN: what is in flight, lanterne/delivery.py)
+        self.link = b""  # the link's state across sleeps (LoRaWAN: airtime budget, silence: transport/lorawan_state.py)
+        self.extra = b""  # the delivery state across sleeps (LoRaWAN: what is in flight, lanterne/delivery.py)
 
     @classmethod
     def load(cls, data):
@@ -89,22 +94,25 @@ class State:
             return None
         v = struct.unpack_from(_FMT, data, 0)
         n = len(data)
-        if v[0] != _MAGIC or v[1] != _VERSION or n != _LEN + v[13] + 2 or data[n - 2] | data[n - 1] << 8 != _crc(data, n - 2):
+        if v[0] != _MAGIC or v[1] != _VERSION or n != _LEN + v[11] + v[14] + 2 or data[n - 2] | data[n - 1] << 8 != _crc(data, n - 2):
             return None
-        s = cls(v[3], 0, v[11], v[12])
-        s.extra = bytes(data[_LEN : n - 2])
+        s = cls(v[3], 0, v[12], v[13])
+        s.link = bytes(data[_LEN : _LEN + v[11]])
+        s.extra = bytes(data[_LEN + v[11] : n - 2])
         s.flags, s.wakes, s.next_sample, s.last_send, s.last_status, s.last_sync, s.unsent, s.alarm = (
             v[2], v[4], v[5], v[6], v[7], v[8], v[9], v[10])
         return s
 
     def pack(self):
-        extra = self.extra if len(self.extra) <= _EXTRA_MAX else b""  # too much: the link starts afresh
-        n = _LEN + len(extra)
+        link = self.link if len(self.link) < 256 else b""  # too much: the link starts afresh
+        extra = self.extra if len(link) + len(self.extra) <= _EXTRA_MAX else b""
+        n = _LEN + len(link) + len(extra)
         buf = bytearray(n + 2)
         struct.pack_into(_FMT, buf, 0, _MAGIC, _VERSION, self.flags, self.boot, self.wakes, self.next_sample,
-                         self.last_send, self.last_status, self.last_sync, self.unsent, self.alarm,
+                         self.last_send, self.last_status, self.last_sync, self.unsent, self.alarm, len(link),
                          self.sample_period, self.send_period, len(extra))
-        buf[_LEN:n] = extra
+        buf[_LEN : _LEN + len(link)] = link
+        buf[_LEN + len(link) : n] = extra
         c = _crc(buf, n)
         buf[n] = c & 0xFF
         buf[n + 1] = c >> 8
@@ -291,7 +299,11 @@ class Wake:
         kind = "sample"
         if send_due(st, now, pending, alarm_changed, self.cold, self.acks, status_late):
             kind = "send"
-            if await self.send(status_due):
+            if self._cap_spent(now):
+                # LoRaWAN over its daily airtime cap: not even the smallest uplink may go, so the modem
+                # is not woken to be refused; the readings wait in the store, the schedule goes on
+                kind = "held"
+            elif await self.send(status_due):
                 st.alarm = alarm
             else:
                 st.last_send = now  # no link now: the next try waits a send period (an alarm still goes at once)
@@ -300,9 +312,21 @@ class Wake:
             self.outbox.pending, st.next_sample - self.now()))
         if self.outbox is not self.store:
             st.extra = pack_outbox(self.outbox)
+        if self.link is not None and self.cfg["transport"] == "lorawan":
+            # the airtime budget and the silence detection (a sample-only wake carries them as they are)
+            from lanterne.transport import lorawan_state
+
+            st.link = lorawan_state.keep(self.link, self.now())
         return kind
 
     # -- sending -------------------------------------------------------------------------
+    def _cap_spent(self, now):
+        if self.cfg["transport"] != "lorawan" or not self.st.link:
+            return False
+        from lanterne.transport import lorawan_state
+
+        return lorawan_state.cap_spent(self.st.link, now, self.cfg["lorawan_airtime_s"] * 1000)
+
     def _link(self):
         t = self.cfg["transport"]
         if t == "mqtt":
@@ -321,6 +345,9 @@ class Wake:
             return None
         uart, why = open_uart(self.board)
         link = LorawanLink(self.cfg, uart, self.on_downlink, why)  # no join while the modem keeps its session
+        from lanterne.transport import lorawan_state
+
+        lorawan_state.resume(link, self.st.link, self.now())  # the day's airtime, the silence so far
         if self.outbox is not self.store:
             link.on_ledger = self.outbox.ledger
         return link
@@ -384,6 +411,9 @@ class Wake:
             if time.ticks_diff(listen_until, time.ticks_ms()) <= 0:
                 break
             await link.maintain()  # lets the link's reader take a queued command (~200 ms)
+        if not link.up and link.last_error:  # went down on the way (LoRaWAN: a lost session found)
+            self.faults["link"] = link.last_error
+            self.log("link: %s" % link.last_error)
         self.st.unsent = self.outbox.pending
         self.handle_commands()
         self._save_acks()

@@ -341,6 +341,17 @@ class NetworkServer:
         self.captured.append({"dir": "down", "phy": phy.hex()})
         return self._downlink_id
 
+    def forget_session(self, dev_eui: str) -> bool:
+        """Lose a device's session as a network server restored from an old backup, or a device
+        deleted and created again, does: its uplinks are then dropped (unknown DevAddr) and nothing
+        answers it, until it joins again (the device itself stays registered). True if it had one."""
+        with self._lock:
+            gone = self.sessions.pop(dev_eui.lower(), None)
+            self.queues.pop(dev_eui.lower(), None)
+        if gone is not None:
+            self.counts["sessions_forgotten"] += 1
+        return gone is not None
+
     # -- queue ------------------------------------------------------------------------------------------
     def enqueue(self, dev_eui: str, fport: int, data: bytes, confirmed: bool = False) -> QueueItem | None:
         dev = self.devices.get(dev_eui.lower())

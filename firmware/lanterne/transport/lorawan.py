@@ -25,6 +25,9 @@
 #   fits()      airtime.Budget: the sub-band's 1 % duty cycle and the daily cap (config).
 #   silence     no downlink for SILENCE_MS: the next uplinks carry a LinkCheckReq; LINKCHECKS
 #               unanswered in a row and the board joins again.
+#   deep sleep  a battery wake keeps the budget and the silence detection in RTC memory
+#               (transport/lorawan_state.py, loaded by lanterne/wake.py); a mains board's reboot
+#               starts them afresh (docs/lorawan.md, "Across reboots and deep sleep").
 # Every failure (no answer, busy, a reset banner, garbage, a lost session) is a reason in
 # last_error (the app shows it as a fault); nothing here raises out of the link.
 import time
@@ -59,6 +62,7 @@ F_REJOIN = const(2)  # join at the next connect even if the module holds a sessi
 F_SPREAD = const(4)  # the first join since boot is still to wait its random spread
 F_CHANGED = const(8)  # _setting() wrote something
 F_MARKED = const(16)  # the state file asks for a join (provisioning wrote a new identity): cleared once up
+F_KEPT = const(32)  # the silence is carried across deep sleeps (lorawan_state.resume): only a join resets it
 
 
 def open_uart(board):
@@ -126,7 +130,7 @@ class LorawanLink(Link):
         self.last_fault = None  # the last failure that did not take the link down (busy, refused)
         self._mono = 0  # ms since the link was made, never wrapping (ticks_ms does)
         self._tick = time.ticks_ms()
-        self._heard = 0  # _mono of the last downlink (or the join)
+        self._heard = 0  # _mono of the last downlink, the join, or (always-on links) the last connect
         self._misses = 0  # link checks unanswered in a row
         self._evt = None  # the event awaited: JOINED / JOIN_FAILED_* or TX_DONE / SEND_CONFIRMED_*
         self._flags = F_SPREAD
@@ -156,7 +160,10 @@ class LorawanLink(Link):
             return True
         if kind == READINGS:
             nbytes -= 1
-        return self.budget.wait_ms(self.now(), airtime.uplink_ms(nbytes, self.dr, self.fopts)) == 0
+        wait = self.budget.wait_ms(self.now(), airtime.uplink_ms(nbytes, self.dr, self.fopts))
+        if wait < 0:  # (a smaller frame might still have gone: max_frame() said so)
+            self._fault("lorawan: airtime budget: the daily cap of %d s is used up" % (self.budget.cap_ms // 1000))
+        return wait == 0
 
     def ack_frame(self, ack, key):
         # The compact ack (FPort 11, ledger.build_ack) of an MQTT-format ack frame (commands.py:
@@ -184,9 +191,12 @@ class LorawanLink(Link):
         try:
             if why is None:
                 self._came_up()
-                self._heard = self.now()
-                self._misses = 0
-                self.fopts = 0
+                if not self._flags & F_KEPT:
+                    # always on: the silence counts from each connect (an idle failover link heard
+                    # nothing because it sent nothing); a battery wake's link carries it instead
+                    self._heard = self.now()
+                    self._misses = 0
+                self.fopts = 0  # (a LinkCheckReq the modem still holds is asked for again when due)
                 j.keep_failures(self)
                 await self._read_dr()
                 return True

@@ -127,6 +127,8 @@ async def bring_up(link):
     link.counts[C_JOINS] += 1
     if evt == "JOINED":
         link._flags &= ~(F_REJOIN | F_RESET)
+        link._heard = link.now()  # the join accept is a downlink: silence counts from here
+        link._misses = 0
         return None
     if evt is None:
         return "lorawan: join: no JOINED or JOIN_FAILED within %d ms" % link.join_ms

@@ -182,7 +182,7 @@ def test_what_each_frame_carried_is_what_the_back_office_decodes(got):
     for case in ("a", "c", "m"):
         run = got[case]
         assert len(run["frames"]) == len(run["carried"])
-        for frame, carried in zip(run["frames"], run["carried"]):
+        for frame, carried in zip(run["frames"], run["carried"], strict=True):
             assert [r["seq"] for r in frame_readings(frame)] == carried
 
 

@@ -3,7 +3,8 @@ the board's UART, the RAK3172 twin, gateways and the emulated network server on 
 office's uplink service over the ChirpStack and The Things Stack integrations. What a city's LoRaWAN
 engineer checks: the board joins (after injected failures), its readings decode on the host, a signed
 command arrives as a class-A downlink and is obeyed, its compact ack verifies, and with uplinks lost
-every reading still arrives exactly once, the delivery ledger spending no more downlinks than allowed."""
+every reading still arrives exactly once, the delivery ledger spending no more downlinks than allowed; a
+reading with a fault flag goes up ahead of readings that waited."""
 
 from __future__ import annotations
 
@@ -149,13 +150,13 @@ def test_a_fault_reading_goes_up_ahead_of_the_backlog(virtual_boards, mosquitto)
             h.world.clear("lorawan")
             h.wait_for(r"connected to the LoRaWAN network as Bin_Alarm", since=since, timeout=90)
             readings = lambda: [e["reading"] for e in events(svc, "reading")][before:]  # noqa: E731
-            alarms = lambda: [r["seq"] for r in readings() if FAULTS <= set(r["status"])]  # noqa: E731
+            alarms = lambda: [r["seq"] for r in readings() if FAULTS & set(r["status"])]  # noqa: E731
             wait(lambda: alarms() and svc.stats()[name]["next_seq"] > max(alarms()), 90,
                  "the fault readings and every reading before them")
             got = readings()
             # the first uplink after the modem came back: the fault readings only
             first_frame = [e["reading"] for e in events(svc, "reading")[before:] if e["fcnt"] == events(svc, "reading")[before]["fcnt"]]
-            assert first_frame and all(FAULTS <= set(r["status"]) for r in first_frame), [(r["seq"], r["status"]) for r in got[:8]]
+            assert first_frame and all(FAULTS & set(r["status"]) for r in first_frame), [(r["seq"], r["status"]) for r in got[:8]]
             # readings older than them waited in the store and came after them
             older = [r["seq"] for r in got[len(first_frame):] if r["seq"] < first_frame[0]["seq"]]
             assert older and not any(FAULTS & set(r["status"]) for r in got if r["seq"] in older), [(r["seq"], r["status"]) for r in got[:12]]
@@ -207,7 +208,6 @@ def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_the_
             # board keeps sampling meanwhile: a class-A device hears the network only after an uplink of its own,
             # so the ledger that repairs its last lost uplink rides on the RX window of a later one.
             sampled = flash_next_seq(h, tmp_path)
-            assert sampled > max(e["reading"]["seq"] for e in events(svc, "reading"))  # some not arrived yet
             wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 150, f"every reading of the {sampled} sampled")
             seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
             assert sorted(s for s in seqs if s < sampled) == list(range(sampled))  # each exactly once

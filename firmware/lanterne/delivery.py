@@ -14,10 +14,11 @@
 # now. With confirmed uplinks (lorawan_confirmed) the network's ACK is the delivery: `taken`
 # commits as MQTT's PUBACK does.
 #
-# State in RAM: the alarm readings waiting to go ahead of their turn (at most ALARMS; beyond, and
-# while MAX_EARLY went ahead of a cursor that has not caught up, they go in order), the seqs in flight by uplink ([first, end, uplink] ranges, at most MAX_INFLIGHT:
-# the oldest is forgotten first, its readings stay in the store and go again when a ledger lists
-# them missing), the seqs to send again ([first, end] ranges), the next seq never sent. On flash:
+# State in RAM: the alarm readings waiting to go ahead of their turn (at most ALARMS; beyond, or
+# while _MAX_EARLY readings sent ahead wait for the in-order cursor to pass them, alarms go in
+# order), the readings sent ahead of their turn, the seqs in flight by uplink ([first, end, uplink]
+# ranges, at most MAX_INFLIGHT: the oldest is forgotten first, its readings stay in the store and
+# go again when a ledger lists them missing), the seqs to send again ([first, end] ranges), the next seq never sent. On flash:
 # the last verified ledger (ledger.bin, 50 bytes at most): its counter refuses a replay after a
 # reboot, and what it acknowledged beyond `next` is not sent again.
 try:
@@ -32,7 +33,7 @@ LEDGER_FILE = "ledger.bin"
 MAX_INFLIGHT = const(48)
 MAX_RESEND = const(16)
 ALARMS = const(16)  # alarm readings remembered to go ahead of the backlog (beyond: in order)
-MAX_EARLY = const(32)  # readings gone ahead of the in-order cursor, remembered until it passes them
+_MAX_EARLY = const(32)  # readings gone ahead of the in-order cursor, remembered until it passes them
 
 
 # -- the store, read and committed the way this link needs (lanterne/store.py's own cursors: kept
@@ -169,7 +170,7 @@ class LedgerDelivery:
     def alarm(self, seq):
         """The reading stored as `seq` has an alarm or fault flag (from the app's sampling task):
         it goes in a frame of its own ahead of the backlog."""
-        if len(self.alarms) < ALARMS and len(self.early) < MAX_EARLY:
+        if len(self.alarms) < ALARMS and len(self.early) < _MAX_EARLY:
             self.alarms.append(seq)
 
     def _alarm_batch(self, budget, max_records):

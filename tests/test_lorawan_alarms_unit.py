@@ -163,8 +163,22 @@ def many_alarms(folder):
     out["alarms_max"] = ALARMS
     return out
 
+def sensor_gone(folder):
+    # a sensor gone for good and a reading a frame: each frame finds a new alarm waiting. Those sent
+    # ahead of the backlog are bounded (the in-order cursor must pass them to forget them): then the
+    # backlog moves again
+    b = Board(folder + "/g")
+    for i in range(5):
+        b.sample(0)
+    for i in range(45):
+        b.sample(TEMP_FAULT)
+        b.uplink_once()
+    b.drain()
+    b.ledger()
+    return b.result()
+
 def run(folder):
-    return {"a": backlog_then_alarms(folder), "c": confirmed(folder), "m": many_alarms(folder)}
+    return {"a": backlog_then_alarms(folder), "c": confirmed(folder), "m": many_alarms(folder), "g": sensor_gone(folder)}
 """
 
 
@@ -179,7 +193,7 @@ def frame_readings(hexframe):
 
 
 def test_what_each_frame_carried_is_what_the_back_office_decodes(got):
-    for case in ("a", "c", "m"):
+    for case in ("a", "c", "m", "g"):
         run = got[case]
         assert len(run["frames"]) == len(run["carried"])
         for frame, carried in zip(run["frames"], run["carried"], strict=True):
@@ -231,3 +245,15 @@ def test_alarms_beyond_the_limit_go_in_order_each_once(got):
     assert sent[n:] == [0, 1, 2, 3, 4] + list(range(5 + n, 5 + n + 6))
     assert len(m["frames"]) > 2  # (51-byte frames: the alarms took more than one)
     assert m["pending"] == 0
+
+
+def test_a_sensor_gone_for_good_does_not_hold_the_backlog_back_forever(got):
+    g = got["g"]
+    frames = g["carried"]
+    # each new fault reading went alone, ahead of the five waiting, until 32 had gone ahead of them
+    assert frames[:32] == [[s] for s in range(5, 37)]
+    # then the backlog, whatever alarms keep coming; each reading exactly once, all freed
+    assert frames[32][:5] == [0, 1, 2, 3, 4]
+    sent = [s for c in frames for s in c]
+    assert sorted(sent) == list(range(50)) and g["have"] == list(range(50))
+    assert g["pending"] == 0

@@ -8,19 +8,19 @@
 # (transport/failover.py). Pure: runs on MicroPython and CPython.
 #
 # It stands in for the store in the uplink step (lanterne/uplink.py): `peek()` picks what to
-# send now (alarms first, then resends, then readings never sent), `taken(batch)` is called once the link put
-# a frame on air (it commits nothing: it remembers which uplink carried which seqs), `ack(batch)`
-# commits at once (a record no frame can carry, skipped), `pending` counts what is to be sent
-# now. With confirmed uplinks (lorawan_confirmed) the network's ACK is the delivery: `taken`
-# commits as MQTT's PUBACK does.
+# send now (alarms first, then resends, then readings never sent), `taken(batch)` is called once
+# the link put a frame on air (it commits nothing: it remembers which uplink carried which seqs),
+# `ack(batch)` commits at once (a record no frame can carry, skipped), `pending` counts what is
+# to be sent now. With confirmed uplinks (lorawan_confirmed) the network's ACK is the delivery:
+# `taken` commits as MQTT's PUBACK does.
 #
 # State in RAM: the alarm readings waiting to go ahead of their turn (at most ALARMS; beyond, or
 # while _MAX_EARLY readings sent ahead wait for the in-order cursor to pass them, alarms go in
 # order), the readings sent ahead of their turn, the seqs in flight by uplink ([first, end, uplink]
 # ranges, at most MAX_INFLIGHT: the oldest is forgotten first, its readings stay in the store and
-# go again when a ledger lists them missing), the seqs to send again ([first, end] ranges), the next seq never sent. On flash:
-# the last verified ledger (ledger.bin, 50 bytes at most): its counter refuses a replay after a
-# reboot, and what it acknowledged beyond `next` is not sent again.
+# go again when a ledger lists them missing), the seqs to send again ([first, end] ranges), the
+# next seq never sent. On flash: the last verified ledger (ledger.bin, 50 bytes at most): its
+# counter refuses a replay after a reboot, and what it acknowledged beyond `next` is not sent again.
 try:
     from micropython import const
 except ImportError:  # CPython

@@ -20,8 +20,8 @@
 #               an alarm or fault flag sampled since (`alarm(seq)`: the ledger's own alarms-first
 #               bookkeeping, as on a LoRaWAN-only board), each frame of them sent ahead of the
 #               backlog, then the rest in order, batched by the budget. Each time the board fails
-#               over, the ledger's bookkeeping starts afresh from what the store still holds. MQTT is tried again on its own backoff; when it
-#               connects, the rest goes over it.
+#               over, the ledger's bookkeeping starts afresh from what the store still holds.
+#               MQTT is tried again on its own backoff; when it connects, the rest goes over it.
 # One sequence space (the store's); commands from either link go to the one command handler
 # (one verifier, one replay counter); a command's ack goes over the link that is up when it is
 # sent (LoRaWAN: the compact ack). The status goes over MQTT only (LoRaWAN drops it: airtime).

@@ -98,7 +98,7 @@ def run(folder):
     # The broker is back: every reading not freed goes over MQTT, in the store's order, once.
     mqtt.reachable = True
     asyncio.run(fo.maintain())
-    out["mqtt_back"] = [readings(fo), readings(fo), readings(fo), readings(fo), store.pending, fo.alarms]
+    out["mqtt_back"] = [readings(fo), readings(fo), readings(fo), readings(fo), store.pending, fo.delivery.alarms]
     asyncio.run(fo.send(ACK, (b"ack-8", b"key")))
     out["ack_up"] = mqtt.sent[-1]
     out["faults"] = sorted(faults)

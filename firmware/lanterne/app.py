@@ -27,7 +27,6 @@ CMD_QUEUE = 8
 STATUS_GAP_MS = 5000  # a status on news (a fault raised or cleared ...) at most this often
 GC_EVERY = 2048  # bytes allocated between two automatic collections
 TICK_MS = const(100)  # the actuator task's period: the loop's heartbeat
-_ALARM_FLAGS = const(0x0DFF)  # transport.failover.ALARM_FLAGS: the status bits that make a reading an alarm
 _MOVING = const(2)  # actuators.relay.MOVING (not imported: a board without a bollard never loads relay.py)
 
 
@@ -326,10 +325,11 @@ class App:
 
     # -- sampling ---------------------------------------------------------------------
     async def sample_task(self):
-        from lanterne.assets import F_CONFIG, F_OVERFLOW, F_UNSYNCED
+        from lanterne.assets import ALARM_FLAGS, F_CONFIG, F_OVERFLOW, F_UNSYNCED
 
         r = self.reading
-        alarm = getattr(self.link, "alarm", None)  # failover: alarm readings go first over LoRaWAN
+        # LoRaWAN (its delivery ledger, or a failover board's link): alarm readings go first
+        alarm = getattr(self.uplink.store, "alarm", None)
         while True:
             t0 = time.ticks_ms()
             flags = await self.assets.sample(r)
@@ -349,7 +349,7 @@ class App:
                 self.faults["store"] = "store: append failed: %s" % self.store.last_error
             else:
                 self.faults.pop("store", None)
-                if alarm is not None and flags & _ALARM_FLAGS:
+                if alarm is not None and flags & ALARM_FLAGS:
                     alarm(seq)
                 self.uplink_due.set()
                 if self.ota:

@@ -16,6 +16,10 @@ _F_VOLTAGE = 1 << 5
 F_OVERFLOW = 1 << 7
 F_CONFIG = 1 << 8
 F_UNSYNCED = 1 << 9
+# the status bits that make a reading an alarm, sent ahead of a LoRaWAN backlog (lanterne/delivery.py):
+# the sensor faults (bits 0-5), tamper (6), store overflow (7), config error (8), PM and sound
+# faults (10, 11); not clock_unsynced (9) nor pm_humid (12), which are information, not alarms
+ALARM_FLAGS = 0x0DFF
 _ENV_TYPES = ("pms5003", "pms7003", "sds011", "sps30", "i2s_mic")  # lanterne.environment, loaded only when fitted
 
 LAMP_CHECK_MS = 2000  # the lamp's current sense is judged this often (4 ADC reads each time)

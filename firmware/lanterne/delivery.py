@@ -1,21 +1,26 @@
 # Lanterne delivery over a link that cannot tell what arrived: LoRaWAN's unconfirmed uplinks.
 # The readings stay in the store until a verified delivery ledger (lanterne/ledger.py, FPort 12,
 # docs/lorawan.md) says the back office has them; what it lists as missing, and what went in an
-# uplink it evidently never got, is sent again before new readings. Pure: runs on MicroPython
-# and CPython.
+# uplink it evidently never got, is sent again before new readings. Alarms go first: a reading
+# with an alarm or fault flag that the app names (`alarm(seq)`: assets.ALARM_FLAGS) goes in a
+# frame of its own ahead of the resends and the backlog, and the in-order cursor skips it when it
+# gets there. One home for it, used by a LoRaWAN-only board and by a failover board's LoRaWAN side
+# (transport/failover.py). Pure: runs on MicroPython and CPython.
 #
 # It stands in for the store in the uplink step (lanterne/uplink.py): `peek()` picks what to
-# send now (resends first, then readings never sent), `taken(batch)` is called once the link put
-# a frame on air (it commits nothing: it remembers which uplink carried which seqs), `ack(batch)`
-# commits at once (a record no frame can carry, skipped), `pending` counts what is to be sent
-# now. With confirmed uplinks (lorawan_confirmed) the network's ACK is the delivery: `taken`
-# commits as MQTT's PUBACK does.
+# send now (alarms first, then resends, then readings never sent), `taken(batch)` is called once
+# the link put a frame on air (it commits nothing: it remembers which uplink carried which seqs),
+# `ack(batch)` commits at once (a record no frame can carry, skipped), `pending` counts what is
+# to be sent now. With confirmed uplinks (lorawan_confirmed) the network's ACK is the delivery:
+# `taken` commits as MQTT's PUBACK does.
 #
-# State in RAM: the seqs in flight by uplink ([first, end, uplink] ranges, at most MAX_INFLIGHT:
-# the oldest is forgotten first, its readings stay in the store and go again when a ledger lists
-# them missing), the seqs to send again ([first, end] ranges), the next seq never sent. On flash:
-# the last verified ledger (ledger.bin, 50 bytes at most): its counter refuses a replay after a
-# reboot, and what it acknowledged beyond `next` is not sent again.
+# State in RAM: the alarm readings waiting to go ahead of their turn (at most ALARMS; beyond, or
+# while _MAX_EARLY readings sent ahead wait for the in-order cursor to pass them, alarms go in
+# order), the readings sent ahead of their turn, the seqs in flight by uplink ([first, end, uplink]
+# ranges, at most MAX_INFLIGHT: the oldest is forgotten first, its readings stay in the store and
+# go again when a ledger lists them missing), the seqs to send again ([first, end] ranges), the
+# next seq never sent. On flash: the last verified ledger (ledger.bin, 50 bytes at most): its
+# counter refuses a replay after a reboot, and what it acknowledged beyond `next` is not sent again.
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -27,6 +32,8 @@ except ImportError:  # CPython
 LEDGER_FILE = "ledger.bin"
 MAX_INFLIGHT = const(48)
 MAX_RESEND = const(16)
+ALARMS = const(16)  # alarm readings remembered to go ahead of the backlog (beyond: in order)
+_MAX_EARLY = const(32)  # readings gone ahead of the in-order cursor, remembered until it passes them
 
 
 # -- the store, read and committed the way this link needs (lanterne/store.py's own cursors: kept
@@ -119,7 +126,8 @@ class LedgerDelivery:
         self.ledger_file = ledger_file
         self.inflight = []
         self.resend = []
-        self.early = []  # seqs at or above sent_upto that went out ahead of their turn (failover's alarms)
+        self.alarms = []  # seqs of alarm readings still to go ahead of their turn, ascending
+        self.early = []  # seqs at or above sent_upto that went out ahead of their turn (alarms)
         self.sent_upto = 0  # below it (and at or above the store's head) every seq went out once since boot
         self.uplink = 0  # uplinks taken since boot
         self.last = None  # the last verified ledger
@@ -159,7 +167,34 @@ class LedgerDelivery:
     def _acked(self, seq):
         return self.last is not None and self.last.acknowledged(seq)
 
+    def alarm(self, seq):
+        """The reading stored as `seq` has an alarm or fault flag (from the app's sampling task):
+        it goes in a frame of its own ahead of the backlog."""
+        if len(self.alarms) < ALARMS and len(self.early) < _MAX_EARLY:
+            self.alarms.append(seq)
+
+    def _alarm_batch(self, budget, max_records):
+        # The alarms still to go (kept, not sent since, not acknowledged by the last ledger).
+        st = self.store
+        out = []
+        a = self.alarms
+        i = 0
+        while i < len(a) and (not max_records or len(out) < max_records) and budget > 0:
+            s = a[i]
+            got = store_read(st, s, s + 1)
+            if not got or self.sent(s) or self._acked(s):
+                a.pop(i)  # acknowledged, dropped, or gone in order already
+                continue
+            out.append(got[0])
+            budget -= len(got[0][1])
+            i += 1
+        return out
+
     def peek(self, budget=1024, max_records=0):
+        if self.alarms:
+            out = self._alarm_batch(budget, max_records)
+            if out:
+                return out  # a frame of alarms only (taken() knows them: they are in self.alarms)
         st = self.store
         head = st._head
         out = []
@@ -219,13 +254,17 @@ class LedgerDelivery:
             else:
                 i += 1
 
-    def restart(self):
+    def restart(self, alarms=True):
         # Forget what was sent: every kept reading not acknowledged by the last ledger goes again
         # (a failover board, when the readings move between its links: transport/failover.py).
+        # alarms: keep the alarms waiting (sampled while MQTT was down, before LoRaWAN came up);
+        # False forgets them too (MQTT is back: the store's order).
         self.inflight = []
         self.resend = []
         self.early = []
         self.sent_upto = 0
+        if not alarms:
+            self.alarms = []
 
     def sent(self, seq):
         # Whether seq went out since the last restart and no ledger listed it missing since.
@@ -238,17 +277,30 @@ class LedgerDelivery:
             return True
         return False
 
+    def _early(self, s):
+        # Whether s is an alarm that went (or is skipped) ahead of its turn: out of the alarms.
+        a = self.alarms
+        if a and s in a:
+            a.remove(s)
+            return True
+        return False
+
     def ack(self, batch):
-        # A record skipped for good (unreadable, too large): committed, never sent.
+        # A record skipped for good (unreadable, too large), or (confirmed uplinks) delivered:
+        # committed. An alarm ahead of its turn leaves the in-order cursor where it is (the
+        # backlog before it is still to go); one the store cannot commit out of order yet stays
+        # kept and goes again in order: at worst a duplicate the back office drops by seq.
         for item in batch:
-            _remove(self.resend, item[0])
-            if item[0] >= self.sent_upto:
-                self._advance(item[0] + 1)
+            s = item[0]
+            _remove(self.resend, s)
+            if not self._early(s) and s >= self.sent_upto:
+                self._advance(s + 1)
         return self.store.ack(batch)
 
-    def taken(self, batch, early=False):
-        # The link put a frame with these readings on air. early: readings sent ahead of their
-        # turn (failover's alarms): the next-in-order cursor stays, they are skipped when it passes.
+    def taken(self, batch):
+        # The link put a frame with these readings on air. Readings from the alarms (a frame of
+        # its own, peek()) went ahead of their turn: the next-in-order cursor stays, they are
+        # skipped when it passes.
         if self.confirmed:
             return self.ack(batch)
         u = self.uplink
@@ -257,7 +309,7 @@ class LedgerDelivery:
         for item in batch:
             s = item[0]
             _remove(self.resend, s)
-            if early:
+            if self._early(s):
                 if s >= self.sent_upto and s not in self.early:
                     self.early.append(s)
             elif s >= self.sent_upto:

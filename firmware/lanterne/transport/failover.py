@@ -17,11 +17,11 @@
 #   MQTT down   (a connect failed, or the connection was lost): LoRaWAN is brought up (joined, or
 #               its module's session resumed) and the readings go through LoRaWAN's delivery
 #               ledger (lanterne/delivery.py), within its airtime budget: first the readings with
-#               an alarm or fault flag sampled since (`alarm(seq)`, at most ALARMS of them), each
-#               frame of them sent ahead of the backlog, then the rest in order, batched by the
-#               budget. Each time the board fails over, the ledger's bookkeeping starts afresh
-#               from what the store still holds. MQTT is tried again on its own backoff; when it
-#               connects, the rest goes over it.
+#               an alarm or fault flag sampled since (`alarm(seq)`: the ledger's own alarms-first
+#               bookkeeping, as on a LoRaWAN-only board), each frame of them sent ahead of the
+#               backlog, then the rest in order, batched by the budget. Each time the board fails
+#               over, the ledger's bookkeeping starts afresh from what the store still holds.
+#               MQTT is tried again on its own backoff; when it connects, the rest goes over it.
 # One sequence space (the store's); commands from either link go to the one command handler
 # (one verifier, one replay counter); a command's ack goes over the link that is up when it is
 # sent (LoRaWAN: the compact ack). The status goes over MQTT only (LoRaWAN drops it: airtime).
@@ -29,16 +29,7 @@
 # (ota_start is refused, execute.py).
 import asyncio
 
-from micropython import const
-
-from lanterne.delivery import store_read
 from lanterne.transport.link import ACK, ONLINE, OFFLINE, READINGS
-
-ALARMS = const(16)  # alarm readings remembered to go first over LoRaWAN (beyond: in order)
-# codec status bits that make a reading go first over LoRaWAN: the sensor faults (bits 0-5),
-# tamper (6), store overflow (7), config error (8), PM and sound faults (10, 11); not
-# clock_unsynced (9) nor pm_humid (12), which are information, not alarms
-ALARM_FLAGS = const(0x0DFF)
 
 
 class Failover:
@@ -57,8 +48,6 @@ class Failover:
         self.wake = wake
         self.cur = mqtt  # the link the frame being built goes over
         self.hello = None  # the app's status, given with each MQTT connection
-        self.alarms = []  # seqs of alarm readings not yet sent over LoRaWAN, ascending
-        self.early = False  # the frame being built holds alarms only (sent ahead of the backlog)
         self.failovers = 0  # times the readings went over to LoRaWAN since boot
 
     # -- the link contract --------------------------------------------------------------------
@@ -177,29 +166,14 @@ class Failover:
 
     def _mqtt_back(self):
         self.faults.pop("mqtt", None)
-        self.alarms = []  # (in the store's order over MQTT now)
-        self.delivery.restart()
+        self.delivery.restart(alarms=False)  # (in the store's order over MQTT now)
 
     # -- alarms first ---------------------------------------------------------------------------
     def alarm(self, seq):
-        """A reading with an alarm or fault flag was stored as `seq` (from the sampling task)."""
-        if not self.mqtt.up and len(self.alarms) < ALARMS:
-            self.alarms.append(seq)
-
-    def _alarm_batch(self, budget, max_records):
-        st = self.store
-        out = []
-        a = self.alarms
-        i = 0
-        while i < len(a) and (not max_records or len(out) < max_records) and budget > 0:
-            got = store_read(st, a[i], a[i] + 1)
-            if not got or self.delivery.sent(a[i]):
-                a.pop(i)  # acknowledged, dropped, or gone in order already
-                continue
-            out.append(got[0])
-            budget -= len(got[0][1])
-            i += 1
-        return out
+        """A reading with an alarm or fault flag was stored as `seq` (from the sampling task): it
+        goes first over LoRaWAN (lanterne/delivery.py keeps the bookkeeping); over MQTT, in order."""
+        if not self.mqtt.up:
+            self.delivery.alarm(seq)
 
     # -- the outbox contract ----------------------------------------------------------------------
     @property
@@ -209,14 +183,9 @@ class Failover:
         return self.delivery.pending  # (the alarms are kept readings it counts)
 
     def peek(self, budget=1024, max_records=0):
-        self.early = False
         if self.cur is self.mqtt:
             return self.store.peek(budget=budget, max_records=max_records)
-        out = self._alarm_batch(budget, max_records)
-        if out:
-            self.early = True
-            return out
-        return self.delivery.peek(budget, max_records)
+        return self.delivery.peek(budget, max_records)  # (the alarms first)
 
     def ack(self, batch):
         if self.cur is self.mqtt:
@@ -226,8 +195,4 @@ class Failover:
     def taken(self, batch):
         if self.cur is self.mqtt:
             return self.store.ack(batch)  # its PUBACK is in
-        if self.early:
-            for item in batch:
-                if item[0] in self.alarms:
-                    self.alarms.remove(item[0])
-        return self.delivery.taken(batch, self.early)
+        return self.delivery.taken(batch)

@@ -156,9 +156,9 @@ def test_board_without_romfs_gets_the_library_on_its_filesystem(virtual_boards, 
 
 # A command that changes the config loads the config schema for the moment it runs (the app drops
 # it after boot): that needs more free heap than the 64 KB floor leaves (~4-5 KB, 64-bit bytes, in
-# the steady state; the schema module alone is ~7 KB). Measured: 68 KB works, 66 KB fails
-# (docs/benchmarks.md, "heap").
-COMMAND_FLOOR_KB = 68
+# the steady state; the schema module alone is ~7 KB). Measured: 68 KB works alone, 66 KB fails;
+# 68 KB failed once under three parallel workers, so the test is held at 70 (docs/benchmarks.md, "heap").
+COMMAND_FLOOR_KB = 70
 
 
 def test_config_commands_work_at_the_command_floor(virtual_boards, mosquitto):

@@ -1,5 +1,5 @@
 """A flash that refuses writes (docs/store.md, "A flash that refuses writes"): the store holds the
-readings it could not append in a bounded RAM ring and appends them, in order, once the flash takes
+readings it could not append in bounded RAM and appends them, in order, once the flash takes
 writes again; past the ring the oldest held are dropped, counted (on flash, once it can) and flagged.
 
 The refusal is injected at the store's file seam (its `_open`: each write fails with ENOSPC while
@@ -16,7 +16,6 @@ import pytest
 from host_tools.runtime import firmware_module
 
 store_mod = firmware_module("store")
-hold_mod = firmware_module("hold")
 
 
 def reading(i: int, n: int = 12) -> bytes:
@@ -97,26 +96,26 @@ def test_a_store_without_a_hold_drops_a_refused_reading_at_once(tmp_path, flash)
     assert s.append(reading(1)) == 0 and not s.overflow
 
 
-def test_records_of_every_size_wrap_around_the_ring_intact():
-    h = hold_mod.Hold(100)
-    out = bytearray(256)
+def test_records_of_every_size_are_held_in_order_within_the_holds_bytes(tmp_path, flash):
+    s = store_mod.Store(str(tmp_path / "store"), 1 << 20, 4096, hold_bytes=100)
+    assert s._held == [], "nothing taken until the flash refuses a write"
+    flash.full = True
     expect: list[bytes] = []
     lost_total = 0
+    buf = bytearray(64)
     for i in range(400):
-        rec = bytes((i + k) & 0xFF for k in range(1 + (i * 7) % 60))
-        lost = h.put(rec, len(rec))
-        lost_total += lost
-        expect.append(rec)
-        del expect[: lost]
-        assert h.count == len(expect) and h.used == sum(len(r) + 1 for r in expect) <= 100
-        if i % 3 == 0:  # take the oldest now and then, as the store does once the flash takes writes
-            n = h.first(out)
-            assert bytes(out[:n]) == expect.pop(0)
-            h.pop()
-    while h.count:
-        n = h.first(out)
-        assert bytes(out[:n]) == expect.pop(0)
-        h.pop()
-    assert not expect and h.used == 0 and h.at == 0
-    assert lost_total > 0
-    assert hold_mod.Hold(10).put(bytes(10), 10) == 1, "a record the ring can never hold is lost alone"
+        n = 1 + (i * 7) % 60
+        for k in range(n):
+            buf[k] = (i + k) & 0xFF
+        before = s.dropped
+        assert s.append(buf, n) == -1  # a reused buffer and a length, as the app appends
+        lost_total += s.dropped - before
+        expect.append(bytes(buf[:n]))
+        del expect[: s.dropped - before]
+        buf[0] ^= 0xFF  # the caller's buffer is reused: the hold has its own copy
+        assert s._held == expect and sum(len(r) + 1 for r in expect) <= 100
+    assert lost_total == 400 - len(expect) > 0
+    assert s.append(bytes(101)) == -1 and s._held == expect, "a record the hold can never keep is lost alone"
+    flash.full = False
+    assert s.append(b"new") >= 0
+    assert [r for _, r in s.peek(1 << 20)] == expect + [b"new"]

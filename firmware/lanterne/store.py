@@ -19,16 +19,14 @@
 # them (in order), the rest to the backlog (in order), until the backlog is gone. Every
 # batch is ascending by seq. Comments, not docstrings: they cost no RAM when compiling.
 #
-# A flash that refuses writes (full: ENOSPC, or an I/O error): the record is held in a small
-# preallocated RAM ring (hold_bytes) and appended, oldest first, before the next record once the
-# flash takes writes again; seqs are handed out only then, so order is kept. When the ring is
+# A flash that refuses writes (full: ENOSPC, or an I/O error): the record is held in RAM (a list,
+# at most hold_bytes of records, nothing taken until the flash refuses) and appended, oldest
+# first, before the next record once the flash takes writes again; seqs are handed out only then, so order is kept. When the hold is
 # full, its oldest record is dropped and counted as an overflow drop. Held records are not
 # durable: a power cut loses them (docs/store.md, "A flash that refuses writes").
 import os
 import sys
 from array import array
-
-from lanterne.hold import Hold
 
 try:
     from micropython import const
@@ -147,6 +145,7 @@ def _overlap(a, b, c, d):
 
 
 class Store:
+    hold_bytes = 1024
     # Append-only log of opaque records (1..254 bytes) in segment files under `path`.
     #   capacity_bytes: segment bytes the store may hold (the ack log adds at most ACK_ROOM).
     #     When a new segment would not fit, the oldest is dropped: its unsent records are
@@ -155,8 +154,8 @@ class Store:
     #   reserve_bytes: free space left on the filesystem (statvfs, checked before each new
     #     segment), so config writes succeed even if capacity exceeds what is free.
     #   fresh_share: percent of each batch's budget for fresh readings while a backlog drains.
-    #   hold_bytes: RAM ring for records the flash refused (each takes its length + 1 byte);
-    #     0: none, a refused record is dropped at once.
+    #   hold_bytes: RAM for records the flash refused (each counts its length + 1 byte), taken
+    #     only while it refuses; 0: none, a refused record is dropped at once.
     # Counters: bytes_written (every byte through the filesystem API: headers, frames, ack
     # log), record_bytes, appended, syncs, files_created, files_removed, corrupt, errors.
     # Store() raises OSError only when the folder cannot be created or read; after that no
@@ -176,8 +175,13 @@ class Store:
         self._rbuf = bytearray(MAX_RECORD + 2)  # one frame being read
         self._ebuf = bytearray(_ENTRY_FULL + _FRAME)  # one ack-log entry
         self._small = bytearray(2)
-        self._hold = Hold(hold_bytes)  # records the flash refused, until it takes writes again
-        self._lost = False  # the hold lost records whose count is not on flash yet
+        # Records the flash refused, oldest first (bytes), until it takes writes again; each counts
+        # its length + 1 (as framed) against hold_bytes. Grown only while the flash refuses. (One
+        # attribute: a few more would grow the instance's table, ~700 bytes at a 64 KB heap floor;
+        # hold_bytes is the class's unless another is given.)
+        self._held = []
+        if hold_bytes != Store.hold_bytes:
+            self.hold_bytes = hold_bytes
         # Resume points of the drain cursors: seq, segment base, offset; backlog, fresh, read().
         self._hints = [-1, -1, 0, -1, -1, 0, -1, -1, 0]
         self._file = None  # newest segment, open for append
@@ -220,14 +224,16 @@ class Store:
         n = len(record) if length < 0 else length
         if n < 1 or n > MAX_RECORD:
             raise ValueError("record must be 1..254 bytes")
-        if self.held and not self._release():
-            self._keep(record, n)  # the flash still refuses: it waits behind the others
-            return -1
-        seq = self._write(record, n)
+        lost = self._next < self._overflow_until  # readings were lost since the last append
+        held = self._held
+        while held:  # the held records first, oldest first, while the flash takes them
+            if self._write(held[0], len(held[0])) < 0:
+                break
+            held.pop(0)
+        seq = -1 if held else self._write(record, n)
         if seq < 0:
             self._keep(record, n)
-        elif self._lost:  # the flash takes writes again: the count of what the hold lost goes on it
-            self._lost = False
+        elif lost:  # the flash takes writes again: the count of what was lost goes on it
             try:
                 self._log_state(True)
             except OSError as e:
@@ -386,27 +392,30 @@ class Store:
     @property
     def held(self):
         # Records the flash refused, waiting in RAM (not durable: a power cut loses them).
-        return self._hold.count
+        return len(self._held)
 
     def _keep(self, record, n):
-        # Hold record[:n]; what the full hold pushes out is lost: counted, the next reading flagged.
-        lost = self._hold.put(record, n)
+        # Hold a copy of record[:n] behind the others; the oldest held make room when the hold is
+        # full (or the heap has none now): those are lost, counted, and the next reading flagged.
+        held = self._held
+        lost = 0
+        if n + 1 > self.hold_bytes:
+            lost = 1  # no hold (hold_bytes 0), or one too small for this record
+        else:
+            used = n + 1
+            for r in held:
+                used += len(r) + 1
+            while used > self.hold_bytes:
+                used -= len(held.pop(0)) + 1
+                lost += 1
+            try:
+                held.append(bytes(record) if n == len(record) else bytes(record[:n]))
+            except MemoryError:
+                lost += 1
         if lost:
-            self._lost = True
             self._dropped += lost
             if self._next + 1 > self._overflow_until:
                 self._overflow_until = self._next + 1
-
-    def _release(self):
-        # Append the held records, oldest first; True once none is left, False when the flash
-        # refused one (it stays held, with those behind it).
-        h = self._hold
-        b = self._rbuf  # (no drain is reading with it during an append)
-        while h.count:
-            if self._write(b, h.first(b)) < 0:
-                return False
-            h.pop()
-        return True
 
     # -- segments -----------------------------------------------------------------------------
     def _seg_path(self, base):

@@ -154,7 +154,7 @@ def compile_mpy(dest: str | os.PathLike) -> Path:
     """The store and its package compiled to .mpy in dest/lanterne, the way deploy puts them on a board."""
     out = Path(dest) / "lanterne"
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("__init__", "hold", "store"):
+    for name in ("__init__", "store"):
         source = (FIRMWARE / "lanterne" / f"{name}.py").read_bytes()
         (out / f"{name}.mpy").write_bytes(deploy.mpy_compile(source, f"lanterne/{name}.py"))
     return Path(dest)

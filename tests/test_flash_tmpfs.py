@@ -220,3 +220,30 @@ def test_past_its_ram_hold_a_long_spell_drops_the_oldest_counted_and_flagged(vir
     flagged = [r["seq"] for r in got["readings"] if "buffer_overflow" in r["status"]]
     assert flagged, "the readings sampled after the first loss carry buffer_overflow"
     assert got["command_after"] == "ok"
+
+
+def test_the_soaks_full_flash_fills_a_tmpfs_flash_to_zero_for_its_duration(tmp_path):
+    from types import SimpleNamespace
+
+    from host_tools.reliability import soak_faults
+
+    folder = tmp_path / "flash"
+    folder.mkdir()
+    t = TmpfsFlash(folder, 256 * 1024)
+    t.mount()
+    try:
+        board = SimpleNamespace(tmpfs=t)
+        b = SimpleNamespace(flash=folder.resolve(), fs_bytes=256 * 1024, handle=SimpleNamespace(board=board))
+        ctx = SimpleNamespace(boards=[b], profile=SimpleNamespace(faults={"full_flash": {"per_min": 1}}))
+        p = SimpleNamespace(board=0, arg={})
+        end = soak_faults.INJECTORS["full_flash"](ctx, p, None)
+        assert p.arg["mode"] == "enospc" and os.statvfs(folder).f_bavail == 0, "writes refused for the duration"
+        end()
+        assert os.statvfs(folder).f_bavail * 4096 >= 250 * 1024, "and the flash freed after"
+        board.tmpfs = None  # a board on a host folder: the old fault, filled to the store's reserve
+        p = SimpleNamespace(board=0, arg={})
+        end = soak_faults.INJECTORS["full_flash"](ctx, p, None)
+        assert p.arg["mode"] == "to_reserve" and p.arg["why"] == "the board's flash is a host folder" and p.arg["filled_kib"] > 0
+        end()
+    finally:
+        t.unmount()

@@ -119,3 +119,34 @@ def test_records_of_every_size_are_held_in_order_within_the_holds_bytes(tmp_path
     flash.full = False
     assert s.append(b"new") >= 0
     assert [r for _, r in s.peek(1 << 20)] == expect + [b"new"]
+
+
+def test_an_ack_the_full_flash_refuses_is_counted_and_sent_again_after_a_reboot(tmp_path, flash):
+    s = store_mod.Store(str(tmp_path / "store"), 65536, 4096)
+    for i in range(3):
+        s.append(reading(i))
+    batch = s.peek(100000)
+    flash.full = True
+    assert s.ack(batch) == 3, "committed in RAM: not sent again while the board runs"
+    assert (s.errors, s.last_error) == (1, errno.ENOSPC) and s.pending == 0
+    flash.full = False
+    s.close()
+    again = store_mod.Store(str(tmp_path / "store"), 65536, 4096)
+    assert [q for q, _ in again.peek(100000)] == [0, 1, 2], "not on flash: sent again, never lost"
+
+
+def test_a_recovery_the_full_flash_cannot_finish_is_counted_and_the_store_goes_on(tmp_path, flash):
+    s = store_mod.Store(str(tmp_path / "store"), 65536, 4096)
+    for i in range(3):
+        s.append(reading(i))
+    s.ack(s.peek(100000)[:1])
+    s.close()
+    with open(tmp_path / "store" / "ack", "ab") as f:
+        f.write(b"\x04\x01")  # a torn entry: the log is to be compacted at the next boot
+    flash.full = True
+    again = store_mod.Store(str(tmp_path / "store"), 65536, 4096)
+    assert (again.errors, again.last_error) == (1, errno.ENOSPC), "the compaction it could not write is counted"
+    assert [q for q, _ in again.peek(100000)] == [1, 2]
+    assert again.append(reading(3)) == -1 and again.held == 1
+    flash.full = False
+    assert again.append(reading(4)) == 4

@@ -21,9 +21,10 @@
 #
 # A flash that refuses writes (full: ENOSPC, or an I/O error): the record is held in RAM (a list,
 # at most hold_bytes of records, nothing taken until the flash refuses) and appended, oldest
-# first, before the next record once the flash takes writes again; seqs are handed out only then, so order is kept. When the hold is
-# full, its oldest record is dropped and counted as an overflow drop. Held records are not
-# durable: a power cut loses them (docs/store.md, "A flash that refuses writes").
+# first, before the next record once the flash takes writes again; seqs are handed out only
+# then, so order is kept. When the hold is full, its oldest record is dropped and counted as an
+# overflow drop. Held records are not durable: a power cut loses them (docs/store.md, "A flash
+# that refuses writes").
 import os
 import sys
 from array import array
@@ -145,7 +146,6 @@ def _overlap(a, b, c, d):
 
 
 class Store:
-    hold_bytes = 1024
     # Append-only log of opaque records (1..254 bytes) in segment files under `path`.
     #   capacity_bytes: segment bytes the store may hold (the ack log adds at most ACK_ROOM).
     #     When a new segment would not fit, the oldest is dropped: its unsent records are
@@ -160,6 +160,7 @@ class Store:
     # log), record_bytes, appended, syncs, files_created, files_removed, corrupt, errors.
     # Store() raises OSError only when the folder cannot be created or read; after that no
     # method raises OSError: failures are counted in errors, last_error holds the errno.
+    hold_bytes = 1024
 
     def __init__(self, path, capacity_bytes=262144, segment_bytes=4096, reserve_bytes=16384, fresh_share=50, hold_bytes=1024):
         if segment_bytes < _HEADER + _FRAME + MAX_RECORD:

@@ -354,7 +354,7 @@ class App:
             seq = st.append(self.packer.pack(r, self.now(), self.boot, self.clock_synced))
             if seq < 0:
                 # (the reading waits in RAM, st.held, and goes to flash first once it takes writes)
-                self.faults["store"] = "store: flash refused a write (%s): %d readings held in RAM, %d dropped" % (
+                self.faults["store"] = "store: flash refused a write (%s): %d held in RAM, %d dropped" % (
                     _errno_name(st.last_error), st.held, st.dropped)
             else:
                 self.faults.pop("store", None)
@@ -446,7 +446,7 @@ class App:
             if e is None:
                 self.faults.pop("commands", None)
             else:
-                self.faults["commands"] = "commands: counter not saved (%s): command not run, runs when sent again" % _errno_name(e)
+                self.faults["commands"] = "commands: counter not saved (%s): not run" % _errno_name(e)
             if ack is not None:
                 f = getattr(self.link, "ack_frame", None)  # (LoRaWAN's compact ack; MQTT sends it whole)
                 self.acks.append(f(ack, key) if f else ack)

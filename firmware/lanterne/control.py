@@ -56,7 +56,7 @@ class CommandHandler:
         except OSError as e:
             v.last_counter, v.last_digest, v.last_ack, v.key, self.rotated = before
             self.unsaved = e.args[0] if e.args else -1
-            return None, "command not run: its counter could not be saved (errno %s): sent again, it runs once the flash takes writes" % (self.unsaved,)
+            return None, "command not run: counter not saved (errno %s)" % (self.unsaved,)
         self.unsaved = None
         return ack, line
 

@@ -37,6 +37,7 @@ except ImportError:  # CPython
         return x
 
 
+HOLD_HEAP_FREE = const(8192)  # the hold takes heap only while this much stays free (after a collection)
 MAX_RECORD = const(254)  # length bytes 0x00 and 0xFF never frame a record (zeroed/erased flash)
 ACK_ROOM = const(160)  # the ack log never grows beyond this (outside the segment budget)
 _HEADER = const(4)  # segment header: b"LS", format version, 0
@@ -111,6 +112,12 @@ if sys.implementation.name == "micropython":
     def _names(path):
         return [e[0] for e in os.ilistdir(path)]
 
+    def _heap_free():
+        import gc
+
+        gc.collect()
+        return gc.mem_free()
+
 else:
 
     def _open(path, mode):
@@ -126,6 +133,9 @@ else:
         os.fsync(f.fileno())
 
     _names = os.listdir
+
+    def _heap_free():
+        return HOLD_HEAP_FREE  # (CPython: no heap to guard)
 
 
 def _segment_base(name):
@@ -155,7 +165,8 @@ class Store:
     #     segment), so config writes succeed even if capacity exceeds what is free.
     #   fresh_share: percent of each batch's budget for fresh readings while a backlog drains.
     #   hold_bytes: RAM for records the flash refused (each counts its length + 1 byte), taken
-    #     only while it refuses; 0: none, a refused record is dropped at once.
+    #     only while it refuses, and only while HOLD_HEAP_FREE bytes of heap stay free (else the
+    #     record is dropped: a board at its heap floor keeps its heap for the rest); 0: none.
     # Counters: bytes_written (every byte through the filesystem API: headers, frames, ack
     # log), record_bytes, appended, syncs, files_created, files_removed, corrupt, errors.
     # Store() raises OSError only when the folder cannot be created or read; after that no
@@ -409,10 +420,13 @@ class Store:
             while used > self.hold_bytes:
                 used -= len(held.pop(0)) + 1
                 lost += 1
-            try:
-                held.append(bytes(record) if n == len(record) else bytes(record[:n]))
-            except MemoryError:
-                lost += 1
+            if _heap_free() < HOLD_HEAP_FREE:
+                lost += 1  # a small heap (a board at its floor): the reading is lost, the board runs on
+            else:
+                try:
+                    held.append(bytes(record) if n == len(record) else bytes(record[:n]))
+                except MemoryError:
+                    lost += 1
         if lost:
             self._dropped += lost
             if self._next + 1 > self._overflow_until:

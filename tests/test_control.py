@@ -296,3 +296,81 @@ def test_a_key_rotation_is_on_flash_when_its_ack_goes_out(tmp_path):
     h = handler(tmp_path)  # the power goes right after the ack: the back office already holds the new key
     assert ack_of(h, cmd.build(new, DEVICE, 6, cmd.REQUEST_STATUS), new)["reason"] == "ok"
     assert ack_of(h, cmd.build(new, DEVICE, 5, cmd.ROTATE_KEY, {"nonce": nonce}), new)["reason"] == "replay"
+
+
+# -- a flash that refuses writes (full: ENOSPC) -----------------------------------------------------
+
+
+@pytest.fixture
+def full_flash(monkeypatch):
+    """flashfile's writes (the counter's path) fail with ENOSPC while `full["on"]`, as on a full
+    filesystem: the file is created, the write is refused."""
+    import builtins
+
+    full = {"on": True}
+
+    class Refusing:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def refusing_open(path, mode="r", *a, **kw):
+        f = builtins.open(path, mode, *a, **kw)
+        return Refusing(f) if full["on"] and ("w" in mode or "a" in mode) else f
+
+    monkeypatch.setattr(flashfile, "open", refusing_open, raising=False)
+    return full
+
+
+def test_a_command_whose_counter_cannot_be_saved_is_not_run_and_runs_once_when_sent_again(tmp_path, full_flash):
+    ran = []
+
+    def executor(op, args):
+        ran.append(op)
+        return cmd.OK, b""
+
+    h = handler(tmp_path, executor=executor)
+    full_flash["on"] = False
+    assert ack_of(h, cmd.build(KEY, DEVICE, 3, cmd.REQUEST_STATUS))["reason"] == "ok"
+    full_flash["on"] = True  # the flash fills up
+    frame = cmd.build(KEY, DEVICE, 7, cmd.SET_LAMP, {"level": 40})
+    ack, line = h.handle(frame)
+    assert ack is None and ran == [cmd.REQUEST_STATUS], "not run, not answered: a reboot would let it run again"
+    assert h.unsaved == 28 and "errno 28" in line
+    assert h.verifier.last_counter == 3 and handler(tmp_path).verifier.last_counter == 3
+    ack, line = h.handle(frame)  # the back office sends it again: the flash still refuses
+    assert ack is None and ran == [cmd.REQUEST_STATUS]
+    full_flash["on"] = False
+    assert ack_of(h, frame)["reason"] == "ok" and ran == [cmd.REQUEST_STATUS, cmd.SET_LAMP]
+    assert h.unsaved is None
+    assert ack_of(handler(tmp_path), frame)["reason"] == "replay", "on flash now: after a reboot it is a replay"
+    assert ran == [cmd.REQUEST_STATUS, cmd.SET_LAMP]
+
+
+def test_a_key_rotation_that_cannot_be_saved_leaves_the_old_key(tmp_path, full_flash):
+    h = handler(tmp_path)
+    nonce = bytes(range(60, 76))
+    frame = cmd.build(KEY, DEVICE, 5, cmd.ROTATE_KEY, {"nonce": nonce})
+    assert h.handle(frame)[0] is None
+    assert h.verifier.key == KEY and not h.rotated, "the back office holds no new key: neither does the board"
+    full_flash["on"] = False
+    assert ack_of(h, cmd.build(KEY, DEVICE, 8, cmd.ROTATE_KEY, {"nonce": nonce}))["reason"] == "ok"
+    new = cmd.rotated_key(KEY, nonce)
+    assert ack_of(handler(tmp_path), cmd.build(new, DEVICE, 9, cmd.REQUEST_STATUS), new)["reason"] == "ok"
+
+
+def test_a_refused_command_whose_counter_cannot_be_saved_is_answered_once_it_can(tmp_path, full_flash):
+    h = handler(tmp_path)
+    bad = cmd.build(KEY, DEVICE, 12, cmd.SET_LAMP, {"level": 101})
+    assert h.handle(bad)[0] is None and h.verifier.last_counter == 0
+    full_flash["on"] = False
+    assert ack_of(h, bad)["reason"] == "bad_argument"
+    assert handler(tmp_path).verifier.last_counter == 12

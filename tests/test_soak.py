@@ -67,6 +67,12 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert len(ota["power_cuts_during_update"]) == 2
     # every fault kind of the profile hit the fleet; no board crashed in a loop or lost a task
     assert set(ledger["faults_injected"]) == set(load_profile("short").faults) | {"power_cut_during_ota"}
+    # full_flash for real where this host allows a tmpfs flash (writes refused with ENOSPC), else to the reserve
+    from host_tools.emulator.flash_tmpfs import mount_refused
+
+    mode = "to_reserve" if mount_refused() else "enospc"
+    assert ledger["full_flash_modes"] == {mode: ledger["faults_injected"]["full_flash"]}
+    assert f"full_flash ran as: {mode}" in r.stdout
     assert ledger["crash_loops"] == 0 and ledger["boards_with_task_restarted"] == 0 and ledger["memory_errors"] == 0
     assert len(ledger["heap_peak_bytes"]) == BOARDS - 1  # (the bin logs a status once a day)
     assert ledger["host"]["mem_used_peak_mb"] > 0 and ledger["harness_errors"] == []

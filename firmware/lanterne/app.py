@@ -52,6 +52,12 @@ def _print_json(doc):
     print("}")
 
 
+def _errno_name(e):
+    # "ENOSPC (errno 28)": the errors a flash gives named, others as they are.
+    name = {28: "ENOSPC", 5: "EIO", 30: "EROFS"}.get(e) if isinstance(e, int) else None
+    return "%s (errno %d)" % (name, e) if name else "errno %s" % (e,)
+
+
 def _bump_boot_count(path="boot.count"):
     from lanterne.flashfile import bump_counter  # (a battery board's cold start counts with it too)
 
@@ -276,7 +282,7 @@ class App:
         d["boot"] = self.boot
         d["heap_free"] = gc.mem_free()
         d["heap_alloc"] = gc.mem_alloc()
-        d["backlog"] = st.pending
+        d["backlog"] = st.pending + st.held
         d["dropped"] = st.dropped
         d["sent"] = self.sent
         d["sample_period_s"] = self.sample_period
@@ -344,9 +350,12 @@ class App:
                 self.faults["overflow"] = "store: full, oldest readings dropped (buffer_overflow)"
             else:
                 self.faults.pop("overflow", None)
-            seq = self.store.append(self.packer.pack(r, self.now(), self.boot, self.clock_synced))
+            st = self.store
+            seq = st.append(self.packer.pack(r, self.now(), self.boot, self.clock_synced))
             if seq < 0:
-                self.faults["store"] = "store: append failed: %s" % self.store.last_error
+                # (the reading waits in RAM, st.held, and goes to flash first once it takes writes)
+                self.faults["store"] = "store: flash refused a write (%s): %d held in RAM, %d dropped" % (
+                    _errno_name(st.last_error), st.held, st.dropped)
             else:
                 self.faults.pop("store", None)
                 if alarm is not None and flags & ALARM_FLAGS:
@@ -433,6 +442,11 @@ class App:
             key = self.commands.verifier.key  # the ack's key (a rotate_key is acked with the old one)
             ack, line = self.commands.handle(frame)
             self.log(line)
+            e = self.commands.unsaved
+            if e is None:
+                self.faults.pop("commands", None)
+            else:
+                self.faults["commands"] = "commands: counter not saved (%s): not run" % _errno_name(e)
             if ack is not None:
                 f = getattr(self.link, "ack_frame", None)  # (LoRaWAN's compact ack; MQTT sends it whole)
                 self.acks.append(f(ack, key) if f else ack)

@@ -1,6 +1,6 @@
 # Lanterne command handling on the board: authenticate, refuse replays (counter persisted),
 # execute once, ack every command (again on a QoS 1 redelivery). Nothing is executed before
-# the frame is authenticated and its arguments checked.
+# the frame is authenticated and its arguments checked, nor before its counter is on flash.
 import json
 
 from lanterne import commands as cmd
@@ -36,6 +36,7 @@ class CommandHandler:
         self.executed = 0
         self.refused = 0
         self.rotated = key != key_hex
+        self.unsaved = None  # errno of the last command whose counter could not be persisted, else None
 
     def _persist(self):
         _write_atomic(
@@ -44,6 +45,22 @@ class CommandHandler:
         )
 
     def handle(self, frame):
+        # A command whose counter cannot be persisted (the flash refuses writes) is not executed
+        # and not answered: executed, a reboot would let the same frame run again. The counter,
+        # the key and the last ack are put back, so the back office's retry of the same frame
+        # runs it once the flash takes writes again.
+        v = self.verifier
+        before = (v.last_counter, v.last_digest, v.last_ack, v.key, self.rotated)
+        try:
+            ack, line = self._handle(frame)
+        except OSError as e:
+            v.last_counter, v.last_digest, v.last_ack, v.key, self.rotated = before
+            self.unsaved = e.args[0] if e.args else -1
+            return None, "command not run: counter not saved (errno %s)" % (self.unsaved,)
+        self.unsaved = None
+        return ack, line
+
+    def _handle(self, frame):
         if not self.enabled:
             self.refused += 1
             return None, "command refused: no command key provisioned"

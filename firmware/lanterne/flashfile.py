@@ -28,8 +28,15 @@ def write_atomic(path, text):
     window where a cut leaves neither. Only a filesystem whose rename refuses an existing target
     (FAT) gets the old file removed first; a reader then falls back on path.tmp, which is whole."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+    except OSError:
+        try:
+            os.remove(tmp)  # a half-written tmp (flash full): gone, so it never stands in for path
+        except OSError:
+            pass
+        raise
     try:
         os.rename(tmp, path)
     except OSError:

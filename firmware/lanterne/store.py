@@ -6,6 +6,7 @@
 #   batch = s.peek(240)            # [(seq, record), ...] ascending, fills the frame budget
 #   ... publish, wait for the PUBACK ...
 #   s.ack(batch)                   # only now are those records committed as sent
+#   s.held                         # readings the flash refused, kept in RAM until it takes writes
 #
 # Folder layout (docs/store.md has every byte and why it survives a power cut):
 #   <base:08x>.seg  segment: 4-byte header, then frames [len][record][crc16]; a frame's seq
@@ -17,6 +18,13 @@
 # appended from then on are "fresh": each batch gives up to fresh_share % of its budget to
 # them (in order), the rest to the backlog (in order), until the backlog is gone. Every
 # batch is ascending by seq. Comments, not docstrings: they cost no RAM when compiling.
+#
+# A flash that refuses writes (full: ENOSPC, or an I/O error): the record is held in RAM (a list,
+# at most hold_bytes of records, nothing taken until the flash refuses) and appended, oldest
+# first, before the next record once the flash takes writes again; seqs are handed out only
+# then, so order is kept. When the hold is full, its oldest record is dropped and counted as an
+# overflow drop. Held records are not durable: a power cut loses them (docs/store.md, "A flash
+# that refuses writes").
 import os
 import sys
 from array import array
@@ -29,6 +37,7 @@ except ImportError:  # CPython
         return x
 
 
+HOLD_HEAP_FREE = const(8192)  # the hold takes heap only while this much stays free (after a collection)
 MAX_RECORD = const(254)  # length bytes 0x00 and 0xFF never frame a record (zeroed/erased flash)
 ACK_ROOM = const(160)  # the ack log never grows beyond this (outside the segment budget)
 _HEADER = const(4)  # segment header: b"LS", format version, 0
@@ -103,6 +112,12 @@ if sys.implementation.name == "micropython":
     def _names(path):
         return [e[0] for e in os.ilistdir(path)]
 
+    def _heap_free():
+        import gc
+
+        gc.collect()
+        return gc.mem_free()
+
 else:
 
     def _open(path, mode):
@@ -118,6 +133,9 @@ else:
         os.fsync(f.fileno())
 
     _names = os.listdir
+
+    def _heap_free():
+        return HOLD_HEAP_FREE  # (CPython: no heap to guard)
 
 
 def _segment_base(name):
@@ -146,12 +164,16 @@ class Store:
     #   reserve_bytes: free space left on the filesystem (statvfs, checked before each new
     #     segment), so config writes succeed even if capacity exceeds what is free.
     #   fresh_share: percent of each batch's budget for fresh readings while a backlog drains.
+    #   hold_bytes: RAM for records the flash refused (each counts its length + 1 byte), taken
+    #     only while it refuses, and only while HOLD_HEAP_FREE bytes of heap stay free (else the
+    #     record is dropped: a board at its heap floor keeps its heap for the rest); 0: none.
     # Counters: bytes_written (every byte through the filesystem API: headers, frames, ack
     # log), record_bytes, appended, syncs, files_created, files_removed, corrupt, errors.
     # Store() raises OSError only when the folder cannot be created or read; after that no
     # method raises OSError: failures are counted in errors, last_error holds the errno.
+    hold_bytes = 1024
 
-    def __init__(self, path, capacity_bytes=262144, segment_bytes=4096, reserve_bytes=16384, fresh_share=50):
+    def __init__(self, path, capacity_bytes=262144, segment_bytes=4096, reserve_bytes=16384, fresh_share=50, hold_bytes=1024):
         if segment_bytes < _HEADER + _FRAME + MAX_RECORD:
             raise ValueError("segment_bytes too small")
         if capacity_bytes // segment_bytes < 2:
@@ -165,6 +187,13 @@ class Store:
         self._rbuf = bytearray(MAX_RECORD + 2)  # one frame being read
         self._ebuf = bytearray(_ENTRY_FULL + _FRAME)  # one ack-log entry
         self._small = bytearray(2)
+        # Records the flash refused, oldest first (bytes), until it takes writes again; each counts
+        # its length + 1 (as framed) against hold_bytes. Grown only while the flash refuses. (One
+        # attribute: a few more would grow the instance's table, ~700 bytes at a 64 KB heap floor;
+        # hold_bytes is the class's unless another is given.)
+        self._held = []
+        if hold_bytes != Store.hold_bytes:
+            self.hold_bytes = hold_bytes
         # Resume points of the drain cursors: seq, segment base, offset; backlog, fresh, read().
         self._hints = [-1, -1, 0, -1, -1, 0, -1, -1, 0]
         self._file = None  # newest segment, open for append
@@ -200,11 +229,31 @@ class Store:
 
     def append(self, record, length=-1):
         # Append record (its first `length` bytes); return its seq once durable. Returns -1,
-        # never raises OSError, when it cannot be written (I/O error, filesystem full): the
-        # reading counts as dropped, overflow is raised, the errno is in last_error.
+        # never raises OSError, when it cannot be written now (I/O error, filesystem full): the
+        # record is held in RAM (`held`) and appended before the next one once the flash takes
+        # writes; the errno is in last_error. A record the full hold cannot keep pushes out
+        # the oldest held one: that one counts as dropped and overflow is raised.
         n = len(record) if length < 0 else length
         if n < 1 or n > MAX_RECORD:
             raise ValueError("record must be 1..254 bytes")
+        lost = self._next < self._overflow_until  # readings were lost since the last append
+        held = self._held
+        while held:  # the held records first, oldest first, while the flash takes them
+            if self._write(held[0], len(held[0])) < 0:
+                break
+            held.pop(0)
+        seq = -1 if held else self._write(record, n)
+        if seq < 0:
+            self._keep(record, n)
+        elif lost:  # the flash takes writes again: the count of what was lost goes on it
+            try:
+                self._log_state(True)
+            except OSError as e:
+                self._fault(e)
+        return seq
+
+    def _write(self, record, n):
+        # One frame appended and synced: its seq, or -1 (the errno in last_error).
         try:
             if self._file is None and self._appendable:
                 self._file = _open(self._seg_path(self._base(self._count - 1)), "ab")
@@ -227,9 +276,6 @@ class Store:
         except OSError as e:
             self._fault(e)
             self._seal()
-            self._dropped += 1
-            if self._next + 1 > self._overflow_until:
-                self._overflow_until = self._next + 1
             return -1
         self._size += n + _FRAME
         self._next = seq + 1
@@ -331,6 +377,7 @@ class Store:
             "next_seq": self._next,
             "head": self._head,
             "pending": self.pending,
+            "held": self.held,
             "segments": self._count,
             "slots": self._slots,
             "dropped": self._dropped,
@@ -352,6 +399,38 @@ class Store:
         if self._ack_file is not None:
             self._ack_file.close()
             self._ack_file = None
+
+    # -- records the flash refused ----------------------------------------------------------
+    @property
+    def held(self):
+        # Records the flash refused, waiting in RAM (not durable: a power cut loses them).
+        return len(self._held)
+
+    def _keep(self, record, n):
+        # Hold a copy of record[:n] behind the others; the oldest held make room when the hold is
+        # full (or the heap has none now): those are lost, counted, and the next reading flagged.
+        held = self._held
+        lost = 0
+        if n + 1 > self.hold_bytes:
+            lost = 1  # no hold (hold_bytes 0), or one too small for this record
+        else:
+            used = n + 1
+            for r in held:
+                used += len(r) + 1
+            while used > self.hold_bytes:
+                used -= len(held.pop(0)) + 1
+                lost += 1
+            if _heap_free() < HOLD_HEAP_FREE:
+                lost += 1  # a small heap (a board at its floor): the reading is lost, the board runs on
+            else:
+                try:
+                    held.append(bytes(record) if n == len(record) else bytes(record[:n]))
+                except MemoryError:
+                    lost += 1
+        if lost:
+            self._dropped += lost
+            if self._next + 1 > self._overflow_until:
+                self._overflow_until = self._next + 1
 
     # -- segments -----------------------------------------------------------------------------
     def _seg_path(self, base):
@@ -391,14 +470,22 @@ class Store:
 
     def _roll(self):
         # Start a segment at _next, first dropping the oldest while over capacity or short of
-        # free space on the filesystem.
+        # free space on the filesystem. Short of space only because something else filled it
+        # (dropping every segment would not make the room): nothing is dropped, ENOSPC.
         self._seal()
         if self._count and self._base(self._count - 1) == self._next:
             self._pop_newest()  # no complete frame in it: an append failed there
-        while self._count and (self._count >= self._slots or not self._fs_room()):
+        while self._count >= self._slots:
             self._drop_oldest(self._next + 2)  # the reading after this one carries the flag
-        if not self._count and not self._fs_room():
-            raise OSError(28)  # ENOSPC: the reserve is not free even with the store empty
+        need = self.segment_bytes + self.reserve_bytes
+        free = self._fs_free()
+        if free >= 0 and free + self._count * self.segment_bytes < need:
+            raise OSError(28)  # ENOSPC: not even an empty store would leave the reserve free
+        while self._count and 0 <= free < need:
+            self._drop_oldest(self._next + 2)
+            free = self._fs_free()
+        if 0 <= free < need:
+            raise OSError(28)
         f = _open(self._seg_path(self._next), "wb")
         self.files_created += 1
         if self._count == self._ring:
@@ -424,12 +511,13 @@ class Store:
         self._size = _HEADER
         self.bytes_written += _HEADER
 
-    def _fs_room(self):
+    def _fs_free(self):
+        # Bytes free on the filesystem (statvfs), -1 when it cannot say.
         try:
             st = os.statvfs(self.path)
         except (OSError, AttributeError):
-            return True
-        return st[0] * st[4] >= self.segment_bytes + self.reserve_bytes
+            return -1
+        return st[0] * st[4]
 
     def _drop_oldest(self, overflow_until):
         # Drop the oldest segment; its unsent records count as dropped. The new head is

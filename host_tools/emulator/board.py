@@ -42,6 +42,7 @@ from pathlib import Path
 from host_tools import boards as boards_mod
 from host_tools.emulator import ROM, frozen
 from host_tools.emulator.devices.parts import Parts
+from host_tools.emulator.flash_tmpfs import FlashMountError, TmpfsFlash
 from host_tools.emulator.hal import HalServer, follow_link
 from host_tools.emulator.netsim import NtpServer
 from host_tools.emulator.sleep import DeepSleep
@@ -154,6 +155,7 @@ class VirtualBoard:
         flash_image: str | Path | None = None,
         blank: bool = False,
         radio: str | None = None,
+        flash_tmpfs: bool = False,
     ):
         self.board = board
         self.flash = Path(flash_dir).resolve()
@@ -220,6 +222,21 @@ class VirtualBoard:
             mac = "24:0a:c4:" + ":".join(self.serial[i : i + 2] for i in range(6, 12, 2))
             self.rom = RomBootloader(self.spi_flash, mac=mac, download=False, on_exit=self._rom_exit)
             self.rom.pending_output()
+        # flash_tmpfs: the folder backed by a tmpfs of the partition's size, so a write past it
+        # fails with ENOSPC (flash_tmpfs.py); FlashMountError, nothing mounted, where the host refuses.
+        self.tmpfs: TmpfsFlash | None = None
+        if flash_tmpfs:
+            tmpfs = TmpfsFlash(self.flash, self.fs_bytes())
+            try:
+                tmpfs.mount()
+            except FlashMountError:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+            self.tmpfs = tmpfs
+
+    def fs_bytes(self) -> int:
+        """The board's filesystem partition (board file: flash.fs_bytes)."""
+        return int(self.board.data.get("flash", {}).get("fs_bytes", 2 * 1024 * 1024))
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self, power_on: bool = True) -> None:
@@ -264,6 +281,8 @@ class VirtualBoard:
             self.port_path.unlink()
         if self.ntp is not None:
             self.ntp.close()
+        if self.tmpfs is not None:
+            self.tmpfs.unmount()  # what the board wrote goes back to the folder underneath
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def power_on(self) -> None:
@@ -433,7 +452,8 @@ class VirtualBoard:
             "LANTERNE_HAL_PORT": str(self.hal.port),
             "LANTERNE_BOARD_TOKEN": self.token,
             "LANTERNE_FLASH": str(self.flash),
-            "LANTERNE_FS_BYTES": str(self.board.data.get("flash", {}).get("fs_bytes", 2 * 1024 * 1024)),
+            "LANTERNE_FS_BYTES": str(self.fs_bytes()),
+            "LANTERNE_FLASH_TMPFS": "1" if self.tmpfs is not None else "",
             "LANTERNE_RUN_DIR": str(self.run_dir),
             "LANTERNE_NVS": str(self.nvs_dir),
             "LANTERNE_BOOT": kind,

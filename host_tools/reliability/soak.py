@@ -121,8 +121,7 @@ class Campaign:
             bk = BOARD_KINDS[kind]
             board = boards.load(bk.board)
             device = f"soak-{i:03d}"
-            flash = work / "boards" / device / "flash"
-            flash.mkdir(parents=True)
+            (flash := work / "boards" / device / "flash").mkdir(parents=True)
             b = SoakBoard(i, kind, device, bk.site, board, flash, board.data.get("flash", {}).get("fs_bytes", 2 << 20), i in tls)
             b.world = World(seed=self.seed * 1000 + i)
             if bk.transport == "lorawan":
@@ -130,7 +129,8 @@ class Campaign:
             b.world.set(**bk.world)
             b.proxy = FaultProxy("127.0.0.1", 0, world=b.world).start()  # its broker: once the broker's ports are chosen
             b.handle = emu.add_board(board, flash, port_path=work / "boards" / device / "tty", world=b.world,
-                                     log_path=work / "boards" / device / "console.log")
+                                     log_path=work / "boards" / device / "console.log",
+                                     flash_tmpfs=soak_faults.full_flash_tmpfs(self.profile)[0])
             b.expected_boots = 1
             self.boards.append(b)
         for b in self.boards:

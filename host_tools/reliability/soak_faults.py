@@ -11,6 +11,7 @@ kind), `ctx.broker`, `ctx.restart_backoffice(...)`.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -113,17 +114,62 @@ def _used_blocks(root: Path) -> int:
     return total
 
 
+def full_flash_tmpfs(profile) -> tuple[bool, str]:
+    """Whether the campaign's boards get a tmpfs flash (the real full_flash: writes fail with
+    ENOSPC), and why not when they do not: the profile injects no full_flash, or this host refuses
+    a mount (then full_flash fills to the store's reserve, as before); "" when they do."""
+    if not ((profile.faults or {}).get("full_flash") or {}).get("per_min"):
+        return False, "the profile injects no full_flash"
+    from host_tools.emulator.flash_tmpfs import mount_refused
+
+    why = _mount_refused(mount_refused)
+    return (why is None), (why or "")
+
+
+_REFUSED: list = []
+
+
+def _mount_refused(ask) -> str | None:
+    # Asked once per process (each board of the fleet would otherwise try a mount of its own).
+    if not _REFUSED:
+        _REFUSED.append(ask())
+    return _REFUSED[0]
+
+
+def _fill_to_zero(path: Path) -> int:
+    # Real blocks (a sparse file takes none on a tmpfs) until the kernel says ENOSPC; bytes written.
+    with open(path, "ab", buffering=0) as f:
+        for chunk in (1 << 16, 4096):
+            try:
+                while True:
+                    f.write(bytes(chunk))
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+    return path.stat().st_size
+
+
 def _full_flash(ctx, p, rng):
-    # Another file fills the filesystem until only the store's reserve and a little more is free:
-    # the store must keep working in what is left (it drops acknowledged segments first).
+    # On a board whose flash folder is a tmpfs of its partition (flash_tmpfs): another file takes
+    # every free block, so the board's writes fail with ENOSPC for the fault's duration (mode
+    # "enospc": the store holds its readings in RAM, the command gate runs nothing it cannot
+    # persist). Elsewhere (the host refused the mount): the filesystem filled until only the
+    # store's reserve and a little more is free (mode "to_reserve": no write fails; the store must
+    # keep working in what is left). The ledger's fault log and printout say which one ran.
     b = ctx.boards[p.board]
-    blocks = b.fs_bytes // 4096
-    fill = blocks - _used_blocks(b.flash) - KEEP_BLOCKS
     path = b.flash / FILL_NAME
-    if fill > 0:
-        with open(path, "wb") as f:
-            f.truncate(fill * 4096)  # sparse on the host; its size is what the board's statvfs counts
-    p.arg["filled_kib"] = max(0, fill) * 4
+    if getattr(b.handle.board, "tmpfs", None) is not None:
+        p.arg["mode"] = "enospc"
+        p.arg["filled_kib"] = _fill_to_zero(path) // 1024
+    else:
+        p.arg["mode"] = "to_reserve"
+        p.arg["why"] = full_flash_tmpfs(ctx.profile)[1] or "the board's flash is a host folder"  # (no tmpfs)
+        blocks = b.fs_bytes // 4096
+        fill = blocks - _used_blocks(b.flash) - KEEP_BLOCKS
+        if fill > 0:
+            with open(path, "wb") as f:
+                f.truncate(fill * 4096)  # sparse on the host; its size is what the board's statvfs counts
+        p.arg["filled_kib"] = max(0, fill) * 4
 
     def clear():
         path.unlink(missing_ok=True)

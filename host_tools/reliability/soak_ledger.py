@@ -137,6 +137,11 @@ def format_ledger(ledger: dict) -> str:
         f"{ledger['faults_injected'].get('power_cut_during_ota', 0)} on updating boards; "
         f"{ledger['power_cuts_during_write']} power cuts caught a store write): "
         + ", ".join(f"{k} {v}" for k, v in sorted(ledger["faults_injected"].items())))
+    if ledger.get("full_flash_modes"):
+        why = ledger.get("full_flash_tmpfs")
+        add("  full_flash ran as: " + ", ".join(f"{k} {v}" for k, v in sorted(ledger["full_flash_modes"].items()))
+            + (f" (no tmpfs flash: {why})" if why else "")
+            + " [enospc: writes refused on a tmpfs flash filled to 0 free; to_reserve: filled to the store's reserve]")
     lw = ledger.get("lorawan")
     if lw:
         add(f"lorawan ({lw['boards']} boards, network server and uplink service on the broker): uplinks {lw['uplinks_sent']}, "
@@ -308,6 +313,14 @@ def build(campaign, stores, office, stream, never, plan, host) -> dict:
     if campaign.lora is not None:
         ledger["lorawan"] = campaign.lora.figures()
     ledger["faults_planned"] = len(plan)
+    # full_flash: "enospc" (the board's tmpfs flash filled to 0 free: writes refused) or "to_reserve"
+    # (filled to the store's reserve: the host refused the mount, `full_flash_tmpfs` says why)
+    modes: dict[str, int] = {}
+    for p in plan:
+        if p.kind == "full_flash" and "mode" in p.arg:
+            modes[p.arg["mode"]] = modes.get(p.arg["mode"], 0) + 1
+    ledger["full_flash_modes"] = modes
+    ledger["full_flash_tmpfs"] = next((p.arg["why"] for p in plan if p.kind == "full_flash" and "why" in p.arg), None)
     ledger["power_cuts_during_write"] = sum(1 for p in plan if p.arg.get("during_write"))
     ledger["host"] = host
     ledger["timings_s"] = dict(campaign.timings)

@@ -105,7 +105,7 @@ def _mount():
     root = os.getenv("LANTERNE_FLASH")
     size = int(os.getenv("LANTERNE_FS_BYTES") or "2097152")
     os.umount("/")
-    os.mount(_flashfs.FlashFS(root, size), "/")
+    os.mount(_flashfs.FlashFS(root, size, os.getenv("LANTERNE_FLASH_TMPFS") == "1"), "/")
     os.chdir("/")
     # As the esp32 port: mp_init() gives ['', '.frozen'] and mounts the ROMFS (adding '/rom',
     # '/rom/lib'), then main.c appends '/lib'. The ROM's modules come before /lib's.

@@ -19,9 +19,10 @@ def _norm(cwd, path):
 
 
 class FlashFS:
-    def __init__(self, root, size_bytes):
+    def __init__(self, root, size_bytes, tmpfs=False):
         self.root = root.rstrip("/")
         self.size = size_bytes
+        self.tmpfs = tmpfs  # the folder is a tmpfs of the partition's size: the kernel counts
         self.p = os.VfsPosix()
         self.cwd = "/"
 
@@ -78,7 +79,10 @@ class FlashFS:
         return total
 
     def statvfs(self, path):
-        # Report the board's filesystem partition, not the host disk (littlefs: 4 KiB blocks).
+        # Report the board's filesystem partition, not the host disk (littlefs: 4 KiB blocks); on a
+        # tmpfs of its size, what the kernel says, which is what a write will meet.
+        if self.tmpfs:
+            return self.p.statvfs(self.root)
         blocks = self.size // 4096
         free = max(0, blocks - self._used(self.root) // 4096)
         return (4096, 4096, blocks, free, free, 0, 0, 0, 0, 255)

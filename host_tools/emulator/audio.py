@@ -216,20 +216,23 @@ class Scene:
 # Kellet's refined pink filter: (pole, gain) of its six first-order sections.
 _PINK_SECTIONS = ((0.99886, 0.0555179), (0.99332, 0.0750759), (0.96900, 0.1538520), (0.86650, 0.3104856),
                   (0.55000, 0.5329522), (-0.7616, -0.0168980))
-_CHUNK = 256  # |a|^-256 stays far inside a double for every pole above (0.55^-256 ~ 1e66)
+_MAX_CHUNK = 8192
 _POWERS: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _first_order(a: float, x: np.ndarray, y0: float) -> tuple[np.ndarray, float]:
     """y[n] = a y[n-1] + x[n] from y[-1] = y0, and y's last value: in closed form chunk by chunk,
-    y[n] = a^(n+1) y0 + a^n sum_{k<=n} a^-k x[k] (the chunks keep a^-k finite)."""
+    y[n] = a^(n+1) y0 + a^n sum_{k<=n} a^-k x[k], each chunk short enough that a^-k stays far
+    inside a double (|a|^-k < 1e150: 577 samples for the 0.55 pole, 8192 at most)."""
     if a not in _POWERS:
-        k = np.arange(_CHUNK, dtype=np.float64)
-        _POWERS[a] = (a ** k, a ** -k)
+        chunk = min(_MAX_CHUNK, int(150 * math.log(10) / -math.log(abs(a))))
+        k = np.arange(chunk, dtype=np.float64)
+        _POWERS[a] = (a**k, a**-k)
     pw, inv = _POWERS[a]
+    chunk = len(pw)
     y = np.empty_like(x)
-    for s in range(0, len(x), _CHUNK):
-        xs = x[s : s + _CHUNK]
+    for s in range(0, len(x), chunk):
+        xs = x[s : s + chunk]
         m = len(xs)
         y[s : s + m] = pw[:m] * (a * y0 + np.cumsum(xs * inv[:m]))
         y0 = float(y[s + m - 1])

@@ -100,18 +100,19 @@ class I2SMicrophone:
         n = max(0, nbytes // width)
         w = self.world
         if w.fault(self.name, "silence") or w.fault(self.name, "missing"):
-            words = np.zeros(n, dtype=np.int64)
+            words = np.zeros(n, dtype=np.int32)
         elif w.fault(self.name, "stuck"):
-            words = np.full(n, 0x12345600, dtype=np.int64)
+            words = np.full(n, 0x12345600, dtype=np.int32)
         else:
-            # full scale clips; 24 significant bits, left-justified (the low byte's bits dropped, as
-            # a two's-complement mask does: toward minus infinity)
-            v = np.trunc(np.clip(self._source(n), -FULL, FULL - 1)).astype(np.int64)
-            words = v & ~0xFF
+            # full scale clips (then toward zero to an integer, as int() does); 24 significant bits,
+            # left-justified (the low byte dropped, as a two's-complement mask does: toward minus infinity)
+            v = np.asarray(self._source(n), dtype=np.float64)
+            words = np.clip(v, -FULL, FULL - 1, out=v if v.flags.writeable else None).astype(np.int32)
+            words &= ~0xFF
         if self.bits == 16:
             out = (words >> 16).astype(np.int16).tobytes()
         else:
-            out = words.astype(np.int32).tobytes()
+            out = words.astype(np.int32, copy=False).tobytes()
         self.produced += n
         due = self.t0 + self.produced / self.rate
         wait_us = int(max(0.0, due - time.monotonic()) * 1e6)

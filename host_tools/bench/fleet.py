@@ -85,6 +85,30 @@ def _kinds(k: int) -> list[str]:
     return fleet_kinds(profile, k, random.Random(k))
 
 
+def interpreters_cpu(a: dict, b: dict, kinds: list[str]) -> tuple[float, dict[str, list[float]], int]:
+    """The boards' interpreters' CPU seconds between two samples (`_sample`): those running at both
+    (the difference), those started since (all of theirs), those that ended meanwhile (their whole
+    life is in this process's children's time once reaped, less what they had used before `a`).
+    Also each kind's boards that ran one interpreter throughout (CPU seconds each), and how many
+    boards changed interpreter (a reboot, a deep sleep's wake)."""
+    by_kind: dict[str, list[float]] = {}
+    fleet = b["ended"] - a["ended"]
+    changed = 0
+    for i, (pid, cpu) in a["boards"].items():
+        pid_b, cpu_b = b["boards"].get(i, (None, None))
+        if pid_b == pid and cpu is not None and cpu_b is not None:
+            fleet += cpu_b - cpu
+            by_kind.setdefault(kinds[i], []).append(cpu_b - cpu)
+        else:
+            changed += 1
+            fleet -= cpu or 0.0
+    for i, (pid_b, cpu_b) in b["boards"].items():
+        if a["boards"].get(i, (None,))[0] != pid_b:
+            fleet += cpu_b or 0.0
+            changed += i not in a["boards"]
+    return fleet, by_kind, changed
+
+
 def measure(k: int, window_s: float = WINDOW_S, kinds: list[str] | None = None) -> dict:
     """Start K boards of the soak's kinds (or of `kinds`), wait until each is online, and measure a window."""
     from host_tools import boards
@@ -167,29 +191,13 @@ def measure(k: int, window_s: float = WINDOW_S, kinds: list[str] | None = None) 
             if ns is not None:
                 ns.stop()
     dt = b["t"] - a["t"]
-    # Every interpreter's CPU in the window: those running at both samples (the difference), those
-    # started since (all of theirs), and those that ended meanwhile (their whole life is in this
-    # process's children's time once reaped, less what they had used before the window).
-    by_kind: dict[str, list[float]] = {}
-    fleet = b["ended"] - a["ended"]
-    rebooted = 0
-    for i, (pid, cpu) in a["boards"].items():
-        pid_b, cpu_b = b["boards"].get(i, (None, None))
-        if pid_b == pid and cpu is not None and cpu_b is not None:
-            fleet += cpu_b - cpu
-            by_kind.setdefault(kinds[i], []).append((cpu_b - cpu) / dt)
-        else:
-            rebooted += 1  # (another interpreter in the window: in the fleet's figure, not in its kind's)
-            fleet -= cpu or 0.0
-    for i, (pid_b, cpu_b) in b["boards"].items():
-        if a["boards"].get(i, (None,))[0] != pid_b:
-            fleet += cpu_b or 0.0
+    fleet, by_kind, rebooted = interpreters_cpu(a, b, kinds)
     board_cpu = [v for vs in by_kind.values() for v in vs]
     return {
         "k": k, "window_s": round(dt, 1), "kinds": {kd: kinds.count(kd) for kd in dict.fromkeys(kinds)},
         "board_pct": 100 * fleet / dt / k,
-        "board_pct_steady": 100 * sum(board_cpu) / max(1, len(board_cpu)),
-        "board_pct_by_kind": {kd: 100 * sum(v) / len(v) for kd, v in by_kind.items()},
+        "board_pct_steady": 100 * sum(board_cpu) / max(1, len(board_cpu)) / dt,
+        "board_pct_by_kind": {kd: 100 * sum(v) / len(v) / dt for kd, v in by_kind.items()},
         "emulator_pct": 100 * (b["emulator"] - a["emulator"]) / dt,
         "proxies_pct": 100 * (b["proxies"] - a["proxies"]) / dt,
         "process_pct": 100 * (b["process"] - a["process"]) / dt,

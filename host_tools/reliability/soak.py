@@ -350,8 +350,7 @@ class Campaign:
             stack.callback(self.stop_backoffice)
             lora_boards = [b for b in self.boards if b.lorawan]
             if lora_boards:  # the network server, its gateways and the uplink service, on the same broker
-                self.lora = soak_lorawan.LoraSide(lora_boards, reg, self.broker_port, self.lns_password,
-                                                  state_path=work / "uplinks-state.sqlite").start()
+                self.lora = soak_lorawan.LoraSide(lora_boards, reg, self.broker_port, self.lns_password).start()
                 stack.callback(self.lora.stop)
             t = time.monotonic()
             ota_flags = soak_ota.prepare(work) if self.profile.ota_share > 0 else []
@@ -418,8 +417,6 @@ class Campaign:
                 b.handle.power_on()
             if self.bridge is None:
                 self.start_backoffice()
-            if self.lora is not None and self.lora.svc_down:  # (its fault's end timed out: started here)
-                self.lora.start_service()
             stream.join(min(60.0, self.profile.drain_s))  # commands still unanswered: retried meanwhile
             self._wait_drained(office, t, self.profile.drain_s)
             for b in self.boards:

@@ -42,6 +42,7 @@ from host_tools.backoffice.command_client import cmd as commands
 from host_tools.reliability import soak_security
 
 LNS_USER = "soak-lns"
+STATE_FILE = "uplinks-state.sqlite"  # the uplink service's (`lanterne uplinks --state`), beside the fleet's registry
 LEDGER_CLOCK_SCALE = 600.0
 LEDGERS_PER_DAY = 10
 MODEM_SPEEDUP = 5.0  # the modem's clock (join accept in ~1.2 s instead of 6 s)
@@ -67,7 +68,7 @@ def modem(board_handle):
 
 
 class LoraSide:
-    def __init__(self, boards, reg, broker_port: int, password: str, state_path=None):
+    def __init__(self, boards, reg, broker_port: int, password: str):
         from host_tools.backoffice.uplinks import LoraDevice
         from host_tools.emulator.network_server import Device
 
@@ -83,7 +84,7 @@ class LoraSide:
         self.acks: dict[tuple[str, int], int] = {}
         self.ack_event = threading.Condition(self.lock)
         self.ns = self.svc = None
-        self.state_path = state_path  # the uplink service's state file (None: in memory, no restart survives)
+        self.state_path = reg.path.parent / STATE_FILE  # the uplink service's state file, in the run's folder
         self.svc_lock = threading.RLock()  # held while the service is swapped; its users go through it
         self.svc_down = False
         self.restarts = 0
@@ -146,8 +147,15 @@ class LoraSide:
             if left is not None and now != left:
                 bad = sorted(eui for eui in left if now.get(eui) != left[eui])
                 raise RuntimeError(f"the restarted uplink service did not start from its state file for {', '.join(bad)}")
-            if connect:
-                svc.start()
+            for attempt in range(30 if connect else 0):  # a loaded machine may take more than its 10 s to connect
+                try:
+                    svc.start()
+                    break
+                except ConnectionError:
+                    svc.stop()  # (its client and state file closed: opened again for the next try)
+                    if attempt == 29:
+                        raise
+                    svc = self._new_service(publish)
             self.svc, self.svc_down = svc, False
             self.restarts += 1
             return sum(1 for st in now.values() if st["counts"][0])

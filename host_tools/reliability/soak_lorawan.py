@@ -22,7 +22,7 @@ uplinks) as a day of service does. It is in the ledger (`lorawan.ledger_clock_sc
 
 The uplink service keeps each device's ledger in a state file (`lanterne uplinks --state`,
 host_tools/backoffice/uplink_state.py), so the campaign restarts it as a city's service restarts
-(`uplink_service_restart`, `restart_service`): stopped, its state file closed, down for the fault's
+(`uplink_service_restart`: `LoraSide.stop_service`, `start_service`): stopped, its state file closed, down for the fault's
 duration (the uplinks the network server publishes meanwhile reach no one, as with the real
 service's clean session), then a new service on the same file. The injector checks that the new
 service starts from exactly the ledgers the old one left; the ledger's counts check the rest
@@ -140,7 +140,7 @@ class LoraSide:
         """A new uplink service on the same state file; with `left` (stop_service's), check it starts from
         exactly that state. Returns how many devices' state it restored (RuntimeError when it differs)."""
         with self.svc_lock:
-            if not self.svc_down:  # (started already: by the drain, after its fault's end ran late)
+            if not self.svc_down:  # (running: nothing to start)
                 return 0
             svc = self._new_service(publish)
             now = {eui: json.loads(json.dumps(st.snapshot())) for eui, st in svc.devices.items()}

@@ -60,7 +60,7 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     assert lw["boards"] == 3 and lw["uplinks_sent"] >= 10 and lw["join_requests_unanswered"] >= 1 and lw["ledgers_sent"] >= 2
     # the uplink service restarted mid-run on its state file, each device's ledger restored (nothing lost or
     # counted twice across it: the figures above)
-    assert lw["uplink_service_restarts"] >= 1 and lw["uplink_service_state"]
+    assert lw["uplink_service_restarts"] >= 1
     restarts = [f for f in ledger["fault_log"] if f["kind"] == "uplink_service_restart"]
     assert restarts and all(f["devices_restored"] == 3 for f in restarts)
     assert ledger["commands_lorawan"]["sent"] >= 1 and ledger["commands_lorawan"]["acked"] == ledger["commands_lorawan"]["sent"]

@@ -234,7 +234,6 @@ class LoraSide:
             "ledgers_per_day": LEDGERS_PER_DAY,
             "modem_speedup": MODEM_SPEEDUP,
             "uplink_service_restarts": self.restarts,
-            "uplink_service_state": self.state_path is not None,
         }
 
 

@@ -141,3 +141,51 @@ def test_microphone_twin_scene_wav_and_faults(tmp_path):
     assert array("i", raw)[5] >> 16 == int(1000 * math.sin(5 / 3))  # the file's samples, as the microphone's words
     with pytest.raises(ValueError, match="unknown kind"):
         world.set(sound_scene="drums db=90")
+
+
+def test_the_scenes_pink_filter_a_block_at_a_time_is_kellets_sample_by_sample():
+    # The microphone's scene is computed with numpy a block at a time (the supervisor serves every
+    # board's audio); the filter must be Paul Kellet's recurrence exactly, across block boundaries.
+    import numpy as np
+
+    from host_tools.emulator.audio import Scene
+
+    w = np.random.default_rng(5).standard_normal(3000)
+    b, ref = [0.0] * 7, []
+    for x in w:
+        b[0] = 0.99886 * b[0] + x * 0.0555179
+        b[1] = 0.99332 * b[1] + x * 0.0750759
+        b[2] = 0.96900 * b[2] + x * 0.1538520
+        b[3] = 0.86650 * b[3] + x * 0.3104856
+        b[4] = 0.55000 * b[4] + x * 0.5329522
+        b[5] = -0.7616 * b[5] - x * 0.0168980
+        ref.append(b[0] + b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + x * 0.5362)
+        b[6] = x * 0.115926
+    scene = Scene("pink db=60", 16000)
+    got = np.concatenate([scene._pink_block(w[a:z].copy()) for a, z in ((0, 1), (1, 700), (700, 701), (701, 3000))])
+    assert np.max(np.abs(got - np.array(ref))) < 1e-12
+
+
+def test_the_microphones_words_clip_and_drop_the_low_byte_as_the_inmp441s():
+    from array import array
+
+    import numpy as np
+
+    from host_tools.emulator.devices.microphone import FULL, I2SMicrophone
+    from host_tools.emulator.world import World
+
+    values = [0.0, 5.7, -5.7, 255.9, -0.4, -256.5, FULL - 200.0, FULL + 5.0, -FULL - 5.0, 3e12, -3e12, 123456789.9]
+
+    def expected(v):  # one sample as the INMP441 puts it in its 32-bit slot
+        v = int(v)
+        v = FULL - 256 if v >= FULL else (-FULL if v < -FULL else v)
+        return v & ~0xFF
+
+    mic = I2SMicrophone(World(seed=1), 0, -26.0, 16000)
+    mic.i2s_init(16000, 32)
+    mic._source = lambda n: np.array(values[:n])
+    raw, _ = mic.i2s_read(4 * len(values))
+    assert list(array("i", raw)) == [expected(v) for v in values]
+    mic.i2s_init(16000, 16)
+    raw, _ = mic.i2s_read(2 * len(values))
+    assert list(array("h", raw)) == [expected(v) >> 16 for v in values]

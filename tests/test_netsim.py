@@ -305,3 +305,36 @@ def test_pin_irq_handler_runs_within_milliseconds_of_the_edge():
         assert run(hal, code) == "done"
     assert edges and reacted
     assert (reacted[-1] - edges[0]) * 1000 < 100  # the poll waited 3 s: only the interrupt explains this
+
+
+def test_an_input_that_changes_with_time_fires_its_interrupt_when_it_changes_and_the_watch_sleeps_meanwhile(monkeypatch):
+    # The bollard's up limit switch (position input 33) goes high `travel_ms` (3 s) after the relay
+    # (32) drives it up: nothing in the world changes then, the part says when (`next_change`). The
+    # HAL's interrupt watch must fire that edge on time, and not wake every 10 ms meanwhile.
+    from host_tools.emulator import hal as hal_mod
+
+    checks = []
+    check = hal_mod.PinEvents.check
+    monkeypatch.setattr(hal_mod.PinEvents, "check", lambda self: (checks.append(time.monotonic()), check(self))[1])
+    code = (
+        "import machine, time, asyncio, json\n"
+        "relay = machine.Pin(32, machine.Pin.OUT, value=0)\n"
+        "up = machine.Pin(33, machine.Pin.IN)\n"
+        "seen = []\n"
+        "up.irq(handler=lambda p: seen.append([p.value(), time.ticks_ms()]), trigger=machine.Pin.IRQ_RISING)\n"
+        "async def main():\n"
+        "    await asyncio.sleep_ms(1500)\n"  # the bollard down, standing still: nothing to watch
+        "    global t0\n"
+        "    t0 = time.ticks_ms()\n"
+        "    relay.value(1)\n"
+        "    await asyncio.sleep_ms(4000)\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps([[v, time.ticks_diff(t, t0)] for v, t in seen]))\n"
+    )
+    with StandaloneHal(boards.load("olimex-esp32-poe").data, World()) as hal:
+        out = unix_port.run(code, path=[ROM], env=hal.env(), heapsize=1 << 20, timeout=60)
+    (edge,) = json.loads(out.strip().splitlines()[-1])
+    assert edge[0] == 1 and 2950 <= edge[1] <= 3400  # the switch closed at the end of the 3 s travel
+    # ~6.5 s with an interrupt set: a 10 ms poll would have checked ~650 times; the watch checks on
+    # the pin writes, the interrupt's arming and the travel's end
+    assert len(checks) < 20, len(checks)

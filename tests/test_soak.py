@@ -58,6 +58,11 @@ def test_short_soak_loses_nothing_runs_nothing_twice_lets_no_one_in(tmp_path, ca
     # session, downlink commands acked (the attacks among those counted above)
     lw = ledger["lorawan"]
     assert lw["boards"] == 3 and lw["uplinks_sent"] >= 10 and lw["join_requests_unanswered"] >= 1 and lw["ledgers_sent"] >= 2
+    # the uplink service restarted mid-run on its state file, each device's ledger restored (nothing lost or
+    # counted twice across it: the figures above)
+    assert lw["uplink_service_restarts"] >= 1
+    restarts = [f for f in ledger["fault_log"] if f["kind"] == "uplink_service_restart"]
+    assert restarts and all(f["devices_restored"] == 3 for f in restarts)
     assert ledger["commands_lorawan"]["sent"] >= 1 and ledger["commands_lorawan"]["acked"] == ledger["commands_lorawan"]["sent"]
     # a signed release rolled out to two boards mid-run, one of them cut off in the middle of it: every
     # board of the fleet came back after the drain's last power cycle, the two on the new release
@@ -190,29 +195,38 @@ def test_a_devices_update_blocks_read_during_an_ota_wave_are_not_a_leak_but_anot
     assert leak == "lanterne/v1/north/lamp-2/ota/data lanterne/v1/north/lamp-2/up"
 
 
-def _lora_side(device="lw-1", eui="00112233445566ff"):
-    """A LoraSide around a real UplinkService that gets its uplinks by hand (no broker, no boards)."""
-    from host_tools.backoffice.uplinks import LoraDevice, UplinkService
+def _lora_side(device="lw-1", eui="00112233445566ff", state_path=None, downlinks=None):
+    """A LoraSide around a real UplinkService that gets its uplinks by hand (no broker, no boards);
+    its downlinks go to `downlinks` (a list) instead of a broker."""
+    import time
+
+    from host_tools.backoffice.uplinks import LoraDevice
 
     side = soak_lorawan.LoraSide.__new__(soak_lorawan.LoraSide)
     side.boards, side.lock = [], threading.Lock()
     side.seqs, side.acks, side._wire, side._trackers = {device: []}, {}, {}, {}
     side.ack_event = threading.Condition(side.lock)
-    side.svc = UplinkService([LoraDevice(device, eui, b"k" * 32)], on_event=side._on_event, publish=lambda t, m: None)
-    handle = side.svc.handle
-    side.svc.handle = lambda up: (side._tap(up), handle(up))
+    side.lora_devices = [LoraDevice(device, eui, b"k" * 32)]
+    side.url, side.clock, side.state_path = None, time.time, state_path
+    side.svc_lock, side.svc_down, side.restarts = threading.RLock(), False, 0
+    side.publish = (lambda t, m: downlinks.append((t, m))) if downlinks is not None else (lambda t, m: None)
+    side.svc = side._new_service(side.publish)
     return side
 
 
-def test_lorawan_readings_count_once_after_dedup_and_a_seq_with_two_contents_is_caught():
+def _uplink(side, readings, fcnt, eui="00112233445566ff", device="lw-1"):
     from host_tools.codec import encode_values
     from host_tools.codec import lns_json as J
 
+    (f,) = encode_values(readings, budget=222, runtime="cpython", lorawan=True)
+    side.svc.handle(J.Uplink(eui, device, f["fport"], fcnt, f["frame"]))
+
+
+def test_lorawan_readings_count_once_after_dedup_and_a_seq_with_two_contents_is_caught():
     side = _lora_side()
 
     def up(readings, fcnt):
-        (f,) = encode_values(readings, budget=222, runtime="cpython", lorawan=True)
-        side.svc.handle(J.Uplink("00112233445566ff", "lw-1", f["fport"], fcnt, f["frame"]))
+        _uplink(side, readings, fcnt)
 
     up([{"seq": 0, "temperature": 20.5}, {"seq": 1, "temperature": 20.6}], 1)
     up([{"seq": 1, "temperature": 20.6}, {"seq": 2, "temperature": 20.7}], 2)  # seq 1 again: a resend
@@ -224,6 +238,52 @@ def test_lorawan_readings_count_once_after_dedup_and_a_seq_with_two_contents_is_
     wire = {"lw-1": {q: set(c) for q, c in side.wire()["lw-1"].items()}}
     got = soak_ledger.readings({"lw-1": {"next_seq": 3, "dropped": 0, "pending": []}}, *side.delivered(), wire)
     assert got["readings_lost"] == 0 and got["readings_duplicated_after_dedup"] == 1
+
+
+def test_the_uplink_service_restarted_on_its_state_file_hands_nothing_on_twice_and_forgets_nothing(tmp_path):
+    # The `uplink_service_restart` fault, without a broker: the service stopped (its state file
+    # closed), a command refused while it is down, a new service on the same file.
+    downlinks = []
+    side = _lora_side(state_path=tmp_path / "uplinks-state.sqlite", downlinks=downlinks)
+    r = [{"seq": q, "temperature": 20.0 + q / 10} for q in range(6)]
+    _uplink(side, r[0:3], 1)
+    _uplink(side, r[4:5], 2)  # seq 3 lost in the air: missing
+    before = side.svc.stats()["lw-1"]
+    left = side.stop_service()
+    with pytest.raises(RuntimeError, match="down"):
+        side.send_command("lw-1", bytes(20))
+    assert side.start_service(left, connect=False, publish=side.publish) == 1 and side.restarts == 1
+    after = side.svc.stats()["lw-1"]
+    assert (after["next_seq"], after["missing"], after["readings"], after["uplinks"]) == (before["next_seq"], 1, 4, 2) == (3, 1, 4, 2)
+    _uplink(side, r[1:4], 3)  # 1 and 2 resent (their ledger downlink did not arrive), 3 at last
+    _uplink(side, r[5:6], 4)
+    seqs, events = side.delivered()
+    assert seqs == {"lw-1": [0, 1, 2, 4, 3, 5]} and events == 6  # each handed on once, across the restart
+    assert side.svc.stats()["lw-1"]["missing"] == 0 and side.svc.stats()["lw-1"]["duplicates"] == 2
+    wire = {"lw-1": {q: set(c) for q, c in side.wire()["lw-1"].items()}}
+    got = soak_ledger.readings({"lw-1": {"next_seq": 6, "dropped": 0, "pending": []}}, seqs, events, wire)
+    assert got["readings_lost"] == got["readings_duplicated_after_dedup"] == 0
+
+    # Without its state file the same restart is caught twice: the injector's check refuses the new
+    # service's empty ledger, and the ledger counts what that service hands on again.
+    side = _lora_side()
+    _uplink(side, r[0:3], 1)
+    left = side.stop_service()
+    with pytest.raises(RuntimeError, match="did not start from its state file for 00112233445566ff"):
+        side.start_service(left, connect=False, publish=side.publish)
+    assert side.start_service(None, connect=False, publish=side.publish) == 0
+    _uplink(side, r[1:4], 2)
+    seqs, events = side.delivered()
+    got = soak_ledger.readings({"lw-1": {"next_seq": 4, "dropped": 0, "pending": []}}, seqs, events, {})
+    assert seqs == {"lw-1": [0, 1, 2, 1, 2, 3]} and got["readings_duplicated_after_dedup"] == 2
+
+
+def test_the_uplink_service_restart_is_scheduled_only_for_a_fleet_with_lorawan_boards():
+    p = load_profile("short")
+    assert "uplink_service_restart" in {x.kind for x in schedule(p, ["wifi-lamp"] * 4 + ["battery-bin"], 3, random.Random(1))}
+    mqtt_only = schedule(p, ["wifi-lamp"] * 4 + ["envstation"], 3, random.Random(1))
+    assert "uplink_service_restart" not in {x.kind for x in mqtt_only}
+    assert {"broker_restart", "broker_kill", "backoffice_restart"} <= {x.kind for x in mqtt_only}
 
 
 def test_a_lorawan_status_logged_on_the_console_gives_the_boards_heap():

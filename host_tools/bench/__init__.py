@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "energy": ("host_tools.bench.energy", "lamp energy meter: heap and qstr cost on a board, tick/save cost, flash wear"),
     "ota": ("host_tools.bench.ota", "over-the-air updates: wire bytes (delta, full), transfer time, heap, Ed25519 verify, rollback"),
     "battery": ("host_tools.bench.battery", "battery bin: awake time per wake (virtual board, ESP32 estimate), charge a day, battery years"),
+    "fleet": ("host_tools.bench.fleet", "CPU a virtual board costs: its interpreter and the supervisor's share, 1-20 boards of the soak's kinds"),
     "mutation": ("host_tools.bench.mutation", "mutation testing: kill rate per module of the commands, store, codec, drain and decoders"),
 }
 

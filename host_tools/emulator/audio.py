@@ -23,11 +23,12 @@ Items add up. Pink noise is white noise through Paul Kellet's "refined" pink fil
 from __future__ import annotations
 
 import math
-import random
 import struct
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 P_REF = 20e-6  # Pa: 0 dB SPL
 RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
@@ -147,75 +148,92 @@ def parse_scene(text: str) -> list[dict]:
 
 
 class Scene:
-    """Sound pressure (Pa) at the microphone, sample by sample, from a scene description."""
+    """Sound pressure (Pa) at the microphone, block by block, from a scene description.
+
+    Computed with numpy a block at a time: the virtual microphone asks for tens of thousands of
+    samples a second per board, and a fleet's supervisor serves them all (sample by sample in
+    Python this was most of a soak supervisor's CPU per envstation, `lanterne bench fleet`)."""
 
     def __init__(self, text: str, sample_rate: int, seed: int = 1):
         self.items = parse_scene(text)
         self.rate = sample_rate
         self.t = 0  # samples produced so far
-        self.rng = random.Random(seed)
-        self._pink = [0.0] * 7
+        self.rng = np.random.default_rng(seed)
+        self._pink = np.zeros(len(_PINK_SECTIONS))  # each section's last output
+        self._pink_last = 0.0  # the previous white sample (Kellet's seventh term, one sample late)
         # Kellet's filter has a gain of about 1/0.11 at mid band; the RMS over the band is
         # measured once here so `pink db=` is the overall level.
         self._pink_rms = self._measure_pink_rms()
 
-    def _pink_step(self, w: float) -> float:
-        b = self._pink
-        b[0] = 0.99886 * b[0] + w * 0.0555179
-        b[1] = 0.99332 * b[1] + w * 0.0750759
-        b[2] = 0.96900 * b[2] + w * 0.1538520
-        b[3] = 0.86650 * b[3] + w * 0.3104856
-        b[4] = 0.55000 * b[4] + w * 0.5329522
-        b[5] = -0.7616 * b[5] - w * 0.0168980
-        out = b[0] + b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + w * 0.5362
-        b[6] = w * 0.115926
+    def _pink_block(self, w: np.ndarray) -> np.ndarray:
+        """Paul Kellet's refined pink filter over a block of white samples (its state carried on):
+        six first-order sections b_k[n] = a_k b_k[n-1] + c_k w[n], plus 0.5362 w[n] and
+        0.115926 w[n-1]."""
+        out = w * 0.5362
+        out[0] += self._pink_last
+        out[1:] += w[:-1] * 0.115926
+        self._pink_last = float(w[-1]) * 0.115926 if len(w) else self._pink_last
+        for k, (a, c) in enumerate(_PINK_SECTIONS):
+            y, self._pink[k] = _first_order(a, c * w, self._pink[k])
+            out += y
         return out
 
     def _measure_pink_rms(self) -> float:
         if not any(i["kind"] == "pink" for i in self.items):
             return 1.0
-        rng = random.Random(12345)
-        saved = list(self._pink)
-        acc = 0.0
-        n = 200000
-        for k in range(n):
-            v = self._pink_step(rng.gauss(0.0, 1.0))
-            if k >= 20000:
-                acc += v * v
-        self._pink = saved
-        return math.sqrt(acc / (n - 20000))
+        saved = self._pink.copy(), self._pink_last
+        v = self._pink_block(np.random.default_rng(12345).standard_normal(200000))
+        self._pink, self._pink_last = saved
+        return float(np.sqrt(np.mean(v[20000:] ** 2)))
 
-    def pressures(self, n: int) -> list[float]:
+    def pressures(self, n: int) -> np.ndarray:
         """The next `n` samples of sound pressure, Pa."""
-        out = [0.0] * n
+        out = np.zeros(n)
         rate = self.rate
-        t0 = self.t
+        i = np.arange(self.t, self.t + n, dtype=np.float64)
         for item in self.items:
             kind = item["kind"]
             if kind == "tone" or kind == "burst":
                 amp = pascal(item["db"]) * math.sqrt(2.0)
                 w = 2.0 * math.pi * item["f"] / rate
                 if kind == "tone":
-                    for i in range(n):
-                        out[i] += amp * math.sin(w * (t0 + i))
+                    out += amp * np.sin(w * i)
                 else:
                     start, dur, every = item["start"], item["dur"], item.get("every", 0.0)
-                    for i in range(n):
-                        t = (t0 + i) / rate - start
-                        if every > 0 and t >= 0:
-                            t %= every
-                        if 0.0 <= t < dur:
-                            out[i] += amp * math.sin(w * (t0 + i))
+                    t = i / rate - start
+                    if every > 0:
+                        t = np.where(t >= 0, np.mod(t, every), t)
+                    on = (t >= 0.0) & (t < dur)
+                    out[on] += amp * np.sin(w * i[on])
             elif kind == "white":
-                sd = pascal(item["db"])
-                g = self.rng.gauss
-                for i in range(n):
-                    out[i] += g(0.0, sd)
+                out += self.rng.normal(0.0, pascal(item["db"]), n)
             elif kind == "pink":
-                scale = pascal(item["db"]) / self._pink_rms
-                g = self.rng.gauss
-                step = self._pink_step
-                for i in range(n):
-                    out[i] += step(g(0.0, 1.0)) * scale
+                out += self._pink_block(self.rng.standard_normal(n)) * (pascal(item["db"]) / self._pink_rms)
         self.t += n
         return out
+
+
+# Kellet's refined pink filter: (pole, gain) of its six first-order sections.
+_PINK_SECTIONS = ((0.99886, 0.0555179), (0.99332, 0.0750759), (0.96900, 0.1538520), (0.86650, 0.3104856),
+                  (0.55000, 0.5329522), (-0.7616, -0.0168980))
+_MAX_CHUNK = 8192
+_POWERS: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _first_order(a: float, x: np.ndarray, y0: float) -> tuple[np.ndarray, float]:
+    """y[n] = a y[n-1] + x[n] from y[-1] = y0, and y's last value: in closed form chunk by chunk,
+    y[n] = a^(n+1) y0 + a^n sum_{k<=n} a^-k x[k], each chunk short enough that a^-k stays far
+    inside a double (|a|^-k < 1e150: 577 samples for the 0.55 pole, 8192 at most)."""
+    if a not in _POWERS:
+        chunk = min(_MAX_CHUNK, int(150 * math.log(10) / -math.log(abs(a))))
+        k = np.arange(chunk, dtype=np.float64)
+        _POWERS[a] = (a**k, a**-k)
+    pw, inv = _POWERS[a]
+    chunk = len(pw)
+    y = np.empty_like(x)
+    for s in range(0, len(x), chunk):
+        xs = x[s : s + chunk]
+        m = len(xs)
+        y[s : s + m] = pw[:m] * (a * y0 + np.cumsum(xs * inv[:m]))
+        y0 = float(y[s + m - 1])
+    return y, y0

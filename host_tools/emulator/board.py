@@ -198,6 +198,7 @@ class VirtualBoard:
         self._started_at = time.monotonic()  # when the running interpreter started
         self._wdt_timeout: float | None = None
         self._wdt_deadline: float | None = None
+        self._wdt_timer: asyncio.TimerHandle | None = None  # one timer at the deadline (not a poll)
         self._tasks: list[asyncio.Task] = []
         self._master = self._slave = None
         self._closing = False
@@ -257,13 +258,14 @@ class VirtualBoard:
         self.hal.register(self.token, self)
         follow_link(self.world, self.run_dir)
         self.ntp = await NtpServer(self.world).start()
-        self._tasks.append(asyncio.create_task(self._watchdog_task()))
         if power_on:
             await self.power_on()
 
     async def close(self) -> None:
         self._closing = True
         self.sleep.cancel()
+        if self._wdt_timer is not None:
+            self._wdt_timer.cancel()
         for t in self._tasks:
             t.cancel()
         await self._kill()
@@ -472,6 +474,7 @@ class VirtualBoard:
         if self.rom is not None:  # the raw SPI flash, for esp32.Partition (rom/esp32.py)
             env["LANTERNE_SPI_FLASH"] = str(self.spi_flash.path)
             env["LANTERNE_RUNNING_APP"] = self.running_app or ""
+        self._tasks = [t for t in self._tasks if not t.done()]  # (a soak's board boots hundreds of times)
         self._tasks.append(asyncio.create_task(self._run_interpreter(env)))
 
     def _last_cause(self) -> int:
@@ -634,11 +637,20 @@ class VirtualBoard:
             self._wdt_timeout = timeout_ms / 1000.0
         if self._wdt_timeout is not None:
             self._wdt_deadline = time.monotonic() + self._wdt_timeout
+            if self._wdt_timer is None:  # a feed only moves the deadline: the timer finds it moved when it fires
+                self._wdt_timer = asyncio.get_running_loop().call_later(self._wdt_timeout, self._watchdog_due)
 
-    async def _watchdog_task(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            if self._wdt_deadline is not None and time.monotonic() > self._wdt_deadline and self.powered:
-                self._wdt_deadline = None
-                self._wdt_timeout = None
-                await self.hard_reset("wdt")
+    def _watchdog_due(self) -> None:
+        # One timer per armed watchdog instead of a 50 ms poll per board (a fleet's supervisor woke
+        # 20 times a second for each board): when it fires before the deadline (the board fed it
+        # meanwhile) it waits for the new deadline; at the deadline the chip resets.
+        self._wdt_timer = None
+        deadline = self._wdt_deadline
+        if deadline is None or self._closing:
+            return  # (disarmed: a reset, a power cut)
+        left = deadline - time.monotonic()
+        if left > 0:
+            self._wdt_timer = asyncio.get_running_loop().call_later(left, self._watchdog_due)
+        elif self.powered:
+            self._wdt_deadline = self._wdt_timeout = None
+            self._tasks.append(asyncio.ensure_future(self.hard_reset("wdt")))

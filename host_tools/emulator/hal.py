@@ -37,8 +37,10 @@ a request answered with one line, `OK [value]` or `E <errno>`:
 The board side is `host_tools/emulator/rom/_hal.py`. A board opens up to three connections:
 its requests, requests made from inside a scheduled callback (an interrupt handler may run in
 the middle of a request), and the interrupt channel. Edges are found when the world changes
-(`World.subscribe`), after each of the board's own pin writes, and every 10 ms while an
-interrupt is set (inputs that change with time, such as a bollard's limit switch).
+(`World.subscribe`), after each of the board's own pin writes, and when an input that changes
+with time is due to change: a part that drives such an input says when (`next_change()`, the
+bollard's limit switch at the end of its travel); the inputs of a part that cannot say are
+checked every 10 ms while an interrupt is set on them.
 """
 
 from __future__ import annotations
@@ -96,7 +98,13 @@ def follow_link(world, run_dir) -> None:
 
 class PinEvents:
     """The pin interrupts one board has set: which inputs, which edges; pushes each edge that
-    fires to the board's interrupt channel. Lives on the HAL server's loop; `poke()` from any thread."""
+    fires to the board's interrupt channel. Lives on the HAL server's loop; `poke()` from any thread.
+
+    It wakes when something may have changed an input (the world, a pin write, a new interrupt)
+    and when a part's input is due to change with time (`next_change()`: the monotonic time of
+    its next change, or None while it changes only with the world); a part without
+    `next_change` is polled every PERIOD_S. (It polled every 10 ms for every board with an
+    interrupt set: a fleet's supervisor woke 100 times a second for each bollard.)"""
 
     PERIOD_S = 0.01
 
@@ -108,6 +116,7 @@ class PinEvents:
         self.writer: asyncio.StreamWriter | None = None
         self.fired = 0
         self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # (created on the loop's thread: configure() runs there)
         board.world.subscribe(self._on_world)
 
     def _on_world(self, what, values) -> None:
@@ -116,7 +125,11 @@ class PinEvents:
 
     def poke(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to tell
-            self.loop.call_soon_threadsafe(self.check)
+            self.loop.call_soon_threadsafe(self._poked)
+
+    def _poked(self) -> None:
+        self.check()
+        self._wake.set()  # an input may now be due to change later (a bollard set moving)
 
     def configure(self, pin: int, trigger: int) -> None:
         if trigger:
@@ -124,6 +137,7 @@ class PinEvents:
             self.levels[pin] = self.board.parts.pin_read(pin)
             if self._task is None:
                 self._task = self.loop.create_task(self._watch())
+            self._wake.set()
         else:
             self.triggers.pop(pin, None)
 
@@ -153,14 +167,40 @@ class PinEvents:
                 self.writer.write(bytes((pin,)))
                 self.fired += 1
 
+    def _next_wait(self) -> float | None:
+        """Seconds until an input with an interrupt set may change by itself; None: only with the world."""
+        return input_change_wait(self.board.parts, self.triggers, self.PERIOD_S)
+
     async def _watch(self) -> None:
         try:
             while True:
-                await asyncio.sleep(self.PERIOD_S)
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._next_wait() if self.triggers else None)
                 if self.triggers:
                     self.check()
         finally:
             self._task = None
+
+
+def input_change_wait(parts, pins, period_s: float) -> float | None:
+    """Seconds until one of these inputs may change by itself (not through the world, which its
+    subscribers hear of): the soonest `next_change()` of the parts driving them, `period_s` when
+    a part cannot say (it is polled), None when none changes by itself."""
+    drivers = getattr(parts, "pin_in", {})
+    soonest = None
+    for pin in pins:
+        part = drivers.get(pin)
+        if part is None:
+            continue  # a pin the world sets
+        next_change = getattr(part, "next_change", None)
+        if next_change is None:
+            return period_s
+        at = next_change()
+        if at is not None:
+            wait = max(0.0, at - time.monotonic()) + 0.001
+            soonest = wait if soonest is None else min(soonest, wait)
+    return soonest
 
 
 def pin_events(board) -> PinEvents:
@@ -211,6 +251,7 @@ def handle(board: HalClient, line: str) -> str:
             events = getattr(board, "pin_events", None)
             if events is not None and events.triggers:
                 events.check()  # an output wired back to an input
+                events._wake.set()  # ... or one that starts an input changing (a bollard's relay)
             return "OK"
         if op == "IRQ":
             pin_events(board).configure(int(args[0]), int(args[1]))

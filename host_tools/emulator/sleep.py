@@ -30,13 +30,17 @@ import contextlib
 import os
 import time
 
+from host_tools.emulator.hal import input_change_wait
+
 RTC_POWER_ON_EPOCH = 946684800  # what the ESP32's RTC reads at power-on: 2000-01-01, Unix seconds
 RTC_MEMORY_MAX = 2048  # MICROPY_HW_RTC_USER_MEM_MAX on the ESP32 port
 WAKE_UNDEFINED, WAKE_EXT0, WAKE_EXT1, WAKE_TIMER = 0, 2, 3, 4  # esp_sleep_wakeup_cause_t
 RTC_GPIOS = frozenset((0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39))
 #: reset kinds after which the RTC domain kept its power (memory and clock kept)
 RTC_KEPT = frozenset(("deepsleep", "software", "wdt", "panic", "soft-friendly", "soft-raw"))
-_POLL_S = 0.01  # how often a sleeping board's wake pins are looked at (and on every world change)
+# how often a sleeping board's wake pins are looked at when the part driving one cannot say when
+# it changes (hal.input_change_wait); a pin the world sets is looked at on every world change
+_POLL_S = 0.01
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -190,13 +194,17 @@ class DeepSleep:
                 left = None if real_s is None else real_s - (time.monotonic() - start)
                 if left is not None and left <= 0:
                     break
-                wait = left if not watch else min(_POLL_S if left is None else left, _POLL_S)
-                if wait is None:
+                # the wake pins wake it through the world (`changed`) or, for a part's input that
+                # changes by itself, when that part says (polled every _POLL_S when it cannot say)
+                pins = ([self.ext0[0]] if self.ext0 else []) + (list(self.ext1[0]) if self.ext1 else [])
+                by_itself = input_change_wait(self.board.parts, pins, _POLL_S) if watch else None
+                wait = left if by_itself is None else (by_itself if left is None else min(left, by_itself))
+                if wait is None and not watch:
                     await asyncio.sleep(3600)
                     continue
                 changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), wait)
+                    await asyncio.wait_for(changed.wait(), wait)  # (None: until the world changes)
         finally:
             if watch:
                 world.unsubscribe(on_world)

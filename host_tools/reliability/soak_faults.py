@@ -1,7 +1,7 @@
 """The soak's fault injectors: one function per fault kind (soak_profile.FAULTS), each through
 what the emulator and the back office already offer (docs/emulator.md): the board's power and
 world (link, sensors, NTP, the wall clock), its `FaultProxy` to the broker, the flash folder,
-the broker process, the bridge.
+the broker process, the bridge, the LoRaWAN uplink service.
 
 `INJECTORS[kind](ctx, planned, rng)` injects the fault and returns the function that ends it
 (called `planned.duration_s` later by `soak.Campaign`), or None when the fault ends by itself.
@@ -197,6 +197,18 @@ def _backoffice_restart(ctx, p, rng):
     return ctx.start_backoffice
 
 
+def _uplink_service_restart(ctx, p, rng):
+    # The LoRaWAN uplink service stopped as its process stops (its state file closed), down for the
+    # duration, then started again on that file: it must start from exactly the ledgers it left.
+    left = ctx.lora.stop_service()
+    p.arg["devices"] = len(left)
+
+    def start():
+        p.arg["devices_restored"] = ctx.lora.start_service(left)
+
+    return start
+
+
 INJECTORS = {
     "power_cut": _power_cut,
     "power_cut_flash_write": _power_cut_flash_write,
@@ -211,6 +223,7 @@ INJECTORS = {
     "broker_restart": _broker_restart,
     "broker_kill": _broker_kill,
     "backoffice_restart": _backoffice_restart,
+    "uplink_service_restart": _uplink_service_restart,
     "lorawan_uplink_loss": soak_lorawan.uplink_loss,
     "lorawan_join_failure": soak_lorawan.join_failure,
 }

@@ -147,7 +147,8 @@ def format_ledger(ledger: dict) -> str:
         add(f"lorawan ({lw['boards']} boards, network server and uplink service on the broker): uplinks {lw['uplinks_sent']}, "
             f"lost in the air {lw['uplinks_lost_in_the_air']}, join requests unanswered {lw['join_requests_unanswered']}, "
             f"joins {lw['network_server_joins']}, ledger downlinks {lw['ledgers_sent']}, "
-            f"duplicates dropped by the uplink service {lw['duplicates_dropped_by_uplink_service']}; "
+            f"duplicates dropped by the uplink service {lw['duplicates_dropped_by_uplink_service']}, "
+            f"uplink service restarts (on its state file) {lw.get('uplink_service_restarts', 0)}; "
             f"commands {json.dumps(ledger.get('commands_lorawan', {}))}")
     ota = ledger.get("ota")
     if ota:

@@ -19,6 +19,14 @@ The uplink service's ledger clock runs `LEDGER_CLOCK_SCALE` times the wall clock
 delivery-ledger downlinks it may send in 24 hours (the default budget) come every ~14 s of the run
 instead of every 2.4 hours: a soak of minutes then exercises the ledger (frees, resends of lost
 uplinks) as a day of service does. It is in the ledger (`lorawan.ledger_clock_scale`).
+
+The uplink service keeps each device's ledger in a state file (`lanterne uplinks --state`,
+host_tools/backoffice/uplink_state.py), so the campaign restarts it as a city's service restarts
+(`uplink_service_restart`: `LoraSide.stop_service`, `start_service`): stopped, its state file closed, down for the fault's
+duration (the uplinks the network server publishes meanwhile reach no one, as with the real
+service's clean session), then a new service on the same file. The injector checks that the new
+service starts from exactly the ledgers the old one left; the ledger's counts check the rest
+(nothing handed on twice, nothing the boards freed counted as missing).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from host_tools.backoffice.command_client import cmd as commands
 from host_tools.reliability import soak_security
 
 LNS_USER = "soak-lns"
+STATE_FILE = "uplinks-state.sqlite"  # the uplink service's (`lanterne uplinks --state`), beside the fleet's registry
 LEDGER_CLOCK_SCALE = 600.0
 LEDGERS_PER_DAY = 10
 MODEM_SPEEDUP = 5.0  # the modem's clock (join accept in ~1.2 s instead of 6 s)
@@ -75,6 +84,10 @@ class LoraSide:
         self.acks: dict[tuple[str, int], int] = {}
         self.ack_event = threading.Condition(self.lock)
         self.ns = self.svc = None
+        self.state_path = reg.path.parent / STATE_FILE  # the uplink service's state file, in the run's folder
+        self.svc_lock = threading.RLock()  # held while the service is swapped; its users go through it
+        self.svc_down = False
+        self.restarts = 0
         self._wire: dict[str, dict[int, dict[str, int]]] = {}  # device -> full seq -> content -> copies received
         self._trackers: dict[str, object] = {}
         t0, m0 = time.time(), time.monotonic()
@@ -89,24 +102,78 @@ class LoraSide:
                 self.ack_event.notify_all()
 
     def start(self) -> LoraSide:
-        from host_tools.backoffice.uplinks import UplinkService
         from host_tools.emulator.network_server import NetworkServer
 
         self.ns = NetworkServer(self.url, self.ns_devices, integrations=("chirpstack",)).start()
-        self.svc = UplinkService(self.lora_devices, integration="chirpstack", broker_url=self.url, clock=self.clock,
-                                 ledger_per_day=LEDGERS_PER_DAY, on_event=self._on_event).start()
-        handle = self.svc.handle
-
-        def tapped(up):  # every uplink the service takes, seen before its de-duplication
-            self._tap(up)
-            handle(up)
-
-        self.svc.handle = tapped
+        self.svc = self._new_service()
+        self.svc.start()
         for b in self.boards:
             modem(b.handle).radio.broker_url = self.url
         return self
 
-    def _tap(self, up) -> None:
+    def _new_service(self, publish=None):
+        """An uplink service on the side's devices and state file, tapped (not started)."""
+        from host_tools.backoffice.uplinks import UplinkService
+
+        svc = UplinkService(self.lora_devices, integration="chirpstack", broker_url=self.url, clock=self.clock,
+                            ledger_per_day=LEDGERS_PER_DAY, on_event=self._on_event, publish=publish, state=self.state_path)
+        handle = svc.handle
+
+        def tapped(up):  # every uplink the service takes, seen before its de-duplication
+            self._tap(up, svc)
+            handle(up)
+
+        svc.handle = tapped
+        return svc
+
+    # -- the service's restart (the `uplink_service_restart` fault) ------------------------------------
+    def stop_service(self) -> dict[str, dict]:
+        """Stop the uplink service as its process stops (state file closed); each device's state as it left it."""
+        with self.svc_lock:
+            self.svc_down = True
+            svc = self.svc
+            svc.stop()  # (its MQTT loop joined: no uplink is being handled any more)
+            with svc._lock:
+                return {eui: json.loads(json.dumps(st.snapshot())) for eui, st in svc.devices.items()}
+
+    def start_service(self, left: dict[str, dict] | None = None, connect: bool = True, publish=None) -> int:
+        """A new uplink service on the same state file; with `left` (stop_service's), check it starts from
+        exactly that state. Returns how many devices' state it restored (RuntimeError when it differs)."""
+        with self.svc_lock:
+            if not self.svc_down:  # (running: nothing to start)
+                return 0
+            svc = self._new_service(publish)
+            now = {eui: json.loads(json.dumps(st.snapshot())) for eui, st in svc.devices.items()}
+            if left is not None and now != left:
+                bad = sorted(eui for eui in left if now.get(eui) != left[eui])
+                raise RuntimeError(f"the restarted uplink service did not start from its state file for {', '.join(bad)}")
+            for attempt in range(30 if connect else 0):  # a loaded machine may take more than its 10 s to connect
+                try:
+                    svc.start()
+                    break
+                except ConnectionError:
+                    svc.stop()  # (its client and state file closed: opened again for the next try)
+                    if attempt == 29:
+                        raise
+                    svc = self._new_service(publish)
+            self.svc, self.svc_down = svc, False
+            self.restarts += 1
+            return sum(1 for st in now.values() if st["counts"][0])
+
+    def send_command(self, device: str, frame: bytes) -> None:
+        with self.svc_lock:
+            if self.svc_down:
+                raise RuntimeError("the uplink service is down (restarting)")
+            self.svc.send_command(device, frame)
+
+    def send_downlink(self, device: str, fport: int, frame: bytes) -> None:
+        with self.svc_lock:
+            client = self.svc._client
+            if self.svc_down or client is None or not client.is_connected():  # (a fault): it reaches no board
+                raise RuntimeError("the uplink service is not connected to the broker")
+            self.svc.send_downlink(self.svc.by_name[device].info, fport, frame)
+
+    def _tap(self, up, svc) -> None:
         from host_tools.codec import FPORT, FPORT_V3, PayloadError, decode
         from host_tools.codec.seq import SeqTracker
         from host_tools.reliability.soak_ledger import reading_content
@@ -118,7 +185,7 @@ class LoraSide:
         except PayloadError:
             return
         with self.lock:
-            st = self.svc.devices.get(up.dev_eui.lower()) if self.svc else None
+            st = svc.devices.get(up.dev_eui.lower())
             if st is None:
                 return
             device = st.info.device
@@ -166,6 +233,7 @@ class LoraSide:
             "ledger_clock_scale": LEDGER_CLOCK_SCALE,
             "ledgers_per_day": LEDGERS_PER_DAY,
             "modem_speedup": MODEM_SPEEDUP,
+            "uplink_service_restarts": self.restarts,
         }
 
 
@@ -183,18 +251,17 @@ class LoraCommands(soak_security.CommandStream):
         self._threads = []
         self._lock = threading.Lock()
         self.stopped = threading.Event()
-        self.info = {d.device: d for d in side.lora_devices}
 
     def _publish(self, device: str, frame: bytes) -> None:
-        client = self.side.svc._client
-        if client is None or not client.is_connected():  # the broker down (a fault): it reaches no board
-            raise RuntimeError("the uplink service is not connected to the broker")
-        self.side.svc.send_downlink(self.info[device], self.side.svc.ledger.FPORT_COMMAND, frame)
+        self.side.send_downlink(device, self.side.svc.ledger.FPORT_COMMAND, frame)  # RuntimeError: reached no board
 
     def _send_and_retry(self, s, opcode: int) -> None:
         while True:
-            self.side.svc.send_command(s.device, s.frame)
-            end = time.monotonic() + RETRY_AFTER_S
+            try:
+                self.side.send_command(s.device, s.frame)
+                end = time.monotonic() + RETRY_AFTER_S
+            except RuntimeError:  # the service restarting: queued nowhere, tried again shortly
+                end = time.monotonic() + 2.0
             with self.side.ack_event:
                 while (s.device, s.counter) not in self.side.acks and not self.stopped.is_set():
                     left = end - time.monotonic()

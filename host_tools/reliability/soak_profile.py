@@ -14,7 +14,7 @@ A profile is data (a built-in name, `short` or `full`, or a JSON file of the sam
      "drain_s": 300}                            # how long the fleet gets to deliver at the end
 
 Faults are drawn up front from the seed (`schedule`; every kind with a rate at least once a
-run, however short), each at a random instant of the
+run, however short, unless the fleet has no board it concerns), each at a random instant of the
 chaos window (the run less a settle time at each end): a board fault on a board that has
 no other fault then (one at a time per board, so an outage never meets a full flash: a
 board that drops readings because its flash is both full and cut off is a limit of the
@@ -44,7 +44,9 @@ class FaultKind:
     name: str
     scope: str  # "board": one board at a time; "fleet": the broker or the back office
     what: str
-    transports: tuple[str, ...] = ("mqtt",)  # the board transports it applies to (board scope)
+    # the board transports it applies to (board scope: the boards it may hit; fleet scope: a fleet
+    # with none of them does not get it)
+    transports: tuple[str, ...] = ("mqtt",)
 
 
 FAULTS: dict[str, FaultKind] = {
@@ -65,9 +67,13 @@ FAULTS: dict[str, FaultKind] = {
                   ("lorawan",)),
         FaultKind("lorawan_join_failure", "board", "the board's power cut and its module's session lost; the network leaves "
                   "the next 1-2 join requests unanswered; power back after the duration", ("lorawan",)),
-        FaultKind("broker_restart", "fleet", "Mosquitto stopped (SIGTERM, it saves its state) and started again"),
-        FaultKind("broker_kill", "fleet", "Mosquitto killed (SIGKILL), down for the duration, started again"),
-        FaultKind("backoffice_restart", "fleet", "the bridge stopped (committing what it took), down for the duration, started again"),
+        FaultKind("broker_restart", "fleet", "Mosquitto stopped (SIGTERM, it saves its state) and started again",
+                  ("mqtt", "lorawan")),
+        FaultKind("broker_kill", "fleet", "Mosquitto killed (SIGKILL), down for the duration, started again", ("mqtt", "lorawan")),
+        FaultKind("backoffice_restart", "fleet", "the bridge stopped (committing what it took), down for the duration, started again",
+                  ("mqtt", "lorawan")),
+        FaultKind("uplink_service_restart", "fleet", "the LoRaWAN uplink service stopped (its state file closed), down for the "
+                  "duration, started again on its state file", ("lorawan",)),
     )
 }
 
@@ -131,6 +137,7 @@ _SHORT = {
         "broker_restart": {"per_min": 0.6, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.6, "duration_s": [1, 3]},
         "backoffice_restart": {"per_min": 0.6, "duration_s": [1, 5]},
+        "uplink_service_restart": {"per_min": 0.6, "duration_s": [1, 5]},
     },
     "commands_per_min": 40,
     "attacks_per_min": 30,
@@ -169,6 +176,7 @@ _FULL = {
         "broker_restart": {"per_min": 0.1, "duration_s": [0, 0]},
         "broker_kill": {"per_min": 0.1, "duration_s": [2, 20]},
         "backoffice_restart": {"per_min": 0.15, "duration_s": [2, 60]},
+        "uplink_service_restart": {"per_min": 0.15, "duration_s": [2, 60]},
     },
     "commands_per_min": 30,
     "attacks_per_min": 10,
@@ -291,6 +299,8 @@ def schedule(profile: Profile, kinds: list[str], minutes: float, rng: random.Ran
     for name in sorted(profile.faults):
         spec = profile.faults[name]
         fk = FAULTS[name]
+        if fk.scope == "fleet" and not any(BOARD_KINDS[k].transport in fk.transports for k in kinds):
+            continue  # (the uplink service's restart in a fleet of MQTT boards only: there is no service)
         expected = spec["per_min"] * (hi - lo) / 60
         count = int(expected) + (rng.random() < expected - int(expected))
         if spec["per_min"] > 0:

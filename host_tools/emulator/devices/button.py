@@ -18,6 +18,9 @@ class Button:
     def pin_read(self, pin: int) -> int:
         return 0 if self.world.get("button") else 1
 
+    def next_change(self) -> None:
+        return None  # it changes with the world only (the HAL's interrupt watch hears of that)
+
 
 class AlarmSwitch:
     """The board file's `alarm` switch (a bin's lid or tilt switch): the world's `alarm` on or off.
@@ -35,3 +38,6 @@ class AlarmSwitch:
 
     def pin_read(self, pin: int) -> int:
         return self.active if self.world.get("alarm") else 1 - self.active
+
+    def next_change(self) -> None:
+        return None  # it changes with the world only

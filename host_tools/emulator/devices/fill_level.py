@@ -89,6 +89,9 @@ class UltrasonicPing(_Echoes):
     def pin_read(self, pin: int) -> int:
         return 0
 
+    def next_change(self) -> None:
+        return None  # its echo line reads 0 outside time_pulse_us
+
     def time_pulse_us(self, pin: int, level: int, timeout_us: int) -> int:
         if pin != self.echo or level != 1 or not self._armed or self._absent():
             return -2  # the echo line never went high

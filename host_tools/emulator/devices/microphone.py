@@ -13,7 +13,8 @@ Time: the clock starts when the firmware builds its `machine.I2S`; the board's s
 paces readinto() at the sample rate (it returns when the last sample it hands over
 would have been sampled), so the firmware sees readinto() block the way the ESP32's does.
 
-Data path: the HAL request carries only the size; the samples go through a file in
+Samples are made a block at a time with numpy (a fleet's supervisor serves every board's
+audio: `lanterne bench fleet`). Data path: the HAL request carries only the size; the samples go through a file in
 the board's run folder (`i2s<id>.raw`), several blocks per request, read with one
 readinto per block on the board.
 
@@ -27,7 +28,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from array import array
+
+import numpy as np
 
 from host_tools.emulator.audio import Scene, read_wav
 from host_tools.emulator.devices.parts import register
@@ -46,6 +48,7 @@ class I2SMicrophone:
         self.rate = int(sample_rate)
         self.bits = 32
         self.rng = random.Random(world.rng.random())
+        self._noise = np.random.default_rng(self.rng.randrange(1 << 30))  # the self-noise, a block at a time
         self.t0 = None
         self.produced = 0
         self._scene_text = None
@@ -64,24 +67,20 @@ class I2SMicrophone:
     def _pa_full_scale_peak(self) -> float:
         return math.sqrt(2.0) / (10.0 ** (self.sensitivity_dbfs / 20.0))
 
-    def _source(self, n: int) -> list[float] | array:
+    def _source(self, n: int) -> np.ndarray:
+        """The next n samples as 32-bit words' values before clipping (floats or ints)."""
         w = self.world
         wav = w.get("sound_wav", "")
         if wav:
             if wav != self._wav_path:
                 info = read_wav(wav)
                 raw = info.path.read_bytes()[info.data_offset : info.data_offset + info.data_bytes]
-                a = array("h" if info.bits == 16 else "i")
-                a.frombytes(raw)
                 scale = FULL // (1 << (info.bits - 1))
-                self._wav = [v * scale for v in a]
+                self._wav = np.frombuffer(raw, dtype="<i2" if info.bits == 16 else "<i4").astype(np.int64) * scale
                 self._wav_path, self._wav_pos = wav, 0
-            out = []
-            data = self._wav
-            for _ in range(n):
-                out.append(data[self._wav_pos])
-                self._wav_pos = (self._wav_pos + 1) % len(data)
-            return out  # already in 32-bit words
+            idx = (self._wav_pos + np.arange(n)) % len(self._wav)
+            self._wav_pos = (self._wav_pos + n) % len(self._wav)
+            return self._wav[idx]  # already in 32-bit words
         text = w.get("sound_scene", "")
         if text != self._scene_text or self._scene is None or self._scene.rate != self.rate:
             self._scene = Scene(text, self.rate, seed=self.rng.randrange(1 << 30))
@@ -91,8 +90,7 @@ class I2SMicrophone:
         gain = FULL / self._pa_full_scale_peak()
         if w.fault(self.name, "clipping"):
             gain *= 100.0
-        g = self.rng.gauss
-        return [(p + g(0.0, noise)) * gain for p in pa]
+        return (pa + self._noise.normal(0.0, noise, n)) * gain
 
     def i2s_read(self, nbytes: int) -> tuple[bytes, int]:
         """(n samples as 32-bit little-endian words, microseconds until the last one exists)."""
@@ -102,19 +100,19 @@ class I2SMicrophone:
         n = max(0, nbytes // width)
         w = self.world
         if w.fault(self.name, "silence") or w.fault(self.name, "missing"):
-            words = [0] * n
+            words = np.zeros(n, dtype=np.int32)
         elif w.fault(self.name, "stuck"):
-            words = [0x12345600] * n
+            words = np.full(n, 0x12345600, dtype=np.int32)
         else:
-            words = []
-            for v in self._source(n):
-                v = int(v)
-                v = FULL - 256 if v >= FULL else (-FULL if v < -FULL else v)
-                words.append(v & ~0xFF)  # 24 significant bits, left-justified
+            # full scale clips (then toward zero to an integer, as int() does); 24 significant bits,
+            # left-justified (the low byte dropped, as a two's-complement mask does: toward minus infinity)
+            v = np.asarray(self._source(n), dtype=np.float64)
+            words = np.clip(v, -FULL, FULL - 1, out=v if v.flags.writeable else None).astype(np.int32)
+            words &= ~0xFF
         if self.bits == 16:
-            out = array("h", [x >> 16 for x in words]).tobytes()
+            out = (words >> 16).astype(np.int16).tobytes()
         else:
-            out = array("i", words).tobytes()
+            out = words.astype(np.int32, copy=False).tobytes()
         self.produced += n
         due = self.t0 + self.produced / self.rate
         wait_us = int(max(0.0, due - time.monotonic()) * 1e6)

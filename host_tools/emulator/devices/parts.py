@@ -8,7 +8,10 @@ the simulated part wired there (see the board file) or to the world's outputs.
 Simulated part classes register themselves in `MODELS` (type name in the board
 file -> factory(world, spec, board) -> part object). A part object may define
 any of: `address` + `write(data)` / `read(n)` (I2C), `pins_in` (pins it drives
-towards the ESP32) + `pin_read(pin)`, `pins_out` + `pin_write(pin, level)`,
+towards the ESP32) + `pin_read(pin)` + `next_change()` (when those inputs next change by
+themselves, monotonic seconds, or None when only the world changes them: the HAL's interrupt
+watch and a sleeping board's wake pins sleep until then; without it they are polled every
+10 ms), `pins_out` + `pin_write(pin, level)`,
 `time_pulse_us(pin, level, timeout_us)`, `adc_pins` + `adc_read_uv(pin)`,
 `uart` (bus name) + `uart_write(data)` / `uart_read(n)`, `pwm_changed(pin, freq, duty_u16)`,
 `i2s` (bus id) + `i2s_init(rate, bits)` / `i2s_read(nbytes) -> (bytes, wait_us)`.

@@ -50,6 +50,14 @@ class BollardRelay:
         self.position = self._target = 1 if position else 0
         self._since = self.clock()
 
+    def next_change(self) -> float | None:
+        """When the position input changes by itself (monotonic seconds): the end of the travel under
+        way; None while the bollard stands still (or is jammed), so the HAL's interrupt watch sleeps."""
+        self._advance()
+        if self._target == self.position or self.world.fault(self.name, "stuck"):
+            return None
+        return self._since + self.travel_s
+
     def pin_read(self, pin: int) -> int:
         self._advance()
         if pin == self.presence_pin:

@@ -375,3 +375,17 @@ def test_ctrl_c_still_stops_a_pure_computation(bare_board):
     s.write(b"import time; time.sleep_ms(300); print('after', n > 0)\r")
     out = s.read_until(b">>> ")
     assert b"after True" in out and b"KeyboardInterrupt" not in out
+
+
+def test_a_timer_callback_runs_while_the_code_sleeps(bare_board):
+    # The ESP32's sleeps run scheduled callbacks as they come; so do the virtual board's, which
+    # wait on the wake-up pair the timer's thread writes to (and on the Ctrl-C channel).
+    h, s = bare_board()
+    s.write(b"import machine, time; hits = []; t0 = time.ticks_ms()\r")
+    s.read_until(b">>> ")
+    s.write(b"tm = machine.Timer(0, mode=machine.Timer.ONE_SHOT, period=100, "
+            b"callback=lambda t: hits.append(time.ticks_diff(time.ticks_ms(), t0))); "
+            b"time.sleep_ms(1500); print('hits', hits)\r")
+    out = s.read_until(b">>> ", timeout=10)
+    hits = [int(x) for x in out.split(b"hits [")[1].split(b"]")[0].split(b",")]
+    assert len(hits) == 1 and 100 <= hits[0] < 700, out  # long before the sleep's end

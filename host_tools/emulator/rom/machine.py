@@ -161,13 +161,15 @@ def _run_timer(t):
             _hal.in_callback[0] -= 1
 
 
-def _irq_start():
-    if _irq_running[0]:
-        return
-    import _thread
+_wake_tx = []  # the sending end of the wake-up pair every poll (and sleep) watches, once made
+
+
+def _wake_pair():
+    if _wake_tx:
+        return _wake_tx[0]
     import usocket
 
-    # A connected AF_UNIX pair in the run folder: the thread writes, every poll watches.
+    # A connected AF_UNIX pair in the run folder: the threads write, every poll watches.
     path = (os.getenv("LANTERNE_RUN_DIR") or "/tmp") + "/irq.sock"
     addr = b"\x01\x00" + path.encode() + b"\x00"  # struct sockaddr_un (AF_UNIX = 1, little-endian)
     try:
@@ -183,8 +185,18 @@ def _irq_start():
     listener.close()
     _hal.posix().remove(path)
     rx.setblocking(False)
-    events = _hal.open_events()
     _irqpoll.wake = rx
+    _wake_tx.append(tx)
+    return tx
+
+
+def _irq_start():
+    if _irq_running[0]:
+        return
+    import _thread
+
+    tx = _wake_pair()
+    events = _hal.open_events()
     _irq_running[0] = True
     _thread.start_new_thread(_irq_thread, (events, tx, bytearray(1)))
 
@@ -641,6 +653,8 @@ class Timer:
         self._cb = callback
         self._gen = getattr(self, "_gen", 0) + 1
         gen = self._gen
+        wake = _wake_pair()  # a sleep or poll in progress wakes for the callback, as for a pin's
+        buf = bytearray(1)
 
         def run():
             while self._gen == gen:
@@ -651,6 +665,10 @@ class Timer:
                     try:
                         micropython.schedule(_run_timer, self)
                     except RuntimeError:
+                        pass
+                    try:
+                        wake.write(buf)
+                    except OSError:
                         pass
                 if self._mode == self.ONE_SHOT:
                     break

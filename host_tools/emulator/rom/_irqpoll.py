@@ -65,6 +65,8 @@ class poll:
         t0 = time.ticks_ms()
         while True:
             ready = self._p.poll(timeout)
+            if not ready:
+                return ready  # (the asyncio loop's usual case: kept short)
             woken = False
             i = len(ready)
             while i:

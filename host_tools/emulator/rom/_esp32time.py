@@ -7,7 +7,9 @@ import time as _time
 import _hal
 import _irqpoll
 
-_waiter = []  # one poll (nothing registered: it watches the wake-up pair and the Ctrl-C channel)
+# One poll with nothing registered: it watches the wake-up pair and the Ctrl-C channel. Made
+# now, with the ROM (its heap is the ROM's, not the firmware's).
+_waiter = _irqpoll.poll()
 
 
 def sleep_ms(ms):
@@ -15,9 +17,7 @@ def sleep_ms(ms):
         _hal.check_interrupt()
         _time.sleep_ms(ms)
         return
-    if not _waiter:
-        _waiter.append(_irqpoll.poll())
-    w = _waiter[0]
+    w = _waiter
     t0 = _time.ticks_ms()
     left = ms
     while left > 0:

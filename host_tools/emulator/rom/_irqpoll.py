@@ -32,7 +32,8 @@ class poll:
     def __init__(self):
         self._p = _select.poll()
         self._wake = None
-        self._intr = None
+        if _hal.intr is not None:  # (open from boot, before any user code: never changes)
+            self._p.register(_hal.intr, POLLIN)
 
     def register(self, obj, mask=POLLIN | POLLOUT):
         self._p.register(obj, mask)
@@ -59,9 +60,6 @@ class poll:
         if w is not None and self._wake is not w:
             self._p.register(w, POLLIN)
             self._wake = w
-        if c is not None and self._intr is not c:
-            self._p.register(c, POLLIN)
-            self._intr = c
         t0 = time.ticks_ms()
         while True:
             ready = self._p.poll(timeout)

@@ -18,7 +18,7 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     WDT timeout_ms / FEED    watchdog armed / fed
     RSSI / MCUTEMP           radio and chip facts
     CLOCK                    the world's wall clock, Unix seconds (what NTP serves)
-    EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
+    EXEC 1|0                 user code starts/stops running (Ctrl-C becomes KeyboardInterrupt / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset / to sleep ms (0: until a wake pin)
     RTCMEM hex|-             RTC memory now holds these bytes (kept across deep sleep, sleep.py)

@@ -117,8 +117,8 @@ def call(line):
 
 
 def _exchange(s, line):
-    # A Ctrl-C (SIGINT) may land in the middle of a request: finish the exchange first so
-    # the next request does not read this one's reply, then let the interrupt through.
+    # A Ctrl-C sent as SIGINT after all (board.py) may land in the middle of a request: finish
+    # the exchange first so the next request does not read this one's reply, then let it through.
     interrupted = False
     data = line.encode() + b"\n"
     try:

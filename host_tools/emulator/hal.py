@@ -29,7 +29,7 @@ a request answered with one line, `OK [value]` or `E <errno>`:
                              (once, not repeatedly), 0 off (machine.Pin.irq)
     EVENTS                   this connection becomes the board's interrupt channel: from now on
                              the server writes one byte, the pin number, per edge that fires
-    INTR                     this connection becomes the board's Ctrl-C channel: the board writes
+    INTR                     this connection becomes the board's Ctrl-C channel: the server writes
                              one byte (3) per Ctrl-C typed while user code runs; the interpreter
                              answers each with one byte when it raises KeyboardInterrupt for it
     AP ssid_hex authmode key_hex | AP -   the Wi-Fi access point is up (as a phone sees it) / off
@@ -39,9 +39,10 @@ a request answered with one line, `OK [value]` or `E <errno>`:
 
 The board side is `host_tools/emulator/rom/_hal.py`. A board opens up to four connections:
 its requests, requests made from inside a scheduled callback (an interrupt handler may run in
-the middle of a request), the interrupt channel and the Ctrl-C channel. Edges are found when the world changes
-(`World.subscribe`), after each of the board's own pin writes, and every 10 ms while an
-interrupt is set (inputs that change with time, such as a bollard's limit switch).
+the middle of a request), the interrupt channel and the Ctrl-C channel. Edges are found when
+the world changes (`World.subscribe`), after each of the board's own pin writes, and every
+10 ms while an interrupt is set (inputs that change with time, such as a bollard's limit
+switch).
 """
 
 from __future__ import annotations
@@ -359,7 +360,6 @@ class HalServer:
             await reader.read()  # the board never writes here: EOF when its interpreter ends
         finally:
             events.detach(writer)
-
 
     async def _interrupts(self, board, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         attach = getattr(board, "on_interrupt_channel", None)

@@ -292,3 +292,99 @@ def test_watchdog_resets_a_stuck_board(bare_board):
     )
     h.wait_for("cause 3", timeout=15)
     assert "TG0WDT_SYS_RESET" in h.console()
+
+
+# A main.py that spends much of its time in the garbage collector, as a firmware on a small heap
+# does, passing through a HAL request and the asyncio loop between collections.
+_GC_BUSY_MAIN = """
+import asyncio, gc, machine
+print('main start')
+pin = machine.Pin(4, machine.Pin.IN)
+live = [[i] * 4 for i in range(500)]
+async def loop():
+    n = 0
+    while True:
+        gc.collect()
+        n += pin.value()
+        await asyncio.sleep_ms(0)
+asyncio.run(loop())
+"""
+
+
+def test_ctrl_c_during_garbage_collection_never_locks_the_heap(bare_board):
+    # mpremote's Ctrl-C then Ctrl-A, 30 times, landing anywhere in a loop that collects garbage
+    # most of the time. When the emulator sent Ctrl-C as SIGINT, the unix port raised
+    # KeyboardInterrupt from inside the collector and left the heap locked: "MemoryError: memory
+    # allocation failed, heap is locked", a reboot, and "could not enter raw repl" (in ~40% of
+    # such tries). Each Ctrl-C must be one KeyboardInterrupt, at a bytecode, and no signal.
+    import random
+
+    h, s = bare_board(files={"main.py": _GC_BUSY_MAIN}, wait="main start")
+    boots = h.boots
+    for _ in range(30):
+        time.sleep(random.uniform(0.05, 0.4))
+        s.write(b"\r\x03")
+        time.sleep(0.02)
+        s.write(b"\r\x01")
+        out = s.read_until(b"raw REPL; CTRL-B to exit\r\n>", timeout=10)
+        assert b"KeyboardInterrupt" in out, out
+        assert b"heap is locked" not in out and b"Guru Meditation" not in out, out
+        s.write(b"\x02")
+        s.read_until(b">>> ")
+        s.write(b"\x04")  # soft reboot from the friendly REPL: main.py runs again
+        s.read_until(b"main start")
+    assert h.boots == boots + 30  # the 30 soft reboots, no crash among them
+    assert h.board.interrupt_signals == 0
+
+
+def test_ctrl_c_ends_a_long_sleep_without_a_signal(bare_board):
+    # As on the ESP32, whose sleeps take a Ctrl-C while they wait: time.sleep(), sleep_ms() and
+    # machine.lightsleep() are interrupted by the Ctrl-C itself, not by the signal that would
+    # follow INTERRUPT_GRACE_S later.
+    h, s = bare_board()
+    for call in (b"time.sleep(30)", b"time.sleep_ms(30000)", b"machine.lightsleep(30000)"):
+        s.write(b"import time, machine; print('sleeping'); " + call + b"\r")
+        s.read_until(b"sleeping")
+        time.sleep(0.2)
+        s.write(b"\x03")
+        out = s.read_until(b">>> ", timeout=10)
+        assert b"KeyboardInterrupt" in out
+    assert h.board.interrupt_signals == 0  # taken from the channel by the sleep, not by a signal
+
+
+def test_ctrl_c_still_stops_a_pure_computation(bare_board):
+    # A loop that calls nothing of the ROM's (no HAL request, poll or sleep) never takes the
+    # Ctrl-C from its channel: it gets SIGINT after INTERRUPT_GRACE_S, and only then.
+    from host_tools.emulator.board import INTERRUPT_GRACE_S
+
+    h, s = bare_board()
+    s.write(b"n = 0\r")
+    s.read_until(b">>> ")
+    s.write(b"while True: n += 1\r\r")
+    s.read_until(b"... ")
+    time.sleep(0.5)
+    s.drain(0.05)
+    t0 = time.monotonic()
+    s.write(b"\x03")
+    out = s.read_until(b">>> ", timeout=10)
+    assert b"KeyboardInterrupt" in out
+    assert time.monotonic() - t0 >= INTERRUPT_GRACE_S * 0.9
+    assert h.board.interrupt_signals == 1
+    # one Ctrl-C, one KeyboardInterrupt: its unread byte does not interrupt the next statement
+    s.write(b"import time; time.sleep_ms(300); print('after', n > 0)\r")
+    out = s.read_until(b">>> ")
+    assert b"after True" in out and b"KeyboardInterrupt" not in out
+
+
+def test_a_timer_callback_runs_while_the_code_sleeps(bare_board):
+    # The ESP32's sleeps run scheduled callbacks as they come; so do the virtual board's, which
+    # wait on the wake-up pair the timer's thread writes to (and on the Ctrl-C channel).
+    h, s = bare_board()
+    s.write(b"import machine, time; hits = []; t0 = time.ticks_ms()\r")
+    s.read_until(b">>> ")
+    s.write(b"tm = machine.Timer(0, mode=machine.Timer.ONE_SHOT, period=100, "
+            b"callback=lambda t: hits.append(time.ticks_diff(time.ticks_ms(), t0))); "
+            b"time.sleep_ms(1500); print('hits', hits)\r")
+    out = s.read_until(b">>> ", timeout=10)
+    hits = [int(x) for x in out.split(b"hits [")[1].split(b"]")[0].split(b",")]
+    assert len(hits) == 1 and 100 <= hits[0] < 1000, out  # long before the sleep's end (1500)

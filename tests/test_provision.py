@@ -30,9 +30,11 @@ pytestmark = pytest.mark.integration
 
 def mpremote(port, *args):
     """Unmodified mpremote, as a technician runs it: run again once when the board did not give the
-    raw REPL (as a technician would). The virtual board's ROM can crash with "heap is locked" in a
-    HAL exchange when the Ctrl-C lands at the wrong instant, and reboots: an emulator fault under
-    investigation (seen twice in a day of parallel runs), not the firmware's."""
+    raw REPL, as a technician would (a real USB link can drop too). The crash that made this retry
+    necessary is fixed: the emulator used to send mpremote's Ctrl-C as SIGINT, which this unix port
+    raises from inside whatever C code runs; landing in the garbage collector it left the heap
+    locked ("heap is locked" in the next HAL exchange) and the board rebooted. A Ctrl-C now comes
+    on the ROM's Ctrl-C channel and is raised between bytecodes (docs/emulator.md)."""
     cmd = [sys.executable, "-m", "mpremote", "connect", str(port), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if r.returncode != 0 and "could not enter raw repl" in r.stderr:

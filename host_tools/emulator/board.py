@@ -4,8 +4,9 @@
 such as /tmp/ttyLANTERNE0), one flash folder, one simulated world, and at any
 time at most one interpreter process: `micropython -X heapsize=N rom/_board.py`.
 It copies bytes between the pty and the interpreter, turning a Ctrl-C byte into
-SIGINT while user code runs (the ESP32 raises KeyboardInterrupt from its UART
-interrupt the same way) and `\\n` into `\\r\\n` as the ESP32's cooked stdout does.
+a KeyboardInterrupt while user code runs (the ESP32 raises it from its UART
+interrupt, between two bytecodes: see `_interrupt`) and `\\n` into `\\r\\n` as
+the ESP32's cooked stdout does.
 
 Reboots: the interpreter exits with EXIT_SOFT_* after printing `MPY: soft
 reboot` and is started again with the REPL mode it was in; `machine.reset()`,
@@ -51,6 +52,9 @@ from host_tools.runtime.paths import BUILD, micropython_binary
 
 EXIT_SOFT_FRIENDLY = 80
 EXIT_SOFT_RAW = 81
+# How long a Ctrl-C waits for the interpreter to take it from its Ctrl-C channel before it is
+# sent as SIGINT after all (see VirtualBoard._interrupt).
+INTERRUPT_GRACE_S = 1.0
 
 # Boot kind -> machine.reset_cause(), as the ESP32 port maps ESP-IDF's reset reasons:
 # power-on/brown-out -> PWRON_RESET, EN pin -> HARD_RESET, machine.reset()/panic -> SOFT_RESET.
@@ -205,6 +209,10 @@ class VirtualBoard:
         self.ntp: NtpServer | None = None  # the board's simulated time server (netsim.py)
         self.requests: collections.deque | None = None  # (time, HAL request line), when watched
         self._changed = asyncio.Event()  # set (and replaced) whenever the board prints
+        self._intr_writer: asyncio.StreamWriter | None = None  # the interpreter's Ctrl-C channel
+        self._intr_sent = 0  # Ctrl-Cs written on it, and answered (KeyboardInterrupt raised)
+        self._intr_taken = 0
+        self.interrupt_signals = 0  # Ctrl-Cs that went as SIGINT after all (no channel, or not taken)
         # The raw SPI flash (bootloader, partition table, MicroPython) beside the folder, when
         # the board is emulated from the ROM up: `blank` makes a factory-fresh, erased chip that
         # needs `lanterne flash` before MicroPython runs. Without it the board comes with
@@ -566,11 +574,42 @@ class VirtualBoard:
             before, _, after = data.partition(b"\x03")
             self._to_interpreter(before)
             self.executing = False
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGINT)
+            self._interrupt()
             self._to_interpreter(after)
         else:
             self._to_interpreter(data)
+
+    def _interrupt(self) -> None:
+        """A Ctrl-C while user code runs: KeyboardInterrupt at the interpreter's next bytecode.
+
+        Not SIGINT first: this unix port (threads, no GIL) raises KeyboardInterrupt from inside
+        its signal handler, in whatever C code runs. Out of the garbage collector, that leaves
+        the heap locked for good: the next allocation fails ("MemoryError: memory allocation
+        failed, heap is locked") and the board reboots. So the byte goes on the interpreter's
+        Ctrl-C channel; the ROM raises KeyboardInterrupt itself where user code calls it (HAL
+        requests, select.poll, sleeps: rom/_hal.py) and answers. Code that reaches none of those
+        within INTERRUPT_GRACE_S (a long pure computation, a long system call) gets the signal."""
+        proc = self.proc
+        writer = self._intr_writer
+        if writer is None or writer.is_closing():
+            self._signal_interrupt(proc)
+            return
+        writer.write(b"\x03")
+        self._intr_sent += 1
+        asyncio.get_running_loop().call_later(
+            INTERRUPT_GRACE_S, self._interrupt_not_taken, proc, writer, self._intr_sent
+        )
+
+    def _interrupt_not_taken(self, proc, writer, sent: int) -> None:
+        if self.proc is proc and self._intr_writer is writer and self._intr_taken < sent:
+            self._signal_interrupt(proc)
+
+    def _signal_interrupt(self, proc) -> None:
+        if proc is None or proc.returncode is not None:
+            return
+        self.interrupt_signals += 1
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
 
     def _to_interpreter(self, data: bytes) -> None:
         if not data:
@@ -591,6 +630,17 @@ class VirtualBoard:
     # -- HAL hooks ----------------------------------------------------------------
     def on_hal_connected(self) -> None:
         pass
+
+    def on_interrupt_channel(self, writer, closed=None) -> None:
+        # The interpreter opened its Ctrl-C channel (at boot), or it closed (writer None).
+        if writer is not None:
+            self._intr_writer = writer
+            self._intr_sent = self._intr_taken = 0
+        elif self._intr_writer is closed:
+            self._intr_writer = None
+
+    def on_interrupt_taken(self, n: int) -> None:
+        self._intr_taken += n
 
     def on_listen(self, ip: str | None, port: int, host_port: int) -> None:
         # A listening socket of the firmware (its setup page): reachable from the host over loopback.

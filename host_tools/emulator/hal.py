@@ -18,7 +18,7 @@ a request answered with one line, `OK [value]` or `E <errno>`:
     WDT timeout_ms / FEED    watchdog armed / fed
     RSSI / MCUTEMP           radio and chip facts
     CLOCK                    the world's wall clock, Unix seconds (what NTP serves)
-    EXEC 1|0                 user code starts/stops running (Ctrl-C becomes SIGINT / a byte)
+    EXEC 1|0                 user code starts/stops running (Ctrl-C becomes KeyboardInterrupt / a byte)
     BOOTED alloc free        heap after the ROM came up (reported by _board.py)
     RESET hard|deepsleep ms  the firmware asked for a hard reset / to sleep ms (0: until a wake pin)
     RTCMEM hex|-             RTC memory now holds these bytes (kept across deep sleep, sleep.py)
@@ -29,18 +29,21 @@ a request answered with one line, `OK [value]` or `E <errno>`:
                              (once, not repeatedly), 0 off (machine.Pin.irq)
     EVENTS                   this connection becomes the board's interrupt channel: from now on
                              the server writes one byte, the pin number, per edge that fires
+    INTR                     this connection becomes the board's Ctrl-C channel: the server writes
+                             one byte (3) per Ctrl-C typed while user code runs; the interpreter
+                             answers each with one byte when it raises KeyboardInterrupt for it
     AP ssid_hex authmode key_hex | AP -   the Wi-Fi access point is up (as a phone sees it) / off
     PORT                     -> OK port      a free loopback port for a listening socket
     LISTEN ip port hostport  the board listens on ip:port, reachable at 127.0.0.1:hostport
     UNLISTEN hostport        that listening socket is closed
 
-The board side is `host_tools/emulator/rom/_hal.py`. A board opens up to three connections:
+The board side is `host_tools/emulator/rom/_hal.py`. A board opens up to four connections:
 its requests, requests made from inside a scheduled callback (an interrupt handler may run in
-the middle of a request), and the interrupt channel. Edges are found when the world changes
-(`World.subscribe`), after each of the board's own pin writes, and when an input that changes
-with time is due to change: a part that drives such an input says when (`next_change()`, the
-bollard's limit switch at the end of its travel); the inputs of a part that cannot say are
-checked every 10 ms while an interrupt is set on them.
+the middle of a request), the interrupt channel and the Ctrl-C channel. Edges are found when
+the world changes (`World.subscribe`), after each of the board's own pin writes, and when an
+input that changes with time is due to change: a part that drives such an input says when
+(`next_change()`, the bollard's limit switch at the end of its travel); the inputs of a part that
+cannot say are checked every 10 ms while an interrupt is set on them.
 """
 
 from __future__ import annotations
@@ -372,6 +375,9 @@ class HalServer:
                 if line == b"EVENTS\n":
                     await self._events(board, reader, writer)
                     break
+                if line == b"INTR\n":
+                    await self._interrupts(board, reader, writer)
+                    break
                 writer.write((handle(board, line.decode()) + "\n").encode())
                 watched = getattr(board, "requests", None)
                 if watched is not None:
@@ -394,6 +400,26 @@ class HalServer:
             await reader.read()  # the board never writes here: EOF when its interpreter ends
         finally:
             events.detach(writer)
+
+    async def _interrupts(self, board, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attach = getattr(board, "on_interrupt_channel", None)
+        if attach is None:
+            writer.write(f"E {errno.ENOSYS}\n".encode())
+            return
+        writer.write(b"OK\n")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        attach(writer)
+        try:
+            while True:
+                taken = await reader.read(64)
+                if not taken:
+                    break  # the interpreter ended
+                board.on_interrupt_taken(len(taken))
+        finally:
+            board.on_interrupt_channel(None, writer)
 
 
 class StandaloneHal:

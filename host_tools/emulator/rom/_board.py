@@ -13,6 +13,7 @@ import _romfs  # first: its partition buffer goes at the start of the heap
 import _hal
 
 _hal.connect()
+_hal.open_interrupts()  # the Ctrl-C channel: a Ctrl-C raises KeyboardInterrupt between bytecodes
 
 import _flashfs
 import _vfs
@@ -23,6 +24,7 @@ import ntptime
 import socket
 import _esp32os
 import _esp32sys
+import _esp32time
 
 try:
     import ssl
@@ -31,9 +33,11 @@ except ImportError:
 
 if _romfs.SIZE:  # the ROMFS build (its image has the romfs partition); stock MicroPython has no rom_ioctl
     sys.modules["vfs"] = _vfs
-# What user code imports as sys and os says what an ESP32 says: sys.platform, os.uname().
+# What user code imports as sys and os says what an ESP32 says: sys.platform, os.uname(); its
+# time sleeps as the ESP32's does (a Ctrl-C ends a sleep).
 sys.modules["sys"] = _esp32sys
 sys.modules["os"] = _esp32os
+sys.modules["time"] = _esp32time
 
 
 _frozen = None  # the image's frozen package: a VfsRom image in a buffer of the ROM's, at /.frozen
@@ -90,8 +94,8 @@ def _w(s):
 
 
 def _getc():
-    # One byte from the serial port. Ctrl-C arrives as SIGINT (the emulator turns the byte
-    # into a signal so it also interrupts running code): report it as the byte.
+    # One byte from the serial port. A Ctrl-C the emulator sent as SIGINT (for user code that
+    # reached no point where the ROM takes it, see _hal.py) may still arrive: report it as the byte.
     try:
         n = _in.readinto(_c1)
     except KeyboardInterrupt:
@@ -159,9 +163,10 @@ def _idle():
     while True:
         try:
             _hal.call("EXEC 0")
-            return
+            break
         except KeyboardInterrupt:
             pass
+    _hal.drain_interrupts()
 
 
 def _execute(src, mode, raw):

@@ -5,12 +5,26 @@
 # Pin interrupts are scheduled callbacks (micropython.schedule), as on the ESP32 port, so one
 # may run between two bytecodes of a request in progress: a request made from inside such a
 # callback goes over a second connection, never into the middle of the first exchange.
+#
+# Ctrl-C while user code runs comes as one byte on the *Ctrl-C channel* (a connection opened at
+# boot, `INTR`), not as a signal: the unix port (threads without a GIL) raises KeyboardInterrupt
+# from its SIGINT handler at whatever C instruction runs, the garbage collector's included, and
+# jumping out of a collection leaves the heap locked for good ("MemoryError: memory allocation
+# failed, heap is locked" at the next allocation, then a reboot). The ESP32 raises it between two
+# bytecodes. Here the ROM raises it itself, from Python, where user code calls the ROM: each HAL
+# request, each select.poll (the asyncio loop, _irqpoll.py) and each sleep (_esp32time.py).
+# Code that reaches none of these for a second gets the signal after all (board.py).
 import os
+import _thread
 import usocket
 
 _sock = None
 _irq_sock = None
 _busy = False
+intr = None  # the Ctrl-C channel (non-blocking), once open_interrupts() ran
+in_callback = [0]  # > 0 while a scheduled callback (pin interrupt, timer) runs: see take_interrupt
+_one = bytearray(1)
+_MAIN_THREAD = _thread.get_ident()  # the interpreter's: the only one a Ctrl-C interrupts
 _posix = None
 _run_dir = os.getenv("LANTERNE_RUN_DIR") or ""
 
@@ -36,6 +50,53 @@ def open_events():
     return s
 
 
+def open_interrupts():
+    """The Ctrl-C channel: the emulator writes one byte per Ctrl-C typed while user code runs."""
+    global intr
+    s = _open()
+    _exchange(s, "INTR")
+    s.setblocking(False)
+    intr = s
+
+
+def take_interrupt():
+    # True once per Ctrl-C: reads its byte and answers it (the emulator then knows the
+    # KeyboardInterrupt is on its way and sends no signal). Only on the interpreter's thread and
+    # never inside a scheduled callback: MicroPython prints and drops what a callback raises,
+    # and the Ctrl-C would be lost.
+    s = intr
+    if s is None or in_callback[0] or _thread.get_ident() != _MAIN_THREAD:
+        return False
+    try:
+        n = s.readinto(_one)
+    except OSError:
+        return False
+    if not n:
+        return False  # None: no Ctrl-C (0, the emulator went away: the board is ending)
+    try:
+        s.write(_one)
+    except OSError:
+        pass
+    return True
+
+
+def check_interrupt():
+    if take_interrupt():
+        raise KeyboardInterrupt
+
+
+def drain_interrupts():
+    # User code is over: a Ctrl-C that came as a signal after all (board.py) left its byte.
+    s = intr
+    if s is None:
+        return
+    try:
+        while s.readinto(_one):
+            pass
+    except OSError:
+        pass
+
+
 def call(line):
     global _busy, _irq_sock
     if _sock is None:
@@ -47,14 +108,17 @@ def call(line):
         return _exchange(_irq_sock, line)
     _busy = True
     try:
-        return _exchange(_sock, line)
+        reply = _exchange(_sock, line)
     finally:
         _busy = False
+    if intr is not None:
+        check_interrupt()  # a Ctrl-C: after the request, which is done (as _exchange does)
+    return reply
 
 
 def _exchange(s, line):
-    # A Ctrl-C (SIGINT) may land in the middle of a request: finish the exchange first so
-    # the next request does not read this one's reply, then let the interrupt through.
+    # A Ctrl-C sent as SIGINT after all (board.py) may land in the middle of a request: finish
+    # the exchange first so the next request does not read this one's reply, then let it through.
     interrupted = False
     data = line.encode() + b"\n"
     try:

@@ -4,9 +4,12 @@
 # sleeps in one system call instead, so a pin interrupt scheduled meanwhile would wait for the
 # poll's timeout. Here the interrupt thread (machine.py) also writes a byte to `wake`, which
 # every poll watches: the poll returns, the scheduled handler runs, the poll goes on for the
-# time left. Without pin interrupts this is the built-in poll, unchanged.
+# time left. Every poll also watches the Ctrl-C channel (_hal.py): a Ctrl-C typed while the
+# firmware waits (or passes through its asyncio loop) raises KeyboardInterrupt here, between two
+# bytecodes, as the ESP32's poll does.
 import select as _select
 import time
+import _hal
 
 POLLIN = _select.POLLIN
 POLLOUT = _select.POLLOUT
@@ -29,6 +32,8 @@ class poll:
     def __init__(self):
         self._p = _select.poll()
         self._wake = None
+        if _hal.intr is not None:  # (open from boot, before any user code: never changes)
+            self._p.register(_hal.intr, POLLIN)
 
     def register(self, obj, mask=POLLIN | POLLOUT):
         self._p.register(obj, mask)
@@ -43,27 +48,35 @@ class poll:
         return self._wait(timeout)
 
     def ipoll(self, timeout=-1, flags=0):
-        w = wake
-        if w is None:
+        if wake is None and _hal.intr is None:
             return self._p.ipoll(timeout, flags)
         return self._wait(timeout)
 
     def _wait(self, timeout):
         w = wake
-        if w is None:
+        c = _hal.intr
+        if w is None and c is None:
             return self._p.poll(timeout)
-        if self._wake is not w:
+        if w is not None and self._wake is not w:
             self._p.register(w, POLLIN)
             self._wake = w
         t0 = time.ticks_ms()
         while True:
             ready = self._p.poll(timeout)
+            if not ready:
+                return ready  # (the asyncio loop's usual case: kept short)
             woken = False
-            for i in range(len(ready)):
-                if ready[i][0] is w:
+            i = len(ready)
+            while i:
+                i -= 1
+                obj = ready[i][0]
+                if obj is c and c is not None:
+                    ready.pop(i)
+                    if _hal.take_interrupt():
+                        raise KeyboardInterrupt  # a Ctrl-C (inside a scheduled callback: not yet)
+                elif obj is w and w is not None:
                     woken = True
                     ready.pop(i)
-                    break
             if woken:
                 try:
                     w.readinto(_drain)

@@ -5,6 +5,7 @@ import sys
 import time
 import _hal
 import _irqpoll
+import _esp32time
 import micropython
 from micropython import const
 
@@ -68,11 +69,11 @@ def deepsleep(ms=0):
 
 
 def lightsleep(ms=0):
-    time.sleep_ms(ms)
+    _esp32time.sleep_ms(ms)
 
 
 def idle():
-    time.sleep_ms(1)
+    _esp32time.sleep_ms(1)
 
 
 def freq(hz=None):
@@ -130,7 +131,7 @@ def _irq_thread(events, wake, buf):
         h = _irq_handlers[p] if p < 40 else None
         if h is not None:
             try:
-                micropython.schedule(h, _irq_pins[p])
+                micropython.schedule(_run_handler, p)
             except RuntimeError:
                 pass  # the schedule queue is full: this edge is lost, as on the board
             try:
@@ -139,13 +140,36 @@ def _irq_thread(events, wake, buf):
                 pass
 
 
-def _irq_start():
-    if _irq_running[0]:
-        return
-    import _thread
+def _run_handler(p):
+    # A scheduled pin interrupt, on the interpreter's thread: a Ctrl-C waits until it is over.
+    h = _irq_handlers[p]
+    if h is not None:
+        _hal.in_callback[0] += 1
+        try:
+            h(_irq_pins[p])
+        finally:
+            _hal.in_callback[0] -= 1
+
+
+def _run_timer(t):
+    cb = t._cb
+    if cb:
+        _hal.in_callback[0] += 1
+        try:
+            cb(t)
+        finally:
+            _hal.in_callback[0] -= 1
+
+
+_wake_tx = []  # the sending end of the wake-up pair every poll (and sleep) watches, once made
+
+
+def _wake_pair():
+    if _wake_tx:
+        return _wake_tx[0]
     import usocket
 
-    # A connected AF_UNIX pair in the run folder: the thread writes, every poll watches.
+    # A connected AF_UNIX pair in the run folder: the threads write, every poll watches.
     path = (os.getenv("LANTERNE_RUN_DIR") or "/tmp") + "/irq.sock"
     addr = b"\x01\x00" + path.encode() + b"\x00"  # struct sockaddr_un (AF_UNIX = 1, little-endian)
     try:
@@ -161,8 +185,18 @@ def _irq_start():
     listener.close()
     _hal.posix().remove(path)
     rx.setblocking(False)
-    events = _hal.open_events()
     _irqpoll.wake = rx
+    _wake_tx.append(tx)
+    return tx
+
+
+def _irq_start():
+    if _irq_running[0]:
+        return
+    import _thread
+
+    tx = _wake_pair()
+    events = _hal.open_events()
     _irq_running[0] = True
     _thread.start_new_thread(_irq_thread, (events, tx, bytearray(1)))
 
@@ -176,7 +210,7 @@ class _PinIRQ:
     def __call__(self):
         h = _irq_handlers[self._pin._id]
         if h is not None:
-            micropython.schedule(h, self._pin)
+            micropython.schedule(_run_handler, self._pin._id)
 
     def trigger(self, t=None):
         old = self._pin._trigger
@@ -484,7 +518,7 @@ class UART:
             self._fill(want)
             if len(self._rx) >= want or n < 0 or time.ticks_diff(deadline, time.ticks_ms()) <= 0:
                 break
-            time.sleep_ms(2)
+            _esp32time.sleep_ms(2)
         if not self._rx:
             return None
         out, self._rx = self._rx[:want], self._rx[want:]
@@ -509,7 +543,7 @@ class UART:
             if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
                 out, self._rx = self._rx, b""
                 return out or None
-            time.sleep_ms(2)
+            _esp32time.sleep_ms(2)
 
     def flush(self):
         pass
@@ -619,6 +653,8 @@ class Timer:
         self._cb = callback
         self._gen = getattr(self, "_gen", 0) + 1
         gen = self._gen
+        wake = _wake_pair()  # a sleep or poll in progress wakes for the callback, as for a pin's
+        buf = bytearray(1)
 
         def run():
             while self._gen == gen:
@@ -627,8 +663,12 @@ class Timer:
                     break
                 if self._cb:
                     try:
-                        micropython.schedule(self._cb, self)
+                        micropython.schedule(_run_timer, self)
                     except RuntimeError:
+                        pass
+                    try:
+                        wake.write(buf)
+                    except OSError:
                         pass
                 if self._mode == self.ONE_SHOT:
                     break
@@ -698,7 +738,7 @@ class I2S:
             self._t0 = time.ticks_add(self._t0, 1000)
         wait = self._given * 1000 // self._rate - time.ticks_diff(time.ticks_ms(), self._t0)
         if wait > 0:
-            time.sleep_ms(wait)
+            _esp32time.sleep_ms(wait)
         return got
 
     def write(self, buf):

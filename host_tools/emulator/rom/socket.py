@@ -11,8 +11,8 @@
 # which the emulator publishes (`BoardHandle.http_url()`, `lanterne world get`).
 import io
 import os
-import time
 import usocket as _s
+import _esp32time
 import _hal
 
 AF_INET = _s.AF_INET
@@ -51,7 +51,7 @@ def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
         while _hal.flag("dns_hang"):
             if waited >= _DNS_GIVE_UP_MS:
                 raise OSError(_EAI_FAIL)
-            time.sleep_ms(50)
+            _esp32time.sleep_ms(50)
             waited += 50
         for name in _NTP_NAMES:
             if host == name or host.endswith("." + name):
@@ -110,13 +110,13 @@ class socket(io.IOBase):
             self._dead = True
             # Nothing gets through: wait as long as the caller was ready to wait.
             if self._timeout:
-                time.sleep(self._timeout)
+                _esp32time.sleep(self._timeout)
             raise OSError(_ETIMEDOUT)
 
     def connect(self, addr):
         if not _hal.link_up():
             if self._timeout != 0:
-                time.sleep_ms(100)  # a blocking connect finds out after the stack tried a while
+                _esp32time.sleep_ms(100)  # a blocking connect finds out after the stack tried a while
             raise OSError(_EHOSTUNREACH)
         try:
             self._s.connect(addr)

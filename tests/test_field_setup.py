@@ -321,7 +321,10 @@ def test_field_changes_are_reported_then_accepted(virtual_boards, tmp_path, mosq
     assert call(url, "/api/set", {"asset_id": "LP-7", "lat": 45.75, "lon": 4.85}, token)[0] == 200
     assert call(url, "/api/save", {}, token)[1]["saved"] == ["asset_id", "lat", "lon"]
     # (the board restarts on its saved config: on a loaded machine it may take more than 5 s to answer)
-    rep = verify(h.port, reg, check_checkout=False, connect_timeout=20)
+    try:
+        rep = verify(h.port, reg, check_checkout=False, connect_timeout=20)
+    except Exception as e:  # what the board said meanwhile, for the report
+        raise AssertionError(f"{e}\nthe board's console:\n{h.console()[-3000:]}") from e
     assert not rep.ok and rep.config == [] and [d.field for d in rep.field_changes] == ["asset_id", "lat", "lon"]
     assert "not accepted yet" in rep.lines()[0] and "lanterne registry accept acc-1" in "\n".join(rep.lines())
     r = lanterne("registry", "accept", "acc-1", "--registry", reg_path)

@@ -7,6 +7,8 @@ with alternating contents (so that every update really rewrites blocks). Over an
 back office starts the update to the next release (unless the board resumed it by itself after
 the last cut), the supply is cut after a random, seeded delay anywhere in an update's span —
 the transfer, the slot write, the reboot into the trial, the trial, the commit — and restored.
+(The span starts at 2 s and grows by half after three cuts in a row that found no commit: a
+loaded host updates slower.)
 
 Checked at every boot, from the boot selector's own line on the console: the slot it mounted
 holds a complete image whose SHA-256 is one of the signed releases' (never a half-written slot),
@@ -134,7 +136,11 @@ def run_campaign(cuts: int = 20, seed: int = 1, workdir: str | Path | None = Non
                 try:
                     w.wait_for(f"lanterne/v1/{SITE}/{DEVICE}/status", lambda m: b'"online"' in m.payload, timeout=60)
                     target_i = 1
-                    span = 2.0  # seconds: about the span of an update here, from the command to the commit
+                    # seconds: about the span of an update here, from the command to the commit; a
+                    # loaded host updates slower, so the span grows while cuts keep missing commits
+                    # (or every cut would land in the transfer and no release would ever commit)
+                    span = 2.0
+                    uncommitted = 0
                     for i in range(cuts):
                         rel = chain[target_i]
                         ro.release = rel
@@ -158,8 +164,13 @@ def run_campaign(cuts: int = 20, seed: int = 1, workdir: str | Path | None = Non
                         check_boots()
                         if committed(rel.counter):
                             rep.releases_committed.append(rel.counter)
+                            uncommitted = 0
                             if target_i + 1 < len(chain):
                                 target_i += 1
+                        else:
+                            uncommitted += 1
+                            if uncommitted >= 3:
+                                span = min(span * 1.5, 20.0)
                         say(f"cut {i + 1}/{cuts} during {phase}; target release {chain[target_i].counter}")
                     # Power stays on: the update in hand must complete.
                     rel = chain[target_i]

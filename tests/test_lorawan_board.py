@@ -288,6 +288,93 @@ def test_the_network_lowers_the_data_rate_to_dr0_mid_run_and_no_reading_is_lost(
             svc.stop()
 
 
+@pytest.mark.timeout(400)  # about 1.5 minutes; its waits allow a loaded machine more
+def test_lost_ledger_downlinks_are_made_up_by_later_ones_and_no_reading_is_lost(virtual_boards, mosquitto, tmp_path):
+    """Half the downlinks lost on the way to the board (the twin's `lorawan_downlink_loss`) and a quarter of
+    the uplinks: a ledger that never reached the board leaves the readings of a lost uplink unrepaired
+    until a later ledger (it says something new with every reading, within the budget) gets through;
+    every reading the board had stored arrives once, and the board frees only what a ledger it
+    received acknowledged."""
+    name = "Bin_DownLoss"
+    ident = identity(name)
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    key = bytes.fromhex(ident["command_key"])
+    t0, m0 = time.time(), time.monotonic()
+    clock = lambda: t0 + (time.monotonic() - m0) * DAY_SCALE  # noqa: E731
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), key)], integration="chirpstack",
+                            ledger_per_day=LEDGERS_PER_DAY, broker_url=mosquitto.url, clock=clock).start()
+        try:
+            (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=2),
+                                  radio=mosquitto.url,
+                                  world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.25,
+                                                "lorawan_downlink_loss": 0.5})
+            h.wait_for(r"connected to the LoRaWAN network", timeout=60)
+            twin = modem_twin(h)
+            up_lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
+            down = lambda: [e for e in twin.log if e["dir"] == "down"]  # noqa: E731
+            wait(lambda: up_lost() and [e for e in down() if e["lost"]], 200, "an uplink and a ledger downlink lost")
+            sampled = flash_next_seq(h, tmp_path)
+            wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 200, f"every reading of the {sampled} sampled")
+            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+            assert len(seqs) == len(set(seqs))
+            assert sorted(s for s in seqs if s < sampled) == list(range(sampled))
+            lost_down, heard_down = [e for e in down() if e["lost"]], [e for e in down() if not e["lost"]]
+            assert lost_down and heard_down  # some ledgers never reached the board; later ones did
+            ledgers = events(svc, "ledger")
+            assert len(ledgers) > len(lost_down)
+            times = [e["time"] for e in ledgers]
+            assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
+            console = h.console()
+            assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
+            print(f"sampled {sampled}; uplinks lost {len(up_lost())}; downlinks lost {len(lost_down)} of {len(down())}; "
+                  f"ledgers sent {len(ledgers)}")
+            # the board freed only readings that had arrived, and dropped none
+            sampled_at_end, pending, dropped = store_counts(h, tmp_path)
+            delivered = len(set(seqs))
+            assert dropped == 0 and 0 < sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
+        finally:
+            svc.stop()
+
+
+@pytest.mark.timeout(400)  # about 1.5 minutes; its waits allow a loaded machine more
+def test_a_lost_command_downlink_is_queued_again_and_executed_once(virtual_boards, mosquitto, tmp_path):
+    """`lanterne command --lorawan` while every downlink is lost on the way to the board: no ack after three
+    uplinks, so the same signed frame is queued again; once downlinks get through, the lamp follows and
+    the ack verifies. The board executes a command once however often it is queued (a repeat of its last
+    command is acked again, not executed)."""
+    name = "Lamp_Lossy"
+    registry = tmp_path / "fleet.sqlite"
+    with Registry(registry) as reg:
+        reg.add_or_update(name, site="north", board="esp32-rak3172", config={"transport": "lorawan", "sample_period_s": 5},
+                          lorawan=True)
+        ident = {"dev_eui": reg.secret(name, "lorawan_deveui"), "app_key": reg.secret(name, "lorawan_appkey"),
+                 "command_key": reg.secret(name, "command_key")}
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        (h,) = virtual_boards(1, board=lamp_board(tmp_path), config=board_config(name, ident), radio=mosquitto.url,
+                              world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
+        h.wait_for(r"connected to the LoRaWAN network as Lamp_Lossy", timeout=90)
+        twin = modem_twin(h)
+        h.world.set(lorawan_downlink_loss=1.0)  # joined; now every downlink is lost on the way to the board
+        cli = subprocess.Popen([*LANTERNE, "command", name, "dim", "40", "--broker", mosquitto.url, "--registry", registry,
+                                "--lorawan", "chirpstack"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait(lambda: [e for e in twin.log if e["dir"] == "down" and e["lost"]], 120, "the command downlink lost")
+            h.world.set(lorawan_downlink_loss=0.0)  # the interference is gone
+            out, err = cli.communicate(timeout=200)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        assert cli.returncode == 0, out + err
+        assert re.search(rf"^{name}: no ack after \d+ uplinks: the downlink or its ack was lost on the air; queued again", out, re.M), out
+        assert re.search(rf"^{name}: dim ok \(counter \d+, \d+ ms\)$", out, re.M), out
+        wait(lambda: duty_percent(h) == 40, 10, "lamp at 40 %")
+        console = h.console()
+        assert "MemoryError" not in console and "(restarted)" not in console
+
+
 def stop_app(h):
     """Ctrl-C until the app stops with KeyboardInterrupt and the REPL prompts."""
     since = h.console_offset()

@@ -110,6 +110,11 @@ def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mos
             st = row["lorawan"]
             assert (st["rssi"], st["snr"], st["dr"]) == (-95, 7, 5) and st["fcnt"] > 0 and st["readings"] > 0
             assert 0 < st["airtime_today_s"] < 30 and st["missing"] == 0
+            # its backlog as the back office can tell it: nothing missing, the newest reading sampled seconds ago, and
+            # the readings sampled since at the registry's 5 s period (an estimate, labelled so in the table)
+            assert st["sample_period_s"] == 5 and st["newest_seq"] >= st["readings"] - 1
+            assert 0 <= st["newest_age_s"] < 60 and st["sampled_since_est"] == int(st["newest_age_s"] // 5)
+            assert st["backlog_est"] == st["sampled_since_est"]
             assert ns.counts["joins"] == 1  # the session held throughout
             assert "MemoryError" not in h.console() and "(restarted)" not in h.console()
         finally:
@@ -232,6 +237,142 @@ def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_the_
             assert 0 < sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
         finally:
             svc.stop()
+
+
+def frm_payload_len(phy_hex: str) -> int:
+    """FRMPayload bytes of an uplink data frame (MHDR 1, DevAddr 4, FCtrl 1, FCnt 2, FOpts, FPort 1, ..., MIC 4)."""
+    phy = bytes.fromhex(phy_hex)
+    return len(phy) - 8 - (phy[5] & 0x0F) - 1 - 4
+
+
+@pytest.mark.timeout(300)  # about 1 minute; its waits allow a loaded machine more
+def test_the_network_lowers_the_data_rate_to_dr0_mid_run_and_no_reading_is_lost(virtual_boards, mosquitto, tmp_path):
+    """The network moves a RAK3172 board from DR5 (242-byte frames) to DR0 (51 bytes) between two uplinks
+    (ADR, a gateway lost) while the modem is busy a while, so readings pile up: the board's next frame,
+    built for the DR5 it last read back, is over 51 bytes and the modem refuses it (AT_PARAM_ERROR). The
+    board reads the data rate again and sends frames of at most 51 bytes; the readings of the refused
+    frame are not lost: what arrives is every seq from 0 up, each once, no gap at the change."""
+    name = "Bin_DR0"
+    ident = identity(name)
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
+                            integration="chirpstack", broker_url=mosquitto.url).start()
+        try:
+            # a street light: its readings carry the lamp level too, so a DR5 frame of 12 goes over 51 bytes
+            (h,) = virtual_boards(1, board=lamp_board(tmp_path), config=board_config(name, ident, sample_period_s=1),
+                                  radio=mosquitto.url, world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
+            h.wait_for(r"connected to the LoRaWAN network as Bin_DR0", timeout=60)
+            twin = modem_twin(h)
+            data = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data"]  # noqa: E731
+            wait(lambda: len(data()) >= 2 and svc.stats()[name].get("dr") == 5, 60, "two uplinks at DR5")
+            time.sleep(1.5)  # the board read DR5 back after its last uplink: its next frames are built for DR5
+            before, arrived = len(data()), len(events(svc, "reading"))
+            # the network lowers the data rate; the modem answers AT_BUSY_ERROR to the next 15 sends meanwhile
+            h.world.set(lorawan_dr=0, lorawan_busy_refusals=15)
+            wait(lambda: svc.stats()[name].get("dr") == 0, 120, "an uplink at DR0 decoded")
+            after = data()[before:]
+            sizes = [(e["sf"], frm_payload_len(e["phy"])) for e in after]
+            assert sizes and all(sf == 12 and n <= 51 for sf, n in sizes), sizes  # nothing at the old DR, nothing over 51 bytes
+            console = h.console()
+            refused = [int(n) for n in re.findall(r"^\[lanterne\] lorawan: AT\+SEND refused \(AT_PARAM_ERROR\) at DR0, (\d+) bytes\r?$", console, re.M)]
+            assert refused and all(n > 51 for n in refused), console[-3000:]  # the frame built for DR5 was refused
+            # every reading that arrived, once, from seq 0 with no gap: the refused frame's readings came in later frames
+            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+            assert len(seqs) > arrived and len(seqs) == len(set(seqs))
+            assert sorted(seqs) == list(range(max(seqs) + 1)), seqs
+            assert svc.stats()[name]["missing"] == 0
+            assert "MemoryError" not in console and "(restarted)" not in console
+            print(f"refused at DR0: {refused} bytes; frames after the change (SF, bytes): {sizes}; readings: {len(seqs)}")
+        finally:
+            svc.stop()
+
+
+@pytest.mark.timeout(400)  # about 1.5 minutes; its waits allow a loaded machine more
+def test_lost_ledger_downlinks_are_made_up_by_later_ones_and_no_reading_is_lost(virtual_boards, mosquitto, tmp_path):
+    """Half the downlinks lost on the way to the board (the twin's `lorawan_downlink_loss`) and a quarter of
+    the uplinks: a ledger that never reached the board leaves the readings of a lost uplink unrepaired
+    until a later ledger (it says something new with every reading, within the budget) gets through;
+    every reading the board had stored arrives once, and the board frees only what a ledger it
+    received acknowledged."""
+    name = "Bin_DownLoss"
+    ident = identity(name)
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    key = bytes.fromhex(ident["command_key"])
+    t0, m0 = time.time(), time.monotonic()
+    clock = lambda: t0 + (time.monotonic() - m0) * DAY_SCALE  # noqa: E731
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), key)], integration="chirpstack",
+                            ledger_per_day=LEDGERS_PER_DAY, broker_url=mosquitto.url, clock=clock).start()
+        try:
+            (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=2),
+                                  radio=mosquitto.url,
+                                  world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.25,
+                                                "lorawan_downlink_loss": 0.5})
+            h.wait_for(r"connected to the LoRaWAN network", timeout=60)
+            twin = modem_twin(h)
+            up_lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
+            down = lambda: [e for e in twin.log if e["dir"] == "down"]  # noqa: E731
+            wait(lambda: up_lost() and [e for e in down() if e["lost"]], 200, "an uplink and a ledger downlink lost")
+            sampled = flash_next_seq(h, tmp_path)
+            wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 200, f"every reading of the {sampled} sampled")
+            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+            assert len(seqs) == len(set(seqs))
+            assert sorted(s for s in seqs if s < sampled) == list(range(sampled))
+            lost_down, heard_down = [e for e in down() if e["lost"]], [e for e in down() if not e["lost"]]
+            assert lost_down and heard_down  # some ledgers never reached the board; later ones did
+            ledgers = events(svc, "ledger")
+            assert len(ledgers) > len(lost_down)
+            times = [e["time"] for e in ledgers]
+            assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
+            console = h.console()
+            assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
+            print(f"sampled {sampled}; uplinks lost {len(up_lost())}; downlinks lost {len(lost_down)} of {len(down())}; "
+                  f"ledgers sent {len(ledgers)}")
+            # the board freed only readings that had arrived, and dropped none
+            sampled_at_end, pending, dropped = store_counts(h, tmp_path)
+            delivered = len(set(seqs))
+            assert dropped == 0 and 0 < sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
+        finally:
+            svc.stop()
+
+
+@pytest.mark.timeout(400)  # about 1.5 minutes; its waits allow a loaded machine more
+def test_a_lost_command_downlink_is_queued_again_and_executed_once(virtual_boards, mosquitto, tmp_path):
+    """`lanterne command --lorawan` while every downlink is lost on the way to the board: no ack after three
+    uplinks, so the same signed frame is queued again; once downlinks get through, the lamp follows and
+    the ack verifies. The board executes a command once however often it is queued (a repeat of its last
+    command is acked again, not executed)."""
+    name = "Lamp_Lossy"
+    registry = tmp_path / "fleet.sqlite"
+    with Registry(registry) as reg:
+        reg.add_or_update(name, site="north", board="esp32-rak3172", config={"transport": "lorawan", "sample_period_s": 5},
+                          lorawan=True)
+        ident = {"dev_eui": reg.secret(name, "lorawan_deveui"), "app_key": reg.secret(name, "lorawan_appkey"),
+                 "command_key": reg.secret(name, "command_key")}
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        (h,) = virtual_boards(1, board=lamp_board(tmp_path), config=board_config(name, ident), radio=mosquitto.url,
+                              world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
+        h.wait_for(r"connected to the LoRaWAN network as Lamp_Lossy", timeout=90)
+        twin = modem_twin(h)
+        h.world.set(lorawan_downlink_loss=1.0)  # joined; now every downlink is lost on the way to the board
+        cli = subprocess.Popen([*LANTERNE, "command", name, "dim", "40", "--broker", mosquitto.url, "--registry", registry,
+                                "--lorawan", "chirpstack"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait(lambda: [e for e in twin.log if e["dir"] == "down" and e["lost"]], 120, "the command downlink lost")
+            h.world.set(lorawan_downlink_loss=0.0)  # the interference is gone
+            out, err = cli.communicate(timeout=200)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        assert cli.returncode == 0, out + err
+        assert re.search(rf"^{name}: no ack after \d+ uplinks: the downlink or its ack was lost on the air; queued again", out, re.M), out
+        assert re.search(rf"^{name}: dim ok \(counter \d+, \d+ ms\)$", out, re.M), out
+        wait(lambda: duty_percent(h) == 40, 10, "lamp at 40 %")
+        console = h.console()
+        assert "MemoryError" not in console and "(restarted)" not in console
 
 
 def stop_app(h):

@@ -222,3 +222,55 @@ def test_a_state_file_of_another_service_or_damaged_is_refused_by_name(tmp_path)
     path.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StateError, match="not an uplink-service state file"):
         UplinkState(path)
+
+
+def test_the_monitor_shows_what_it_can_tell_of_a_lorawan_boards_backlog(tmp_path):
+    # LoRaWAN carries no status, so the board's own backlog count never reaches the host. What the back
+    # office can tell: the seqs its ledger lists as not arrived, the newest reading received and how long
+    # ago it was sampled (its age), and from the registry's sample period how many the board has sampled
+    # since. The monitor shows these, labelled as an estimate; they survive the service's restarts.
+    from host_tools.backoffice.lorawan_fleet import uplink_devices
+    from host_tools.cli.monitor import LORAWAN_COLUMNS, _lorawan_rows
+    from host_tools.fleet.registry import Registry
+
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        reg.add_or_update("bin-1", site="north", board="esp32-rak3172", config={"sample_period_s": 300}, lorawan=True)
+        reg.add_or_update("bin-2", site="north", board="esp32-rak3172", lorawan=True)
+        devices = {d.device: d for d in uplink_devices(reg)}
+    assert devices["bin-1"].sample_period_s == 300 and devices["bin-2"].sample_period_s == 60  # the firmware's default
+    dev = devices["bin-1"]
+    clock = [1000.0]
+    state = tmp_path / "state.sqlite"
+    svc = UplinkService([dev], clock=lambda: clock[0], publish=lambda *a: None, state=state)
+
+    def up(fcnt, readings):
+        frame = encode_values(readings, budget=51, runtime="cpython", lorawan=True)[0]["frame"]
+        svc.handle(J.Uplink(dev_eui=dev.dev_eui, device="bin-1", fport=102, fcnt=fcnt, data=frame, dr=5))
+
+    st = svc.stats()["bin-1"]
+    assert (st["missing"], st["newest_seq"], st["backlog_est"]) == (0, None, None)
+    assert _lorawan_rows(svc)[0][-2:] == ["-", "0 missing (no reading yet)"]
+    # seqs 0..2 arrive, 3 and 4 do not (a lost frame), then 5 and 6: the newest (6) sampled 40 s before it was sent
+    up(1, [{"temperature": 20.0, "seq": s, "age": 900 - 300 * s} for s in range(3)])
+    clock[0] = 2500.0
+    up(2, [{"temperature": 21.0, "seq": 5, "age": 340}, {"temperature": 21.5, "seq": 6, "age": 40}])
+    st = svc.stats()["bin-1"]
+    assert (st["missing"], st["newest_seq"], st["newest_age_s"], st["sampled_since_est"], st["backlog_est"]) == (2, 6, 40, 0, 2)
+    # 20 minutes with no uplink (the duty cycle, a dead gateway): four more readings sampled on the board
+    clock[0] += 1200
+    st = svc.stats()["bin-1"]
+    assert (st["newest_age_s"], st["sampled_since_est"], st["backlog_est"]) == (1240, 4, 6)
+    row = dict(zip(LORAWAN_COLUMNS, _lorawan_rows(svc)[0], strict=True))
+    assert row["missing"] == "2"
+    assert row["newest reading"] == "seq 6, sampled 21m ago"
+    assert row["backlog (est.)"] == "~6 (2 missing + ~4 sampled since, every 5m)"
+    # the missing ones come up (resent after a ledger): nothing missing, the estimate counts from the newest
+    up(3, [{"temperature": 20.5, "seq": 3, "age": 2300}, {"temperature": 20.6, "seq": 4, "age": 2000}])
+    st = svc.stats()["bin-1"]
+    assert (st["missing"], st["newest_seq"], st["backlog_est"]) == (0, 6, 4)
+    svc.stop()
+    # a restarted service still knows the newest reading and when it was sampled
+    again = UplinkService([dev], clock=lambda: clock[0], publish=lambda *a: None, state=state)
+    assert {k: again.stats()["bin-1"][k] for k in ("missing", "newest_seq", "newest_age_s", "backlog_est")} == \
+        {"missing": 0, "newest_seq": 6, "newest_age_s": 1240, "backlog_est": 4}
+    again.stop()

@@ -6,6 +6,12 @@ network server holds it until the device's next uplink opens its receive windows
 up to the device's sampling period plus whatever its airtime budget makes it wait. The ack comes
 back on FPort 11 as the compact LoRaWAN ack (firmware/lanterne/ledger.py), checked against the
 command in flight: counter, opcode and the device's key.
+
+A downlink or its ack can be lost on the air (class A has no retry of its own for an unconfirmed
+downlink). When `requeue_after` uplinks of the device have come up since the command was queued and
+none carried its ack, the same frame is queued again: the board acks a repeat of the command it
+executed last without executing it again (firmware/lanterne/commands.py, "redelivered"), so a
+command is executed at most once however often it is queued.
 """
 
 from __future__ import annotations
@@ -58,21 +64,35 @@ class LorawanCommandClient:
                     ev.set()
 
     def send(self, dev: LoraDevice, counter: int, opcode: int, args: dict | None = None, timeout: float = 600.0,
-             on_queued=None) -> AckResult:
+             on_queued=None, requeue_after: int = 3, on_requeued=None) -> AckResult:
+        """Queue the command and wait for its ack; queued again after `requeue_after` uplinks without it (0: never)."""
         frame = cmd.build(dev.command_key, dev.device, counter, opcode, args)
         ev, slot = threading.Event(), []
         with self._lock:
             self._waiters[dev.device] = (dev, {counter: opcode}, ev, slot)
             self.uplinks_seen[dev.device] = 0
+        self.requeued = 0
         t0 = time.perf_counter()
         try:
             topic, msg = downlink_message(self.integration, self.app, dev, ledger.FPORT_COMMAND, frame)
-            self.watcher.publish(topic, json.dumps(msg).encode(), qos=1)
+            body = json.dumps(msg).encode()
+            self.watcher.publish(topic, body, qos=1)
             if on_queued is not None:
                 on_queued(topic, len(frame))
-            if not ev.wait(timeout):
-                raise TimeoutError(f"no ack from {dev.device} for command {counter} within {timeout:.0f} s "
-                                   f"({self.uplinks_seen.get(dev.device, 0)} uplinks from it meanwhile)")
+            deadline, mark = t0 + timeout, 0
+            while not ev.wait(0.2):
+                if time.perf_counter() >= deadline:
+                    again = f", queued {self.requeued + 1} times" if self.requeued else ""
+                    raise TimeoutError(f"no ack from {dev.device} for command {counter} within {timeout:.0f} s "
+                                       f"({self.uplinks_seen.get(dev.device, 0)} uplinks from it meanwhile{again})")
+                with self._lock:
+                    seen = self.uplinks_seen.get(dev.device, 0)
+                if requeue_after and seen - mark >= requeue_after:
+                    mark = seen  # the downlink, or the ack, was lost: the same frame again
+                    self.watcher.publish(topic, body, qos=1)
+                    self.requeued += 1
+                    if on_requeued is not None:
+                        on_requeued(self.requeued, seen)
         finally:
             with self._lock:
                 self._waiters.pop(dev.device, None)

@@ -28,5 +28,13 @@ def identities(registry: Registry, devices: list[str] | None = None) -> list[Ide
 
 
 def uplink_devices(registry: Registry, devices: list[str] | None = None) -> list[LoraDevice]:
-    return [LoraDevice(i.device, i.dev_eui.lower(), registry.command_key(i.device), i.join_eui)
-            for i in identities(registry, devices)]
+    """The uplink service's devices, each with its sample period (its registry config, else the firmware's default)."""
+    from host_tools.backoffice.monitor import default_periods
+
+    default = default_periods()["sample_period_s"]
+    out = []
+    for i in identities(registry, devices):
+        period = (registry.get(i.device).config or {}).get("sample_period_s", default)
+        out.append(LoraDevice(i.device, i.dev_eui.lower(), registry.command_key(i.device), i.join_eui,
+                              sample_period_s=period if isinstance(period, int) and period > 0 else None))
+    return out

@@ -9,7 +9,10 @@ host_tools/codec/lns_json.py), and for each uplink of a known device:
 - FPort 11: checks a compact command ack against the commands in flight (firmware/lanterne/ledger.py);
 - FPort 13: a link test an installer ran from the board's setup page (firmware/lanterne/setup_lorawan.py):
   reported as a `link_test` event with how the network heard it; it carries no reading;
-- keeps the radio figures the monitor shows (RSSI, SNR, DR, FCnt, airtime used today);
+- keeps the radio figures the monitor shows (RSSI, SNR, DR, FCnt, airtime used today), and what it
+  can tell of the board's backlog without its status (LoRaWAN carries none): the seqs its ledger lists
+  as not arrived, and an estimate of the readings sampled since the newest one that arrived (its age
+  and the device's sample period);
 - after any uplink, sends the device a signed ledger downlink (FPort 12) when the budget allows
   (host_tools/backoffice/delivery_ledger.py): the network server holds it and delivers it after the
   device's next uplink (class A).
@@ -47,6 +50,7 @@ class LoraDevice:
     command_key: bytes
     join_eui: str = "0000000000000000"
     first_seq: int | None = 0  # a provisioned board numbers its readings from 0; None: from the first one seen
+    sample_period_s: int | None = None  # its configured period (the registry's): estimates what it sampled since
 
 
 @dataclass
@@ -63,6 +67,7 @@ class DeviceState:
     ledgers_sent: int = 0
     ledger_counter: int = 0
     in_flight: dict = field(default_factory=dict)  # command counter -> opcode
+    newest: dict = field(default_factory=dict)  # the newest reading received: its full seq, when it was sampled
 
     def airtime_today(self, now: float) -> float:
         self.airtime = [(t, s) for t, s in self.airtime if t > now - DAY_S]
@@ -78,6 +83,7 @@ class DeviceState:
             "budget": {"sent": list(bud.sent), "last": bud.last_summary} if bud is not None else None,
             "ledger_counter": self.ledger_counter, "in_flight": {str(k): v for k, v in self.in_flight.items()},
             "airtime": self.airtime, "counts": [self.uplinks, self.readings, self.duplicates, self.ledgers_sent],
+            "newest": self.newest,
         }
 
     def restore(self, d: dict) -> None:
@@ -93,6 +99,25 @@ class DeviceState:
         self.in_flight = {int(k): v for k, v in d["in_flight"].items()}
         self.airtime = [tuple(a) for a in d["airtime"]]
         self.uplinks, self.readings, self.duplicates, self.ledgers_sent = d["counts"]
+        self.newest = dict(d.get("newest") or {})  # (a state written before it was kept: none yet)
+
+    def backlog(self, now: float) -> dict:
+        """What the back office can tell of the board's backlog without its status: `missing`, the seqs
+        its ledger lists as not arrived (between `next` and the highest received); the newest reading
+        received (`newest_seq`, `newest_age_s`: since it was sampled); and `sampled_since_est`, the
+        readings the board should have sampled since then at its configured period (None when the
+        period or a reading is not known). Their sum `backlog_est` is an estimate: the board may have
+        lost some (its store full) or sampled at another period (a command changed it)."""
+        missing = sum(c for _, c in self.ledger.gaps())
+        out = {"missing": missing, "newest_seq": self.newest.get("seq"), "newest_age_s": None,
+               "sample_period_s": self.info.sample_period_s, "sampled_since_est": None, "backlog_est": None}
+        if self.newest:
+            age = max(0.0, now - self.newest["sampled_at"])
+            out["newest_age_s"] = round(age, 1)
+            if self.info.sample_period_s:
+                out["sampled_since_est"] = int(age // self.info.sample_period_s)
+                out["backlog_est"] = missing + out["sampled_since_est"]
+        return out
 
 
 def topics(integration: str, app: J.Application) -> list[str]:
@@ -183,6 +208,8 @@ class UplinkService:
                         st.duplicates += 1
                 for r in sorted(fresh, key=lambda r: r.get("seq", -1)):
                     st.readings += 1
+                    if "seq" in r and r["seq"] > st.newest.get("seq", -1):  # sampled `age` s before it was sent
+                        st.newest = {"seq": r["seq"], "sampled_at": round(now - r.get("age", 0), 3)}
                     self.emit({"event": "reading", "device": name, "reading": r, "fcnt": up.fcnt})
             elif up.fport == FPORT_LINK_TEST:
                 if len(up.data) != 2 or up.data[0] != 1:
@@ -251,7 +278,7 @@ class UplinkService:
             return {
                 st.info.device: dict(st.last, uplinks=st.uplinks, readings=st.readings, duplicates=st.duplicates,
                                      airtime_today_s=round(st.airtime_today(now), 3), ledgers_today=st.budget.used_today(now),
-                                     missing=sum(c for _, c in st.ledger.gaps()), next_seq=st.ledger.next_seq)
+                                     next_seq=st.ledger.next_seq, **st.backlog(now))
                 for st in self.devices.values()
             }
 

@@ -168,8 +168,13 @@ def _send_lorawan(args, reg, rec, counter, action, params, user, password):
                   f" budget may hold an uplink back), its ack comes up in the one after; waiting up to {timeout:.0f} s",
                   flush=True)
 
+    def requeued(times, uplinks):
+        if not args.json:
+            print(f"{args.device}: no ack after {uplinks} uplinks: the downlink or its ack was lost on the air; queued again"
+                  f" ({times}; the board acks a repeat of its last command without executing it twice)", flush=True)
+
     try:
-        return client.send(dev, counter, action.opcode, params, timeout=timeout, on_queued=queued)
+        return client.send(dev, counter, action.opcode, params, timeout=timeout, on_queued=queued, on_requeued=requeued)
     except TimeoutError as exc:
         raise CommandError(str(exc), hint=f"{args.device} is a LoRaWAN device: is it joined and sending (`lanterne uplinks`)?"
                            " The downlink stays queued on the network server until its next uplink") from None

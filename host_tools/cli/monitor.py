@@ -11,9 +11,10 @@ With --capture it also appends every message to FILE, one JSON line each (receiv
 payload in hex): the input of `lanterne energy`.
 With --lorawan it also reads the network server's MQTT integration (ChirpStack or TTS) on the same
 broker, passively (it sends no ledger), and shows the registry's LoRaWAN devices in a table of their
-own: last uplink, RSSI, SNR, data rate, FCnt, airtime used in the last 24 h, readings, and what the
-back office knows to be missing (the board's own backlog is on its console: LoRaWAN does not carry
-the status).
+own: last uplink, RSSI, SNR, data rate, FCnt, airtime used in the last 24 h, readings, the seqs the
+ledger lists as not arrived (missing), the newest reading received (seq, how long ago it was sampled),
+and an estimate of the backlog: missing + the readings sampled since the newest one at the registry's
+sample period (LoRaWAN does not carry the board's status, so its own backlog count is not known here).
 """
 
 from __future__ import annotations
@@ -40,16 +41,33 @@ def configure(p):
                    help="also show the registry's LoRaWAN devices from this network-server integration on --broker")
 
 LORAWAN_COLUMNS = ["device", "last uplink", "RSSI dBm", "SNR dB", "DR", "FCnt", "airtime 24 h (s)", "readings", "missing",
-                   "duplicates"]
+                   "duplicates", "newest reading", "backlog (est.)"]
 
 
 def _lorawan_rows(svc) -> list[list[str]]:
+    from host_tools.backoffice.monitor import span
+
     rows = []
     for name, st in sorted(svc.stats().items()):
-        seen = f"{time.time() - st['time']:.0f} s ago" if st.get("time") else "never"
+        seen = f"{svc.clock() - st['time']:.0f} s ago" if st.get("time") else "never"
         rows.append([name, seen, *(str(st.get(k, "-")) for k in ("rssi", "snr", "dr", "fcnt")), f"{st['airtime_today_s']:.2f}",
-                     str(st["readings"]), str(st["missing"]), str(st["duplicates"])])
+                     str(st["readings"]), str(st["missing"]), str(st["duplicates"]), _newest(st, span), _backlog(st, span)])
     return rows
+
+
+def _newest(st: dict, span) -> str:
+    if st["newest_seq"] is None:
+        return "-"
+    return f"seq {st['newest_seq']}, sampled {span(st['newest_age_s'])} ago"
+
+
+def _backlog(st: dict, span) -> str:
+    """"~5 (2 missing + ~3 sampled since, every 5m)": an estimate, labelled as one."""
+    if st["backlog_est"] is None:
+        why = "no reading yet" if st["newest_seq"] is None else "sample period unknown"
+        return f"{st['missing']} missing ({why})"
+    return (f"~{st['backlog_est']} ({st['missing']} missing + ~{st['sampled_since_est']} sampled since, "
+            f"every {span(st['sample_period_s'])})")
 
 
 def run(args):

@@ -115,6 +115,10 @@ def backlogs(console: str) -> list[tuple[int, int]]:
     return [(int(w), int(b)) for w, b in re.findall(r"\[lanterne\] wake (\d+) \(\w+(?:, alarm)?\): \w+, seq -?\d+, backlog (\d+)", console)]
 
 
+# Alone (the solo phase of make test): 31 hours of a world clock whose pace follows the board's wakes
+# failed twice in runs with three workers of other virtual boards beside it, and passed alone and
+# under plain CPU load every time.
+@pytest.mark.solo
 def test_a_bin_over_its_daily_cap_waits_for_the_day_to_roll_and_loses_nothing():
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         b = Bin(stack, Path(tmp), sample_period_s=1800, send_period_s=1800, lorawan_airtime_s=1)

@@ -274,3 +274,32 @@ def test_the_monitor_shows_what_it_can_tell_of_a_lorawan_boards_backlog(tmp_path
     assert {k: again.stats()["bin-1"][k] for k in ("missing", "newest_seq", "newest_age_s", "backlog_est")} == \
         {"missing": 0, "newest_seq": 6, "newest_age_s": 1240, "backlog_est": 4}
     again.stop()
+
+
+def test_the_state_holds_what_a_ledger_acknowledges_before_the_ledger_leaves(tmp_path):
+    # A ledger frees on the board what it acknowledges. A service that crashed just after sending one
+    # must restart knowing those readings, or it would list them as missing for good (the board never
+    # sends them again). So at the instant each ledger is published, a service started from the state
+    # file already holds the ledger that frame carries.
+    state = tmp_path / "state.sqlite"
+    dev = LoraDevice("bin-1", "0016c001ff000001", KEY)
+    checked = []
+
+    def publish(topic, msg):
+        if msg["fPort"] != ledger.FPORT_LEDGER:
+            return
+        restarted = UplinkService([dev], publish=lambda *a: None, state=state, clock=lambda: clock[0])
+        checked.append((restarted.devices[dev.dev_eui].ledger.summary(), svc.devices[dev.dev_eui].ledger.summary()))
+        restarted.stop()
+
+    clock = [0.0]
+    svc = UplinkService([dev], publish=publish, state=state, ledger_per_day=24, clock=lambda: clock[0])
+    for fcnt in range(1, 6):
+        clock[0] += 3600  # seq 2 lost in the air: the ledgers list it missing until it comes up
+        seqs = [2 * fcnt - 2, 2 * fcnt - 1] if fcnt != 2 else [3]
+        frame = encode_values([{"temperature": 20.0 + s, "seq": s} for s in seqs], budget=51, runtime="cpython", lorawan=True)[0]["frame"]
+        svc.handle(J.Uplink(dev_eui=dev.dev_eui, device="bin-1", fport=102, fcnt=fcnt, dr=5, data=frame))
+    svc.stop()
+    assert len(checked) >= 3
+    for on_file, sent in checked:
+        assert on_file == sent

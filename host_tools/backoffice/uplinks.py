@@ -228,7 +228,6 @@ class UplinkService:
                     self.emit({"event": "ack", "device": name, "counter": counter, "opcode": opcode, "status": status,
                                "data": data.hex()})
             self.maybe_send_ledger(st, now)
-            self._save(st)
 
     def _save(self, st: DeviceState) -> None:
         # (in the lock: the row is what this uplink left, before the next one is handled)
@@ -236,14 +235,21 @@ class UplinkService:
             self.state.save(st.info.dev_eui.lower(), st.snapshot())
 
     def maybe_send_ledger(self, st: DeviceState, now: float) -> bool:
+        """Save the device's state, then send it a ledger downlink if one is due. In that order: a
+        ledger frees on the board what it acknowledges, so the state must hold those readings before the
+        frame leaves. A crash between the two then costs one ledger (counted as spent, never sent), where
+        the other order could leave a freed reading the restarted service lists as missing for good."""
         summary = st.ledger.summary()
-        if st.ledger.base is None or not st.budget.due(now, summary):
+        due = st.ledger.base is not None and st.budget.due(now, summary)
+        if due:
+            st.ledger_counter = next_counter(st.ledger_counter)
+            frame = self.ledger.build(st.info.command_key, st.info.device, st.ledger_counter, *summary)
+            st.budget.spend(now, summary)
+            st.ledgers_sent += 1
+        self._save(st)
+        if not due:
             return False
-        st.ledger_counter = next_counter(st.ledger_counter)
-        frame = self.ledger.build(st.info.command_key, st.info.device, st.ledger_counter, *summary)
         self.send_downlink(st.info, self.ledger.FPORT_LEDGER, frame)
-        st.budget.spend(now, summary)
-        st.ledgers_sent += 1
         self.emit({"event": "ledger", "device": st.info.device, "next": summary[0], "span": summary[1],
                    "seen": summary[2], "missing": summary[3], "bytes": len(frame), "time": now})
         return True

@@ -8,6 +8,7 @@ reading with a fault flag goes up ahead of readings that waited."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -64,6 +65,29 @@ def duty_percent(h):
 
 def events(svc, kind):
     return [e for e in svc.events if e["event"] == kind]
+
+
+@contextlib.contextmanager
+def network_and_service(mosquitto, name, ident, scaled_clock=False):
+    """The network server's emulator knowing the board (ChirpStack's integration, on the test's broker) and
+    the back office's uplink service for it. `scaled_clock`: the service's clock runs DAY_SCALE times as
+    fast (a simulated day in 72 s), with LEDGERS_PER_DAY ledger downlinks a day."""
+    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
+    extra = {}
+    if scaled_clock:
+        t0, m0 = time.time(), time.monotonic()
+        extra = {"clock": lambda: t0 + (time.monotonic() - m0) * DAY_SCALE, "ledger_per_day": LEDGERS_PER_DAY}
+    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
+        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
+                            integration="chirpstack", broker_url=mosquitto.url, **extra).start()
+        try:
+            yield svc
+        finally:
+            svc.stop()
+
+
+DAY_SCALE = 1200.0  # the uplink service's clock runs 1200x: a simulated day in 72 s
+LEDGERS_PER_DAY = 10
 
 
 def test_board_joins_after_failures_delivers_and_obeys_a_dim(virtual_boards, mosquitto, tmp_path):
@@ -132,56 +156,46 @@ def test_a_fault_reading_goes_up_ahead_of_the_backlog(virtual_boards, mosquitto)
     the older readings that waited follow, each once."""
     name = "Bin_Alarm"
     ident = identity(name)
-    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
-    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
-        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
-                            integration="chirpstack", broker_url=mosquitto.url).start()
-        try:
-            (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=2),
-                                  radio=mosquitto.url, world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
-            h.wait_for(r"connected to the LoRaWAN network as Bin_Alarm", timeout=60)
-            wait(lambda: events(svc, "reading"), 60, "a first reading")
-            # the modem stops answering (its cable pulled): the link goes down, readings pile up in the store
-            since = h.console_offset()
-            h.world.inject("lorawan", "missing")
-            h.wait_for(r"\[lanterne\] lorawan: (AT\+SEND: no answer|AT\+SEND: no TX_DONE)", since=since, timeout=60)
-            before = len(events(svc, "reading"))  # (a frame on air as the modem went quiet may still come)
-            time.sleep(6)
-            # the BME280 goes missing: readings with its fault flags, sampled after that backlog
-            h.world.inject("bme280", "missing")
-            time.sleep(5)
-            h.world.clear("bme280")
-            since = h.console_offset()
-            h.world.clear("lorawan")
-            h.wait_for(r"connected to the LoRaWAN network as Bin_Alarm", since=since, timeout=90)
-            readings = lambda: [e["reading"] for e in events(svc, "reading")][before:]  # noqa: E731
-            alarms = lambda: [r["seq"] for r in readings() if FAULTS & set(r["status"])]  # noqa: E731
-            wait(lambda: alarms() and svc.stats()[name]["next_seq"] > max(alarms()), 90,
-                 "the fault readings and every reading before them")
-            got = readings()
-            # the first uplink after the modem came back: the fault readings only
-            first_frame = [e["reading"] for e in events(svc, "reading")[before:] if e["fcnt"] == events(svc, "reading")[before]["fcnt"]]
-            assert first_frame and all(FAULTS & set(r["status"]) for r in first_frame), [(r["seq"], r["status"]) for r in got[:8]]
-            # readings older than them waited in the store and came after them
-            older = [r["seq"] for r in got[len(first_frame):] if r["seq"] < first_frame[0]["seq"]]
-            assert older and not any(FAULTS & set(r["status"]) for r in got if r["seq"] in older), [(r["seq"], r["status"]) for r in got[:12]]
-            # each reading once, none missing up to the last fault reading
-            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
-            assert len(seqs) == len(set(seqs))
-            assert set(range(max(alarms()) + 1)) <= set(seqs)
-            console = h.console()
-            assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
-        finally:
-            svc.stop()
+    with network_and_service(mosquitto, name, ident) as svc:
+        (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=2),
+                              radio=mosquitto.url, world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
+        h.wait_for(r"connected to the LoRaWAN network as Bin_Alarm", timeout=60)
+        wait(lambda: events(svc, "reading"), 60, "a first reading")
+        # the modem stops answering (its cable pulled): the link goes down, readings pile up in the store
+        since = h.console_offset()
+        h.world.inject("lorawan", "missing")
+        h.wait_for(r"\[lanterne\] lorawan: (AT\+SEND: no answer|AT\+SEND: no TX_DONE)", since=since, timeout=60)
+        before = len(events(svc, "reading"))  # (a frame on air as the modem went quiet may still come)
+        time.sleep(6)
+        # the BME280 goes missing: readings with its fault flags, sampled after that backlog
+        h.world.inject("bme280", "missing")
+        time.sleep(5)
+        h.world.clear("bme280")
+        since = h.console_offset()
+        h.world.clear("lorawan")
+        h.wait_for(r"connected to the LoRaWAN network as Bin_Alarm", since=since, timeout=90)
+        readings = lambda: [e["reading"] for e in events(svc, "reading")][before:]  # noqa: E731
+        alarms = lambda: [r["seq"] for r in readings() if FAULTS & set(r["status"])]  # noqa: E731
+        wait(lambda: alarms() and svc.stats()[name]["next_seq"] > max(alarms()), 90,
+             "the fault readings and every reading before them")
+        got = readings()
+        # the first uplink after the modem came back: the fault readings only
+        first_frame = [e["reading"] for e in events(svc, "reading")[before:] if e["fcnt"] == events(svc, "reading")[before]["fcnt"]]
+        assert first_frame and all(FAULTS & set(r["status"]) for r in first_frame), [(r["seq"], r["status"]) for r in got[:8]]
+        # readings older than them waited in the store and came after them
+        older = [r["seq"] for r in got[len(first_frame):] if r["seq"] < first_frame[0]["seq"]]
+        assert older and not any(FAULTS & set(r["status"]) for r in got if r["seq"] in older), [(r["seq"], r["status"]) for r in got[:12]]
+        # each reading once, none missing up to the last fault reading
+        seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+        assert len(seqs) == len(set(seqs))
+        assert set(range(max(alarms()) + 1)) <= set(seqs)
+        console = h.console()
+        assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
 
 
 def modem_twin(h):
     (twin,) = [p for p in h.board.parts.parts if getattr(p, "name", None) == "lorawan"]
     return twin
-
-
-DAY_SCALE = 1200.0  # the uplink service's clock runs 1200x: a simulated day in 72 s
-LEDGERS_PER_DAY = 10
 
 
 # At the 64 KB target (ESP32 bytes), the street light's floor too (tests/test_romfs.py;
@@ -190,53 +204,44 @@ LEDGERS_PER_DAY = 10
 def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_the_heap_floor(virtual_boards, mosquitto, tmp_path):
     name = "Bin_Loss"
     ident = identity(name)
-    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
-    key = bytes.fromhex(ident["command_key"])
-    t0, m0 = time.time(), time.monotonic()
-    clock = lambda: t0 + (time.monotonic() - m0) * DAY_SCALE  # noqa: E731
-    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
-        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), key)], integration="chirpstack",
-                            ledger_per_day=LEDGERS_PER_DAY, broker_url=mosquitto.url, clock=clock).start()
-        try:
-            # 20 % of uplinks lost; the modem's line noisy, two busy refusals, one reset in the middle of a command
-            (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=3, status_period_s=20),
-                                  radio=mosquitto.url, board_heap=64 * 1024,
-                                  world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.2,
-                                                "lorawan_garbage": 0.05, "lorawan_busy_refusals": 2})
-            h.wait_for(r"connected to the LoRaWAN network", timeout=60)
-            twin = modem_twin(h)
-            h.world.set(lorawan_resets=1)
-            lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
-            wait(lambda: len(lost()) >= 2, 300, "two uplinks lost")  # (a 20 % draw per uplink: a slow machine sends fewer a minute)
-            # Every reading the board has sampled by now (its store's next seq, on its flash) reaches the uplink
-            # service exactly once, those of the lost uplinks sent again after a ledger showed them lost. The
-            # board keeps sampling meanwhile: a class-A device hears the network only after an uplink of its own,
-            # so the ledger that repairs its last lost uplink rides on the RX window of a later one.
-            sampled = flash_next_seq(h, tmp_path)
-            wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 150, f"every reading of the {sampled} sampled")
-            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
-            assert sorted(s for s in seqs if s < sampled) == list(range(sampled))  # each exactly once
-            assert len(seqs) == len(set(seqs))
-            assert seqs != sorted(seqs)  # some came late: sent again after the loss
-            # the ledger spends no more downlinks than allowed, in any 24 hours of the service's clock
-            times = [e["time"] for e in events(svc, "ledger")]
-            assert len(times) >= 2
-            assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
-            # the board freed what the ledgers acknowledged, and survived the faults at the heap floor
-            console = h.console()
-            assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
-            assert "lorawan: AT+SEND: the modem restarted" in console or twin.world.get("lorawan_resets") == 0
-            statuses = [json.loads(m) for m in re.findall(r"status not sent \(LoRaWAN: the status stays on the board\): (\{.*\})", console)]
-            assert statuses and statuses[-1]["dropped"] == 0
-            # the store on the board's flash, read at its REPL once the app is stopped: the ledgers freed
-            # readings, and never more than had arrived
-            delivered = len(set(e["reading"]["seq"] for e in events(svc, "reading")))
-            sampled_at_end, pending, dropped = store_counts(h, tmp_path)
-            assert dropped == 0
-            assert sampled_at_end >= sampled and max(seqs) < sampled_at_end  # (nothing arrived the board never stored)
-            assert 0 < sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
-        finally:
-            svc.stop()
+    with network_and_service(mosquitto, name, ident, scaled_clock=True) as svc:
+        # 20 % of uplinks lost; the modem's line noisy, two busy refusals, one reset in the middle of a command
+        (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=3, status_period_s=20),
+                              radio=mosquitto.url, board_heap=64 * 1024,
+                              world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.2,
+                                            "lorawan_garbage": 0.05, "lorawan_busy_refusals": 2})
+        h.wait_for(r"connected to the LoRaWAN network", timeout=60)
+        twin = modem_twin(h)
+        h.world.set(lorawan_resets=1)
+        lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
+        wait(lambda: len(lost()) >= 2, 300, "two uplinks lost")  # (a 20 % draw per uplink: a slow machine sends fewer a minute)
+        # Every reading the board has sampled by now (its store's next seq, on its flash) reaches the uplink
+        # service exactly once, those of the lost uplinks sent again after a ledger showed them lost. The
+        # board keeps sampling meanwhile: a class-A device hears the network only after an uplink of its own,
+        # so the ledger that repairs its last lost uplink rides on the RX window of a later one.
+        sampled = flash_next_seq(h, tmp_path)
+        wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 150, f"every reading of the {sampled} sampled")
+        seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+        assert sorted(s for s in seqs if s < sampled) == list(range(sampled))  # each exactly once
+        assert len(seqs) == len(set(seqs))
+        assert seqs != sorted(seqs)  # some came late: sent again after the loss
+        # the ledger spends no more downlinks than allowed, in any 24 hours of the service's clock
+        times = [e["time"] for e in events(svc, "ledger")]
+        assert len(times) >= 2
+        assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
+        # the board freed what the ledgers acknowledged, and survived the faults at the heap floor
+        console = h.console()
+        assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
+        assert "lorawan: AT+SEND: the modem restarted" in console or twin.world.get("lorawan_resets") == 0
+        statuses = [json.loads(m) for m in re.findall(r"status not sent \(LoRaWAN: the status stays on the board\): (\{.*\})", console)]
+        assert statuses and statuses[-1]["dropped"] == 0
+        # the store on the board's flash, read at its REPL once the app is stopped: the ledgers freed
+        # readings, and never more than had arrived
+        delivered = len(set(e["reading"]["seq"] for e in events(svc, "reading")))
+        sampled_at_end, pending, dropped = store_counts(h, tmp_path)
+        assert dropped == 0
+        assert sampled_at_end >= sampled and max(seqs) < sampled_at_end  # (nothing arrived the board never stored)
+        assert 0 < sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
 
 
 def frm_payload_len(phy_hex: str) -> int:
@@ -254,38 +259,32 @@ def test_the_network_lowers_the_data_rate_to_dr0_mid_run_and_no_reading_is_lost(
     frame are not lost: what arrives is every seq from 0 up, each once, no gap at the change."""
     name = "Bin_DR0"
     ident = identity(name)
-    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
-    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
-        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), bytes.fromhex(ident["command_key"]))],
-                            integration="chirpstack", broker_url=mosquitto.url).start()
-        try:
-            # a street light: its readings carry the lamp level too, so a DR5 frame of 12 goes over 51 bytes
-            (h,) = virtual_boards(1, board=lamp_board(tmp_path), config=board_config(name, ident, sample_period_s=1),
-                                  radio=mosquitto.url, world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
-            h.wait_for(r"connected to the LoRaWAN network as Bin_DR0", timeout=60)
-            twin = modem_twin(h)
-            data = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data"]  # noqa: E731
-            wait(lambda: len(data()) >= 2 and svc.stats()[name].get("dr") == 5, 60, "two uplinks at DR5")
-            time.sleep(1.5)  # the board read DR5 back after its last uplink: its next frames are built for DR5
-            before, arrived = len(data()), len(events(svc, "reading"))
-            # the network lowers the data rate; the modem answers AT_BUSY_ERROR to the next 15 sends meanwhile
-            h.world.set(lorawan_dr=0, lorawan_busy_refusals=15)
-            wait(lambda: svc.stats()[name].get("dr") == 0, 120, "an uplink at DR0 decoded")
-            after = data()[before:]
-            sizes = [(e["sf"], frm_payload_len(e["phy"])) for e in after]
-            assert sizes and all(sf == 12 and n <= 51 for sf, n in sizes), sizes  # nothing at the old DR, nothing over 51 bytes
-            console = h.console()
-            refused = [int(n) for n in re.findall(r"^\[lanterne\] lorawan: AT\+SEND refused \(AT_PARAM_ERROR\) at DR0, (\d+) bytes\r?$", console, re.M)]
-            assert refused and all(n > 51 for n in refused), console[-3000:]  # the frame built for DR5 was refused
-            # every reading that arrived, once, from seq 0 with no gap: the refused frame's readings came in later frames
-            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
-            assert len(seqs) > arrived and len(seqs) == len(set(seqs))
-            assert sorted(seqs) == list(range(max(seqs) + 1)), seqs
-            assert svc.stats()[name]["missing"] == 0
-            assert "MemoryError" not in console and "(restarted)" not in console
-            print(f"refused at DR0: {refused} bytes; frames after the change (SF, bytes): {sizes}; readings: {len(seqs)}")
-        finally:
-            svc.stop()
+    with network_and_service(mosquitto, name, ident) as svc:
+        # a street light: its readings carry the lamp level too, so a DR5 frame of 12 goes over 51 bytes
+        (h,) = virtual_boards(1, board=lamp_board(tmp_path), config=board_config(name, ident, sample_period_s=1),
+                              radio=mosquitto.url, world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5})
+        h.wait_for(r"connected to the LoRaWAN network as Bin_DR0", timeout=60)
+        twin = modem_twin(h)
+        data = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data"]  # noqa: E731
+        wait(lambda: len(data()) >= 2 and svc.stats()[name].get("dr") == 5, 60, "two uplinks at DR5")
+        time.sleep(1.5)  # the board read DR5 back after its last uplink: its next frames are built for DR5
+        before, arrived = len(data()), len(events(svc, "reading"))
+        # the network lowers the data rate; the modem answers AT_BUSY_ERROR to the next 15 sends meanwhile
+        h.world.set(lorawan_dr=0, lorawan_busy_refusals=15)
+        wait(lambda: svc.stats()[name].get("dr") == 0, 120, "an uplink at DR0 decoded")
+        after = data()[before:]
+        sizes = [(e["sf"], frm_payload_len(e["phy"])) for e in after]
+        assert sizes and all(sf == 12 and n <= 51 for sf, n in sizes), sizes  # nothing at the old DR, nothing over 51 bytes
+        console = h.console()
+        refused = [int(n) for n in re.findall(r"^\[lanterne\] lorawan: AT\+SEND refused \(AT_PARAM_ERROR\) at DR0, (\d+) bytes\r?$", console, re.M)]
+        assert refused and all(n > 51 for n in refused), console[-3000:]  # the frame built for DR5 was refused
+        # every reading that arrived, once, from seq 0 with no gap: the refused frame's readings came in later frames
+        seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+        assert len(seqs) > arrived and len(seqs) == len(set(seqs))
+        assert sorted(seqs) == list(range(max(seqs) + 1)), seqs
+        assert svc.stats()[name]["missing"] == 0
+        assert "MemoryError" not in console and "(restarted)" not in console
+        print(f"refused at DR0: {refused} bytes; frames after the change (SF, bytes): {sizes}; readings: {len(seqs)}")
 
 
 @pytest.mark.timeout(400)  # about 1.5 minutes; its waits allow a loaded machine more
@@ -297,46 +296,37 @@ def test_lost_ledger_downlinks_are_made_up_by_later_ones_and_no_reading_is_lost(
     received acknowledged."""
     name = "Bin_DownLoss"
     ident = identity(name)
-    dev = Device(dev_eui=ident["dev_eui"], app_key=ident["app_key"], name=name)
-    key = bytes.fromhex(ident["command_key"])
-    t0, m0 = time.time(), time.monotonic()
-    clock = lambda: t0 + (time.monotonic() - m0) * DAY_SCALE  # noqa: E731
-    with NetworkServer(mosquitto.url, [dev], integrations=("chirpstack",), app=J.Application()):
-        svc = UplinkService([LoraDevice(name, ident["dev_eui"].lower(), key)], integration="chirpstack",
-                            ledger_per_day=LEDGERS_PER_DAY, broker_url=mosquitto.url, clock=clock).start()
-        try:
-            (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=2),
-                                  radio=mosquitto.url,
-                                  world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.25,
-                                                "lorawan_downlink_loss": 0.5})
-            h.wait_for(r"connected to the LoRaWAN network", timeout=60)
-            twin = modem_twin(h)
-            up_lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
-            down = lambda: [e for e in twin.log if e["dir"] == "down"]  # noqa: E731
-            wait(lambda: up_lost() and [e for e in down() if e["lost"]], 200, "an uplink and a ledger downlink lost")
-            sampled = flash_next_seq(h, tmp_path)
-            wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 200, f"every reading of the {sampled} sampled")
-            seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
-            assert len(seqs) == len(set(seqs))
-            assert sorted(s for s in seqs if s < sampled) == list(range(sampled))
-            lost_down, heard_down = [e for e in down() if e["lost"]], [e for e in down() if not e["lost"]]
-            assert lost_down and heard_down  # some ledgers never reached the board; later ones did
-            ledgers = events(svc, "ledger")
-            assert len(ledgers) > len(lost_down)
-            times = [e["time"] for e in ledgers]
-            assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
-            console = h.console()
-            assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
-            print(f"sampled {sampled}; uplinks lost {len(up_lost())}; downlinks lost {len(lost_down)} of {len(down())}; "
-                  f"ledgers sent {len(ledgers)}")
-            # the board freed only readings that had arrived, and dropped none
-            sampled_at_end, pending, dropped = store_counts(h, tmp_path)
-            delivered = len(set(seqs))
-            # (whether a ledger that arrived had freed anything by then depends on the timing: one loaded
-            # run ended with none freed yet; the loss test above shows the freeing)
-            assert dropped == 0 and 0 <= sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
-        finally:
-            svc.stop()
+    with network_and_service(mosquitto, name, ident, scaled_clock=True) as svc:
+        (h,) = virtual_boards(1, board="esp32-rak3172", config=board_config(name, ident, sample_period_s=2),
+                              radio=mosquitto.url,
+                              world_values={"lorawan_speedup": SPEED, "lorawan_dr": 5, "lorawan_uplink_loss": 0.25,
+                                            "lorawan_downlink_loss": 0.5})
+        h.wait_for(r"connected to the LoRaWAN network", timeout=60)
+        twin = modem_twin(h)
+        up_lost = lambda: [e for e in twin.log if e["dir"] == "up" and e["kind"] == "data" and e["lost"]]  # noqa: E731
+        down = lambda: [e for e in twin.log if e["dir"] == "down"]  # noqa: E731
+        wait(lambda: up_lost() and [e for e in down() if e["lost"]], 200, "an uplink and a ledger downlink lost")
+        sampled = flash_next_seq(h, tmp_path)
+        wait(lambda: svc.stats()[name]["next_seq"] >= sampled, 200, f"every reading of the {sampled} sampled")
+        seqs = [e["reading"]["seq"] for e in events(svc, "reading")]
+        assert len(seqs) == len(set(seqs))
+        assert sorted(s for s in seqs if s < sampled) == list(range(sampled))
+        lost_down, heard_down = [e for e in down() if e["lost"]], [e for e in down() if not e["lost"]]
+        assert lost_down and heard_down  # some ledgers never reached the board; later ones did
+        ledgers = events(svc, "ledger")
+        assert len(ledgers) > len(lost_down)
+        times = [e["time"] for e in ledgers]
+        assert max(sum(1 for u in times if t <= u < t + 86400) for t in times) <= LEDGERS_PER_DAY
+        console = h.console()
+        assert "MemoryError" not in console and "(restarted)" not in console, console[-3000:]
+        print(f"sampled {sampled}; uplinks lost {len(up_lost())}; downlinks lost {len(lost_down)} of {len(down())}; "
+              f"ledgers sent {len(ledgers)}")
+        # the board freed only readings that had arrived, and dropped none
+        sampled_at_end, pending, dropped = store_counts(h, tmp_path)
+        delivered = len(set(seqs))
+        # (whether a ledger that arrived had freed anything by then depends on the timing: one loaded
+        # run ended with none freed yet; the loss test above shows the freeing)
+        assert dropped == 0 and 0 <= sampled_at_end - pending <= delivered, (sampled_at_end, pending, delivered)
 
 
 @pytest.mark.timeout(400)  # about 1.5 minutes; its waits allow a loaded machine more

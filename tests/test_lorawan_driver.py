@@ -13,22 +13,13 @@ from host_tools.runtime import unix_port
 
 HEAP = 256 * 1024  # compiled from source here; the board itself runs at 64 KB (test_lorawan_board.py)
 
-# A RUI3 modem as a small state machine behind a fake UART (MicroPython code, run on the unix port).
-MODEM = r"""
-import asyncio, json, random, sys, time
-from lanterne.transport.link import ACK, READINGS, STATUS
-from lanterne.transport.lorawan import LorawanLink
-
-CFG = {"device": "bin-7", "lorawan_confirmed": 0, "lorawan_airtime_s": 30, "lorawan_deveui": "AC1F09FFFE000001",
-       "lorawan_joineui": "", "lorawan_appkey": "000102030405060708090A0B0C0D0E0F"}
-
-
-class Modem:
-    # script: what the modem does beyond the happy path (counts are used up one per event)
-    def __init__(self, joined=False, **script):
-        self.nvm = {"NWM": "1", "NJM": "1", "CLASS": "A", "BAND": "4", "ADR": "1", "CFM": "0", "DEVEUI": "0000000000000000",
-                    "APPEUI": "0000000000000000", "APPKEY": "00000000000000000000000000000000", "DR": "5", "LINKCHECK": "0"}
-        self.joined = joined
+# A modem behind a fake UART, the UART side (MicroPython code; test_provision_modem.py's modem uses it too):
+# each line written to it goes to `command(text)`, a subclass's; its answers wait in `out`, or in `later`
+# until their time. `script` says what the modem does beyond the happy path, counts used up one per event.
+SCRIPTED_MODEM = r"""
+class ScriptedModem:
+    def __init__(self, nvm, script):
+        self.nvm = nvm
         self.script = script
         self.out = bytearray()
         self.line = bytearray()
@@ -71,6 +62,24 @@ class Modem:
         buf[:n] = self.out[:n]
         self.out = self.out[n:]
         return n
+"""
+
+# A RUI3 modem as a small state machine (MicroPython code, run on the unix port).
+MODEM = r"""
+import asyncio, json, random, sys, time
+from lanterne.transport.link import ACK, READINGS, STATUS
+from lanterne.transport.lorawan import LorawanLink
+
+CFG = {"device": "bin-7", "lorawan_confirmed": 0, "lorawan_airtime_s": 30, "lorawan_deveui": "AC1F09FFFE000001",
+       "lorawan_joineui": "", "lorawan_appkey": "000102030405060708090A0B0C0D0E0F"}
+""" + SCRIPTED_MODEM + r"""
+
+class Modem(ScriptedModem):
+    def __init__(self, joined=False, **script):
+        super().__init__({"NWM": "1", "NJM": "1", "CLASS": "A", "BAND": "4", "ADR": "1", "CFM": "0", "DEVEUI": "0000000000000000",
+                          "APPEUI": "0000000000000000", "APPKEY": "00000000000000000000000000000000", "DR": "5",
+                          "LINKCHECK": "0"}, script)
+        self.joined = joined
 
     def command(self, text):
         self.log.append(text)

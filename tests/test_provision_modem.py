@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import lanterne
-from test_lorawan_driver import run_modem
+from test_lorawan_driver import SCRIPTED_MODEM, run_modem
 
 from host_tools.emulator.network_server import Device, NetworkServer
 from host_tools.fleet import ProvisionError
@@ -28,45 +28,13 @@ DEVEUI, APPKEY = "70B3D57ED0000001", "000102030405060708090A0B0C0D0E0F"
 CONFIG = {"transport": "lorawan", "lorawan_deveui": DEVEUI, "lorawan_appkey": APPKEY, "lorawan_joineui": ""}
 
 # A RUI3 module behind the board's machine.UART (MicroPython: the board script's only seam).
-FAKE_MACHINE = r'''
-class Rui3:
+FAKE_MACHINE = "import time\n" + SCRIPTED_MODEM + r'''
+class Rui3(ScriptedModem):
     def __init__(self, **script):
-        self.nvm = {"NWM": "1", "NJM": "1", "CLASS": "A", "BAND": "4", "ADR": "1", "CFM": "0", "DEVEUI": "AC1F09FFFE000001",
-                    "APPEUI": "0000000000000000", "APPKEY": "00000000000000000000000000000000", "NJS": "0"}
-        self.nvm.update(script.pop("nvm", {}))
-        self.script = script
-        self.out = bytearray()
-        self.line = bytearray()
-        self.log = []
-
-    def take(self, key):
-        n = self.script.get(key, 0)
-        if n:
-            self.script[key] = n - 1
-        return n
-
-    def write(self, b):
-        for c in bytes(b):
-            if c in (13, 10):
-                if self.line:
-                    self.command(bytes(self.line).decode())
-                    self.line = bytearray()
-            else:
-                self.line.append(c)
-        return len(b)
-
-    def any(self):
-        return len(self.out)
-
-    def readinto(self, buf):
-        n = min(len(buf), len(self.out))
-        buf[:n] = self.out[:n]
-        self.out = self.out[n:]
-        return n
-
-    def emit(self, *lines):
-        for line in lines:
-            self.out += line.encode() + b"\r\n"
+        nvm = {"NWM": "1", "NJM": "1", "CLASS": "A", "BAND": "4", "ADR": "1", "CFM": "0", "DEVEUI": "AC1F09FFFE000001",
+               "APPEUI": "0000000000000000", "APPKEY": "00000000000000000000000000000000", "NJS": "0"}
+        nvm.update(script.pop("nvm", {}))
+        super().__init__(nvm, script)
 
     def command(self, text):
         self.log.append(text)

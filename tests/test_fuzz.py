@@ -22,7 +22,7 @@ from host_tools.reliability import fuzz, fuzz_unix
 
 _DIR = Path(tempfile.mkdtemp(prefix="lanterne-test-fuzz-"))
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FILE_TARGETS = ("config_json", "board_info", "board_file", "store_records", "http_request", "at_twin")
+FILE_TARGETS = ("config_json", "board_info", "board_file", "store_records", "http_request", "at_twin", "ota_manifest")
 
 
 @pytest.mark.parametrize("target", FILE_TARGETS)
@@ -72,6 +72,11 @@ def test_the_seeds_themselves_parse():
     fuzz.check_config_json(json.dumps(fuzz._seed_config()).encode(), _DIR)
     fuzz.check_board_file(json.dumps(fuzz._seed_board()).encode(), _DIR)
     fuzz.check_http_request(fuzz._seed_requests()[0])
+    signed, key = fuzz._seed_manifest()
+    fuzz.check_ota_manifest(signed)
+    from host_tools.fleet.release import ota_module
+
+    ota_module("manifest").Manifest(signed).check_signature([key])  # the seed is a manifest that verifies
 
 
 def test_a_broken_promise_is_reported_with_its_input(monkeypatch, capsys):
@@ -84,6 +89,11 @@ def test_a_broken_promise_is_reported_with_its_input(monkeypatch, capsys):
     monkeypatch.setattr(firmware_module("http_request"), "parse", parse)
     with pytest.raises(fuzz.FuzzFailure, match="raised KeyError"):
         fuzz.check_http_request(fuzz._seed_requests()[0])
+    signed, key = fuzz._seed_manifest()
+    fuzz.check_ota_manifest(signed)
+    from host_tools.fleet.release import ota_module
+
+    ota_module("manifest").Manifest(signed).check_signature([key])  # the seed is a manifest that verifies
     monkeypatch.undo()
     # ... and the long-run command stops on it with the case and the input (boardinfo.load broken here)
     def load(path):
@@ -144,6 +154,24 @@ def test_a_config_json_with_a_number_as_key_falls_back_instead_of_raising(tmp_pa
                         "except Exception as e:\n    print('RAISED', repr(e))\n")
     assert "RAISED" not in out and "config.json" in out
 
+
+
+def test_a_manifest_whose_version_text_is_not_utf8_is_refused_as_malformed():
+    # Manifest() raised UnicodeError (UnicodeDecodeError on CPython): the parse runs before the
+    # signature is checked, so the updater reported "update stopped: UnicodeError" instead of the
+    # manifest's refusal. Now a ManifestError "malformed", on both interpreters.
+    from host_tools.runtime.parity import both
+    from host_tools.runtime.paths import FIRMWARE
+
+    signed, _key = fuzz._seed_manifest()
+    at = signed.index(b"1.2.3")  # the version text, after its length byte
+    bad = signed[:at] + b"\xff\xfe\xfd\xfc\xfb" + signed[at + 5:]
+    code = (f"import json, sys\nsys.path.insert(0, {str(FIRMWARE)!r})\nfrom lanterne_ota import manifest as M\n"
+            f"try:\n    M.Manifest(bytes.fromhex({bad.hex()!r}))\n    out = ['parsed']\n"
+            "except M.ManifestError as e:\n    out = [e.code, e.reason]\n"
+            "except Exception as e:\n    out = ['raised', type(e).__name__]\nprint(json.dumps(out))\n")
+    cp, mp = both(code)
+    assert cp == mp == ["malformed", "manifest version text is not UTF-8"]
 
 
 def test_a_board_json_that_is_not_an_object_is_refused(tmp_path):

@@ -11,6 +11,7 @@ Each target is a parser and the promise it makes about any input (docs/reliabili
 | `http_request` | firmware `http_request.parse` (the setup page's server) | a `Request`, or `HttpError` with a 4xx/5xx status |
 | `lns_json` | host `codec.lns_json.parse_*` (ChirpStack / TTS / gateway JSON from MQTT) | a value, or `IntegrationError` |
 | `at_twin` | host RAK3172 twin (`emulator.devices.lorawan_modem`, the lines the firmware sends) | answers in printable lines; never raises |
+| `ota_manifest` | firmware `lanterne_ota.manifest` (a release's signed manifest, from the update channel) | `Manifest` or `ManifestError` "malformed"; its block table within the image; the signature check and the target check raise only `ManifestError`; nothing but the signed manifest itself verifies |
 
 The codec's decoders and the command verifier have their own fuzz tests (tests/test_codec_decoders.py,
 tests/test_commands.py); they are not repeated here.
@@ -40,6 +41,7 @@ from host_tools.reliability.fuzz_seeds import (  # noqa: F401  (re-exported: the
     _seed_board,
     _seed_config,
     _seed_lns,
+    _seed_manifest,
     _seed_requests,
     _store_seed,
     mutate_bytes,
@@ -187,6 +189,45 @@ def check_at_twin(data: bytes, folder: Path | None = None) -> None:
                 raise FuzzFailure(f"the AT twin answered a line that is not printable text: {line[:80]!r}")
 
 
+def check_ota_manifest(data: bytes, folder: Path | None = None) -> None:
+    from host_tools.fleet.release import ota_module
+
+    man = ota_module("manifest")
+    signed, key = _seed_manifest()
+    try:
+        m = man.Manifest(data)
+    except man.ManifestError as exc:
+        if exc.code != man.MALFORMED:
+            raise FuzzFailure(f"Manifest() refused with {exc.code!r}, not 'malformed'") from None
+        return
+    except Exception as exc:
+        raise FuzzFailure(f"Manifest() raised {type(exc).__name__}: {exc}") from None
+    try:
+        lengths = [m.block_len(i) for i in range(m.nblocks)]
+        hashes = [m.block_sha(i) for i in range(m.nblocks)]
+    except Exception as exc:
+        raise FuzzFailure(f"a parsed manifest's block table raised {type(exc).__name__}: {exc}") from None
+    if sum(lengths) != m.length or not all(0 < n <= m.block for n in lengths) or any(len(h) != 32 for h in hashes):
+        raise FuzzFailure(f"a parsed manifest's blocks ({m.nblocks} of {m.block} bytes) do not make its {m.length}-byte image")
+    try:
+        m.check_signature([key])
+        verified = True
+    except man.ManifestError as exc:
+        if exc.code not in (man.UNKNOWN_KEY, man.BAD_SIGNATURE):
+            raise FuzzFailure(f"the signature check refused with {exc.code!r}") from None
+        verified = False
+    except Exception as exc:
+        raise FuzzFailure(f"the signature check raised {type(exc).__name__}: {exc}") from None
+    if verified and data != signed:
+        raise FuzzFailure("a changed manifest verified: a forgery the board would install")
+    try:
+        m.check_target((6, 3, 0), (1, 25, 0), 196608, 3)
+    except man.ManifestError:
+        pass
+    except Exception as exc:
+        raise FuzzFailure(f"the target check raised {type(exc).__name__}: {exc}") from None
+
+
 # -- firmware bugs these fuzzers found and not fixed yet: none today. The three found so far (config.load
 # on a config.json that is not UTF-8 or has a number as a key, boardinfo.load on a board.json that is not
 # an object) are fixed, each with its test in tests/test_fuzz.py. A bug found and not fixed at once is
@@ -231,6 +272,7 @@ TARGETS = {
     "lns_json": (None, None),  # its own loop: JSON values per parser
     "at_twin": (check_at_twin, lambda: _bytes_cases([b"AT+JOIN=1:0:10:8", b"AT+SEND=102:0201ff", b"AT+DEVEUI=?",
                                                      b"AT+NJM=1", b"AT+VER=?", b"AT+BAND=4", b"ATZ", b"AT+CFS=?"])),
+    "ota_manifest": (check_ota_manifest, lambda: _bytes_cases([_seed_manifest()[0]], 0.1)),
 }
 
 

@@ -3,6 +3,7 @@ shared by the CPython side (fuzz.py) and the unix-port side (fuzz_unix.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import tempfile
@@ -97,6 +98,21 @@ def _seed_requests() -> list[bytes]:
         b"Content-Length: 40\r\nX-Session: 0123456789abcdef\r\n\r\n",
         b"GET / HTTP/1.0\r\n\r\n",
     ]
+
+
+@functools.lru_cache(maxsize=1)
+def _seed_manifest() -> tuple[bytes, bytes]:
+    """(a release manifest signed as `lanterne release build` signs one, its signer's public key): a
+    10 KB image in three blocks, one trusted key listed. The key is made once, in a folder dropped at once."""
+    from host_tools.fleet.release.build import sign
+    from host_tools.fleet.release.keys import KeyStore
+
+    with tempfile.TemporaryDirectory(prefix="lanterne-fuzz-keys-") as tmp:
+        keys = KeyStore(tmp)
+        keys.new("fuzz")
+        image = bytes(range(256)) * 40
+        manifest, _meta = sign(image, "1.2.3", 7, keys, mpy=(6, 3, 0), created=1767225600)
+        return manifest, keys.trusted()[0]
 
 
 def _seed_lns() -> list[tuple[str, dict]]:

@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-known", action="store_true", help="draw again an input that hits a firmware bug already reported")
     ap.add_argument("--unix-port", action="store_true",
-                    help="run the firmware targets on MicroPython (config_json, board_info, http_request, store_records)")
+                    help="run the firmware targets on MicroPython (config_json, board_info, http_request, store_records, ota_manifest)")
     args = ap.parse_args(argv)
     targets = args.targets or list(TARGETS)
     unknown = [t for t in targets if t not in TARGETS]

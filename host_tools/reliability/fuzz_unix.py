@@ -16,6 +16,7 @@ from host_tools.reliability.fuzz_seeds import (
     FuzzFailure,
     _seed_board,
     _seed_config,
+    _seed_manifest,
     _seed_requests,
     _store_seed,
 )
@@ -27,6 +28,7 @@ UNIX_SCRIPT = r"""
 import os, sys, json
 sys.path.insert(0, FIRMWARE)
 from lanterne import config, boardinfo, http_request, store
+from lanterne_ota import manifest as M
 R = bytearray(4)
 def rnd(n):
     return int.from_bytes(os.urandom(4), "little") % n if n > 0 else 0
@@ -67,9 +69,9 @@ def t_config(i, data):
         cfg, errors = config.load(TMP + "/config.json", TMP + "/config.lkg")
     except Exception as e:
         fail("config_json", i, data, repr(e))
-    d = config.defaults()
-    for k in config.SCHEMA:
-        kind, default, _check = config.SCHEMA[k]
+    schema = config.schema()
+    for k in schema:
+        kind, default, _check = schema[k]
         v = cfg[k]
         if v != default and (not isinstance(v, kind) or isinstance(v, bool) or config.check(k, v)):
             fail("config_json", i, data, "kept a refused value for " + k)
@@ -112,8 +114,44 @@ def t_store(i, data):
         s.close()
     except Exception as e:
         fail("store_records", i, data, repr(e))
-SEEDS = {"config_json": CONFIG_SEED, "board_info": BOARD_SEED, "http_request": HTTP_SEED, "store_records": STORE_SEED}
-FNS = {"config_json": t_config, "board_info": t_board, "http_request": t_http, "store_records": t_store}
+def t_manifest(i, data):
+    try:
+        m = M.Manifest(data)
+    except M.ManifestError as e:
+        if e.code != M.MALFORMED:
+            fail("ota_manifest", i, data, "refused with " + e.code)
+        return
+    except Exception as e:
+        fail("ota_manifest", i, data, repr(e))
+    try:
+        n = 0
+        for k in range(m.nblocks):
+            n += m.block_len(k)
+            if len(m.block_sha(k)) != 32:
+                fail("ota_manifest", i, data, "a block hash that is not 32 bytes")
+        if n != m.length:
+            fail("ota_manifest", i, data, "blocks that do not make the image")
+        verified = True
+        try:
+            m.check_signature([MANIFEST_KEY])
+        except M.ManifestError as e:
+            verified = False
+            if e.code not in (M.UNKNOWN_KEY, M.BAD_SIGNATURE):
+                fail("ota_manifest", i, data, "signature check refused with " + e.code)
+        if verified and data != MANIFEST_SEED:
+            fail("ota_manifest", i, data, "a changed manifest verified")
+        try:
+            m.check_target((6, 3, 0), (1, 25, 0), 196608, 3)
+        except M.ManifestError:
+            pass
+    except SystemExit:
+        raise
+    except Exception as e:
+        fail("ota_manifest", i, data, repr(e))
+SEEDS = {"config_json": CONFIG_SEED, "board_info": BOARD_SEED, "http_request": HTTP_SEED, "store_records": STORE_SEED,
+         "ota_manifest": MANIFEST_SEED}
+FNS = {"config_json": t_config, "board_info": t_board, "http_request": t_http, "store_records": t_store,
+       "ota_manifest": t_manifest}
 for target in TARGETS:
     for i in range(CASES):
         data = case(SEEDS[target])
@@ -123,7 +161,7 @@ for target in TARGETS:
     print("DONE", target, CASES)
 """
 
-UNIX_TARGETS = ("config_json", "board_info", "http_request", "store_records")
+UNIX_TARGETS = ("config_json", "board_info", "http_request", "store_records", "ota_manifest")
 
 
 def run_unix_port(targets, cases: int, log=print, skip_known: bool = False) -> dict[str, int]:
@@ -139,7 +177,8 @@ def run_unix_port(targets, cases: int, log=print, skip_known: bool = False) -> d
             code = (f"FIRMWARE = {str(FIRMWARE)!r}\nTMP = {tmp!r}\nCASES = {cases}\nTARGETS = [{name!r}]\n"
                     f"SKIP_KNOWN = {skip_known}\n"
                     f"CONFIG_SEED = {json.dumps(_seed_config()).encode()!r}\nBOARD_SEED = {json.dumps(_seed_board()).encode()!r}\n"
-                    f"HTTP_SEED = {_seed_requests()[1]!r}\nSTORE_SEED = {_store_seed()[1:]!r}\n" + UNIX_SCRIPT)
+                    f"HTTP_SEED = {_seed_requests()[1]!r}\nSTORE_SEED = {_store_seed()[1:]!r}\n"
+                    f"MANIFEST_SEED = {_seed_manifest()[0]!r}\nMANIFEST_KEY = {_seed_manifest()[1]!r}\n" + UNIX_SCRIPT)
             out = unix_port.run(code, heapsize=4 << 20, timeout=3600)
             for line in out.splitlines():
                 if line.startswith("FAIL"):

@@ -85,8 +85,7 @@ def _named(rule, v):
 
 
 # The schema as text, one line a field: name;type;default;rule. type s, i or f (str, int, float);
-# default as written, or @NAME for this module's constant of that name; rule empty (none), lo..hi
-# (a range), a|b|c (the choices) or @name (a check in _named). The text
+# rule empty (none), lo..hi (a range), a|b|c (the choices) or @name (a function above). The text
 # sits in the module's constants, which the board maps from flash (ROMFS): it costs no heap until
 # a field is looked up, and then only that field's tuple (a command that sets one field runs at
 # the board's smallest heap; the same table as a dict of tuples took ~5 KB). Lines starting with
@@ -155,7 +154,7 @@ def spec(key):
     i = _TABLE.find("\n" + key + ";")
     if i < 0:
         return None
-    _name, kind, default, rule = _TABLE[i + 1:_TABLE.find("\n", i + 1)].split(";")
+    name, kind, default, rule = _TABLE[i + 1:_TABLE.find("\n", i + 1)].split(";")
     kind = str if kind == "s" else int if kind == "i" else float
     default = globals()[default[1:]] if default[:1] == "@" else kind(default)
     if not rule:

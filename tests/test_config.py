@@ -41,30 +41,6 @@ def test_errors_name_the_file_and_field_and_keep_defaults():
     assert cfg["device"] == "unprovisioned" and cfg["keepalive_s"] == 60  # defaults kept
 
 
-def test_the_schema_table_and_the_field_names_agree_and_each_field_parses():
-    # config_fields keeps the schema as text (no heap until a field is looked up) and config.py the
-    # field names as the code's own strings (interned on the board): the two must list the same
-    # fields in the same order, and each line must give a type, a default of that type and a rule.
-    from host_tools.runtime import firmware_module
-
-    fields, config = firmware_module("config_fields"), firmware_module("config")
-    in_table = [line.split(";")[0] for line in fields._TABLE.splitlines() if line and not line.startswith("#")]
-    assert list(config.names()) == in_table and len(set(in_table)) == len(in_table) == 37
-    for name in in_table:
-        kind, default, rule = fields.spec(name)
-        assert kind in (str, int, float) and type(default) is kind, name
-        assert rule is None or (isinstance(rule, tuple) and len(rule) >= 2) or isinstance(rule, str), name
-        if isinstance(rule, str):  # a check that is code, and it exists
-            assert not (fields._named(rule, default) or "").startswith("no check named"), name
-        if rule is not None and not isinstance(rule, str) and not isinstance(rule[0], str):
-            assert rule[0] <= default <= rule[1], name  # a default inside its own range
-    # the table is read by name, not by where a name happens to appear in it
-    assert [fields.spec(k) for k in ("", "#", "device;s", "devic", "nope", 3)] == [None] * 6
-    assert fields.spec("device") == (str, "unprovisioned", "ident")
-    assert fields.spec("power") == (str, "", ("", "mains", "battery"))
-    assert fields.spec("timezone_min") == (int, 60, (-720, 840))
-
-
 def test_good_config_has_no_errors():
     (cfg, errors), _ = both(_code(CASES[0]))
     assert errors == []

@@ -10,50 +10,18 @@ from lanterne.config_fields import (  # noqa: F401 (the schema's names, as confi
     CONFIG_FILE,
     DEFAULT_CURVE,
     LKG_FILE,
+    SCHEMA,
     _read,
     check,
     field_value,
     file_data,
     parse_curve,
-    spec,
     write,
 )
 
-# The fields' names again, as the code's own strings: MicroPython keeps these as interned names
-# (qstrs, no heap), where a name cut out of the table would be a string on the heap, one per field
-# for the board's life as the keys of its running config. In config_fields' table order;
-# tests/test_config.py checks that the two agree. (Here, not in config_fields: a command that sets
-# one field loads that module alone at the board's smallest heap, and needs no list of them all.)
-_NAMES = (
-    "device", "site", "broker", "mqtt_user", "mqtt_password", "ca_cert", "wifi_ssid", "wifi_key", "transport",
-    "keepalive_s", "status_period_s", "sample_period_s", "power", "send_period_s", "lat", "lon",
-    "bin_empty_mm", "bin_full_mm", "store_bytes", "watchdog_ms", "command_key", "lorawan_deveui",
-    "lorawan_appkey", "lorawan_joineui", "lorawan_airtime_s", "lorawan_confirmed", "timezone_min", "asset_id",
-    "setup_key", "setup_window_min", "pm_period_s", "pm_kappa_milli", "sound_offset_db", "lamp_rated_w",
-    "lamp_curve", "lamp_power_low_pct", "lamp_power_high_pct",
-)  # fmt: skip
-
-
-def names():
-    """The config fields' names, in the table's order."""
-    return _NAMES
-
-
-def schema():
-    """The whole schema, field -> (type, default, rule): the host's (the board checks field by field)."""
-    return {k: spec(k) for k in names()}
-
-
-def __getattr__(name):
-    # config.SCHEMA, field -> (type, default, rule): the host's (its tools list and check fields
-    # with it). Built when asked: the board checks field by field (spec), never holding it whole.
-    if name == "SCHEMA":
-        return schema()
-    raise AttributeError(name)
-
 
 def defaults():
-    return {k: spec(k)[1] for k in names()}
+    return {k: v[1] for k, v in SCHEMA.items()}
 
 
 def validate(data, source=CONFIG_FILE, base=None):
@@ -68,9 +36,9 @@ def validate(data, source=CONFIG_FILE, base=None):
         if not isinstance(key, str):
             errors.append("%s: field %r: a field name must be text" % (source, key))
     for key in sorted(k for k in data if isinstance(k, str)):
-        if spec(key) is None:
+        if key not in SCHEMA:
             errors.append("%s: field '%s': unknown field" % (source, key))
-    for key in sorted(names()):
+    for key in sorted(SCHEMA):
         if key not in data:
             continue
         value, why = field_value(key, data[key])

@@ -69,9 +69,8 @@ def t_config(i, data):
         cfg, errors = config.load(TMP + "/config.json", TMP + "/config.lkg")
     except Exception as e:
         fail("config_json", i, data, repr(e))
-    schema = config.schema()
-    for k in schema:
-        kind, default, _check = schema[k]
+    for k in config.SCHEMA:
+        kind, default, _check = config.SCHEMA[k]
         v = cfg[k]
         if v != default and (not isinstance(v, kind) or isinstance(v, bool) or config.check(k, v)):
             fail("config_json", i, data, "kept a refused value for " + k)

@@ -132,7 +132,8 @@ class AtPort:
             t0 = time.ticks_ms()
             while self.status is None:
                 if time.ticks_diff(time.ticks_ms(), t0) >= timeout_ms:
-                    return TIMEOUT
+                    self.pump()  # a last read: an answer that came while this task was held up counts
+                    return self.status or TIMEOUT
                 await asyncio.sleep_ms(POLL_MS)
                 self.pump()
             return self.status

@@ -323,6 +323,8 @@ class LorawanLink(Link):
             at.pump()
             if self._flags & F_RESET:
                 break
+        if self._evt is None:
+            at.pump()  # a last read: a TX_DONE that came while this task was held up counts
         evt = self._evt
         if evt is None:
             self._lost("AT+SEND: %s" % ("the modem restarted" if self._flags & F_RESET else "no TX_DONE within %d ms" % self.tx_ms))

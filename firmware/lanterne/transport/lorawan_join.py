@@ -123,6 +123,8 @@ async def bring_up(link):
     while link._evt is None and time.ticks_diff(time.ticks_ms(), t0) < link.join_ms:
         await asyncio.sleep_ms(50)
         at.pump()
+    if link._evt is None:
+        at.pump()  # a last read: an event that came while this task was held up counts
     evt = link._evt
     link.counts[C_JOINS] += 1
     if evt == "JOINED":

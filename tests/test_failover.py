@@ -63,6 +63,9 @@ class Subscriber:
         self.client.disconnect()
 
 
+# (solo: a heap floor is a measurement; beside three workers of other boards, 2026-12-07, these
+# failed in two runs in a row and passed alone and among themselves: load, not heap)
+@pytest.mark.solo
 def test_broker_down_alarms_first_over_lorawan_rest_over_mqtt_each_reading_once(virtual_boards, mosquitto, tmp_path):
     name = "Bin_Dual"
     registry = tmp_path / "fleet.sqlite"

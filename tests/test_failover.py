@@ -63,8 +63,7 @@ class Subscriber:
         self.client.disconnect()
 
 
-# (solo: a heap floor is a measurement; beside three workers of other boards, 2026-12-07, these
-# failed in two runs in a row and passed alone and among themselves: load, not heap)
+# (solo: a heap floor is a measurement, taken on a quiet machine)
 @pytest.mark.solo
 def test_broker_down_alarms_first_over_lorawan_rest_over_mqtt_each_reading_once(virtual_boards, mosquitto, tmp_path):
     name = "Bin_Dual"

@@ -200,8 +200,7 @@ def modem_twin(h):
 
 # At the 64 KB target (ESP32 bytes), the street light's floor too (tests/test_romfs.py;
 # docs/benchmarks.md, "heap").
-# (solo: a heap floor is a measurement; beside three workers of other boards, 2026-12-07, these
-# failed in two runs in a row and passed alone and among themselves: load, not heap)
+# (solo: a heap floor is a measurement, taken on a quiet machine)
 @pytest.mark.solo
 @pytest.mark.timeout(900)  # about 2.5 minutes; its waits allow a loaded machine more
 def test_every_reading_arrives_once_through_uplink_loss_and_modem_faults_at_the_heap_floor(virtual_boards, mosquitto, tmp_path):

@@ -72,8 +72,7 @@ def test_too_big_an_image_is_refused_and_the_old_one_kept(virtual_boards, tmp_pa
 FLOOR_KB = 64
 
 
-# (solo: a heap floor is a measurement; beside three workers of other boards, 2026-12-07, these
-# failed in two runs in a row and passed alone and among themselves: load, not heap)
+# (solo: a heap floor is a measurement, taken on a quiet machine)
 @pytest.mark.solo
 def test_firmware_runs_at_a_64k_heap(virtual_boards, mosquitto):
     from host_tools.backoffice.watcher import Watcher
@@ -164,8 +163,7 @@ def test_board_without_romfs_gets_the_library_on_its_filesystem(virtual_boards, 
 COMMAND_FLOOR_KB = 70
 
 
-# (solo: a heap floor is a measurement; beside three workers of other boards, 2026-12-07, these
-# failed in two runs in a row and passed alone and among themselves: load, not heap)
+# (solo: a heap floor is a measurement, taken on a quiet machine)
 @pytest.mark.solo
 def test_config_commands_work_at_the_command_floor(virtual_boards, mosquitto):
     from host_tools.backoffice.command_client import CommandClient

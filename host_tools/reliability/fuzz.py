@@ -228,7 +228,7 @@ def check_ota_manifest(data: bytes, folder: Path | None = None) -> None:
         raise FuzzFailure(f"the target check raised {type(exc).__name__}: {exc}") from None
 
 
-# -- firmware bugs these fuzzers found and not fixed yet: none today. The three found so far (config.load
+# -- firmware bugs these fuzzers found and not fixed yet: the manifest's, below. The three found so far (config.load
 # on a config.json that is not UTF-8 or has a number as a key, boardinfo.load on a board.json that is not
 # an object) are fixed, each with its test in tests/test_fuzz.py. A bug found and not fixed at once is
 # listed here (target -> predicate on the input), so `--skip-known` can draw past it meanwhile.

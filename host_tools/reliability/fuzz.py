@@ -237,7 +237,9 @@ def _manifest_version_not_utf8(data: bytes) -> bool:
     # text that is not UTF-8. Found 2026-12-07; the fix (a try around the decode) is not in: the OTA
     # package is charged to the heap on the virtual board (modelled as frozen), and its few more
     # bytes failed the 64 KB heap floor. tests/test_fuzz.py holds the case as a strict xfail.
-    man = __import__("host_tools.fleet.release", fromlist=["ota_module"]).ota_module("manifest")
+    from host_tools.fleet.release import ota_module
+
+    man = ota_module("manifest")
     at = man.HEAD_LEN
     if len(data) <= at or data[:4] != man.MAGIC:
         return False

@@ -8,7 +8,9 @@ back office starts the update to the next release (unless the board resumed it b
 the last cut), the supply is cut after a random, seeded delay anywhere in an update's span —
 the transfer, the slot write, the reboot into the trial, the trial, the commit — and restored.
 (The span starts at 2 s and grows by half after three cuts in a row that found no commit: a
-loaded host updates slower.)
+loaded host updates slower.) Every other cut is aimed instead: it waits until the update reports
+the transfer, the trial or the commit (in turn), and cuts within 0.3 s of it, so that the cuts
+cover those phases however slow the host is.
 
 Checked at every boot, from the boot selector's own line on the console: the slot it mounted
 holds a complete image whose SHA-256 is one of the signed releases' (never a half-written slot),
@@ -47,6 +49,9 @@ from host_tools.runtime.paths import FIRMWARE
 
 SITE = "cut"
 DEVICE = "ota-cut-1"
+# Every other cut is aimed: it waits for the update to report one of these phases (in turn), then
+# cuts within 0.3 s, so that a slow host still has cuts in the transfer, the trial and after the commit.
+AIMED = ("transfer", "trial", "committed")
 BOOT_LINE = re.compile(rb"\[ota\] slot ([AB]): (\S+) \(release (\d+)\) verified \(sha ([0-9a-f]{16})\)")
 
 
@@ -149,10 +154,16 @@ def run_campaign(cuts: int = 20, seed: int = 1, workdir: str | Path | None = Non
                         if res.state == "refused" and "on trial" not in (res.reason or ""):
                             rep.problems.append(f"cut {i}: start of release {rel.counter} refused: {res.reason}")
                             break
-                        delay = rng.uniform(0.05, span)
-                        deadline = started + delay
-                        while time.monotonic() < deadline:
-                            time.sleep(0.02)
+                        aim = AIMED[(i // 2) % len(AIMED)] if i % 2 else None
+                        if aim is None:
+                            deadline = started + rng.uniform(0.05, span)
+                            while time.monotonic() < deadline:
+                                time.sleep(0.02)
+                        else:  # aimed: once the update reports that phase, within a moment
+                            aim_deadline = time.monotonic() + max(30.0, 4 * span)
+                            while _state(progress(), rel.counter) != aim and time.monotonic() < aim_deadline:
+                                time.sleep(0.02)
+                            time.sleep(rng.uniform(0.0, 0.3))
                         phase = _phase(progress(), rel.counter, h.console())
                         h.power_cut()
                         rep.cuts += 1
@@ -194,6 +205,12 @@ def run_campaign(cuts: int = 20, seed: int = 1, workdir: str | Path | None = Non
         if own:
             shutil.rmtree(root, ignore_errors=True)
     return rep
+
+
+def _state(docs: list[dict], n: int) -> str | None:
+    """The state of the last progress record of release `n`."""
+    mine = [d for d in docs if d.get("n") == n]
+    return mine[-1].get("state") if mine else None
 
 
 def _updating(docs: list[dict], n: int) -> bool:

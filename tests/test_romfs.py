@@ -83,7 +83,7 @@ def test_firmware_runs_at_a_64k_heap(virtual_boards, mosquitto):
         statuses = w.wait_for("lanterne/v1/heap/small-heap/status", lambda m: b'"online"' in m.payload, count=3, timeout=90)
         ups = w.matching("lanterne/v1/heap/small-heap/up")
     console = h.console()
-    assert "MemoryError" not in console and "(restarted)" not in console, console[-2000:]
+    assert "MemoryError" not in console and "(restarted)" not in console, (f"the ROM took {h.board.rom_shortfall()} bytes more than measured", console[-2000:])
     assert len(ups) >= 8  # a reading a second, every one sent
     # The heap really was FLOOR_KB's worth: beyond it only the ROM's share (shims, the image's frozen
     # OTA package) and the buffer standing in for the mapped partition.
@@ -191,4 +191,33 @@ def test_config_commands_work_at_the_command_floor(virtual_boards, mosquitto):
     assert saved["sample_period_s"] == 2 and saved["lat"] == 45.5 and "bin_full_mm" not in saved
     assert json.loads((h.flash / "config.lkg.json").read_text()) == saved  # a valid config: the last known good too
     console = h.console()
-    assert "MemoryError" not in console and "(restarted)" not in console, console[-2000:]
+    assert "MemoryError" not in console and "(restarted)" not in console, (f"the ROM took {h.board.rom_shortfall()} bytes more than measured", console[-2000:])
+
+
+def test_the_roms_share_of_the_heap_does_not_hang_on_the_frozen_packages_exact_bytes(tmp_path, monkeypatch):
+    """Every board's heap is its board file's plus the ROM's share (rom_heap_overhead), measured once
+    per version of the frozen OTA package by booting the ROM. A constant more in that package must
+    move the share by about its own bytes, not by kilobytes: one more string in the manifest parser
+    once moved it by 9 952 bytes (dropped modules that one collection at the end left reachable
+    from a stale word), enough to fail the heap floors in a fresh clone."""
+    import asyncio
+    import shutil
+
+    from host_tools.emulator import board as vb
+    from host_tools.emulator import frozen
+
+    def rom_alloc(name):
+        return asyncio.run(vb._booted_alloc(tmp_path / name / "flash"))
+
+    base = rom_alloc("base")
+    pkg = tmp_path / "firmware"
+    shutil.copytree(frozen.FIRMWARE / frozen.PACKAGE, pkg / frozen.PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(frozen, "FIRMWARE", pkg)
+    monkeypatch.setattr(frozen, "BUILD", tmp_path / "build")
+    manifest = pkg / frozen.PACKAGE / "manifest.py"
+    source = manifest.read_text()
+    moved = {}
+    for n in (1, 9, 33, 100):  # (with the old ROM: +1 character moved the share by 9 856 bytes, +9 by 32)
+        manifest.write_text(source + f"\n_V = {'x' * n!r}\n")
+        moved[n] = rom_alloc(f"v{n}") - base
+    assert all(-256 <= d <= 512 for d in moved.values()), moved

@@ -421,6 +421,14 @@ class VirtualBoard:
             pass
         return False
 
+    def rom_shortfall(self) -> int:
+        """Bytes by which the ROM took more of the heap at its last boot than `rom_heap_overhead()`
+        gave this board for it (0: the firmware had the whole heap its board file says). A heap
+        floor that fails with a shortfall failed on the emulator's accounting, not the firmware."""
+        if self.booted_alloc is None:
+            return 0
+        return max(0, self.booted_alloc - _BARE_ALLOC - rom_heap_overhead())
+
     def esp32_heap(self, alloc: int) -> int:
         """A `gc.mem_alloc()` the firmware reported on this board, in ESP32-equivalent bytes."""
         return int((alloc - self._romfs_pinned() - rom_heap_overhead()) / self.heap_scale())

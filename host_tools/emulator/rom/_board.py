@@ -65,10 +65,16 @@ def _load_frozen():
     try:
         for name in (os.getenv("LANTERNE_FROZEN_MODULES") or "").split():
             __import__(name)
+            gc.collect()
     finally:
         sys.path[:] = saved
         for name in [n for n in sys.modules if n.split(".")[0] == "lanterne_ota"]:
             del sys.modules[name]
+            gc.collect()
+    # (a collection after each import and each drop: with one at the end only, whether ~10 KB of the
+    # dropped modules stayed reachable from a stale word the GC scans conservatively depended on
+    # the package's exact bytes; one more string constant in it flipped it, and with it the ROM's
+    # share of every board's heap)
     gc.collect()
 
 

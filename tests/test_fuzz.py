@@ -156,7 +156,6 @@ def test_a_config_json_with_a_number_as_key_falls_back_instead_of_raising(tmp_pa
 
 
 
-@pytest.mark.xfail(strict=True, reason="known firmware bug, fix not in: fuzz.KNOWN_BUGS['ota_manifest']")
 def test_a_manifest_whose_version_text_is_not_utf8_is_refused_as_malformed():
     # Manifest() raised UnicodeError (UnicodeDecodeError on CPython): the parse runs before the
     # signature is checked, so the updater reported "update stopped: UnicodeError" instead of the

@@ -79,7 +79,10 @@ class Manifest:
         self.created = h[13]
         at = HEAD_LEN
         vlen = data[at]
-        self.version = data[at + 1 : at + 1 + vlen].decode()
+        try:
+            self.version = data[at + 1 : at + 1 + vlen].decode()
+        except UnicodeError:  # (found by the fuzzer: the parse runs before the signature is checked)
+            raise ManifestError(MALFORMED, "manifest version text is not UTF-8") from None
         at += 1 + vlen
         if vlen > MAX_VERSION or at >= n:
             raise ManifestError(MALFORMED, "manifest version text truncated")

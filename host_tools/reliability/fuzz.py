@@ -228,29 +228,12 @@ def check_ota_manifest(data: bytes, folder: Path | None = None) -> None:
         raise FuzzFailure(f"the target check raised {type(exc).__name__}: {exc}") from None
 
 
-# -- firmware bugs these fuzzers found and not fixed yet: the manifest's, below. The three found so far (config.load
+# -- firmware bugs these fuzzers found and not fixed yet: none today. The four found so far (config.load
 # on a config.json that is not UTF-8 or has a number as a key, boardinfo.load on a board.json that is not
-# an object) are fixed, each with its test in tests/test_fuzz.py. A bug found and not fixed at once is
-# listed here (target -> predicate on the input), so `--skip-known` can draw past it meanwhile.
-def _manifest_version_not_utf8(data: bytes) -> bool:
-    # lanterne_ota.manifest.Manifest raises UnicodeError (not ManifestError "malformed") on a version
-    # text that is not UTF-8. Found 2026-12-07; the fix (a try around the decode) is not in: the OTA
-    # package is charged to the heap on the virtual board (modelled as frozen), and its few more
-    # bytes failed the 64 KB heap floor. tests/test_fuzz.py holds the case as a strict xfail.
-    from host_tools.fleet.release import ota_module
-
-    man = ota_module("manifest")
-    at = man.HEAD_LEN
-    if len(data) <= at or data[:4] != man.MAGIC:
-        return False
-    try:
-        data[at + 1: at + 1 + data[at]].decode()
-    except UnicodeError:
-        return True
-    return False
-
-
-KNOWN_BUGS: dict = {"ota_manifest": _manifest_version_not_utf8}
+# an object, lanterne_ota.manifest on a version text that is not UTF-8) are fixed, each with its test in
+# tests/test_fuzz.py. A bug found and not fixed at once is listed here (target -> predicate on the input),
+# so `--skip-known` can draw past it meanwhile.
+KNOWN_BUGS: dict = {}
 
 
 def known_bug(target: str, data: bytes) -> bool:

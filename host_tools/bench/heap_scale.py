@@ -18,7 +18,8 @@ version, so the result can be recorded with what it was measured on.
 
 Each binary runs in a child process of its own (`--child`), since the emulator reads
 LANTERNE_MICROPYTHON and LANTERNE_HEAP_SCALE from its environment. A 32-bit unix port: MicroPython's
-`ports/unix` built with `MICROPY_FORCE_32BIT=1` (Debian: gcc-multilib); build the 64-bit one from the
+`ports/unix` built with `CC="gcc -m32"` (Debian: gcc-multilib; the port ignores MICROPY_FORCE_32BIT
+now, and builds 64-bit with it); build the 64-bit one from the
 same source with the same options to compare like with like (docs/emulator.md has the commands).
 """
 
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
         print(json.dumps(_smallest(args.board, args.layout, args.window)))
         return 0
     if not args.micropython32:
-        ap.error("--micropython32 PATH is required (a MicroPython unix port built with MICROPY_FORCE_32BIT=1)")
+        ap.error('--micropython32 PATH is required (a MicroPython unix port built with CC="gcc -m32")')
     try:
         r = calibrate(args.micropython32, args.micropython64, args.board, args.window,
                       log=(lambda m: print(m, file=sys.stderr)) if args.json else print)

@@ -33,8 +33,10 @@ SPEED = 5.0  # the modem's clock (join accept after ~1.2 s)
 # The heap (ESP32 KB) this run is held to, both transports loaded and used. Measured by running it at
 # smaller heaps: 74 KB met a MemoryError, 75 KB passed (77 and 80 too); held at 76 (one KB for the
 # fragmentation that varies with timing) so that it cannot creep. The MQTT and LoRaWAN boards' floor
-# is 66 KB (docs/benchmarks.md, "heap"); the dual board has 100 KB (its board file).
-FLOOR_KB = 76
+# is 66 KB (docs/benchmarks.md, "heap"); the dual board has 100 KB (its board file). Those were ESP32
+# KB by the heap scale of then (1.65); by the scale measured 2026-12-07 (1.52) the same 64-bit heap
+# is 83 KB (docs/emulator.md, "Heap").
+FLOOR_KB = 83
 FAULTS = {"temperature_fault", "humidity_fault", "pressure_fault"}  # the BME280 gone: an alarm reading
 
 

@@ -69,12 +69,15 @@ def test_too_big_an_image_is_refused_and_the_old_one_kept(virtual_boards, tmp_pa
 # heap was full); collecting every 2 KB from the start of the boot brought it back to 64 KB, its
 # floor in 1 KB steps (at 63 KB the uplink task meets a MemoryError: docs/benchmarks.md, "heap").
 # `lanterne bench heap` reports the smallest heap against the 64 KB target.
-FLOOR_KB = 64
+# Those were ESP32 KB by the heap scale of then (1.65). Re-measured on a quiet machine 2026-12-07,
+# the scale is 1.52 (docs/emulator.md, "Heap"): the same 105 KB of the 64-bit port are 69 KB of the
+# ESP32's. The 64 KB goal is not met; the floor is held at 70 KB (boards.FIRMWARE_HEAP_BYTES).
+FLOOR_KB = boards.FIRMWARE_HEAP_BYTES // 1024
 
 
 # (solo: a heap floor is a measurement, taken on a quiet machine)
 @pytest.mark.solo
-def test_firmware_runs_at_a_64k_heap(virtual_boards, mosquitto):
+def test_firmware_runs_at_its_heap_floor(virtual_boards, mosquitto):
     from host_tools.backoffice.watcher import Watcher
 
     cfg = {"device": "small-heap", "site": "heap", "broker": mosquitto.url, "sample_period_s": 1, "status_period_s": 5}
@@ -157,10 +160,12 @@ def test_board_without_romfs_gets_the_library_on_its_filesystem(virtual_boards, 
 
 
 # A command that changes the config loads the config schema for the moment it runs (the app drops
-# it after boot): that needs more free heap than the 64 KB floor leaves (~4-5 KB, 64-bit bytes, in
+# it after boot): that needs more free heap than the floor leaves (~4-5 KB, 64-bit bytes, in
 # the steady state; the schema module alone is ~7 KB). Measured: 68 KB works alone, 66 KB fails;
-# 68 KB failed once under three parallel workers, so the test is held at 70 (docs/benchmarks.md, "heap").
-COMMAND_FLOOR_KB = 70
+# 68 KB failed once under three parallel workers, so the test was held at 70 (docs/benchmarks.md,
+# "heap"). Those were ESP32 KB by the scale of then (1.65); by the scale measured 2026-12-07 (1.52)
+# the same 64-bit heap is 76 KB.
+COMMAND_FLOOR_KB = 76
 
 
 # (solo: a heap floor is a measurement, taken on a quiet machine)

@@ -37,14 +37,14 @@ from host_tools.bench import BenchResult
 from host_tools.fleet import deploy
 
 LAYOUTS = ("romfs", "filesystem")
-LORAWAN_FLOOR = 64 * 1024  # the LoRaWAN board's measured floor in normal operation (tests/test_lorawan_board.py)
+LORAWAN_FLOOR = 70 * 1024  # the LoRaWAN board's floor in normal operation (tests/test_lorawan_board.py)
 
 
 def _lorawan_mains(board: boards.Board) -> bool:
     # a LoRaWAN board that runs the app (a battery board wakes, sends and sleeps: no setup mode there)
     return (board.data["network"]["kind"] == "lorawan" and board.data.get("setup_button") is not None
             and board.data.get("power", {}).get("supply", "mains") != "battery")
-TARGET = boards.FIRMWARE_HEAP_BYTES
+TARGET = 64 * 1024  # the project's goal; boards.FIRMWARE_HEAP_BYTES is what the firmware is held to today
 
 
 def _cfg(url: str, device: str) -> dict:

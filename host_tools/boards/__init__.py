@@ -23,8 +23,10 @@ ESP32_ADC1 = {32, 33, 34, 35, 36, 37, 38, 39}  # ADC2 is unusable while Wi-Fi ru
 RTC_GPIOS = {0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39}  # can wake it from deep sleep
 
 # The heap the firmware is held to, out of a board's `heap_bytes`, with its library in the ROMFS
-# partition as `lanterne provision` writes it (tests/test_romfs.py, `lanterne bench heap`).
-FIRMWARE_HEAP_BYTES = 64 * 1024
+# partition as `lanterne provision` writes it (tests/test_romfs.py, `lanterne bench heap`). The
+# project's goal is 64 KB (`lanterne bench heap` says whether it is met); the firmware needs 69 KB
+# by the heap scale measured 2026-12-07 (docs/emulator.md, "Heap"), and is held to 70.
+FIRMWARE_HEAP_BYTES = 70 * 1024
 
 NETWORK_KINDS = ("wlan", "lan", "lorawan")
 BUS_KINDS = ("i2c", "uart", "spi", "i2s")

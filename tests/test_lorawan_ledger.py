@@ -264,6 +264,11 @@ def test_the_monitor_shows_what_it_can_tell_of_a_lorawan_boards_backlog(tmp_path
     assert row["missing"] == "2"
     assert row["newest reading"] == "seq 6, sampled 21m ago"
     assert row["backlog (est.)"] == "~6 (2 missing + ~4 sampled since, every 5m)"
+    # 1 499.97 s is shown as 1 500.0: five periods, as a reader of the figures counts them (it said four)
+    clock[0] += 259.97
+    st = svc.stats()["bin-1"]
+    assert (st["newest_age_s"], st["sampled_since_est"]) == (1500.0, 5)
+    clock[0] -= 259.97
     # the missing ones come up (resent after a ledger): nothing missing, the estimate counts from the newest
     up(3, [{"temperature": 20.5, "seq": 3, "age": 2300}, {"temperature": 20.6, "seq": 4, "age": 2000}])
     st = svc.stats()["bin-1"]

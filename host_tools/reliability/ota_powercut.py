@@ -222,8 +222,7 @@ def _updating(docs: list[dict], n: int) -> bool:
 
 def _phase(docs: list[dict], n: int, console: str) -> str:
     """What the cut interrupted: the last progress record of this release, else the boot."""
-    mine = [d for d in docs if d.get("n") == n]
-    state = mine[-1]["state"] if mine else "start"
+    state = _state(docs, n) or "start"
     tail = console[-400:]
     if state == "trial" and "on trial boot" not in tail and "rebooting into its trial" in console[-2000:]:
         return "switch-over"
